@@ -1,0 +1,3 @@
+"""bioprop: an experiment runner for biologically plausible learning rules."""
+
+__version__ = "0.1.0"

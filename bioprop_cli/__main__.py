@@ -1,0 +1,3 @@
+from bioprop_cli.cli import main
+
+main()

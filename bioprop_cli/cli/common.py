@@ -1,0 +1,52 @@
+"""What the commands share: consoles, user-error handling, config from flags."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from bioprop_cli.config import Config, load_config, parse_override
+from bioprop_cli.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors_exit_2(command: Callable) -> Callable:
+    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=UserError.exit_code) from None
+
+    return wrapper
+
+
+# Flags that are shortcuts for config keys.
+FLAG_KEYS = {
+    "rule": "rule",
+    "depth": "model.depth",
+    "width": "model.width",
+    "epochs": "train.epochs",
+    "lr": "optimizer.lr",
+    "batch_size": "train.batch_size",
+    "seed": "seed",
+    "results_dir": "results_dir",
+    "data_dir": "data.data_dir",
+    "experiment": "experiment",
+}
+
+
+def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any) -> Config:
+    """Defaults < --config file < --set key=value < the named flags."""
+    overrides = [parse_override(s) for s in sets]
+    overrides += [(FLAG_KEYS[name], value) for name, value in flags.items() if value is not None]
+    return load_config(config_path, overrides)

@@ -1,0 +1,97 @@
+"""`bioprop train`: one training run, written to results/<experiment>/<run-id>/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.data import load_dataset
+from bioprop_cli.runs import RunWriter, create_run_dir, run_id
+from bioprop_cli.train import EpochReport, train as train_run
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@user_errors_exit_2
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
+    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf."),
+    depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers (depth + 1 weight matrices)."),
+    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (optimizer.lr)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, feedback matrices and data order."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment name: runs go to RESULTS_DIR/EXPERIMENT/."),
+    results_dir: Optional[str] = typer.Option(None, help="Base folder for results (default: results)."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the four IDX files (else $BIOPROP_DATA_DIR)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key: --set optimizer.name=sgd (repeatable)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Train one network with one learning rule and log accuracy and alignment with backprop."""
+    cfg = config_from_flags(
+        config, set_, rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size,
+        seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
+    )
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    from bioprop_cli.config import check_against_data
+
+    check_against_data(cfg, len(dataset.x_train))  # before anything is written
+    run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, cfg.model.depth, cfg.seed))
+    console.print(
+        f"[bold]bioprop train[/] rule={cfg.rule} depth={cfg.model.depth} width={cfg.model.width} "
+        f"data={dataset.name} ({dataset.source})"
+    )
+    bar = Progress(
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not progress,
+    )
+    task = bar.add_task("train", total=cfg.train.epochs, status="compiling...")
+
+    def on_epoch(report: EpochReport) -> None:
+        r = report.record
+        status = (
+            f"loss {_fmt(r.get('train_loss'), '.4f')}  val acc {_fmt(r.get('val_accuracy'), '.4f')}  "
+            f"angle {_fmt(r.get('mean_update_angle'), '.1f')}°"
+        )
+        bar.update(task, advance=1, status=status)
+        if not progress:
+            console.print(f"epoch {r['epoch']}: {status}")
+
+    with bar:
+        summary = train_run(cfg, dataset, RunWriter(run_dir), on_epoch)
+    console.print(summary_table(summary, run_dir))
+    if summary["status"] == "interrupted":
+        raise typer.Exit(code=130)
+
+
+def summary_table(summary: dict, run_dir: Path) -> Table:
+    table = Table(title=f"{summary['rule']} · depth {summary['depth']} · seed {summary['seed']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("status", summary["status"] + (f" (epoch {summary['diverged_epoch']})" if summary.get("diverged_epoch") else "")),
+        ("test accuracy", _fmt(summary.get("test_accuracy"), ".4f")),
+        ("best val accuracy", f"{_fmt(summary.get('best_val_accuracy'), '.4f')} (epoch {summary.get('best_val_epoch')})"),
+        ("mean update angle to bp", _fmt(summary.get("final_mean_update_angle"), ".1f") + "°"),
+        ("epochs", str(summary.get("epochs_completed"))),
+        ("examples/s", _fmt(summary.get("examples_per_s"), ",.0f")),
+        ("compile / wall time", f"{summary['compile_time_s']:.1f} s / {summary['wall_time_s']:.1f} s"),
+        ("device", f"{summary['device']['kind']} ({summary['device']['platform']})"),
+        ("run folder", str(run_dir)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,305 @@
+"""Typed, frozen run configuration: YAML files, `key.path=value` overrides, strict validation.
+
+A config is validated once, when it is built; every problem is a one-line `UserError` naming the
+key and what is allowed (the CLI turns that into exit code 2, before anything is written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bioprop_cli.errors import UserError
+
+Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
+Loss = Literal["cross_entropy", "mse"]
+InitScheme = Literal[
+    "lecun_normal", "lecun_uniform", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform"
+]
+Distribution = Literal["normal", "uniform"]
+Dataset = Literal["mnist", "fashion_mnist"]
+OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
+ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    scheme: InitScheme = "lecun_normal"
+    scale: float = 1.0  # multiplies the scheme's standard deviation
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    depth: int = 2  # number of HIDDEN layers; the network has depth + 1 weight matrices
+    width: int = 256
+    activation: Activation = "tanh"
+    loss: Loss = "cross_entropy"
+    init: InitConfig = field(default_factory=InitConfig)
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Feedback matrices of fa, dfa and the sign-symmetric rules (see bioprop_cli/rules/)."""
+
+    distribution: Distribution = "normal"
+    scale: float = 1.0  # relative to the matching forward layer's init std (see README)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: ScheduleName = "constant"
+    warmup_epochs: float = 0.0  # warmup_cosine only
+    decay_rate: float = 0.1  # exponential: factor reached at the end of training; step: factor per boundary
+    boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is multiplied by decay_rate
+    final_fraction: float = 0.0  # cosine / warmup_cosine: final lr as a fraction of lr
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: OptimizerName = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # momentum and nesterov only
+    weight_decay: float = 0.0  # adamw only
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "mnist"
+    data_dir: str | None = None  # else $BIOPROP_DATA_DIR, else tensorflow-datasets
+    validation_size: int = 5000  # held out from the END of the training set
+    train_limit: int | None = None  # use only the first N training examples (quick tests)
+    test_limit: int | None = None  # use only the first N test examples
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 5000
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    enabled: bool = True
+    every_epochs: int = 1  # measure after every N epochs (and once at initialisation)
+    every_steps: int = 0  # > 0: also measure every N optimisation steps inside each epoch
+    probe_size: int = 512  # fixed probe batch drawn once from the training split
+
+
+@dataclass(frozen=True)
+class Config:
+    rule: str = "bp"
+    experiment: str = "default"
+    seed: int = 0
+    results_dir: str = "results"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a config from plain data, with strict type checks.
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns it converted (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+        raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else None
+        if items is None:
+            raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], key) for v in items)
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads '1e-3' (no dot) as a string
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}{unknown[0]}'; allowed here: {', '.join(prefix + n for n in names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict:
+    """The config as plain data (tuples as lists), ready for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+# ----------------------------------------------------------------------------------------------
+# Range checks: things a type cannot say.
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}': must be {allowed}, got {value!r}")
+
+
+def validate(config: Config) -> Config:
+    """Checks ranges and cross-field constraints; returns the config unchanged."""
+    from bioprop_cli.rules import available_rules  # the registry is the source of truth
+
+    rules = available_rules()
+    if config.rule not in rules:
+        raise UserError(f"unknown rule '{config.rule}'; known rules: {', '.join(rules)}")
+    m, o, d, t, a = config.model, config.optimizer, config.data, config.train, config.alignment
+    _check(config.seed >= 0, "seed", ">= 0", config.seed)
+    _check(bool(config.experiment) and "/" not in config.experiment, "experiment", "a non-empty name without '/'", config.experiment)
+    _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
+    _check(m.width >= 1, "model.width", ">= 1", m.width)
+    _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
+    _check(config.feedback.scale > 0, "feedback.scale", "> 0", config.feedback.scale)
+    _check(o.lr > 0, "optimizer.lr", "> 0", o.lr)
+    _check(0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)", o.momentum)
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
+    s = o.schedule
+    _check(s.warmup_epochs >= 0, "optimizer.schedule.warmup_epochs", ">= 0", s.warmup_epochs)
+    _check(0 < s.decay_rate <= 1, "optimizer.schedule.decay_rate", "in (0, 1]", s.decay_rate)
+    _check(0 <= s.final_fraction <= 1, "optimizer.schedule.final_fraction", "in [0, 1]", s.final_fraction)
+    _check(all(b > 0 for b in s.boundaries), "optimizer.schedule.boundaries", "positive epochs", list(s.boundaries))
+    _check(d.validation_size >= 0, "data.validation_size", ">= 0", d.validation_size)
+    _check(d.train_limit is None or d.train_limit >= 1, "data.train_limit", ">= 1 or null", d.train_limit)
+    _check(d.test_limit is None or d.test_limit >= 1, "data.test_limit", ">= 1 or null", d.test_limit)
+    _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
+    _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
+    _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
+    _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)
+    return config
+
+
+def check_against_data(config: Config, n_train_available: int) -> int:
+    """Checks sizes that depend on the data; returns the number of training examples."""
+    d, t = config.data, config.train
+    n = min(n_train_available, d.train_limit or n_train_available)
+    _check(d.validation_size < n, "data.validation_size", f"smaller than the {n} training examples", d.validation_size)
+    n_train = n - d.validation_size
+    _check(t.batch_size <= n_train, "train.batch_size", f"<= the {n_train} training examples left after validation", t.batch_size)
+    return n_train
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: defaults < YAML file < overrides.
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optimizer.lr=0.01' -> ('optimizer.lr', 0.01); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{text}': expected KEY.PATH=VALUE, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"override '{text}': the value is not valid YAML") from None
+    return key.strip(), value
+
+
+def _set_path(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"config key '{key}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise UserError(f"config file '{path}' is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}': expected a mapping of keys at the top level")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> Config:
+    """Defaults, then the YAML file, then each (key.path, value) override; validated once."""
+    tree = read_yaml(path) if path is not None else {}
+    for key, value in overrides:
+        _set_path(tree, key, value)
+    return validate(_build(Config, tree))

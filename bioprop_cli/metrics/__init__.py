@@ -1,0 +1,1 @@
+"""Measurements: angles, exact gradients, alignment of a rule with backprop."""

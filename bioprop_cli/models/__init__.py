@@ -1,0 +1,1 @@
+"""Network models: the feedforward MLP (energy-based networks come with equilibrium propagation)."""

@@ -1,0 +1,34 @@
+"""The registry of learning rules: name -> factory(config, sizes) -> LearningRule."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from bioprop_cli.errors import UserError
+from bioprop_cli.rules import backprop, direct_feedback, feedback_alignment, sign_symmetric
+from bioprop_cli.rules.base import Estimate, LearningRule
+
+_REGISTRY: dict[str, Callable[..., LearningRule]] = {
+    "bp": backprop.make,
+    "fa": feedback_alignment.make,
+    "dfa": direct_feedback.make,
+    "usf": sign_symmetric.make_usf,
+    "frsf": sign_symmetric.make_frsf,
+    "brsf": sign_symmetric.make_brsf,
+}
+
+
+def available_rules() -> list[str]:
+    return list(_REGISTRY)
+
+
+def make_rule(config, sizes: tuple[int, ...]) -> LearningRule:
+    """Builds the rule `config.rule` for a network with the given layer sizes."""
+    try:
+        factory = _REGISTRY[config.rule]
+    except KeyError:
+        raise UserError(f"unknown rule '{config.rule}'; known rules: {', '.join(_REGISTRY)}") from None
+    return factory(config, sizes)
+
+
+__all__ = ["Estimate", "LearningRule", "available_rules", "make_rule"]

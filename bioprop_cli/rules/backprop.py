@@ -1,0 +1,15 @@
+"""bp: backpropagation, the reference. Errors go back through W^T (equals jax.grad; tested)."""
+
+from bioprop_cli.rules.base import LearningRule, feedback_rule, model_functions
+
+
+def make(config, sizes) -> LearningRule:
+    act, loss = model_functions(config)
+    rule = feedback_rule(
+        act,
+        loss,
+        init=lambda key, params: (),
+        matrices=lambda params, state, key: [None] + [layer["w"].T for layer in params[1:]],
+    )
+    # B = W^T by definition: there is no feedback matrix to compare with W^T.
+    return rule._replace(feedback=lambda params, state, key: {})

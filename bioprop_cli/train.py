@@ -1,0 +1,329 @@
+"""The one training loop, for every learning rule.
+
+Pure, compiled pieces (built by `build_program`):
+    init(seed)                        -> TrainState
+    epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
+    evaluate(params, split)           -> loss, accuracy
+    measure(state, key)               -> per-layer alignment on the fixed probe batch
+One epoch is one `lax.scan` over minibatches; the data sits on the device once.
+`train` is the host-side driver: it times, checks for divergence, and hands records to the writer.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bioprop_cli import __version__
+from bioprop_cli.config import Config, check_against_data, to_dict
+from bioprop_cli.metrics.alignment import FIELDS, mean_hidden_update_angle, measure_alignment
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, init_params, layer_sizes, predict
+from bioprop_cli.optim import make_optimizer, make_schedule
+from bioprop_cli.rules import make_rule
+
+N_CLASSES = 10
+
+
+class TrainState(NamedTuple):
+    params: Any
+    rule_state: Any
+    opt_state: Any
+
+
+class Keys(NamedTuple):
+    params: jax.Array
+    rule: jax.Array
+    data: jax.Array  # data order: epoch e uses fold_in(data, e)
+    steps: jax.Array  # per-step randomness of a rule (brsf): fold_in(steps, global step)
+    probe: jax.Array
+
+
+def derive_keys(seed: int) -> Keys:
+    return Keys(*jax.random.split(jax.random.PRNGKey(seed), 5))
+
+
+class Splits(NamedTuple):
+    """Arrays on the device. Evaluation splits are padded to whole chunks, with a mask."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    mask_val: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    mask_test: jax.Array
+
+
+def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
+    n = len(x)
+    padded = max(chunk, -(-n // chunk) * chunk)
+    mask = np.zeros(padded, np.float32)
+    mask[:n] = 1.0
+    x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros(padded - n, y.dtype)])
+    return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
+
+
+def make_splits(config: Config, dataset) -> Splits:
+    """Training split, validation split (held out from the end of the training set), test split."""
+    d = config.data
+    n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
+    n_train = check_against_data(config, len(dataset.x_train))
+    x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
+    n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
+    chunk = config.train.eval_batch_size
+    val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))
+    test = _pad(dataset.x_test[:n_test], dataset.y_test[:n_test], min(chunk, n_test))
+    return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test)
+
+
+@dataclass(frozen=True)
+class Program:
+    """The compiled pieces of a run. All functions are pure and jit-compiled."""
+
+    sizes: tuple[int, ...]
+    steps_per_epoch: int
+    init: Callable  # (seed) -> TrainState
+    epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
+    evaluate: Callable  # (params, x, y, mask) -> (mean loss, accuracy)
+    measure: Callable  # (state, probe_x, probe_y, key) -> {field: (L,)}
+    schedule: Callable  # step -> learning rate
+
+
+def build_program(config: Config, n_train: int, n_in: int) -> Program:
+    m, t = config.model, config.train
+    act, loss = ACTIVATIONS[m.activation], LOSSES[m.loss]
+    sizes = layer_sizes(n_in, m.depth, m.width, N_CLASSES)
+    rule = make_rule(config, sizes)
+    steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
+    optimizer = make_optimizer(config.optimizer, steps_per_epoch, t.epochs)
+    every_steps = config.alignment.every_steps if config.alignment.enabled else 0
+
+    def init(seed):
+        keys = derive_keys(seed)
+        params = init_params(keys.params, sizes, m.init.scheme, m.init.scale)
+        return TrainState(params, rule.init(keys.rule, params), optimizer.init(params))
+
+    def measure(state, probe_x, probe_y, key):
+        y = jax.nn.one_hot(probe_y, N_CLASSES)
+        return measure_alignment(rule, act, loss, state.params, state.rule_state, probe_x, y, key)
+
+    def step(state, x, y, key):
+        est = rule.estimate(state.params, state.rule_state, x, y, key)
+        updates, opt_state = optimizer.update(est.grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum(jnp.argmax(est.logits, -1) == jnp.argmax(y, -1))
+        return TrainState(params, est.state, opt_state), (est.loss, correct)
+
+    def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
+        order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), x_train.shape[0])
+        batches = order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
+        empty = {f: jnp.full((len(sizes) - 1,), jnp.nan) for f in FIELDS}
+
+        def body(state, inputs):
+            i, idx = inputs
+            global_step = epoch_index * steps_per_epoch + i
+            key = jax.random.fold_in(keys.steps, global_step)
+            out = {}
+            if every_steps:  # measured before this step's update; step 0 of an epoch is left to
+                # the epoch-end measurement of the previous epoch (same parameters)
+                due = (global_step % every_steps == 0) & (i > 0)
+                measure_key = jax.random.fold_in(keys.probe, global_step)
+                out["alignment"] = jax.lax.cond(
+                    due, lambda: measure(state, probe_x, probe_y, measure_key), lambda: empty
+                )
+                out["measured"] = due
+            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES), key)
+            out["loss"], out["correct"] = loss_value, correct
+            return state, out
+
+        return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
+
+    def evaluate(params, x, y, mask):
+        chunk = t.eval_batch_size if x.shape[0] % t.eval_batch_size == 0 else x.shape[0]
+        xs = x.reshape((-1, chunk) + x.shape[1:])
+        ys, ms = y.reshape(-1, chunk), mask.reshape(-1, chunk)
+
+        def one(args):
+            xc, yc, mc = args
+            z = predict(params, xc, act)
+            per_example = loss.per_example(z, jax.nn.one_hot(yc, N_CLASSES))
+            return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
+
+        losses, corrects = jax.lax.map(one, (xs, ys, ms))
+        n = jnp.sum(mask)
+        return jnp.sum(losses) / n, jnp.sum(corrects) / n
+
+    return Program(
+        sizes=sizes,
+        steps_per_epoch=steps_per_epoch,
+        init=jax.jit(init),
+        epoch=jax.jit(epoch),
+        evaluate=jax.jit(evaluate),
+        measure=jax.jit(measure),
+        schedule=make_schedule(config.optimizer, steps_per_epoch, t.epochs),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side driver.
+
+
+def probe_batch(config: Config, splits: Splits, keys: Keys):
+    n = splits.x_train.shape[0]
+    idx = jax.random.permutation(keys.probe, n)[: min(config.alignment.probe_size, n)]
+    return splits.x_train[idx], splits.y_train[idx]
+
+
+def alignment_records(measurements: dict, epoch: int, step: int) -> list[dict]:
+    values = {f: np.asarray(measurements[f]) for f in FIELDS}
+    n_layers = len(values["update_angle"])
+    return [
+        {"epoch": epoch, "step": step, "layer": l, **{f: float(values[f][l]) for f in FIELDS}}
+        for l in range(n_layers)
+    ]
+
+
+def in_epoch_alignment(out: dict, epoch: int, steps_per_epoch: int) -> list[dict]:
+    if "alignment" not in out:
+        return []
+    measured = np.asarray(out["measured"])
+    records = []
+    for i in np.flatnonzero(measured):
+        step_values = {f: np.asarray(out["alignment"][f][i]) for f in FIELDS}
+        # the measurement at step i happened before that step's update: during epoch `epoch`
+        records += alignment_records(step_values, epoch - 1, (epoch - 1) * steps_per_epoch + int(i))
+    return records
+
+
+def environment() -> dict:
+    import jaxlib
+
+    devices = jax.devices()
+    return {
+        "versions": {
+            "bioprop": __version__,
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "optax": optax.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+        },
+    }
+
+
+class EpochReport(NamedTuple):
+    record: dict  # the metrics.jsonl line
+    alignment: list[dict]  # the alignment.jsonl lines of this epoch
+
+
+def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None) -> dict:
+    """Trains one run; writes config, metrics, alignment and summary through `writer`.
+
+    Returns the summary. Ctrl-C ends the run with status 'interrupted', a non-finite loss with
+    status 'diverged'; what was measured until then is kept.
+    """
+    splits = make_splits(config, dataset)
+    n_train = splits.x_train.shape[0]
+    program = build_program(config, n_train, splits.x_train.shape[1])
+    keys = derive_keys(config.seed)
+    probe_x, probe_y = probe_batch(config, splits, keys)
+    align = config.alignment
+
+    writer.config(to_dict(config))
+    summary = {
+        "status": "running",
+        "rule": config.rule,
+        "depth": config.model.depth,
+        "seed": config.seed,
+        "layer_sizes": list(program.sizes),
+        "n_train": n_train,
+        "n_val": int(jnp.sum(splits.mask_val)),
+        "n_test": int(jnp.sum(splits.mask_test)),
+        "steps_per_epoch": program.steps_per_epoch,
+        **environment(),
+    }
+    writer.summary(summary)
+
+    t_start = time.perf_counter()
+    state = program.init(config.seed)
+    epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
+    t0 = time.perf_counter()
+    epoch_fn = program.epoch.lower(state, *epoch_args, 0).compile()
+    compile_time = time.perf_counter() - t0
+
+    train_time, epochs_done, status, diverged_epoch = 0.0, 0, "completed", None
+    best_val, best_val_epoch, last = -1.0, 0, {}
+    if align.enabled:
+        writer.alignment(alignment_records(program.measure(state, probe_x, probe_y, keys.probe), 0, 0))
+    try:
+        for epoch in range(1, config.train.epochs + 1):
+            t0 = time.perf_counter()
+            state, out = epoch_fn(state, *epoch_args, epoch - 1)
+            losses = np.asarray(out["loss"])  # waits for the epoch to finish
+            epoch_time = time.perf_counter() - t0
+            train_time += epoch_time
+            step = epoch * program.steps_per_epoch
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "lr": float(program.schedule(step)),
+                "train_loss": float(np.mean(losses)),
+                "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
+            }
+            epochs_done = epoch
+            if not np.all(np.isfinite(losses)):
+                status, diverged_epoch = "diverged", epoch
+                record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
+                writer.metrics(record)
+                on_epoch(EpochReport(record, []))
+                break
+            alignment = in_epoch_alignment(out, epoch, program.steps_per_epoch)
+            if align.enabled and epoch % align.every_epochs == 0:
+                measured = program.measure(state, probe_x, probe_y, jax.random.fold_in(keys.probe, step))
+                alignment += alignment_records(measured, epoch, step)
+                record["mean_update_angle"] = float(mean_hidden_update_angle(measured))
+            for split in ("val", "test"):
+                loss_value, accuracy = program.evaluate(
+                    state.params, getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}"), getattr(splits, f"mask_{split}")
+                )
+                record[f"{split}_loss"], record[f"{split}_accuracy"] = float(loss_value), float(accuracy)
+            record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
+            writer.alignment(alignment)
+            writer.metrics(record)
+            if record["val_accuracy"] > best_val:
+                best_val, best_val_epoch = record["val_accuracy"], epoch
+            last = record
+            on_epoch(EpochReport(record, alignment))
+    except KeyboardInterrupt:
+        status = "interrupted"
+
+    summary.update(
+        status=status,
+        epochs_completed=epochs_done,
+        diverged_epoch=diverged_epoch,
+        test_accuracy=last.get("test_accuracy"),
+        test_loss=last.get("test_loss"),
+        val_accuracy=last.get("val_accuracy"),
+        best_val_accuracy=best_val if best_val >= 0 else None,
+        best_val_epoch=best_val_epoch or None,
+        final_mean_update_angle=last.get("mean_update_angle"),
+        wall_time_s=time.perf_counter() - t_start,
+        train_time_s=train_time,
+        compile_time_s=compile_time,
+        examples_per_s=(epochs_done * program.steps_per_epoch * config.train.batch_size / train_time) if train_time else None,
+    )
+    writer.summary(summary)
+    return summary

@@ -54,7 +54,7 @@ class FeedbackConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: ScheduleName = "constant"
+    name: ScheduleName = "cosine"
     warmup_epochs: float = 0.0  # warmup_cosine only
     decay_rate: float = 0.1  # exponential: factor reached at the end of training; step: factor per boundary
     boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is multiplied by decay_rate
@@ -81,7 +81,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 5000
 

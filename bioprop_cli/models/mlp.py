@@ -22,7 +22,9 @@ class Activation(NamedTuple):
 
 
 def _hard_sigmoid(a):
-    return jnp.clip(a, 0.0, 1.0)
+    # clip(a, 0, 1), written with `where` so that jax.grad takes the derivative 0 at the kinks,
+    # like _hard_sigmoid_grad (jnp.clip's gradient there would be 1/2).
+    return jnp.where(a <= 0.0, 0.0, jnp.where(a >= 1.0, 1.0, a))
 
 
 def _hard_sigmoid_grad(a):

@@ -1,0 +1,125 @@
+"""The training loop on small generated data: learning, determinism, divergence, interruption."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bioprop_cli.config import load_config
+from bioprop_cli.runs import RunWriter, read_jsonl
+from bioprop_cli.train import train
+
+
+def clusters(n_train=1200, n_test=300, dim=20, seed=0):
+    """Ten separable Gaussian clusters: every rule should learn them quickly."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(10, dim)).astype(np.float32)
+
+    def draw(n):
+        y = rng.integers(0, 10, n).astype(np.int32)
+        return (centers[y] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32), y
+
+    (x_train, y_train), (x_test, y_test) = draw(n_train), draw(n_test)
+    return SimpleNamespace(name="clusters", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def small_config(**overrides):
+    base = {
+        "model.width": 16,
+        "train.epochs": 3,
+        "train.batch_size": 50,
+        "data.validation_size": 200,
+        "alignment.probe_size": 64,
+        "optimizer.lr": 0.01,
+    }
+    base.update(overrides)
+    return load_config(overrides=list(base.items()))
+
+
+def run(tmp_path, config, dataset=None, on_epoch=lambda r: None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    summary = train(config, dataset or clusters(), RunWriter(tmp_path), on_epoch)
+    metrics = read_jsonl(tmp_path / "metrics.jsonl")
+    alignment = read_jsonl(tmp_path / "alignment.jsonl") if (tmp_path / "alignment.jsonl").exists() else []
+    return summary, metrics, alignment
+
+
+TIMING = ("epoch_time_s", "wall_time_s")
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"])
+def test_every_rule_learns_separable_clusters(tmp_path, rule):
+    summary, metrics, alignment = run(tmp_path, small_config(rule=rule, **{"model.depth": 2}))
+    assert summary["status"] == "completed"
+    assert summary["test_accuracy"] > 0.9, metrics
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert sorted({a["epoch"] for a in alignment}) == [0, 1, 2, 3]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
+    config = small_config(rule="brsf")
+    _, m1, a1 = run(tmp_path / "a", config)
+    _, m2, a2 = run(tmp_path / "b", config)
+    assert _untimed(m1) == _untimed(m2)
+    assert a1 == a2
+    _, m3, _ = run(tmp_path / "c", small_config(rule="brsf", seed=1))
+    assert _untimed(m1) != _untimed(m3)
+
+
+def test_steps_per_epoch_drop_the_shuffled_remainder(tmp_path):
+    summary, metrics, _ = run(tmp_path, small_config(**{"train.batch_size": 300}))
+    assert summary["n_train"] == 1000 and summary["steps_per_epoch"] == 3
+    assert [m["step"] for m in metrics] == [3, 6, 9]
+
+
+def test_divergence_stops_the_run_and_is_recorded(tmp_path):
+    config = small_config(rule="bp", **{"optimizer.name": "sgd", "optimizer.lr": 1e6, "model.activation": "relu", "model.loss": "mse"})
+    summary, metrics, _ = run(tmp_path, config)
+    assert summary["status"] == "diverged"
+    assert summary["diverged_epoch"] == metrics[-1]["epoch"]
+    assert not np.isfinite(metrics[-1]["train_loss"] if metrics[-1]["train_loss"] is not None else np.nan)
+    assert summary["epochs_completed"] == summary["diverged_epoch"] < 3
+
+
+def test_ctrl_c_keeps_what_was_measured(tmp_path):
+    def interrupt(report):
+        if report.record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    summary, metrics, _ = run(tmp_path, small_config(), on_epoch=interrupt)
+    assert summary["status"] == "interrupted"
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert summary["epochs_completed"] == 2
+
+
+def test_alignment_inside_epochs_every_n_steps(tmp_path):
+    config = small_config(rule="fa", **{"alignment.every_steps": 7, "alignment.every_epochs": 1})
+    summary, _, alignment = run(tmp_path, config)
+    steps = sorted({a["step"] for a in alignment})
+    per_epoch = summary["steps_per_epoch"]  # 20
+    in_epoch = [s for e in range(3) for s in range(e * per_epoch + 1, (e + 1) * per_epoch) if s % 7 == 0]
+    assert steps == sorted(set(in_epoch + [0, per_epoch, 2 * per_epoch, 3 * per_epoch]))
+    depth = config.model.depth
+    assert len(alignment) == len(steps) * (depth + 1)
+    for a in alignment:  # "epoch" is the number of epochs completed when the measurement was taken
+        assert a["epoch"] == a["step"] // per_epoch
+
+
+def test_alignment_off_writes_no_angles(tmp_path):
+    _, metrics, alignment = run(tmp_path, small_config(**{"alignment.enabled": False}))
+    assert alignment == []
+    assert "mean_update_angle" not in metrics[0]
+
+
+def test_fa_update_angle_falls_below_90_while_learning(tmp_path):
+    """Lillicrap et al. 2016: the forward weights come to align with the random feedback."""
+    config = small_config(rule="fa", **{"train.epochs": 4, "model.depth": 1, "model.width": 32})
+    _, _, alignment = run(tmp_path, config)
+    hidden = [a for a in alignment if a["layer"] == 0]
+    assert hidden[0]["update_angle"] > 75  # at initialisation: nearly orthogonal
+    assert hidden[-1]["update_angle"] < 60  # after training: aligned

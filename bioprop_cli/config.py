@@ -48,7 +48,7 @@ class ModelConfig:
 class FeedbackConfig:
     """Feedback matrices of fa, dfa and the sign-symmetric rules (see bioprop_cli/rules/)."""
 
-    distribution: Distribution = "normal"
+    distribution: Distribution = "uniform"  # as in Lillicrap et al. 2016 and Nøkland 2016
     scale: float = 1.0  # relative to the matching forward layer's init std (see README)
 
 

@@ -223,3 +223,34 @@ def test_no_rule_reads_the_true_gradient(rule, monkeypatch):
     for name in ("grad", "vjp", "value_and_grad", "jacrev", "jacfwd"):
         monkeypatch.setattr(jax, name, forbidden)
     r.estimate(params, state, x, y, jax.random.PRNGKey(6))
+
+
+def test_brsf_fast_uniform_is_uniform_and_independent_across_steps():
+    from bioprop_cli.rules.sign_symmetric import fast_uniform
+
+    u1 = np.asarray(fast_uniform(jax.random.PRNGKey(1), (512, 512))).ravel()
+    u2 = np.asarray(fast_uniform(jax.random.PRNGKey(2), (512, 512))).ravel()
+    n = u1.size
+    assert 0 < u1.min() and u1.max() < 1
+    assert abs(u1.mean() - 0.5) < 4 * np.sqrt(1 / 12 / n)
+    assert abs(u1.var() - 1 / 12) < 0.002
+    hist, _ = np.histogram(u1, bins=16, range=(0, 1))
+    assert np.all(np.abs(hist - n / 16) < 5 * np.sqrt(n / 16))
+    for a, b in [(u1, u2), (u1[:-1], u1[1:]), (u1[:-512], u1[512:])]:  # other step, neighbours, rows
+        assert abs(np.corrcoef(a, b)[0, 1]) < 5 / np.sqrt(n)
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "normal"])
+def test_brsf_magnitudes_have_the_second_moment_of_w(distribution):
+    from bioprop_cli.rules.sign_symmetric import redrawn_magnitudes
+
+    sizes = layer_sizes(300, 2, 400, 10)
+    cfg = load_config(overrides=[("rule", "brsf"), ("feedback.distribution", distribution)])
+    m = np.asarray(redrawn_magnitudes(jax.random.PRNGKey(0), cfg, sizes)[1])
+    std = 1 / np.sqrt(400)  # lecun std of W_1 (fan-in 400)
+    assert m.min() >= 0
+    assert np.sqrt(np.mean(m**2)) == pytest.approx(std, rel=0.01)
+    if distribution == "normal":
+        assert m.mean() == pytest.approx(std * np.sqrt(2 / np.pi), rel=0.01)  # half-normal mean
+    else:
+        assert m.max() <= np.sqrt(3) * std

@@ -1,6 +1,59 @@
-"""`bioprop bench`: throughput of every rule against the machine's matmul peak (placeholder until written)."""
+"""`bioprop bench`: throughput of every rule against the machine's matmul peak."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from bioprop_cli.cli.common import console, user_errors_exit_2
+from bioprop_cli.config import parse_override
 
 
-def bench() -> None:
-    """Benchmark every rule (one epoch of MNIST, 784-256x5-10 tanh, batch 128)."""
-    raise NotImplementedError
+@user_errors_exit_2
+def bench(
+    rules: Optional[str] = typer.Option(None, help="Comma-separated rules (default: all)."),
+    repeats: int = typer.Option(3, min=1, help="Timed epochs per rule; the best is reported."),
+    data_dir: Optional[str] = typer.Option(None, help="MNIST folder (else $BIOPROP_DATA_DIR)."),
+    synthetic: bool = typer.Option(False, help="Use random arrays of MNIST's shapes instead of MNIST."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Config override, e.g. --set model.depth=2."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """One epoch of MNIST per rule (784-256x5-10 tanh, batch 128, SGD) after compilation."""
+    from bioprop_cli.bench import run_benchmark, synthetic_mnist
+    from bioprop_cli.data import load_dataset
+
+    dataset = synthetic_mnist() if synthetic else load_dataset("mnist", data_dir)
+    report = run_benchmark(
+        dataset, rules.split(",") if rules else None, repeats, [parse_override(s) for s in set_]
+    )
+    console.print(report_table(report))
+    if json_out is not None:
+        from bioprop_cli.runs import write_json
+
+        write_json(json_out, report)
+        console.print(f"figures written to {json_out}")
+
+
+def report_table(report: dict) -> Table:
+    table = Table(
+        title=f"bioprop bench · {report['device']} · jax {report['jax']} · "
+        f"matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s"
+    )
+    for name in ("rule", "examples/s", "GFLOP/s", "% of peak", "vs jax.grad", "vs bp", "align. cost", "compile s"):
+        table.add_column(name, justify="right" if name != "rule" else "left")
+    for r in report["results"] + [report["reference"]]:
+        table.add_row(
+            r["rule"],
+            f"{r['examples_per_s']:,.0f}",
+            f"{r['gflops']:.1f}",
+            f"{100 * r['fraction_of_peak']:.0f}%",
+            f"{r['vs_reference']:.2f}",
+            "-" if r.get("vs_bp") is None else f"{r['vs_bp']:.2f}",
+            "-" if "alignment_overhead" not in r else f"{100 * r['alignment_overhead']:.1f}%",
+            f"{r['compile_s']:.2f}",
+        )
+    return table

@@ -8,11 +8,15 @@ Xiao, Chen, Liao & Poggio 2018 (arXiv:1811.03567); Moskovitz, Litwin-Kumar & Abb
         s_l = feedback.scale * (initial std of W_l), so that |B_l| = |W_l| at initialisation.
 - frsf: B_l = |R_l| * sign(W_l^T), magnitudes |R_l| drawn once (fixed random magnitudes).
 - brsf: B_l = |R_l^t| * sign(W_l^T), magnitudes redrawn every batch t from the step's key.
-R_l has the distribution of fa's feedback: zero-mean, std = feedback.scale * initial std of W_l.
+R_l has the distribution of fa's feedback: zero-mean, std = feedback.scale * initial std of W_l,
+so |R_l| is uniform on [0, sqrt(3) std] (uniform) or half-normal (normal).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from bioprop_cli.rules.base import LearningRule, feedback_rule, feedback_std, model_functions
 from bioprop_cli.rules.feedback_alignment import random_feedback
@@ -47,11 +51,46 @@ def make_frsf(config, sizes) -> LearningRule:
     )
 
 
+def _mix32(x):
+    """A bijective 32-bit integer mixer (the 'lowbias32' constants of C. Wellons' hash prospector)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def fast_uniform(key, shape) -> jax.Array:
+    """Uniform floats in (0, 1) from a keyed counter-based hash: mix(mix(i + k0) ^ k1).
+
+    brsf redraws every feedback magnitude at every step; threefry bits for that cost more than
+    the step's matrix products on a CPU, this costs about a sixth of them. Two 32-bit keys from
+    the step's JAX key make the streams of two steps unrelated (not shifted copies).
+    """
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    bits = _mix32(_mix32(counter + k0) ^ k1)
+    return ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def redrawn_magnitudes(key, config, sizes) -> list:
+    """|R_l| for l = 1 .. L-1, with the distribution of fa's feedback (see module docstring)."""
+    keys = jax.random.split(key, len(sizes) - 1)
+    magnitudes = [None]
+    for l in range(1, len(sizes) - 1):
+        u = fast_uniform(keys[l], (sizes[l + 1], sizes[l]))
+        std = feedback_std(config, sizes, l)
+        if config.feedback.distribution == "uniform":
+            magnitudes.append(math.sqrt(3.0) * std * u)
+        else:  # half-normal by its inverse CDF: |N(0, std)| = std sqrt(2) erfinv(u)
+            magnitudes.append(std * math.sqrt(2.0) * lax.erf_inv(u))
+    return magnitudes
+
+
 def make_brsf(config, sizes) -> LearningRule:
     act, loss = model_functions(config)
 
     def matrices(params, state, key):
-        magnitudes = [None] + [jnp.abs(r) for r in random_feedback(key, config, sizes)[1:]]
-        return _with_magnitudes(params, magnitudes)
+        return _with_magnitudes(params, redrawn_magnitudes(key, config, sizes))
 
     return feedback_rule(act, loss, init=lambda key, params: (), matrices=matrices)

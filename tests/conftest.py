@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MNIST folder (or a skip), a small fake in-memory dataset, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bioprop_cli.data import Dataset
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> str:
+    """The folder named by $BIOPROP_DATA_DIR holding the canonical MNIST IDX files; skips when unavailable."""
+    path = os.environ.get("BIOPROP_DATA_DIR", "")
+    if not path:
+        pytest.skip("BIOPROP_DATA_DIR is not set (needs the real MNIST IDX files)")
+    folder = Path(path)
+    missing = [name for name in IDX_FILES if not (folder / name).is_file() and not (folder / f"{name}.gz").is_file()]
+    if missing:
+        pytest.skip(f"BIOPROP_DATA_DIR={path} lacks {', '.join(missing)}")
+    return str(folder)
+
+
+def make_fake_dataset(n_train: int = 600, n_test: int = 100, seed: int = 0) -> Dataset:
+    """A tiny MNIST-shaped dataset in memory (random pixels, random labels)."""
+    rng = np.random.default_rng(seed)
+    return Dataset(
+        name="mnist",
+        x_train=rng.random((n_train, 784), dtype=np.float32),
+        y_train=rng.integers(0, 10, n_train).astype(np.int32),
+        x_test=rng.random((n_test, 784), dtype=np.float32),
+        y_test=rng.integers(0, 10, n_test).astype(np.int32),
+        source="fake dataset (tests)",
+    )
+
+
+@pytest.fixture
+def fake_dataset() -> Dataset:
+    return make_fake_dataset()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()

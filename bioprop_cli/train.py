@@ -264,7 +264,7 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
     epoch_fn = program.epoch.lower(state, *epoch_args, 0).compile()
     compile_time = time.perf_counter() - t0
 
-    train_time, epochs_done, status, diverged_epoch = 0.0, 0, "completed", None
+    train_time, examples_seen, epochs_done, status, diverged_epoch = 0.0, 0, 0, "completed", None
     best_val, best_val_epoch, last = -1.0, 0, {}
     if align.enabled:
         writer.alignment(alignment_records(program.measure(state, probe_x, probe_y, keys.probe), 0, 0))
@@ -275,6 +275,7 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
             losses = np.asarray(out["loss"])  # waits for the epoch to finish
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
+            examples_seen += program.steps_per_epoch * config.train.batch_size
             step = epoch * program.steps_per_epoch
             record = {
                 "epoch": epoch,
@@ -283,11 +284,11 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
                 "train_loss": float(np.mean(losses)),
                 "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
             }
-            epochs_done = epoch
             if not np.all(np.isfinite(losses)):
                 status, diverged_epoch = "diverged", epoch
                 record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
                 writer.metrics(record)
+                epochs_done = epoch
                 on_epoch(EpochReport(record, []))
                 break
             alignment = in_epoch_alignment(out, epoch, program.steps_per_epoch)
@@ -303,6 +304,7 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
             record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
             writer.alignment(alignment)
             writer.metrics(record)
+            epochs_done = epoch
             if record["val_accuracy"] > best_val:
                 best_val, best_val_epoch = record["val_accuracy"], epoch
             last = record
@@ -323,7 +325,7 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
         wall_time_s=time.perf_counter() - t_start,
         train_time_s=train_time,
         compile_time_s=compile_time,
-        examples_per_s=(epochs_done * program.steps_per_epoch * config.train.batch_size / train_time) if train_time else None,
+        examples_per_s=examples_seen / train_time if train_time else None,
     )
     writer.summary(summary)
     return summary

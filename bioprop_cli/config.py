@@ -7,6 +7,7 @@ key and what is allowed (the CLI turns that into exit code 2, before anything is
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -112,6 +113,7 @@ class Config:
 # Building a config from plain data, with strict type checks.
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -163,10 +165,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads '1e-3' (no dot) as a string
+            value = float(value)  # YAML 1.1 reads '1e-3' (no dot) as a string
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"config key '{key}': expected a finite number, got {value!r}")
+            return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -213,10 +217,15 @@ def validate(config: Config) -> Config:
 
     rules = available_rules()
     if config.rule not in rules:
-        raise UserError(f"unknown rule '{config.rule}'; known rules: {', '.join(rules)}")
+        raise UserError(f"unknown rule {config.rule!r}; known rules: {', '.join(rules)}")
     m, o, d, t, a = config.model, config.optimizer, config.data, config.train, config.alignment
-    _check(config.seed >= 0, "seed", ">= 0", config.seed)
-    _check(bool(config.experiment) and "/" not in config.experiment, "experiment", "a non-empty name without '/'", config.experiment)
+    _check(0 <= config.seed < 2**31, "seed", "in [0, 2^31 - 1]", config.seed)
+    _check(
+        bool(_NAME.fullmatch(config.experiment)),
+        "experiment",
+        "a folder name of letters, digits, '.', '_' or '-' that does not start with '.'",
+        config.experiment,
+    )
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
@@ -284,6 +293,8 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as e:
         raise UserError(f"config file '{path}' cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not a text (UTF-8) file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -297,15 +297,15 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
                 alignment += alignment_records(measured, epoch, step)
                 record["mean_update_angle"] = float(mean_hidden_update_angle(measured))
             for split in ("val", "test"):
-                loss_value, accuracy = program.evaluate(
-                    state.params, getattr(splits, f"x_{split}"), getattr(splits, f"y_{split}"), getattr(splits, f"mask_{split}")
-                )
-                record[f"{split}_loss"], record[f"{split}_accuracy"] = float(loss_value), float(accuracy)
+                x, y, mask = (getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask"))
+                loss_value, accuracy = program.evaluate(state.params, x, y, mask) if summary[f"n_{split}"] else (None, None)
+                record[f"{split}_loss"] = None if loss_value is None else float(loss_value)
+                record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy)
             record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
             writer.alignment(alignment)
             writer.metrics(record)
             epochs_done = epoch
-            if record["val_accuracy"] > best_val:
+            if record["val_accuracy"] is not None and record["val_accuracy"] > best_val:
                 best_val, best_val_epoch = record["val_accuracy"], epoch
             last = record
             on_epoch(EpochReport(record, alignment))

@@ -31,6 +31,7 @@ def small_config(**overrides):
         "data.validation_size": 200,
         "alignment.probe_size": 64,
         "optimizer.lr": 0.01,
+        "optimizer.schedule.name": "constant",
     }
     base.update(overrides)
     return load_config(overrides=list(base.items()))

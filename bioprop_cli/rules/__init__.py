@@ -27,7 +27,7 @@ def make_rule(config, sizes: tuple[int, ...]) -> LearningRule:
     try:
         factory = _REGISTRY[config.rule]
     except KeyError:
-        raise UserError(f"unknown rule '{config.rule}'; known rules: {', '.join(_REGISTRY)}") from None
+        raise UserError(f"unknown rule {config.rule!r}; known rules: {', '.join(_REGISTRY)}") from None
     return factory(config, sizes)
 
 

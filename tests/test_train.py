@@ -117,10 +117,15 @@ def test_alignment_off_writes_no_angles(tmp_path):
     assert "mean_update_angle" not in metrics[0]
 
 
-def test_fa_update_angle_falls_below_90_while_learning(tmp_path):
+def test_fa_update_angle_falls_below_90_while_learning(tmp_path, mnist_dir):
     """Lillicrap et al. 2016: the forward weights come to align with the random feedback."""
-    config = small_config(rule="fa", **{"train.epochs": 4, "model.depth": 1, "model.width": 32})
-    _, _, alignment = run(tmp_path, config)
-    hidden = [a for a in alignment if a["layer"] == 0]
-    assert hidden[0]["update_angle"] > 75  # at initialisation: nearly orthogonal
-    assert hidden[-1]["update_angle"] < 60  # after training: aligned
+    from bioprop_cli.data import load_dataset
+
+    config = small_config(rule="fa", **{
+        "train.epochs": 2, "model.depth": 1, "model.width": 64, "train.batch_size": 32, "optimizer.lr": 0.001,
+        "data.train_limit": 3000, "data.validation_size": 500, "data.test_limit": 500,
+    })
+    _, _, alignment = run(tmp_path, config, load_dataset("mnist", mnist_dir))
+    hidden = [a["update_angle"] for a in alignment if a["layer"] == 0]
+    assert hidden[0] > 75  # at initialisation: nearly orthogonal (measured: 86 degrees)
+    assert hidden[-1] < 70  # two short epochs later: aligned (measured: 55 degrees)

@@ -23,8 +23,7 @@ import optax
 
 from bioprop_cli import __version__
 from bioprop_cli.config import Config, check_against_data, to_dict
-from bioprop_cli.metrics.alignment import FIELDS, mean_hidden_update_angle, measure_alignment
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, init_params, layer_sizes, predict
+from bioprop_cli.models.mlp import LOSSES, init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 
@@ -93,14 +92,14 @@ class Program:
     steps_per_epoch: int
     init: Callable  # (seed) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
-    evaluate: Callable  # (params, x, y, mask) -> (mean loss, accuracy)
-    measure: Callable  # (state, probe_x, probe_y, key) -> {field: (L,)}
+    evaluate: Callable  # (params, rule_state, x, y, mask) -> (mean loss, accuracy)
+    measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
 
 
 def build_program(config: Config, n_train: int, n_in: int) -> Program:
     m, t = config.model, config.train
-    act, loss = ACTIVATIONS[m.activation], LOSSES[m.loss]
+    loss = LOSSES[m.loss]
     sizes = layer_sizes(n_in, m.depth, m.width, N_CLASSES)
     rule = make_rule(config, sizes)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
@@ -113,8 +112,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         return TrainState(params, rule.init(keys.rule, params), optimizer.init(params))
 
     def measure(state, probe_x, probe_y, key):
-        y = jax.nn.one_hot(probe_y, N_CLASSES)
-        return measure_alignment(rule, act, loss, state.params, state.rule_state, probe_x, y, key)
+        return rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key)
 
     def step(state, x, y, key):
         est = rule.estimate(state.params, state.rule_state, x, y, key)
@@ -126,7 +124,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
         order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), x_train.shape[0])
         batches = order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
-        empty = {f: jnp.full((len(sizes) - 1,), jnp.nan) for f in FIELDS}
+        shapes = jax.eval_shape(measure, state, probe_x, probe_y, keys.probe)
+        empty = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
         def body(state, inputs):
             i, idx = inputs
@@ -147,14 +146,14 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
         return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
 
-    def evaluate(params, x, y, mask):
+    def evaluate(params, rule_state, x, y, mask):
         chunk = t.eval_batch_size if x.shape[0] % t.eval_batch_size == 0 else x.shape[0]
         xs = x.reshape((-1, chunk) + x.shape[1:])
         ys, ms = y.reshape(-1, chunk), mask.reshape(-1, chunk)
 
         def one(args):
             xc, yc, mc = args
-            z = predict(params, xc, act)
+            z = rule.predict(params, rule_state, xc)
             per_example = loss.per_example(z, jax.nn.one_hot(yc, N_CLASSES))
             return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
 
@@ -184,23 +183,25 @@ def probe_batch(config: Config, splits: Splits, keys: Keys):
 
 
 def alignment_records(measurements: dict, epoch: int, step: int) -> list[dict]:
-    values = {f: np.asarray(measurements[f]) for f in FIELDS}
-    n_layers = len(values["update_angle"])
-    return [
-        {"epoch": epoch, "step": step, "layer": l, **{f: float(values[f][l]) for f in FIELDS}}
+    """One record per layer, then one with layer "all" for the whole-network quantities."""
+    layers = {name: np.asarray(v) for name, v in measurements["layers"].items()}
+    n_layers = len(next(iter(layers.values())))
+    records = [
+        {"epoch": epoch, "step": step, "layer": l, **{name: float(v[l]) for name, v in layers.items()}}
         for l in range(n_layers)
     ]
+    network = {name: float(v) for name, v in measurements["network"].items()}
+    return records + [{"epoch": epoch, "step": step, "layer": "all", **network}]
 
 
 def in_epoch_alignment(out: dict, epoch: int, steps_per_epoch: int) -> list[dict]:
     if "alignment" not in out:
         return []
-    measured = np.asarray(out["measured"])
     records = []
-    for i in np.flatnonzero(measured):
-        step_values = {f: np.asarray(out["alignment"][f][i]) for f in FIELDS}
-        # the measurement at step i happened before that step's update: during epoch `epoch`
-        records += alignment_records(step_values, epoch - 1, (epoch - 1) * steps_per_epoch + int(i))
+    for i in np.flatnonzero(np.asarray(out["measured"])):
+        at_step = jax.tree_util.tree_map(lambda v: v[i], out["alignment"])
+        # the measurement at step i happened before that step's update, during epoch `epoch`
+        records += alignment_records(at_step, epoch - 1, (epoch - 1) * steps_per_epoch + int(i))
     return records
 
 
@@ -295,10 +296,10 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
             if align.enabled and epoch % align.every_epochs == 0:
                 measured = program.measure(state, probe_x, probe_y, jax.random.fold_in(keys.probe, step))
                 alignment += alignment_records(measured, epoch, step)
-                record["mean_update_angle"] = float(mean_hidden_update_angle(measured))
+                record.update({name: float(v) for name, v in measured["network"].items()})
             for split in ("val", "test"):
                 x, y, mask = (getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask"))
-                loss_value, accuracy = program.evaluate(state.params, x, y, mask) if summary[f"n_{split}"] else (None, None)
+                loss_value, accuracy = program.evaluate(state.params, state.rule_state, x, y, mask) if summary[f"n_{split}"] else (None, None)
                 record[f"{split}_loss"] = None if loss_value is None else float(loss_value)
                 record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy)
             record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)

@@ -170,17 +170,23 @@ def test_train_metrics_one_line_per_epoch(fa_run):
 
 
 def test_train_alignment_lines(fa_run):
-    alignment = fa_run.alignment
+    everything = fa_run.alignment
+    alignment = [r for r in everything if r["layer"] != "all"]
     steps_per_epoch = fa_run.summary["steps_per_epoch"]
     for record in alignment:
         assert ALIGNMENT_KEYS <= set(record), ALIGNMENT_KEYS - set(record)
-    # a measurement at initialisation (epoch 0) and after every epoch; one line per layer 0..depth
-    layers = list(range(DEPTH + 1))
+    # a measurement at initialisation (epoch 0) and after every epoch; one line per layer 0..depth,
+    # then one line for the whole network
+    layers = list(range(DEPTH + 1)) + ["all"]
     for epoch in range(EPOCHS + 1):
-        lines = [r for r in alignment if r["epoch"] == epoch]
+        lines = [r for r in everything if r["epoch"] == epoch]
         assert [r["layer"] for r in lines] == layers, (epoch, lines)
         assert all(r["step"] == epoch * steps_per_epoch for r in lines)
-    assert len(alignment) == (EPOCHS + 1) * (DEPTH + 1)
+    assert len(everything) == (EPOCHS + 1) * (DEPTH + 2)
+    for r in everything:
+        if r["layer"] == "all":
+            assert set(r) >= {"update_angle", "update_rel_error", "mean_update_angle"}
+            assert 0.0 <= r["update_angle"] <= 180.0 and r["update_rel_error"] > 0
     for r in alignment:
         for key in ("update_angle", "delta_angle", "feedback_angle"):
             assert r[key] is None or 0.0 <= r[key] <= 180.0, (key, r)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.config import load_config
-from bioprop_cli.metrics.alignment import exact_gradients, mean_hidden_update_angle, measure_alignment
+from bioprop_cli.metrics.alignment import exact_gradients, measure_alignment
 from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
 from bioprop_cli.rules import make_rule
@@ -75,6 +75,9 @@ def test_exact_deltas_are_the_gradients_of_the_pre_activations():
 def test_backprop_is_perfectly_aligned_with_itself():
     r, params, state, x, y = _setup("bp")
     m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
+    assert float(m["network"]["update_angle"]) < 0.05 and float(m["network"]["update_rel_error"]) < 1e-5
+    m = m["layers"]
+    assert np.all(np.asarray(m["update_rel_error"]) < 1e-5)
     assert np.all(np.asarray(m["update_angle"]) < 0.05)
     assert np.all(np.asarray(m["delta_angle"]) < 0.05)
     assert np.all(np.isnan(m["feedback_angle"]))  # bp has no separate feedback matrix
@@ -84,7 +87,8 @@ def test_fa_measurements_follow_their_definitions():
     r, params, state, x, y = _setup("fa")
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
     key = jax.random.PRNGKey(0)
-    m = measure_alignment(r, act, loss, params, state, x, y, key)
+    measured = measure_alignment(r, act, loss, params, state, x, y, key)
+    m = measured["layers"]
     est = r.estimate(params, state, x, y, key)
     grads, deltas = exact_gradients(params, x, y, act, loss)
     for l in range(4):
@@ -99,17 +103,21 @@ def test_fa_measurements_follow_their_definitions():
     # random feedback at initialisation: nearly orthogonal to W^T, updates far from the gradient
     assert 70 < float(m["feedback_angle"][1]) < 110
     assert float(m["update_angle"][-1]) < 0.05
-    assert float(mean_hidden_update_angle(m)) == pytest.approx(float(np.mean(np.asarray(m["update_angle"])[:3])), abs=1e-4)
+    assert float(measured["network"]["mean_update_angle"]) == pytest.approx(float(np.mean(np.asarray(m["update_angle"])[:3])), abs=1e-4)
+    flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+    assert float(measured["network"]["update_angle"]) == pytest.approx(float(angle_degrees(flat(est.grads), flat(grads))), abs=1e-3)
+    rel = float(jnp.linalg.norm(est.grads[1]["w"] - grads[1]["w"]) / jnp.linalg.norm(grads[1]["w"]))
+    assert float(m["update_rel_error"][1]) == pytest.approx(rel, rel=1e-4)
 
 
 def test_sign_symmetric_feedback_is_within_90_degrees_of_w_transpose():
     for rule in ("usf", "frsf", "brsf"):
         r, params, state, x, y = _setup(rule)
-        m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
+        m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
         # sign(w) . w = |w|_1 > 0: the angle is acute; for gaussian W, cos = sqrt(2/pi) -> 37 degrees (usf)
         assert np.all(np.asarray(m["feedback_angle"][1:]) < 60), rule
     r, params, state, x, y = _setup("usf")
-    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
+    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
     w = np.asarray(params[1]["w"])
     expected = np.degrees(np.arccos(np.abs(w).sum() / (np.sqrt(w.size) * np.linalg.norm(w))))
     assert float(m["feedback_angle"][1]) == pytest.approx(expected, abs=1e-3)
@@ -117,7 +125,7 @@ def test_sign_symmetric_feedback_is_within_90_degrees_of_w_transpose():
 
 def test_dfa_feedback_is_compared_with_the_transport_path():
     r, params, state, x, y = _setup("dfa")
-    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
+    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
     path1 = params[3]["w"].T @ params[2]["w"].T  # W_3^T W_2^T: from the output to layer 1
     assert float(m["feedback_angle"][1]) == pytest.approx(float(angle_degrees(state[1], path1)), abs=1e-3)
     assert float(m["feedback_angle"][2]) == pytest.approx(float(angle_degrees(state[2], params[3]["w"].T)), abs=1e-3)

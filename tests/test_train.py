@@ -106,7 +106,7 @@ def test_alignment_inside_epochs_every_n_steps(tmp_path):
     in_epoch = [s for e in range(3) for s in range(e * per_epoch + 1, (e + 1) * per_epoch) if s % 7 == 0]
     assert steps == sorted(set(in_epoch + [0, per_epoch, 2 * per_epoch, 3 * per_epoch]))
     depth = config.model.depth
-    assert len(alignment) == len(steps) * (depth + 1)
+    assert len(alignment) == len(steps) * (depth + 2)  # layers 0..depth, and "all"
     for a in alignment:  # "epoch" is the number of epochs completed when the measurement was taken
         assert a["epoch"] == a["step"] // per_epoch
 

@@ -13,8 +13,6 @@ from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
 from bioprop_cli.models.mlp import Activation, Loss, Params, forward
 from bioprop_cli.rules.base import LearningRule
 
-FIELDS = ("update_angle", "delta_angle", "feedback_angle", "feedback_norm_ratio")
-
 
 def exact_gradients(params: Params, x, y, act: Activation, loss: Loss) -> tuple[Params, list]:
     """(dLoss/dparams, [dLoss/da_l]) by jax.grad; the deltas as gradients of zero perturbations."""
@@ -26,26 +24,44 @@ def exact_gradients(params: Params, x, y, act: Activation, loss: Loss) -> tuple[
     return jax.grad(objective, argnums=(0, 1))(params, zeros)
 
 
-def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key) -> dict:
-    """Per-layer measurements as arrays of shape (L,), NaN where a quantity does not apply.
+def relative_error(estimate, exact):
+    """|estimate - exact| / |exact| (Frobenius norms)."""
+    return jnp.linalg.norm(jnp.ravel(estimate - exact)) / jnp.linalg.norm(jnp.ravel(exact))
 
-    update_angle: rule's update for W_l vs the true gradient for W_l (same batch, same params);
-    delta_angle: rule's error signal delta_l vs backprop's; feedback_angle: B_l vs the matrix exact
-    transport would use (W_l^T); feedback_norm_ratio: |B_l| / |W_l|.
+
+def compare_updates(grads: Params, exact: Params) -> tuple[dict, dict]:
+    """Per-layer and whole-network angle and relative error of weight updates against the exact gradient."""
+    flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+    layers = {
+        "update_angle": jnp.stack([angle_degrees(g["w"], t["w"]) for g, t in zip(grads, exact)]),
+        "update_rel_error": jnp.stack([relative_error(g["w"], t["w"]) for g, t in zip(grads, exact)]),
+    }
+    network = {
+        "update_angle": angle_degrees(flat(grads), flat(exact)),
+        "update_rel_error": relative_error(flat(grads), flat(exact)),
+    }
+    return layers, network
+
+
+def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key) -> dict:
+    """{"layers": {name: (L,)}, "network": {name: scalar}}, NaN where a quantity does not apply.
+
+    Per layer: update_angle and update_rel_error (rule's update for W_l vs the true gradient for
+    W_l, same batch and parameters); delta_angle (rule's error signal delta_l vs backprop's);
+    feedback_angle (B_l vs the matrix exact transport would use, W_l^T); feedback_norm_ratio
+    (|B_l| / |W_l|). Whole network: the same update comparison on all weights at once, and
+    mean_update_angle, the mean over the hidden layers (the output layer's update is exact for
+    every feedforward rule).
     """
     n_layers = len(params)
     est = rule.estimate(params, state, x, y, key)
     true_grads, true_deltas = exact_gradients(params, x, y, act, loss)
-    nan = jnp.full((n_layers,), jnp.nan)
-    update = jnp.stack([angle_degrees(g["w"], t["w"]) for g, t in zip(est.grads, true_grads)])
-    delta = jnp.stack([angle_degrees(d, t) for d, t in zip(est.deltas, true_deltas)])
-    fb_angle, fb_ratio = nan, nan
+    layers, network = compare_updates(est.grads, true_grads)
+    layers["delta_angle"] = jnp.stack([angle_degrees(d, t) for d, t in zip(est.deltas, true_deltas)])
+    fb_angle = fb_ratio = jnp.full((n_layers,), jnp.nan)
     for l, (b, reference) in rule.feedback(params, state, key).items():
         fb_angle = fb_angle.at[l].set(angle_degrees(b, reference))
         fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
-    return {"update_angle": update, "delta_angle": delta, "feedback_angle": fb_angle, "feedback_norm_ratio": fb_ratio}
-
-
-def mean_hidden_update_angle(measurements: dict) -> jax.Array:
-    """Mean update angle over the hidden layers (the output layer's update is exact for every rule)."""
-    return jnp.nanmean(measurements["update_angle"][..., :-1], axis=-1)
+    layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
+    network["mean_update_angle"] = jnp.mean(layers["update_angle"][:-1])
+    return {"layers": layers, "network": network}

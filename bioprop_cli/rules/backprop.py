@@ -5,11 +5,10 @@ from bioprop_cli.rules.base import LearningRule, feedback_rule, model_functions
 
 def make(config, sizes) -> LearningRule:
     act, loss = model_functions(config)
-    rule = feedback_rule(
+    return feedback_rule(
         act,
         loss,
         init=lambda key, params: (),
         matrices=lambda params, state, key: [None] + [layer["w"].T for layer in params[1:]],
+        separate_feedback=False,
     )
-    # B = W^T by definition: there is no feedback matrix to compare with W^T.
-    return rule._replace(feedback=lambda params, state, key: {})

@@ -33,6 +33,12 @@ class LearningRule(NamedTuple):
     # {layer l: (B_l, reference)}: the feedback matrix a layer's error goes through, and the matrix
     # exact weight transport would use there (W^T, or a product of W^T for direct feedback).
     feedback: Callable[[Params, Any, jax.Array], dict[int, tuple[jax.Array, jax.Array]]]
+    # The network's output for evaluation (the logits of the MLP; the free equilibrium's output
+    # layer for an energy-based network).
+    predict: Callable[[Params, Any, jax.Array], jax.Array]
+    # Measurements against the exact gradient on a probe batch: {name: array of shape (L,)} for
+    # per-layer quantities and {name: scalar} for whole-network ones (see metrics/alignment.py).
+    measure: Callable[[Params, Any, jax.Array, jax.Array, jax.Array], dict]
 
 
 def weight_gradients(fwd, deltas: list) -> Params:
@@ -63,8 +69,12 @@ def feedback_rule(
     init: Callable[[jax.Array, Params], Any],
     matrices: Callable[[Params, Any, jax.Array], list],
     direct: bool = False,
+    separate_feedback: bool = True,
 ) -> LearningRule:
-    """A rule defined by the matrices its backward pass uses (`matrices(params, state, key)`)."""
+    """A rule defined by the matrices its backward pass uses (`matrices(params, state, key)`).
+
+    separate_feedback=False (backprop) means the matrices are W^T itself: nothing to compare.
+    """
     propagate = direct_deltas if direct else chain_deltas
 
     def estimate(params, state, x, y, key):
@@ -74,12 +84,24 @@ def feedback_rule(
         return Estimate(weight_gradients(fwd, deltas), state, deltas, loss.value(fwd.logits, y), fwd.logits)
 
     def feedback(params, state, key):
+        if not separate_feedback:
+            return {}
         mats = matrices(params, state, key)
         if direct:
             return {l: (mats[l], transport_path(params, l)) for l in range(len(params) - 1)}
         return {l: (mats[l], params[l]["w"].T) for l in range(1, len(params))}
 
-    return LearningRule(init, estimate, feedback)
+    def predict(params, state, x):
+        return forward(params, x, act).logits
+
+    rule = LearningRule(init, estimate, feedback, predict, measure=None)
+
+    def measure(params, state, x, y, key):
+        from bioprop_cli.metrics.alignment import measure_alignment
+
+        return measure_alignment(rule, act, loss, params, state, x, y, key)
+
+    return rule._replace(measure=measure)
 
 
 def transport_path(params: Params, l: int) -> jax.Array:

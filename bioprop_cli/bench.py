@@ -59,7 +59,7 @@ def matmul_flops_per_example(sizes: tuple[int, ...], rule: str) -> int:
     return forward_flops + weight_grads + error_path
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     """Best float32 GFLOP/s of an n x n x n matrix product (jnp.dot, compiled)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
@@ -100,7 +100,8 @@ def reference_epoch(config: Config, sizes, steps_per_epoch: int) -> Callable:
     return jax.jit(epoch), optimizer
 
 
-def bench_rule(config: Config, splits, repeats: int) -> dict:
+def compile_rule(config: Config, splits) -> dict:
+    """Compiles the rule's epoch and measurement; returns what timing them needs."""
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1])
     keys = derive_keys(config.seed)
@@ -111,58 +112,71 @@ def bench_rule(config: Config, splits, repeats: int) -> dict:
     epoch = program.epoch.lower(state, *args, 0).compile()
     compile_s = time.perf_counter() - t0
     measure = program.measure.lower(state, probe_x, probe_y, keys.probe).compile()
-    jax.block_until_ready(epoch(state, *args, 0))
-    epoch_s = _best_time(lambda: jax.block_until_ready(epoch(state, *args, 0)), repeats)
-    measure_s = _best_time(lambda: jax.block_until_ready(measure(state, probe_x, probe_y, keys.probe)), repeats)
-    examples = program.steps_per_epoch * config.train.batch_size
+    jax.block_until_ready(epoch(state, *args, 0))  # warm-up
     return {
         "rule": config.rule,
         "sizes": program.sizes,
         "steps_per_epoch": program.steps_per_epoch,
-        "epoch_s": epoch_s,
-        "examples_per_s": examples / epoch_s,
-        "gflops": matmul_flops_per_example(program.sizes, config.rule) * examples / epoch_s / 1e9,
+        "examples": program.steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
-        "alignment_overhead": measure_s / epoch_s,  # one measurement per epoch, the default interval
+        "run_epoch": lambda: jax.block_until_ready(epoch(state, *args, 0)),
+        "run_measure": lambda: jax.block_until_ready(measure(state, probe_x, probe_y, keys.probe)),
     }
 
 
-def bench_reference(config: Config, splits, sizes, steps_per_epoch: int, repeats: int) -> dict:
+def compile_reference(config: Config, splits, sizes, steps_per_epoch: int) -> dict:
     epoch, optimizer = reference_epoch(config, sizes, steps_per_epoch)
     program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
     params = program.init(config.seed).params
-    opt_state = optimizer.init(params)
-    key = jax.random.PRNGKey(0)
-    args = (params, opt_state, splits.x_train, splits.y_train, key)
+    args = (params, optimizer.init(params), splits.x_train, splits.y_train, jax.random.PRNGKey(0))
     t0 = time.perf_counter()
     compiled = epoch.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))
-    epoch_s = _best_time(lambda: jax.block_until_ready(compiled(*args)), repeats)
-    examples = steps_per_epoch * config.train.batch_size
     return {
-        "rule": "jax.grad reference",
-        "epoch_s": epoch_s,
-        "examples_per_s": examples / epoch_s,
-        "gflops": matmul_flops_per_example(sizes, "bp") * examples / epoch_s / 1e9,
+        "rule": "jax.grad ref.",
+        "sizes": sizes,
+        "examples": steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
+        "run_epoch": lambda: jax.block_until_ready(compiled(*args)),
     }
 
 
 def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, overrides=()) -> dict:
+    """Compiles everything, then times the epochs round-robin (best of `repeats` per entry), so
+    that a slow spell of a shared machine does not fall on one rule only."""
     rules = rules or available_rules()
-    base = load_config(overrides=BENCH_OVERRIDES + list(overrides))
-    splits = make_splits(base, dataset)
-    peak = measure_matmul_peak()
-    results = [bench_rule(load_config(overrides=BENCH_OVERRIDES + list(overrides) + [("rule", r)]), splits, repeats) for r in rules]
-    first = results[0]
-    reference = bench_reference(base, splits, first["sizes"], first["steps_per_epoch"], repeats)
+    config = lambda rule: load_config(overrides=BENCH_OVERRIDES + list(overrides) + [("rule", rule)])
+    splits = make_splits(config("bp"), dataset)
+    entries = [compile_rule(config(r), splits) for r in rules]
+    entries.append(compile_reference(config("bp"), splits, entries[0]["sizes"], entries[0]["steps_per_epoch"]))
+    epoch_s = {i: [] for i in range(len(entries))}
+    peaks = [measure_matmul_peak()]
+    for _ in range(repeats):
+        for i, entry in enumerate(entries):
+            epoch_s[i].append(_best_time(entry["run_epoch"], 1))
+    peaks.append(measure_matmul_peak())
+    peak = max(peaks)
+    results = []
+    for i, entry in enumerate(entries):
+        seconds = min(epoch_s[i])
+        flops_rule = "bp" if entry["rule"] == "jax.grad reference" else entry["rule"]
+        result = {
+            "rule": entry["rule"],
+            "epoch_s": seconds,
+            "examples_per_s": entry["examples"] / seconds,
+            "gflops": matmul_flops_per_example(entry["sizes"], flops_rule) * entry["examples"] / seconds / 1e9,
+            "compile_s": entry["compile_s"],
+        }
+        if "run_measure" in entry:  # one measurement per epoch: the default interval
+            result["alignment_overhead"] = _best_time(entry["run_measure"], repeats) / seconds
+        results.append(result)
+    reference = results.pop()
     bp = next((r for r in results if r["rule"] == "bp"), None)
     for r in results + [reference]:
         r["fraction_of_peak"] = r["gflops"] / peak
         r["vs_reference"] = r["examples_per_s"] / reference["examples_per_s"]
         r["vs_bp"] = r["examples_per_s"] / bp["examples_per_s"] if bp else None
-        r.pop("sizes", None)
     return {
         "device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})",
         "jax": jax.__version__,

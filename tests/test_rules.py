@@ -169,7 +169,7 @@ def test_frsf_magnitudes_are_fixed_and_signs_follow_w():
     for l in (1, 2, 3):
         np.testing.assert_array_equal(fb1[l][0], fb2[l][0])  # no redraw between batches
         np.testing.assert_array_equal(np.sign(fb1[l][0]), np.sign(params[l]["w"].T))
-        np.testing.assert_allclose(np.abs(fb1[l][0]), state[l])
+        np.testing.assert_allclose(np.abs(fb1[l][0]), state[l].T)  # magnitudes stored in W's layout
 
 
 def test_brsf_redraws_magnitudes_every_batch_with_the_signs_of_w():

@@ -43,7 +43,7 @@ def report_table(report: dict) -> Table:
         title=f"bioprop bench · {report['device']} · jax {report['jax']} · "
         f"matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s"
     )
-    for name in ("rule", "examples/s", "GFLOP/s", "% of peak", "vs jax.grad", "vs bp", "align. cost", "compile s"):
+    for name in ("rule", "ex/s", "GFLOP/s", "peak", "÷ jax.grad", "÷ bp", "align.", "compile s"):
         table.add_column(name, justify="right" if name != "rule" else "left")
     for r in report["results"] + [report["reference"]]:
         table.add_row(

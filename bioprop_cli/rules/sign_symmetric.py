@@ -22,12 +22,12 @@ from bioprop_cli.rules.base import LearningRule, feedback_rule, feedback_std, mo
 from bioprop_cli.rules.feedback_alignment import random_feedback
 
 
-def _signs(params) -> list:
-    return [None] + [jnp.sign(layer["w"].T) for layer in params[1:]]
+# Magnitudes are kept in W_l's layout (n_l, n_{l+1}) and B_l = (|R_l| * sign(W_l))^T is formed
+# there: the transpose then folds into the backward matrix product instead of copying W_l.
 
 
 def _with_magnitudes(params, magnitudes) -> list:
-    return [None] + [m * s for m, s in zip(magnitudes[1:], _signs(params)[1:])]
+    return [None] + [(m * jnp.sign(layer["w"])).T for m, layer in zip(magnitudes[1:], params[1:])]
 
 
 def make_usf(config, sizes) -> LearningRule:
@@ -37,7 +37,7 @@ def make_usf(config, sizes) -> LearningRule:
         act,
         loss,
         init=lambda key, params: (),
-        matrices=lambda params, state, key: [None] + [s * b for s, b in zip(scales[1:], _signs(params)[1:])],
+        matrices=lambda params, state, key: [None] + [(s * jnp.sign(p["w"])).T for s, p in zip(scales[1:], params[1:])],
     )
 
 
@@ -46,7 +46,7 @@ def make_frsf(config, sizes) -> LearningRule:
     return feedback_rule(
         act,
         loss,
-        init=lambda key, params: [None] + [jnp.abs(r) for r in random_feedback(key, config, sizes)[1:]],
+        init=lambda key, params: [None] + [jnp.abs(r).T for r in random_feedback(key, config, sizes)[1:]],
         matrices=lambda params, state, key: _with_magnitudes(params, state),
     )
 
@@ -74,11 +74,11 @@ def fast_uniform(key, shape) -> jax.Array:
 
 
 def redrawn_magnitudes(key, config, sizes) -> list:
-    """|R_l| for l = 1 .. L-1, with the distribution of fa's feedback (see module docstring)."""
+    """|R_l| for l = 1 .. L-1 in W_l's layout, with the distribution of fa's feedback."""
     keys = jax.random.split(key, len(sizes) - 1)
     magnitudes = [None]
     for l in range(1, len(sizes) - 1):
-        u = fast_uniform(keys[l], (sizes[l + 1], sizes[l]))
+        u = fast_uniform(keys[l], (sizes[l], sizes[l + 1]))
         std = feedback_std(config, sizes, l)
         if config.feedback.distribution == "uniform":
             magnitudes.append(math.sqrt(3.0) * std * u)

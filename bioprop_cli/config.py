@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -28,6 +28,7 @@ Distribution = Literal["normal", "uniform"]
 Dataset = Literal["mnist", "fashion_mnist"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
+Estimator = Literal["one-sided", "symmetric", "random-sign"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class OptimizerConfig:
     lr: float = 1e-3
     momentum: float = 0.9  # momentum and nesterov only
     weight_decay: float = 0.0  # adamw only
+    layer_lr: tuple[float, ...] = ()  # per-layer multipliers of the update (one per weight matrix); () = all 1
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
@@ -96,6 +98,22 @@ class AlignmentConfig:
 
 
 @dataclass(frozen=True)
+class EPConfig:
+    """Equilibrium propagation (rule ep): settling dynamics and the gradient estimator."""
+
+    beta: float = 0.5  # nudging strength
+    estimator: Estimator = "symmetric"  # one-sided (0, +beta) | symmetric (+beta, -beta) | random-sign
+    eps: float = 0.5  # step size of the discretised dynamics s <- s - eps dF/ds
+    free_steps: int = 20  # T1
+    nudged_steps: int = 4  # T2
+    tolerance: float = 0.0  # a phase stops early once every example moves less than this (0: never)
+    persistent: bool = False  # start each example's free phase from its last free equilibrium
+    reference_steps: int = 1000  # settling budget of the exact gradient's free fixed point
+    reference_tolerance: float = 1e-6
+    adjoint_steps: int = 1000  # iterations of the adjoint (implicit differentiation) solve
+
+
+@dataclass(frozen=True)
 class Config:
     rule: str = "bp"
     experiment: str = "default"
@@ -107,6 +125,27 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    ep: EPConfig = field(default_factory=EPConfig)
+
+
+def _ep_preset(tree: dict) -> dict:
+    """Equilibrium propagation: Scellier & Bengio 2017's MNIST network and dynamics (784-500-10,
+    hard sigmoid, eps 0.5, T1 = 20, T2 = 4, batch 20, learning rates 0.1 and 0.05 for the two
+    layers; the per-layer rates apply to that depth only)."""
+    depth = tree.get("model", {}).get("depth", 1) if isinstance(tree.get("model"), dict) else 1
+    optimizer = {"name": "sgd", "lr": 0.1, "schedule": {"name": "constant"}}
+    if depth == 1:
+        optimizer["layer_lr"] = [1.0, 0.5]
+    return {
+        "model": {"depth": 1, "width": 500, "activation": "hard_sigmoid", "loss": "mse",
+                  "init": {"scheme": "glorot_uniform"}},
+        "optimizer": optimizer,
+        "train": {"epochs": 25, "batch_size": 20},
+    }
+
+
+# Defaults that a rule brings with it, applied under the config file and the overrides.
+RULE_PRESETS: dict[str, Callable[[dict], dict]] = {"ep": _ep_preset}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,6 +286,24 @@ def validate(config: Config) -> Config:
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
     _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
     _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)
+    n_layers = m.depth + 1
+    _check(
+        len(o.layer_lr) in (0, n_layers), "optimizer.layer_lr",
+        f"empty or one multiplier per weight matrix ({n_layers} for depth {m.depth})", list(o.layer_lr),
+    )
+    _check(all(v > 0 for v in o.layer_lr), "optimizer.layer_lr", "positive multipliers", list(o.layer_lr))
+    e = config.ep
+    _check(e.beta > 0, "ep.beta", "> 0 (the estimator sets the sign)", e.beta)
+    _check(0 < e.eps <= 1, "ep.eps", "in (0, 1]", e.eps)
+    _check(e.free_steps >= 1, "ep.free_steps", ">= 1", e.free_steps)
+    _check(e.nudged_steps >= 1, "ep.nudged_steps", ">= 1", e.nudged_steps)
+    _check(e.tolerance >= 0, "ep.tolerance", ">= 0", e.tolerance)
+    _check(e.reference_steps >= 1, "ep.reference_steps", ">= 1", e.reference_steps)
+    _check(e.reference_tolerance >= 0, "ep.reference_tolerance", ">= 0", e.reference_tolerance)
+    _check(e.adjoint_steps >= 1, "ep.adjoint_steps", ">= 1", e.adjoint_steps)
+    if config.rule == "ep":
+        _check(m.loss == "mse", "model.loss", "mse for rule ep (its cost is 1/2 |y - s_out|^2)", m.loss)
+        _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
     return config
 
 
@@ -313,4 +370,17 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]]
     tree = read_yaml(path) if path is not None else {}
     for key, value in overrides:
         _set_path(tree, key, value)
+    rule = tree.get("rule", Config.rule)
+    if isinstance(rule, str) and rule in RULE_PRESETS:
+        tree = _merge(RULE_PRESETS[rule](tree), tree)
     return validate(_build(Config, tree))
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursively for sections."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged

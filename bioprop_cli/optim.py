@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from bioprop_cli.config import OptimizerConfig
@@ -37,4 +38,16 @@ def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> o
         "rmsprop": lambda: optax.rmsprop(lr),
         "adagrad": lambda: optax.adagrad(lr),
     }
-    return builders[cfg.name]()
+    optimizer = builders[cfg.name]()
+    if cfg.layer_lr:
+        optimizer = optax.chain(optimizer, scale_by_layer(cfg.layer_lr))
+    return optimizer
+
+
+def scale_by_layer(multipliers) -> optax.GradientTransformation:
+    """Multiplies layer l's update (weights and biases) by multipliers[l]: per-layer learning rates."""
+
+    def update(updates, state, params=None):
+        return [jax.tree_util.tree_map(lambda u, m=m: m * u, layer) for layer, m in zip(updates, multipliers)], state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

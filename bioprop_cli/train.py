@@ -101,7 +101,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
     sizes = layer_sizes(n_in, m.depth, m.width, N_CLASSES)
-    rule = make_rule(config, sizes)
+    rule = make_rule(config, sizes, n_train)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     optimizer = make_optimizer(config.optimizer, steps_per_epoch, t.epochs)
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
@@ -112,10 +112,11 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         return TrainState(params, rule.init(keys.rule, params), optimizer.init(params))
 
     def measure(state, probe_x, probe_y, key):
-        return rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key)
+        measured = rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key)
+        return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
-    def step(state, x, y, key):
-        est = rule.estimate(state.params, state.rule_state, x, y, key)
+    def step(state, x, y, key, idx):
+        est = rule.estimate(state.params, state.rule_state, x, y, key, idx=idx)
         updates, opt_state = optimizer.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(est.logits, -1) == jnp.argmax(y, -1))
@@ -140,7 +141,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                     due, lambda: measure(state, probe_x, probe_y, measure_key), lambda: empty
                 )
                 out["measured"] = due
-            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES), key)
+            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 

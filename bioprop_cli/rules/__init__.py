@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from bioprop_cli.errors import UserError
-from bioprop_cli.rules import backprop, direct_feedback, feedback_alignment, sign_symmetric
+from bioprop_cli.rules import backprop, direct_feedback, equilibrium, feedback_alignment, sign_symmetric
 from bioprop_cli.rules.base import Estimate, LearningRule
 
 _REGISTRY: dict[str, Callable[..., LearningRule]] = {
@@ -15,6 +15,7 @@ _REGISTRY: dict[str, Callable[..., LearningRule]] = {
     "usf": sign_symmetric.make_usf,
     "frsf": sign_symmetric.make_frsf,
     "brsf": sign_symmetric.make_brsf,
+    "ep": equilibrium.make,
 }
 
 
@@ -22,13 +23,14 @@ def available_rules() -> list[str]:
     return list(_REGISTRY)
 
 
-def make_rule(config, sizes: tuple[int, ...]) -> LearningRule:
-    """Builds the rule `config.rule` for a network with the given layer sizes."""
+def make_rule(config, sizes: tuple[int, ...], n_train: int = 0) -> LearningRule:
+    """Builds the rule `config.rule` for a network with the given layer sizes (and training-set
+    size, for rules that keep per-example state)."""
     try:
         factory = _REGISTRY[config.rule]
     except KeyError:
         raise UserError(f"unknown rule {config.rule!r}; known rules: {', '.join(_REGISTRY)}") from None
-    return factory(config, sizes)
+    return factory(config, sizes, n_train)
 
 
 __all__ = ["Estimate", "LearningRule", "available_rules", "make_rule"]

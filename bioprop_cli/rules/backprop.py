@@ -3,7 +3,7 @@
 from bioprop_cli.rules.base import LearningRule, feedback_rule, model_functions
 
 
-def make(config, sizes) -> LearningRule:
+def make(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
     return feedback_rule(
         act,

@@ -25,11 +25,14 @@ class Estimate(NamedTuple):
     deltas: list  # the error signal delta_l the rule delivers to each layer's pre-activation
     loss: jax.Array  # loss of the batch at the current params
     logits: jax.Array
+    aux: dict | None = None  # rule-specific diagnostics (settling steps and residuals for ep)
 
 
 class LearningRule(NamedTuple):
     init: Callable[[jax.Array, Params], Any]
-    estimate: Callable[[Params, Any, jax.Array, jax.Array, jax.Array], Estimate]
+    # estimate(params, state, x, y_onehot, key, idx=None); idx: the examples' positions in the
+    # training split (rules with per-example state, e.g. ep's persistent particles, use it)
+    estimate: Callable[..., Estimate]
     # {layer l: (B_l, reference)}: the feedback matrix a layer's error goes through, and the matrix
     # exact weight transport would use there (W^T, or a product of W^T for direct feedback).
     feedback: Callable[[Params, Any, jax.Array], dict[int, tuple[jax.Array, jax.Array]]]
@@ -77,7 +80,7 @@ def feedback_rule(
     """
     propagate = direct_deltas if direct else chain_deltas
 
-    def estimate(params, state, x, y, key):
+    def estimate(params, state, x, y, key, idx=None):
         fwd = forward(params, x, act)
         e = loss.error(fwd.logits, y)
         deltas = propagate(fwd, e, matrices(params, state, key), act)

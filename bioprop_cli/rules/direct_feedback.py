@@ -14,7 +14,7 @@ from bioprop_cli.models.mlp import sample
 from bioprop_cli.rules.base import LearningRule, feedback_rule, feedback_std, model_functions
 
 
-def make(config, sizes) -> LearningRule:
+def make(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
     n_layers = len(sizes) - 1
     std = feedback_std(config, sizes, n_layers - 1)

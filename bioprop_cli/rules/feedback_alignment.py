@@ -20,7 +20,7 @@ def random_feedback(key, config, sizes) -> list:
     ]
 
 
-def make(config, sizes) -> LearningRule:
+def make(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
     return feedback_rule(
         act,

@@ -30,7 +30,7 @@ def _with_magnitudes(params, magnitudes) -> list:
     return [None] + [(m * jnp.sign(layer["w"])).T for m, layer in zip(magnitudes[1:], params[1:])]
 
 
-def make_usf(config, sizes) -> LearningRule:
+def make_usf(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
     scales = [None] + [feedback_std(config, sizes, l) for l in range(1, len(sizes) - 1)]
     return feedback_rule(
@@ -41,7 +41,7 @@ def make_usf(config, sizes) -> LearningRule:
     )
 
 
-def make_frsf(config, sizes) -> LearningRule:
+def make_frsf(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
     return feedback_rule(
         act,
@@ -87,7 +87,7 @@ def redrawn_magnitudes(key, config, sizes) -> list:
     return magnitudes
 
 
-def make_brsf(config, sizes) -> LearningRule:
+def make_brsf(config, sizes, n_train: int = 0) -> LearningRule:
     act, loss = model_functions(config)
 
     def matrices(params, state, key):

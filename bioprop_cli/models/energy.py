@@ -1,0 +1,164 @@
+"""A layered Hopfield-style energy network, the model of equilibrium propagation.
+
+Scellier & Bengio 2017 ("Equilibrium propagation", Front. Comput. Neurosci. 11:24), eq. (1)-(3).
+Layers k = 0 .. L: s_0 = x is clamped, s_1 .. s_L are free, s_L is the output. Parameters have the
+MLP's structure, params[l] = {"w": W_l (n_l, n_{l+1}), "b": b_l (n_{l+1},)}, W_l connecting layers
+l and l+1 symmetrically. Per example,
+
+    E(s) = 1/2 sum_{k>=1} |s_k|^2 - sum_l rho(s_l) . W_l rho(s_{l+1}) - sum_l b_l . rho(s_{l+1}),
+
+with rho(s_0) = x (the input is not squashed), C(s) = 1/2 |y - s_L|^2 and F = E + beta C.
+The state follows the gradient dynamics s <- s - eps dF/ds, projected onto [0, 1] when rho is the
+hard sigmoid (Scellier & Bengio's discretisation); its fixed points do not depend on eps.
+dE/ds_k = s_k - rho'(s_k) * (rho(s_{k-1}) W_{k-1} + b_{k-1} + rho(s_{k+1}) W_k^T).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = list
+States = list  # [s_1, ..., s_L], each (batch, n_k)
+
+
+@jax.custom_jvp
+def hard_sigmoid(s):
+    """rho(s) = clip(s, 0, 1) with rho' = 1 on the closed interval [0, 1].
+
+    States live in [0, 1]: a unit at 0 or 1 must still feel its input (with rho'(0) = 0 a unit
+    that reached 0 could never leave it). Theano's clip, used by Scellier & Bengio, has the same
+    derivative; jnp.clip's is 1/2 at the ends.
+    """
+    return jnp.clip(s, 0.0, 1.0)
+
+
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals, tangents):
+    (s,), (ds,) = primals, tangents
+    return hard_sigmoid(s), ds * ((s >= 0.0) & (s <= 1.0)).astype(s.dtype)
+
+
+class Rho(NamedTuple):
+    f: Callable
+    df: Callable
+    bounded: bool  # project the state onto [0, 1] after every step
+
+
+RHOS: dict[str, Rho] = {
+    "hard_sigmoid": Rho(hard_sigmoid, lambda s: ((s >= 0.0) & (s <= 1.0)).astype(s.dtype), True),
+    "sigmoid": Rho(jax.nn.sigmoid, lambda s: jax.nn.sigmoid(s) * (1.0 - jax.nn.sigmoid(s)), False),
+    "tanh": Rho(jnp.tanh, lambda s: 1.0 - jnp.tanh(s) ** 2, False),
+}
+
+
+def zero_states(params: Params, batch: int, dtype=jnp.float32) -> States:
+    return [jnp.zeros((batch, layer["w"].shape[1]), dtype) for layer in params]
+
+
+def energy(params: Params, states: States, x: jax.Array, rho: Rho) -> jax.Array:
+    """E per example, shape (batch,)."""
+    r = [x] + [rho.f(s) for s in states]
+    e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
+    for l, layer in enumerate(params):
+        e -= jnp.sum((r[l] @ layer["w"]) * r[l + 1], axis=-1) + r[l + 1] @ layer["b"]
+    return e
+
+
+def cost(states: States, y: jax.Array) -> jax.Array:
+    """C = 1/2 |y - s_L|^2 per example."""
+    return 0.5 * jnp.sum((y - states[-1]) ** 2, axis=-1)
+
+
+def input_drive(params: Params, x: jax.Array) -> jax.Array:
+    """x W_0 + b_0: the clamped input's contribution to layer 1, computed once per batch."""
+    return x @ params[0]["w"] + params[0]["b"]
+
+
+def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho) -> States:
+    """dF/ds_k for every free layer, with F = E + beta C."""
+    r = [rho.f(s) for s in states]
+    grads = []
+    for k, s in enumerate(states):  # s = s_{k+1}
+        drive = drive0 if k == 0 else r[k - 1] @ params[k]["w"] + params[k]["b"]
+        if k + 1 < len(states):
+            drive = drive + r[k + 1] @ params[k + 1]["w"].T
+        grads.append(s - rho.df(s) * drive)
+    grads[-1] = grads[-1] + beta * (states[-1] - y)
+    return grads
+
+
+def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float) -> States:
+    """One step of the discretised gradient dynamics (the settling map Phi)."""
+    grads = energy_gradient(params, states, drive0, y, beta, rho)
+    new = [s - eps * g for s, g in zip(states, grads)]
+    return [hard_sigmoid(s) for s in new] if rho.bounded else new
+
+
+def residual(new: States, old: States) -> jax.Array:
+    """Per-example |s_{t+1} - s_t| over all free units, shape (batch,)."""
+    return jnp.sqrt(sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old)))
+
+
+class Settled(NamedTuple):
+    states: States
+    steps: jax.Array  # steps taken
+    residual: jax.Array  # max over the batch of |s_T - s_{T-1}|
+
+
+def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float) -> Settled:
+    """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
+
+    A compiled while loop; with tol = 0 it always runs max_steps steps.
+    """
+
+    def cond(carry):
+        _, t, res = carry
+        return (t < max_steps) & (res >= tol)
+
+    def body(carry):
+        s, t, _ = carry
+        new = step(params, s, drive0, y, beta, rho, eps)
+        return new, t + 1, jnp.max(residual(new, s))
+
+    dtype = drive0.dtype
+    init = (states, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype))
+    final, steps, res = jax.lax.while_loop(cond, body, init)
+    return Settled(final, steps, res)
+
+
+def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int) -> States:
+    """Exactly `steps` steps with lax.scan: differentiable end to end (for BPTT)."""
+    drive0 = input_drive(params, x)
+
+    def body(s, _):
+        return step(params, s, drive0, y, beta, rho, eps), None
+
+    final, _ = jax.lax.scan(body, states, None, length=steps)
+    return final
+
+
+def energy_param_gradient(states: States, x: jax.Array, rho: Rho) -> Params:
+    """dE/dtheta averaged over the batch: dE/dW_l = -rho(s_l)^T rho(s_{l+1}) / batch, dE/db_l = -mean rho(s_{l+1})."""
+    r = [x] + [rho.f(s) for s in states]
+    n = x.shape[0]
+    return [{"w": -(r[l].T @ r[l + 1]) / n, "b": -jnp.mean(r[l + 1], axis=0)} for l in range(len(states))]
+
+
+def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale) -> Params:
+    """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), averaged over the batch.
+
+    Equilibrium propagation's local contrastive rule (Scellier & Bengio 2017, eq. 10): with
+    dE/dW_l = -rho(s_l)^T rho(s_{l+1}), the difference is a difference of Hebbian products.
+    The clamped input's term is one product, x^T (rho(s_a1) - rho(s_b1)).
+    """
+    ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
+    n = x.shape[0]
+    c = -scale / n
+    grads = [{"w": c * (x.T @ (ra[0] - rb[0])), "b": c * jnp.sum(ra[0] - rb[0], axis=0)}]
+    for l in range(1, len(states_a)):
+        w = ra[l - 1].T @ ra[l] - rb[l - 1].T @ rb[l]
+        grads.append({"w": c * w, "b": c * jnp.sum(ra[l] - rb[l], axis=0)})
+    return grads

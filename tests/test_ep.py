@@ -1,0 +1,259 @@
+"""Equilibrium propagation: the energy, the dynamics, the estimators against exact gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bioprop_cli.config import load_config
+from bioprop_cli.metrics.equilibrium import (
+    bptt_gradient,
+    exact_references,
+    free_fixed_point,
+    implicit_gradient,
+    spectral_radius,
+)
+from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, settle, step
+from bioprop_cli.models.mlp import init_params
+from bioprop_cli.precision import float64
+from bioprop_cli.rules import make_rule
+
+SIZES = (6, 5, 4, 3)  # input, two hidden layers, output
+
+
+def _problem(dtype=jnp.float32, scale=1.0, seed=0, batch=7):
+    params = init_params(jax.random.PRNGKey(seed), SIZES, "glorot_uniform", scale)
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]  # nonzero biases: all terms matter
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed + 100))
+    x = jax.random.uniform(kx, (batch, SIZES[0]), dtype)
+    y = jax.nn.one_hot(jax.random.randint(ky, (batch,), 0, SIZES[-1]), SIZES[-1], dtype=dtype)
+    return params, x, y
+
+
+def _config(**ep):
+    overrides = [("rule", "ep"), ("model.depth", 2)] + [(f"ep.{k}", v) for k, v in ep.items()]
+    return load_config(overrides=overrides)
+
+
+def _flat(grads):
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(grads)])
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(_flat(a) - _flat(b)) / jnp.linalg.norm(_flat(b)))
+
+
+@pytest.mark.parametrize("rho_name", ["hard_sigmoid", "sigmoid", "tanh"])
+def test_energy_gradient_is_jax_grad_of_the_total_energy(rho_name):
+    params, x, y = _problem()
+    rho = RHOS[rho_name]
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    states = [jax.random.uniform(k, (x.shape[0], n)) for k, n in zip(keys, SIZES[1:])]
+    states[0] = states[0].at[0, 0].set(0.0).at[1, 1].set(1.0)  # units on the ends of [0, 1]
+    beta = 0.3
+
+    def total(states):
+        return jnp.sum(energy(params, states, x, rho) + beta * cost(states, y))
+
+    expected = jax.grad(total)(states)
+    got = energy_gradient(params, states, input_drive(params, x), y, beta, rho)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_energy_by_hand_on_one_unit_per_layer():
+    # x=1, one hidden unit s1, one output s2; W0=2, W1=3, biases 0.5, 0.25; rho = clip.
+    params = [{"w": jnp.array([[2.0]]), "b": jnp.array([0.5])}, {"w": jnp.array([[3.0]]), "b": jnp.array([0.25])}]
+    x, s1, s2 = jnp.array([[1.0]]), jnp.array([[0.4]]), jnp.array([[0.7]])
+    e = 0.5 * (0.4**2 + 0.7**2) - (1 * 2 * 0.4 + 0.4 * 3 * 0.7) - (0.5 * 0.4 + 0.25 * 0.7)
+    assert float(energy(params, [s1, s2], x, RHOS["hard_sigmoid"])[0]) == pytest.approx(e, rel=1e-6)
+
+
+def _dense_spectral_radius(params, fixed_states, x, rho, eps):
+    """max over examples of |eigenvalues| of one example's settling-map Jacobian, densely."""
+    zeros_y = jnp.zeros((1, SIZES[-1]))
+    sizes = [s.shape[1] for s in fixed_states]
+    radii = []
+    for i in range(x.shape[0]):
+
+        def phi_flat(v, i=i):
+            parts = jnp.split(v, np.cumsum(sizes)[:-1])
+            out = step(params, [p[None] for p in parts], input_drive(params, x[i : i + 1]), zeros_y, 0.0, rho, eps)
+            return jnp.concatenate([o[0] for o in out])
+
+        jac = jax.jacfwd(phi_flat)(jnp.concatenate([s[i] for s in fixed_states]))
+        radii.append(max(abs(np.linalg.eigvals(np.asarray(jac)))))
+    return max(radii)
+
+
+def test_free_phase_converges_and_contracts_with_small_weights():
+    params, x, y = _problem(scale=0.5)
+    rho = RHOS["hard_sigmoid"]
+    fixed = free_fixed_point(params, x, rho, eps=0.5, max_steps=500, tol=1e-6)
+    assert float(fixed.residual) < 1e-6 and int(fixed.steps) < 500
+    radius = float(spectral_radius(params, fixed.states, x, rho, 0.5, jax.random.PRNGKey(0)))
+    assert radius < 1.0
+    assert radius == pytest.approx(_dense_spectral_radius(params, fixed.states, x, rho, 0.5), rel=1e-2)
+
+
+def test_settle_stops_at_tolerance_and_reports_steps():
+    params, x, y = _problem(scale=0.5)
+    rho = RHOS["hard_sigmoid"]
+    drive0 = input_drive(params, x)
+    zeros = [jnp.zeros((x.shape[0], n)) for n in SIZES[1:]]
+    loose = settle(params, zeros, drive0, y, 0.0, rho, 0.5, 1000, 1e-2)
+    tight = settle(params, zeros, drive0, y, 0.0, rho, 0.5, 1000, 1e-5)
+    fixed = settle(params, zeros, drive0, y, 0.0, rho, 0.5, 7, 0.0)
+    assert 0 < int(loose.steps) < int(tight.steps) < 1000
+    assert float(loose.residual) < 1e-2 <= float(settle(params, zeros, drive0, y, 0.0, rho, 0.5, int(loose.steps) - 1, 0.0).residual)
+    assert int(fixed.steps) == 7
+
+
+@pytest.mark.parametrize("rho_name", ["sigmoid", "hard_sigmoid"])
+def test_implicit_gradient_matches_finite_differences_and_converged_bptt(rho_name):
+    with float64():
+        params, x, y = _problem(jnp.float64, scale=0.5)
+        rho = RHOS[rho_name]
+        fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
+        implicit, iterations, change = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-14)
+        bptt = bptt_gradient(params, x, y, rho, 0.5, int(fixed.steps) + 50)
+        assert _rel(bptt, implicit) < 1e-8
+
+        def loss_at_fixed_point(p):
+            s = free_fixed_point(p, x, rho, 0.5, 5000, 1e-13).states
+            return float(jnp.mean(cost(s, y)))
+
+        key = jax.random.PRNGKey(5)
+        for k in jax.random.split(key, 3):  # directional derivatives along random directions
+            leaves, tree = jax.tree_util.tree_flatten(params)
+            ks = jax.random.split(k, len(leaves))
+            direction = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(ks, leaves)])
+            h = 1e-5
+            plus = jax.tree_util.tree_map(lambda p, d: p + h * d, params, direction)
+            minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
+            numeric = (loss_at_fixed_point(plus) - loss_at_fixed_point(minus)) / (2 * h)
+            analytic = float(jnp.vdot(_flat(implicit), _flat(direction)))
+            assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-10)
+
+
+def _ep_estimate(config, params, x, y, key=jax.random.PRNGKey(0)):
+    rule = make_rule(config, SIZES)
+    return rule.estimate(params, rule.init(key, params), x, y, key)
+
+
+CONVERGED = dict(free_steps=5000, nudged_steps=5000, tolerance=1e-13, eps=0.5)
+
+
+@pytest.mark.parametrize("rho_name", ["sigmoid", "hard_sigmoid"])
+def test_symmetric_ep_equals_the_implicit_gradient_at_small_beta(rho_name):
+    with float64():
+        params, x, y = _problem(jnp.float64, scale=0.5)
+        config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("model.activation", rho_name)]
+                             + [(f"ep.{k}", v) for k, v in dict(estimator="symmetric", beta=1e-3, **CONVERGED).items()])
+        fixed = free_fixed_point(params, x, RHOS[rho_name], 0.5, 5000, 1e-13)
+        implicit, _, _ = implicit_gradient(params, fixed.states, x, y, RHOS[rho_name], 0.5, 5000, 1e-14)
+        est = _ep_estimate(config, params, x, y)
+        assert _rel(est.grads, implicit) < 1e-3
+
+
+def test_one_sided_bias_is_linear_and_symmetric_bias_quadratic_in_beta():
+    with float64():
+        params, x, y = _problem(jnp.float64, scale=0.5)
+        rho = RHOS["hard_sigmoid"]
+        fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
+        implicit, _, _ = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-14)
+        errors = {}
+        for estimator in ("one-sided", "symmetric"):
+            for beta in (0.01, 0.001):  # (at beta >= 0.03 units start to cross the ends of [0, 1])
+                est = _ep_estimate(_config(estimator=estimator, beta=beta, **CONVERGED), params, x, y)
+                errors[estimator, beta] = _rel(est.grads, implicit)
+        slope_one_sided = np.log10(errors["one-sided", 0.01] / errors["one-sided", 0.001])
+        slope_symmetric = np.log10(errors["symmetric", 0.01] / errors["symmetric", 0.001])
+        assert slope_one_sided == pytest.approx(1.0, abs=0.1)  # measured: 0.99
+        assert slope_symmetric == pytest.approx(2.0, abs=0.1)  # measured: 2.00
+        assert errors["symmetric", 0.01] < errors["one-sided", 0.01] / 10
+
+
+def test_random_sign_draws_the_sign_of_beta_per_batch():
+    with float64():
+        params, x, y = _problem(jnp.float64, scale=0.5)
+        config = _config(estimator="random-sign", beta=0.05, **CONVERGED)
+        plus = _ep_estimate(_config(estimator="one-sided", beta=0.05, **CONVERGED), params, x, y)
+        signs = []
+        for k in range(8):
+            est = _ep_estimate(config, params, x, y, jax.random.PRNGKey(k))
+            sign = 1 if _rel(est.grads, plus.grads) < 1e-9 else -1
+            if sign < 0:  # -beta: s^{-beta} from the same free state, the other one-sided estimate
+                assert 1e-6 < _rel(est.grads, plus.grads) < 1.0
+            signs.append(sign)
+        assert set(signs) == {1, -1}
+
+
+def test_ep_delivers_state_shifts_and_settling_diagnostics():
+    params, x, y = _problem(scale=0.5)
+    config = _config(estimator="one-sided", beta=0.1, free_steps=30, nudged_steps=10)
+    est = _ep_estimate(config, params, x, y)
+    assert [d.shape for d in est.deltas] == [(7, 5), (7, 4), (7, 3)]
+    assert int(est.aux["free_steps"]) == 30 and int(est.aux["nudged_steps"]) == 10
+    assert float(est.aux["free_residual"]) > 0
+    # the output's shift under a positive nudge points towards the target: (y - s0) . shift > 0
+    rule = make_rule(config, SIZES)
+    s_out = rule.predict(params, (), x)
+    assert float(jnp.sum((y - s_out) * est.deltas[-1])) > 0
+
+
+def test_exact_references_and_measurement_fields():
+    params, x, y = _problem(scale=0.5)
+    config = _config(estimator="symmetric", beta=0.01, free_steps=200, nudged_steps=200)
+    rule = make_rule(config, SIZES)
+    m = rule.measure(params, (), x, y, jax.random.PRNGKey(0))
+    assert set(m["layers"]) >= {"update_angle", "update_rel_error", "bptt_update_angle"}
+    net = m["network"]
+    for name in ("update_angle", "update_rel_error", "bptt_update_angle", "implicit_vs_bptt_angle", "spectral_radius",
+                 "free_steps", "free_residual", "nudged_steps", "nudged_residual", "reference_steps", "mean_update_angle"):
+        assert name in net, name
+    assert float(net["spectral_radius"]) < 1
+    assert float(net["update_angle"]) < 2.0  # converged phases, small beta: nearly the exact gradient
+    assert float(net["implicit_vs_bptt_angle"]) < 0.5  # 200 free steps: converged
+
+
+def test_persistent_particles_start_the_next_free_phase():
+    params, x, y = _problem(scale=0.5)
+    config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("ep.persistent", True), ("ep.free_steps", 3)])
+    rule = make_rule(config, SIZES, n_train=20)
+    state = rule.init(jax.random.PRNGKey(0), params)
+    assert [p.shape for p in state["particles"]] == [(20, 5), (20, 4), (20, 3)]
+    idx = jnp.arange(7) + 10
+    est = rule.estimate(params, state, x, y, jax.random.PRNGKey(0), idx=idx)
+    # the stored particles are the free states after 3 steps from zero...
+    drive0 = input_drive(params, x)
+    zeros = [jnp.zeros((7, n)) for n in SIZES[1:]]
+    three = settle(params, zeros, drive0, y, 0.0, RHOS["hard_sigmoid"], 0.5, 3, 0.0).states
+    for p, s in zip(est.state["particles"], three):
+        np.testing.assert_allclose(p[10:17], s, rtol=1e-6)
+        assert float(jnp.abs(p[:10]).max()) == 0.0
+    # ...and the next free phase continues from them: 3 + 3 steps from zero
+    est2 = rule.estimate(params, est.state, x, y, jax.random.PRNGKey(1), idx=idx)
+    six = settle(params, zeros, drive0, y, 0.0, RHOS["hard_sigmoid"], 0.5, 6, 0.0).states
+    for p, s in zip(est2.state["particles"], six):
+        np.testing.assert_allclose(p[10:17], s, rtol=1e-5, atol=1e-7)
+
+
+def test_ep_preset_and_validation():
+    c = load_config(overrides=[("rule", "ep")])
+    assert (c.model.depth, c.model.width, c.model.activation, c.model.loss) == (1, 500, "hard_sigmoid", "mse")
+    assert c.optimizer.layer_lr == (1.0, 0.5) and c.optimizer.name == "sgd"
+    deeper = load_config(overrides=[("rule", "ep"), ("model.depth", 2)])
+    assert deeper.optimizer.layer_lr == ()  # the per-layer rates of the preset are for depth 1
+    same_sizes_bp = load_config(overrides=[("rule", "bp"), ("model.depth", 1), ("model.width", 500)])
+    assert same_sizes_bp.model.width == 500
+    from bioprop_cli.errors import UserError
+
+    with pytest.raises(UserError, match="model.loss"):
+        load_config(overrides=[("rule", "ep"), ("model.loss", "cross_entropy")])
+    with pytest.raises(UserError, match="optimizer.layer_lr"):
+        load_config(overrides=[("rule", "ep"), ("optimizer.layer_lr", [1.0, 1.0, 1.0])])
+    with pytest.raises(UserError, match="ep.eps"):
+        load_config(overrides=[("rule", "ep"), ("ep.eps", 1.5)])

@@ -2,17 +2,18 @@
 
 import typer
 
-from bioprop_cli.cli import bench, train
+from bioprop_cli.cli import bench, sweep, train
 
 app = typer.Typer(
     name="bioprop",
-    help="Experiment runner for biologically plausible learning rules (fa, dfa, sign-symmetric, bp) in JAX.",
+    help="Experiment runner for biologically plausible learning rules (bp, fa, dfa, usf, frsf, brsf, ep) in JAX.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.command("train")(train.train)
 app.command("bench")(bench.bench)
+app.add_typer(sweep.app, name="sweep")
 
 
 def main() -> None:

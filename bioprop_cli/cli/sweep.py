@@ -1,0 +1,176 @@
+"""`bioprop sweep ...`: grids of measurements and runs. `beta`: equilibrium propagation's beta."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.errors import UserError
+
+app = typer.Typer(help="Sweeps: `bioprop sweep beta` (equilibrium propagation's nudging strength).", no_args_is_help=True)
+
+
+def _floats(text: str, name: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{name}: expected positive numbers, got {text!r}")
+    return sorted(set(values))
+
+
+@app.command("beta")
+@user_errors_exit_2
+def beta(
+    values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
+    estimators: str = typer.Option("one-sided,symmetric,random-sign", help="Estimators to compare."),
+    batches: int = typer.Option(10, min=1, help="Minibatches per seed (K)."),
+    seeds: int = typer.Option(3, min=1, help="Number of seeds (networks and batch draws)."),
+    train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
+    x64: bool = typer.Option(False, "--x64", help="Compute in float64 (round-off sets the variance at tiny beta)."),
+    train: bool = typer.Option(False, "--train", help="Instead: train one model per beta and compare accuracy and convergence."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (rule ep is implied)."),
+    depth: Optional[int] = typer.Option(None, help="Number of hidden layers."),
+    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (with --train)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+    seed: Optional[int] = typer.Option(None, help="First seed."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment folder (default: beta-sweep)."),
+    results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key, e.g. --set ep.free_steps=100."),
+) -> None:
+    """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
+    from bioprop_cli.sweep.beta import ESTIMATORS, default_betas
+
+    cfg = config_from_flags(
+        config, ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
+        seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
+    )
+    betas = _floats(values, "--values") if values else default_betas()
+    chosen = [e.strip() for e in estimators.split(",") if e.strip()]
+    unknown = [e for e in chosen if e not in ESTIMATORS]
+    if unknown or not chosen:
+        raise UserError(f"--estimators: unknown {unknown[0]!r}; known: {', '.join(ESTIMATORS)}" if unknown else "--estimators: none given")
+    from bioprop_cli.config import check_against_data
+    from bioprop_cli.data import load_dataset
+
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    check_against_data(cfg, len(dataset.x_train))
+    if train:
+        _train_per_beta(cfg, dataset, betas)
+    else:
+        _gradient_sweep(cfg, dataset, betas, chosen, batches, list(range(cfg.seed, cfg.seed + seeds)), train_epochs, x64)
+
+
+def _sweep_dir(cfg, kind: str) -> Path:
+    from bioprop_cli.runs import create_run_dir
+
+    now = datetime.now(timezone.utc)
+    return create_run_dir(cfg.results_dir, cfg.experiment, f"{now:%Y%m%d-%H%M%S}-{kind}")
+
+
+def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64) -> None:
+    from bioprop_cli.config import to_dict
+    from bioprop_cli.precision import float64
+    from bioprop_cli.runs import append_jsonl, write_json, write_yaml
+    from bioprop_cli.sweep.beta import plot, run_gradient_sweep, slope_sentence
+
+    folder = _sweep_dir(cfg, f"beta-{'float64' if x64 else 'float32'}")
+    write_yaml(folder / "config.yaml", to_dict(cfg))
+    console.print(f"[bold]bioprop sweep beta[/] {len(betas)} betas x {len(estimators)} estimators x {len(seeds)} seeds x {batches} batches -> {folder}")
+    with console.status("measuring...") as status:
+        run = lambda: run_gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
+                                         progress=lambda m: status.update(f"measuring: {m}"))
+        if x64:
+            with float64():
+                result = run()
+        else:
+            result = run()
+    append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
+    summary = {
+        "precision": result["precision"],
+        "slopes": result["slopes"],
+        "slope_summary": slope_sentence(result["slopes"]),
+        "max_free_residual": result["free_residual"],
+        "seeds": seeds,
+        "batches_per_seed": batches,
+        "train_epochs": train_epochs,
+        "betas": betas,
+        "estimators": estimators,
+    }
+    write_json(folder / "summary.json", summary)
+    title = f"EP gradient estimate vs implicit gradient ({result['precision']}, T1={cfg.ep.free_steps}, T2={cfg.ep.nudged_steps})"
+    plot(result["rows"], result["slopes"], folder / "beta_sweep.png", title)
+    table = Table(title=title)
+    for name in ("estimator", "beta", "bias", "std", "angle (°)"):
+        table.add_column(name, justify="left" if name == "estimator" else "right")
+    for r in result["rows"]:
+        table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", f"{r['angle_mean']:.2f}")
+    console.print(table)
+    console.print(f"log-log slope of the bias where it dominates: {summary['slope_summary']}")
+    console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {result['free_residual']:.2e}")
+    console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
+
+
+def _train_per_beta(cfg, dataset, betas) -> None:
+    from bioprop_cli.config import to_dict
+    from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, run_id, write_json, write_yaml
+    from bioprop_cli.train import train as train_run
+
+    folder = _sweep_dir(cfg, "beta-train")
+    write_yaml(folder / "config.yaml", to_dict(cfg))
+    rows = []
+    for beta in betas:
+        point = replace(cfg, ep=replace(cfg.ep, beta=beta))
+        run_dir = create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", cfg.model.depth, cfg.seed))
+        console.print(f"beta = {beta:g}: training into {run_dir}")
+        summary = train_run(point, dataset, RunWriter(run_dir))
+        from bioprop_cli.runs import read_jsonl
+
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        rows.append({
+            "beta": beta,
+            "status": summary["status"],
+            "test_accuracy": summary.get("test_accuracy"),
+            "best_val_accuracy": summary.get("best_val_accuracy"),
+            "train_loss": [m["train_loss"] for m in metrics],
+            "val_accuracy": [m.get("val_accuracy") for m in metrics],
+            "run_dir": str(run_dir),
+        })
+    append_jsonl(folder / "beta_train.jsonl", rows)
+    write_json(folder / "summary.json", {"betas": betas, "estimator": cfg.ep.estimator, "rows": rows})
+    _plot_training(rows, folder / "beta_train.png")
+    table = Table(title=f"EP trained per beta ({cfg.ep.estimator}, {cfg.train.epochs} epochs)")
+    for name in ("beta", "status", "test acc.", "best val acc.", "final train loss"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(f"{r['beta']:g}", r["status"], f"{r['test_accuracy'] or float('nan'):.4f}",
+                      f"{r['best_val_accuracy'] or float('nan'):.4f}", f"{r['train_loss'][-1]:.4f}" if r["train_loss"] else "-")
+    console.print(table)
+    console.print(f"written: {folder}")
+
+
+def _plot_training(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.plot(range(1, len(r["val_accuracy"]) + 1), r["val_accuracy"], marker="o", ms=3, label=f"beta {r['beta']:g}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

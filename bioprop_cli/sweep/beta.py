@@ -1,0 +1,224 @@
+"""`bioprop sweep beta`: bias and variance of equilibrium propagation's gradient estimate against beta.
+
+For a fixed network (at initialisation, or after some epochs of training), K minibatches and
+several seeds, each estimator's estimate g_hat(beta) is compared with the exact gradient g at the
+free fixed point (implicit differentiation). With d = g_hat - g over all batches and seeds:
+    bias     = |mean d| / mean |g|                 (relative)
+    std      = sqrt(mean |d - mean d|^2) / mean |g| (relative spread across batches and seeds)
+    angle    = mean over batches of angle(g_hat, g)
+and per seed the same bias and std, whose mean and standard deviation across seeds give the error
+bars. The slope of log(bias) against log(beta), fitted where the bias dominates the spread, is
+about 1 for one-sided and about 2 for symmetric nudging when the phases have converged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bioprop_cli.config import Config
+from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient
+from bioprop_cli.models.energy import RHOS, contrast, input_drive, settle, zero_states
+from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
+
+ESTIMATORS = ("one-sided", "symmetric", "random-sign")
+
+
+def default_betas() -> list[float]:
+    """Log-spaced from 1e-4 to 1 (two per decade), plus 0.001, 0.002, ..., 0.009."""
+    logspaced = [10 ** (e / 2) for e in range(-8, 1)]
+    return sorted(set(round(b, 12) for b in logspaced + [k / 1000 for k in range(1, 10)]))
+
+
+def _flat(params) -> jax.Array:
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(params)])
+
+
+def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str, ...]) -> Callable:
+    """(params, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)}, free-phase residual).
+
+    The free phase runs once per batch; the nudged phases of all betas run together (vmap).
+    """
+    ep = config.ep
+    rho = RHOS[config.model.activation]
+
+    def nudge(params, s0, drive0, y, beta):
+        return settle(params, s0, drive0, y, beta, rho, ep.eps, ep.nudged_steps, ep.tolerance).states
+
+    def one_sided(params, s0, drive0, x, y, beta):
+        return _flat(contrast(nudge(params, s0, drive0, y, beta), s0, x, rho, 1.0 / beta))
+
+    def symmetric(params, s0, drive0, x, y, beta):
+        plus, minus = nudge(params, s0, drive0, y, beta), nudge(params, s0, drive0, y, -beta)
+        return _flat(contrast(plus, minus, x, rho, 1.0 / (2.0 * beta)))
+
+    def batch_estimates(params, x, y, key):
+        fixed = free_fixed_point(params, x, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
+        exact, _ = implicit_gradient(params, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, ep.reference_tolerance)
+        drive0 = input_drive(params, x)
+        free = settle(params, zero_states(params, x.shape[0], x.dtype), drive0, y, 0.0, rho, ep.eps, ep.free_steps, ep.tolerance)
+        s0 = free.states
+        out = {}
+        if "one-sided" in estimators:
+            out["one-sided"] = jax.vmap(lambda b: one_sided(params, s0, drive0, x, y, b))(betas)
+        if "symmetric" in estimators:
+            out["symmetric"] = jax.vmap(lambda b: symmetric(params, s0, drive0, x, y, b))(betas)
+        if "random-sign" in estimators:
+            signs = jnp.where(jax.random.bernoulli(key, shape=betas.shape), 1.0, -1.0).astype(betas.dtype)
+            out["random-sign"] = jax.vmap(lambda b: one_sided(params, s0, drive0, x, y, b))(signs * betas)
+        return _flat(exact), out, free.residual
+
+    return jax.jit(batch_estimates)
+
+
+def fixed_network(config: Config, splits, seed: int, train_epochs: int):
+    """The network the sweep measures: initialised from `seed`, then trained `train_epochs` epochs."""
+    config = replace(config, alignment=replace(config.alignment, enabled=False))
+    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
+    keys = derive_keys(seed)
+    state = program.init(seed)
+    for epoch in range(train_epochs):
+        state, _ = program.epoch(state, splits.x_train, splits.y_train, splits.x_train[:1], splits.y_train[:1], keys, epoch)
+    return state.params
+
+
+def seed_statistics(config: Config, splits, seed: int, betas: list[float], estimators, n_batches: int,
+                    train_epochs: int, dtype) -> dict:
+    """Per (estimator, beta): sums over this seed's batches, to be pooled across seeds."""
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), fixed_network(config, splits, seed, train_epochs))
+    batch_estimates = make_batch_estimates(config, jnp.asarray(betas, dtype), tuple(estimators))
+    key = jax.random.fold_in(derive_keys(seed).data, 10_000)
+    n = splits.x_train.shape[0]
+    bs = config.train.batch_size
+    order = np.asarray(jax.random.permutation(key, n))[: n_batches * bs].reshape(n_batches, bs)
+    sums = {e: {"d": 0.0, "d2": np.zeros(len(betas)), "angle": [], "exact_norm": []} for e in estimators}
+    residuals = []
+    for b, idx in enumerate(order):
+        x = splits.x_train[idx].astype(dtype)
+        y = jax.nn.one_hot(splits.y_train[idx], N_CLASSES, dtype=dtype)
+        exact, estimates, residual = batch_estimates(params, x, y, jax.random.fold_in(key, b))
+        residuals.append(float(residual))
+        for e, est in estimates.items():
+            d = est - exact[None, :]
+            s = sums[e]
+            s["d"] = s["d"] + d
+            s["d2"] += np.asarray(jnp.sum(d**2, axis=1), np.float64)
+            s["angle"].append(np.asarray(jax.vmap(lambda g: angle_degrees(g, exact))(est), np.float64))
+            s["exact_norm"].append(float(jnp.linalg.norm(exact)))
+    return {"sums": sums, "n_batches": n_batches, "free_residual": max(residuals)}
+
+
+def summarise(per_seed: list[dict], betas: list[float], estimators) -> list[dict]:
+    """Pools the seeds' sums into one row per (estimator, beta)."""
+    rows = []
+    for e in estimators:
+        total_n = sum(s["n_batches"] for s in per_seed)
+        g_norm = np.mean([v for s in per_seed for v in s["sums"][e]["exact_norm"]])
+        mean_d = sum(s["sums"][e]["d"] for s in per_seed) / total_n  # (n_betas, P)
+        sum_d2 = sum(s["sums"][e]["d2"] for s in per_seed)
+        mean_d_norm2 = np.asarray(jnp.sum(mean_d**2, axis=1), np.float64)
+        pooled_var = np.maximum(sum_d2 / total_n - mean_d_norm2, 0.0)
+        seed_bias, seed_std = [], []
+        for s in per_seed:
+            n = s["n_batches"]
+            m = np.asarray(jnp.sum((s["sums"][e]["d"] / n) ** 2, axis=1), np.float64)
+            gs = np.mean(s["sums"][e]["exact_norm"])
+            seed_bias.append(np.sqrt(m) / gs)
+            seed_std.append(np.sqrt(np.maximum(s["sums"][e]["d2"] / n - m, 0.0)) / gs)
+        angles = np.concatenate([np.stack(s["sums"][e]["angle"]) for s in per_seed])  # (batches, n_betas)
+        for i, beta in enumerate(betas):
+            rows.append({
+                "estimator": e,
+                "beta": beta,
+                "bias": float(np.sqrt(mean_d_norm2[i]) / g_norm),
+                "std": float(np.sqrt(pooled_var[i]) / g_norm),
+                "bias_seed_mean": float(np.mean([b[i] for b in seed_bias])),
+                "bias_seed_std": float(np.std([b[i] for b in seed_bias])),
+                "std_seed_mean": float(np.mean([v[i] for v in seed_std])),
+                "std_seed_std": float(np.std([v[i] for v in seed_std])),
+                "angle_mean": float(np.mean(angles[:, i])),
+                "angle_std": float(np.std(angles[:, i])),
+                "n_estimates": int(total_n),
+            })
+    return rows
+
+
+def fit_slopes(rows: list[dict], dominance: float = 2.0) -> dict:
+    """Slope of log(bias) against log(beta) per estimator, over the betas where the bias is at
+    least `dominance` times the spread (and the bias still falls with beta: the bias-dominated range)."""
+    slopes = {}
+    for e in sorted({r["estimator"] for r in rows}):
+        points = sorted((r["beta"], r["bias"]) for r in rows if r["estimator"] == e and r["bias"] >= dominance * r["std"] and r["bias"] > 0)
+        if len(points) < 3:
+            slopes[e] = {"slope": None, "betas": [p[0] for p in points], "reason": "fewer than 3 bias-dominated betas"}
+            continue
+        x, y = np.log10([p[0] for p in points]), np.log10([p[1] for p in points])
+        slope, intercept = np.polyfit(x, y, 1)
+        slopes[e] = {"slope": float(slope), "intercept": float(intercept), "betas": [p[0] for p in points]}
+    return slopes
+
+
+def run_gradient_sweep(config: Config, dataset, betas, estimators, n_batches: int, seeds: list[int],
+                       train_epochs: int, x64: bool, progress: Callable[[str], None] = lambda m: None) -> dict:
+    splits = make_splits(config, dataset)
+    dtype = jnp.float64 if x64 else jnp.float32
+    per_seed = []
+    for seed in seeds:
+        progress(f"seed {seed}")
+        per_seed.append(seed_statistics(config, splits, seed, betas, estimators, n_batches, train_epochs, dtype))
+    rows = summarise(per_seed, betas, estimators)
+    return {
+        "rows": rows,
+        "slopes": fit_slopes(rows),
+        "free_residual": max(s["free_residual"] for s in per_seed),
+        "precision": "float64" if x64 else "float32",
+    }
+
+
+def plot(rows: list[dict], slopes: dict, path, title: str) -> None:
+    """Log-log plot: bias (solid) and std (dashed) against beta, one colour per estimator,
+    error bars across seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for colour, e in zip(("C0", "C1", "C2"), sorted({r["estimator"] for r in rows})):
+        rs = sorted((r for r in rows if r["estimator"] == e), key=lambda r: r["beta"])
+        betas = [r["beta"] for r in rs]
+        slope = slopes.get(e, {}).get("slope")
+        label = f"{e} bias" + (f" (slope {slope:.2f})" if slope is not None else "")
+        ax.errorbar(betas, [r["bias_seed_mean"] for r in rs], yerr=[r["bias_seed_std"] for r in rs],
+                    color=colour, marker="o", ms=3, capsize=2, label=label)
+        ax.errorbar(betas, [r["std_seed_mean"] for r in rs], yerr=[r["std_seed_std"] for r in rs],
+                    color=colour, marker="s", ms=3, capsize=2, ls="--", label=f"{e} std")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("beta")
+    ax.set_ylabel("relative to |exact gradient|")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def slope_sentence(slopes: dict) -> str:
+    # random-sign: the mean of +beta and -beta estimates is symmetric, so its bias falls like beta^2,
+    # but its spread falls only like beta (the sign), so few betas are bias-dominated
+    expected = {"one-sided": 1, "symmetric": 2, "random-sign": 2}
+    parts = []
+    for e, s in slopes.items():
+        if s["slope"] is None:
+            parts.append(f"{e}: no slope ({s['reason']})")
+        else:
+            lo, hi = min(s["betas"]), max(s["betas"])
+            parts.append(f"{e}: slope {s['slope']:.2f} over beta in [{lo:g}, {hi:g}] (theory: about {expected.get(e, '?')})")
+    return "; ".join(parts)

@@ -5,6 +5,8 @@ own cost is what shows). For every rule: examples/s, achieved GFLOP/s (matrix pr
 counted analytically), that as a fraction of this machine's float32 matmul peak measured in the
 same process, the ratio to a plain `jax.grad` backprop epoch written here, and compile time.
 Alignment logging is timed at its default interval (once per epoch on the probe batch).
+Equilibrium propagation runs Laborieux et al. 2021's MNIST setting instead: 784-512-10, batch 50,
+T1 = 30, T2 = 10, symmetric nudging (settling steps per second counted per example).
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ BENCH_OVERRIDES = [
 ]
 
 
+# Laborieux et al. 2021's MNIST configuration for equilibrium propagation.
+EP_BENCH_OVERRIDES = [
+    ("model.depth", 1),
+    ("model.width", 512),
+    ("train.batch_size", 50),
+    ("ep.free_steps", 30),
+    ("ep.nudged_steps", 10),
+    ("ep.estimator", "symmetric"),
+    ("optimizer.layer_lr", []),
+]
+
+
 def synthetic_mnist(seed: int = 0) -> SimpleNamespace:
     """Random arrays of MNIST's shapes, for machines without the data (throughput only)."""
     rng = np.random.default_rng(seed)
@@ -57,6 +71,22 @@ def matmul_flops_per_example(sizes: tuple[int, ...], rule: str) -> int:
     else:  # delta_{l+1} -> delta_l through an (n_{l+1} x n_l) matrix, for every layer but the first
         error_path = sum(2 * a * b for a, b in pairs[1:])
     return forward_flops + weight_grads + error_path
+
+
+def settling_steps(config: Config) -> int:
+    """Settling steps per example and training step: T1, plus T2 per nudged phase."""
+    ep = config.ep
+    return ep.free_steps + ep.nudged_steps * (2 if ep.estimator == "symmetric" else 1)
+
+
+def ep_flops_per_example(sizes: tuple[int, ...], config: Config) -> int:
+    """Matrix products of one EP training step per example: the input drive once, every
+    settling step's layer-to-layer drives, and the contrastive update."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    drive_once = 2 * pairs[0][0] * pairs[0][1]
+    per_step = sum(2 * 2 * a * b for a, b in pairs[1:])  # each inner W_l drives both its layers
+    update = drive_once + sum(2 * 2 * a * b for a, b in pairs[1:])  # x^T d rho_1, two products per inner W_l
+    return drive_once + settling_steps(config) * per_step + update
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -113,9 +143,12 @@ def compile_rule(config: Config, splits) -> dict:
     compile_s = time.perf_counter() - t0
     measure = program.measure.lower(state, probe_x, probe_y, keys.probe).compile()
     jax.block_until_ready(epoch(state, *args, 0))  # warm-up
+    flops = ep_flops_per_example(program.sizes, config) if config.rule == "ep" else matmul_flops_per_example(program.sizes, config.rule)
     return {
         "rule": config.rule,
         "sizes": program.sizes,
+        "flops_per_example": flops,
+        "settling_steps": settling_steps(config) if config.rule == "ep" else None,
         "steps_per_epoch": program.steps_per_epoch,
         "examples": program.steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
@@ -136,6 +169,7 @@ def compile_reference(config: Config, splits, sizes, steps_per_epoch: int) -> di
     return {
         "rule": "jax.grad ref.",
         "sizes": sizes,
+        "flops_per_example": matmul_flops_per_example(sizes, "bp"),
         "examples": steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
         "run_epoch": lambda: jax.block_until_ready(compiled(*args)),
@@ -146,10 +180,15 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
     """Compiles everything, then times the epochs round-robin (best of `repeats` per entry), so
     that a slow spell of a shared machine does not fall on one rule only."""
     rules = rules or available_rules()
-    config = lambda rule: load_config(overrides=BENCH_OVERRIDES + list(overrides) + [("rule", rule)])
+
+    def config(rule):
+        base = EP_BENCH_OVERRIDES if rule == "ep" else BENCH_OVERRIDES
+        return load_config(overrides=[("rule", rule)] + base + list(overrides))
+
     splits = make_splits(config("bp"), dataset)
     entries = [compile_rule(config(r), splits) for r in rules]
-    entries.append(compile_reference(config("bp"), splits, entries[0]["sizes"], entries[0]["steps_per_epoch"]))
+    mlp = next((e for e in entries if e["rule"] != "ep"), None) or compile_rule(config("bp"), splits)
+    entries.append(compile_reference(config("bp"), splits, mlp["sizes"], mlp["steps_per_epoch"]))
     epoch_s = {i: [] for i in range(len(entries))}
     peaks = [measure_matmul_peak()]
     for _ in range(repeats):
@@ -160,23 +199,26 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
     results = []
     for i, entry in enumerate(entries):
         seconds = min(epoch_s[i])
-        flops_rule = "bp" if entry["rule"] == "jax.grad reference" else entry["rule"]
         result = {
             "rule": entry["rule"],
+            "network": "-".join(map(str, entry["sizes"])),
             "epoch_s": seconds,
             "examples_per_s": entry["examples"] / seconds,
-            "gflops": matmul_flops_per_example(entry["sizes"], flops_rule) * entry["examples"] / seconds / 1e9,
+            "gflops": entry["flops_per_example"] * entry["examples"] / seconds / 1e9,
             "compile_s": entry["compile_s"],
         }
+        if entry.get("settling_steps"):
+            result["settling_steps_per_s"] = entry["settling_steps"] * entry["examples"] / seconds
         if "run_measure" in entry:  # one measurement per epoch: the default interval
             result["alignment_overhead"] = _best_time(entry["run_measure"], repeats) / seconds
         results.append(result)
     reference = results.pop()
     bp = next((r for r in results if r["rule"] == "bp"), None)
     for r in results + [reference]:
+        same_network = r["network"] == reference["network"]
         r["fraction_of_peak"] = r["gflops"] / peak
-        r["vs_reference"] = r["examples_per_s"] / reference["examples_per_s"]
-        r["vs_bp"] = r["examples_per_s"] / bp["examples_per_s"] if bp else None
+        r["vs_reference"] = r["examples_per_s"] / reference["examples_per_s"] if same_network else None
+        r["vs_bp"] = r["examples_per_s"] / bp["examples_per_s"] if bp and same_network else None
     return {
         "device": f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})",
         "jax": jax.__version__,

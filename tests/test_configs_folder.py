@@ -17,3 +17,7 @@ def test_default_yaml_lists_every_key_with_its_default():
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"])
 def test_one_config_per_rule(rule):
     assert load_config(CONFIGS / f"{rule}.yaml").rule == rule
+
+
+def test_ep_yaml_spells_out_the_ep_defaults():
+    assert load_config(CONFIGS / "ep.yaml") == load_config(overrides=[("rule", "ep"), ("experiment", "ep")])

@@ -35,8 +35,8 @@ def _close(a, b, tol=1e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
-def test_registry_lists_the_six_rules():
-    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf"]
+def test_registry_lists_the_rules():
+    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "ep"]
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_sigmoid"])

@@ -22,7 +22,7 @@ def bench(
     set_: List[str] = typer.Option([], "--set", "-s", help="Config override, e.g. --set model.depth=2."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """One epoch of MNIST per rule (784-256x5-10 tanh, batch 128, SGD) after compilation."""
+    """One epoch of MNIST per rule (784-256x5-10 tanh, batch 128, SGD; ep: 784-512-10, batch 50, T1=30, T2=10) after compilation."""
     from bioprop_cli.bench import run_benchmark, synthetic_mnist
     from bioprop_cli.data import load_dataset
 
@@ -31,6 +31,9 @@ def bench(
         dataset, rules.split(",") if rules else None, repeats, [parse_override(s) for s in set_]
     )
     console.print(report_table(report))
+    for r in report["results"]:
+        if r.get("settling_steps_per_s"):
+            console.print(f"{r['rule']}: {r['settling_steps_per_s']:,.0f} settling steps/s (per example)")
     if json_out is not None:
         from bioprop_cli.runs import write_json
 
@@ -43,15 +46,16 @@ def report_table(report: dict) -> Table:
         title=f"bioprop bench · {report['device']} · jax {report['jax']} · "
         f"matmul peak {report['matmul_peak_gflops']:.0f} GFLOP/s"
     )
-    for name in ("rule", "ex/s", "GFLOP/s", "peak", "÷ jax.grad", "÷ bp", "align.", "compile s"):
-        table.add_column(name, justify="right" if name != "rule" else "left")
+    for name in ("rule", "network", "ex/s", "GFLOP/s", "peak", "÷ jax.grad", "÷ bp", "align.", "compile s"):
+        table.add_column(name, justify="right" if name not in ("rule", "network") else "left")
     for r in report["results"] + [report["reference"]]:
         table.add_row(
             r["rule"],
+            r["network"],
             f"{r['examples_per_s']:,.0f}",
             f"{r['gflops']:.1f}",
             f"{100 * r['fraction_of_peak']:.0f}%",
-            f"{r['vs_reference']:.2f}",
+            "-" if r.get("vs_reference") is None else f"{r['vs_reference']:.2f}",
             "-" if r.get("vs_bp") is None else f"{r['vs_bp']:.2f}",
             "-" if "alignment_overhead" not in r else f"{100 * r['alignment_overhead']:.1f}%",
             f"{r['compile_s']:.2f}",

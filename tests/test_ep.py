@@ -258,3 +258,19 @@ def test_ep_preset_and_validation():
         load_config(overrides=[("rule", "ep"), ("optimizer.layer_lr", [1.0, 1.0, 1.0])])
     with pytest.raises(UserError, match="ep.eps"):
         load_config(overrides=[("rule", "ep"), ("ep.eps", 1.5)])
+
+
+def test_the_fast_hard_sigmoid_step_is_the_general_gradient_step():
+    params, x, y = _problem()
+    rho = RHOS["hard_sigmoid"]
+    keys = jax.random.split(jax.random.PRNGKey(8), 3)
+    states = [jax.random.uniform(k, (x.shape[0], n)) for k, n in zip(keys, SIZES[1:])]
+    states[1] = states[1].at[0].set(0.0).at[1].set(1.0)
+    from bioprop_cli.models.energy import hard_sigmoid
+
+    for beta in (0.0, 0.7, -0.3):
+        grads = energy_gradient(params, states, input_drive(params, x), y, beta, rho)
+        general = [hard_sigmoid(s - 0.4 * g) for s, g in zip(states, grads)]
+        fast = step(params, states, input_drive(params, x), y, beta, rho, 0.4)
+        for a, b in zip(fast, general):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

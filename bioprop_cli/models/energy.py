@@ -91,10 +91,41 @@ def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, 
 
 
 def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float) -> States:
-    """One step of the discretised gradient dynamics (the settling map Phi)."""
+    """One step of the discretised gradient dynamics (the settling map Phi).
+
+    For the hard sigmoid the states stay in [0, 1], where rho(s) = s and rho'(s) = 1, so the step
+    is s <- clip((1 - eps) s + eps (drive - beta dC/ds), 0, 1) without evaluating rho (the same map,
+    with the same derivatives there, as the general form; tested).
+    """
+    if rho.bounded:
+        return _bounded_step(params, states, drive0, y, beta, eps)
     grads = energy_gradient(params, states, drive0, y, beta, rho)
-    new = [s - eps * g for s, g in zip(states, grads)]
-    return [hard_sigmoid(s) for s in new] if rho.bounded else new
+    return [s - eps * g for s, g in zip(states, grads)]
+
+
+def _bounded_step(params, states, drive0, y, beta, eps):
+    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps)]
+
+
+def _unprojected_step(params, states, drive0, y, beta, eps) -> States:
+    new = []
+    for k, s in enumerate(states):
+        drive = drive0 if k == 0 else states[k - 1] @ params[k]["w"] + params[k]["b"]
+        if k + 1 < len(states):
+            drive = drive + states[k + 1] @ params[k + 1]["w"].T
+        if k + 1 == len(states):
+            drive = drive - beta * (s - y)
+        new.append(s + eps * (drive - s))
+    return new
+
+
+def free_units(params, states, drive0, y, beta, rho: Rho, eps: float) -> States:
+    """1 where a unit moves with its input at this state, 0 where the projection onto [0, 1] pins
+    it (the rows of the settling map's Jacobian that are not zero)."""
+    if not rho.bounded:
+        return [jnp.ones_like(s) for s in states]
+    pre = _unprojected_step(params, states, drive0, y, beta, eps)
+    return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) for p in pre]
 
 
 def residual(new: States, old: States) -> jax.Array:
@@ -111,8 +142,18 @@ class Settled(NamedTuple):
 def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float) -> Settled:
     """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
 
-    A compiled while loop; with tol = 0 it always runs max_steps steps.
+    With tol = 0 (static) it runs exactly max_steps steps in a loop that measures
+    the residual on the last step only; otherwise a while loop checks it after every step.
     """
+    dtype = drive0.dtype
+    if tol == 0:
+
+        def body(_, s):
+            return step(params, s, drive0, y, beta, rho, eps)
+
+        before_last = jax.lax.fori_loop(0, max_steps - 1, body, states)
+        final = step(params, before_last, drive0, y, beta, rho, eps)
+        return Settled(final, jnp.asarray(max_steps, jnp.int32), jnp.max(residual(final, before_last)))
 
     def cond(carry):
         _, t, res = carry
@@ -123,7 +164,6 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
         new = step(params, s, drive0, y, beta, rho, eps)
         return new, t + 1, jnp.max(residual(new, s))
 
-    dtype = drive0.dtype
     init = (states, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype))
     final, steps, res = jax.lax.while_loop(cond, body, init)
     return Settled(final, steps, res)

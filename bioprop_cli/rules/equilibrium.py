@@ -38,17 +38,24 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
     def nudge(params, states, drive0, y, beta):
         return settle(params, states, drive0, y, beta, rho, ep.eps, ep.nudged_steps, ep.tolerance)
 
+    def nudge_both_ways(params, s0, drive0, y, beta):
+        """The +beta and -beta phases as one batch of twice the size (one settling loop, not two)."""
+        n = y.shape[0]
+        twice = lambda a: jnp.concatenate([a, a])
+        signs = jnp.concatenate([jnp.full((n, 1), beta, y.dtype), jnp.full((n, 1), -beta, y.dtype)])
+        both = nudge(params, [twice(s) for s in s0], twice(drive0), twice(y), signs)
+        return [s[:n] for s in both.states], [s[n:] for s in both.states], both
+
     def estimate(params, state, x, y, key, idx=None):
         persistent = ep.persistent and idx is not None
         initial = [p[idx] for p in state["particles"]] if persistent else zero_states(params, x.shape[0], x.dtype)
         drive0, free = free_phase(params, x, y, initial)
         s0 = free.states
         if ep.estimator == "symmetric":
-            plus, minus = nudge(params, s0, drive0, y, ep.beta), nudge(params, s0, drive0, y, -ep.beta)
-            grads = contrast(plus.states, minus.states, x, rho, 1.0 / (2.0 * ep.beta))
-            shift = [(a - b) / (2.0 * ep.beta) for a, b in zip(plus.states, minus.states)]
-            nudged_steps = jnp.maximum(plus.steps, minus.steps)
-            nudged_residual = jnp.maximum(plus.residual, minus.residual)
+            plus, minus, both = nudge_both_ways(params, s0, drive0, y, ep.beta)
+            grads = contrast(plus, minus, x, rho, 1.0 / (2.0 * ep.beta))
+            shift = [(a - b) / (2.0 * ep.beta) for a, b in zip(plus, minus)]
+            nudged_steps, nudged_residual = both.steps, both.residual
         else:
             beta = ep.beta
             if ep.estimator == "random-sign":

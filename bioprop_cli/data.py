@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import socket
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -263,9 +264,24 @@ def load_from_tfds(name: str) -> Dataset:
     return dataset
 
 
+TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where tensorflow-datasets fetches MNIST
+
+
+def download_host_reachable(timeout_s: float = 3.0) -> bool:
+    """A quick check, so that an offline machine fails at once instead of in tfds' retry loop."""
+    try:
+        socket.create_connection(TFDS_DOWNLOAD_HOST, timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(images (N,28,28,1) uint8, labels) for train and test. Uses tf.data when TensorFlow is installed."""
     import tensorflow_datasets as tfds  # slow import: only when needed
+
+    if not tfds.builder(name).is_prepared() and not download_host_reachable():
+        raise ConnectionError("not in the tensorflow-datasets cache, and the download server cannot be reached")
 
     try:
         import tensorflow  # noqa: F401

@@ -369,3 +369,21 @@ def test_real_fashion_mnist_from_debian_package():
     dataset = load_dataset("fashion_mnist", data.DEBIAN_FASHION_MNIST_DIR)
     check_real_dataset(dataset, "fashion_mnist")
     assert np.all(np.bincount(dataset.y_train, minlength=10) == 6000)  # Fashion-MNIST is exactly balanced
+
+
+def test_offline_without_cached_tfds_data_fails_at_once(monkeypatch):
+    """No retry loop on an offline machine: a one-line error that says how to use local files."""
+    import bioprop_cli.data as data
+
+    pytest.importorskip("tensorflow_datasets")
+    monkeypatch.delenv("BIOPROP_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "download_host_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", Path("/nonexistent"))
+    import tensorflow_datasets as tfds
+
+    if tfds.builder("mnist").is_prepared():
+        pytest.skip("MNIST is in this machine's tensorflow-datasets cache")
+    with pytest.raises(UserError) as excinfo:
+        data.load_dataset("mnist")
+    message = str(excinfo.value)
+    assert "cannot be reached" in message and "BIOPROP_DATA_DIR" in message and "\n" not in message

@@ -79,7 +79,6 @@ def _sweep_dir(cfg, kind: str) -> Path:
 
 def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64) -> None:
     from bioprop_cli.config import to_dict
-    from bioprop_cli.precision import float64
     from bioprop_cli.runs import append_jsonl, write_json, write_yaml
     from bioprop_cli.sweep.beta import plot, run_gradient_sweep, slope_sentence
 
@@ -87,13 +86,8 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
     write_yaml(folder / "config.yaml", to_dict(cfg))
     console.print(f"[bold]bioprop sweep beta[/] {len(betas)} betas x {len(estimators)} estimators x {len(seeds)} seeds x {batches} batches -> {folder}")
     with console.status("measuring...") as status:
-        run = lambda: run_gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
-                                         progress=lambda m: status.update(f"measuring: {m}"))
-        if x64:
-            with float64():
-                result = run()
-        else:
-            result = run()
+        result = run_gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
+                                    progress=lambda m: status.update(f"measuring: {m}"))
     append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
     summary = {
         "precision": result["precision"],
@@ -113,9 +107,10 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
     for name in ("estimator", "beta", "bias", "std", "angle (°)"):
         table.add_column(name, justify="left" if name == "estimator" else "right")
     for r in result["rows"]:
-        table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", f"{r['angle_mean']:.2f}")
+        angle = "-" if r["angle_mean"] is None else f"{r['angle_mean']:.2f}"
+        table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", angle)
     console.print(table)
-    console.print(f"log-log slope of the bias where it dominates: {summary['slope_summary']}")
+    console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
     console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {result['free_residual']:.2e}")
     console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
 

@@ -152,8 +152,9 @@ def summarise(per_seed: list[dict], betas: list[float], estimators) -> list[dict
 
 
 def fit_slopes(rows: list[dict]) -> dict:
-    """Slope of log(bias) against log(beta) per estimator, where the bias dominates: from the beta
-    of smallest bias (the sweet spot; below it round-off and unconverged settling take over) up.
+    """Slope of log(bias) against log(beta) per estimator, where the bias dominates: over the betas
+    above the one of least bias (the sweet spot, where the floor of round-off and unconverged
+    settling is as large as the bias; below it the floor takes over).
     Theory for converged phases and a smooth rho: about 1 one-sided, about 2 symmetric."""
     slopes = {}
     for e in sorted({r["estimator"] for r in rows}):
@@ -162,7 +163,7 @@ def fit_slopes(rows: list[dict]) -> dict:
             slopes[e] = {"slope": None, "betas": [], "reason": "no nonzero bias"}
             continue
         sweet = min(range(len(points)), key=lambda i: points[i][1])
-        fitted = points[sweet:]
+        fitted = points[sweet + 1 :]
         if len(fitted) < 3:
             slopes[e] = {"slope": None, "betas": [p[0] for p in fitted], "sweet_spot": points[sweet][0],
                          "reason": "fewer than 3 betas above the sweet spot"}

@@ -23,7 +23,7 @@ import optax
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.rules import available_rules
-from bioprop_cli.train import N_CLASSES, TrainState, build_program, derive_keys, make_splits, probe_batch
+from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits, probe_batch
 
 BENCH_OVERRIDES = [
     ("model.depth", 5),

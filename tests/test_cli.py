@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jax
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 import bioprop_cli.cli.train as cli_train

@@ -8,12 +8,10 @@ import pytest
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.equilibrium import (
     bptt_gradient,
-    exact_references,
     free_fixed_point,
     implicit_gradient,
     spectral_radius,
 )
-from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, settle, step
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.precision import float64

@@ -105,7 +105,6 @@ def test_fa_feedback_statistics_follow_the_config():
 def test_dfa_on_one_hidden_layer_is_the_closed_form():
     sizes = layer_sizes(7, 1, 5, 10)
     params, (x, y) = _params(sizes), _batch()
-    act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
     dfa = make_rule(_config("dfa", depth=1), sizes)
     (d,) = dfa.init(jax.random.PRNGKey(4), params)
     assert d.shape == (10, 5)
@@ -146,7 +145,7 @@ def test_usf_feedback_is_scale_times_sign_of_w():
 
 
 def test_usf_follows_the_current_signs_of_w():
-    params, (x, y) = _params(), _batch()
+    params = _params()
     usf = make_rule(_config("usf"), SIZES)
     flipped = [dict(layer) for layer in params]
     flipped[2] = {"w": -params[2]["w"], "b": params[2]["b"]}

@@ -272,3 +272,15 @@ def test_the_fast_hard_sigmoid_step_is_the_general_gradient_step():
         fast = step(params, states, input_drive(params, x), y, beta, rho, 0.4)
         for a, b in zip(fast, general):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_implicit_gradient_is_zero_when_every_output_is_pinned():
+    """Outputs clipped at 0 or 1 do not move with the parameters: the cost's gradient is exactly 0."""
+    params, x, y = _problem(scale=0.5)
+    params[-1] = {"w": params[-1]["w"], "b": jnp.array([5.0, -5.0, 5.0])}  # outputs pinned at 1, 0, 1
+    rho = RHOS["hard_sigmoid"]
+    fixed = free_fixed_point(params, x, rho, 0.5, 500, 1e-7)
+    np.testing.assert_array_equal(fixed.states[-1], jnp.broadcast_to(jnp.array([1.0, 0.0, 1.0]), (7, 3)))
+    grads, _ = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 200, 1e-6)
+    for leaf in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.asarray(leaf) == 0.0)

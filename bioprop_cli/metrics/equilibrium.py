@@ -57,9 +57,14 @@ def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_itera
     def relative_misfit(lam):
         return _tree_norm(tmap(jnp.subtract, adjoint_operator(lam), g)) / (_tree_norm(g) + 1e-30)
 
+    rhs = apply_mask(g)
     free_part, _ = jax.scipy.sparse.linalg.cg(
-        lambda v: apply_mask(adjoint_operator(apply_mask(v))), apply_mask(g), tol=tol, atol=0.0, maxiter=max_iterations
+        lambda v: apply_mask(adjoint_operator(apply_mask(v))), rhs, tol=tol, atol=0.0, maxiter=max_iterations
     )
+    # every unit that the cost sees pinned by the projection: the gradient is exactly zero (and
+    # conjugate gradients would divide 0 by 0)
+    nothing_free = _tree_norm(rhs) == 0
+    free_part = tmap(lambda v: jnp.where(nothing_free, 0.0, v), free_part)
     lam = tmap(jnp.add, g, vjp_states(apply_mask(free_part))[0])
     _, vjp_params = jax.vjp(lambda p: phi(p, fixed_point), params)
     (grads,) = vjp_params(lam)

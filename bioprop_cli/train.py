@@ -231,103 +231,203 @@ class EpochReport(NamedTuple):
     alignment: list[dict]  # the alignment.jsonl lines of this epoch
 
 
+class SeedBatched(NamedTuple):
+    """The program's functions with a leading seed axis (jax.vmap), compiled once for the group."""
+
+    init: Callable  # (seeds (N,)) -> TrainState with leading N
+    epoch: Callable  # (state, x_train, y_train, probe_x (N,...), probe_y (N,...), keys (N,), epoch) -> ...
+    evaluate: Callable  # (params, rule_state, x, y, mask) -> ((N,), (N,))
+    measure: Callable  # (state, probe_x, probe_y, keys (N, 2)) -> measurements with leading N
+    probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y with leading N
+
+
+def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched:
+    """vmapped over seeds; for one seed, the plain functions with a unit axis added (as fast as
+    the unbatched program, which `bioprop bench` measures)."""
+
+    def probe(key, x_train, y_train):
+        n = x_train.shape[0]
+        idx = jax.random.permutation(key, n)[: min(probe_size, n)]
+        return x_train[idx], y_train[idx]
+
+    if n_seeds == 1:
+        add, first = (lambda t: jax.tree_util.tree_map(lambda v: v[None], t)), (lambda t: _seed(t, 0))
+        return SeedBatched(
+            init=jax.jit(lambda seeds: add(program.init(seeds[0]))),
+            epoch=jax.jit(lambda st, xt, yt, px, py, keys, e: add(program.epoch(first(st), xt, yt, px[0], py[0], first(keys), e))),
+            evaluate=jax.jit(lambda params, rs, x, y, mask: add(program.evaluate(first(params), first(rs), x, y, mask))),
+            measure=jax.jit(lambda st, px, py, keys: add(program.measure(first(st), px[0], py[0], keys[0]))),
+            probe=jax.jit(lambda keys, xt, yt: add(probe(keys[0], xt, yt))),
+        )
+    return SeedBatched(
+        init=jax.jit(jax.vmap(program.init)),
+        epoch=jax.jit(jax.vmap(program.epoch, in_axes=(0, None, None, 0, 0, 0, None))),
+        evaluate=jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None, None))),
+        measure=jax.jit(jax.vmap(program.measure)),
+        probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
+    )
+
+
+def _seed(tree, i: int):
+    return jax.tree_util.tree_map(lambda v: v[i], tree)
+
+
+def check_same_shapes(configs: list[Config]) -> None:
+    """A group trains together only if its runs differ in nothing but the seed."""
+    from dataclasses import replace
+
+    first = replace(configs[0], seed=0)
+    for c in configs[1:]:
+        if replace(c, seed=0) != first:
+            raise ValueError("runs trained as one group may differ only in their seed")
+
+
 def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None) -> dict:
     """Trains one run; writes config, metrics, alignment and summary through `writer`.
 
     Returns the summary. Ctrl-C ends the run with status 'interrupted', a non-finite loss with
     status 'diverged'; what was measured until then is kept.
     """
+    return train_group([config], dataset, [writer], lambda i, report: on_epoch(report))[0]
+
+
+class _RunLog:
+    """Host-side bookkeeping of one run of a group."""
+
+    def __init__(self, config: Config, writer, summary: dict):
+        self.config, self.writer, self.summary = config, writer, summary
+        self.status, self.epochs_done, self.diverged_epoch = "completed", 0, None
+        self.best_val, self.best_val_epoch, self.last = -1.0, 0, {}
+
+    @property
+    def active(self) -> bool:
+        return self.status == "completed"
+
+    def finish(self, wall_time: float, train_time: float, examples: int, compile_time: float) -> dict:
+        self.summary.update(
+            status=self.status,
+            epochs_completed=self.epochs_done,
+            diverged_epoch=self.diverged_epoch,
+            test_accuracy=self.last.get("test_accuracy"),
+            test_loss=self.last.get("test_loss"),
+            val_accuracy=self.last.get("val_accuracy"),
+            best_val_accuracy=self.best_val if self.best_val >= 0 else None,
+            best_val_epoch=self.best_val_epoch or None,
+            final_mean_update_angle=self.last.get("mean_update_angle"),
+            wall_time_s=wall_time,
+            train_time_s=train_time,
+            compile_time_s=compile_time,
+            examples_per_s=examples / train_time if train_time else None,
+        )
+        self.writer.summary(self.summary)
+        return self.summary
+
+
+def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None] = lambda i, r: None) -> list[dict]:
+    """Trains runs that differ only in their seed together: one compiled program, vmapped over a
+    leading seed axis. Each run writes its own files, the same as it would alone (tested).
+    A run that diverges stops writing; the others go on.
+    """
+    check_same_shapes(configs)
+    config = configs[0]
     splits = make_splits(config, dataset)
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1])
-    keys = derive_keys(config.seed)
-    probe_x, probe_y = probe_batch(config, splits, keys)
+    batched = seed_batched(program, config.alignment.probe_size, len(configs))
+    seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    keys = jax.vmap(derive_keys)(seeds)
+    probe_x, probe_y = batched.probe(keys.probe, splits.x_train, splits.y_train)
     align = config.alignment
+    examples_per_epoch = program.steps_per_epoch * config.train.batch_size
 
-    writer.config(to_dict(config))
-    summary = {
-        "status": "running",
-        "rule": config.rule,
-        "depth": config.model.depth,
-        "seed": config.seed,
-        "layer_sizes": list(program.sizes),
-        "n_train": n_train,
-        "n_val": int(jnp.sum(splits.mask_val)),
-        "n_test": int(jnp.sum(splits.mask_test)),
-        "steps_per_epoch": program.steps_per_epoch,
-        **environment(),
-    }
-    writer.summary(summary)
+    logs = []
+    for c, writer in zip(configs, writers):
+        writer.config(to_dict(c))
+        summary = {
+            "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
+            "layer_sizes": list(program.sizes), "n_train": n_train,
+            "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
+            "steps_per_epoch": program.steps_per_epoch, "seeds_trained_together": len(configs),
+            **environment(),
+        }
+        writer.summary(summary)
+        logs.append(_RunLog(c, writer, summary))
 
     t_start = time.perf_counter()
-    state = program.init(config.seed)
+    state = batched.init(seeds)
     epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
     t0 = time.perf_counter()
-    epoch_fn = program.epoch.lower(state, *epoch_args, 0).compile()
+    epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
     compile_time = time.perf_counter() - t0
+    step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
 
-    train_time, examples_seen, epochs_done, status, diverged_epoch = 0.0, 0, 0, "completed", None
-    best_val, best_val_epoch, last = -1.0, 0, {}
+    train_time, examples_seen = 0.0, 0
     if align.enabled:
-        writer.alignment(alignment_records(program.measure(state, probe_x, probe_y, keys.probe), 0, 0))
+        measured = batched.measure(state, probe_x, probe_y, keys.probe)
+        for i, log in enumerate(logs):
+            log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
     try:
         for epoch in range(1, config.train.epochs + 1):
+            if not any(log.active for log in logs):
+                break
             t0 = time.perf_counter()
             state, out = epoch_fn(state, *epoch_args, epoch - 1)
             losses = np.asarray(out["loss"])  # waits for the epoch to finish
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
-            examples_seen += program.steps_per_epoch * config.train.batch_size
+            examples_seen += examples_per_epoch
             step = epoch * program.steps_per_epoch
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "lr": float(program.schedule(step)),
-                "train_loss": float(np.mean(losses)),
-                "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
-            }
-            if not np.all(np.isfinite(losses)):
-                status, diverged_epoch = "diverged", epoch
-                record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
-                writer.metrics(record)
-                epochs_done = epoch
-                on_epoch(EpochReport(record, []))
-                break
-            alignment = in_epoch_alignment(out, epoch, program.steps_per_epoch)
+            measured = None
             if align.enabled and epoch % align.every_epochs == 0:
-                measured = program.measure(state, probe_x, probe_y, jax.random.fold_in(keys.probe, step))
-                alignment += alignment_records(measured, epoch, step)
-                record.update({name: float(v) for name, v in measured["network"].items()})
-            for split in ("val", "test"):
-                x, y, mask = (getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask"))
-                loss_value, accuracy = program.evaluate(state.params, state.rule_state, x, y, mask) if summary[f"n_{split}"] else (None, None)
-                record[f"{split}_loss"] = None if loss_value is None else float(loss_value)
-                record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy)
-            record.update(epoch_time_s=epoch_time, wall_time_s=time.perf_counter() - t_start)
-            writer.alignment(alignment)
-            writer.metrics(record)
-            epochs_done = epoch
-            if record["val_accuracy"] is not None and record["val_accuracy"] > best_val:
-                best_val, best_val_epoch = record["val_accuracy"], epoch
-            last = record
-            on_epoch(EpochReport(record, alignment))
+                measured = batched.measure(state, probe_x, probe_y, step_keys(step))
+            evaluations = {
+                split: batched.evaluate(state.params, state.rule_state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
+                for split in ("val", "test") if logs[0].summary[f"n_{split}"]
+            }
+            for i, log in enumerate(logs):
+                if log.active:
+                    _log_epoch(log, i, epoch, step, losses[i], _seed(out, i), measured, evaluations, program,
+                               epoch_time, time.perf_counter() - t_start, on_epoch)
     except KeyboardInterrupt:
-        status = "interrupted"
+        for log in logs:
+            if log.active:
+                log.status = "interrupted"
+    wall = time.perf_counter() - t_start
+    return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
 
-    summary.update(
-        status=status,
-        epochs_completed=epochs_done,
-        diverged_epoch=diverged_epoch,
-        test_accuracy=last.get("test_accuracy"),
-        test_loss=last.get("test_loss"),
-        val_accuracy=last.get("val_accuracy"),
-        best_val_accuracy=best_val if best_val >= 0 else None,
-        best_val_epoch=best_val_epoch or None,
-        final_mean_update_angle=last.get("mean_update_angle"),
-        wall_time_s=time.perf_counter() - t_start,
-        train_time_s=train_time,
-        compile_time_s=compile_time,
-        examples_per_s=examples_seen / train_time if train_time else None,
-    )
-    writer.summary(summary)
-    return summary
+
+def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measured, evaluations, program,
+               epoch_time: float, wall_time: float, on_epoch) -> None:
+    """Writes one run's epoch: its metrics line and its alignment lines; marks divergence."""
+    config = log.config
+    record = {
+        "epoch": epoch,
+        "step": step,
+        "lr": float(program.schedule(step)),
+        "train_loss": float(np.mean(losses)),
+        "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
+    }
+    if not np.all(np.isfinite(losses)):
+        log.status, log.diverged_epoch = "diverged", epoch
+        record.update(epoch_time_s=epoch_time, wall_time_s=wall_time)
+        log.writer.metrics(record)
+        log.epochs_done = epoch
+        on_epoch(i, EpochReport(record, []))
+        return
+    alignment = in_epoch_alignment(out, epoch, program.steps_per_epoch)
+    if measured is not None:
+        mine = _seed(measured, i)
+        alignment += alignment_records(mine, epoch, step)
+        record.update({name: float(v) for name, v in mine["network"].items()})
+    for split in ("val", "test"):
+        loss_value, accuracy = evaluations.get(split, (None, None))
+        record[f"{split}_loss"] = None if loss_value is None else float(loss_value[i])
+        record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy[i])
+    record.update(epoch_time_s=epoch_time, wall_time_s=wall_time)
+    log.writer.alignment(alignment)
+    log.writer.metrics(record)
+    log.epochs_done = epoch
+    if record["val_accuracy"] is not None and record["val_accuracy"] > log.best_val:
+        log.best_val, log.best_val_epoch = record["val_accuracy"], epoch
+    log.last = record
+    on_epoch(i, EpochReport(record, alignment))

@@ -129,3 +129,41 @@ def test_fa_update_angle_falls_below_90_while_learning(tmp_path, mnist_dir):
     hidden = [a["update_angle"] for a in alignment if a["layer"] == 0]
     assert hidden[0] > 75  # at initialisation: nearly orthogonal (measured: 86 degrees)
     assert hidden[-1] < 70  # two short epochs later: aligned (measured: 55 degrees)
+
+
+@pytest.mark.parametrize("rule", ["fa", "brsf"])
+def test_seeds_trained_together_write_what_they_write_alone(tmp_path, rule):
+    """One vmapped program for three seeds; each run's files match its single run (the batched
+    matrix products round differently in the last bits, so floats agree to 1e-5, not bitwise)."""
+    from dataclasses import replace
+
+    from bioprop_cli.train import train_group
+
+    config = small_config(rule=rule)
+    dataset = clusters()
+    dirs = [tmp_path / f"seed{s}" for s in (0, 1, 2)]
+    for d in dirs:
+        d.mkdir()
+    summaries = train_group([replace(config, seed=s) for s in (0, 1, 2)], dataset, [RunWriter(d) for d in dirs])
+    assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["seeds_trained_together"] == 3 for s in summaries)
+    alone_summary, alone_metrics, alone_alignment = run(tmp_path / "alone", replace(config, seed=1), dataset)
+    together = _untimed(read_jsonl(dirs[1] / "metrics.jsonl"))
+    assert [set(m) for m in together] == [set(m) for m in _untimed(alone_metrics)]
+    for a, b in zip(together, _untimed(alone_metrics)):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(read_jsonl(dirs[1] / "alignment.jsonl"), alone_alignment):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4) if isinstance(a[key], float) else a[key] == b[key], key
+    assert summaries[1]["test_accuracy"] == pytest.approx(alone_summary["test_accuracy"], abs=1e-6)
+    # the seeds did differ
+    assert read_jsonl(dirs[0] / "metrics.jsonl")[0]["train_loss"] != together[0]["train_loss"]
+
+
+def test_a_group_may_differ_only_in_seed():
+    from bioprop_cli.train import check_same_shapes
+
+    check_same_shapes([small_config(seed=0), small_config(seed=3)])
+    with pytest.raises(ValueError, match="only in their seed"):
+        check_same_shapes([small_config(seed=0), small_config(**{"model.width": 8})])

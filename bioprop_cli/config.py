@@ -368,6 +368,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> Config:
     """Defaults, then the YAML file, then each (key.path, value) override; validated once."""
     tree = read_yaml(path) if path is not None else {}
+    tree.pop("sweep", None)  # a config file's `sweep:` section is read by `bioprop sweep` only
     for key, value in overrides:
         _set_path(tree, key, value)
     rule = tree.get("rule", Config.rule)

@@ -13,7 +13,90 @@ from rich.table import Table
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
 from bioprop_cli.errors import UserError
 
-app = typer.Typer(help="Sweeps: `bioprop sweep beta` (equilibrium propagation's nudging strength).", no_args_is_help=True)
+app = typer.Typer(
+    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale), "
+    "`bioprop sweep --grid KEY=V1,V2 ...`, and `bioprop sweep beta` (equilibrium propagation's nudging strength).",
+)
+
+
+def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[str], seeds: int, config: Optional[Path],
+                sets: list[str], flags: dict) -> None:
+    """Shared by every axis command and the bare `bioprop sweep --grid ...`."""
+    from bioprop_cli.config import read_yaml
+    from bioprop_cli.data import load_dataset
+    from bioprop_cli.sweep.grid import AXES, parse_grid_option, parse_values, run_sweep
+
+    file_sweep = (read_yaml(config).get("sweep") or {}) if config is not None else {}
+    if not isinstance(file_sweep, dict):
+        raise UserError("config key 'sweep': expected a mapping with 'grid' and 'seeds'")
+    grid: dict[str, list] = {}
+    for key, vals in (file_sweep.get("grid") or {}).items():
+        grid[AXES[key][0] if key in AXES else key] = vals if isinstance(vals, list) else [vals]
+    n_seeds = seeds if seeds is not None else int(file_sweep.get("seeds", 1))
+    seed_values = None
+    if axis == "seed":
+        seed_values = parse_values(values) if values else list(range(n_seeds))
+    elif axis is not None:
+        key, default = AXES[axis]
+        grid[key] = parse_values(values) if values else default
+    for text in grid_options:
+        key, vals = parse_grid_option(text)
+        grid[key] = vals
+    if not grid and axis is None:
+        raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
+    base = config_from_flags(config, sets, **flags)
+    seed_values = seed_values or [base.seed + k for k in range(n_seeds)]
+    if any(not isinstance(v, int) or v < 0 for v in seed_values):
+        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
+    loader = lambda cfg: load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    with console.status("sweeping...") as status:
+        folder, manifest = run_sweep(base, grid, seed_values, loader, report=lambda m: status.update(f"sweeping: {m}"))
+    table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
+    for name in ("run", "status", "test acc."):
+        table.add_column(name)
+    for name, entry in manifest["runs"].items():
+        acc = entry.get("test_accuracy")
+        table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
+    console.print(table)
+    console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)")
+
+
+def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
+    def command(
+        ctx: typer.Context,
+        values: Optional[str] = typer.Option(None, help="Comma-separated values of the axis (default: its usual grid)."),
+        grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
+        seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per point (trained together, vmapped); default 1."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; its `sweep:` section gives grid and seeds."),
+        rule: Optional[str] = typer.Option(None, help="Learning rule (when not swept)."),
+        depth: Optional[int] = typer.Option(None, help="Number of hidden layers (when not swept)."),
+        width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
+        epochs: Optional[int] = typer.Option(None, help="Training epochs of every point."),
+        lr: Optional[float] = typer.Option(None, help="Learning rate."),
+        batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+        seed: Optional[int] = typer.Option(None, help="First seed."),
+        experiment: Optional[str] = typer.Option(None, help="Experiment folder."),
+        results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
+        data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
+        set_: List[str] = typer.Option([], "--set", "-s", help="Any config key for every point."),
+    ) -> None:
+        if as_group_callback and ctx.invoked_subcommand is not None:
+            return  # `bioprop sweep AXIS ...`: the subcommand does the work
+        if as_group_callback and not grid and config is None:
+            console.print(ctx.get_help())
+            raise typer.Exit(code=2)
+        flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                     experiment=experiment, results_dir=results_dir, data_dir=data_dir)
+        _grid_sweep(axis, values, grid, seeds, config, set_, flags)
+
+    command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
+    return user_errors_exit_2(command)
+
+
+for _axis in ("depth", "rule", "feedback", "seed", "lr", "batch-size", "width", "init-scale"):
+    app.command(_axis)(_make_axis_command(_axis))
+# `bioprop sweep --grid depth=1,2 --grid rule=bp,fa`: no AXIS, the grid options alone
+app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_callback=True))
 
 
 def _floats(text: str, name: str) -> list[float]:

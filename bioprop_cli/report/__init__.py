@@ -1,0 +1,6 @@
+"""`bioprop compare`: aggregate run folders (and beta sweeps) into tables, curves, findings, figures and a report.
+
+    aggregate.py  loading, grouping, statistics, curves, breaking depths, findings (pure: no printing, no files written)
+    plots.py      matplotlib figures (headless), one PNG each
+    render.py     report.md and a self-contained report.html
+"""

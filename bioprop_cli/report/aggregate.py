@@ -1,0 +1,558 @@
+"""Loads run folders and beta sweeps below some paths and aggregates them. Pure: no printing, no writing.
+
+A run folder holds `summary.json`, `config.yaml` and `metrics.jsonl` (and usually `alignment.jsonl`);
+a beta-sweep folder holds `beta_sweep.jsonl` and `summary.json` (see the README's "Results layout").
+
+Runs are grouped by the config keys whose values differ between them, except the keys that only
+name a replicate or a place (`seed`, `experiment`, `results_dir`, `data.data_dir`); `rule` and
+`model.depth` are always grouping keys. Within a group the runs are the seeds: statistics are the
+mean and the population standard deviation over them (None for one seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from bioprop_cli.errors import UserError
+from bioprop_cli.runs import read_jsonl
+
+RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
+BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
+IGNORED_KEYS = ("seed", "experiment", "results_dir", "data.data_dir")
+ALWAYS_KEYS = ("rule", "model.depth")
+STATUSES = ("completed", "diverged", "interrupted")
+RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "ep")
+# a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
+MARGIN_TOLERANCE = 1e-9
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # config.yaml, nested
+    flat: dict  # config flattened to dotted keys
+    summary: dict
+    metrics: list[dict]
+    alignment: list[dict]
+
+    @property
+    def seed(self) -> Any:
+        return self.flat.get("seed", self.summary.get("seed"))
+
+
+@dataclass
+class BetaSweep:
+    path: Path
+    config: dict
+    summary: dict
+    rows: list[dict]
+
+    @property
+    def slopes(self) -> dict:
+        return self.summary.get("slopes") or {}
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+
+
+def is_beta_sweep_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in BETA_SWEEP_FILES)
+
+
+def find_folders(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Every run folder and beta-sweep folder at or below `paths` (recursively), each once, sorted.
+    Raises UserError for a path that does not exist or is not a folder."""
+    runs, sweeps = set(), set()
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder")
+        if not p.is_dir():
+            raise UserError(f"{p}: not a folder (give run folders, sweep folders or any folder above them)")
+        candidates = [p, *(s.parent for s in p.rglob("summary.json"))]
+        for c in candidates:
+            if is_run_dir(c):
+                runs.add(c.resolve())
+            elif is_beta_sweep_dir(c):
+                sweeps.add(c.resolve())
+    return sorted(runs), sorted(sweeps)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"depth": 2}} -> {"model.depth": 2}; lists stay values."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable as JSON ({e.__class__.__name__})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return value
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: not readable as YAML ({e.__class__.__name__})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    return value
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        return read_jsonl(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable as JSON lines ({e.__class__.__name__})") from None
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    config = _read_yaml(path / "config.yaml")
+    return Run(
+        path=path,
+        config=config,
+        flat=flatten(config),
+        summary=_read_json(path / "summary.json"),
+        metrics=_read_lines(path / "metrics.jsonl"),
+        alignment=_read_lines(path / "alignment.jsonl"),
+    )
+
+
+def load_beta_sweep(path: Path) -> BetaSweep:
+    path = Path(path)
+    config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
+    return BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
+                     rows=_read_lines(path / "beta_sweep.jsonl"))
+
+
+# --- grouping ---------------------------------------------------------------------------------
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def _sort_value(value: Any) -> tuple:
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, bool):
+        return (1, int(value), "")
+    if isinstance(value, (int, float)):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """The grouping keys: `rule` and `model.depth` (when present), then, sorted, every other config key
+    whose value differs between the runs (a key missing from some runs differs), except IGNORED_KEYS."""
+    all_keys = set().union(*(r.flat for r in runs)) if runs else set()
+    differing = sorted(
+        k for k in all_keys
+        if k not in IGNORED_KEYS and k not in ALWAYS_KEYS
+        and len({_hashable(r.flat.get(k)) for r in runs}) > 1
+    )
+    return [k for k in ALWAYS_KEYS if k in all_keys] + differing
+
+
+def _rule_rank(rule: Any) -> tuple:
+    return (RULE_ORDER.index(rule), "") if rule in RULE_ORDER else (len(RULE_ORDER), str(rule))
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def group_label(keys: dict) -> str:
+    """'fa d3 optimizer.lr=0.01': the rule, the depth, then key=value for the other grouping keys."""
+    parts = []
+    for k, v in keys.items():
+        if k == "rule":
+            parts.append(str(v))
+        elif k == "model.depth":
+            parts.append(f"d{v}")
+        else:
+            parts.append(f"{k}={format_value(v)}")
+    return " ".join(parts) or "all runs"
+
+
+@dataclass
+class Group:
+    keys: dict  # grouping key -> value
+    runs: list[Run]
+    stats: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return group_label(self.keys)
+
+    @property
+    def rule(self) -> Any:
+        return self.keys.get("rule")
+
+    @property
+    def depth(self) -> Any:
+        return self.keys.get("model.depth")
+
+    @property
+    def context(self) -> tuple:
+        """The grouping keys other than rule and depth: groups compare across rules and depths within one context."""
+        return tuple((k, _hashable(v)) for k, v in self.keys.items() if k not in ALWAYS_KEYS)
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
+    """One group per distinct combination of `keys`; ordered by rule (bp, fa, dfa, ...), depth, then the rest."""
+    groups: dict[tuple, Group] = {}
+    for run in sorted(runs, key=lambda r: (_sort_value(r.seed), str(r.path))):
+        values = {k: run.flat.get(k) for k in keys}
+        ident = tuple(_hashable(v) for v in values.values())
+        groups.setdefault(ident, Group(keys=values, runs=[])).runs.append(run)
+
+    def order(g: Group):
+        rest = tuple(_sort_value(_hashable(v)) for k, v in g.keys.items() if k != "rule")
+        return (_rule_rank(g.rule), rest)
+
+    return sorted(groups.values(), key=order)
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], int]:
+    """Mean and population std of the finite numbers among `values` (std None for fewer than two), and their count."""
+    xs = _finite(values)
+    if not xs:
+        return None, None, 0
+    return statistics.fmean(xs), (statistics.pstdev(xs) if len(xs) > 1 else None), len(xs)
+
+
+def _int_layer(record: dict) -> bool:
+    layer = record.get("layer")
+    return isinstance(layer, int) and not isinstance(layer, bool)
+
+
+def final_update_angles(run: Run) -> dict[int, float]:
+    """Per integer layer: `update_angle` of the run's last alignment measurement (largest step)."""
+    records = [r for r in run.alignment if _int_layer(r) and isinstance(r.get("step"), int)]
+    if not records:
+        return {}
+    last = max(r["step"] for r in records)
+    return {r["layer"]: float(r["update_angle"]) for r in records
+            if r["step"] == last and _finite([r.get("update_angle")])}
+
+
+def reach_target(run: Run, target: float) -> tuple[Optional[int], Optional[float]]:
+    """(epoch, wall_time_s) of the first metrics line whose test_accuracy >= target; (None, None) if none."""
+    for m in run.metrics:
+        acc = m.get("test_accuracy")
+        if _finite([acc]) and acc >= target:
+            return m.get("epoch"), m.get("wall_time_s")
+    return None, None
+
+
+def group_stats(group: Group, target: float) -> dict:
+    runs = group.runs
+    s = [r.summary for r in runs]
+    test_mean, test_std, test_n = mean_std(x.get("test_accuracy") for x in s)
+    val_mean, val_std, _ = mean_std(x.get("best_val_accuracy") for x in s)
+    statuses = [x.get("status", "unknown") for x in s]
+    status_counts = {k: statuses.count(k) for k in STATUSES}
+    for other in sorted(set(statuses) - set(STATUSES)):
+        status_counts[other] = statuses.count(other)
+    reached = [reach_target(r, target) for r in runs]
+    hit = [(e, t) for e, t in reached if e is not None]
+    per_run_angles = [final_update_angles(r) for r in runs]
+    layers = sorted(set().union(*per_run_angles)) if per_run_angles else []
+    return {
+        "n_runs": len(runs),
+        "seeds": [r.seed for r in runs],
+        "test_accuracy_mean": test_mean,
+        "test_accuracy_std": test_std,
+        "test_accuracy_n": test_n,
+        "best_val_accuracy_mean": val_mean,
+        "best_val_accuracy_std": val_std,
+        "status": status_counts,
+        "wall_time_s_mean": mean_std(x.get("wall_time_s") for x in s)[0],
+        "examples_per_s_mean": mean_std(x.get("examples_per_s") for x in s)[0],
+        "final_update_angle": {l: mean_std(a.get(l) for a in per_run_angles)[0] for l in layers},
+        "target": target,
+        "target_reached": len(hit),
+        "epochs_to_target_mean": mean_std(e for e, _ in hit)[0],
+        "seconds_to_target_mean": mean_std(t for _, t in hit)[0],
+        "runs": [str(r.path) for r in runs],
+    }
+
+
+# --- curves -----------------------------------------------------------------------------------
+
+
+def _curve(per_run: list[dict]) -> dict:
+    """Per-run {x: value} -> {"x", "mean", "std", "n"} over the x present in any run (std None where n < 2)."""
+    xs = sorted(set().union(*per_run)) if per_run else []
+    curve = {"x": [], "mean": [], "std": [], "n": []}
+    for x in xs:
+        mean, std, n = mean_std(run.get(x) for run in per_run)
+        if n:
+            curve["x"].append(x)
+            curve["mean"].append(mean)
+            curve["std"].append(std)
+            curve["n"].append(n)
+    return curve
+
+
+def accuracy_by_epoch(run: Run) -> dict:
+    return {m["epoch"]: m["test_accuracy"] for m in run.metrics if "epoch" in m and _finite([m.get("test_accuracy")])}
+
+
+def update_angle_by_epoch(run: Run) -> dict:
+    """`mean_update_angle` per epoch from metrics.jsonl; epoch 0 from alignment.jsonl's layer "all" at step 0."""
+    out = {}
+    for r in run.alignment:
+        if r.get("layer") == "all" and r.get("epoch") == 0 and r.get("step", 0) == 0 and _finite([r.get("mean_update_angle")]):
+            out[0] = float(r["mean_update_angle"])
+    for m in run.metrics:
+        if "epoch" in m and _finite([m.get("mean_update_angle")]):
+            out[m["epoch"]] = float(m["mean_update_angle"])
+    return out
+
+
+def feedback_angle_by_epoch(run: Run) -> dict:
+    """Mean over the integer layers of the non-null `feedback_angle`, per epoch, from the epoch-end
+    measurements only: step == epoch * steps_per_epoch (without steps_per_epoch in summary.json: the
+    smallest step of each epoch label, which is the epoch-end one, since in-epoch measurements of
+    epoch E + 1 are labelled E with later steps)."""
+    spe = run.summary.get("steps_per_epoch")
+    records = [r for r in run.alignment if _int_layer(r) and isinstance(r.get("epoch"), int) and isinstance(r.get("step"), int)]
+    if isinstance(spe, int):
+        keep = [r for r in records if r["step"] == r["epoch"] * spe]
+    else:
+        first = {}
+        for r in records:
+            first[r["epoch"]] = min(first.get(r["epoch"], r["step"]), r["step"])
+        keep = [r for r in records if r["step"] == first[r["epoch"]]]
+    by_epoch: dict[int, dict] = {}
+    for r in keep:
+        if _finite([r.get("feedback_angle")]):
+            by_epoch.setdefault(r["epoch"], {})[r["layer"]] = float(r["feedback_angle"])  # one value per layer
+    return {e: statistics.fmean(v.values()) for e, v in by_epoch.items()}
+
+
+def accuracy_by_wall_time(run: Run) -> dict:
+    """Per epoch: (wall_time_s, test_accuracy)."""
+    return {m["epoch"]: (float(m["wall_time_s"]), float(m["test_accuracy"])) for m in run.metrics
+            if "epoch" in m and _finite([m.get("wall_time_s")]) and _finite([m.get("test_accuracy")])}
+
+
+def group_curves(group: Group) -> dict:
+    timed = [accuracy_by_wall_time(r) for r in group.runs]
+    wall = _curve([{e: v[0] for e, v in t.items()} for t in timed])
+    acc = _curve([{e: v[1] for e, v in t.items()} for t in timed])
+    return {
+        "test_accuracy": _curve([accuracy_by_epoch(r) for r in group.runs]),
+        "update_angle": _curve([update_angle_by_epoch(r) for r in group.runs]),
+        "feedback_angle": _curve([feedback_angle_by_epoch(r) for r in group.runs]),
+        # mean wall time and mean test accuracy at each epoch (same epochs in both)
+        "accuracy_vs_time": {"epoch": wall["x"], "wall_time_s": wall["mean"], "mean": acc["mean"], "std": acc["std"]}
+        if wall["x"] == acc["x"] else {"epoch": [], "wall_time_s": [], "mean": [], "std": []},
+    }
+
+
+# --- comparisons across groups ----------------------------------------------------------------
+
+
+def depth_table(groups: list[Group]) -> dict[tuple, dict[Any, dict[Any, float]]]:
+    """{context: {rule: {depth: mean final test accuracy}}} for the groups with a rule, a depth and an accuracy."""
+    table: dict[tuple, dict] = {}
+    for g in groups:
+        acc = g.stats.get("test_accuracy_mean")
+        if g.rule is None or g.depth is None or acc is None:
+            continue
+        table.setdefault(g.context, {}).setdefault(g.rule, {})[g.depth] = acc
+    return table
+
+
+def breaking_depths(groups: list[Group], margin: float = 0.01, baseline: str = "bp") -> dict[tuple, dict[Any, Optional[Any]]]:
+    """{context: {rule: the smallest depth at which the rule's mean final test accuracy is more than
+    `margin` below the baseline's at the same depth, or None}} for every rule other than the baseline.
+    Only depths where both were run count; None for every rule where the baseline is absent."""
+    out = {}
+    for context, by_rule in depth_table(groups).items():
+        base = by_rule.get(baseline, {})
+        out[context] = {}
+        for rule, by_depth in by_rule.items():
+            if rule == baseline:
+                continue
+            broken = [d for d in sorted(by_depth, key=_sort_value)
+                      if d in base and base[d] - by_depth[d] - margin > MARGIN_TOLERANCE]
+            out[context][rule] = broken[0] if broken else None
+    return out
+
+
+def context_label(context: tuple) -> str:
+    return ", ".join(f"{k}={v if isinstance(v, str) else format_value(v)}" for k, v in context)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin: float, baseline: str = "bp") -> list[str]:
+    """Sentences generated from the data: best rule per depth, breaking depths, target, divergence, beta-sweep slopes."""
+    lines = []
+    table = depth_table(groups)
+    breaks = breaking_depths(groups, margin, baseline)
+    for context, by_rule in table.items():
+        where = f" ({context_label(context)})" if context else ""
+        depths = sorted({d for by_depth in by_rule.values() for d in by_depth}, key=_sort_value)
+        for d in depths:
+            ranked = sorted(((acc[d], rule) for rule, acc in by_rule.items() if d in acc), key=lambda t: -t[0])
+            best_acc, best = ranked[0]
+            if len(ranked) == 1:
+                lines.append(f"Depth {d}{where}: only {best} was run ({_pct(best_acc)} mean final test accuracy).")
+            else:
+                rest = ", ".join(f"{r} {_pct(a)}" for a, r in ranked[1:])
+                lines.append(f"Depth {d}{where}: the best rule is {best} with {_pct(best_acc)} mean final test accuracy (then {rest}).")
+        rules = [r for r in sorted(by_rule, key=_rule_rank) if r != baseline]
+        if rules and baseline not in by_rule:
+            lines.append(f"Breaking depths{where}: not defined, no {baseline} runs to compare with.")
+        for rule in rules:
+            base = by_rule.get(baseline)
+            if base is None:
+                continue
+            shared = sorted((d for d in by_rule[rule] if d in base), key=_sort_value)
+            if not shared:
+                lines.append(f"{rule}{where}: no depth in common with {baseline}, so no breaking depth.")
+                continue
+            d = breaks[context][rule]
+            if d is None:
+                lines.append(f"{rule}{where} does not break: within {100 * margin:.2f} points of {baseline} at every depth "
+                             f"run ({', '.join(str(x) for x in shared)}).")
+            else:
+                gap = 100 * (base[d] - by_rule[rule][d])
+                lines.append(f"{rule}{where} breaks at depth {d}: {_pct(by_rule[rule][d])} against {baseline}'s "
+                             f"{_pct(base[d])} ({gap:.2f} points below, margin {100 * margin:.2f}).")
+    reached = [g for g in groups if g.stats.get("target_reached")]
+    if groups:
+        if reached:
+            fastest = min(reached, key=lambda g: (g.stats["seconds_to_target_mean"] is None, g.stats["seconds_to_target_mean"] or 0))
+            s = fastest.stats
+            secs = "-" if s["seconds_to_target_mean"] is None else f"{s['seconds_to_target_mean']:.1f} s"
+            lines.append(f"Fastest to {_pct(target)} test accuracy: {fastest.label} ({s['epochs_to_target_mean']:.1f} epochs, "
+                         f"{secs} on average over the {s['target_reached']} of {s['n_runs']} runs that reached it).")
+        never = [g.label for g in groups if not g.stats.get("target_reached")]
+        if never:
+            lines.append(f"Never reached {_pct(target)} test accuracy: {', '.join(never)}.")
+    diverged = [f"{g.label} ({g.stats['status']['diverged']} of {g.stats['n_runs']})" for g in groups if g.stats.get("status", {}).get("diverged")]
+    if diverged:
+        lines.append(f"Diverged runs: {', '.join(diverged)}.")
+    for sweep in sweeps:
+        parts = []
+        for estimator, s in sweep.slopes.items():
+            if not isinstance(s, dict):
+                continue
+            if s.get("slope") is None:
+                parts.append(f"{estimator}: no slope ({s.get('reason', 'not fitted')})")
+            else:
+                betas = s.get("betas") or []
+                span = f" over beta in [{min(betas):g}, {max(betas):g}]" if betas else ""
+                parts.append(f"{estimator}: slope {s['slope']:.2f}{span}")
+        precision = sweep.summary.get("precision")
+        what = f"Beta sweep {sweep.path.name}" + (f" ({precision})" if precision else "")
+        lines.append(f"{what}, log-log slope of the bias against beta: " + ("; ".join(parts) if parts else "no slopes recorded") + ".")
+    return lines
+
+
+# --- everything at once -----------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    paths: list[Path]
+    target: float
+    margin: float
+    keys: list[str]  # the grouping keys
+    groups: list[Group]
+    sweeps: list[BetaSweep]
+    breaking: dict  # {context: {rule: depth or None}}
+    findings: list[str]
+
+
+def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01) -> Comparison:
+    """Finds, loads and aggregates everything below `paths`. UserError when a path is missing or nothing is found."""
+    paths = [Path(p) for p in paths]
+    run_dirs, sweep_dirs = find_folders(paths)
+    if not run_dirs and not sweep_dirs:
+        raise UserError(f"no run folders (summary.json + config.yaml + metrics.jsonl) or beta sweeps under {', '.join(map(str, paths))}")
+    runs = [load_run(p) for p in run_dirs]
+    sweeps = [load_beta_sweep(p) for p in sweep_dirs]
+    keys = differing_keys(runs)
+    groups = group_runs(runs, keys)
+    for g in groups:
+        g.stats = group_stats(g, target)
+        g.curves = group_curves(g)
+    return Comparison(
+        paths=paths, target=target, margin=margin, keys=keys, groups=groups, sweeps=sweeps,
+        breaking=breaking_depths(groups, margin), findings=findings(groups, sweeps, target, margin),
+    )
+
+
+def group_table(comparison: Comparison) -> list[dict]:
+    """One flat row per group (for groups.csv / groups.json): grouping keys, then the statistics."""
+    layers = sorted({l for g in comparison.groups for l in g.stats["final_update_angle"]})
+    rows = []
+    for g in comparison.groups:
+        s = g.stats
+        row = {"group": g.label, **{k: (format_value(v) if isinstance(v, (list, dict)) else v) for k, v in g.keys.items()}}
+        row.update({
+            "n_runs": s["n_runs"],
+            "seeds": " ".join(str(x) for x in s["seeds"]),
+            "test_accuracy_mean": s["test_accuracy_mean"],
+            "test_accuracy_std": s["test_accuracy_std"],
+            "best_val_accuracy_mean": s["best_val_accuracy_mean"],
+            "best_val_accuracy_std": s["best_val_accuracy_std"],
+            **{f"n_{k}": v for k, v in s["status"].items()},
+            "wall_time_s_mean": s["wall_time_s_mean"],
+            "examples_per_s_mean": s["examples_per_s_mean"],
+            "target": s["target"],
+            "target_reached": s["target_reached"],
+            "epochs_to_target_mean": s["epochs_to_target_mean"],
+            "seconds_to_target_mean": s["seconds_to_target_mean"],
+            **{f"update_angle_layer_{l}": s["final_update_angle"].get(l) for l in layers},
+        })
+        rows.append(row)
+    return rows

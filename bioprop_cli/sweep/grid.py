@@ -1,0 +1,151 @@
+"""`bioprop sweep AXIS` / `--grid key=v1,v2`: the Cartesian product of config values, N seeds each.
+
+A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
+    config.yaml      the base config (every point starts from it)
+    manifest.json    the grid, the seeds, and one entry per (point, seed): its values, run folder, status
+    runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
+The sweep's name is derived from the base config, the grid and the seeds, so the same command finds
+the same folder again: completed and diverged runs are kept, interrupted, failed or missing ones
+run (again, into a new folder). The seeds of a point train together as one vmapped program.
+Every point's config is validated before anything is written; a point that fails at run time
+(for example a batch larger than the data) is recorded as failed and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bioprop_cli.config import Config, check_against_data, load_config, to_dict
+from bioprop_cli.errors import UserError
+from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
+
+# axis name -> (config key, default values)
+AXES: dict[str, tuple[str, list]] = {
+    "depth": ("model.depth", [1, 2, 3, 4, 5, 6, 7]),
+    "rule": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"]),
+    "feedback": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"]),
+    "lr": ("optimizer.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),
+    "batch-size": ("train.batch_size", [16, 32, 64, 128, 256]),
+    "width": ("model.width", [64, 128, 256, 512]),
+    "init-scale": ("model.init.scale", [0.25, 0.5, 1.0, 2.0]),
+}
+FINISHED = ("completed", "diverged")
+
+
+def parse_values(text: str) -> list:
+    """'1,2,3' -> [1, 2, 3]; each value read as YAML (numbers, names, true/false)."""
+    import yaml
+
+    values = [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise UserError(f"expected comma-separated values, got {text!r}")
+    return values
+
+
+def parse_grid_option(text: str) -> tuple[str, list]:
+    """'depth=1,2' or 'model.depth=1,2' -> ('model.depth', [1, 2])."""
+    key, sep, values = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--grid {text!r}: expected KEY=V1,V2,... e.g. --grid depth=1,2")
+    key = key.strip()
+    return AXES[key][0] if key in AXES else key, parse_values(values)
+
+
+@dataclass(frozen=True)
+class Point:
+    values: tuple[tuple[str, Any], ...]  # (config key, value) in grid order
+
+    @property
+    def name(self) -> str:
+        return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in self.values) or "base"
+
+
+def points(grid: dict[str, list]) -> list[Point]:
+    keys = list(grid)
+    return [Point(tuple(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_config(base_tree: dict, point: Point, seed: int) -> Config:
+    """The base config with the point's values and the seed; validated (bad values: UserError)."""
+    overrides = [(k, v) for k, v in point.values] + [("seed", seed)]
+    return load_config(None, _tree_overrides(base_tree) + overrides)
+
+
+def _tree_overrides(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += _tree_overrides(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def sweep_name(base: Config, grid: dict[str, list], seeds: list[int]) -> str:
+    identity = json.dumps({"base": to_dict(base), "grid": grid, "seeds": seeds}, sort_keys=True, default=str)
+    axes = "-".join(k.split(".")[-1] for k in grid) or "base"
+    return f"sweep-{axes}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
+
+
+def load_manifest(folder: Path) -> dict | None:
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
+              report: Callable[[str], None] = lambda m: None) -> tuple[Path, dict]:
+    """Runs (or resumes) the sweep; returns its folder and manifest."""
+    from bioprop_cli.train import train_group
+
+    base_tree = to_dict(base)
+    all_points = points(grid)
+    for point in all_points:  # every point's config is valid: checked before anything is written
+        point_config(base_tree, point, seeds[0])
+    parent = Path(base.results_dir) / base.experiment
+    folder = parent / sweep_name(base, grid, seeds)
+    manifest = load_manifest(folder)
+    if manifest is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_yaml(folder / "config.yaml", base_tree)
+        manifest = {"grid": grid, "seeds": seeds, "runs": {}}
+    runs = manifest["runs"]
+    dataset = None
+    for point in all_points:
+        pending = [s for s in seeds if runs.get(f"{point.name}-s{s}", {}).get("status") not in FINISHED]
+        if not pending:
+            report(f"{point.name}: done")
+            continue
+        configs = [point_config(base_tree, point, s) for s in pending]
+        try:
+            dataset = dataset or dataset_loader(configs[0])
+            check_against_data(configs[0], len(dataset.x_train))  # sizes that depend on the data
+        except UserError as e:
+            for s in pending:
+                runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "status": "failed", "error": str(e)}
+            write_json(folder / "manifest.json", manifest)
+            report(f"{point.name}: failed ({e})")
+            continue
+        run_dirs = [create_run_dir(folder, "runs", f"{point.name}-s{s}") for s in pending]
+        for s, d in zip(pending, run_dirs):
+            runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "run_dir": str(d.relative_to(folder)), "status": "running"}
+        write_json(folder / "manifest.json", manifest)
+        report(f"{point.name}: training seeds {pending}")
+        try:
+            summaries = train_group(configs, dataset, [RunWriter(d) for d in run_dirs])
+        except UserError as e:
+            summaries = [{"status": "failed", "error": str(e)} for _ in pending]
+        for s, summary in zip(pending, summaries):
+            entry = runs[f"{point.name}-s{s}"]
+            entry["status"] = summary["status"]
+            entry["test_accuracy"] = summary.get("test_accuracy")
+            if "error" in summary:
+                entry["error"] = summary["error"]
+        write_json(folder / "manifest.json", manifest)
+        if any(summary["status"] == "interrupted" for summary in summaries):
+            raise KeyboardInterrupt
+    return folder, manifest

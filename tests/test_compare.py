@@ -1,0 +1,292 @@
+"""Tests for `bioprop compare` (bioprop_cli/report/, bioprop_cli/cli/compare.py) on small synthetic run
+folders written with the exact results layout: no training, no data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from bioprop_cli.cli.compare import compare
+from bioprop_cli.report.aggregate import (
+    aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, group_runs, load_run,
+    update_angle_by_epoch,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SPE = 10  # steps per epoch of the synthetic runs
+
+
+def app() -> typer.Typer:
+    a = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    a.command("compare")(compare)
+    a.command("noop", hidden=True)(lambda: None)  # two commands: the app keeps the "compare" name
+    return a
+
+
+def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: int = 0, accs=(0.9, 0.95, 0.97),
+              walls=None, final=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
+              examples_per_s: float = 1000.0, update_angles=None, feedback=None, angle_curve=None, lr: float = 0.001,
+              experiment: str = "exp", in_epoch: bool = False) -> Path:
+    """One run folder. update_angles: {layer: final angle}; feedback: {layer: angle or None} (all epochs);
+    angle_curve: mean_update_angle per epoch 0..E (epoch 0 goes to alignment.jsonl's layer "all")."""
+    path = root / name
+    path.mkdir(parents=True)
+    config = {
+        "rule": rule, "experiment": experiment, "seed": seed, "results_dir": str(root / f"res-{seed}"),
+        "model": {"depth": depth, "width": 32, "activation": "tanh"},
+        "optimizer": {"name": "adam", "lr": lr, "layer_lr": []},
+        "data": {"dataset": "mnist", "data_dir": f"/data/{seed}"},
+        "train": {"epochs": len(accs), "batch_size": 128},
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    walls = walls or [10.0 * (e + 1) for e in range(len(accs))]
+    angle_curve = angle_curve or [80.0 - 5 * e for e in range(len(accs) + 1)]
+    metrics = [
+        {"epoch": e + 1, "step": (e + 1) * SPE, "test_accuracy": a, "val_accuracy": a, "wall_time_s": w,
+         "mean_update_angle": angle_curve[e + 1]}
+        for e, (a, w) in enumerate(zip(accs, walls))
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    update_angles = update_angles or {l: 10.0 * l for l in range(depth + 1)}
+    feedback = feedback or {l: None for l in range(depth + 1)}
+    lines = []
+    for e in range(len(accs) + 1):
+        steps = [e * SPE] + ([e * SPE + 5] if in_epoch and e < len(accs) else [])
+        for step in steps:
+            at_end = e == len(accs) and step == e * SPE
+            for l in range(depth + 1):
+                fb = feedback[l]
+                lines.append({"epoch": e, "step": step, "layer": l,
+                              "update_angle": update_angles[l] if at_end else 99.0,
+                              # in-epoch measurements carry a wrong feedback angle: they must be ignored
+                              "feedback_angle": None if fb is None else (fb + e if step == e * SPE else 1000.0),
+                              "update_rel_error": 0.1, "delta_angle": 1.0, "feedback_norm_ratio": 1.0})
+            lines.append({"epoch": e, "step": step, "layer": "all", "update_angle": 50.0, "mean_update_angle": angle_curve[e]})
+    (path / "alignment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = {
+        "status": status, "rule": rule, "depth": depth, "seed": seed, "steps_per_epoch": SPE,
+        "test_accuracy": accs[-1] if final is None else final,
+        "best_val_accuracy": max(accs) if best_val is None else best_val,
+        "wall_time_s": wall_time, "examples_per_s": examples_per_s,
+    }
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def write_depth_grid(root: Path) -> None:
+    """bp 0.98 at depths 1..4; fa 0.975, 0.97, 0.95, 0.90: fa breaks at depth 3 with margin 0.01."""
+    for d in range(1, 5):
+        write_run(root, f"bp-d{d}", rule="bp", depth=d, final=0.98, accs=(0.9, 0.98))
+    for d, acc in zip(range(1, 5), (0.975, 0.97, 0.95, 0.90)):
+        write_run(root, f"fa-d{d}", rule="fa", depth=d, final=acc, accs=(0.9, acc),
+                  feedback={l: (None if l == 0 else 40.0 + l) for l in range(d + 1)})
+
+
+def write_beta_sweep(root: Path) -> Path:
+    path = root / "beta-sweep" / "20250101-000000-beta-float64"
+    path.mkdir(parents=True)
+    rows = []
+    for e, power in (("one-sided", 1), ("symmetric", 2)):
+        for b in (0.001, 0.01, 0.1):
+            rows.append({"estimator": e, "beta": b, "bias": b**power, "std": 0.01 / b, "bias_seed_mean": b**power,
+                         "bias_seed_std": 0.0, "std_seed_mean": 0.01 / b, "std_seed_std": 0.0, "angle_mean": 1.0})
+    (path / "beta_sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    slopes = {"one-sided": {"slope": 1.02, "betas": [0.001, 0.01, 0.1], "sweet_spot": 0.0001},
+              "symmetric": {"slope": 1.98, "betas": [0.001, 0.01, 0.1], "sweet_spot": 0.0001}}
+    (path / "summary.json").write_text(json.dumps({"precision": "float64", "slopes": slopes}))
+    (path / "config.yaml").write_text(yaml.safe_dump({"rule": "ep"}))
+    return path
+
+
+def stderr_of(result) -> str:
+    try:
+        text = result.stderr
+    except (ValueError, AttributeError):
+        text = None
+    return text if text else result.output
+
+
+def assert_user_error(result, fragment: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = stderr_of(result).strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error:") and fragment in text, text
+
+
+# --- aggregation ------------------------------------------------------------------------------
+
+
+def test_finds_runs_recursively_and_groups_by_the_differing_keys(tmp_path):
+    write_run(tmp_path / "a" / "deep", "bp-s0", rule="bp", seed=0, final=0.96, best_val=0.95, wall_time=10.0, examples_per_s=100.0)
+    write_run(tmp_path / "a", "bp-s1", rule="bp", seed=1, final=0.97, best_val=0.97, wall_time=20.0, examples_per_s=200.0,
+              experiment="other")
+    write_run(tmp_path / "b", "bp-s2", rule="bp", seed=2, final=0.98, best_val=0.96, wall_time=30.0, examples_per_s=300.0,
+              status="diverged")
+    write_run(tmp_path / "b", "fa-s0", rule="fa", seed=0, final=0.93)
+    write_run(tmp_path / "b", "fa-lr", rule="fa", seed=0, final=0.91, lr=0.01)
+    (tmp_path / "b" / "not-a-run").mkdir()
+    (tmp_path / "b" / "not-a-run" / "summary.json").write_text("{}")  # no config.yaml / metrics.jsonl
+
+    run_dirs, sweeps = find_folders([tmp_path / "a", tmp_path / "b", tmp_path / "a" / "deep"])
+    assert len(run_dirs) == 5 and sweeps == []  # each once, though two paths cover bp-s0
+    runs = [load_run(p) for p in run_dirs]
+    # seed, experiment, results_dir, data.data_dir differ but are not grouping keys; depth is always one
+    assert differing_keys(runs) == ["rule", "model.depth", "optimizer.lr"]
+
+    c = aggregate([tmp_path])
+    assert [g.label for g in c.groups] == ["bp d2 optimizer.lr=0.001", "fa d2 optimizer.lr=0.001", "fa d2 optimizer.lr=0.01"]
+    bp = c.groups[0].stats
+    assert bp["n_runs"] == 3 and sorted(bp["seeds"]) == [0, 1, 2]
+    assert bp["test_accuracy_mean"] == pytest.approx(0.97)
+    assert bp["test_accuracy_std"] == pytest.approx(math.sqrt((0.01**2 + 0 + 0.01**2) / 3))
+    assert bp["best_val_accuracy_mean"] == pytest.approx(0.96)
+    assert bp["best_val_accuracy_std"] == pytest.approx(math.sqrt(2 / 3) * 0.01)
+    assert bp["status"] == {"completed": 2, "diverged": 1, "interrupted": 0}
+    assert bp["wall_time_s_mean"] == pytest.approx(20.0)
+    assert bp["examples_per_s_mean"] == pytest.approx(200.0)
+    one = c.groups[1].stats
+    assert one["n_runs"] == 1 and one["test_accuracy_mean"] == pytest.approx(0.93) and one["test_accuracy_std"] is None
+
+
+def test_target_curves_and_angles(tmp_path):
+    write_run(tmp_path, "s0", seed=0, accs=(0.90, 0.95, 0.971), walls=(10.0, 20.0, 30.0),
+              update_angles={0: 60.0, 1: 40.0, 2: 0.0}, feedback={0: None, 1: 30.0, 2: 20.0},
+              angle_curve=[90.0, 70.0, 60.0, 50.0], in_epoch=True)
+    write_run(tmp_path, "s1", seed=1, accs=(0.96, 0.975, 0.98), walls=(12.0, 24.0, 36.0),
+              update_angles={0: 50.0, 1: 30.0, 2: 0.0}, feedback={0: None, 1: 34.0, 2: 24.0},
+              angle_curve=[88.0, 72.0, 62.0, 54.0])
+    write_run(tmp_path, "s2", seed=2, accs=(0.90, 0.91, 0.92), walls=(11.0, 22.0, 33.0),
+              update_angles={0: 70.0, 1: 50.0, 2: 0.0}, feedback={0: None, 1: 32.0, 2: 22.0},
+              angle_curve=[86.0, 74.0, 64.0, 58.0])
+    c = aggregate([tmp_path], target=0.97)
+    assert len(c.groups) == 1
+    g = c.groups[0]
+    s = g.stats
+    assert s["target_reached"] == 2
+    assert s["epochs_to_target_mean"] == pytest.approx(2.5)  # epochs 3 and 2
+    assert s["seconds_to_target_mean"] == pytest.approx(27.0)  # 30 s and 24 s
+    assert s["final_update_angle"] == {0: pytest.approx(60.0), 1: pytest.approx(40.0), 2: pytest.approx(0.0)}
+
+    acc = g.curves["test_accuracy"]
+    assert acc["x"] == [1, 2, 3]
+    assert acc["mean"][0] == pytest.approx((0.90 + 0.96 + 0.90) / 3)
+    assert acc["std"][2] == pytest.approx(math.sqrt(sum((a - 0.957) ** 2 for a in (0.971, 0.98, 0.92)) / 3))
+
+    run0 = load_run(tmp_path / "s0")
+    assert update_angle_by_epoch(run0) == {0: 90.0, 1: 70.0, 2: 60.0, 3: 50.0}  # epoch 0 from layer "all"
+    # epoch-end measurements only (the in-epoch ones carry 1000), layer 0's null skipped: mean of (30 + e, 20 + e)
+    assert feedback_angle_by_epoch(run0) == {e: pytest.approx(25.0 + e) for e in range(4)}
+    ang = g.curves["update_angle"]
+    assert ang["x"] == [0, 1, 2, 3] and ang["mean"][0] == pytest.approx(88.0) and ang["std"][0] == pytest.approx(math.sqrt(8 / 3))
+    fb = g.curves["feedback_angle"]
+    assert fb["x"] == [0, 1, 2, 3] and fb["mean"] == [pytest.approx(27.0 + e) for e in range(4)]
+    t = g.curves["accuracy_vs_time"]
+    assert t["wall_time_s"] == [pytest.approx(11.0), pytest.approx(22.0), pytest.approx(33.0)]
+    assert t["mean"] == acc["mean"]
+
+
+def test_breaking_depth_and_findings(tmp_path):
+    write_depth_grid(tmp_path)
+    c = aggregate([tmp_path], margin=0.01)
+    assert c.breaking == {(): {"fa": 3}}  # 0.98 - 0.97 at depth 2 is exactly the margin, not more
+    assert breaking_depths(c.groups, margin=0.04) == {(): {"fa": 4}}
+    assert breaking_depths(c.groups, margin=0.1) == {(): {"fa": None}}
+    text = "\n".join(c.findings)
+    for d in range(1, 5):
+        assert f"Depth {d}: the best rule is bp with 98.00%" in text
+    assert "fa breaks at depth 3" in text and "3.00 points below" in text
+
+    # without bp there is no breaking depth
+    only_fa = [g for g in c.groups if g.rule == "fa"]
+    assert breaking_depths(only_fa) == {(): {"fa": None}}
+    # grouping keys other than rule and depth split the comparison into contexts
+    write_run(tmp_path, "fa-d1-lr", rule="fa", depth=1, final=0.99, accs=(0.9, 0.99), lr=0.01)
+    c2 = aggregate([tmp_path])
+    assert c2.breaking[(("optimizer.lr", 0.001),)] == {"fa": 3}
+    assert any("no bp runs" in line for line in c2.findings)
+
+
+def test_beta_sweep_is_recognised(tmp_path):
+    write_beta_sweep(tmp_path)
+    c = aggregate([tmp_path])
+    assert c.groups == [] and len(c.sweeps) == 1
+    text = "\n".join(c.findings)
+    assert "one-sided: slope 1.02" in text and "symmetric: slope 1.98" in text
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_writes_the_report_and_never_overwrites(tmp_path):
+    root = tmp_path / "runs"
+    write_depth_grid(root)
+    write_run(root, "fa-d3-s1", rule="fa", depth=3, seed=1, final=0.95, accs=(0.9, 0.95),
+              feedback={0: None, 1: 40.0, 2: 41.0, 3: 42.0})
+    runner = CliRunner()
+    result = runner.invoke(app(), ["compare", str(root), "--target", "0.97", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "fa breaks at depth 3" in result.output
+    out = root / "report"
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "fa breaks at depth 3" in md and "| bp d1 |" in md and "![" in md
+    assert "data:image/png;base64," in page and 'src="http' not in page and "<link" not in page
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy_vs_depth.png", "accuracy_vs_epoch.png", "accuracy_vs_time.png",
+                    "feedback_angle_vs_epoch.png", "update_angle_vs_epoch.png"]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_SIGNATURE
+        assert f"({p.name})" in md
+    rows = list(csv.DictReader((out / "groups.csv").open()))
+    assert len(rows) == 8 and rows[0]["group"] == "bp d1"
+    fa3 = next(r for r in rows if r["group"] == "fa d3")
+    assert fa3["n_runs"] == "2" and float(fa3["test_accuracy_mean"]) == pytest.approx(0.95)
+
+    # a second report goes to report-1, with json, and says so
+    result = runner.invoke(app(), ["compare", str(root), "--format", "JSON"])
+    assert result.exit_code == 0, result.output
+    assert "report-1" in result.output and "already holds a report" in result.output
+    assert (root / "report" / "report.md").read_text() == md
+    groups = json.loads((root / "report-1" / "groups.json").read_text())
+    assert [g["group"] for g in groups][:2] == ["bp d1", "bp d2"]
+    assert groups[0]["test_accuracy_mean"] == pytest.approx(0.98) and groups[0]["epochs_to_target_mean"] == 2
+
+
+def test_cli_with_out_and_beta_sweep(tmp_path):
+    write_beta_sweep(tmp_path / "r")
+    write_run(tmp_path / "r", "bp", rule="bp")
+    out = tmp_path / "elsewhere" / "rep"
+    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "r"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "beta_sweep_0.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "slope 1.02" in (out / "report.md").read_text()
+    assert not (out / "accuracy_vs_depth.png").exists()  # one depth: no depth figure
+    assert not (out / "feedback_angle_vs_epoch.png").exists()  # bp has no feedback angles
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["{missing}"], "no such file"),
+        (["{empty}"], "no run folders"),
+        (["{root}", "--format", "xml"], "--format"),
+        (["{root}", "--target", "97"], "--target"),
+        (["{root}", "--target", "0"], "--target"),
+        (["{root}", "--margin", "-0.1"], "--margin"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
+    root, empty = tmp_path / "root", tmp_path / "empty"
+    write_run(root, "bp", rule="bp")
+    empty.mkdir()
+    names = {"missing": tmp_path / "missing", "empty": empty, "root": root}
+    result = CliRunner().invoke(app(), ["compare", *(a.format(**names) for a in args)])
+    assert_user_error(result, fragment)
+    assert not (root / "report").exists()

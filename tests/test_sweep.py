@@ -1,0 +1,102 @@
+"""`bioprop sweep AXIS` and `--grid`: the grid, the manifest, resuming, failures."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from bioprop_cli.cli import app
+from bioprop_cli.config import load_config
+from bioprop_cli.runs import read_jsonl
+from bioprop_cli.sweep.grid import parse_grid_option, parse_values, points
+
+SMALL = ["--set", "data.train_limit=1500", "--set", "data.validation_size=300", "--set", "data.test_limit=300",
+         "--epochs", "1", "--width", "16", "--set", "alignment.probe_size=32"]
+
+
+def sweep(args, tmp_path, mnist_dir):
+    return CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path), "--data-dir", mnist_dir, *SMALL])
+
+
+def only_sweep_folder(tmp_path):
+    (folder,) = (tmp_path / "default").iterdir()
+    return folder, json.loads((folder / "manifest.json").read_text())
+
+
+def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mnist_dir):
+    result = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    assert result.exit_code == 0, result.output
+    folder, manifest = only_sweep_folder(tmp_path)
+    assert manifest["grid"] == {"model.depth": [1, 2], "rule": ["bp", "fa"]} and manifest["seeds"] == [0, 1]
+    assert sorted(manifest["runs"]) == sorted(f"depth-{d}_rule-{r}-s{s}" for d in (1, 2) for r in ("bp", "fa") for s in (0, 1))
+    for name, entry in manifest["runs"].items():
+        assert entry["status"] == "completed"
+        run = folder / entry["run_dir"]
+        config = load_config(run / "config.yaml")
+        assert (config.model.depth, config.rule, config.seed) == (entry["values"]["model.depth"], entry["values"]["rule"], entry["seed"])
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["seeds_trained_together"] == 2 and summary["test_accuracy"] == entry["test_accuracy"]
+        assert len(read_jsonl(run / "metrics.jsonl")) == 1
+    # the same command again: nothing to do, nothing new written
+    runs_before = sorted(p.name for p in (folder / "runs").iterdir())
+    again = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in (folder / "runs").iterdir()) == runs_before
+    # an interrupted point is trained again, into a new folder; the old one stays
+    manifest["runs"]["depth-2_rule-fa-s1"]["status"] = "interrupted"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    third = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    assert third.exit_code == 0, third.output
+    _, manifest = only_sweep_folder(tmp_path)
+    assert manifest["runs"]["depth-2_rule-fa-s1"]["status"] == "completed"
+    assert manifest["runs"]["depth-2_rule-fa-s1"]["run_dir"].endswith("depth-2_rule-fa-s1-1")
+    assert len(list((folder / "runs").iterdir())) == len(runs_before) + 1
+
+
+def test_axis_command_with_values_and_a_failing_point(tmp_path, mnist_dir):
+    result = sweep(["batch-size", "--values", "100000,64"], tmp_path, mnist_dir)
+    assert result.exit_code == 0, result.output
+    _, manifest = only_sweep_folder(tmp_path)
+    failed = manifest["runs"]["batch_size-100000-s0"]
+    assert failed["status"] == "failed" and "train.batch_size" in failed["error"] and "run_dir" not in failed
+    assert manifest["runs"]["batch_size-64-s0"]["status"] == "completed"
+
+
+def test_sweep_section_of_a_config_file(tmp_path, mnist_dir):
+    path = tmp_path / "exp.yaml"
+    path.write_text("rule: fa\nsweep:\n  grid:\n    width: [8, 16]\n  seeds: 2\n")
+    assert load_config(path).rule == "fa"  # `bioprop train` ignores the sweep section
+    result = CliRunner().invoke(app, ["sweep", "--config", str(path), "--results-dir", str(tmp_path / "out"),
+                                      "--data-dir", mnist_dir, *SMALL[:-4], "--set", "alignment.enabled=false"])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "out" / "default").iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["grid"] == {"model.width": [8, 16]} and manifest["seeds"] == [0, 1]
+    assert all(e["status"] == "completed" for e in manifest["runs"].values())
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--grid", "model.bogus=1,2"], "model.bogus"),
+    (["--grid", "depth"], "--grid"),
+    (["seed", "--values", "-1,2"], "seeds"),
+    (["depth", "--values", "1", "--set", "train.epochs=0"], "train.epochs"),
+    (["depth", "--values", "0,1"], "model.depth"),
+])
+def test_bad_sweeps_exit_2_and_write_nothing(tmp_path, args, word):
+    result = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert word in (result.stderr if hasattr(result, "stderr") else result.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_without_anything_shows_help_and_exits_2():
+    result = CliRunner().invoke(app, ["sweep"])
+    assert result.exit_code == 2 and "depth" in result.output
+
+
+def test_parsing_and_points():
+    assert parse_values("1, 2.5,fa,true") == [1, 2.5, "fa", True]
+    assert parse_grid_option("depth=1,2") == ("model.depth", [1, 2])
+    assert parse_grid_option("optimizer.lr=0.1,0.01") == ("optimizer.lr", [0.1, 0.01])
+    ps = points({"model.depth": [1, 2], "rule": ["bp", "fa", "dfa"]})
+    assert len(ps) == 6 and ps[0].name == "depth-1_rule-bp" and ps[-1].name == "depth-2_rule-dfa"

@@ -28,7 +28,7 @@ def report_dir(out: Path) -> Path:
 def _rich(table) -> RichTable:
     rt = RichTable(title=table.title)
     for i, h in enumerate(table.headers):
-        rt.add_column(h, justify="left" if i == 0 else "right")
+        rt.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for row in table.rows:
         rt.add_row(*row)
     return rt
@@ -65,7 +65,7 @@ def compare(
     """Compare runs: group them by the config keys that differ, aggregate over seeds, find the breaking depths, write a report."""
     from bioprop_cli.report.aggregate import aggregate, group_table
     from bioprop_cli.report.plots import make_figures
-    from bioprop_cli.report.render import accuracy_table, all_tables, angle_table, target_table, write_report
+    from bioprop_cli.report.render import accuracy_table, angle_table, beta_table, depth_tables, plural, target_table, write_report
 
     if not 0.0 < target <= 1.0:
         raise UserError(f"--target: must be a test accuracy in (0, 1], e.g. 0.97, got {target:g}")
@@ -86,16 +86,15 @@ def compare(
     folder.mkdir(parents=True, exist_ok=True)
 
     n_runs = sum(g.stats["n_runs"] for g in comparison.groups)
-    console.print(f"[bold]bioprop compare[/] {n_runs} runs in {len(comparison.groups)} groups, {len(comparison.sweeps)} beta sweeps; "
-                  f"grouped by: {', '.join(comparison.keys) or 'nothing'}", highlight=False)
+    console.print(f"[bold]bioprop compare[/] {plural(n_runs, 'run')} in {plural(len(comparison.groups), 'group')}, "
+                  f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}", highlight=False)
     if comparison.groups:
         console.print(_rich(accuracy_table(comparison)))
         console.print(_rich(target_table(comparison)))
         if any(g.stats["final_update_angle"] for g in comparison.groups):
             console.print(_rich(angle_table(comparison)))
-    shown = {"Final test accuracy", "Reaching", "Final update angle"}
-    for table in all_tables(comparison):  # the depth and beta-sweep tables
-        if not any(table.title.startswith(s) for s in shown):
+    for table in [*depth_tables(comparison), beta_table(comparison)]:
+        if table is not None:
             console.print(_rich(table))
     console.print("[bold]Findings[/]")
     for line in comparison.findings:

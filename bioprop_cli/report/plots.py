@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bioprop_cli.report.aggregate import (  # noqa: E402
     BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table,
@@ -57,6 +58,8 @@ def _band_plot(groups: list[Group], curve: str, path: Path, ylabel: str, title: 
             lo = [m - s for m, s in zip(mean, std)]
             hi = [m + s for m, s in zip(mean, std)]
             ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
+    if xkey == "x":  # epochs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, path, xlabel, ylabel, title)
 
 

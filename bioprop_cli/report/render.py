@@ -55,8 +55,8 @@ def accuracy_table(c: Comparison) -> Table:
         rows.append([g.label, str(s["n_runs"]), pct_pm(s["test_accuracy_mean"], s["test_accuracy_std"]),
                      pct_pm(s["best_val_accuracy_mean"], s["best_val_accuracy_std"]), status,
                      num(s["wall_time_s_mean"]), num(s["examples_per_s_mean"], 0)])
-    return Table("Final test accuracy (mean ± std over seeds)",
-                 ["group", "seeds", "final test acc.", "best val acc.", "completed/diverged/interrupted", "wall time (s)", "examples/s"],
+    return Table("Final test accuracy (mean ± std over seeds; c/d/i: completed/diverged/interrupted runs)",
+                 ["group", "seeds", "test acc.", "best val acc.", "c/d/i", "wall s", "ex./s"],
                  rows)
 
 
@@ -134,10 +134,14 @@ def _md_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _sources(c: Comparison) -> str:
     n_runs = sum(g.stats["n_runs"] for g in c.groups)
     keys = ", ".join(f"`{k}`" for k in c.keys) or "none"
-    return (f"{n_runs} runs in {len(c.groups)} groups and {len(c.sweeps)} beta sweeps, from "
+    return (f"{plural(n_runs, 'run')} in {plural(len(c.groups), 'group')} and {plural(len(c.sweeps), 'beta sweep')}, from "
             f"{', '.join(str(p) for p in c.paths)}. Grouped by: {keys}.")
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli.compare import compare
 from bioprop_cli.report.aggregate import (
-    aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, group_runs, load_run,
+    aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run,
     update_angle_by_epoch,
 )
 

@@ -100,3 +100,16 @@ def test_parsing_and_points():
     assert parse_grid_option("optimizer.lr=0.1,0.01") == ("optimizer.lr", [0.1, 0.01])
     ps = points({"model.depth": [1, 2], "rule": ["bp", "fa", "dfa"]})
     assert len(ps) == 6 and ps[0].name == "depth-1_rule-bp" and ps[-1].name == "depth-2_rule-dfa"
+
+
+def test_sweep_then_compare_writes_a_report(tmp_path, mnist_dir):
+    result = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    assert result.exit_code == 0, result.output
+    folder, _ = only_sweep_folder(tmp_path)
+    report = CliRunner().invoke(app, ["compare", str(folder), "--target", "0.3"])
+    assert report.exit_code == 0, report.output
+    out = folder / "report"
+    md = (out / "report.md").read_text()
+    assert "fa" in md and "bp" in md
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert oct((out / "report.md").stat().st_mode & 0o777) == "0o644"

@@ -2,7 +2,7 @@
 
 import typer
 
-from bioprop_cli.cli import bench, sweep, train
+from bioprop_cli.cli import bench, compare, sweep, train
 
 app = typer.Typer(
     name="bioprop",
@@ -14,6 +14,7 @@ app = typer.Typer(
 app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.add_typer(sweep.app, name="sweep")
+app.command("compare")(compare.compare)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import Config, check_against_data, load_config, to_dict
+from bioprop_cli.config import Config, load_config, to_dict
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
 
@@ -97,55 +97,78 @@ def load_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
-              report: Callable[[str], None] = lambda m: None) -> tuple[Path, dict]:
-    """Runs (or resumes) the sweep; returns its folder and manifest."""
+@dataclass(frozen=True)
+class Group:
+    """One point's pending seeds: trained together (one vmapped program), one task for an executor."""
+
+    point: Point
+    configs: tuple[Config, ...]
+    run_dirs: tuple[Path, ...]
+
+
+def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[dict]:
+    """Trains a group; a data-dependent failure becomes status 'failed' (the sweep goes on)."""
     from bioprop_cli.train import train_group
 
+    try:
+        dataset = dataset if dataset is not None else dataset_loader(group.configs[0])
+        return train_group(list(group.configs), dataset, [RunWriter(d) for d in group.run_dirs])
+    except UserError as e:
+        return [{"status": "failed", "error": str(e)} for _ in group.configs]
+
+
+def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
+              report: Callable[[str], None] = lambda m: None, executor=None) -> tuple[Path, dict]:
+    """Runs (or resumes) the sweep; returns its folder and manifest. `executor` (default: local,
+    in-process, one group after another) takes the groups and yields (group, summaries)."""
     base_tree = to_dict(base)
     all_points = points(grid)
     for point in all_points:  # every point's config is valid: checked before anything is written
         point_config(base_tree, point, seeds[0])
-    parent = Path(base.results_dir) / base.experiment
-    folder = parent / sweep_name(base, grid, seeds)
+    folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds)
     manifest = load_manifest(folder)
     if manifest is None:
         folder.mkdir(parents=True, exist_ok=True)
         write_yaml(folder / "config.yaml", base_tree)
         manifest = {"grid": grid, "seeds": seeds, "runs": {}}
     runs = manifest["runs"]
-    dataset = None
+    groups = []
     for point in all_points:
         pending = [s for s in seeds if runs.get(f"{point.name}-s{s}", {}).get("status") not in FINISHED]
         if not pending:
             report(f"{point.name}: done")
             continue
-        configs = [point_config(base_tree, point, s) for s in pending]
-        try:
-            dataset = dataset or dataset_loader(configs[0])
-            check_against_data(configs[0], len(dataset.x_train))  # sizes that depend on the data
-        except UserError as e:
-            for s in pending:
-                runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "status": "failed", "error": str(e)}
-            write_json(folder / "manifest.json", manifest)
-            report(f"{point.name}: failed ({e})")
-            continue
         run_dirs = [create_run_dir(folder, "runs", f"{point.name}-s{s}") for s in pending]
         for s, d in zip(pending, run_dirs):
-            runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "run_dir": str(d.relative_to(folder)), "status": "running"}
-        write_json(folder / "manifest.json", manifest)
-        report(f"{point.name}: training seeds {pending}")
-        try:
-            summaries = train_group(configs, dataset, [RunWriter(d) for d in run_dirs])
-        except UserError as e:
-            summaries = [{"status": "failed", "error": str(e)} for _ in pending]
-        for s, summary in zip(pending, summaries):
-            entry = runs[f"{point.name}-s{s}"]
+            runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "run_dir": str(d.relative_to(folder)), "status": "queued"}
+        groups.append(Group(point, tuple(point_config(base_tree, point, s) for s in pending), tuple(run_dirs)))
+    write_json(folder / "manifest.json", manifest)
+    for group, summaries in (executor or LocalExecutor())(groups, dataset_loader, report):
+        for config, summary in zip(group.configs, summaries):
+            entry = runs[f"{group.point.name}-s{config.seed}"]
             entry["status"] = summary["status"]
             entry["test_accuracy"] = summary.get("test_accuracy")
             if "error" in summary:
                 entry["error"] = summary["error"]
+                run_dir = folder / entry.pop("run_dir")
+                if run_dir.is_dir() and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # failed before it wrote anything
         write_json(folder / "manifest.json", manifest)
         if any(summary["status"] == "interrupted" for summary in summaries):
             raise KeyboardInterrupt
     return folder, manifest
+
+
+class LocalExecutor:
+    """In-process, one group after another; the data is loaded once."""
+
+    def __call__(self, groups, dataset_loader, report):
+        dataset = None
+        for group in groups:
+            report(f"{group.point.name}: training seeds {[c.seed for c in group.configs]}")
+            if dataset is None:
+                try:
+                    dataset = dataset_loader(group.configs[0])
+                except UserError:
+                    pass  # train_point records the failure
+            yield group, train_point(group, dataset_loader, dataset)

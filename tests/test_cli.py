@@ -423,3 +423,12 @@ def test_no_arguments_shows_help(runner):
     text = result.output + stderr_of(result)
     assert "Usage" in text and "train" in text
     assert "Traceback" not in text
+
+
+def test_error_messages_keep_their_brackets(tmp_path):
+    """Rich markup must not eat '[...]' in a message (lists of values, extras like bioprop[ray])."""
+    result = CliRunner().invoke(app, ["train", "--set", "optimizer.layer_lr=[1.0, 2.0, 3.0, 4.0]",
+                                      "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    output = result.stderr if hasattr(result, "stderr") else result.output
+    assert "[1.0, 2.0, 3.0, 4.0]" in output

@@ -113,3 +113,40 @@ def test_sweep_then_compare_writes_a_report(tmp_path, mnist_dir):
     assert "fa" in md and "bp" in md
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert oct((out / "report.md").stat().st_mode & 0o777) == "0o644"
+
+
+def test_ray_executor_writes_what_the_local_executor_writes(tmp_path, mnist_dir):
+    pytest.importorskip("ray")
+    args = ["--grid", "depth=1,2", "--seeds", "2", "--data-dir", mnist_dir, *SMALL]
+    local = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    remote = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "ray"), "--executor", "ray"])
+    assert remote.exit_code == 0, remote.output
+    (a,) = (tmp_path / "local" / "default").iterdir()
+    (b,) = (tmp_path / "ray" / "default").iterdir()
+    assert a.name == b.name  # the same sweep
+    manifest_a, manifest_b = (json.loads((f / "manifest.json").read_text()) for f in (a, b))
+    assert manifest_a == manifest_b
+    timing = ("epoch_time_s", "wall_time_s")
+    for entry in manifest_a["runs"].values():
+        ma, mb = (read_jsonl(f / entry["run_dir"] / "metrics.jsonl") for f in (a, b))
+        assert [{k: v for k, v in m.items() if k not in timing} for m in ma] == [
+            {k: v for k, v in m.items() if k not in timing} for m in mb]
+        assert read_jsonl(a / entry["run_dir"] / "alignment.jsonl") == read_jsonl(b / entry["run_dir"] / "alignment.jsonl")
+
+
+def test_ray_executor_without_ray_says_how_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("no ray")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    result = CliRunner().invoke(app, ["sweep", "depth", "--values", "1", "--executor", "ray", "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "pip install 'bioprop[ray]'" in (result.stderr if hasattr(result, "stderr") else result.output)
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bioprop_cli.config import Config, load_config, parse_override
 from bioprop_cli.errors import UserError
@@ -24,7 +25,7 @@ def user_errors_exit_2(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=UserError.exit_code) from None
 
     return wrapper

@@ -20,10 +20,10 @@ app = typer.Typer(
 
 
 def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[str], seeds: int, config: Optional[Path],
-                sets: list[str], flags: dict) -> None:
+                sets: list[str], flags: dict, executor: str = "local", address: Optional[str] = None,
+                gpus_per_task: float = 0.0) -> None:
     """Shared by every axis command and the bare `bioprop sweep --grid ...`."""
     from bioprop_cli.config import read_yaml
-    from bioprop_cli.data import load_dataset
     from bioprop_cli.sweep.grid import AXES, parse_grid_option, parse_values, run_sweep
 
     file_sweep = (read_yaml(config).get("sweep") or {}) if config is not None else {}
@@ -48,9 +48,17 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
     seed_values = seed_values or [base.seed + k for k in range(n_seeds)]
     if any(not isinstance(v, int) or v < 0 for v in seed_values):
         raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
-    loader = lambda cfg: load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: expected local or ray, got {executor!r}")
+    runner = None
+    if executor == "ray":
+        from bioprop_cli.sweep.ray_executor import RayExecutor
+
+        runner = RayExecutor(address, gpus_per_task)
+    loader = DatasetLoader()
     with console.status("sweeping...") as status:
-        folder, manifest = run_sweep(base, grid, seed_values, loader, report=lambda m: status.update(f"sweeping: {m}"))
+        folder, manifest = run_sweep(base, grid, seed_values, loader, report=lambda m: status.update(f"sweeping: {m}"),
+                                     executor=runner)
     table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
     for name in ("run", "status", "test acc."):
         table.add_column(name)
@@ -59,6 +67,15 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
     console.print(table)
     console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)")
+
+
+class DatasetLoader:
+    """config -> dataset; a plain class (not a lambda) so that Ray can send it to its workers."""
+
+    def __call__(self, cfg):
+        from bioprop_cli.data import load_dataset
+
+        return load_dataset(cfg.data.dataset, cfg.data.data_dir)
 
 
 def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
@@ -79,6 +96,9 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
         data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
         set_: List[str] = typer.Option([], "--set", "-s", help="Any config key for every point."),
+        executor: str = typer.Option("local", help="local (in-process, one group after another) or ray."),
+        address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
+        gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
     ) -> None:
         if as_group_callback and ctx.invoked_subcommand is not None:
             return  # `bioprop sweep AXIS ...`: the subcommand does the work
@@ -87,7 +107,7 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
             raise typer.Exit(code=2)
         flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                      experiment=experiment, results_dir=results_dir, data_dir=data_dir)
-        _grid_sweep(axis, values, grid, seeds, config, set_, flags)
+        _grid_sweep(axis, values, grid, seeds, config, set_, flags, executor, address, gpus_per_task)
 
     command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
     return user_errors_exit_2(command)

@@ -87,7 +87,9 @@ def _tree_overrides(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def sweep_name(base: Config, grid: dict[str, list], seeds: list[int]) -> str:
-    identity = json.dumps({"base": to_dict(base), "grid": grid, "seeds": seeds}, sort_keys=True, default=str)
+    where = ("results_dir", "experiment")  # where the sweep is written is not what it is
+    content = {k: v for k, v in to_dict(base).items() if k not in where}
+    identity = json.dumps({"base": content, "grid": grid, "seeds": seeds}, sort_keys=True, default=str)
     axes = "-".join(k.split(".")[-1] for k in grid) or "base"
     return f"sweep-{axes}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 

@@ -21,3 +21,17 @@ def test_one_config_per_rule(rule):
 
 def test_ep_yaml_spells_out_the_ep_defaults():
     assert load_config(CONFIGS / "ep.yaml") == load_config(overrides=[("rule", "ep"), ("experiment", "ep")])
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ready_experiments_are_valid_sweeps(path):
+    """Every point of every ready experiment builds a valid config."""
+    from bioprop_cli.config import read_yaml
+    from bioprop_cli.sweep.grid import AXES, point_config, points
+
+    section = read_yaml(path)["sweep"]
+    grid = {AXES[k][0] if k in AXES else k: v for k, v in section["grid"].items()}
+    base = to_dict(load_config(path))
+    for point in points(grid):
+        point_config(base, point, 0)
+    assert section["seeds"] >= 1

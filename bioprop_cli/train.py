@@ -177,10 +177,15 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 # Host-side driver.
 
 
+def draw_probe(key, x_train, y_train, size: int):
+    """The fixed probe batch of alignment measurements: `size` training examples drawn from `key`."""
+    n = x_train.shape[0]
+    idx = jax.random.permutation(key, n)[: min(size, n)]
+    return x_train[idx], y_train[idx]
+
+
 def probe_batch(config: Config, splits: Splits, keys: Keys):
-    n = splits.x_train.shape[0]
-    idx = jax.random.permutation(keys.probe, n)[: min(config.alignment.probe_size, n)]
-    return splits.x_train[idx], splits.y_train[idx]
+    return draw_probe(keys.probe, splits.x_train, splits.y_train, config.alignment.probe_size)
 
 
 def alignment_records(measurements: dict, epoch: int, step: int) -> list[dict]:
@@ -246,9 +251,7 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
     the unbatched program, which `bioprop bench` measures)."""
 
     def probe(key, x_train, y_train):
-        n = x_train.shape[0]
-        idx = jax.random.permutation(key, n)[: min(probe_size, n)]
-        return x_train[idx], y_train[idx]
+        return draw_probe(key, x_train, y_train, probe_size)
 
     if n_seeds == 1:
         add, first = (lambda t: jax.tree_util.tree_map(lambda v: v[None], t)), (lambda t: _seed(t, 0))

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.config import check_against_data
 from bioprop_cli.data import load_dataset
 from bioprop_cli.runs import RunWriter, create_run_dir, run_id
 from bioprop_cli.train import EpochReport, train as train_run
@@ -41,8 +42,6 @@ def train(
         seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
     )
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    from bioprop_cli.config import check_against_data
-
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, cfg.model.depth, cfg.seed))
     console.print(

@@ -109,6 +109,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def init(seed):
         keys = derive_keys(seed)
         params = init_params(keys.params, sizes, m.init.scheme, m.init.scale)
+        if rule.init_params is not None:
+            params = rule.init_params(jax.random.fold_in(keys.rule, 1), params)
         return TrainState(params, rule.init(keys.rule, params), optimizer.init(params))
 
     def measure(state, probe_x, probe_y, key):

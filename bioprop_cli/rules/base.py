@@ -42,6 +42,10 @@ class LearningRule(NamedTuple):
     # Measurements against the exact gradient on a probe batch: {name: array of shape (L,)} for
     # per-layer quantities and {name: scalar} for whole-network ones (see metrics/alignment.py).
     measure: Callable[[Params, Any, jax.Array, jax.Array, jax.Array], dict]
+    # Rules that LEARN their feedback add it to the trainable parameters: init_params(key, params)
+    # returns params with params[l]["fb"] (shape of W_l^T) added, and estimate returns an update
+    # for it, so the optimizer moves it like any weight. None: the network's parameters only.
+    init_params: Callable[[jax.Array, Params], Params] | None = None
 
 
 def weight_gradients(fwd, deltas: list) -> Params:

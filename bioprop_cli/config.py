@@ -128,6 +128,40 @@ class Config:
     ep: EPConfig = field(default_factory=EPConfig)
 
 
+# Values that change no array shape and no branch of the program: runs that differ only in these
+# train together as one compiled program, the values entering as traced arrays (train.train_group).
+BATCHABLE_KEYS = (
+    "seed",
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "model.init.scale",
+    "feedback.scale",
+    "ep.beta",
+)
+
+
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with the values at dotted keys replaced, NOT validated: the values may be traced
+    arrays (for validated changes use load_config with overrides)."""
+    for key, value in values.items():
+        config = _replace_path(config, key.split("."), value)
+    return config
+
+
+def _replace_path(node, parts: list[str], value):
+    head, rest = parts[0], parts[1:]
+    return dataclasses.replace(node, **{head: _replace_path(getattr(node, head), rest, value) if rest else value})
+
+
+def get_value(config: Config, key: str) -> Any:
+    """The value at a dotted key, e.g. get_value(config, "optimizer.lr")."""
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _ep_preset(tree: dict) -> dict:
     """Equilibrium propagation: Scellier & Bengio 2017's MNIST network and dynamics (784-500-10,
     hard sigmoid, eps 0.5, T1 = 20, T2 = 4, batch 20, learning rates 0.1 and 0.05 for the two

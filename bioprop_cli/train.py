@@ -1,11 +1,15 @@
 """The one training loop, for every learning rule.
 
 Pure, compiled pieces (built by `build_program`):
-    init(seed)                        -> TrainState
+    init(seed, hyper)                 -> TrainState
     epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
-    evaluate(params, split)           -> loss, accuracy
+    evaluate(state, split)            -> loss, accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
 One epoch is one `lax.scan` over minibatches; the data sits on the device once.
+`hyper` holds the run's values of config keys that runs trained together may differ in
+(config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
+compiled program serves every value. `train_group` vmaps the program over runs and, where
+several devices are present, spreads the runs over them.
 `train` is the host-side driver: it times, checks for divergence, and hands records to the writer.
 """
 
@@ -22,7 +26,7 @@ import numpy as np
 import optax
 
 from bioprop_cli import __version__
-from bioprop_cli.config import Config, check_against_data, to_dict
+from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, to_dict, with_values
 from bioprop_cli.models.mlp import LOSSES, init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
@@ -34,6 +38,7 @@ class TrainState(NamedTuple):
     params: Any
     rule_state: Any
     opt_state: Any
+    hyper: dict  # {config key: value} of the batched keys ({} for a run trained alone)
 
 
 class Keys(NamedTuple):
@@ -90,9 +95,9 @@ class Program:
 
     sizes: tuple[int, ...]
     steps_per_epoch: int
-    init: Callable  # (seed) -> TrainState
+    init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
-    evaluate: Callable  # (params, rule_state, x, y, mask) -> (mean loss, accuracy)
+    evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy)
     measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
 
@@ -101,28 +106,36 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
     sizes = layer_sizes(n_in, m.depth, m.width, N_CLASSES)
-    rule = make_rule(config, sizes, n_train)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
-    optimizer = make_optimizer(config.optimizer, steps_per_epoch, t.epochs)
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
 
-    def init(seed):
+    def parts(hyper: dict):
+        """The rule and optimizer of one run: the config with its batched values (traced) put in."""
+        run_config = with_values(config, hyper)
+        return make_rule(run_config, sizes, n_train), make_optimizer(run_config.optimizer, steps_per_epoch, t.epochs)
+
+    def init(seed, hyper=None):
+        hyper = hyper or {}
         keys = derive_keys(seed)
-        params = init_params(keys.params, sizes, m.init.scheme, m.init.scale)
+        rule, optimizer = parts(hyper)
+        scale = hyper.get("model.init.scale", m.init.scale)
+        params = init_params(keys.params, sizes, m.init.scheme, scale)
         if rule.init_params is not None:
             params = rule.init_params(jax.random.fold_in(keys.rule, 1), params)
-        return TrainState(params, rule.init(keys.rule, params), optimizer.init(params))
+        return TrainState(params, rule.init(keys.rule, params), optimizer.init(params), hyper)
 
     def measure(state, probe_x, probe_y, key):
+        rule, _ = parts(state.hyper)
         measured = rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
+        rule, optimizer = parts(state.hyper)
         est = rule.estimate(state.params, state.rule_state, x, y, key, idx=idx)
         updates, opt_state = optimizer.update(est.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(est.logits, -1) == jnp.argmax(y, -1))
-        return TrainState(params, est.state, opt_state), (est.loss, correct)
+        return TrainState(params, est.state, opt_state, state.hyper), (est.loss, correct)
 
     def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
         order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), x_train.shape[0])
@@ -149,7 +162,9 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
         return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
 
-    def evaluate(params, rule_state, x, y, mask):
+    def evaluate(state, x, y, mask):
+        rule, _ = parts(state.hyper)
+        params, rule_state = state.params, state.rule_state
         chunk = t.eval_batch_size if x.shape[0] % t.eval_batch_size == 0 else x.shape[0]
         xs = x.reshape((-1, chunk) + x.shape[1:])
         ys, ms = y.reshape(-1, chunk), mask.reshape(-1, chunk)
@@ -239,11 +254,11 @@ class EpochReport(NamedTuple):
 
 
 class SeedBatched(NamedTuple):
-    """The program's functions with a leading seed axis (jax.vmap), compiled once for the group."""
+    """The program's functions with a leading run axis (jax.vmap), compiled once for the group."""
 
-    init: Callable  # (seeds (N,)) -> TrainState with leading N
+    init: Callable  # (seeds (N,), hyper {key: (N,)}) -> TrainState with leading N
     epoch: Callable  # (state, x_train, y_train, probe_x (N,...), probe_y (N,...), keys (N,), epoch) -> ...
-    evaluate: Callable  # (params, rule_state, x, y, mask) -> ((N,), (N,))
+    evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,))
     measure: Callable  # (state, probe_x, probe_y, keys (N, 2)) -> measurements with leading N
     probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y with leading N
 
@@ -258,16 +273,16 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
     if n_seeds == 1:
         add, first = (lambda t: jax.tree_util.tree_map(lambda v: v[None], t)), (lambda t: _seed(t, 0))
         return SeedBatched(
-            init=jax.jit(lambda seeds: add(program.init(seeds[0]))),
+            init=jax.jit(lambda seeds, hyper: add(program.init(seeds[0], first(hyper)))),
             epoch=jax.jit(lambda st, xt, yt, px, py, keys, e: add(program.epoch(first(st), xt, yt, px[0], py[0], first(keys), e))),
-            evaluate=jax.jit(lambda params, rs, x, y, mask: add(program.evaluate(first(params), first(rs), x, y, mask))),
+            evaluate=jax.jit(lambda st, x, y, mask: add(program.evaluate(first(st), x, y, mask))),
             measure=jax.jit(lambda st, px, py, keys: add(program.measure(first(st), px[0], py[0], keys[0]))),
             probe=jax.jit(lambda keys, xt, yt: add(probe(keys[0], xt, yt))),
         )
     return SeedBatched(
         init=jax.jit(jax.vmap(program.init)),
         epoch=jax.jit(jax.vmap(program.epoch, in_axes=(0, None, None, 0, 0, 0, None))),
-        evaluate=jax.jit(jax.vmap(program.evaluate, in_axes=(0, 0, None, None, None))),
+        evaluate=jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None, None))),
         measure=jax.jit(jax.vmap(program.measure)),
         probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
     )
@@ -277,14 +292,31 @@ def _seed(tree, i: int):
     return jax.tree_util.tree_map(lambda v: v[i], tree)
 
 
-def check_same_shapes(configs: list[Config]) -> None:
-    """A group trains together only if its runs differ in nothing but the seed."""
-    from dataclasses import replace
-
-    first = replace(configs[0], seed=0)
+def batched_values(configs: list[Config]) -> dict[str, list]:
+    """{key: one value per run} of the batchable keys (BATCHABLE_KEYS, seed aside) in which the
+    runs differ. A group trains together only if its runs differ in nothing else."""
+    neutral = {key: get_value(configs[0], key) for key in BATCHABLE_KEYS}
+    first = with_values(configs[0], neutral)
     for c in configs[1:]:
-        if replace(c, seed=0) != first:
-            raise ValueError("runs trained as one group may differ only in their seed")
+        if with_values(c, neutral) != first:
+            raise ValueError(f"runs trained as one group may differ only in {', '.join(BATCHABLE_KEYS)}")
+    return {
+        key: [get_value(c, key) for c in configs]
+        for key in BATCHABLE_KEYS
+        if key != "seed" and len({get_value(c, key) for c in configs}) > 1
+    }
+
+
+def run_sharding(n_runs: int):
+    """Spreads the leading run axis over the devices (the largest count that divides the runs);
+    None on one device."""
+    devices = jax.devices()
+    count = max(k for k in range(1, len(devices) + 1) if n_runs % k == 0)
+    if count == 1:
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.array(devices[:count]), ("runs",)), PartitionSpec("runs"))
 
 
 def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None) -> dict:
@@ -299,8 +331,9 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
 class _RunLog:
     """Host-side bookkeeping of one run of a group."""
 
-    def __init__(self, config: Config, writer, summary: dict):
+    def __init__(self, config: Config, writer, summary: dict, schedule: Callable):
         self.config, self.writer, self.summary = config, writer, summary
+        self.schedule = schedule  # step -> this run's learning rate
         self.status, self.epochs_done, self.diverged_epoch = "completed", 0, None
         self.best_val, self.best_val_epoch, self.last = -1.0, 0, {}
 
@@ -329,18 +362,23 @@ class _RunLog:
 
 
 def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None] = lambda i, r: None) -> list[dict]:
-    """Trains runs that differ only in their seed together: one compiled program, vmapped over a
-    leading seed axis. Each run writes its own files, the same as it would alone (tested).
-    A run that diverges stops writing; the others go on.
+    """Trains runs that differ only in their seed and batchable values (learning rate, beta,
+    scales: config.BATCHABLE_KEYS) together: one compiled program, vmapped over a leading run
+    axis, spread over the devices where there are several. Each run writes its own files, the
+    same as it would alone (tested). A run that diverges stops writing; the others go on.
     """
-    check_same_shapes(configs)
+    varying = batched_values(configs)
     config = configs[0]
     splits = make_splits(config, dataset)
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1])
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
+    hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
     keys = jax.vmap(derive_keys)(seeds)
+    sharding = run_sharding(len(configs)) if len(configs) > 1 else None
+    if sharding is not None:
+        seeds, hyper, keys = jax.device_put((seeds, hyper, keys), sharding)
     probe_x, probe_y = batched.probe(keys.probe, splits.x_train, splits.y_train)
     align = config.alignment
     examples_per_epoch = program.steps_per_epoch * config.train.batch_size
@@ -352,14 +390,17 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
             "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
             "layer_sizes": list(program.sizes), "n_train": n_train,
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
-            "steps_per_epoch": program.steps_per_epoch, "seeds_trained_together": len(configs),
+            "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
+            "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
             **environment(),
         }
         writer.summary(summary)
-        logs.append(_RunLog(c, writer, summary))
+        logs.append(_RunLog(c, writer, summary, make_schedule(c.optimizer, program.steps_per_epoch, c.train.epochs)))
 
     t_start = time.perf_counter()
-    state = batched.init(seeds)
+    state = batched.init(seeds, hyper)
+    if sharding is not None:  # every array of the state carries the run axis first
+        state, probe_x, probe_y = jax.device_put((state, probe_x, probe_y), sharding)
     epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
     t0 = time.perf_counter()
     epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
@@ -386,7 +427,7 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
             if align.enabled and epoch % align.every_epochs == 0:
                 measured = batched.measure(state, probe_x, probe_y, step_keys(step))
             evaluations = {
-                split: batched.evaluate(state.params, state.rule_state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
+                split: batched.evaluate(state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
                 for split in ("val", "test") if logs[0].summary[f"n_{split}"]
             }
             for i, log in enumerate(logs):
@@ -408,7 +449,7 @@ def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measure
     record = {
         "epoch": epoch,
         "step": step,
-        "lr": float(program.schedule(step)),
+        "lr": float(log.schedule(step)),
         "train_loss": float(np.mean(losses)),
         "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
     }

@@ -35,7 +35,7 @@ def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mni
         config = load_config(run / "config.yaml")
         assert (config.model.depth, config.rule, config.seed) == (entry["values"]["model.depth"], entry["values"]["rule"], entry["seed"])
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["seeds_trained_together"] == 2 and summary["test_accuracy"] == entry["test_accuracy"]
+        assert summary["runs_trained_together"] == 2 and summary["test_accuracy"] == entry["test_accuracy"]
         assert len(read_jsonl(run / "metrics.jsonl")) == 1
     # the report over the sweep
     report = CliRunner().invoke(app, ["compare", str(folder), "--target", "0.3"])
@@ -144,3 +144,26 @@ def test_ray_executor_without_ray_says_how_to_install(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'bioprop[ray]'" in (result.stderr if hasattr(result, "stderr") else result.output)
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_one_shape_are_grouped_across_points():
+    from bioprop_cli.sweep.grid import group_runs
+
+    runs = [(f"lr{lr}-d{d}-s{s}", load_config(overrides=[("optimizer.lr", lr), ("model.depth", d), ("seed", s)]), None)
+            for d in (1, 2) for lr in (0.01, 0.1) for s in (0, 1)]
+    groups = group_runs(runs)
+    assert [len(g.configs) for g in groups] == [4, 4]
+    assert {c.model.depth for c in groups[0].configs} == {1} and {c.optimizer.lr for c in groups[0].configs} == {0.01, 0.1}
+    assert groups[0].label == "lr0.01-d1 (+1 points)"
+
+
+def test_a_learning_rate_sweep_trains_as_one_program(tmp_path, mnist_dir):
+    result = sweep(["lr", "--values", "0.001,0.01", "--seeds", "2", "--set", "alignment.enabled=false",
+                    "--set", "optimizer.schedule.name=constant"], tmp_path, mnist_dir)
+    assert result.exit_code == 0, result.output
+    folder, manifest = only_sweep_folder(tmp_path)
+    summaries = [json.loads((folder / e["run_dir"] / "summary.json").read_text()) for e in manifest["runs"].values()]
+    assert [s["runs_trained_together"] for s in summaries] == [4] * 4
+    assert all(s["batched_keys"] == ["optimizer.lr"] for s in summaries)
+    first_lr = {e["values"]["optimizer.lr"]: read_jsonl(folder / e["run_dir"] / "metrics.jsonl")[0]["lr"] for e in manifest["runs"].values()}
+    assert first_lr == pytest.approx({0.001: 0.001, 0.01: 0.01})

@@ -131,22 +131,33 @@ def test_fa_update_angle_falls_below_90_while_learning(tmp_path, mnist_dir):
     assert hidden[-1] < 70  # two short epochs later: aligned (measured: 55 degrees)
 
 
-@pytest.mark.parametrize("rule", ["brsf"])  # brsf: per-step randomness from each seed's own keys
-def test_seeds_trained_together_write_what_they_write_alone(tmp_path, rule):
-    """One vmapped program for three seeds; each run's files match its single run (the batched
-    matrix products round differently in the last bits, so floats agree to 1e-5, not bitwise)."""
-    from dataclasses import replace
+# brsf: per-step randomness from each seed's own keys. The second case also batches values that
+# enter the program as arrays (learning rate, init and feedback scales); ep batches beta.
+GROUPS = {
+    "seeds": ("brsf", [{}, {}, {}]),
+    "lr-and-scales": ("fa", [{"optimizer.lr": 0.003}, {"optimizer.lr": 0.03, "model.init.scale": 0.5, "feedback.scale": 2.0}, {"optimizer.lr": 0.01}]),
+    "ep-beta": ("ep", [{"ep.beta": 0.5}, {"ep.beta": 0.1}, {"ep.beta": 1.0}]),
+}
+EP_SMALL = {"model.width": 16, "train.batch_size": 50, "optimizer.layer_lr": [], "train.epochs": 2, "ep.free_steps": 10}
 
+
+@pytest.mark.parametrize("case", list(GROUPS))
+def test_runs_trained_together_write_what_they_write_alone(tmp_path, case):
+    """One vmapped program for three runs; each run's files match its single run (the batched
+    matrix products round differently in the last bits, so floats agree to 1e-5, not bitwise)."""
     from bioprop_cli.train import train_group
 
-    config = small_config(rule=rule)
+    rule, values = GROUPS[case]
+    extra = EP_SMALL if rule == "ep" else {}
+    configs = [small_config(rule=rule, seed=s, **extra, **v) for s, v in enumerate(values)]
     dataset = clusters()
-    dirs = [tmp_path / f"seed{s}" for s in (0, 1, 2)]
+    dirs = [tmp_path / f"run{s}" for s in (0, 1, 2)]
     for d in dirs:
         d.mkdir()
-    summaries = train_group([replace(config, seed=s) for s in (0, 1, 2)], dataset, [RunWriter(d) for d in dirs])
-    assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["seeds_trained_together"] == 3 for s in summaries)
-    alone_summary, alone_metrics, alone_alignment = run(tmp_path / "alone", replace(config, seed=1), dataset)
+    summaries = train_group(configs, dataset, [RunWriter(d) for d in dirs])
+    assert [s["seed"] for s in summaries] == [0, 1, 2] and all(s["runs_trained_together"] == 3 for s in summaries)
+    assert summaries[0]["batched_keys"] == sorted({k for v in values for k in v})
+    alone_summary, alone_metrics, alone_alignment = run(tmp_path / "alone", configs[1], dataset)
     together = _untimed(read_jsonl(dirs[1] / "metrics.jsonl"))
     assert [set(m) for m in together] == [set(m) for m in _untimed(alone_metrics)]
     for a, b in zip(together, _untimed(alone_metrics)):
@@ -157,13 +168,58 @@ def test_seeds_trained_together_write_what_they_write_alone(tmp_path, rule):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4) if isinstance(a[key], float) else a[key] == b[key], key
     assert summaries[1]["test_accuracy"] == pytest.approx(alone_summary["test_accuracy"], abs=1e-6)
-    # the seeds did differ
+    # the runs did differ
     assert read_jsonl(dirs[0] / "metrics.jsonl")[0]["train_loss"] != together[0]["train_loss"]
+    if "optimizer.lr" in summaries[0]["batched_keys"]:
+        assert [read_jsonl(d / "metrics.jsonl")[0]["lr"] for d in dirs] == pytest.approx([0.003, 0.03, 0.01])
 
 
-def test_a_group_may_differ_only_in_seed():
-    from bioprop_cli.train import check_same_shapes
+def test_a_group_may_differ_only_in_batchable_values():
+    from bioprop_cli.train import batched_values
 
-    check_same_shapes([small_config(seed=0), small_config(seed=3)])
-    with pytest.raises(ValueError, match="only in their seed"):
-        check_same_shapes([small_config(seed=0), small_config(**{"model.width": 8})])
+    assert batched_values([small_config(seed=0), small_config(seed=3)]) == {}
+    assert batched_values([small_config(**{"optimizer.lr": 0.1}), small_config(seed=3)]) == {"optimizer.lr": [0.1, 0.01]}
+    with pytest.raises(ValueError, match="may differ only in seed, optimizer.lr"):
+        batched_values([small_config(seed=0), small_config(**{"model.width": 8})])
+
+
+SHARDED_GROUP = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_train import clusters, small_config
+from bioprop_cli.runs import RunWriter
+from bioprop_cli.train import train_group
+out = Path(sys.argv[1])
+dirs = [out / f"run{s}" for s in (0, 1)]
+for d in dirs:
+    d.mkdir(parents=True)
+configs = [small_config(rule="fa", seed=s, **{"optimizer.lr": lr}) for s, lr in ((0, 0.01), (1, 0.03))]
+print(json.dumps(train_group(configs, clusters(), [RunWriter(d) for d in dirs])))
+"""
+
+
+def test_runs_are_spread_over_several_devices(tmp_path):
+    """Two (forced) host devices: the run axis is sharded, one run per device, same numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bioprop_cli.train import train_group
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", SHARDED_GROUP, str(tmp_path / "sharded"), str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, check=True)
+    sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [s["devices_used"] for s in sharded] == [2, 2]
+    configs = [small_config(rule="fa", seed=s, **{"optimizer.lr": lr}) for s, lr in ((0, 0.01), (1, 0.03))]
+    dirs = [tmp_path / f"one{s}" for s in (0, 1)]
+    for d in dirs:
+        d.mkdir()
+    single = train_group(configs, clusters(), [RunWriter(d) for d in dirs])
+    assert [s["devices_used"] for s in single] == [1, 1]
+    for a, b in zip(sharded, single):
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)

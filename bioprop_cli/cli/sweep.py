@@ -138,7 +138,7 @@ def beta(
     seeds: int = typer.Option(3, min=1, help="Number of seeds (networks and batch draws)."),
     train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: bool = typer.Option(False, "--x64", help="Compute in float64 (round-off sets the variance at tiny beta)."),
-    train: bool = typer.Option(False, "--train", help="Instead: train one model per beta and compare accuracy and convergence."),
+    train: bool = typer.Option(False, "--train", help="Instead: train one model per beta (all betas as one vmapped program) and compare accuracy and convergence."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (rule ep is implied)."),
     depth: Optional[int] = typer.Option(None, help="Number of hidden layers."),
     width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
@@ -221,18 +221,17 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
 def _train_per_beta(cfg, dataset, betas) -> None:
     from bioprop_cli.config import to_dict
     from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, run_id, write_json, write_yaml
-    from bioprop_cli.train import train as train_run
+    from bioprop_cli.runs import read_jsonl
+    from bioprop_cli.train import train_group
 
     folder = _sweep_dir(cfg, "beta-train")
     write_yaml(folder / "config.yaml", to_dict(cfg))
+    points = [replace(cfg, ep=replace(cfg.ep, beta=beta)) for beta in betas]
+    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", cfg.model.depth, cfg.seed)) for beta in betas]
+    console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}")
+    summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
     rows = []
-    for beta in betas:
-        point = replace(cfg, ep=replace(cfg.ep, beta=beta))
-        run_dir = create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", cfg.model.depth, cfg.seed))
-        console.print(f"beta = {beta:g}: training into {run_dir}")
-        summary = train_run(point, dataset, RunWriter(run_dir))
-        from bioprop_cli.runs import read_jsonl
-
+    for beta, run_dir, summary in zip(betas, run_dirs, summaries):
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         rows.append({
             "beta": beta,

@@ -6,7 +6,9 @@ A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
     runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
 The sweep's name is derived from the base config, the grid and the seeds, so the same command finds
 the same folder again: completed and diverged runs are kept, interrupted, failed or missing ones
-run (again, into a new folder). The seeds of a point train together as one vmapped program.
+run (again, into a new folder). Runs that differ only in their seed and in values that change no
+array shape (config.BATCHABLE_KEYS: learning rate, beta, scales) train together as one vmapped
+program, compiled once: a sweep over 4 learning rates x 4 seeds is one program of 16 runs.
 Every point's config is validated before anything is written; a point that fails at run time
 (for example a batch larger than the data) is recorded as failed and the sweep goes on.
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import Config, load_config, to_dict
+from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, load_config, to_dict, with_values
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
 
@@ -101,11 +103,30 @@ def load_manifest(folder: Path) -> dict | None:
 
 @dataclass(frozen=True)
 class Group:
-    """One point's pending seeds: trained together (one vmapped program), one task for an executor."""
+    """Pending runs of the same shapes: trained together (one vmapped program), one task for an
+    executor. names[i] is run i's manifest entry (<point>-s<seed>)."""
 
-    point: Point
+    names: tuple[str, ...]
     configs: tuple[Config, ...]
     run_dirs: tuple[Path, ...]
+
+    @property
+    def label(self) -> str:
+        points = list(dict.fromkeys(name.rsplit("-s", 1)[0] for name in self.names))
+        return f"{points[0]} (+{len(points) - 1} points)" if len(points) > 1 else points[0]
+
+
+def shape_key(config: Config) -> Config:
+    """What must be equal for runs to train together: everything but the batchable values."""
+    return with_values(config, {key: get_value(Config(), key) for key in BATCHABLE_KEYS})
+
+
+def group_runs(runs: list[tuple[str, Config, Path]]) -> list[Group]:
+    """Groups (name, config, run folder) by shape, in order of first appearance."""
+    by_shape: dict[Config, list] = {}
+    for run in runs:
+        by_shape.setdefault(shape_key(run[1]), []).append(run)
+    return [Group(*map(tuple, zip(*members))) for members in by_shape.values()]
 
 
 def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[dict]:
@@ -134,20 +155,20 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loa
         write_yaml(folder / "config.yaml", base_tree)
         manifest = {"grid": grid, "seeds": seeds, "runs": {}}
     runs = manifest["runs"]
-    groups = []
+    pending = []
     for point in all_points:
-        pending = [s for s in seeds if runs.get(f"{point.name}-s{s}", {}).get("status") not in FINISHED]
-        if not pending:
+        todo = [s for s in seeds if runs.get(f"{point.name}-s{s}", {}).get("status") not in FINISHED]
+        if not todo:
             report(f"{point.name}: done")
-            continue
-        run_dirs = [create_run_dir(folder, "runs", f"{point.name}-s{s}") for s in pending]
-        for s, d in zip(pending, run_dirs):
-            runs[f"{point.name}-s{s}"] = {"values": dict(point.values), "seed": s, "run_dir": str(d.relative_to(folder)), "status": "queued"}
-        groups.append(Group(point, tuple(point_config(base_tree, point, s) for s in pending), tuple(run_dirs)))
+        for s in todo:
+            name = f"{point.name}-s{s}"
+            run_dir = create_run_dir(folder, "runs", name)
+            runs[name] = {"values": dict(point.values), "seed": s, "run_dir": str(run_dir.relative_to(folder)), "status": "queued"}
+            pending.append((name, point_config(base_tree, point, s), run_dir))
     write_json(folder / "manifest.json", manifest)
-    for group, summaries in (executor or LocalExecutor())(groups, dataset_loader, report):
-        for config, summary in zip(group.configs, summaries):
-            entry = runs[f"{group.point.name}-s{config.seed}"]
+    for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report):
+        for name, summary in zip(group.names, summaries):
+            entry = runs[name]
             entry["status"] = summary["status"]
             entry["test_accuracy"] = summary.get("test_accuracy")
             if "error" in summary:
@@ -167,7 +188,7 @@ class LocalExecutor:
     def __call__(self, groups, dataset_loader, report):
         dataset = None
         for group in groups:
-            report(f"{group.point.name}: training seeds {[c.seed for c in group.configs]}")
+            report(f"{group.label}: training {len(group.configs)} runs together")
             if dataset is None:
                 try:
                     dataset = dataset_loader(group.configs[0])

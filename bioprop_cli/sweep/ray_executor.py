@@ -1,4 +1,4 @@
-"""`--executor ray`: each group (a point's seeds) is one Ray task, on a running cluster
+"""`--executor ray`: each group (runs of one shape, trained together) is one Ray task, on a running cluster
 (`--address`) or on a local Ray instance started for the sweep. Ray is an optional extra:
 `pip install 'bioprop[ray]'`."""
 

@@ -62,7 +62,8 @@ def synthetic_mnist(seed: int = 0) -> SimpleNamespace:
 
 
 def matmul_flops_per_example(sizes: tuple[int, ...], rule: str) -> int:
-    """Multiply-adds x 2 of one training step, per example: forward, weight gradients, error path."""
+    """Multiply-adds x 2 of one training step, per example: forward, weight gradients, error path
+    (and wm's mirror phase)."""
     pairs = list(zip(sizes[:-1], sizes[1:]))
     forward_flops = sum(2 * a * b for a, b in pairs)
     weight_grads = forward_flops
@@ -70,7 +71,10 @@ def matmul_flops_per_example(sizes: tuple[int, ...], rule: str) -> int:
         error_path = sum(2 * sizes[-1] * b for _, b in pairs[:-1])
     else:  # delta_{l+1} -> delta_l through an (n_{l+1} x n_l) matrix, for every layer but the first
         error_path = sum(2 * a * b for a, b in pairs[1:])
-    return forward_flops + weight_grads + error_path
+    # kp's feedback update is the transpose of W's (no product of its own); wm's mirror phase
+    # sends noise through every W_l with feedback (x @ W_l) and forms y^T x: two products each
+    mirror = sum(2 * 2 * a * b for a, b in pairs[1:]) if rule == "wm" else 0
+    return forward_flops + weight_grads + error_path + mirror
 
 
 def settling_steps(config: Config) -> int:

@@ -121,7 +121,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         scale = hyper.get("model.init.scale", m.init.scale)
         params = init_params(keys.params, sizes, m.init.scheme, scale)
         if rule.init_params is not None:
-            params = rule.init_params(jax.random.fold_in(keys.rule, 1), params)
+            params = rule.init_params(keys.rule, params)  # the key fa draws its B from
         return TrainState(params, rule.init(keys.rule, params), optimizer.init(params), hyper)
 
     def measure(state, probe_x, probe_y, key):

@@ -36,7 +36,7 @@ def _close(a, b, tol=1e-5):
 
 
 def test_registry_lists_the_rules():
-    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "ep"]
+    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep"]
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_sigmoid"])
@@ -209,11 +209,13 @@ def test_every_rule_updates_the_output_layer_exactly(rule):
     _close(est.grads[-1], true[-1])
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "usf", "frsf", "brsf"])
+@pytest.mark.parametrize("rule", ["fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"])
 def test_no_rule_reads_the_true_gradient(rule, monkeypatch):
     """estimate() must run with jax.grad and jax.vjp unavailable: the true gradient never leaks in."""
     params, (x, y) = _params(), _batch()
     r = make_rule(_config(rule), SIZES)
+    if r.init_params is not None:  # kp, wm: their learned feedback joins the parameters
+        params = r.init_params(jax.random.PRNGKey(5), params)
     state = r.init(jax.random.PRNGKey(5), params)
 
     def forbidden(*a, **k):

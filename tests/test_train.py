@@ -52,7 +52,7 @@ def _untimed(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"])
 def test_every_rule_learns_separable_clusters(tmp_path, rule):
     summary, metrics, alignment = run(tmp_path, small_config(rule=rule, **{"model.depth": 2}))
     assert summary["status"] == "completed"

@@ -23,7 +23,7 @@ def _fmt(value, spec: str) -> str:
 @user_errors_exit_2
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, ep."),
+    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, kp, wm, ep."),
     depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers (depth + 1 weight matrices)."),
     width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs."),

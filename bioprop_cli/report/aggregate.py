@@ -28,7 +28,7 @@ BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
 IGNORED_KEYS = ("seed", "experiment", "results_dir", "data.data_dir")
 ALWAYS_KEYS = ("rule", "model.depth")
 STATUSES = ("completed", "diverged", "interrupted")
-RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "ep")
+RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep")
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
 MARGIN_TOLERANCE = 1e-9
 

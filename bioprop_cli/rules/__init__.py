@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Callable
 
 from bioprop_cli.errors import UserError
-from bioprop_cli.rules import backprop, direct_feedback, equilibrium, feedback_alignment, sign_symmetric
+from bioprop_cli.rules import (
+    backprop,
+    direct_feedback,
+    equilibrium,
+    feedback_alignment,
+    kolen_pollack,
+    sign_symmetric,
+    weight_mirror,
+)
 from bioprop_cli.rules.base import Estimate, LearningRule
 
 _REGISTRY: dict[str, Callable[..., LearningRule]] = {
@@ -15,6 +23,8 @@ _REGISTRY: dict[str, Callable[..., LearningRule]] = {
     "usf": sign_symmetric.make_usf,
     "frsf": sign_symmetric.make_frsf,
     "brsf": sign_symmetric.make_brsf,
+    "kp": kolen_pollack.make,
+    "wm": weight_mirror.make,
     "ep": equilibrium.make,
 }
 

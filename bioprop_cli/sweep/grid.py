@@ -29,8 +29,8 @@ from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
     "depth": ("model.depth", [1, 2, 3, 4, 5, 6, 7]),
-    "rule": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"]),
-    "feedback": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"]),
+    "rule": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]),
+    "feedback": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]),
     "lr": ("optimizer.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),
     "batch-size": ("train.batch_size", [16, 32, 64, 128, 256]),
     "width": ("model.width", [64, 128, 256, 512]),

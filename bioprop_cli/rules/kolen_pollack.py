@@ -1,0 +1,71 @@
+"""kp: Kolen-Pollack feedback learning (Akrout, Wilson, Humphreys, Lillicrap & Tweed 2019,
+"Deep learning without weight transport", NeurIPS; after Kolen & Pollack 1994).
+
+The error goes back through a feedback matrix B_l of the shape of W_l^T exactly as in fa,
+delta_l = (delta_{l+1} @ B_{l+1}) * f'(a_l), but B_l is LEARNED: it lives in the trainable
+parameters (params[l]["fb"], l = 1 .. L-1; drawn at initialisation like fa's fixed matrices, so
+kp starts as fa) and receives the same update as W_l^T, plus the same weight decay:
+
+    update(W_l) = h_l^T delta_l + lambda W_l,     update(B_l) = (h_l^T delta_l)^T + lambda B_l,
+
+lambda = feedback.decay (on the pairs (W_l, B_l) only: W_0, which has no feedback matrix, and the
+biases get no decay). Both updates are local: W_l's from h_l and delta_{l+1}'s presynaptic and
+postsynaptic activity, B_l's from the same two signals seen from the feedback side. Their
+difference is lambda (W_l^T - B_l), so under SGD (and under momentum, whose buffers then differ
+by the same contraction) W_l^T - B_l shrinks by exactly (1 - lr * lambda) per step, whatever the
+error signal: B_l converges to W_l^T and kp becomes backprop. With `optimizer.layer_lr` both get
+layer l's multiplier, so the identity holds per layer. With adam (or rmsprop, adagrad) the
+normalisation is per entry and the two entries' histories differ only by the decay terms: the
+difference still shrinks (entry-wise roughly by lr * lambda / sqrt(v) per step, faster than SGD
+where gradients are small) but not by an exact factor. With adamw, optax's decoupled decay
+(optimizer.weight_decay) acts on W and B alike, on top of this.
+
+The alignment measurements (update_angle, delta_angle) compare the error-driven part
+h_l^T delta_l with the exact gradient; the decay term is a regulariser, not an estimate of the
+loss gradient, and is left out of them. feedback_angle is the angle between B_l and W_l^T.
+"""
+
+from __future__ import annotations
+
+from bioprop_cli.rules.base import LearningRule, feedback_rule, model_functions
+from bioprop_cli.rules.feedback_alignment import random_feedback
+
+
+def with_feedback(params, feedback: list) -> list:
+    """params with params[l]["fb"] = feedback[l] added for l = 1 .. L-1 (layer 0 has none)."""
+    return [dict(layer) if l == 0 else {**layer, "fb": feedback[l]} for l, layer in enumerate(params)]
+
+
+def learned_feedback_rule(config, sizes) -> LearningRule:
+    """fa through the matrices stored in params[l]["fb"]; init_params draws them like fa's.
+
+    The returned rule's estimate gives fa's update for "w" and "b" and no "fb" entry: kp and wm
+    add their own feedback updates (and measure with this rule, without them).
+    """
+    act, loss = model_functions(config)
+    rule = feedback_rule(
+        act,
+        loss,
+        init=lambda key, params: (),
+        matrices=lambda params, state, key: [None] + [layer["fb"] for layer in params[1:]],
+    )
+    return rule._replace(init_params=lambda key, params: with_feedback(params, random_feedback(key, config, sizes)))
+
+
+def kp_updates(params, grads, decay) -> list:
+    """fa's grads -> kp's: lambda W_l added to W_l's update and (W_l's update)^T to B_l's, l >= 1."""
+    out = [dict(grads[0])]
+    for layer, g in zip(params[1:], grads[1:]):
+        out.append({"w": g["w"] + decay * layer["w"], "b": g["b"], "fb": g["w"].T + decay * layer["fb"]})
+    return out
+
+
+def make(config, sizes, n_train: int = 0) -> LearningRule:
+    base = learned_feedback_rule(config, sizes)
+    decay = config.feedback.decay
+
+    def estimate(params, state, x, y, key, idx=None):
+        est = base.estimate(params, state, x, y, key)
+        return est._replace(grads=kp_updates(params, est.grads, decay))
+
+    return base._replace(estimate=estimate)

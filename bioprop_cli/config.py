@@ -29,6 +29,7 @@ Dataset = Literal["mnist", "fashion_mnist"]
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 Estimator = Literal["one-sided", "symmetric", "random-sign"]
+EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,13 @@ class EPConfig:
     reference_steps: int = 1000  # settling budget of the exact gradient's free fixed point
     reference_tolerance: float = 1e-6
     adjoint_steps: int = 1000  # iterations of the adjoint (implicit differentiation) solve
+    # Feedback weights B_l (layer l+1 -> layer l) instead of W_l^T (bioprop_cli/models/energy.py):
+    # symmetric: B = W^T (tied, the energy-based network); random: drawn once, with |W_l|_F at
+    # initialisation; sign: |W|_F/sqrt(#W) sign(W^T), recomputed from the current W every step;
+    # mixed: cos(a) W^T + sin(a) R, R orthogonal to W^T with its norm (angle exactly a), tracks W.
+    feedback: EPFeedback = "symmetric"
+    feedback_angle: float = 45.0  # a in degrees, mixed only: the angle between B_l and W_l^T
+    learn_feedback: bool = False  # B_l is a trainable parameter (starts as `feedback` says) learning W_l's update transposed
 
 
 @dataclass(frozen=True)
@@ -351,6 +359,7 @@ def validate(config: Config) -> Config:
     _check(e.reference_steps >= 1, "ep.reference_steps", ">= 1", e.reference_steps)
     _check(e.reference_tolerance >= 0, "ep.reference_tolerance", ">= 0", e.reference_tolerance)
     _check(e.adjoint_steps >= 1, "ep.adjoint_steps", ">= 1", e.adjoint_steps)
+    _check(0 <= e.feedback_angle <= 180, "ep.feedback_angle", "in [0, 180] degrees", e.feedback_angle)
     if config.rule == "ep":
         _check(m.loss == "mse", "model.loss", "mse for rule ep (its cost is 1/2 |y - s_out|^2)", m.loss)
         _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)

@@ -2,11 +2,11 @@
 
 import typer
 
-from bioprop_cli.cli import bench, compare, sweep, train
+from bioprop_cli.cli import bench, compare, conditions, jtranspose, sweep, train
 
 app = typer.Typer(
     name="bioprop",
-    help="Experiment runner for biologically plausible learning rules (bp, fa, dfa, usf, frsf, brsf, ep) in JAX.",
+    help="Experiment runner for biologically plausible learning rules (bp, fa, dfa, usf, frsf, brsf, kp, wm, ep) in JAX.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -15,6 +15,8 @@ app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.add_typer(sweep.app, name="sweep")
 app.command("compare")(compare.compare)
+app.command("jtranspose")(jtranspose.jtranspose)
+app.command("conditions")(conditions.conditions)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_
 from bioprop_cli.errors import UserError
 
 app = typer.Typer(
-    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale), "
+    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition), "
     "`bioprop sweep --grid KEY=V1,V2 ...`, and `bioprop sweep beta` (equilibrium propagation's nudging strength).",
 )
 
@@ -271,3 +271,112 @@ def _plot_training(rows, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@app.command("condition")
+@user_errors_exit_2
+def condition(
+    knobs: str = typer.Option("t1,asymmetry,feedback,beta,t2", help="Knobs to vary, one at a time: t1 (1: convergence), asymmetry (2: energy function), feedback (4: consistency), beta (6: small perturbation), t2 (7: architecture)."),
+    t1: Optional[str] = typer.Option(None, "--t1", help="Free-phase steps T1 (default 1,2,5,10,20,50 and the base's)."),
+    asymmetry: Optional[str] = typer.Option(None, "--asymmetry", help="Feedback angles to W^T in degrees, ep.feedback=mixed (default 0,30,60,90)."),
+    feedback: Optional[str] = typer.Option(None, "--feedback", help="ep.feedback values (default symmetric,sign,random)."),
+    beta_values: Optional[str] = typer.Option(None, "--beta", help="Betas (default 0.001,0.01,0.1,1)."),
+    t2: Optional[str] = typer.Option(None, "--t2", help="Nudged-phase steps T2 (default 1 .. L, L+2 and the base's)."),
+    seeds: int = typer.Option(1, min=1, help="Seeds per value (measured each, trained together)."),
+    train: bool = typer.Option(True, "--train/--no-train", help="Train every value briefly and report its test accuracy."),
+    train_epochs: int = typer.Option(1, min=1, help="Epochs of the short training."),
+    train_limit: Optional[int] = typer.Option(None, help="Training examples (data.train_limit; base: 5000, of which 500 validate)."),
+    probe_size: int = typer.Option(256, min=1, help="Probe examples for the angle measurements."),
+    x64: bool = typer.Option(False, "--x64", help="Measure in float64 (training stays float32)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: the base instead of the built-in all-conditions-hold setup (rule ep is implied)."),
+    depth: Optional[int] = typer.Option(None, help="Number of hidden layers (base: 2)."),
+    width: Optional[int] = typer.Option(None, help="Units per hidden layer (base: 64)."),
+    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
+    seed: Optional[int] = typer.Option(None, help="First seed."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment folder (default: condition-sweep)."),
+    results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key of the base, e.g. --set ep.beta=0.005."),
+) -> None:
+    """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
+    from bioprop_cli.sweep.condition import BASE, KNOBS, parse_knob_values, parse_knobs
+
+    chosen = parse_knobs(knobs)
+    given = {"t1": t1, "asymmetry": asymmetry, "feedback": feedback, "beta": beta_values, "t2": t2}
+    for name, text in given.items():
+        if text is not None and name not in chosen:
+            raise UserError(f"--{name}: knob {name} is not among --knobs {','.join(chosen)}")
+    base_sets = [] if config is not None else [f"{k}={v}" for k, v in BASE]
+    limit = [f"data.train_limit={train_limit}"] if train_limit is not None else []
+    cfg = config_from_flags(
+        config, ["rule=ep"] + base_sets + limit + list(set_), depth=depth, width=width, batch_size=batch_size,
+        seed=seed, experiment=experiment or "condition-sweep", results_dir=results_dir, data_dir=data_dir,
+    )
+    values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
+    from bioprop_cli.config import check_against_data, to_dict
+    from bioprop_cli.data import load_dataset
+    from bioprop_cli.runs import append_jsonl, write_json, write_yaml
+    from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep
+
+    plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    n_train = check_against_data(cfg, len(dataset.x_train))
+    for name in chosen:
+        if missing_keys(KNOBS[name], cfg):
+            console.print(f"[yellow]knob {name} skipped[/]: needs {', '.join(missing_keys(KNOBS[name], cfg))}, not in this "
+                          f"version's config (condition ({KNOBS[name].condition}) {KNOBS[name].condition_name})", highlight=False)
+    folder = _sweep_dir(cfg, f"condition-{'float64' if x64 else 'float32'}")
+    write_yaml(folder / "config.yaml", to_dict(cfg))
+    seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    n_points = 1 + sum(len(v) for n, v in values.items() if not missing_keys(KNOBS[n], cfg))
+    console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
+                  f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",
+                  highlight=False)
+    jsonl = folder / "condition_sweep.jsonl"
+    with console.status("sweeping...") as status:
+        result = run_condition_sweep(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
+                                     train_epochs if train else None, folder,
+                                     report=lambda m: status.update(f"sweeping: {m}"),
+                                     on_row=lambda row: append_jsonl(jsonl, [row]))
+    rows, summary = result["rows"], result["summary"]
+    pngs = []
+    for name in values:
+        mine = [r for r in rows if r["knob"] == name]
+        if mine:
+            path = folder / f"condition_{name}.png"
+            k = KNOBS[name]
+            plot_knob(name, mine, summary["baseline"], path,
+                      f"({k.condition}) {k.condition_name}: knob {name} (EP, {'float64' if x64 else 'float32'})")
+            pngs.append(path.name)
+    summary.update(skipped=result["skipped"], knobs={n: v for n, v in values.items()}, seeds=seed_list,
+                   trained=train, train_epochs=train_epochs if train else 0, n_train=n_train,
+                   precision="float64" if x64 else "float32", probe_size=min(probe_size, n_train), figures=pngs)
+    write_json(folder / "summary.json", summary)
+
+    table = Table(title=f"EP update vs implicit gradient, one condition broken at a time ({summary['precision']}, probe {summary['probe_size']})")
+    n_layers = len(rows[0]["angle_per_layer"])
+    for name in ("knob", "cond.", "value", *(f"angle L{l} (°)" for l in range(n_layers)), "angle all (°)", "rel. err. all",
+                 "free resid.", "test acc."):
+        table.add_column(name, justify="left" if name in ("knob", "value") else "right")
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
+    for r in rows:
+        table.add_row(r["knob"], "-" if r["condition"] is None else str(r["condition"]),
+                      "base" if r["value"] is None else (r["value"] if isinstance(r["value"], str) else f"{r['value']:g}"),
+                      *(fmt(a, ".2f") for a in r["angle_per_layer"]), fmt(r["update_angle"], ".2f"),
+                      fmt(r["update_rel_error"], ".2e"), fmt(r["free_residual"], ".1e"),
+                      fmt(None if r["test_accuracy"] is None else 100 * r["test_accuracy"], ".2f"))
+    console.print(table)
+    cost = Table(title="cost of breaking each condition (max over the knob's values, relative to the baseline)")
+    for name in ("knob", "condition", "angle cost (°)", "at", "accuracy cost (points)", "at"):
+        cost.add_column(name, justify="left" if name in ("knob", "condition") else "right")
+    for name, c in summary["costs"].items():
+        cost.add_row(name, f"({c['condition']}) {c['condition_name']}", fmt(c.get("angle_cost_deg"), "+.2f"),
+                     "-" if c.get("angle_worst_value") is None else str(c["angle_worst_value"]),
+                     fmt(c.get("accuracy_cost_pp"), "+.2f"),
+                     "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
+    console.print(cost)
+    for name, why in result["skipped"].items():
+        console.print(f"skipped {name}: {why}", highlight=False, soft_wrap=True)
+    if summary["sentence"]:
+        console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False, soft_wrap=True)
+    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False, soft_wrap=True)

@@ -11,6 +11,23 @@ with rho(s_0) = x (the input is not squashed), C(s) = 1/2 |y - s_L|^2 and F = E 
 The state follows the gradient dynamics s <- s - eps dF/ds, projected onto [0, 1] when rho is the
 hard sigmoid (Scellier & Bengio's discretisation); its fixed points do not depend on eps.
 dE/ds_k = s_k - rho'(s_k) * (rho(s_{k-1}) W_{k-1} + b_{k-1} + rho(s_{k+1}) W_k^T).
+
+Separate feedback weights (the vector-field generalisation of EP: Scellier, Goyal, Binas, Mesnard
+& Bengio 2018, "Generalization of equilibrium propagation to vector field dynamics"). States are
+row vectors, as above. A layer dict may carry params[l]["fb"] = B_l, of shape (n_{l+1}, n_l) (the
+shape of W_l^T), for l >= 1: the matrix through which layer l+1 sends its output DOWN to layer l.
+Layer k then receives bottom-up input through W_{k-1} and top-down input through B_k:
+
+    v_k(s) = -s_k + rho'(s_k) * (rho(s_{k-1}) W_{k-1} + b_{k-1} + rho(s_{k+1}) B_k) - beta dC/ds_k  (+ u_k),
+
+and the state follows s <- s + eps v(s) (projected onto [0, 1] for the hard sigmoid). With
+B_k = W_k^T (no "fb" key, the default) v = -dF/ds and everything above holds; with B_k != W_k^T
+the vector field v is no gradient: there is no energy (`energy` refuses such params), and the
+fixed point is characterised by v(s*) = 0 only. A layer without "fb" uses W_k^T, so the symmetric
+network runs exactly the code it always ran. u_k (`external`, default none) is an extra drive added
+to the vector field, used to differentiate the fixed point with respect to a drive injected at any
+layer (bioprop_cli/metrics/jtranspose.py). The helpers at the end build the fixed feedback
+matrices of `ep.feedback` (sign, mixed, random) from W.
 """
 
 from __future__ import annotations
@@ -58,8 +75,21 @@ def zero_states(params: Params, batch: int, dtype=jnp.float32) -> States:
     return [jnp.zeros((batch, layer["w"].shape[1]), dtype) for layer in params]
 
 
+def has_separate_feedback(params: Params) -> bool:
+    """True when some layer carries its own feedback matrix params[l]["fb"] (a static, trace-time fact)."""
+    return any("fb" in layer for layer in params)
+
+
+def top_down(params: Params, l: int) -> jax.Array:
+    """B_l: the matrix that carries layer l+1's output down to layer l (W_l^T unless params[l] has "fb")."""
+    layer = params[l]
+    return layer["fb"] if "fb" in layer else layer["w"].T
+
+
 def energy(params: Params, states: States, x: jax.Array, rho: Rho) -> jax.Array:
-    """E per example, shape (batch,)."""
+    """E per example, shape (batch,). Only the symmetric network has one."""
+    if has_separate_feedback(params):
+        raise ValueError("a network with separate feedback weights (params[l]['fb']) has no energy")
     r = [x] + [rho.f(s) for s in states]
     e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
     for l, layer in enumerate(params):
@@ -77,54 +107,60 @@ def input_drive(params: Params, x: jax.Array) -> jax.Array:
     return x @ params[0]["w"] + params[0]["b"]
 
 
-def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho) -> States:
-    """dF/ds_k for every free layer, with F = E + beta C."""
+def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None) -> States:
+    """dF/ds_k for every free layer, with F = E + beta C; in general -v_k(s), the negative vector
+    field (with separate feedback, or an external drive u = `external`, it is no gradient)."""
     r = [rho.f(s) for s in states]
     grads = []
     for k, s in enumerate(states):  # s = s_{k+1}
         drive = drive0 if k == 0 else r[k - 1] @ params[k]["w"] + params[k]["b"]
         if k + 1 < len(states):
-            drive = drive + r[k + 1] @ params[k + 1]["w"].T
+            drive = drive + r[k + 1] @ top_down(params, k + 1)
         grads.append(s - rho.df(s) * drive)
     grads[-1] = grads[-1] + beta * (states[-1] - y)
+    if external is not None:
+        grads = [g - u for g, u in zip(grads, external)]
     return grads
 
 
-def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float) -> States:
+def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, external=None) -> States:
     """One step of the discretised gradient dynamics (the settling map Phi).
 
     For the hard sigmoid the states stay in [0, 1], where rho(s) = s and rho'(s) = 1, so the step
     is s <- clip((1 - eps) s + eps (drive - beta dC/ds), 0, 1) without evaluating rho (the same map,
-    with the same derivatives there, as the general form; tested).
+    with the same derivatives there, as the general form; tested). Separate feedback (params[l]["fb"])
+    and the external drive u go through the same fast path: s <- clip(s + eps v(s), 0, 1).
     """
     if rho.bounded:
-        return _bounded_step(params, states, drive0, y, beta, eps)
-    grads = energy_gradient(params, states, drive0, y, beta, rho)
+        return _bounded_step(params, states, drive0, y, beta, eps, external)
+    grads = energy_gradient(params, states, drive0, y, beta, rho, external)
     return [s - eps * g for s, g in zip(states, grads)]
 
 
-def _bounded_step(params, states, drive0, y, beta, eps):
-    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps)]
+def _bounded_step(params, states, drive0, y, beta, eps, external=None):
+    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external)]
 
 
-def _unprojected_step(params, states, drive0, y, beta, eps) -> States:
+def _unprojected_step(params, states, drive0, y, beta, eps, external=None) -> States:
     new = []
     for k, s in enumerate(states):
         drive = drive0 if k == 0 else states[k - 1] @ params[k]["w"] + params[k]["b"]
         if k + 1 < len(states):
-            drive = drive + states[k + 1] @ params[k + 1]["w"].T
+            drive = drive + states[k + 1] @ top_down(params, k + 1)
         if k + 1 == len(states):
             drive = drive - beta * (s - y)
+        if external is not None:
+            drive = drive + external[k]
         new.append(s + eps * (drive - s))
     return new
 
 
-def free_units(params, states, drive0, y, beta, rho: Rho, eps: float) -> States:
+def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=None) -> States:
     """1 where a unit moves with its input at this state, 0 where the projection onto [0, 1] pins
     it (the rows of the settling map's Jacobian that are not zero)."""
     if not rho.bounded:
         return [jnp.ones_like(s) for s in states]
-    pre = _unprojected_step(params, states, drive0, y, beta, eps)
+    pre = _unprojected_step(params, states, drive0, y, beta, eps, external)
     return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) for p in pre]
 
 
@@ -139,7 +175,7 @@ class Settled(NamedTuple):
     residual: jax.Array  # max over the batch of |s_T - s_{T-1}|
 
 
-def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float) -> Settled:
+def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float, external=None) -> Settled:
     """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
 
     With tol = 0 (static) it runs exactly max_steps steps in a loop that measures
@@ -149,10 +185,10 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     if tol == 0:
 
         def body(_, s):
-            return step(params, s, drive0, y, beta, rho, eps)
+            return step(params, s, drive0, y, beta, rho, eps, external)
 
         before_last = jax.lax.fori_loop(0, max_steps - 1, body, states)
-        final = step(params, before_last, drive0, y, beta, rho, eps)
+        final = step(params, before_last, drive0, y, beta, rho, eps, external)
         return Settled(final, jnp.asarray(max_steps, jnp.int32), jnp.max(residual(final, before_last)))
 
     def cond(carry):
@@ -161,7 +197,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
 
     def body(carry):
         s, t, _ = carry
-        new = step(params, s, drive0, y, beta, rho, eps)
+        new = step(params, s, drive0, y, beta, rho, eps, external)
         return new, t + 1, jnp.max(residual(new, s))
 
     init = (states, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype))
@@ -202,3 +238,39 @@ def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale) 
         w = ra[l - 1].T @ ra[l] - rb[l - 1].T @ rb[l]
         grads.append({"w": c * w, "b": c * jnp.sum(ra[l] - rb[l], axis=0)})
     return grads
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed feedback matrices built from W (ep.feedback: sign, mixed, random; see rules/equilibrium.py).
+# Each has the Frobenius norm of W^T, so the feedback differs from W^T in direction only.
+
+
+def sign_feedback(w: jax.Array) -> jax.Array:
+    """B = c sign(W^T) with c = |W|_F / sqrt(#nonzero entries of W): |B|_F = |W|_F (c is the RMS of
+    the nonzero entries of W). Its angle to W^T is arccos(|W|_1 / (sqrt(#nonzero) |W|_F))."""
+    wt = w.T
+    count = jnp.maximum(jnp.sum(wt != 0), 1).astype(w.dtype)
+    return (jnp.linalg.norm(wt) / jnp.sqrt(count)) * jnp.sign(wt)
+
+
+def mixed_feedback(w: jax.Array, direction: jax.Array, angle_degrees) -> jax.Array:
+    """B = cos(a) W^T + sin(a) R, with R = |W|_F P/|P|_F and P = G - (<G, W^T>/|W|_F^2) W^T the part of
+    the fixed random direction G (shape of W^T) orthogonal to W^T. R is orthogonal to W^T and has its
+    norm, so |B|_F = |W|_F and the angle between B and W^T is exactly a (for a in [0, 180])."""
+    wt = w.T
+    norm2 = jnp.sum(wt * wt)
+    p = direction - (jnp.sum(direction * wt) / norm2) * wt
+    r = p * (jnp.sqrt(norm2) / jnp.linalg.norm(p))
+    a = jnp.deg2rad(jnp.asarray(angle_degrees, w.dtype))
+    return jnp.cos(a) * wt + jnp.sin(a) * r
+
+
+def random_feedback(key: jax.Array, w: jax.Array) -> jax.Array:
+    """B = |W|_F G/|G|_F with G standard normal of the shape of W^T: random, with W^T's norm."""
+    g = jax.random.normal(key, w.T.shape, w.dtype)
+    return g * (jnp.linalg.norm(w) / jnp.linalg.norm(g))
+
+
+def with_feedback(params: Params, matrices: dict) -> Params:
+    """params with params[l]["fb"] = matrices[l] for each l in `matrices` (new dicts; params untouched)."""
+    return [dict(layer, fb=matrices[l]) if l in matrices else layer for l, layer in enumerate(params)]

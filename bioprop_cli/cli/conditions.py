@@ -1,0 +1,166 @@
+"""`bioprop conditions`: which of the seven conditions of gradient equivalence hold for a rule and setup.
+
+The logic is bioprop_cli/metrics/conditions.py. Output: a rich table (one row per condition), the
+per-layer gradient equivalence beneath it, and conditions.json written into the run folder
+(`--run`) or into `--out`. An existing conditions.json is never overwritten: the next free name
+conditions-2.json, conditions-3.json, ... is taken instead (created exclusively, atomically: a hard
+link of a finished temporary file, which fails rather than replace a file of that name).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.errors import UserError
+
+STATUS_STYLE = {"holds": "green", "partial": "yellow", "fails": "red", "n/a": "dim"}
+
+
+def write_new_json(folder: Path, stem: str, obj) -> Path:
+    """Writes obj to folder/stem.json, or stem-2.json, stem-3.json, ... if taken; never overwrites."""
+    from bioprop_cli.runs import _clean
+
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        for i in range(1, 10_000):
+            path = folder / (f"{stem}.json" if i == 1 else f"{stem}-{i}.json")
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name exists
+                return path
+            except FileExistsError:
+                continue
+        raise UserError(f"{folder}: no free name for {stem}.json")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def conditions_rich_table(result: dict) -> Table:
+    s = result["setup"]
+    title = (f"conditions for gradient equivalence · {s['rule']} · {'-'.join(map(str, s['layer_sizes']))} "
+             f"{s['activation']} · {s['precision']} · probe {s['probe_size']}")
+    table = Table(title=title, show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("condition")
+    table.add_column("status")
+    table.add_column("measured", overflow="fold")
+    table.add_column("threshold", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for r in result["conditions"]:
+        style = STATUS_STYLE.get(r["status"], "")
+        table.add_row(str(r["condition"]), r["name"], f"[{style}]{r['status']}[/]", r["measured"], r["threshold"], r["reason"])
+    return table
+
+
+def equivalence_rich_table(result: dict) -> Table:
+    eq = result["gradient_equivalence"]
+    style = STATUS_STYLE.get(eq["status"], "")
+    table = Table(title=f"gradient equivalence: [{style}]{eq['status']}[/]", caption=f"update vs {eq['reference']}; {eq['threshold']}")
+    table.add_column("layer", justify="right")
+    table.add_column("angle (°)", justify="right")
+    table.add_column("rel. error", justify="right")
+    for row in eq["layers"]:
+        table.add_row(str(row["layer"]), _fmt(row["update_angle"], ".2f"), _fmt(row["update_rel_error"], ".3e"))
+    net = eq["network"]
+    table.add_row("all", _fmt(net.get("update_angle"), ".2f"), _fmt(net.get("update_rel_error"), ".3e"))
+    return table
+
+
+def _final_alignment(run: Path) -> dict | None:
+    """The run's last alignment measurement (alignment.jsonl), per layer: what training did."""
+    from bioprop_cli.runs import read_jsonl
+
+    path = run / "alignment.jsonl"
+    if not path.is_file():
+        return None
+    try:
+        lines = read_jsonl(path)
+    except (OSError, ValueError):
+        return None
+    if not lines:
+        return None
+    last = max(r["step"] for r in lines)
+    at = [r for r in lines if r["step"] == last]
+    keep = ("update_angle", "update_rel_error", "feedback_angle")
+    return {
+        "epoch": at[0].get("epoch"),
+        "step": last,
+        "layers": [{"layer": r["layer"], **{k: r.get(k) for k in keep}} for r in at],
+    }
+
+
+@user_errors_exit_2
+def conditions(
+    run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder: its config.yaml is the setup; conditions.json goes there."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (instead of --run)."),
+    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, ep."),
+    depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers."),
+    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the network, its feedback and the probe batch."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the four IDX files (else $BIOPROP_DATA_DIR)."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key: --set ep.free_steps=200 (repeatable)."),
+    probe_size: int = typer.Option(256, min=1, help="Training examples in the probe batch."),
+    x64: bool = typer.Option(False, "--x64", help="Measure in float64."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for conditions.json (default: the --run folder; else nothing is written)."),
+) -> None:
+    """Which of the seven conditions that make a local rule's update equal backprop's hold for this rule and setup, measured."""
+    from bioprop_cli.config import check_against_data
+    from bioprop_cli.data import load_dataset
+    from bioprop_cli.metrics.conditions import measure_conditions
+
+    if run is not None and config is not None:
+        raise UserError("give --run RUN_FOLDER or --config FILE, not both")
+    if run is not None:
+        if not run.is_dir():
+            raise UserError(f"--run {run}: not a folder")
+        if not (run / "config.yaml").is_file():
+            raise UserError(f"--run {run}: no config.yaml (not a run folder)")
+        config = run / "config.yaml"
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    cfg = config_from_flags(config, set_, rule=rule, depth=depth, width=width, seed=seed, data_dir=data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    n_train = check_against_data(cfg, len(dataset.x_train))
+    probe = min(probe_size, n_train)
+    with console.status(f"measuring the conditions of {cfg.rule} on {probe} probe examples..."):
+        result = measure_conditions(cfg, dataset, probe, x64)
+    if run is not None:
+        result["run"] = {"folder": str(run), "final_alignment": _final_alignment(run),
+                         "note": "run folders keep no weights: the conditions are measured on the network the "
+                                 "run's config and seed initialise; final_alignment is the run's own last measurement"}
+    console.print(conditions_rich_table(result))
+    console.print(equivalence_rich_table(result))
+    s = result["setup"]
+    applicable = [r for r in result["conditions"] if r["status"] != "n/a"]
+    holding = [r for r in applicable if r["status"] == "holds"]
+    console.print(
+        f"{len(holding)} of {len(applicable)} applicable conditions hold; measured on {s['probe']} "
+        f"({s['precision']}, {s['seconds']:.1f} s)", highlight=False, soft_wrap=True)
+    final = (result.get("run") or {}).get("final_alignment")
+    if final:
+        angles = ", ".join(f"{r['layer']}: {_fmt(r['update_angle'], '.1f')}°" for r in final["layers"])
+        console.print(f"the run's own last measurement (epoch {final['epoch']}): update angle per layer {angles}",
+                      highlight=False, soft_wrap=True)
+    folder = out if out is not None else run
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = write_new_json(folder, "conditions", result)
+        note = "" if path.name == "conditions.json" else " (conditions.json exists: not overwritten)"
+        console.print(f"written: {path}{note}", highlight=False, soft_wrap=True)

@@ -1,0 +1,245 @@
+"""'J transpose' made visible: the state shift of a nudged layered network against backprop's error signal.
+
+The network (models/energy.py): states s = (s_1, ..., s_L) (row vectors, s_L the output), settling
+along the vector field v(s) to a fixed point. Give every layer an extra drive u_k (added to v_k, the
+`external` argument of the dynamics) and call s*(u) the fixed point of v(s) + u = 0. Nudging the
+output with strength beta is the drive u_L = -beta e(s), e = dC/ds_L = s_L - y (per example).
+
+Let A = -dv/ds at the free fixed point s^0 (restricted to the units the projection onto [0, 1]
+leaves free; pinned units neither move nor pass anything on). The implicit function theorem gives
+ds*/du = A^{-1}. Differentiating v(s^beta) - beta e(s^beta) = 0 at beta = 0:
+
+    shift_k := lim_{beta->0} (s^beta_k - s^0_k)/beta = -[A^{-1}]_{k,L} e = -(ds*_k/du_L) e.
+
+Backprop's error signal at layer k is the gradient of the cost with respect to the drive entering
+layer k, through the equivalent feedforward computation from that drive to the output, the
+fixed-point map u_k -> s*_L with Jacobian J_k = ds*_L/du_k = [A^{-1}]_{L,k}:
+
+    delta_k := dC(s*(u))/du_k = J_k^T e = [A^{-1}]_{L,k}^T e = [A^{-T}]_{k,L} e.
+
+With symmetric weights (B_l = W_l^T) the dynamics are a gradient flow, v = -dE/ds, A = d^2E/ds^2
+is symmetric, [A^{-1}]_{k,L} = [A^{-1}]_{L,k}^T, and so shift_k = -delta_k: the nudged network's
+state shift IS the backprop error signal J^T e, delivered to each layer by the network's own
+dynamics (Scellier & Bengio 2017, sec. 3; Scellier & Bengio 2019, equivalence of EP and recurrent
+backprop), up to O(beta). With feedback B_l != W_l^T, A is not symmetric: the shift -A^{-1} e
+travels down through B (the dynamics), while delta = A^{-T} e travels down through W^T, the
+transpose of the forward weights (the adjoint of the actual dynamics). The angle between them is
+the price of the asymmetry.
+
+The reference delta is the TRUE error signal of the network that runs: the exact gradient of its
+cost, at its own free fixed point, with respect to each layer's drive (with the forward weights'
+transpose carrying the error down). It is computed with `jax.vjp` of the fixed-point function
+s*(u) (settled to convergence), whose backward pass is implicit differentiation (custom_vjp): the
+adjoint system (I - dPhi/ds^T) lambda = s_bar at s^0, solved as in metrics/equilibrium.py
+(solve_adjoint: BiCGSTAB, as the networks here carry explicit feedback matrices), then
+u_bar = (dPhi/du)^T lambda; exact at the fixed point, with no truncation (the tests check it
+against jax.vjp through the converged settling). Both sides are compared over the whole batch,
+layer by layer: angle(shift_k, -delta_k) and |shift_k + delta_k| / |delta_k|.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bioprop_cli.metrics.alignment import relative_error
+from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.metrics.equilibrium import solve_adjoint
+from bioprop_cli.models.energy import (
+    Rho,
+    input_drive,
+    mixed_feedback,
+    residual,
+    settle,
+    sign_feedback,
+    step,
+    with_feedback,
+    zero_states,
+)
+
+DEFAULT_BETAS = tuple(float(b) for b in np.logspace(-3, 0, 7))  # 1e-3 .. 1, two per decade
+DEFAULT_ANGLES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
+
+
+def fixed_point_function(params, x, rho: Rho, eps: float, max_steps: int, tol: float, adjoint_iterations: int,
+                         adjoint_tol: float) -> Callable:
+    """u -> s*(u): the free fixed point under extra drives u (a list like the states), settled from
+    zero until the step is below `tol`; differentiable by implicit differentiation (custom_vjp)."""
+    y0 = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
+    drive0 = input_drive(params, x)
+    start = zero_states(params, x.shape[0], x.dtype)
+
+    @jax.custom_vjp
+    def s_star(u):
+        return settle(params, start, drive0, y0, 0.0, rho, eps, max_steps, tol, external=u).states
+
+    def fwd(u):
+        s = s_star(u)
+        return s, (s, u)
+
+    def bwd(res, s_bar):
+        s, u = res
+        lam, _ = solve_adjoint(params, s, x, y0, list(s_bar), rho, eps, adjoint_iterations, adjoint_tol, external=u)
+        _, pull = jax.vjp(lambda uu: step(params, s, drive0, y0, 0.0, rho, eps, uu), u)
+        return pull(lam)
+
+    s_star.defvjp(fwd, bwd)
+    return s_star
+
+
+def adjoint_misfit(params, s0, drive0, y0, e, delta, rho: Rho, eps: float):
+    """|(I - J^T) lambda - g| / |g| of the adjoint solution behind delta (g: e at the output).
+
+    dPhi/du = eps D (D: the free units), so delta = eps D lambda: lambda_F = delta/eps on the free
+    units and lambda = g + J^T lambda_F, as in metrics/equilibrium.solve_adjoint (checked there
+    the same way), without solving again."""
+    g = [jnp.zeros_like(s) for s in s0[:-1]] + [e]
+    _, vjp_states = jax.vjp(lambda s: step(params, s, drive0, y0, 0.0, rho, eps), s0)
+    lam = [a + b for a, b in zip(g, vjp_states([d / eps for d in delta])[0])]
+    misfit = [a - b - c for a, b, c in zip(lam, vjp_states(lam)[0], g)]
+    norm = lambda t: jnp.sqrt(sum(jnp.sum(v**2) for v in t))
+    return norm(misfit) / (norm(g) + 1e-30)
+
+
+@functools.lru_cache(maxsize=8)
+def make_error_signals(rho: Rho, eps: float, max_steps: int, tol: float, adjoint_iterations: int,
+                       adjoint_tol: float) -> Callable:
+    """(params, x, y, betas) -> per-beta, per-layer comparison of the shift with -J^T e (jitted).
+
+    `params` are those the dynamics run on (params[l]["fb"] = B_l where the feedback is separate).
+    Returns {"angle": (n_betas, L), "rel_error": (n_betas, L), "shift_norm", "reference_norm":
+    (n_betas, L) and (L,), "free_residual", "nudged_residual", "adjoint_misfit": scalars}.
+    """
+
+    def error_signals(params, x, y, betas):
+        n, nb = x.shape[0], betas.shape[0]
+        s_star = fixed_point_function(params, x, rho, eps, max_steps, tol, adjoint_iterations, adjoint_tol)
+        zeros_u = zero_states(params, n, x.dtype)
+        s0, pull = jax.vjp(s_star, zeros_u)
+        e = s0[-1] - y
+        (delta,) = pull([jnp.zeros_like(s) for s in s0[:-1]] + [e])  # delta_k = J_k^T e
+        reference = [-d for d in delta]
+        drive0 = input_drive(params, x)
+        y0 = jnp.zeros_like(y)
+        free_residual = jnp.max(residual(step(params, s0, drive0, y0, 0.0, rho, eps), s0))
+        misfit = adjoint_misfit(params, s0, drive0, y0, e, delta, rho, eps)
+        # all betas in one settling loop: the batch repeated once per beta, beta as a column
+        tile = lambda a: jnp.tile(a, (nb, 1))
+        beta_col = jnp.repeat(betas, n)[:, None].astype(x.dtype)
+        nudged = settle(params, [tile(s) for s in s0], tile(drive0), tile(y), beta_col, rho, eps, max_steps, tol)
+        shifts = [(sb.reshape(nb, n, -1) - s[None]) / betas[:, None, None] for sb, s in zip(nudged.states, s0)]
+        angle = jnp.stack([jax.vmap(lambda sh, r=r: angle_degrees(sh, r))(sh) for sh, r in zip(shifts, reference)], 1)
+        rel = jnp.stack([jax.vmap(lambda sh, r=r: relative_error(sh, r))(sh) for sh, r in zip(shifts, reference)], 1)
+        shift_norm = jnp.stack([jax.vmap(lambda sh: jnp.linalg.norm(jnp.ravel(sh)))(sh) for sh in shifts], 1)
+        return {
+            "angle": angle,
+            "rel_error": rel,
+            "shift_norm": shift_norm,
+            "reference_norm": jnp.stack([jnp.linalg.norm(jnp.ravel(r)) for r in reference]),
+            "free_residual": free_residual,
+            "nudged_residual": nudged.residual,
+            "adjoint_misfit": misfit,
+        }
+
+    return jax.jit(error_signals)
+
+
+def asymmetric_networks(params, key, angles) -> list[tuple[str, float | None, list]]:
+    """[(kind, a, params with B_l)]: B_l = cos(a) W_l^T + sin(a) R_l for each a (R_l orthogonal to
+    W_l^T with its norm, from one random direction per layer drawn from `key`), then
+    B_l = c sign(W_l^T) (c = |W_l|_F / sqrt(#nonzero)); see models/energy.py."""
+    keys = jax.random.split(key, len(params))
+    directions = {l: jax.random.normal(keys[l], params[l]["w"].T.shape, params[l]["w"].dtype)
+                  for l in range(1, len(params))}
+    nets = []
+    for a in angles:
+        mats = {l: mixed_feedback(params[l]["w"], g, a) for l, g in directions.items()}
+        nets.append(("mixed", float(a), with_feedback(params, mats)))
+    nets.append(("sign", None, with_feedback(params, {l: sign_feedback(params[l]["w"]) for l in directions})))
+    return nets
+
+
+def feedback_angles(params) -> list[float]:
+    """angle(B_l, W_l^T) in degrees for l = 1 .. L-1 (0 where the layer has no "fb")."""
+    return [float(angle_degrees(layer["fb"], layer["w"].T)) if "fb" in layer else 0.0 for layer in params[1:]]
+
+
+def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key) -> list[dict]:
+    """The whole measurement: the symmetric network over `betas`, then every asymmetric network
+    (mixed at each angle, sign) over the same betas. One record per (network, beta, layer).
+    `params`: the network's own parameters (w, b; a learned "fb" is ignored: the feedback compared
+    here is W^T, the mixed and the sign constructions)."""
+    params = [{"w": layer["w"], "b": layer["b"]} for layer in params]
+    measure = make_error_signals(rho, ep.eps, ep.reference_steps, ep.reference_tolerance, ep.adjoint_steps,
+                                 ep.reference_tolerance)
+    betas_arr = jnp.asarray(betas, x.dtype)
+    # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
+    # floating-point sums), and one compiled program for every network
+    tied = with_feedback(params, {l: params[l]["w"].T for l in range(1, len(params))})
+    nets = [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
+    n_layers = len(params)
+    records = []
+    for kind, a, net in nets:
+        out = jax.tree_util.tree_map(np.asarray, measure(net, x, y, betas_arr))
+        fb = feedback_angles(net)
+        asym = float(np.mean(fb)) if a is None else a
+        for i, beta in enumerate(betas):
+            for k in range(n_layers):
+                records.append({
+                    "feedback": kind,
+                    "asymmetry_deg": asym,
+                    "feedback_angles_deg": fb,
+                    "beta": float(beta),
+                    "layer": k + 1,
+                    "layer_name": "output" if k + 1 == n_layers else f"hidden {k + 1}",
+                    "angle": float(out["angle"][i, k]),
+                    "rel_error": float(out["rel_error"][i, k]),
+                    "shift_norm": float(out["shift_norm"][i, k]),
+                    "reference_norm": float(out["reference_norm"][k]),
+                    "free_residual": float(out["free_residual"]),
+                    "nudged_residual": float(out["nudged_residual"]),
+                    "adjoint_misfit": float(out["adjoint_misfit"]),
+                })
+    return records
+
+
+def plot(records: list[dict], path, asym_beta: float, title: str) -> None:
+    """Two panels: angle against beta per layer (symmetric feedback); angle against the asymmetry
+    angle a per layer at beta = asym_beta, sign feedback as marked points at its W-to-B angle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({r["layer"] for r in records})
+    names = {r["layer"]: r["layer_name"] for r in records}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for c, k in enumerate(layers):
+        rs = sorted((r for r in records if r["feedback"] == "symmetric" and r["layer"] == k), key=lambda r: r["beta"])
+        left.plot([r["beta"] for r in rs], [r["angle"] for r in rs], marker="o", color=f"C{c}", label=names[k])
+        mixed = sorted((r for r in records if r["feedback"] == "mixed" and r["layer"] == k and r["beta"] == asym_beta),
+                       key=lambda r: r["asymmetry_deg"])
+        right.plot([r["asymmetry_deg"] for r in mixed], [r["angle"] for r in mixed], marker="o", color=f"C{c}",
+                   label=f"{names[k]}, mixed")
+        sign = [r for r in records if r["feedback"] == "sign" and r["layer"] == k and r["beta"] == asym_beta]
+        right.plot([r["asymmetry_deg"] for r in sign], [r["angle"] for r in sign], marker="*", ms=14, ls="none",
+                   color=f"C{c}", markeredgecolor="black", label=f"{names[k]}, sign(W^T)")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("beta")
+    left.set_ylabel("angle(shift, -J^T e) (degrees)")
+    left.set_title("symmetric feedback B = W^T")
+    right.set_xlabel("asymmetry: angle(B_l, W_l^T) (degrees)")
+    right.set_ylabel("angle(shift, -J^T e) (degrees)")
+    right.set_title(f"B = cos(a) W^T + sin(a) R, and sign(W^T); beta = {asym_beta:g}")
+    for ax in (left, right):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

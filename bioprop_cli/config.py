@@ -100,6 +100,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     eval_batch_size: int = 5000
+    save_params: bool = True  # write the final parameters to params.npz (not for a diverged run)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@
         metrics.jsonl    one JSON object per epoch
         alignment.jsonl  one JSON object per (measurement, layer)
         summary.json     final figures and status (running / completed / diverged / interrupted)
+        params.npz       the trained parameters, once training has ended (not for a diverged run)
 
 JSON files are replaced atomically (write to a temporary file, then rename). JSON-lines files are
 appended with one write() per batch of complete lines, so a killed process leaves whole lines only;
-`read_jsonl` also ignores a trailing line without its newline.
+`read_jsonl` also ignores a trailing line without its newline. params.npz is written the same way
+as the JSON files (temporary file, then rename).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import yaml
+
+from bioprop_cli.errors import UserError
 
 
 def _clean(value: Any) -> Any:
@@ -55,6 +60,49 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_yaml(path: Path, obj: Any) -> None:
     write_atomic(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def write_params(path: Path, params) -> None:
+    """Writes a parameter pytree (a list of per-layer dicts of arrays) as an .npz file with keys
+    '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), atomically, each array in its own dtype."""
+    arrays = {f"{l}.{name}": np.asarray(value) for l, layer in enumerate(params) for name, value in layer.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_params(run_dir: str | Path) -> list[dict]:
+    """The parameters a run stored (RUN/params.npz) as the training pytree: a list, one dict of jnp
+    arrays per layer. A missing or malformed file is a UserError naming it."""
+    import zipfile
+
+    import jax.numpy as jnp
+
+    path = Path(run_dir) / "params.npz"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (the run stored no parameters)")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"{path}: not a readable .npz file ({err})") from None
+    layers: dict[int, dict] = {}
+    for key, value in arrays.items():
+        layer, _, name = key.partition(".")
+        if not layer.isdigit() or not name:
+            raise UserError(f"{path}: unexpected entry {key!r} (expected '<layer>.<name>', e.g. '0.w')")
+        layers.setdefault(int(layer), {})[name] = jnp.asarray(value)
+    if not layers or sorted(layers) != list(range(len(layers))):
+        raise UserError(f"{path}: expected layers 0 .. L-1, found {sorted(layers)}")
+    return [layers[l] for l in range(len(layers))]
 
 
 def append_jsonl(path: Path, records: Iterable[dict]) -> None:
@@ -115,3 +163,7 @@ class RunWriter:
 
     def summary(self, summary: dict) -> None:
         write_json(self.path / "summary.json", summary)
+
+    def params(self, params) -> None:
+        """params.npz: the run's parameters (a list of per-layer dicts), keys '<layer>.<name>'."""
+        write_params(self.path / "params.npz", params)

@@ -366,6 +366,10 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
     scales: config.BATCHABLE_KEYS) together: one compiled program, vmapped over a leading run
     axis, spread over the devices where there are several. Each run writes its own files, the
     same as it would alone (tested). A run that diverges stops writing; the others go on.
+    When training ends (completed or interrupted), each run writes its final parameters to
+    params.npz (train.save_params); a diverged run does not: non-finite weights are useless. The
+    rule state is not saved (fixed random feedback is re-derived from the seed by rule.init;
+    learned feedback is in params["fb"]; ep's persistent particles are lost).
     """
     varying = batched_values(configs)
     config = configs[0]
@@ -439,7 +443,16 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
             if log.active:
                 log.status = "interrupted"
     wall = time.perf_counter() - t_start
+    final = jax.device_get(state.params)  # numpy: slicing out each run's part compiles nothing
+    for i, log in enumerate(logs):  # params.npz before the final summary; not for a diverged run
+        mine = _seed(final, i)
+        if log.config.train.save_params and log.status != "diverged" and _finite(mine):
+            log.writer.params(mine)
     return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
+
+
+def _finite(tree) -> bool:
+    return all(bool(np.all(np.isfinite(v))) for v in jax.tree_util.tree_leaves(tree))
 
 
 def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measured, evaluations, program,

@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
-from bioprop_cli.config import load_config, to_dict
+from bioprop_cli.config import load_config
 from bioprop_cli.metrics.conditions import measure_conditions
-from bioprop_cli.runs import read_jsonl, write_yaml
+from bioprop_cli.runs import read_jsonl
 from tests.conftest import make_fake_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -44,24 +44,46 @@ def test_converged_ep_holds_everything_and_one_free_step_fails_convergence(datas
 
 
 def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
+    from bioprop_cli.data import load_dataset
+    from bioprop_cli.runs import RunWriter
+    from bioprop_cli.train import train
+
     runner = CliRunner()
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(overrides=[("rule", "fa"), ("model.depth", 2), ("model.width", 16), ("data.data_dir", mnist_dir),
-                                 ("data.train_limit", 1000), ("data.validation_size", 200)])
-    write_yaml(run / "config.yaml", to_dict(cfg))  # a run folder as `bioprop train` leaves it (weights are not kept)
+                                 ("data.train_limit", 1000), ("data.validation_size", 200), ("data.test_limit", 100),
+                                 ("train.epochs", 1), ("train.batch_size", 25), ("optimizer.lr", 0.01),
+                                 ("alignment.probe_size", 16)])
+    train(cfg, load_dataset(cfg.data.dataset, cfg.data.data_dir), RunWriter(run))  # a tiny trained run
     args = ["conditions", "--run", str(run), "--probe-size", "32"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert f"trained parameters from {run / 'params.npz'}" in result.output.replace("\n", "")
     fa = json.loads((run / "conditions.json").read_text())
+    assert fa["parameters"] == "trained"
     assert fa["rule"] == "fa" and fa["setup"]["probe_size"] == 32 and len(fa["conditions"]) == 7
     row = next(r for r in fa["conditions"] if r["condition"] == 4)  # random feedback: not W^T
     assert row["status"] in ("fails", "partial") and not fa["all_applicable_hold"]
     angle = row["values"]["max_feedback_angle"]
     assert 45 < angle < 135 and f"{angle:.2f}°" in row["measured"]
     assert _status(fa, 5) == "holds" and _status(fa, 3) == "holds"
-    result = runner.invoke(app, args)  # never overwritten: the next free name
+    (run / "params.npz").rename(tmp_path / "params.npz")  # a run without params.npz: the fresh network
+    result = runner.invoke(app, args)  # and conditions.json is never overwritten: the next free name
     assert result.exit_code == 0 and (run / "conditions-2.json").is_file() and "not overwritten" in result.output
+    assert "stored no parameters" in result.output
+    fresh = json.loads((run / "conditions-2.json").read_text())
+    assert fresh["parameters"] == "initial"
+    # the W-to-B angles: trained W against the B fa trained with (rebuilt from the seed) = the run's
+    # own last measurement; the fresh network's = its measurement at initialisation
+    measured = read_jsonl(run / "alignment.jsonl")
+    angles = lambda table: next(r for r in table["conditions"] if r["condition"] == 4)["values"]["feedback_angles"]
+    assert sorted(angles(fa)) == sorted(angles(fresh)) == ["1", "2"]
+    for layer in ("1", "2"):
+        at = {r["epoch"]: r["feedback_angle"] for r in measured if str(r["layer"]) == layer}
+        assert angles(fa)[layer] == pytest.approx(at[1], abs=1e-3)
+        assert angles(fresh)[layer] == pytest.approx(at[0], abs=1e-3)
+        assert abs(at[1] - at[0]) > 0.1  # training moved W relative to B
     out = tmp_path / "out"
     result = runner.invoke(app, ["conditions", "--rule", "bp", "--depth", "2", "--width", "8", "--data-dir", mnist_dir,
                                  "--set", "data.train_limit=1000", "--set", "data.validation_size=200", "--probe-size", "16",
@@ -108,3 +130,4 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, word):
     text = result.stderr if hasattr(result, "stderr") else result.output
     assert word in text and len(text.strip().splitlines()) == 1
     assert not (tmp_path / "condition-sweep").exists()
+

@@ -141,3 +141,34 @@ def test_learned_feedback_is_a_parameter_and_aligns_with_w_over_training():
         decayed, _ = sgd_step(decayed, 0.1)
     end = angles(decayed)
     assert np.all(end < start - 15), (start, end)  # measured: 75.7 -> 28.4 and 91.5 -> 4.0 degrees
+
+
+def test_beta_sweep_measures_the_network_with_its_feedback():
+    """sweep beta with ep.feedback = mixed: the dynamics run with B, and the reference is the exact
+    gradient of that network (not of the symmetric one), so EP's bias stays as beta -> 0."""
+    from bioprop_cli.sweep.beta import make_batch_estimates
+
+    with float64():
+        params, x, y = _problem(jnp.float64)
+        config = _config(feedback="mixed", feedback_angle=60.0, free_steps=400, nudged_steps=400,
+                         reference_steps=4000, reference_tolerance=1e-12, estimator="symmetric")
+        ep, rho, key = config.ep, RHOS[config.model.activation], jax.random.PRNGKey(1)
+        state = make_rule(config, SIZES).init(key, params)
+        betas = jnp.asarray([1e-4, 1e-3], jnp.float64)
+        exact, estimates, residual = make_batch_estimates(config, betas, ("symmetric",))(params, state, x, y, key)
+
+        @jax.jit
+        def references(p):  # the mixed network's gradient (B follows W), and the symmetric network's
+            running = lambda q: effective_params(ep, q, state)
+            fixed = free_fixed_point(running(p), x, rho, ep.eps, 4000, 1e-12)
+            mixed, _ = implicit_gradient(p, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, 1e-12, feedback=running)
+            fixed = free_fixed_point(p, x, rho, ep.eps, 4000, 1e-12)
+            return mixed, implicit_gradient(p, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, 1e-12)[0]
+
+        mixed, symmetric = references(params)
+        rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+        assert float(residual) < 1e-10
+        np.testing.assert_allclose(exact, _flat(mixed), rtol=1e-8, atol=1e-14)
+        assert rel(exact, _flat(symmetric)) > 0.05  # not the symmetric network's gradient
+        bias = [rel(e, exact) for e in estimates["symmetric"]]
+        assert min(bias) > 0.05 and bias[0] == pytest.approx(bias[1], rel=0.05)  # does not vanish as beta -> 0

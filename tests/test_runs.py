@@ -186,3 +186,69 @@ def test_results_folder_layout(tmp_path):
     name = run_id("dfa", 2, 0, datetime(2025, 6, 7, 8, 9, 10, tzinfo=timezone.utc))
     path = create_run_dir(tmp_path / "res", "my-exp", name)
     assert path.relative_to(tmp_path) == Path("res/my-exp/20250607-080910-dfa-d2-s0")
+
+
+# --- params.npz -------------------------------------------------------------------------------
+
+
+def test_params_npz_round_trips_and_bad_files_are_one_line_user_errors(tmp_path):
+    from bioprop_cli.errors import UserError
+    from bioprop_cli.runs import load_params
+
+    rng = np.random.default_rng(0)
+    params = [
+        {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)},
+        {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": np.zeros(2, np.float32),
+         "fb": rng.normal(size=(2, 3)).astype(np.float32)},
+    ]
+    RunWriter(tmp_path).params(params)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.npz"]  # no temporary file left
+    assert (tmp_path / "params.npz").stat().st_mode & 0o777 == 0o644
+    assert sorted(np.load(tmp_path / "params.npz").files) == ["0.b", "0.w", "1.b", "1.fb", "1.w"]
+    loaded = load_params(tmp_path)
+    assert [sorted(layer) for layer in loaded] == [["b", "w"], ["b", "fb", "w"]]
+    for mine, theirs in zip(params, loaded):
+        for name, value in mine.items():
+            assert theirs[name].dtype == np.float32
+            np.testing.assert_array_equal(np.asarray(theirs[name]), value)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="params.npz: not found"):
+        load_params(empty)
+    (empty / "params.npz").write_bytes(b"not a zip file")
+    with pytest.raises(UserError, match="params.npz") as err:
+        load_params(empty)
+    assert "\n" not in str(err.value)
+    np.savez(empty / "params.npz", **{"w0": np.zeros(2)})
+    with pytest.raises(UserError, match="unexpected entry 'w0'"):
+        load_params(empty)
+    np.savez(empty / "params.npz", **{"1.w": np.zeros(2)})  # no layer 0
+    with pytest.raises(UserError, match="layers 0 .. L-1"):
+        load_params(empty)
+
+
+def test_train_writes_params_unless_switched_off_or_diverged(tmp_path):
+    from bioprop_cli.config import load_config
+    from bioprop_cli.runs import load_params
+    from bioprop_cli.train import train, train_group
+    from tests.conftest import make_fake_dataset
+
+    data = make_fake_dataset(n_train=150, n_test=50)
+    base = [("rule", "kp"), ("model.depth", 1), ("model.width", 4), ("train.epochs", 1), ("train.batch_size", 25),
+            ("data.validation_size", 50), ("alignment.enabled", False), ("optimizer.name", "sgd"),
+            ("model.activation", "relu"), ("model.loss", "mse")]
+    folders = [tmp_path / name for name in ("fine", "diverged", "off")]
+    for folder in folders:
+        folder.mkdir()
+    # one group: the same program, one run diverging (lr 1e30) beside one that does not
+    fine, diverged = train_group([load_config(overrides=base + [("optimizer.lr", lr)]) for lr in (0.01, 1e30)], data,
+                                 [RunWriter(f) for f in folders[:2]])
+    assert fine["status"] == "completed" and diverged["status"] == "diverged"
+    params = load_params(folders[0])
+    assert [sorted(layer) for layer in params] == [["b", "w"], ["b", "fb", "w"]]  # kp's learned feedback
+    assert params[0]["w"].shape == (784, 4) and params[0]["w"].dtype == np.float32
+    assert not (folders[1] / "params.npz").exists()
+    summary = train(load_config(overrides=base + [("rule", "bp"), ("optimizer.lr", 0.01), ("train.save_params", False)]), data,
+                    RunWriter(folders[2]))
+    assert summary["status"] == "completed" and not (folders[2] / "params.npz").exists()

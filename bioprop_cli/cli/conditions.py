@@ -108,7 +108,7 @@ def _final_alignment(run: Path) -> dict | None:
 
 @user_errors_exit_2
 def conditions(
-    run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder: its config.yaml is the setup; conditions.json goes there."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder: its config.yaml is the setup, its params.npz (if stored) the network; conditions.json goes there."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (instead of --run)."),
     rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, ep."),
     depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers."),
@@ -139,12 +139,25 @@ def conditions(
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
     probe = min(probe_size, n_train)
+    params = None
+    if run is not None and (run / "params.npz").is_file():
+        from bioprop_cli.runs import load_params
+
+        params = load_params(run)
+        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False, soft_wrap=True)
+    elif run is not None:
+        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config",
+                      soft_wrap=True)
     with console.status(f"measuring the conditions of {cfg.rule} on {probe} probe examples..."):
-        result = measure_conditions(cfg, dataset, probe, x64)
+        result = measure_conditions(cfg, dataset, probe, x64, params=params, source=f"--run {run}/params.npz")
+    result["parameters"] = "trained" if params is not None else "initial"
     if run is not None:
+        note = ("measured on the run's trained parameters (params.npz), the rule state rebuilt from its seed"
+                if params is not None else
+                "the run stored no parameters (params.npz): the conditions are measured on the network the "
+                "run's config and seed initialise")
         result["run"] = {"folder": str(run), "final_alignment": _final_alignment(run),
-                         "note": "run folders keep no weights: the conditions are measured on the network the "
-                                 "run's config and seed initialise; final_alignment is the run's own last measurement"}
+                         "note": note + "; final_alignment is the run's own last measurement"}
     console.print(conditions_rich_table(result))
     console.print(equivalence_rich_table(result))
     s = result["setup"]

@@ -46,9 +46,11 @@ def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], f
 
 
 def _run_params(run: Optional[Path], fresh, dtype):
-    """The run's stored parameters (params.npz: arrays named '<layer>.<w|b|fb>'), else `fresh`."""
+    """The run's trained parameters (params.npz, runs.load_params: w and b of each layer; a learned
+    "fb" is not used here), else `fresh`; with a note of which it is."""
     import jax.numpy as jnp
-    import numpy as np
+
+    from bioprop_cli.runs import load_params
 
     if run is None:
         return fresh, "fresh network"
@@ -56,17 +58,20 @@ def _run_params(run: Optional[Path], fresh, dtype):
     if not path.is_file():
         console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
         return fresh, "fresh network of the run's config (the run stored no parameters)"
-    stored = np.load(path)
+    stored = load_params(run)
+    if len(stored) != len(fresh):
+        raise UserError(f"--run {run}: params.npz has {len(stored)} layers, the config's network {len(fresh)}")
     params = []
     for l, layer in enumerate(fresh):
         entry = {}
         for name, value in layer.items():
             key = f"{l}.{name}"
-            if key not in stored or stored[key].shape != value.shape:
+            if name not in stored[l] or stored[l][name].shape != value.shape:
                 raise UserError(f"--run {run}: params.npz lacks '{key}' of shape {tuple(value.shape)}")
-            entry[name] = jnp.asarray(stored[key], dtype)
+            entry[name] = jnp.asarray(stored[l][name], dtype)
         params.append(entry)
-    return params, f"parameters of {run}"
+    console.print(f"trained parameters from {path}", highlight=False, soft_wrap=True)
+    return params, f"trained parameters of {run}"
 
 
 def jtranspose(

@@ -1,6 +1,7 @@
 """The seven conditions under which a local learning rule's update equals backprop's, measured.
 
-For one rule and setup (a config), on a probe batch, at the network the config initialises:
+For one rule and setup (a config), on a probe batch, at the network the config initialises (or at a
+run's trained parameters, params.npz):
 
 (1) convergence: the settling reaches a fixed point. Measured: the spectral radius of the settling
     map's Jacobian at the free fixed point (power iteration, metrics/equilibrium.py) and the final
@@ -505,8 +506,21 @@ def init_network(config, sizes: tuple[int, ...], seed: int, n_train: int):
     keys = derive_keys(seed)
     params = init_params(keys.params, sizes, config.model.init.scheme, config.model.init.scale)
     if rule.init_params is not None:
-        params = rule.init_params(jax.random.fold_in(keys.rule, 1), params)
+        params = rule.init_params(keys.rule, params)
     return rule, params, rule.init(keys.rule, params)
+
+
+def check_params(params, expected, source: str) -> None:
+    """UserError unless `params` has the layers, names and shapes of `expected` (the network the
+    config defines)."""
+    from bioprop_cli.errors import UserError
+
+    want = [{k: tuple(v.shape) for k, v in layer.items()} for layer in expected]
+    have = [{k: tuple(v.shape) for k, v in layer.items()} for layer in params]
+    if want != have:
+        describe = lambda ls: "; ".join(f"{l}: " + ", ".join(f"{k} {s}" for k, s in sorted(d.items())) for l, d in enumerate(ls))
+        raise UserError(f"{source}: parameters do not fit the config's network (stored {describe(have)}; "
+                        f"expected {describe(want)})")
 
 
 def cast_floats(tree, dtype):
@@ -522,9 +536,13 @@ def probe_for(config, splits, seed: int, size: int):
     return draw_probe(derive_keys(seed).probe, splits.x_train, splits.y_train, size)
 
 
-def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False) -> dict:
-    """The condition table of `config` at initialisation (seed config.seed) on a probe batch of
-    `probe_size` training examples; float64 when `x64`."""
+def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False, params=None,
+                       source: str = "params") -> dict:
+    """The condition table of `config` on a probe batch of `probe_size` training examples; float64
+    when `x64`. The network: `params` (e.g. a run's trained parameters, runs.load_params; checked
+    against the config's network, `source` names them in the error) with the rule state rebuilt as
+    training builds it (rule.init with the seed's rule key: fa's B is the B it trained with), or,
+    without `params`, the network at initialisation (seed config.seed)."""
     import time
     from contextlib import nullcontext
 
@@ -533,13 +551,19 @@ def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False
     from bioprop_cli.train import N_CLASSES, derive_keys, make_splits
 
     t0 = time.perf_counter()
+    trained = params is not None
     splits = make_splits(config, dataset)
     n_train, n_in = splits.x_train.shape
     sizes = layer_sizes(n_in, config.model.depth, config.model.width, N_CLASSES)
     px, py = probe_for(config, splits, config.seed, probe_size)
     with float64() if x64 else nullcontext():
         dtype = jnp.float64 if x64 else jnp.float32
-        rule, params, state = init_network(config, sizes, config.seed, n_train)
+        rule, initial, state = init_network(config, sizes, config.seed, n_train)
+        if params is None:
+            params = initial
+        else:
+            check_params(params, initial, source)
+            state = rule.init(derive_keys(config.seed).rule, params)
         params, state = cast_floats(params, dtype), cast_floats(state, dtype)
         x = jnp.asarray(px, dtype)
         y = jax.nn.one_hot(py, N_CLASSES, dtype=dtype)
@@ -553,7 +577,9 @@ def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False
         "loss": config.model.loss,
         "seed": config.seed,
         "precision": "float64" if x64 else "float32",
-        "probe": f"{x.shape[0]} training examples drawn from the seed's probe key, network at initialisation",
+        "probe": f"{x.shape[0]} training examples drawn from the seed's probe key, "
+                 f"{'trained network' if trained else 'network at initialisation'}",
+        "parameters": "trained" if trained else "initial",
         "probe_size": int(x.shape[0]),
         "dataset": dataset.name,
         "ep": ({k: getattr(config.ep, k) for k in config.ep.__dataclass_fields__} if config.rule == "ep" else None),

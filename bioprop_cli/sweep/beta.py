@@ -26,6 +26,7 @@ from bioprop_cli.config import Config
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient
 from bioprop_cli.models.energy import RHOS, contrast, input_drive, settle, zero_states
+from bioprop_cli.rules.equilibrium import effective_params, separate_feedback
 from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
 
 ESTIMATORS = ("one-sided", "symmetric", "random-sign")
@@ -42,9 +43,14 @@ def _flat(params) -> jax.Array:
 
 
 def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str, ...]) -> Callable:
-    """(params, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)}, free-phase residual).
+    """(params, rule state, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)},
+    free-phase residual), over the weights and biases.
 
-    The free phase runs once per batch; the nudged phases of all betas run together (vmap).
+    The dynamics run on the network `ep.feedback` defines (rules/equilibrium.effective_params: the
+    fixed feedback from the rule state), and the exact gradient is that network's (implicit
+    differentiation with the same feedback), so a non-symmetric feedback shows as a bias that does
+    not vanish as beta -> 0. The free phase runs once per batch; the nudged phases of all betas run
+    together (vmap).
     """
     ep = config.ep
     rho = RHOS[config.model.activation]
@@ -59,9 +65,16 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
         plus, minus = nudge(params, s0, drive0, y, beta), nudge(params, s0, drive0, y, -beta)
         return _flat(contrast(plus, minus, x, rho, 1.0 / (2.0 * beta)))
 
-    def batch_estimates(params, x, y, key):
+    def batch_estimates(params, rule_state, x, y, key):
+        # the network that runs: B_l = W_l^T, or the separate feedback of ep.feedback / learn_feedback;
+        # the exact gradient is that network's, differentiated through B(W) (sign, mixed)
+        feedback = (lambda p: effective_params(ep, p, rule_state)) if separate_feedback(ep) else None
+        trainable = params
+        params = feedback(trainable) if feedback else trainable
         fixed = free_fixed_point(params, x, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
-        exact, _ = implicit_gradient(params, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, ep.reference_tolerance)
+        exact, _ = implicit_gradient(trainable, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps,
+                                     ep.reference_tolerance, feedback=feedback)
+        exact = [{"w": g["w"], "b": g["b"]} for g in exact]  # a learned "fb" has no contrastive estimate here
         drive0 = input_drive(params, x)
         free = settle(params, zero_states(params, x.shape[0], x.dtype), drive0, y, 0.0, rho, ep.eps, ep.free_steps, ep.tolerance)
         s0 = free.states
@@ -79,20 +92,26 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
 
 
 def fixed_network(config: Config, splits, seed: int, train_epochs: int):
-    """The network the sweep measures: initialised from `seed`, then trained `train_epochs` epochs."""
+    """The network the sweep measures: initialised from `seed`, then trained `train_epochs` epochs;
+    (params, rule state)."""
     config = replace(config, alignment=replace(config.alignment, enabled=False))
     program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
     keys = derive_keys(seed)
     state = program.init(seed)
     for epoch in range(train_epochs):
         state, _ = program.epoch(state, splits.x_train, splits.y_train, splits.x_train[:1], splits.y_train[:1], keys, epoch)
-    return state.params
+    return state.params, state.rule_state
 
 
 def seed_statistics(config: Config, splits, seed: int, params, betas: list[float], estimators, n_batches: int,
-                    dtype) -> dict:
-    """Per (estimator, beta): sums over this seed's batches, to be pooled across seeds."""
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+                    dtype, rule_state=()) -> dict:
+    """Per (estimator, beta): sums over this seed's batches, to be pooled across seeds. `rule_state`:
+    the rule's state (ep's fixed feedback; fixed_network gives it)."""
+    cast = lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+    params = jax.tree_util.tree_map(cast, params)
+    if isinstance(rule_state, dict):  # only the fixed feedback is used: not ep's persistent particles
+        rule_state = {k: v for k, v in rule_state.items() if k != "particles"}
+    rule_state = jax.tree_util.tree_map(cast, rule_state)
     batch_estimates = make_batch_estimates(config, jnp.asarray(betas, dtype), tuple(estimators))
     key = jax.random.fold_in(derive_keys(seed).data, 10_000)
     n = splits.x_train.shape[0]
@@ -103,7 +122,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     for b, idx in enumerate(order):
         x = jnp.asarray(splits.x_train[idx], dtype)
         y = jax.nn.one_hot(splits.y_train[idx], N_CLASSES, dtype=dtype)
-        exact, estimates, residual = batch_estimates(params, x, y, jax.random.fold_in(key, b))
+        exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():
             d = est - exact[None, :]
@@ -187,11 +206,12 @@ def run_gradient_sweep(config: Config, dataset, betas, estimators, n_batches: in
     per_seed = []
     for seed in seeds:
         progress(f"seed {seed}: network")
-        params = fixed_network(config, splits, seed, train_epochs)
+        params, rule_state = fixed_network(config, splits, seed, train_epochs)
         progress(f"seed {seed}: estimates")
         with float64() if x64 else nullcontext():
             dtype = jnp.float64 if x64 else jnp.float32
-            per_seed.append(seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype))
+            per_seed.append(seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype,
+                                            rule_state))
     rows = summarise(per_seed, betas, estimators)
     return {
         "rows": rows,

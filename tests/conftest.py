@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The suite's networks are tiny: XLA's compile time dominates, and its LLVM optimisation passes
+# buy nothing at these sizes. Level 0 cuts the suite's time by about a third (numerics unchanged:
+# fast-math stays off). Set before the first computation initialises the backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner

@@ -175,6 +175,11 @@ def _replace_path(node, parts: list[str], value):
     return dataclasses.replace(node, **{head: _replace_path(getattr(node, head), rest, value) if rest else value})
 
 
+def shape_key(config: Config) -> Config:
+    """What runs trained together must share: the config with every batchable value neutralised."""
+    return with_values(config, {key: get_value(Config(), key) for key in BATCHABLE_KEYS})
+
+
 def get_value(config: Config, key: str) -> Any:
     """The value at a dotted key, e.g. get_value(config, "optimizer.lr")."""
     node = config

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from bioprop_cli import __version__
-from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, to_dict, with_values
+from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, shape_key, to_dict, with_values
 from bioprop_cli.models.mlp import LOSSES, init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
@@ -295,10 +295,9 @@ def _seed(tree, i: int):
 def batched_values(configs: list[Config]) -> dict[str, list]:
     """{key: one value per run} of the batchable keys (BATCHABLE_KEYS, seed aside) in which the
     runs differ. A group trains together only if its runs differ in nothing else."""
-    neutral = {key: get_value(configs[0], key) for key in BATCHABLE_KEYS}
-    first = with_values(configs[0], neutral)
+    first = shape_key(configs[0])
     for c in configs[1:]:
-        if with_values(c, neutral) != first:
+        if shape_key(c) != first:
             raise ValueError(f"runs trained as one group may differ only in {', '.join(BATCHABLE_KEYS)}")
     return {
         key: [get_value(c, key) for c in configs]

@@ -31,6 +31,16 @@ def _numbers(text: str, name: str, low: float, high: float, low_open: bool) -> l
     return sorted(set(values))
 
 
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{flag}: expected a positive integer, got {text!r}")
+    return value
+
+
 def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], flags: dict):
     from bioprop_cli.config import load_config, parse_override
 
@@ -96,18 +106,8 @@ def jtranspose(
     for symmetric feedback over beta and for feedback B = cos(a) W^T + sin(a) R and sign(W^T)."""
     from bioprop_cli.metrics.jtranspose import DEFAULT_ANGLES, DEFAULT_BETAS
 
-    try:
-        n_batch = int(batch)
-    except ValueError:
-        raise UserError(f"--batch: expected a positive integer, got {batch!r}") from None
-    if n_batch < 1:
-        raise UserError(f"--batch: expected a positive integer, got {batch!r}")
-    try:
-        n_steps = int(max_steps)
-    except ValueError:
-        raise UserError(f"--max-steps: expected a positive integer, got {max_steps!r}") from None
-    if n_steps < 1:
-        raise UserError(f"--max-steps: expected a positive integer, got {max_steps!r}")
+    n_batch = _positive_int(batch, "--batch")
+    n_steps = _positive_int(max_steps, "--max-steps")
     beta_list = _numbers(betas, "--betas", 0.0, math.inf, True) if betas else list(DEFAULT_BETAS)
     angle_list = _numbers(angles, "--angles", 0.0, 180.0, False) if angles else list(DEFAULT_ANGLES)
     asym_beta = min(beta_list) if asymmetry_beta is None else asymmetry_beta

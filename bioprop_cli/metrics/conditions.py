@@ -141,12 +141,17 @@ def _feedback_threshold() -> str:
     return f"max angle < {FEEDBACK_ANGLE_HOLDS:g}° holds, < {FEEDBACK_ANGLE_PARTIAL:g}° partial, else fails"
 
 
-def angle_status(angle: float | None) -> str:
-    if angle is None:
+def _graded(value: float | None, holds: float, partial: float) -> str:
+    """holds below `holds`, partial below `partial`, fails at or above; n/a when not measured."""
+    if value is None:
         return NA
-    if angle < FEEDBACK_ANGLE_HOLDS:
+    if value < holds:
         return HOLDS
-    return PARTIAL if angle < FEEDBACK_ANGLE_PARTIAL else FAILS
+    return PARTIAL if value < partial else FAILS
+
+
+def angle_status(angle: float | None) -> str:
+    return _graded(angle, FEEDBACK_ANGLE_HOLDS, FEEDBACK_ANGLE_PARTIAL)
 
 
 def convergence_status(radius: float | None, residual: float | None) -> str:
@@ -156,11 +161,7 @@ def convergence_status(radius: float | None, residual: float | None) -> str:
 
 
 def beta_status(bias: float | None) -> str:
-    if bias is None:
-        return NA
-    if bias < BETA_BIAS_HOLDS:
-        return HOLDS
-    return PARTIAL if bias < BETA_BIAS_PARTIAL else FAILS
+    return _graded(bias, BETA_BIAS_HOLDS, BETA_BIAS_PARTIAL)
 
 
 def equivalence_status(angle: float | None, rel_error: float | None) -> str:

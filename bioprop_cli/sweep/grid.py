@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, load_config, to_dict, with_values
+from bioprop_cli.config import Config, load_config, shape_key, to_dict
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
 
@@ -114,11 +114,6 @@ class Group:
     def label(self) -> str:
         points = list(dict.fromkeys(name.rsplit("-s", 1)[0] for name in self.names))
         return f"{points[0]} (+{len(points) - 1} points)" if len(points) > 1 else points[0]
-
-
-def shape_key(config: Config) -> Config:
-    """What must be equal for runs to train together: everything but the batchable values."""
-    return with_values(config, {key: get_value(Config(), key) for key in BATCHABLE_KEYS})
 
 
 def group_runs(runs: list[tuple[str, Config, Path]]) -> list[Group]:

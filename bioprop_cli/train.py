@@ -15,7 +15,10 @@ several devices are present, spreads the runs over them.
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -416,27 +419,30 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
         for i, log in enumerate(logs):
             log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
     try:
-        for epoch in range(1, config.train.epochs + 1):
-            if not any(log.active for log in logs):
-                break
-            t0 = time.perf_counter()
-            state, out = epoch_fn(state, *epoch_args, epoch - 1)
-            losses = np.asarray(out["loss"])  # waits for the epoch to finish
-            epoch_time = time.perf_counter() - t0
-            train_time += epoch_time
-            examples_seen += examples_per_epoch
-            step = epoch * program.steps_per_epoch
-            measured = None
-            if align.enabled and epoch % align.every_epochs == 0:
-                measured = batched.measure(state, probe_x, probe_y, step_keys(step))
-            evaluations = {
-                split: batched.evaluate(state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
-                for split in ("val", "test") if logs[0].summary[f"n_{split}"]
-            }
-            for i, log in enumerate(logs):
-                if log.active:
-                    _log_epoch(log, i, epoch, step, losses[i], _seed(out, i), measured, evaluations, program,
-                               epoch_time, time.perf_counter() - t_start, on_epoch)
+        with sigint_flag() as interrupted:
+            for epoch in range(1, config.train.epochs + 1):
+                if not any(log.active for log in logs):
+                    break
+                if interrupted():
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                state, out = epoch_fn(state, *epoch_args, epoch - 1)
+                losses = np.asarray(out["loss"])  # waits for the epoch to finish
+                epoch_time = time.perf_counter() - t0
+                train_time += epoch_time
+                examples_seen += examples_per_epoch
+                step = epoch * program.steps_per_epoch
+                measured = None
+                if align.enabled and epoch % align.every_epochs == 0:
+                    measured = batched.measure(state, probe_x, probe_y, step_keys(step))
+                evaluations = {
+                    split: batched.evaluate(state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
+                    for split in ("val", "test") if logs[0].summary[f"n_{split}"]
+                }
+                for i, log in enumerate(logs):
+                    if log.active:
+                        _log_epoch(log, i, epoch, step, losses[i], _seed(out, i), measured, evaluations, program,
+                                   epoch_time, time.perf_counter() - t_start, on_epoch)
     except KeyboardInterrupt:
         for log in logs:
             if log.active:
@@ -448,6 +454,28 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
         if log.config.train.save_params and log.status != "diverged" and _finite(mine):
             log.writer.params(mine)
     return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
+
+
+@contextlib.contextmanager
+def sigint_flag():
+    """Ctrl-C inside the block raises KeyboardInterrupt as usual and also sets a flag, read with the
+    yielded function. Python drops an exception raised while a finaliser or weakref callback runs
+    ("Exception ignored in ..."), and JAX runs many; the flag makes the training loop stop at the next
+    epoch boundary even then. Outside the main thread (where handlers cannot be set) the flag stays off."""
+    caught = []
+
+    def handler(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(caught)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _finite(tree) -> bool:

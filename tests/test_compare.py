@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bioprop_cli.cli.compare import compare
+from bioprop_cli.report.axes import axis_slices, tuned_best
 from bioprop_cli.report.aggregate import (
     aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run,
     update_angle_by_epoch,
@@ -33,7 +34,7 @@ def app() -> typer.Typer:
 def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: int = 0, accs=(0.9, 0.95, 0.97),
               walls=None, final=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
               examples_per_s: float = 1000.0, update_angles=None, feedback=None, angle_curve=None, lr: float = 0.001,
-              experiment: str = "exp", in_epoch: bool = False) -> Path:
+              experiment: str = "exp", in_epoch: bool = False, batch_size: int = 128) -> Path:
     """One run folder. update_angles: {layer: final angle}; feedback: {layer: angle or None} (all epochs);
     angle_curve: mean_update_angle per epoch 0..E (epoch 0 goes to alignment.jsonl's layer "all")."""
     path = root / name
@@ -43,7 +44,7 @@ def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: 
         "model": {"depth": depth, "width": 32, "activation": "tanh"},
         "optimizer": {"name": "adam", "lr": lr, "layer_lr": []},
         "data": {"dataset": "mnist", "data_dir": f"/data/{seed}"},
-        "train": {"epochs": len(accs), "batch_size": 128},
+        "train": {"epochs": len(accs), "batch_size": batch_size},
     }
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     walls = walls or [10.0 * (e + 1) for e in range(len(accs))]
@@ -209,9 +210,63 @@ def test_breaking_depth_and_findings(tmp_path):
     assert breaking_depths(only_fa) == {(): {"fa": None}}
     # grouping keys other than rule and depth split the comparison into contexts
     write_run(tmp_path, "fa-d1-lr", rule="fa", depth=1, final=0.99, accs=(0.9, 0.99), lr=0.01)
+    write_run(tmp_path, "fa-d2-lr", rule="fa", depth=2, final=0.99, accs=(0.9, 0.99), lr=0.01)
     c2 = aggregate([tmp_path])
     assert c2.breaking[(("optimizer.lr", 0.001),)] == {"fa": 3}
     assert any("no bp runs" in line for line in c2.findings)
+
+
+def write_lr_batch_grid(root: Path) -> None:
+    """bp and fa at depth 2, lr in {0.01, 0.1, 1.0}, batch size in {32, 128}, seeds 0 and 1 (+-0.001).
+    bp: 0.90 + 0.04 [lr 0.1] + 0.02 [lr 1] + 0.01 [bs 32]; fa: 0.88 + 0.05 [lr 1] - 0.01 [bs 32]."""
+    for rule in ("bp", "fa"):
+        for lr in (0.01, 0.1, 1.0):
+            for bs in (32, 128):
+                if rule == "bp":
+                    acc = 0.90 + 0.04 * (lr == 0.1) + 0.02 * (lr == 1.0) + 0.01 * (bs == 32)
+                else:
+                    acc = 0.88 + 0.05 * (lr == 1.0) - 0.01 * (bs == 32)
+                for seed, noise in ((0, -0.001), (1, 0.001)):
+                    write_run(root, f"{rule}-lr{lr}-bs{bs}-s{seed}", rule=rule, seed=seed, lr=lr, batch_size=bs,
+                              accs=(0.5, acc + noise))
+
+
+def test_hyperparameter_axes_slices_and_tuned_best(tmp_path):
+    write_lr_batch_grid(tmp_path)
+    c = aggregate([tmp_path])
+    assert c.axes == ["optimizer.lr", "train.batch_size"]
+    assert len(c.groups) == 12 and all(g.stats["n_runs"] == 2 for g in c.groups)
+    lr_slices = axis_slices(c.groups, "optimizer.lr")
+    assert [s.context for s in lr_slices] == [(("train.batch_size", 32),), (("train.batch_size", 128),)]
+    s32 = lr_slices[0]
+    assert s32.values == [0.01, 0.1, 1.0] and list(s32.by_rule) == ["bp", "fa"]
+    assert s32.accuracy("bp", 0.1) == pytest.approx(0.95)
+    assert s32.best_value("bp") == (0.1, pytest.approx(0.95))
+    assert s32.best_value("fa") == (1.0, pytest.approx(0.92))
+    best = tuned_best(c.groups, c.axes)
+    assert list(best) == [()]  # one depth: no context
+    assert best[()]["bp"].keys["optimizer.lr"] == 0.1 and best[()]["bp"].keys["train.batch_size"] == 32
+    assert best[()]["fa"].keys["optimizer.lr"] == 1.0 and best[()]["fa"].keys["train.batch_size"] == 128
+    text = "\n".join(c.findings)
+    assert "optimizer.lr (train.batch_size=32): best value per rule: bp at 0.1 (95.00%), fa at 1 (92.00%)." in text
+    assert "largest value swept" in text  # fa's optimum is at the edge of the lr grid
+    assert "train.batch_size (optimizer.lr=0.1): best value per rule: bp at 32 (95.00%), fa at 128 (88.00%)." in text
+    assert "Gap to bp's best (points; negative = better than bp): fa 2.00." in text
+    assert "Depth 2" not in text  # one depth with swept axes: the axis findings replace the depth lines
+
+
+def test_cli_report_for_a_hyperparameter_sweep(tmp_path):
+    write_lr_batch_grid(tmp_path / "runs")
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app(), ["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "rep"
+    for name in ("accuracy_vs_optimizer_lr.png", "accuracy_vs_train_batch_size.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
+    md = (out / "report.md").read_text()
+    assert "### Final test accuracy by rule and optimizer.lr (train.batch_size=32)" in md
+    assert "| fa | 1 | 128 | 93.00 ± 0.10% | 2.00 |" in md  # tuned table: fa's best setting, 2 points below bp's best
+    assert "breaking depth" not in md  # one depth: no depth table
+    assert not (out / "accuracy_vs_depth.png").exists()
 
 
 def test_beta_sweep_is_recognised(tmp_path):

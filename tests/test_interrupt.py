@@ -37,3 +37,21 @@ def test_sigint_records_status_interrupted(tmp_path):
     assert 2 <= summary["epochs_completed"] < 1000
     assert [m["epoch"] for m in lines] == list(range(1, len(lines) + 1))
     assert metrics.read_text().endswith("\n")  # no half-written line
+
+
+def test_sigint_flag_survives_a_swallowed_interrupt():
+    """A KeyboardInterrupt dropped on the way (as Python does inside finalisers) still leaves the flag
+    set, so the training loop stops at the next epoch boundary; the old handler comes back afterwards."""
+    from bioprop_cli.train import sigint_flag
+
+    before = signal.getsignal(signal.SIGINT)
+    with sigint_flag() as interrupted:
+        assert not interrupted()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # swallowed, as in a weakref callback
+        assert interrupted()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -65,7 +65,7 @@ def compare(
     """Compare runs: group them by the config keys that differ, aggregate over seeds, find the breaking depths, write a report."""
     from bioprop_cli.report.aggregate import aggregate, group_table
     from bioprop_cli.report.plots import make_figures
-    from bioprop_cli.report.render import accuracy_table, angle_table, beta_table, depth_tables, plural, target_table, write_report
+    from bioprop_cli.report.render import all_tables, plural, write_report
 
     if not 0.0 < target <= 1.0:
         raise UserError(f"--target: must be a test accuracy in (0, 1], e.g. 0.97, got {target:g}")
@@ -88,14 +88,8 @@ def compare(
     n_runs = sum(g.stats["n_runs"] for g in comparison.groups)
     console.print(f"[bold]bioprop compare[/] {plural(n_runs, 'run')} in {plural(len(comparison.groups), 'group')}, "
                   f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}", highlight=False)
-    if comparison.groups:
-        console.print(_rich(accuracy_table(comparison)))
-        console.print(_rich(target_table(comparison)))
-        if any(g.stats["final_update_angle"] for g in comparison.groups):
-            console.print(_rich(angle_table(comparison)))
-    for table in [*depth_tables(comparison), beta_table(comparison)]:
-        if table is not None:
-            console.print(_rich(table))
+    for table in all_tables(comparison):
+        console.print(_rich(table))
     console.print("[bold]Findings[/]")
     for line in comparison.findings:
         console.print(f"- {line}", highlight=False, soft_wrap=True)

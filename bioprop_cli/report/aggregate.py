@@ -31,6 +31,7 @@ STATUSES = ("completed", "diverged", "interrupted")
 RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep")
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
 MARGIN_TOLERANCE = 1e-9
+MAX_LISTED = 8  # findings name at most this many groups in one sentence
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -431,14 +432,18 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin: float, baseline: str = "bp") -> list[str]:
-    """Sentences generated from the data: best rule per depth, breaking depths, target, divergence, beta-sweep slopes."""
+def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin: float, baseline: str = "bp",
+             axes: Iterable[str] = ()) -> list[str]:
+    """Sentences generated from the data: best rule per depth, breaking depths, target, divergence, beta-sweep slopes.
+    With swept hyperparameter `axes`, contexts that hold one depth are left to the axis findings (report/axes.py)."""
     lines = []
     table = depth_table(groups)
     breaks = breaking_depths(groups, margin, baseline)
     for context, by_rule in table.items():
         where = f" ({context_label(context)})" if context else ""
         depths = sorted({d for by_depth in by_rule.values() for d in by_depth}, key=_sort_value)
+        if axes and len(depths) < 2:
+            continue
         for d in depths:
             ranked = sorted(((acc[d], rule) for rule, acc in by_rule.items() if d in acc), key=lambda t: -t[0])
             best_acc, best = ranked[0]
@@ -450,6 +455,11 @@ def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin
         rules = [r for r in sorted(by_rule, key=_rule_rank) if r != baseline]
         if rules and baseline not in by_rule:
             lines.append(f"Breaking depths{where}: not defined, no {baseline} runs to compare with.")
+        if len(depths) == 1 and baseline in by_rule and rules:
+            d = depths[0]
+            gaps = ", ".join(f"{r} {100 * (by_rule[baseline][d] - by_rule[r][d]):.2f}" for r in rules if d in by_rule[r])
+            lines.append(f"Gap to {baseline} at depth {d}{where} (points; negative = better than {baseline}): {gaps}. "
+                         f"One depth only, so no breaking depth (sweep model.depth for one).")
         for rule in rules:
             base = by_rule.get(baseline)
             if base is None:
@@ -458,6 +468,8 @@ def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin
             if not shared:
                 lines.append(f"{rule}{where}: no depth in common with {baseline}, so no breaking depth.")
                 continue
+            if len(depths) == 1:
+                continue  # one depth: the gap line below, no breaking depth
             d = breaks[context][rule]
             if d is None:
                 lines.append(f"{rule}{where} does not break: within {100 * margin:.2f} points of {baseline} at every depth "
@@ -475,7 +487,9 @@ def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin
             lines.append(f"Fastest to {_pct(target)} test accuracy: {fastest.label} ({s['epochs_to_target_mean']:.1f} epochs, "
                          f"{secs} on average over the {s['target_reached']} of {s['n_runs']} runs that reached it).")
         never = [g.label for g in groups if not g.stats.get("target_reached")]
-        if never:
+        if len(never) > MAX_LISTED:
+            lines.append(f"{len(never)} of {len(groups)} groups never reached {_pct(target)} test accuracy (see the target table).")
+        elif never:
             lines.append(f"Never reached {_pct(target)} test accuracy: {', '.join(never)}.")
     diverged = [f"{g.label} ({g.stats['status']['diverged']} of {g.stats['n_runs']})" for g in groups if g.stats.get("status", {}).get("diverged")]
     if diverged:
@@ -510,6 +524,7 @@ class Comparison:
     sweeps: list[BetaSweep]
     breaking: dict  # {context: {rule: depth or None}}
     findings: list[str]
+    axes: list[str] = field(default_factory=list)  # numeric hyperparameter keys swept (report/axes.py)
 
 
 def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01) -> Comparison:
@@ -525,9 +540,13 @@ def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01)
     for g in groups:
         g.stats = group_stats(g, target)
         g.curves = group_curves(g)
+    from bioprop_cli.report.axes import axis_findings, axis_keys
+
+    axes = axis_keys(groups, keys)
     return Comparison(
         paths=paths, target=target, margin=margin, keys=keys, groups=groups, sweeps=sweeps,
-        breaking=breaking_depths(groups, margin), findings=findings(groups, sweeps, target, margin),
+        breaking=breaking_depths(groups, margin),
+        findings=findings(groups, sweeps, target, margin, axes=axes) + axis_findings(groups, axes), axes=axes,
     )
 
 

@@ -14,8 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bioprop_cli.report.aggregate import (  # noqa: E402
-    BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table,
+    BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
 )
+from bioprop_cli.report.axes import axis_slices  # noqa: E402
 
 
 def _colours(n: int) -> list:
@@ -110,6 +111,49 @@ def plot_accuracy_vs_depth(comparison: Comparison, path: Path) -> Optional[Path]
     return _finish(fig, ax, path, "hidden layers (model.depth)", "final test accuracy (%)", title)
 
 
+def axis_figure_name(key: str) -> str:
+    return "accuracy_vs_" + "".join(ch if ch.isalnum() else "_" for ch in key) + ".png"
+
+
+def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optional[Path]:
+    """Mean final test accuracy against a swept hyperparameter (error bars: std over seeds), one panel per
+    slice (the other grouping keys), one line per rule with the same colour in every panel. A log x axis
+    when the values are positive and span a factor of 4 or more (learning rates, batch sizes)."""
+    slices = [s for s in axis_slices(comparison.groups, key) if len(s.values) > 1]
+    if not slices:
+        return None
+    rules = sorted({r for s in slices for r in s.by_rule}, key=_rule_rank)
+    colour = dict(zip(rules, _colours(len(rules))))
+    ncols = min(3, len(slices))
+    nrows = math.ceil(len(slices) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.4, 3.8 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(slices):]:
+        ax.set_visible(False)
+    for ax, s in zip(axes.flat, slices):
+        for rule, by_value in s.by_rule.items():
+            xs = [v for v in s.values if v in by_value and by_value[v].stats.get("test_accuracy_mean") is not None]
+            ys = [100 * by_value[v].stats["test_accuracy_mean"] for v in xs]
+            err = [100 * (by_value[v].stats.get("test_accuracy_std") or 0.0) for v in xs]
+            ax.errorbar(xs, ys, yerr=err, color=colour[rule], marker="o", ms=4, capsize=2, label=str(rule))
+        if min(s.values) > 0 and max(s.values) / min(s.values) >= 4:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(s.values)
+        ax.set_xticklabels([format_value(v) for v in s.values])
+        ax.set_xlabel(key)
+        ax.set_title(s.label or "all runs", fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("final test accuracy (%)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"Final test accuracy against {key} (mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_beta_sweep(sweep: BetaSweep, path: Path) -> Optional[Path]:
     """Bias and std against beta, log-log (the plot of `bioprop sweep beta`)."""
     needed = ("estimator", "beta", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std")
@@ -134,6 +178,8 @@ def make_figures(comparison: Comparison, out: Path) -> list[tuple[str, Path]]:
         ("W-to-B feedback angle per epoch", plot_feedback_angle(groups, out / "feedback_angle_vs_epoch.png")),
         ("Test accuracy against wall-clock time", plot_accuracy_vs_time(groups, out / "accuracy_vs_time.png")),
     ]
+    for key in comparison.axes:
+        figures.append((f"Final test accuracy against {key}", plot_accuracy_vs_axis(comparison, key, out / axis_figure_name(key))))
     for i, sweep in enumerate(comparison.sweeps):
         figures.append((f"Beta sweep {sweep.path.name}: bias and std against beta",
                         plot_beta_sweep(sweep, out / f"beta_sweep_{i}.png")))

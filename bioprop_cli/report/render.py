@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bioprop_cli.report.aggregate import Comparison, _rule_rank, _sort_value, context_label, depth_table
+from bioprop_cli.report.aggregate import Comparison, _rule_rank, _sort_value, context_label, depth_table, format_value
+from bioprop_cli.report.axes import axis_slices, tuned_best
 from bioprop_cli.runs import write_atomic
 
 
@@ -77,9 +78,13 @@ def angle_table(c: Comparison) -> Table:
 
 
 def depth_tables(c: Comparison) -> list[Table]:
+    """One table per context; with swept hyperparameter axes, only the contexts that hold several depths
+    (the one-depth tables would repeat the axis tables column by column)."""
     tables = []
     for context, by_rule in depth_table(c.groups).items():
         depths = sorted({d for acc in by_rule.values() for d in acc}, key=_sort_value)
+        if c.axes and len(depths) < 2:
+            continue
         breaking = c.breaking.get(context, {})
         rows = []
         for rule in sorted(by_rule, key=_rule_rank):
@@ -90,6 +95,42 @@ def depth_tables(c: Comparison) -> list[Table]:
                             f"{100 * c.margin:.2f} points below bp",
                             ["rule", *(f"depth {d}" for d in depths), "breaking depth"], rows))
     return tables
+
+
+def axis_tables(c: Comparison) -> list[Table]:
+    """Per swept axis and slice: mean ± std final test accuracy per rule and axis value, and the best value."""
+    tables = []
+    for key in c.axes:
+        for s in axis_slices(c.groups, key):
+            rows = []
+            for rule, by_value in s.by_rule.items():
+                cells = [pct_pm(g.stats["test_accuracy_mean"], g.stats["test_accuracy_std"]) if (g := by_value.get(v)) else "-"
+                         for v in s.values]
+                best = s.best_value(rule)
+                rows.append([str(rule), *cells, "-" if best is None else format_value(best[0])])
+            where = f" ({s.label})" if s.context else ""
+            tables.append(Table(f"Final test accuracy by rule and {key}{where} (mean ± std over seeds)",
+                                ["rule", *(f"{key}={format_value(v)}" for v in s.values), "best"], rows))
+    return tables
+
+
+def tuned_table(c: Comparison) -> Optional[Table]:
+    """Each rule at its own best setting of the swept axes, and its gap to bp's best in the same context."""
+    if not c.axes:
+        return None
+    best = tuned_best(c.groups, c.axes)
+    with_context = any(best)
+    rows = []
+    for context, by_rule in best.items():
+        base = by_rule.get("bp")
+        for rule, g in by_rule.items():
+            s = g.stats
+            gap = "-" if base is None or rule == "bp" else f"{100 * (base.stats['test_accuracy_mean'] - s['test_accuracy_mean']):.2f}"
+            rows.append([str(rule), *([context_label(context)] if with_context else []),
+                         *(format_value(g.keys.get(k)) for k in c.axes),
+                         pct_pm(s["test_accuracy_mean"], s["test_accuracy_std"]), gap])
+    return Table("Each rule at its best setting (highest mean final test accuracy; gap in points below bp's best)",
+                 ["rule", *(["context"] if with_context else []), *c.axes, "test acc.", "gap to bp"], rows)
 
 
 def beta_table(c: Comparison) -> Optional[Table]:
@@ -114,6 +155,10 @@ def all_tables(c: Comparison) -> list[Table]:
         if any(g.stats["final_update_angle"] for g in c.groups):
             tables.append(angle_table(c))
         tables += depth_tables(c)
+        tables += axis_tables(c)
+        tuned = tuned_table(c)
+        if tuned:
+            tables.append(tuned)
     beta = beta_table(c)
     if beta:
         tables.append(beta)

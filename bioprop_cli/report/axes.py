@@ -1,0 +1,148 @@
+"""Hyperparameter axes of a comparison: the numeric config keys other than rule and depth that a sweep
+varied (`optimizer.lr`, `train.batch_size`, `model.width`, `model.init.scale`, ...). Pure: no printing,
+no files written.
+
+For an axis K the groups are sliced by every other grouping key except the rule (the depth only when
+it differs), so that within a slice each rule has one mean final test accuracy per value of K. The
+"tuned" comparison picks, per rule, the best group over all the axes at once (per depth and per any
+non-numeric key), the fair way to rank rules whose best learning rates differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from bioprop_cli.report.aggregate import ALWAYS_KEYS, Group, _hashable, _rule_rank, _sort_value, context_label, format_value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def axis_keys(groups: list[Group], keys: list[str]) -> list[str]:
+    """The grouping keys, other than rule and depth, whose values are all numbers with at least two distinct ones."""
+    out = []
+    for k in keys:
+        if k in ALWAYS_KEYS:
+            continue
+        values = [g.keys.get(k) for g in groups]
+        if values and all(_is_number(v) for v in values) and len(set(values)) > 1:
+            out.append(k)
+    return out
+
+
+def _varying(groups: list[Group], key: str) -> bool:
+    return len({_hashable(g.keys.get(key)) for g in groups}) > 1
+
+
+@dataclass
+class AxisSlice:
+    key: str  # the axis
+    context: tuple  # ((key, value), ...): the other grouping keys held fixed in this slice
+    values: list  # the axis values present, sorted
+    by_rule: dict  # {rule: {axis value: Group}}
+
+    @property
+    def label(self) -> str:
+        return context_label(self.context)
+
+    def accuracy(self, rule: Any, value: Any) -> Optional[float]:
+        g = self.by_rule.get(rule, {}).get(value)
+        return None if g is None else g.stats.get("test_accuracy_mean")
+
+    def best_value(self, rule: Any) -> Optional[tuple[Any, float]]:
+        """(axis value, mean final test accuracy) with the highest accuracy for `rule`; None without any."""
+        scored = [(acc, v) for v in self.values if (acc := self.accuracy(rule, v)) is not None]
+        if not scored:
+            return None
+        acc, v = max(scored, key=lambda t: (t[0], -_sort_value(t[1])[1]))  # ties: the smaller value
+        return v, acc
+
+
+def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
+    """One slice per combination of the other grouping keys (depth only where it varies), in group order."""
+    fixed = [k for k in (groups[0].keys if groups else {}) if k not in ("rule", key)
+             and (k != "model.depth" or _varying(groups, k))]
+    slices: dict[tuple, AxisSlice] = {}
+    for g in groups:
+        context = tuple((k, _hashable(g.keys.get(k))) for k in fixed)
+        s = slices.setdefault(context, AxisSlice(key=key, context=context, values=[], by_rule={}))
+        value = g.keys.get(key)
+        s.by_rule.setdefault(g.rule, {})[value] = g
+        if value not in s.values:
+            s.values.append(value)
+    for s in slices.values():
+        s.values.sort(key=_sort_value)
+        s.by_rule = {r: s.by_rule[r] for r in sorted(s.by_rule, key=_rule_rank)}
+    return list(slices.values())
+
+
+def tuned_best(groups: list[Group], axes: list[str]) -> dict[tuple, dict[Any, Group]]:
+    """{context: {rule: the group with the highest mean final test accuracy}}; the context is every
+    grouping key except the rule and the axes (so the depth, where it varies, and non-numeric keys)."""
+    out: dict[tuple, dict] = {}
+    for g in groups:
+        acc = g.stats.get("test_accuracy_mean")
+        if acc is None:
+            continue
+        context = tuple((k, _hashable(v)) for k, v in g.keys.items() if k != "rule" and k not in axes
+                        and (k != "model.depth" or _varying(groups, k)))
+        best = out.setdefault(context, {})
+        if g.rule not in best or acc > best[g.rule].stats["test_accuracy_mean"]:
+            best[g.rule] = g
+    return {c: {r: by_rule[r] for r in sorted(by_rule, key=_rule_rank)} for c, by_rule in out.items()}
+
+
+def setting_label(group: Group, axes: list[str]) -> str:
+    return ", ".join(f"{k}={format_value(group.keys.get(k))}" for k in axes)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _edge_note(values: list, best: list) -> str:
+    """A warning when some rule's best value is the smallest or largest of three or more swept values."""
+    if len(values) < 3:
+        return ""
+    edges = [name for name, v in (("smallest", values[0]), ("largest", values[-1])) if v in best]
+    if not edges:
+        return ""
+    return f" Some optima are at the {' and the '.join(edges)} value swept: widen the grid to bracket them."
+
+
+def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") -> list[str]:
+    """Per axis and slice: each rule's best value (or the one value every rule prefers); then, per
+    context, each rule at its own best setting and its gap to the baseline's best."""
+    lines = []
+    for key in axes:
+        for s in axis_slices(groups, key):
+            where = f" ({s.label})" if s.context else ""
+            best = {r: b for r in s.by_rule if (b := s.best_value(r)) is not None}
+            if not best or len(s.values) < 2:
+                continue
+            chosen = {v for v, _ in best.values()}
+            if len(best) > 1 and len(chosen) == 1:
+                v = chosen.pop()
+                per_rule = ", ".join(f"{r} {_pct(acc)}" for r, (_, acc) in best.items())
+                line = f"{key}{where}: every rule is best at {key}={format_value(v)} ({per_rule})."
+            else:
+                per_rule = ", ".join(f"{r} at {format_value(v)} ({_pct(acc)})" for r, (v, acc) in best.items())
+                line = f"{key}{where}: best value per rule: {per_rule}."
+            lines.append(line + _edge_note(s.values, [v for v, _ in best.values()]))
+    if not axes:
+        return lines
+    for context, by_rule in tuned_best(groups, axes).items():
+        where = f" ({context_label(context)})" if context else ""
+        ranked = sorted(by_rule.items(), key=lambda t: -t[1].stats["test_accuracy_mean"])
+        parts = ", ".join(f"{r} {_pct(g.stats['test_accuracy_mean'])} ({setting_label(g, axes)})" for r, g in ranked)
+        line = f"Each rule at its best setting{where}: {parts}."
+        base = by_rule.get(baseline)
+        others = [(r, g) for r, g in by_rule.items() if r != baseline]
+        if base is not None and others:
+            top = base.stats["test_accuracy_mean"]
+            gaps = ", ".join(f"{r} {100 * (top - g.stats['test_accuracy_mean']):.2f}" for r, g in others)
+            line += f" Gap to {baseline}'s best (points; negative = better than {baseline}): {gaps}."
+        lines.append(line)
+    return lines

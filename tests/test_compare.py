@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli.compare import compare
 from bioprop_cli.report.axes import axis_slices, tuned_best
+from bioprop_cli.report.render import all_tables
 from bioprop_cli.report.aggregate import (
     aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run,
     update_angle_by_epoch,
@@ -253,6 +254,22 @@ def test_hyperparameter_axes_slices_and_tuned_best(tmp_path):
     assert "train.batch_size (optimizer.lr=0.1): best value per rule: bp at 32 (95.00%), fa at 128 (88.00%)." in text
     assert "Gap to bp's best (points; negative = better than bp): fa 2.00." in text
     assert "Depth 2" not in text  # one depth with swept axes: the axis findings replace the depth lines
+
+
+def test_a_setting_where_a_seed_diverged_is_never_the_best(tmp_path):
+    """fa at lr 1 reports the highest accuracy (its last finite epoch) but one seed diverged: the best
+    value and the tuned best skip it, the finding names it, the table marks it."""
+    for lr, acc in ((0.1, 0.90), (1.0, 0.95)):
+        for seed in (0, 1):
+            write_run(tmp_path / "runs", f"fa-lr{lr}-s{seed}", rule="fa", seed=seed, lr=lr, accs=(0.5, acc),
+                      status="diverged" if (lr == 1.0 and seed == 1) else "completed")
+    c = aggregate([tmp_path / "runs"])
+    (s,) = axis_slices(c.groups, "optimizer.lr")
+    assert s.accuracy("fa", 1.0) == pytest.approx(0.95) and s.best_value("fa") == (0.1, pytest.approx(0.90))
+    assert tuned_best(c.groups, c.axes)[()]["fa"].keys["optimizer.lr"] == 0.1
+    assert "Diverged (left out of the best values): fa at 1 (1 of 2)." in "\n".join(c.findings)
+    md_rows = [t.rows for t in all_tables(c) if t.title.startswith("Final test accuracy by rule and optimizer.lr")]
+    assert md_rows == [[["fa", "90.00 ± 0.00%", "95.00 ± 0.00% (1/2 diverged)", "0.1"]]]
 
 
 def test_cli_report_for_a_hyperparameter_sweep(tmp_path):

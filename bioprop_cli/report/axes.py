@@ -20,6 +20,16 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def diverged(group: Group) -> int:
+    return group.stats.get("status", {}).get("diverged", 0)
+
+
+def stable(group: Group) -> bool:
+    """No seed of the group diverged. A diverged run's summary keeps the accuracy of its last finite
+    epoch, so an unstable setting could otherwise look best; the best-value findings skip it."""
+    return diverged(group) == 0
+
+
 def axis_keys(groups: list[Group], keys: list[str]) -> list[str]:
     """The grouping keys, other than rule and depth, whose values are all numbers with at least two distinct ones."""
     out = []
@@ -52,8 +62,10 @@ class AxisSlice:
         return None if g is None else g.stats.get("test_accuracy_mean")
 
     def best_value(self, rule: Any) -> Optional[tuple[Any, float]]:
-        """(axis value, mean final test accuracy) with the highest accuracy for `rule`; None without any."""
-        scored = [(acc, v) for v in self.values if (acc := self.accuracy(rule, v)) is not None]
+        """(axis value, mean final test accuracy) with the highest accuracy for `rule` among the values
+        where no seed diverged; None without any."""
+        scored = [(acc, v) for v in self.values if (acc := self.accuracy(rule, v)) is not None
+                  and stable(self.by_rule[rule][v])]
         if not scored:
             return None
         acc, v = max(scored, key=lambda t: (t[0], -_sort_value(t[1])[1]))  # ties: the smaller value
@@ -79,12 +91,12 @@ def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
 
 
 def tuned_best(groups: list[Group], axes: list[str]) -> dict[tuple, dict[Any, Group]]:
-    """{context: {rule: the group with the highest mean final test accuracy}}; the context is every
+    """{context: {rule: the group with the highest mean final test accuracy, none of whose seeds diverged}}; the context is every
     grouping key except the rule and the axes (so the depth, where it varies, and non-numeric keys)."""
     out: dict[tuple, dict] = {}
     for g in groups:
         acc = g.stats.get("test_accuracy_mean")
-        if acc is None:
+        if acc is None or not stable(g):
             continue
         context = tuple((k, _hashable(v)) for k, v in g.keys.items() if k != "rule" and k not in axes
                         and (k != "model.depth" or _varying(groups, k)))
@@ -130,6 +142,10 @@ def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") ->
             else:
                 per_rule = ", ".join(f"{r} at {format_value(v)} ({_pct(acc)})" for r, (v, acc) in best.items())
                 line = f"{key}{where}: best value per rule: {per_rule}."
+            unstable = [f"{r} at {format_value(v)} ({diverged(g)} of {g.stats['n_runs']})" for r, by_value in s.by_rule.items()
+                        for v, g in by_value.items() if not stable(g)]
+            if unstable:
+                line += f" Diverged (left out of the best values): {', '.join(unstable)}."
             lines.append(line + _edge_note(s.values, [v for v, _ in best.values()]))
     if not axes:
         return lines

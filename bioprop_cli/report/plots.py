@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from bioprop_cli.report.aggregate import (  # noqa: E402
     BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
 )
-from bioprop_cli.report.axes import axis_slices  # noqa: E402
+from bioprop_cli.report.axes import axis_slices, stable  # noqa: E402
 
 
 def _colours(n: int) -> list:
@@ -126,15 +126,20 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
     colour = dict(zip(rules, _colours(len(rules))))
     ncols = min(3, len(slices))
     nrows = math.ceil(len(slices) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.4, 3.8 * nrows), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.0, 3.8 * nrows), sharey=True, squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(slices):]:
         ax.set_visible(False)
     for ax, s in zip(axes.flat, slices):
         for rule, by_value in s.by_rule.items():
-            xs = [v for v in s.values if v in by_value and by_value[v].stats.get("test_accuracy_mean") is not None]
+            shown = [v for v in s.values if v in by_value and by_value[v].stats.get("test_accuracy_mean") is not None]
+            xs = [v for v in shown if stable(by_value[v])]
             ys = [100 * by_value[v].stats["test_accuracy_mean"] for v in xs]
             err = [100 * (by_value[v].stats.get("test_accuracy_std") or 0.0) for v in xs]
             ax.errorbar(xs, ys, yerr=err, color=colour[rule], marker="o", ms=4, capsize=2, label=str(rule))
+            bad = [v for v in shown if not stable(by_value[v])]  # some seed diverged: a cross, off the line
+            ax.plot(bad, [100 * by_value[v].stats["test_accuracy_mean"] for v in bad], ls="none", marker="x", ms=7,
+                    color=colour[rule])
         if min(s.values) > 0 and max(s.values) / min(s.values) >= 4:
             ax.set_xscale("log")
             ax.minorticks_off()
@@ -146,9 +151,8 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
     for ax in axes[:, 0]:
         ax.set_ylabel("final test accuracy (%)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(f"Final test accuracy against {key} (mean ± std over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle(f"Final test accuracy against {key} (mean ± std over seeds; ×: some seeds diverged)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from bioprop_cli.report.aggregate import Comparison, _rule_rank, _sort_value, context_label, depth_table, format_value
-from bioprop_cli.report.axes import axis_slices, tuned_best
+from bioprop_cli.report.axes import axis_slices, diverged, stable, tuned_best
 from bioprop_cli.runs import write_atomic
 
 
@@ -97,6 +97,13 @@ def depth_tables(c: Comparison) -> list[Table]:
     return tables
 
 
+def _axis_cell(g) -> str:
+    if g is None:
+        return "-"
+    cell = pct_pm(g.stats["test_accuracy_mean"], g.stats["test_accuracy_std"])
+    return cell if stable(g) else f"{cell} ({diverged(g)}/{g.stats['n_runs']} diverged)"
+
+
 def axis_tables(c: Comparison) -> list[Table]:
     """Per swept axis and slice: mean ± std final test accuracy per rule and axis value, and the best value."""
     tables = []
@@ -104,12 +111,12 @@ def axis_tables(c: Comparison) -> list[Table]:
         for s in axis_slices(c.groups, key):
             rows = []
             for rule, by_value in s.by_rule.items():
-                cells = [pct_pm(g.stats["test_accuracy_mean"], g.stats["test_accuracy_std"]) if (g := by_value.get(v)) else "-"
-                         for v in s.values]
+                cells = [_axis_cell(by_value.get(v)) for v in s.values]
                 best = s.best_value(rule)
                 rows.append([str(rule), *cells, "-" if best is None else format_value(best[0])])
             where = f" ({s.label})" if s.context else ""
-            tables.append(Table(f"Final test accuracy by rule and {key}{where} (mean ± std over seeds)",
+            tables.append(Table(f"Final test accuracy by rule and {key}{where} (mean ± std over seeds; a diverged "
+                                f"run counts with its last finite epoch)",
                                 ["rule", *(f"{key}={format_value(v)}" for v in s.values), "best"], rows))
     return tables
 
@@ -129,7 +136,7 @@ def tuned_table(c: Comparison) -> Optional[Table]:
             rows.append([str(rule), *([context_label(context)] if with_context else []),
                          *(format_value(g.keys.get(k)) for k in c.axes),
                          pct_pm(s["test_accuracy_mean"], s["test_accuracy_std"]), gap])
-    return Table("Each rule at its best setting (highest mean final test accuracy; gap in points below bp's best)",
+    return Table("Each rule at its best setting (highest mean final test accuracy with no seed diverged; gap in points below bp's best)",
                  ["rule", *(["context"] if with_context else []), *c.axes, "test acc.", "gap to bp"], rows)
 
 

@@ -14,7 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from bioprop_cli.cli.compare import compare
-from bioprop_cli.report.axes import axis_slices, tuned_best
+from bioprop_cli.report.axes import axis_slices, curve_panels, tuned_best
+from bioprop_cli.report.plots import _collapse_floor, plot_accuracy_vs_axis
 from bioprop_cli.report.render import all_tables
 from bioprop_cli.report.aggregate import (
     aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run,
@@ -270,6 +271,31 @@ def test_a_setting_where_a_seed_diverged_is_never_the_best(tmp_path):
     assert "Diverged (left out of the best values): fa at 1 (1 of 2)." in "\n".join(c.findings)
     md_rows = [t.rows for t in all_tables(c) if t.title.startswith("Final test accuracy by rule and optimizer.lr")]
     assert md_rows == [[["fa", "90.00 ± 0.00%", "95.00 ± 0.00% (1/2 diverged)", "0.1"]]]
+
+
+def test_curve_panels_split_many_groups(tmp_path):
+    write_depth_grid(tmp_path / "depth")
+    c = aggregate([tmp_path / "depth"])
+    assert curve_panels(c.groups, c.axes) == ([("", c.groups)], "")  # 8 groups: one panel
+    panels, note = curve_panels(c.groups, c.axes, max_curves=4)
+    assert note == "one panel per setting" and [t for t, _ in panels] == [f"depth {d}" for d in range(1, 5)]
+    assert all([g.rule for g in gs] == ["bp", "fa"] for _, gs in panels)
+    write_lr_batch_grid(tmp_path / "lr")
+    c = aggregate([tmp_path / "lr"])
+    panels, note = curve_panels(c.groups, c.axes)  # 12 groups over two axes: each rule's best setting
+    assert note == "each rule at its best setting" and len(panels) == 1
+    assert [(g.rule, g.keys["optimizer.lr"], g.keys["train.batch_size"]) for g in panels[0][1]] == [("bp", 0.1, 32), ("fa", 1.0, 128)]
+
+
+def test_a_collapsed_setting_sits_on_the_floor_of_the_axis_figure(tmp_path):
+    for lr, accs in ((0.01, (0.90, 0.92)), (0.1, (0.95, 0.96)), (1.0, (0.10, 0.97))):
+        for rule, acc in zip(("bp", "fa"), accs):
+            write_run(tmp_path / "runs", f"{rule}-{lr}", rule=rule, lr=lr, accs=(0.5, acc))
+    c = aggregate([tmp_path / "runs"])
+    floor, top = _collapse_floor(axis_slices(c.groups, "optimizer.lr"))
+    assert 89.0 < floor < 90.0 and 97.0 < top < 98.0  # bp at lr 1 (10%) is below it
+    assert _collapse_floor(axis_slices([g for g in c.groups if g.rule == "fa"], "optimizer.lr")) is None
+    assert plot_accuracy_vs_axis(c, "optimizer.lr", tmp_path / "lr.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_cli_report_for_a_hyperparameter_sweep(tmp_path):

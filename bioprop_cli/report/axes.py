@@ -162,3 +162,24 @@ def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") ->
             line += f" Gap to {baseline}'s best (points; negative = better than {baseline}): {gaps}."
         lines.append(line)
     return lines
+
+
+MAX_CURVES = 10  # more groups than this: the per-epoch figures split into panels (see curve_panels)
+
+
+def curve_panels(groups: list[Group], axes: list[str], max_curves: int = MAX_CURVES) -> tuple[list[tuple[str, list[Group]]], str]:
+    """What the per-epoch figures draw: [(panel title, groups)] and a note for the caption.
+    Up to `max_curves` groups: one panel with all of them. More: with swept axes, each rule at its
+    best setting (tuned_best), one panel per context; without, one panel per setting of the keys
+    other than the rule (a depth sweep: one panel per depth). Within a panel each rule appears once."""
+    if len(groups) <= max_curves:
+        return [("", list(groups))], ""
+    if axes:
+        best = tuned_best(groups, axes)
+        panels = [(context_label(c), list(by_rule.values())) for c, by_rule in best.items()]
+        return panels, "each rule at its best setting"
+    panels: dict[tuple, list[Group]] = {}
+    for g in groups:
+        panels.setdefault(tuple((k, _hashable(v)) for k, v in g.keys.items() if k != "rule"), []).append(g)
+    titles = {c: ", ".join("depth " + str(v) if k == "model.depth" else f"{k}={format_value(v)}" for k, v in c) for c in panels}
+    return [(titles[c], gs) for c, gs in panels.items()], "one panel per setting"

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from bioprop_cli.report.aggregate import (  # noqa: E402
     BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
 )
-from bioprop_cli.report.axes import axis_slices, stable  # noqa: E402
+from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E402
 
 
 def _colours(n: int) -> list:
@@ -41,48 +41,97 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: b
     return Path(path)
 
 
-def _band_plot(groups: list[Group], curve: str, path: Path, ylabel: str, title: str, scale: float = 1.0,
+Panels = list  # [(panel title, [Group, ...])], from report.axes.curve_panels
+
+
+def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, scale: float = 1.0,
                xkey: str = "x", xlabel: str = "epoch") -> Optional[Path]:
-    """Mean line and mean ± std band per group for `group.curves[curve]`."""
-    drawn = [g for g in groups if g.curves.get(curve, {}).get(xkey)]
-    if not drawn:
+    """Mean line and mean ± std band per group for `group.curves[curve]`, one axes per panel. One panel:
+    lines labelled by group; several: each rule once per panel, one colour per rule, one legend."""
+    panels = [(t, [g for g in gs if g.curves.get(curve, {}).get(xkey)]) for t, gs in panels]
+    panels = [(t, gs) for t, gs in panels if gs]
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for colour, g in zip(_colours(len(drawn)), drawn):
-        c = g.curves[curve]
-        x = c[xkey]
-        mean = [scale * m for m in c["mean"]]
-        std = [scale * s if s is not None else math.nan for s in c["std"]]
-        n = max(g.stats.get("n_runs", 1), 1)
-        ax.plot(x, mean, color=colour, marker="o", ms=3, label=f"{g.label} (n={n})")
-        if any(not math.isnan(s) for s in std):
-            lo = [m - s for m, s in zip(mean, std)]
-            hi = [m + s for m, s in zip(mean, std)]
-            ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
-    if xkey == "x":  # epochs
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _finish(fig, ax, path, xlabel, ylabel, title)
+    single = len(panels) == 1
+    if single:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        axes = [ax]
+        colour_of = dict(zip((id(g) for g in panels[0][1]), _colours(len(panels[0][1]))))
+    else:
+        ncols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        fig, grid = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.0, 3.4 * nrows), sharex=True, sharey=True,
+                                 squeeze=False, layout="constrained")
+        axes = list(grid.flat)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        rules = sorted({g.rule for _, gs in panels for g in gs}, key=_rule_rank)
+        by_rule = dict(zip(rules, _colours(len(rules))))
+        colour_of = {id(g): by_rule[g.rule] for _, gs in panels for g in gs}
+    labelled = set()
+    for ax, (panel_title, gs) in zip(axes, panels):
+        for g in gs:
+            c = g.curves[curve]
+            x = c[xkey]
+            mean = [scale * m for m in c["mean"]]
+            std = [scale * s if s is not None else math.nan for s in c["std"]]
+            n = max(g.stats.get("n_runs", 1), 1)
+            label = f"{g.label} (n={n})" if single else str(g.rule)
+            colour = colour_of[id(g)]
+            ax.plot(x, mean, color=colour, marker="o", ms=3, label=None if label in labelled else label)
+            if not single:
+                labelled.add(label)
+            if any(not math.isnan(s) for s in std):
+                lo = [m - s for m, s in zip(mean, std)]
+                hi = [m + s for m, s in zip(mean, std)]
+                ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
+        if xkey == "x":  # epochs
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not single:
+            ax.set_title(panel_title, fontsize=9)
+            ax.grid(True, alpha=0.3)
+    if single:
+        return _finish(fig, axes[0], path, xlabel, ylabel, title)
+    for k, ax in enumerate(axes[:len(panels)]):
+        ax.set_xlabel(xlabel)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
+    handles, labels = [], []
+    for ax in axes[:len(panels)]:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            handles.append(h)
+            labels.append(l)
+    order = sorted(range(len(labels)), key=lambda k: _rule_rank(labels[k]))
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside right center", fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
 
 
-def plot_accuracy_vs_epoch(groups: list[Group], path: Path) -> Optional[Path]:
-    return _band_plot(groups, "test_accuracy", path, "test accuracy (%)", "Test accuracy per epoch (mean ± std over seeds)", 100.0)
+def plot_accuracy_vs_epoch(panels: Panels, path: Path, note: str = "") -> Optional[Path]:
+    return _band_plot(panels, "test_accuracy", path, "test accuracy (%)", _title("Test accuracy per epoch (mean ± std over seeds)", note), 100.0)
 
 
-def plot_update_angle(groups: list[Group], path: Path) -> Optional[Path]:
-    return _band_plot(groups, "update_angle", path, "mean update angle to the gradient (°)",
-                      "Update angle, mean over hidden layers (mean ± std over seeds)")
+def plot_update_angle(panels: Panels, path: Path, note: str = "") -> Optional[Path]:
+    return _band_plot(panels, "update_angle", path, "mean update angle to the gradient (°)",
+                      _title("Update angle, mean over hidden layers (mean ± std over seeds)", note))
 
 
-def plot_feedback_angle(groups: list[Group], path: Path) -> Optional[Path]:
+def plot_feedback_angle(panels: Panels, path: Path, note: str = "") -> Optional[Path]:
     """Only the groups that have feedback angles (not bp, not ep)."""
-    return _band_plot(groups, "feedback_angle", path, "angle between B and W^T (°)",
-                      "W-to-B feedback angle, mean over layers (mean ± std over seeds)")
+    return _band_plot(panels, "feedback_angle", path, "angle between B and W^T (°)",
+                      _title("W-to-B feedback angle, mean over layers (mean ± std over seeds)", note))
 
 
-def plot_accuracy_vs_time(groups: list[Group], path: Path) -> Optional[Path]:
-    return _band_plot(groups, "accuracy_vs_time", path, "test accuracy (%)",
-                      "Test accuracy against wall-clock time (means over seeds)", 100.0,
+def plot_accuracy_vs_time(panels: Panels, path: Path, note: str = "") -> Optional[Path]:
+    return _band_plot(panels, "accuracy_vs_time", path, "test accuracy (%)",
+                      _title("Test accuracy against wall-clock time (means over seeds)", note), 100.0,
                       xkey="wall_time_s", xlabel="wall-clock time (s)")
+
+
+def _title(title: str, note: str) -> str:
+    return f"{title}\n{note}" if note else title
 
 
 def plot_accuracy_vs_depth(comparison: Comparison, path: Path) -> Optional[Path]:
@@ -115,10 +164,38 @@ def axis_figure_name(key: str) -> str:
     return "accuracy_vs_" + "".join(ch if ch.isalnum() else "_" for ch in key) + ".png"
 
 
+def _collapse_floor(slices) -> Optional[tuple[float, float]]:
+    """(floor, top) of the y axis (%) when some setting collapsed: accuracy under half the median of all
+    the figure's points (e.g. 10% = chance on MNIST), which would squash every other line into a band;
+    None when nothing collapsed."""
+    ys = [100 * g.stats["test_accuracy_mean"] for s in slices for by_value in s.by_rule.values()
+          for g in by_value.values() if g.stats.get("test_accuracy_mean") is not None]
+    if not ys:
+        return None
+    median = sorted(ys)[len(ys) // 2]
+    rest = [y for y in ys if y >= 0.5 * median]
+    if len(rest) == len(ys) or not rest:
+        return None
+    pad = 0.05 * (max(rest) - min(rest) + 1.0)
+    return min(rest) - pad, max(rest) + pad
+
+
+def _mark_collapsed(ax, s, colour: dict, floor: float) -> None:
+    """Each point under the floor becomes a triangle on it, labelled with its accuracy."""
+    for rule, by_value in s.by_rule.items():
+        for v, g in by_value.items():
+            acc = g.stats.get("test_accuracy_mean")
+            if acc is not None and 100 * acc < floor:
+                ax.plot([v], [floor], marker="v", ms=8, color=colour[rule], clip_on=False, zorder=5)
+                ax.annotate(f"{rule} {100 * acc:.1f}%", xy=(v, floor), xytext=(0, 8), textcoords="offset points",
+                            ha="center", fontsize=7, color=colour[rule])
+
+
 def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optional[Path]:
     """Mean final test accuracy against a swept hyperparameter (error bars: std over seeds), one panel per
     slice (the other grouping keys), one line per rule with the same colour in every panel. A log x axis
-    when the values are positive and span a factor of 4 or more (learning rates, batch sizes)."""
+    when the values are positive and span a factor of 4 or more (learning rates, batch sizes). Collapsed
+    settings sit on the floor of the panels (_collapse_floor)."""
     slices = [s for s in axis_slices(comparison.groups, key) if len(s.values) > 1]
     if not slices:
         return None
@@ -130,6 +207,9 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
                              layout="constrained")
     for ax in axes.flat[len(slices):]:
         ax.set_visible(False)
+    limits = _collapse_floor(slices)
+    if limits:
+        axes.flat[0].set_ylim(*limits)  # shared by every panel
     for ax, s in zip(axes.flat, slices):
         for rule, by_value in s.by_rule.items():
             shown = [v for v in s.values if v in by_value and by_value[v].stats.get("test_accuracy_mean") is not None]
@@ -140,6 +220,8 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
             bad = [v for v in shown if not stable(by_value[v])]  # some seed diverged: a cross, off the line
             ax.plot(bad, [100 * by_value[v].stats["test_accuracy_mean"] for v in bad], ls="none", marker="x", ms=7,
                     color=colour[rule])
+        if limits:
+            _mark_collapsed(ax, s, colour, limits[0])
         if min(s.values) > 0 and max(s.values) / min(s.values) >= 4:
             ax.set_xscale("log")
             ax.minorticks_off()
@@ -174,13 +256,14 @@ def plot_beta_sweep(sweep: BetaSweep, path: Path) -> Optional[Path]:
 def make_figures(comparison: Comparison, out: Path) -> list[tuple[str, Path]]:
     """Writes every figure there is data for into `out`; returns (caption, path) pairs."""
     out = Path(out)
-    groups = comparison.groups
+    panels, note = curve_panels(comparison.groups, comparison.axes)
+    suffix = f" ({note})" if note else ""
     figures = [
-        ("Test accuracy per epoch", plot_accuracy_vs_epoch(groups, out / "accuracy_vs_epoch.png")),
+        ("Test accuracy per epoch" + suffix, plot_accuracy_vs_epoch(panels, out / "accuracy_vs_epoch.png", note)),
         ("Final test accuracy against depth", plot_accuracy_vs_depth(comparison, out / "accuracy_vs_depth.png")),
-        ("Update angle per epoch", plot_update_angle(groups, out / "update_angle_vs_epoch.png")),
-        ("W-to-B feedback angle per epoch", plot_feedback_angle(groups, out / "feedback_angle_vs_epoch.png")),
-        ("Test accuracy against wall-clock time", plot_accuracy_vs_time(groups, out / "accuracy_vs_time.png")),
+        ("Update angle per epoch" + suffix, plot_update_angle(panels, out / "update_angle_vs_epoch.png", note)),
+        ("W-to-B feedback angle per epoch" + suffix, plot_feedback_angle(panels, out / "feedback_angle_vs_epoch.png", note)),
+        ("Test accuracy against wall-clock time" + suffix, plot_accuracy_vs_time(panels, out / "accuracy_vs_time.png", note)),
     ]
     for key in comparison.axes:
         figures.append((f"Final test accuracy against {key}", plot_accuracy_vs_axis(comparison, key, out / axis_figure_name(key))))

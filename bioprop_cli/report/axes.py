@@ -164,7 +164,7 @@ def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") ->
     return lines
 
 
-MAX_CURVES = 10  # more groups than this: the per-epoch figures split into panels (see curve_panels)
+MAX_CURVES = 8  # more groups than this: the per-epoch figures split into panels (see curve_panels)
 
 
 def curve_panels(groups: list[Group], axes: list[str], max_curves: int = MAX_CURVES) -> tuple[list[tuple[str, list[Group]]], str]:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bioprop_cli.report.aggregate import (  # noqa: E402
-    BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
+    RULE_ORDER, BetaSweep, Comparison, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
 )
 from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E402
 
@@ -22,6 +22,18 @@ from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E
 def _colours(n: int) -> list:
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def rule_colours(rules: list) -> dict:
+    """One colour per rule, the same in every figure: the known rules by their place in RULE_ORDER
+    (bp blue, fa orange, dfa green, usf red, ...), other names after them."""
+    ranked = sorted(rules, key=_rule_rank)
+    known = [r for r in ranked if r in RULE_ORDER]
+    other = [r for r in ranked if r not in RULE_ORDER]
+    palette = _colours(len(RULE_ORDER) + len(other))
+    out = {r: palette[RULE_ORDER.index(r)] for r in known}
+    out.update({r: palette[len(RULE_ORDER) + i] for i, r in enumerate(other)})
+    return out
 
 
 def _nan(values) -> list[float]:
@@ -66,7 +78,7 @@ def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, 
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         rules = sorted({g.rule for _, gs in panels for g in gs}, key=_rule_rank)
-        by_rule = dict(zip(rules, _colours(len(rules))))
+        by_rule = rule_colours(rules)
         colour_of = {id(g): by_rule[g.rule] for _, gs in panels for g in gs}
     labelled = set()
     for ax, (panel_title, gs) in zip(axes, panels):
@@ -200,7 +212,7 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
     if not slices:
         return None
     rules = sorted({r for s in slices for r in s.by_rule}, key=_rule_rank)
-    colour = dict(zip(rules, _colours(len(rules))))
+    colour = rule_colours(rules)
     ncols = min(3, len(slices))
     nrows = math.ceil(len(slices) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols + 1.0, 3.8 * nrows), sharey=True, squeeze=False,

@@ -298,6 +298,20 @@ def test_a_collapsed_setting_sits_on_the_floor_of_the_axis_figure(tmp_path):
     assert plot_accuracy_vs_axis(c, "optimizer.lr", tmp_path / "lr.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_baseline_other_than_bp(tmp_path):
+    """--baseline fa: breaking depths and gaps against fa (bp is 0.5 to 8 points above fa, never below)."""
+    write_depth_grid(tmp_path / "runs")
+    c = aggregate([tmp_path / "runs"], baseline="fa")
+    assert c.breaking == {(): {"bp": None}}
+    assert "bp does not break: within 1.00 points of fa" in "\n".join(c.findings)
+    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs"), "--baseline", "fa", "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "points below fa" in (tmp_path / "rep" / "report.md").read_text()
+    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs"), "--baseline", "kp", "--out", str(tmp_path / "rep2")])
+    assert_user_error(result, "--baseline: no 'kp' runs")
+    assert not (tmp_path / "rep2").exists()
+
+
 def test_cli_report_for_a_hyperparameter_sweep(tmp_path):
     write_lr_batch_grid(tmp_path / "runs")
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app(), ["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])

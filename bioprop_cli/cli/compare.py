@@ -58,12 +58,13 @@ def write_group_table(rows: list[dict], out: Path, fmt: str) -> Path:
 def compare(
     paths: List[Path] = typer.Argument(..., help="Run folders, sweep folders, or any folders above them (searched recursively)."),
     target: float = typer.Option(0.97, help="Test accuracy to reach (a fraction in (0, 1]): epochs and seconds to get there."),
-    margin: float = typer.Option(0.01, help="A rule breaks at the first depth where it is more than this below bp (0.01 = 1 point)."),
+    margin: float = typer.Option(0.01, help="A rule breaks at the first depth where it is more than this below the baseline (0.01 = 1 point)."),
+    baseline: Optional[str] = typer.Option(None, help="The rule the others are measured against: breaking depths and gaps [default: bp]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: <first PATH>/report; never overwritten: -1, -2, ... instead)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also write the group table as csv (groups.csv) or json (groups.json)."),
 ) -> None:
     """Compare runs: group them by the config keys that differ, aggregate over seeds, find the breaking depths, write a report."""
-    from bioprop_cli.report.aggregate import aggregate, group_table
+    from bioprop_cli.report.aggregate import _rule_rank, aggregate, group_table
     from bioprop_cli.report.plots import make_figures
     from bioprop_cli.report.render import all_tables, plural, write_report
 
@@ -77,7 +78,11 @@ def compare(
         if fmt not in FORMATS:
             raise UserError(f"--format: must be one of {', '.join(FORMATS)}, got {format!r}")
 
-    comparison = aggregate(paths, target=target, margin=margin)
+    comparison = aggregate(paths, target=target, margin=margin, baseline=baseline or "bp")
+    rules = {g.rule for g in comparison.groups}
+    if baseline is not None and baseline not in rules:
+        known = ", ".join(sorted(map(str, rules), key=_rule_rank))
+        raise UserError(f"--baseline: no {baseline!r} runs under the paths; the rules there are {known}")
 
     requested = Path(out) if out is not None else Path(paths[0]) / "report"
     folder = report_dir(requested)

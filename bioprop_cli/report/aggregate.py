@@ -525,9 +525,10 @@ class Comparison:
     breaking: dict  # {context: {rule: depth or None}}
     findings: list[str]
     axes: list[str] = field(default_factory=list)  # numeric hyperparameter keys swept (report/axes.py)
+    baseline: str = "bp"  # the rule the others are measured against (breaking depths, gaps)
 
 
-def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01) -> Comparison:
+def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01, baseline: str = "bp") -> Comparison:
     """Finds, loads and aggregates everything below `paths`. UserError when a path is missing or nothing is found."""
     paths = [Path(p) for p in paths]
     run_dirs, sweep_dirs = find_folders(paths)
@@ -545,8 +546,9 @@ def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01)
     axes = axis_keys(groups, keys)
     return Comparison(
         paths=paths, target=target, margin=margin, keys=keys, groups=groups, sweeps=sweeps,
-        breaking=breaking_depths(groups, margin),
-        findings=findings(groups, sweeps, target, margin, axes=axes) + axis_findings(groups, axes), axes=axes,
+        breaking=breaking_depths(groups, margin, baseline),
+        findings=findings(groups, sweeps, target, margin, baseline, axes) + axis_findings(groups, axes, baseline),
+        axes=axes, baseline=baseline,
     )
 
 

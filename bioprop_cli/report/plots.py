@@ -167,7 +167,7 @@ def plot_accuracy_vs_depth(comparison: Comparison, path: Path) -> Optional[Path]
             ax.axvline(broken, color=colour, ls=":", lw=1.5)
             ax.annotate(f"{rule} breaks (d={broken})", xy=(broken, 100 * acc[broken]), xytext=(4, -12),
                         textcoords="offset points", color=colour, fontsize=8)
-    title = f"Final test accuracy against depth (breaking depth: > {100 * comparison.margin:.2f} points below bp)"
+    title = f"Final test accuracy against depth (breaking depth: > {100 * comparison.margin:.2f} points below {comparison.baseline})"
     ax.set_xticks(sorted(depths, key=_sort_value))
     return _finish(fig, ax, path, "hidden layers (model.depth)", "final test accuracy (%)", title)
 

@@ -92,7 +92,7 @@ def depth_tables(c: Comparison) -> list[Table]:
             rows.append([str(rule), *(pct(by_rule[rule].get(d)) for d in depths), b])
         where = f" ({context_label(context)})" if context else ""
         tables.append(Table(f"Mean final test accuracy by rule and depth{where}; breaking depth: more than "
-                            f"{100 * c.margin:.2f} points below bp",
+                            f"{100 * c.margin:.2f} points below {c.baseline}",
                             ["rule", *(f"depth {d}" for d in depths), "breaking depth"], rows))
     return tables
 
@@ -122,22 +122,22 @@ def axis_tables(c: Comparison) -> list[Table]:
 
 
 def tuned_table(c: Comparison) -> Optional[Table]:
-    """Each rule at its own best setting of the swept axes, and its gap to bp's best in the same context."""
+    """Each rule at its own best setting of the swept axes, and its gap to the baseline's best in the same context."""
     if not c.axes:
         return None
     best = tuned_best(c.groups, c.axes)
     with_context = any(best)
     rows = []
     for context, by_rule in best.items():
-        base = by_rule.get("bp")
+        base = by_rule.get(c.baseline)
         for rule, g in by_rule.items():
             s = g.stats
-            gap = "-" if base is None or rule == "bp" else f"{100 * (base.stats['test_accuracy_mean'] - s['test_accuracy_mean']):.2f}"
+            gap = "-" if base is None or rule == c.baseline else f"{100 * (base.stats['test_accuracy_mean'] - s['test_accuracy_mean']):.2f}"
             rows.append([str(rule), *([context_label(context)] if with_context else []),
                          *(format_value(g.keys.get(k)) for k in c.axes),
                          pct_pm(s["test_accuracy_mean"], s["test_accuracy_std"]), gap])
-    return Table("Each rule at its best setting (highest mean final test accuracy with no seed diverged; gap in points below bp's best)",
-                 ["rule", *(["context"] if with_context else []), *c.axes, "test acc.", "gap to bp"], rows)
+    return Table(f"Each rule at its best setting (highest mean final test accuracy with no seed diverged; gap in points below {c.baseline}'s best)",
+                 ["rule", *(["context"] if with_context else []), *c.axes, "test acc.", f"gap to {c.baseline}"], rows)
 
 
 def beta_table(c: Comparison) -> Optional[Table]:

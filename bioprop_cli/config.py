@@ -367,7 +367,6 @@ def validate(config: Config) -> Config:
     _check(e.adjoint_steps >= 1, "ep.adjoint_steps", ">= 1", e.adjoint_steps)
     _check(0 <= e.feedback_angle <= 180, "ep.feedback_angle", "in [0, 180] degrees", e.feedback_angle)
     if config.rule == "ep":
-        _check(m.loss == "mse", "model.loss", "mse for rule ep (its cost is 1/2 |y - s_out|^2)", m.loss)
         _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
     return config
 

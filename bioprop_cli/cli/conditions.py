@@ -136,6 +136,9 @@ def conditions(
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     cfg = config_from_flags(config, set_, rule=rule, depth=depth, width=width, seed=seed, data_dir=data_dir)
+    from bioprop_cli.rules.equilibrium import require_mse_cost
+
+    require_mse_cost(cfg, "bioprop conditions")
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
     probe = min(probe_size, n_train)

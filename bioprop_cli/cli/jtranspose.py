@@ -119,6 +119,9 @@ def jtranspose(
     from dataclasses import replace
 
     cfg = replace(cfg, ep=replace(cfg.ep, reference_steps=n_steps))  # the budget of this command's settling
+    from bioprop_cli.rules.equilibrium import require_mse_cost
+
+    require_mse_cost(cfg, "bioprop jtranspose")
     if cfg.model.activation not in ("hard_sigmoid", "sigmoid", "tanh"):
         raise UserError(f"config key 'model.activation': must be hard_sigmoid, sigmoid or tanh, got {cfg.model.activation!r}")
 

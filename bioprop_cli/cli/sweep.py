@@ -164,7 +164,10 @@ def beta(
         raise UserError(f"--estimators: unknown {unknown[0]!r}; known: {', '.join(ESTIMATORS)}" if unknown else "--estimators: none given")
     from bioprop_cli.config import check_against_data
     from bioprop_cli.data import load_dataset
+    from bioprop_cli.rules.equilibrium import require_mse_cost
 
+    if not train:
+        require_mse_cost(cfg, "bioprop sweep beta (without --train)")
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))
     if train:
@@ -318,6 +321,9 @@ def condition(
     from bioprop_cli.runs import append_jsonl, write_json, write_yaml
     from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep
 
+    from bioprop_cli.rules.equilibrium import require_mse_cost
+
+    require_mse_cost(cfg, "bioprop sweep condition")
     plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))

@@ -1,6 +1,7 @@
 """The exact gradient beside equilibrium propagation's estimate, and settling diagnostics.
 
-Two references for the gradient of the cost C(s*) = mean 1/2 |y - s*_L|^2 at the free fixed point:
+Two references for the gradient of the cost C(s*) = mean 1/2 |y - s*_L|^2 (or the cross-entropy of
+the softmax readout, model.loss = cross_entropy) at the free fixed point:
 - implicit differentiation of the fixed point s* = Phi(theta, s*) of the settling map (recurrent
   backprop, Almeida 1987, Pineda 1987): (I - dPhi/ds^T) lambda = dC/ds, then
   dC/dtheta = (dPhi/dtheta)^T lambda;
@@ -57,7 +58,7 @@ def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float
 
 
 def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
-                  external=None):
+                  external=None, readout=None):
     """lambda solving (I - J^T) lambda = g, J = dPhi/ds at the fixed point; returns (lambda, misfit).
 
     The settling map is a step along the vector field v followed by the projection onto [0, 1]:
@@ -76,10 +77,10 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
     """
 
     def phi(s):
-        return step(params, s, input_drive(params, x), y, 0.0, rho, eps, external)
+        return step(params, s, input_drive(params, x), y, 0.0, rho, eps, external, readout)
 
     _, vjp_states = jax.vjp(phi, fixed_point)
-    mask = free_units(params, fixed_point, input_drive(params, x), y, 0.0, rho, eps, external)
+    mask = free_units(params, fixed_point, input_drive(params, x), y, 0.0, rho, eps, external, readout)
     tmap = jax.tree_util.tree_map
     apply_mask = lambda v: tmap(jnp.multiply, mask, v)
 
@@ -104,38 +105,45 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
 
 
 def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
-                      feedback=None):
+                      feedback=None, readout=None):
     """dC/dtheta at the fixed point by implicit differentiation; returns (grads, residual).
 
     Solves the adjoint system (I - J^T) lambda = dC/ds (`solve_adjoint`), then
-    dC/dtheta = (dPhi/dtheta)^T lambda. `params` are the trainable parameters; `feedback(params)`
-    (default: the identity) the parameters the dynamics run on, differentiated through. `residual`
-    is the adjoint solve's relative misfit.
+    dC/dtheta = (dPhi/dtheta)^T lambda. `params` are the trainable parameters of the dynamics;
+    `feedback(params)` (default: the identity) the parameters the dynamics run on, differentiated
+    through. With a cross-entropy `readout` R the cost is C(s_top, R) and the gradients get one more
+    layer, dC/dR at the fixed point (the readout does not act on the free dynamics). `residual` is
+    the adjoint solve's relative misfit.
     """
     feedback = feedback or _identity
 
     def phi(p, s):
         q = feedback(p)
-        return step(q, s, input_drive(q, x), y, 0.0, rho, eps)
+        return step(q, s, input_drive(q, x), y, 0.0, rho, eps, readout=readout)
 
-    g = jax.grad(lambda s: jnp.mean(cost(s, y)))(fixed_point)
-    lam, misfit = solve_adjoint(feedback(params), fixed_point, x, y, g, rho, eps, max_iterations, tol)
+    g = jax.grad(lambda s: jnp.mean(cost(s, y, readout, rho)))(fixed_point)
+    lam, misfit = solve_adjoint(feedback(params), fixed_point, x, y, g, rho, eps, max_iterations, tol, readout=readout)
     _, vjp_params = jax.vjp(lambda p: phi(p, fixed_point), params)
     (grads,) = vjp_params(lam)
+    if readout is not None:
+        grads = list(grads) + [jax.grad(lambda r: jnp.mean(cost(fixed_point, y, r, rho)))(readout)]
     return grads, misfit
 
 
-def bptt_gradient(params, x, y, rho: Rho, eps: float, steps: int, feedback=None):
+def bptt_gradient(params, x, y, rho: Rho, eps: float, steps: int, feedback=None, readout=None):
     """dC/dtheta through exactly `steps` free steps from zero (lax.scan, reverse-mode); `feedback`
-    as in implicit_gradient."""
+    and `readout` as in implicit_gradient (with a readout, its gradient is the last layer)."""
     feedback = feedback or _identity
 
-    def loss(p):
+    def loss(p, r):
         q = feedback(p)
-        final = settle_fixed(q, zero_states(q, x.shape[0], x.dtype), x, y, 0.0, rho, eps, steps)
-        return jnp.mean(cost(final, y))
+        final = settle_fixed(q, zero_states(q, x.shape[0], x.dtype), x, y, 0.0, rho, eps, steps, readout=r)
+        return jnp.mean(cost(final, y, r, rho))
 
-    return jax.grad(loss)(params)
+    if readout is None:
+        return jax.grad(loss)(params, None)
+    grads, readout_grad = jax.grad(loss, argnums=(0, 1))(params, readout)
+    return list(grads) + [readout_grad]
 
 
 def spectral_radius(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100):
@@ -183,21 +191,24 @@ def exact_references(config, params, x, y, key, state=()) -> dict:
     `params` are the trainable parameters and `state` the rule's state (ep's fixed feedback lives
     there); the references differentiate the network that `config.ep.feedback` defines.
     """
-    from bioprop_cli.rules.equilibrium import effective_params, separate_feedback
+    from bioprop_cli.models.energy import split_readout
+    from bioprop_cli.rules.equilibrium import effective_params, has_readout, separate_feedback
 
     ep = config.ep
     rho = RHOS[config.model.activation]
+    params, readout = split_readout(params, has_readout(config))
     feedback = (lambda p: effective_params(ep, p, state)) if separate_feedback(ep) else None
     running = feedback(params) if feedback else params
     fixed = free_fixed_point(running, x, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
     implicit, adjoint_residual = implicit_gradient(
-        params, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, ep.reference_tolerance, feedback=feedback
+        params, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps, ep.reference_tolerance, feedback=feedback,
+        readout=readout,
     )
     return {
         "fixed_point": fixed,
         "implicit": implicit,
         "adjoint_residual": adjoint_residual,
-        "bptt": bptt_gradient(params, x, y, rho, ep.eps, ep.free_steps, feedback=feedback),
+        "bptt": bptt_gradient(params, x, y, rho, ep.eps, ep.free_steps, feedback=feedback, readout=readout),
         "spectral_radius": spectral_radius(running, fixed.states, x, rho, ep.eps, key),
     }
 

@@ -28,6 +28,15 @@ network runs exactly the code it always ran. u_k (`external`, default none) is a
 to the vector field, used to differentiate the fixed point with respect to a drive injected at any
 layer (bioprop_cli/metrics/jtranspose.py). The helpers at the end build the fixed feedback
 matrices of `ep.feedback` (sign, mixed, random) from W.
+
+Cross-entropy readout (model.loss = cross_entropy; Laborieux, Ernoult, Scellier, Bengio, Grollier
+& Querlioz 2021, Front. Neurosci. 15:633674, sec. 2.3). The last layer of params is then no layer
+of the dynamics but a readout R = {"w": W_out, "b": b_out}: the dynamics run on params[:-1], their
+top layer s_top = s_{L-1} is the last hidden layer, and the prediction is
+    yhat = softmax(rho(s_top) W_out + b_out),   C(s, R) = -sum_j y_j log yhat_j,
+so dC/ds_top = rho'(s_top) * ((yhat - y) W_out^T) replaces s_L - y in the nudge; the energy E of
+the hidden layers is unchanged. The functions below take `readout=R` (None: the mean-squared cost
+on s_L, as before, the same code).
 """
 
 from __future__ import annotations
@@ -97,9 +106,28 @@ def energy(params: Params, states: States, x: jax.Array, rho: Rho) -> jax.Array:
     return e
 
 
-def cost(states: States, y: jax.Array) -> jax.Array:
-    """C = 1/2 |y - s_L|^2 per example."""
-    return 0.5 * jnp.sum((y - states[-1]) ** 2, axis=-1)
+def logits(top: jax.Array, readout: dict, rho: Rho) -> jax.Array:
+    """rho(s_top) W_out + b_out: the cross-entropy readout's pre-softmax output."""
+    return rho.f(top) @ readout["w"] + readout["b"]
+
+
+def cost(states: States, y: jax.Array, readout=None, rho: Rho | None = None) -> jax.Array:
+    """C per example: 1/2 |y - s_L|^2, or with a readout the cross-entropy -sum y log softmax(logits)."""
+    if readout is None:
+        return 0.5 * jnp.sum((y - states[-1]) ** 2, axis=-1)
+    return -jnp.sum(y * jax.nn.log_softmax(logits(states[-1], readout, rho)), axis=-1)
+
+
+def output(states: States, readout, rho: Rho) -> jax.Array:
+    """What the network answers: s_L, or the readout's logits."""
+    return states[-1] if readout is None else logits(states[-1], readout, rho)
+
+
+def cost_gradient(top: jax.Array, y: jax.Array, readout, rho: Rho) -> jax.Array:
+    """dC/ds_top: s_L - y, or rho'(s_top) * ((softmax(logits) - y) W_out^T)."""
+    if readout is None:
+        return top - y
+    return rho.df(top) * ((jax.nn.softmax(logits(top, readout, rho)) - y) @ readout["w"].T)
 
 
 def input_drive(params: Params, x: jax.Array) -> jax.Array:
@@ -107,7 +135,8 @@ def input_drive(params: Params, x: jax.Array) -> jax.Array:
     return x @ params[0]["w"] + params[0]["b"]
 
 
-def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None) -> States:
+def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None,
+                    readout=None) -> States:
     """dF/ds_k for every free layer, with F = E + beta C; in general -v_k(s), the negative vector
     field (with separate feedback, or an external drive u = `external`, it is no gradient)."""
     r = [rho.f(s) for s in states]
@@ -117,13 +146,13 @@ def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, 
         if k + 1 < len(states):
             drive = drive + r[k + 1] @ top_down(params, k + 1)
         grads.append(s - rho.df(s) * drive)
-    grads[-1] = grads[-1] + beta * (states[-1] - y)
+    grads[-1] = grads[-1] + beta * cost_gradient(states[-1], y, readout, rho)
     if external is not None:
         grads = [g - u for g, u in zip(grads, external)]
     return grads
 
 
-def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, external=None) -> States:
+def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None) -> States:
     """One step of the discretised gradient dynamics (the settling map Phi).
 
     For the hard sigmoid the states stay in [0, 1], where rho(s) = s and rho'(s) = 1, so the step
@@ -132,35 +161,35 @@ def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, 
     and the external drive u go through the same fast path: s <- clip(s + eps v(s), 0, 1).
     """
     if rho.bounded:
-        return _bounded_step(params, states, drive0, y, beta, eps, external)
-    grads = energy_gradient(params, states, drive0, y, beta, rho, external)
+        return _bounded_step(params, states, drive0, y, beta, eps, external, readout)
+    grads = energy_gradient(params, states, drive0, y, beta, rho, external, readout)
     return [s - eps * g for s, g in zip(states, grads)]
 
 
-def _bounded_step(params, states, drive0, y, beta, eps, external=None):
-    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external)]
+def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None):
+    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external, readout)]
 
 
-def _unprojected_step(params, states, drive0, y, beta, eps, external=None) -> States:
+def _unprojected_step(params, states, drive0, y, beta, eps, external=None, readout=None) -> States:
     new = []
     for k, s in enumerate(states):
         drive = drive0 if k == 0 else states[k - 1] @ params[k]["w"] + params[k]["b"]
         if k + 1 < len(states):
             drive = drive + states[k + 1] @ top_down(params, k + 1)
-        if k + 1 == len(states):
-            drive = drive - beta * (s - y)
+        if k + 1 == len(states):  # on [0, 1] rho(s) = s and rho'(s) = 1
+            drive = drive - beta * (s - y if readout is None else (jax.nn.softmax(s @ readout["w"] + readout["b"]) - y) @ readout["w"].T)
         if external is not None:
             drive = drive + external[k]
         new.append(s + eps * (drive - s))
     return new
 
 
-def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=None) -> States:
+def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None) -> States:
     """1 where a unit moves with its input at this state, 0 where the projection onto [0, 1] pins
     it (the rows of the settling map's Jacobian that are not zero)."""
     if not rho.bounded:
         return [jnp.ones_like(s) for s in states]
-    pre = _unprojected_step(params, states, drive0, y, beta, eps, external)
+    pre = _unprojected_step(params, states, drive0, y, beta, eps, external, readout)
     return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) for p in pre]
 
 
@@ -175,7 +204,8 @@ class Settled(NamedTuple):
     residual: jax.Array  # max over the batch of |s_T - s_{T-1}|
 
 
-def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float, external=None) -> Settled:
+def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float, external=None,
+           readout=None) -> Settled:
     """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
 
     With tol = 0 (static) it runs exactly max_steps steps in a loop that measures
@@ -185,10 +215,10 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     if tol == 0:
 
         def body(_, s):
-            return step(params, s, drive0, y, beta, rho, eps, external)
+            return step(params, s, drive0, y, beta, rho, eps, external, readout)
 
         before_last = jax.lax.fori_loop(0, max_steps - 1, body, states)
-        final = step(params, before_last, drive0, y, beta, rho, eps, external)
+        final = step(params, before_last, drive0, y, beta, rho, eps, external, readout)
         return Settled(final, jnp.asarray(max_steps, jnp.int32), jnp.max(residual(final, before_last)))
 
     def cond(carry):
@@ -197,7 +227,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
 
     def body(carry):
         s, t, _ = carry
-        new = step(params, s, drive0, y, beta, rho, eps, external)
+        new = step(params, s, drive0, y, beta, rho, eps, external, readout)
         return new, t + 1, jnp.max(residual(new, s))
 
     init = (states, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype))
@@ -205,12 +235,12 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     return Settled(final, steps, res)
 
 
-def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int) -> States:
+def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int, readout=None) -> States:
     """Exactly `steps` steps with lax.scan: differentiable end to end (for BPTT)."""
     drive0 = input_drive(params, x)
 
     def body(s, _):
-        return step(params, s, drive0, y, beta, rho, eps), None
+        return step(params, s, drive0, y, beta, rho, eps, readout=readout), None
 
     final, _ = jax.lax.scan(body, states, None, length=steps)
     return final
@@ -269,6 +299,11 @@ def random_feedback(key: jax.Array, w: jax.Array) -> jax.Array:
     """B = |W|_F G/|G|_F with G standard normal of the shape of W^T: random, with W^T's norm."""
     g = jax.random.normal(key, w.T.shape, w.dtype)
     return g * (jnp.linalg.norm(w) / jnp.linalg.norm(g))
+
+
+def split_readout(params: Params, has_readout: bool) -> tuple[Params, dict | None]:
+    """(the layers of the dynamics, the readout or None): params[:-1] and params[-1] with a readout."""
+    return (params[:-1], params[-1]) if has_readout else (params, None)
 
 
 def with_feedback(params: Params, matrices: dict) -> Params:

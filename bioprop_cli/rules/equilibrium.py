@@ -37,6 +37,13 @@ parameters, which at a = 0 is the symmetric network's gradient.
   difference, and with weight decay (adamw) the difference itself decays (Kolen-Pollack).
 `rule.feedback` returns {l: (B_l, W_l^T)} for l >= 1 whenever B is not tied, so the W-to-B angle is
 logged with the other measurements.
+
+Cross-entropy readout (model.loss = cross_entropy; models/energy.py): the last layer of params is a
+softmax readout outside the dynamics, whose cost -beta C(s_top, R) nudges the top hidden layer. EP's
+estimator applies to it as to any parameter of F = E + beta C (Scellier & Bengio 2017, eq. 9-10
+with a parameter-dependent cost): dF/dR = beta dC/dR, so its estimate is dC/dR at the nudged
+state (one-sided and random-sign: s^beta; symmetric: the mean over s^{+beta} and s^{-beta}), the
+readout's own local delta rule, rho(s_top)^T (softmax - y); it tends to dC/dR at s^0 as beta -> 0.
 """
 
 from __future__ import annotations
@@ -50,8 +57,10 @@ from bioprop_cli.models.energy import (
     cost,
     input_drive,
     mixed_feedback,
+    output,
     random_feedback,
     settle,
+    split_readout,
     sign_feedback,
     with_feedback,
     zero_states,
@@ -99,82 +108,113 @@ def effective_params(ep, params, state):
     return with_feedback(params, feedback_matrices(ep, params, state))
 
 
+def require_mse_cost(config, command: str) -> None:
+    """UserError (exit 2) for rule ep with the cross-entropy readout in a command that measures the
+    mean-squared network only (its nudged output layer is what those commands look at)."""
+    if config.rule == "ep" and has_readout(config):
+        from bioprop_cli.errors import UserError
+
+        raise UserError(f"config key 'model.loss': {command} measures ep with model.loss mse only, got 'cross_entropy' "
+                        "(train and measure the readout network with bioprop train)")
+
+
+def has_readout(config) -> bool:
+    """model.loss = cross_entropy: the last layer of params is a softmax readout outside the dynamics."""
+    return config.model.loss == "cross_entropy"
+
+
 def make(config, sizes, n_train: int = 0) -> LearningRule:
     ep = config.ep
     rho = RHOS[config.model.activation]
+    readout_layer = has_readout(config)
 
     def init(key, params):
+        dynamic, _ = split_readout(params, readout_layer)
         state = {}
         if ep.persistent:
-            state["particles"] = zero_states(params, max(n_train, 1))
+            state["particles"] = zero_states(dynamic, max(n_train, 1))
         if not ep.learn_feedback:
-            state.update(feedback_state(ep, key, params))
+            state.update(feedback_state(ep, key, dynamic))
         return state or ()
 
     def init_params(key, params):
         """Learned feedback: params[l]["fb"] = B_l (l >= 1), initialised as `ep.feedback` says."""
-        return with_feedback(params, feedback_matrices(ep, params, feedback_state(ep, key, params)))
+        dynamic, readout = split_readout(params, readout_layer)
+        dynamic = with_feedback(dynamic, feedback_matrices(ep, dynamic, feedback_state(ep, key, dynamic)))
+        return dynamic + ([readout] if readout_layer else [])
 
-    def free_phase(params, x, y, initial):
+    def free_phase(params, x, y, initial, readout=None):
         drive0 = input_drive(params, x)
-        free = settle(params, initial, drive0, y, 0.0, rho, ep.eps, ep.free_steps, ep.tolerance)
+        free = settle(params, initial, drive0, y, 0.0, rho, ep.eps, ep.free_steps, ep.tolerance, readout=readout)
         return drive0, free
 
-    def nudge(params, states, drive0, y, beta):
-        return settle(params, states, drive0, y, beta, rho, ep.eps, ep.nudged_steps, ep.tolerance)
+    def nudge(params, states, drive0, y, beta, readout=None):
+        return settle(params, states, drive0, y, beta, rho, ep.eps, ep.nudged_steps, ep.tolerance, readout=readout)
 
-    def nudge_both_ways(params, s0, drive0, y, beta):
+    def readout_gradient(top_states, y, readout):
+        """dC/dR (batch mean) at the top-layer states given, averaged over the list (see the docstring)."""
+        grad = lambda top: jax.grad(lambda r: jnp.mean(cost([top], y, r, rho)))(readout)
+        grads = [grad(top) for top in top_states]
+        return jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+
+    def nudge_both_ways(params, s0, drive0, y, beta, readout=None):
         """The +beta and -beta phases as one batch of twice the size (one settling loop, not two)."""
         n = y.shape[0]
         twice = lambda a: jnp.concatenate([a, a])
         signs = jnp.concatenate([jnp.full((n, 1), beta, y.dtype), jnp.full((n, 1), -beta, y.dtype)])
-        both = nudge(params, [twice(s) for s in s0], twice(drive0), twice(y), signs)
+        both = nudge(params, [twice(s) for s in s0], twice(drive0), twice(y), signs, readout)
         return [s[:n] for s in both.states], [s[n:] for s in both.states], both
 
     def estimate(params, state, x, y, key, idx=None):
-        trainable = params
-        params = effective_params(ep, params, state)
+        trainable, readout = split_readout(params, readout_layer)
+        params = effective_params(ep, trainable, state)
         persistent = ep.persistent and idx is not None
         initial = [p[idx] for p in state["particles"]] if persistent else zero_states(params, x.shape[0], x.dtype)
-        drive0, free = free_phase(params, x, y, initial)
+        drive0, free = free_phase(params, x, y, initial, readout)
         s0 = free.states
         if ep.estimator == "symmetric":
-            plus, minus, both = nudge_both_ways(params, s0, drive0, y, ep.beta)
+            plus, minus, both = nudge_both_ways(params, s0, drive0, y, ep.beta, readout)
             grads = contrast(plus, minus, x, rho, 1.0 / (2.0 * ep.beta))
             shift = [(a - b) / (2.0 * ep.beta) for a, b in zip(plus, minus)]
             nudged_steps, nudged_residual = both.steps, both.residual
+            nudged_tops = [plus[-1], minus[-1]]
         else:
             beta = ep.beta
             if ep.estimator == "random-sign":
                 beta = jnp.where(jax.random.bernoulli(key), ep.beta, -ep.beta)
-            nudged = nudge(params, s0, drive0, y, beta)
+            nudged = nudge(params, s0, drive0, y, beta, readout)
             grads = contrast(nudged.states, s0, x, rho, 1.0 / beta)
             shift = [(a - b) / beta for a, b in zip(nudged.states, s0)]
             nudged_steps, nudged_residual = nudged.steps, nudged.residual
+            nudged_tops = [nudged.states[-1]]
         if persistent:
             state = dict(state, particles=[p.at[idx].set(s) for p, s in zip(state["particles"], s0)])
         if ep.learn_feedback:  # B_l learns W_l's update transposed (the same Hebbian products)
             grads = [dict(g, fb=g["w"].T) if "fb" in layer else g for g, layer in zip(grads, trainable)]
+        if readout_layer:
+            grads = grads + [readout_gradient(nudged_tops, y, readout)]
         aux = {
             "free_steps": free.steps,
             "free_residual": free.residual,
             "nudged_steps": nudged_steps,
             "nudged_residual": nudged_residual,
         }
-        loss = jnp.mean(cost(s0, y))
-        return Estimate(grads, state, shift, loss, s0[-1], aux)
+        loss = jnp.mean(cost(s0, y, readout, rho))
+        return Estimate(grads, state, shift, loss, output(s0, readout, rho), aux)
 
     def predict(params, state, x):
-        params = effective_params(ep, params, state)
-        initial = zero_states(params, x.shape[0], x.dtype)
-        _, free = free_phase(params, x, jnp.zeros((x.shape[0], sizes[-1]), x.dtype), initial)
-        return free.states[-1]
+        dynamic, readout = split_readout(params, readout_layer)
+        dynamic = effective_params(ep, dynamic, state)
+        initial = zero_states(dynamic, x.shape[0], x.dtype)
+        _, free = free_phase(dynamic, x, jnp.zeros((x.shape[0], sizes[-1]), x.dtype), initial, readout)
+        return output(free.states, readout, rho)
 
     def feedback(params, state, key):
         if not separate_feedback(ep):
             return {}
-        eff = effective_params(ep, params, state)
-        return {l: (eff[l]["fb"], params[l]["w"].T) for l in range(1, len(params))}
+        dynamic, _ = split_readout(params, readout_layer)
+        eff = effective_params(ep, dynamic, state)
+        return {l: (eff[l]["fb"], dynamic[l]["w"].T) for l in range(1, len(dynamic))}
 
     rule = LearningRule(init, estimate, feedback, predict, measure=None,
                         init_params=init_params if ep.learn_feedback else None)

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gradcheck import central_difference, random_directions
+
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.equilibrium import (
     bptt_gradient,
@@ -124,15 +126,8 @@ def test_implicit_gradient_matches_finite_differences_and_converged_bptt(rho_nam
             s = free_fixed_point(p, x, rho, 0.5, 5000, 1e-13).states
             return float(jnp.mean(cost(s, y)))
 
-        key = jax.random.PRNGKey(5)
-        for k in jax.random.split(key, 3):  # directional derivatives along random directions
-            leaves, tree = jax.tree_util.tree_flatten(params)
-            ks = jax.random.split(k, len(leaves))
-            direction = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(ks, leaves)])
-            h = 1e-5
-            plus = jax.tree_util.tree_map(lambda p, d: p + h * d, params, direction)
-            minus = jax.tree_util.tree_map(lambda p, d: p - h * d, params, direction)
-            numeric = (loss_at_fixed_point(plus) - loss_at_fixed_point(minus)) / (2 * h)
+        for direction in random_directions(params, jax.random.PRNGKey(5), 3):
+            numeric = central_difference(loss_at_fixed_point, params, direction)
             analytic = float(jnp.vdot(_flat(implicit), _flat(direction)))
             assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-10)
 

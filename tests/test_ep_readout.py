@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import central_difference, random_directions
 from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
@@ -87,14 +88,8 @@ def test_implicit_gradient_with_readout_matches_finite_differences_and_bptt(rho_
             return float(jnp.mean(cost(s, y, params[-1], rho)))
 
         params = dynamic + [readout]
-        leaves, tree = jax.tree_util.tree_flatten(params)
-        for k in jax.random.split(jax.random.PRNGKey(5), 2):
-            ks = jax.random.split(k, len(leaves))
-            d = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(ks, leaves)])
-            h = 1e-5
-            plus = jax.tree_util.tree_map(lambda p, v: p + h * v, params, d)
-            minus = jax.tree_util.tree_map(lambda p, v: p - h * v, params, d)
-            numeric = (loss(plus) - loss(minus)) / (2 * h)
+        for d in random_directions(params, jax.random.PRNGKey(5), 2):
+            numeric = central_difference(loss, params, d)
             assert float(jnp.vdot(_flat(implicit), _flat(d))) == pytest.approx(numeric, rel=1e-5, abs=1e-10)
 
 

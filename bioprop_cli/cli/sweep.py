@@ -319,9 +319,8 @@ def condition(
     from bioprop_cli.config import check_against_data, to_dict
     from bioprop_cli.data import load_dataset
     from bioprop_cli.runs import append_jsonl, write_json, write_yaml
-    from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep
-
     from bioprop_cli.rules.equilibrium import require_mse_cost
+    from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep
 
     require_mse_cost(cfg, "bioprop sweep condition")
     plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written

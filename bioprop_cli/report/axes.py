@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from bioprop_cli.report.aggregate import ALWAYS_KEYS, Group, _hashable, _rule_rank, _sort_value, context_label, format_value
+from bioprop_cli.report.aggregate import (
+    ALWAYS_KEYS, Group, _hashable, _pct, _rule_rank, _sort_value, context_label, format_value,
+)
 
 
 def _is_number(value: Any) -> bool:
@@ -42,8 +44,15 @@ def axis_keys(groups: list[Group], keys: list[str]) -> list[str]:
     return out
 
 
-def _varying(groups: list[Group], key: str) -> bool:
-    return len({_hashable(g.keys.get(key)) for g in groups}) > 1
+def _fixed_keys(groups: list[Group], left_out) -> list[str]:
+    """The grouping keys that name a context: all but the rule and `left_out`, and the depth only where it varies."""
+    keys = groups[0].keys if groups else {}
+    depth_varies = len({_hashable(g.keys.get("model.depth")) for g in groups}) > 1
+    return [k for k in keys if k != "rule" and k not in left_out and (k != "model.depth" or depth_varies)]
+
+
+def _context(group: Group, keys: list[str]) -> tuple:
+    return tuple((k, _hashable(group.keys.get(k))) for k in keys)
 
 
 @dataclass
@@ -74,11 +83,10 @@ class AxisSlice:
 
 def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
     """One slice per combination of the other grouping keys (depth only where it varies), in group order."""
-    fixed = [k for k in (groups[0].keys if groups else {}) if k not in ("rule", key)
-             and (k != "model.depth" or _varying(groups, k))]
+    fixed = _fixed_keys(groups, (key,))
     slices: dict[tuple, AxisSlice] = {}
     for g in groups:
-        context = tuple((k, _hashable(g.keys.get(k))) for k in fixed)
+        context = _context(g, fixed)
         s = slices.setdefault(context, AxisSlice(key=key, context=context, values=[], by_rule={}))
         value = g.keys.get(key)
         s.by_rule.setdefault(g.rule, {})[value] = g
@@ -93,13 +101,13 @@ def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
 def tuned_best(groups: list[Group], axes: list[str]) -> dict[tuple, dict[Any, Group]]:
     """{context: {rule: the group with the highest mean final test accuracy, none of whose seeds diverged}}; the context is every
     grouping key except the rule and the axes (so the depth, where it varies, and non-numeric keys)."""
+    fixed = _fixed_keys(groups, axes)
     out: dict[tuple, dict] = {}
     for g in groups:
         acc = g.stats.get("test_accuracy_mean")
         if acc is None or not stable(g):
             continue
-        context = tuple((k, _hashable(v)) for k, v in g.keys.items() if k != "rule" and k not in axes
-                        and (k != "model.depth" or _varying(groups, k)))
+        context = _context(g, fixed)
         best = out.setdefault(context, {})
         if g.rule not in best or acc > best[g.rule].stats["test_accuracy_mean"]:
             best[g.rule] = g
@@ -108,10 +116,6 @@ def tuned_best(groups: list[Group], axes: list[str]) -> dict[tuple, dict[Any, Gr
 
 def setting_label(group: Group, axes: list[str]) -> str:
     return ", ".join(f"{k}={format_value(group.keys.get(k))}" for k in axes)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def _edge_note(values: list, best: list) -> str:

@@ -1,11 +1,14 @@
-"""Load MNIST / Fashion-MNIST as flat float32 arrays, from verified IDX files or tensorflow-datasets.
+"""Load MNIST / Fashion-MNIST as flat float32 arrays from verified IDX files.
 
 Where the data comes from, first match wins:
 
 1. the ``data_dir`` argument (``--data-dir`` flag or config);
 2. the environment variable ``BIOPROP_DATA_DIR`` (if set and non-empty);
 3. for ``fashion_mnist`` only, ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
-4. tensorflow-datasets (downloads when online, else uses its cache).
+4. bioprop's download cache, once it holds every file (``bioprop_cli.download``);
+5. a prepared tensorflow-datasets copy, when TensorFlow is installed (tensorflow-datasets reads it only through
+   TensorFlow);
+6. a download of the canonical files into the cache, which is then read as in 4.
 
 A data folder holds the four standard IDX files, each plain or gzip-compressed (``.gz``); the plain one wins when
 both exist. Every file is checked (presence, gzip integrity, IDX magic number, shape, label range, and the MD5 of the
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
-import socket
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ DATASETS = ("mnist", "fashion_mnist")
 
 DATA_DIR_ENV_VAR = "BIOPROP_DATA_DIR"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+CACHE_DIR_ENV_VAR = "BIOPROP_CACHE_DIR"  # holds one folder per dataset
+CACHE_ORIGIN = "bioprop's download cache"
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -98,7 +103,15 @@ class FileSpec:
 @dataclass(frozen=True)
 class DataFolder:
     path: Path
-    origin: str  # where the folder was named: "data_dir", "BIOPROP_DATA_DIR", or the Debian package
+    origin: str  # where the folder was named: "data_dir", "BIOPROP_DATA_DIR", the Debian package, the download cache
+
+
+class BadDataFile(UserError):
+    """One data file fails a check. `problem` says what is wrong, without naming the file or the fix."""
+
+    def __init__(self, source: str | os.PathLike, problem: str):
+        self.problem = problem
+        super().__init__(f"{source}: {problem} - {FIX_HINT}")
 
 
 def canonical_specs(name: str) -> dict[str, FileSpec]:
@@ -116,8 +129,12 @@ def canonical_specs(name: str) -> dict[str, FileSpec]:
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     check_dataset_name(name)
     folder = locate_data_folder(name, data_dir)
-    if folder is None:
+    if folder is None and tfds_has_prepared_copy(name):
         return load_from_tfds(name)
+    if folder is None:
+        from bioprop_cli.download import fetch_dataset  # download imports this module
+
+        folder = DataFolder(fetch_dataset(name), CACHE_ORIGIN)
     arrays = load_idx_folder(folder.path, canonical_specs(name), origin=folder.origin)
     return Dataset(
         name=name,
@@ -135,7 +152,7 @@ def check_dataset_name(name: str) -> None:
 
 
 def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFolder | None:
-    """The folder to read IDX files from, or None to fall back to tensorflow-datasets."""
+    """The folder to read IDX files from, or None when the data must come from tensorflow-datasets or a download."""
     if data_dir is not None and str(data_dir) != "":
         return DataFolder(Path(data_dir).expanduser(), "data_dir")
     env_dir = os.environ.get(DATA_DIR_ENV_VAR, "")
@@ -143,7 +160,18 @@ def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFol
         return DataFolder(Path(env_dir).expanduser(), DATA_DIR_ENV_VAR)
     if name == "fashion_mnist" and DEBIAN_FASHION_MNIST_DIR.is_dir():
         return DataFolder(DEBIAN_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist")
+    cached = cache_folder(name)
+    if not missing_idx_files(cached, IDX_FILE_NAMES):
+        return DataFolder(cached, CACHE_ORIGIN)
     return None
+
+
+def cache_folder(name: str) -> Path:
+    """Where downloads of dataset `name` go: $BIOPROP_CACHE_DIR/<name>, else ~/.cache/bioprop/datasets/<name>."""
+    root = os.environ.get(CACHE_DIR_ENV_VAR, "")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME", "") or "~/.cache") / "bioprop" / "datasets"
+    return Path(root).expanduser() / name
 
 
 def scale_images(images: np.ndarray) -> np.ndarray:
@@ -173,67 +201,110 @@ def check_folder_exists(folder: Path, origin: str) -> None:
                         "pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding the IDX files")
 
 
-def find_idx_file(folder: Path, base_name: str, expected: Mapping[str, FileSpec]) -> Path:
+def existing_idx_file(folder: Path, base_name: str) -> Path | None:
+    """The plain file if present, else the .gz one, else None."""
     for candidate in (folder / base_name, folder / f"{base_name}.gz"):
         if candidate.is_file():
             return candidate
+    return None
+
+
+def missing_idx_files(folder: Path, base_names: tuple[str, ...]) -> list[str]:
+    return [base_name for base_name in base_names if existing_idx_file(folder, base_name) is None]
+
+
+def find_idx_file(folder: Path, base_name: str, expected: Mapping[str, FileSpec]) -> Path:
+    found = existing_idx_file(folder, base_name)
+    if found is not None:
+        return found
     raise UserError(f"{folder}: missing {base_name} (or {base_name}.gz); the folder must hold the IDX files "
                     f"{', '.join(expected)} (each plain or .gz) - add the file or point --data-dir / BIOPROP_DATA_DIR at a "
                     "folder with the canonical files")
 
 
 def read_idx_file(path: Path, spec: FileSpec) -> np.ndarray:
-    content = read_uncompressed(path)
-    array = parse_idx(path, content, spec)
-    check_values(path, array, spec)
-    check_md5(path, content, spec)
-    return array
-
-
-def read_uncompressed(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise UserError(f"{path}: cannot read the file ({error.strerror or error}) - {FIX_HINT}") from None
-    if path.suffix != ".gz":
-        return raw
+        raise BadDataFile(path, f"cannot read the file ({error.strerror or error})") from None
+    return verify_idx_bytes(path, raw, path.suffix == ".gz", spec)
+
+
+def verify_idx_bytes(source: str | os.PathLike, raw: bytes, compressed: bool, spec: FileSpec) -> np.ndarray:
+    """The checks every IDX file passes, on its bytes as stored (gzip when `compressed`); `source` names it."""
+    content = gunzip(source, raw) if compressed else raw
+    array = parse_idx(source, content, spec)
+    check_values(source, array, spec)
+    check_md5(source, content, spec)
+    return array
+
+
+def gunzip(source: str | os.PathLike, raw: bytes) -> bytes:
     try:
         return gzip.decompress(raw)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as error:
-        raise UserError(f"{path}: expected a complete gzip file, found a truncated or corrupt one "
-                        f"({one_line(error)}) - {FIX_HINT}") from None
+        raise BadDataFile(source, f"expected a complete gzip file, found a truncated or corrupt one "
+                                  f"({one_line(error)})") from None
 
 
-def parse_idx(path: Path, content: bytes, spec: FileSpec) -> np.ndarray:
+def parse_idx(source: str | os.PathLike, content: bytes, spec: FileSpec) -> np.ndarray:
     header_size = 4 + 4 * len(spec.shape)
     if len(content) < header_size:
-        raise UserError(f"{path}: expected an IDX file with a {header_size}-byte header, found only "
-                        f"{len(content)} bytes - {FIX_HINT}")
+        raise BadDataFile(source, f"expected an IDX file with a {header_size}-byte header, found only "
+                                  f"{len(content)} bytes")
     magic = int.from_bytes(content[:4], "big")
     if magic != spec.magic:
-        raise UserError(f"{path}: expected IDX magic number 0x{spec.magic:08x} (ubyte, {len(spec.shape)} dims), "
-                        f"found 0x{magic:08x} - {FIX_HINT}")
+        raise BadDataFile(source, f"expected IDX magic number 0x{spec.magic:08x} (ubyte, {len(spec.shape)} dims), "
+                                  f"found 0x{magic:08x}")
     shape = tuple(int(d) for d in np.frombuffer(content, dtype=">i4", count=len(spec.shape), offset=4))
     if shape != spec.shape:
-        raise UserError(f"{path}: expected shape {format_shape(spec.shape)}, found {format_shape(shape)} - {FIX_HINT}")
+        raise BadDataFile(source, f"expected shape {format_shape(spec.shape)}, found {format_shape(shape)}")
     payload = memoryview(content)[header_size:]
     if len(payload) != int(np.prod(shape)):
-        raise UserError(f"{path}: expected {int(np.prod(shape))} data bytes after the header for shape "
-                        f"{format_shape(shape)}, found {len(payload)} - {FIX_HINT}")
+        raise BadDataFile(source, f"expected {int(np.prod(shape))} data bytes after the header for shape "
+                                  f"{format_shape(shape)}, found {len(payload)}")
     return np.frombuffer(payload, dtype=np.uint8).reshape(shape)
 
 
-def check_values(path: Path, array: np.ndarray, spec: FileSpec) -> None:
+def check_values(source: str | os.PathLike, array: np.ndarray, spec: FileSpec) -> None:
     if spec.max_value < 255 and array.size and int(array.max()) > spec.max_value:
-        raise UserError(f"{path}: expected values 0..{spec.max_value}, found a maximum of {int(array.max())} "
-                        f"- {FIX_HINT}")
+        raise BadDataFile(source, f"expected values 0..{spec.max_value}, found a maximum of {int(array.max())}")
 
 
-def check_md5(path: Path, content: bytes, spec: FileSpec) -> None:
+def check_md5(source: str | os.PathLike, content: bytes, spec: FileSpec) -> None:
     actual = hashlib.md5(content).hexdigest()
     if actual != spec.md5:
-        raise UserError(f"{path}: MD5 of the uncompressed content is {actual}, expected {spec.md5} (the canonical "
-                        f"file); it is corrupt or from another dataset - {FIX_HINT}")
+        raise BadDataFile(source, f"MD5 of the uncompressed content is {actual}, expected {spec.md5} (the canonical "
+                                  "file); it is corrupt or from another dataset")
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    base_name: str
+    path: Path | None  # the file found (plain or .gz), None when missing
+    problem: str | None = None  # why the file found is not the canonical one
+
+    @property
+    def status(self) -> str:
+        return "missing" if self.path is None else "mismatch" if self.problem else "found"
+
+
+def check_idx_folder(folder: str | os.PathLike, expected: Mapping[str, FileSpec]) -> list[FileCheck]:
+    """Every expected file's state, without stopping at the first problem (for `bioprop data check`)."""
+    folder = Path(folder)
+    check_folder_exists(folder, "")
+    return [check_idx_file(folder, base_name, spec) for base_name, spec in expected.items()]
+
+
+def check_idx_file(folder: Path, base_name: str, spec: FileSpec) -> FileCheck:
+    path = existing_idx_file(folder, base_name)
+    if path is None:
+        return FileCheck(base_name, None)
+    try:
+        read_idx_file(path, spec)
+    except BadDataFile as error:
+        return FileCheck(base_name, path, error.problem)
+    return FileCheck(base_name, path)
 
 
 def format_shape(shape: tuple[int, ...]) -> str:
@@ -249,12 +320,21 @@ def one_line(error: BaseException) -> str:
 # --- tensorflow-datasets -----------------------------------------------------------------------------------------
 
 
+def tfds_has_prepared_copy(name: str) -> bool:
+    """Whether tensorflow-datasets holds a prepared copy it can read: it needs TensorFlow for that (4.9 and later)."""
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tensorflow_datasets") is None:
+        return False
+    import tensorflow_datasets as tfds  # slow import: only when needed
+
+    return tfds.builder(name).is_prepared()
+
+
 def load_from_tfds(name: str) -> Dataset:
     try:
         (x_train, y_train), (x_test, y_test) = fetch_tfds_splits(name)
-    except Exception as error:  # offline, not installed, broken install: all mean "use local files"
+    except Exception as error:  # a broken TensorFlow install or cache: the data folders still work
         raise UserError(
-            f"could not load {name} through tensorflow-datasets ({type(error).__name__}: {one_line(error)}); "
+            f"could not read {name} from the tensorflow-datasets cache ({type(error).__name__}: {one_line(error)}); "
             f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {', '.join(IDX_FILE_NAMES)} "
             "(each plain or .gz)"
         ) from None
@@ -264,39 +344,13 @@ def load_from_tfds(name: str) -> Dataset:
     return dataset
 
 
-TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # where tensorflow-datasets fetches MNIST
-
-
-def download_host_reachable(timeout_s: float = 3.0) -> bool:
-    """A quick check, so that an offline machine fails at once instead of in tfds' retry loop."""
-    try:
-        socket.create_connection(TFDS_DOWNLOAD_HOST, timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
-
-
 def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(images (N,28,28,1) uint8, labels) for train and test. Uses tf.data when TensorFlow is installed."""
-    import tensorflow_datasets as tfds  # slow import: only when needed
+    """(images (N,28,28,1) uint8, labels) for train and test, from the prepared copy (never downloads)."""
+    import tensorflow_datasets as tfds
 
-    if not tfds.builder(name).is_prepared() and not download_host_reachable():
-        raise ConnectionError("not in the tensorflow-datasets cache, and the download server cannot be reached")
-
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        return fetch_tfds_splits_without_tensorflow(tfds, name)
-    train, test = tfds.as_numpy(tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True))
+    train, test = tfds.as_numpy(tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,
+                                          download=False))
     return (np.asarray(train[0]), np.asarray(train[1])), (np.asarray(test[0]), np.asarray(test[1]))
-
-
-def fetch_tfds_splits_without_tensorflow(tfds, name: str):
-    sources = tfds.data_source(name, split=["train", "test"], builder_kwargs={"file_format": "array_record"})
-    return tuple(
-        (np.stack([example["image"] for example in source]), np.array([example["label"] for example in source]))
-        for source in sources
-    )
 
 
 def check_tfds_shapes(dataset: Dataset) -> None:

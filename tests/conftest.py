@@ -24,6 +24,13 @@ IDX_FILES = (
 )
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch, tmp_path_factory) -> None:
+    """No test reads the user's download cache or reaches beyond this machine: an empty cache, a closed local port."""
+    monkeypatch.setenv("BIOPROP_CACHE_DIR", str(tmp_path_factory.mktemp("download-cache")))
+    monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", "http://127.0.0.1:9")
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> str:
     """The folder named by $BIOPROP_DATA_DIR holding the canonical MNIST IDX files; skips when unavailable."""

@@ -258,6 +258,19 @@ def test_unknown_dataset_name():
     assert "cifar10" in message and all(name in message for name in DATASETS)
 
 
+def test_check_folder_reports_every_file(tmp_path):
+    arrays, specs = write_fake_folder(tmp_path, gz=True)
+    (tmp_path / f"{TRAIN_LABELS}.gz").unlink()
+    write_file(tmp_path, TEST_IMAGES, idx_bytes(fake_arrays(seed=1)[TEST_IMAGES]), gz=False)  # wins over the .gz
+    checks = {check.base_name: check for check in data.check_idx_folder(tmp_path, specs)}
+    assert {name: check.status for name, check in checks.items()} == {
+        TRAIN_IMAGES: "found", TRAIN_LABELS: "missing", TEST_IMAGES: "mismatch", TEST_LABELS: "found"}
+    assert checks[TRAIN_IMAGES].path == tmp_path / f"{TRAIN_IMAGES}.gz" and checks[TRAIN_LABELS].path is None
+    assert checks[TEST_IMAGES].path == tmp_path / TEST_IMAGES
+    assert checks[TEST_IMAGES].problem.startswith("MD5 of the uncompressed content") and specs[TEST_IMAGES].md5 in (
+        checks[TEST_IMAGES].problem)
+
+
 # --- where the data comes from -----------------------------------------------------------------------------------
 
 
@@ -302,13 +315,39 @@ def test_debian_folder_only_for_fashion_mnist(monkeypatch, tmp_path, no_default_
     assert locate_data_folder("mnist", None) is None
 
 
-def test_tfds_failure_is_a_one_line_user_error(monkeypatch, no_default_sources):
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(UserError) as excinfo:
-        load_dataset("mnist")
-    message = user_error_message(excinfo)
-    assert "tensorflow-datasets" in message and "--data-dir" in message and "BIOPROP_DATA_DIR" in message
-    assert all(name in message for name in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS))
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("BIOPROP_CACHE_DIR", str(tmp_path / "cache"))
+    assert data.cache_folder("fashion_mnist") == tmp_path / "cache" / "fashion_mnist"
+    monkeypatch.delenv("BIOPROP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_folder("mnist") == tmp_path / "xdg" / "bioprop" / "datasets" / "mnist"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_folder("mnist") == tmp_path / "home" / ".cache" / "bioprop" / "datasets" / "mnist"
+
+
+def test_cache_is_used_only_once_it_holds_every_file(tmp_path, no_default_sources):
+    cached = data.cache_folder("mnist")
+    write_fake_folder(cached, gz=True)
+    (cached / f"{TEST_LABELS}.gz").unlink()
+    assert locate_data_folder("mnist", None) is None  # an incomplete cache: the missing file must be downloaded
+    write_file(cached, TEST_LABELS, idx_bytes(np.zeros(3, dtype=np.uint8)), gz=False)
+    folder = locate_data_folder("mnist", None)
+    assert folder.path == cached and folder.origin == data.CACHE_ORIGIN
+    assert locate_data_folder("fashion_mnist", None) is None  # one folder per dataset
+
+
+def test_data_folders_come_before_the_cache(monkeypatch, tmp_path, no_default_sources):
+    write_fake_folder(data.cache_folder("mnist"))
+    monkeypatch.setenv("BIOPROP_DATA_DIR", str(tmp_path / "from-env"))
+    assert locate_data_folder("mnist", None).origin == "BIOPROP_DATA_DIR"
+    assert locate_data_folder("mnist", tmp_path / "from-arg").origin == "data_dir"
+
+
+def test_tfds_is_not_asked_without_tensorflow(monkeypatch):
+    """tensorflow-datasets >= 4.9 reads a prepared copy only through TensorFlow, which bioprop does not install."""
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if not installed
+    assert not data.tfds_has_prepared_copy("mnist")
 
 
 def test_tfds_arrays_are_converted(monkeypatch, no_default_sources):
@@ -317,6 +356,7 @@ def test_tfds_arrays_are_converted(monkeypatch, no_default_sources):
         split = lambda n: (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n))
         return split(60000), split(10000)
 
+    monkeypatch.setattr(data, "tfds_has_prepared_copy", lambda name: True)
     monkeypatch.setattr(data, "fetch_tfds_splits", fake_splits)
     dataset = load_dataset("mnist")
     assert dataset.source == "tensorflow-datasets"
@@ -369,21 +409,3 @@ def test_real_fashion_mnist_from_debian_package():
     dataset = load_dataset("fashion_mnist", data.DEBIAN_FASHION_MNIST_DIR)
     check_real_dataset(dataset, "fashion_mnist")
     assert np.all(np.bincount(dataset.y_train, minlength=10) == 6000)  # Fashion-MNIST is exactly balanced
-
-
-def test_offline_without_cached_tfds_data_fails_at_once(monkeypatch):
-    """No retry loop on an offline machine: a one-line error that says how to use local files."""
-    import bioprop_cli.data as data
-
-    pytest.importorskip("tensorflow_datasets")
-    monkeypatch.delenv("BIOPROP_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "download_host_reachable", lambda timeout_s=3.0: False)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", Path("/nonexistent"))
-    import tensorflow_datasets as tfds
-
-    if tfds.builder("mnist").is_prepared():
-        pytest.skip("MNIST is in this machine's tensorflow-datasets cache")
-    with pytest.raises(UserError) as excinfo:
-        data.load_dataset("mnist")
-    message = str(excinfo.value)
-    assert "cannot be reached" in message and "BIOPROP_DATA_DIR" in message and "\n" not in message

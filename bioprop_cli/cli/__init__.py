@@ -2,7 +2,7 @@
 
 import typer
 
-from bioprop_cli.cli import bench, compare, conditions, jtranspose, sweep, train
+from bioprop_cli.cli import bench, compare, conditions, data, jtranspose, sweep, train
 
 app = typer.Typer(
     name="bioprop",
@@ -17,6 +17,7 @@ app.add_typer(sweep.app, name="sweep")
 app.command("compare")(compare.compare)
 app.command("jtranspose")(jtranspose.jtranspose)
 app.command("conditions")(conditions.conditions)
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:

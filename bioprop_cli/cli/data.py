@@ -1,0 +1,57 @@
+"""`bioprop data fetch` and `bioprop data check`: get a dataset's files ahead of time, and check a folder of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bioprop_cli.cli.common import console, user_errors_exit_2
+from bioprop_cli.data import canonical_specs, check_dataset_name, check_idx_folder
+from bioprop_cli.errors import UserError
+
+app = typer.Typer(
+    help="Datasets: `bioprop data fetch` downloads one ahead of time (say on a login node), "
+    "`bioprop data check DIR` checks a folder of its files.",
+    no_args_is_help=True,
+)
+
+
+@app.command("fetch")
+@user_errors_exit_2
+def fetch(
+    dataset: str = typer.Argument("mnist", help="mnist or fashion_mnist."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Folder to fill (default: the cache, "
+                                      "$BIOPROP_CACHE_DIR/DATASET or ~/.cache/bioprop/datasets/DATASET)."),
+) -> None:
+    """Download the dataset's canonical files that the folder lacks, verify them, and check the folder."""
+    from bioprop_cli.download import fetch_dataset
+
+    report_folder(dataset, fetch_dataset(dataset, to))
+
+
+@app.command("check")
+@user_errors_exit_2
+def check(
+    folder: Path = typer.Argument(..., help="Folder holding the four IDX files (each plain or .gz)."),
+    dataset: str = typer.Option("mnist", "--dataset", "-d", help="mnist or fashion_mnist."),
+) -> None:
+    """List the dataset's files that the folder holds intact, lacks, or holds altered (exit 2 unless all intact)."""
+    check_dataset_name(dataset)
+    report_folder(dataset, folder)
+
+
+def report_folder(dataset: str, folder: Path) -> None:
+    checks = check_idx_folder(folder, canonical_specs(dataset))
+    for file in checks:
+        detail = {"found": f"{file.path}", "missing": f"{file.base_name} (or {file.base_name}.gz)",
+                  "mismatch": f"{file.path}: {file.problem}"}[file.status]
+        console.print(f"{file.status:<9} {detail}", markup=False, highlight=False, soft_wrap=True)
+    missing = sum(file.status == "missing" for file in checks)
+    mismatching = sum(file.status == "mismatch" for file in checks)
+    if missing or mismatching:
+        raise UserError(f"{folder}: {missing} missing and {mismatching} altered of the {len(checks)} {dataset} files; "
+                        f"delete any altered file and run `bioprop data fetch {dataset} --to {folder}`")
+    console.print(f"{folder}: the {len(checks)} canonical {dataset} files, verified", markup=False, highlight=False,
+                  soft_wrap=True)

@@ -89,7 +89,7 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Dataset = "mnist"
-    data_dir: str | None = None  # else $BIOPROP_DATA_DIR, else tensorflow-datasets
+    data_dir: str | None = None  # else $BIOPROP_DATA_DIR, else the download cache (bioprop_cli/data.py)
     validation_size: int = 5000  # held out from the END of the training set
     train_limit: int | None = None  # use only the first N training examples (quick tests)
     test_limit: int | None = None  # use only the first N test examples

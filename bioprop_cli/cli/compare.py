@@ -12,6 +12,7 @@ from rich.table import Table as RichTable
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
 from bioprop_cli.errors import UserError
+from bioprop_cli.runs import check_folder
 
 FORMATS = ("csv", "json")
 
@@ -72,6 +73,8 @@ def compare(
         raise UserError(f"--target: must be a test accuracy in (0, 1], e.g. 0.97, got {target:g}")
     if not margin >= 0.0:
         raise UserError(f"--margin: must be >= 0 (0.01 = 1 percentage point), got {margin:g}")
+    requested = Path(out) if out is not None else Path(paths[0]) / "report"
+    check_folder(requested, "--out", file_ok=True)
     fmt = None
     if format is not None:
         fmt = format.strip().lower()
@@ -84,7 +87,6 @@ def compare(
         known = ", ".join(sorted(map(str, rules), key=_rule_rank))
         raise UserError(f"--baseline: no {baseline!r} runs under the paths; the rules there are {known}")
 
-    requested = Path(out) if out is not None else Path(paths[0]) / "report"
     folder = report_dir(requested)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")

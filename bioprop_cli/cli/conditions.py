@@ -133,8 +133,10 @@ def conditions(
         if not (run / "config.yaml").is_file():
             raise UserError(f"--run {run}: no config.yaml (not a run folder)")
         config = run / "config.yaml"
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+    if out is not None:
+        from bioprop_cli.runs import check_folder
+
+        check_folder(out, "--out")
     cfg = config_from_flags(config, set_, rule=rule, depth=depth, width=width, seed=seed, data_dir=data_dir)
     from bioprop_cli.rules.equilibrium import require_mse_cost
 

@@ -120,12 +120,14 @@ app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_call
 
 
 def _floats(text: str, name: str) -> list[float]:
+    import math
+
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"{name}: expected positive numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"{name}: expected positive finite numbers, got {text!r}")
     return sorted(set(values))
 
 

@@ -93,8 +93,10 @@ def compare(
     folder.mkdir(parents=True, exist_ok=True)
 
     n_runs = sum(g.stats["n_runs"] for g in comparison.groups)
+    left_out = f" ({len(comparison.excluded)} more not counted: see the findings)" if comparison.excluded else ""
     console.print(f"[bold]bioprop compare[/] {plural(n_runs, 'run')} in {plural(len(comparison.groups), 'group')}, "
-                  f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}", highlight=False)
+                  f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}"
+                  f"{left_out}", highlight=False)
     for table in all_tables(comparison):
         console.print(_rich(table))
     console.print("[bold]Findings[/]")

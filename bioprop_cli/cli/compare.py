@@ -101,7 +101,7 @@ def compare(
         console.print(_rich(table))
     console.print("[bold]Findings[/]")
     for line in comparison.findings:
-        console.print(f"- {line}", highlight=False, soft_wrap=True)
+        console.print(f"- {line}", highlight=False)
 
     figures = make_figures(comparison, folder)
     md, page = write_report(comparison, figures, folder)
@@ -110,4 +110,4 @@ def compare(
         written.append(write_group_table(group_table(comparison), folder, fmt).name)
     if folder != requested:
         console.print(f"{requested} already holds a report; writing to {folder} instead", highlight=False)
-    console.print(f"report: {folder} ({', '.join(written)})", highlight=False, soft_wrap=True)
+    console.print(f"report: {folder} ({', '.join(written)})", highlight=False)

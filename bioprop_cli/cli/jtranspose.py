@@ -80,7 +80,7 @@ def _run_params(run: Optional[Path], fresh, dtype):
                 raise UserError(f"--run {run}: params.npz lacks '{key}' of shape {tuple(value.shape)}")
             entry[name] = jnp.asarray(stored[l][name], dtype)
         params.append(entry)
-    console.print(f"trained parameters from {path}", highlight=False, soft_wrap=True)
+    console.print(f"trained parameters from {path}", highlight=False)
     return params, f"trained parameters of {run}"
 
 

@@ -383,7 +383,7 @@ def condition(
                      "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
     console.print(cost)
     for name, why in result["skipped"].items():
-        console.print(f"skipped {name}: {why}", highlight=False, soft_wrap=True)
+        console.print(f"skipped {name}: {why}", highlight=False)
     if summary["sentence"]:
-        console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False, soft_wrap=True)
-    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
+    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False)

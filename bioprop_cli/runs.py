@@ -15,6 +15,7 @@ as the JSON files (temporary file, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -179,6 +180,28 @@ def process_alive(summary: dict) -> bool | None:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or XLA's RESOURCE_EXHAUSTED (device or host memory)."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+@contextlib.contextmanager
+def failed_if_out_of_memory(run_dir: Path):
+    """A run that runs out of memory is recorded as `failed` (summary.json: status, error), not left
+    `running`, and reported as a UserError naming its folder; other errors pass through."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        reason = " ".join(str(e).split())[:200] or e.__class__.__name__
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        write_json(summary_path, {**summary, "status": "failed", "error": f"out of memory: {reason}"})
+        raise UserError(f"out of memory (reduce model.width, model.depth or train.batch_size); the run {run_dir} "
+                        f"is marked failed: {reason}") from None
 
 
 def run_id(rule: str, depth: int, seed: int, now: datetime | None = None) -> str:

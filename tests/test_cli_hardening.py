@@ -198,3 +198,21 @@ def test_printed_paths_are_never_wrapped(tmp_path, monkeypatch, fake_dataset):
     assert result.exit_code == 0, result.output
     assert f"{out} already holds a report; writing to {out}-1 instead\n" in result.output
     assert f"report: {out}-1 (" in result.output
+
+
+def test_out_of_memory_marks_the_run_failed(tmp_path, monkeypatch, fake_dataset):
+    """An allocation failure the memory estimate did not foresee: one line, the run `failed`, never left `running`."""
+    from bioprop_cli.runs import RunWriter
+
+    def allocation_fails(config, dataset, writer: RunWriter, on_epoch):
+        writer.summary({"status": "running", "rule": config.rule})
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 157.00GiB.")
+
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "train_run", allocation_fails)
+    result = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path), "--batch-size", "50",
+                                      "--set", "data.validation_size=100", "--no-progress"])
+    (run,) = tmp_path.glob("default/*")
+    assert_user_error(result, "out of memory", str(run), "marked failed", "157.00GiB")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rule"] == "bp" and "RESOURCE_EXHAUSTED" in summary["error"]

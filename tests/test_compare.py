@@ -429,10 +429,13 @@ def dead_pid() -> int:
 
 def write_resumed_sweep(root: Path) -> Path:
     """A sweep folder after kill -9 and a resume: the manifest names runs/depth-1-s0-1 (completed); runs/depth-1-s0
-    (killed: still `running`) and runs/depth-1-s0-2 (completed just before the kill, never recorded) are left over."""
+    (killed before its first epoch: still `running`, no metrics) and runs/depth-1-s0-2 (completed just before
+    the kill, never recorded) are left over."""
     sweep = root / "sweep-depth-abc"
     runs = sweep / "runs"
     write_run(runs, "depth-1-s0", depth=1, final=0.10, status="running", accs=(0.10,))
+    for name in ("metrics.jsonl", "alignment.jsonl"):
+        (runs / "depth-1-s0" / name).unlink()
     write_run(runs, "depth-1-s0-1", depth=1, final=0.91, accs=(0.90, 0.91))
     write_run(runs, "depth-1-s0-2", depth=1, final=0.50, accs=(0.40, 0.50))
     write_run(runs, "depth-2-s0", depth=2, final=0.92, accs=(0.90, 0.92))
@@ -452,7 +455,17 @@ def test_in_a_sweep_folder_only_the_manifests_run_per_point_and_seed_counts(tmp_
         assert d1.stats["seeds"] == [0] and d1.stats["n_runs"] == 1
         assert d1.stats["test_accuracy_mean"] == pytest.approx(0.91)
         assert sorted(e.path.name for e in c.excluded) == ["depth-1-s0", "depth-1-s0-2"]
-        assert "not the run its sweep's manifest.json names" in "\n".join(c.findings)
+        assert "2 runs not counted: not the run its sweep's manifest.json names" in "\n".join(c.findings)
+
+
+def test_a_run_killed_before_its_first_epoch_is_named_not_counted(tmp_path):
+    write_run(tmp_path / "runs", "done", depth=1)
+    killed = write_run(tmp_path / "runs", "killed", depth=1, status="running")
+    for name in ("metrics.jsonl", "alignment.jsonl"):
+        (killed / name).unlink()
+    c = aggregate([tmp_path / "runs"])
+    assert [g.stats["seeds"] for g in c.groups] == [[0]]
+    assert [(e.path.name, e.reason) for e in c.excluded] == [("killed", "stale")]
 
 
 def test_two_runs_of_one_seed_count_once_the_latest_completed(tmp_path):

@@ -74,8 +74,20 @@ class BetaSweep:
         return self.summary.get("slopes") or {}
 
 
+def _status(path: Path) -> Any:
+    """summary.json's status, or None where it cannot be read (load_run reports that)."""
+    try:
+        return json.loads((path / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+    """A run folder: RUN_FILES; or summary.json and config.yaml alone for a run that ended or was
+    killed before its first epoch (status running, interrupted or failed), so that it is named."""
+    if not (path.is_dir() and all((path / name).is_file() for name in RUN_FILES[:2])):
+        return False
+    return (path / "metrics.jsonl").is_file() or _status(path) in ("running", "interrupted", "failed")
 
 
 def is_beta_sweep_dir(path: Path) -> bool:
@@ -324,7 +336,7 @@ def outside_manifests(run_dirs: list[Path]) -> tuple[list[Path], list[Excluded]]
         if sweep is None or d.resolve() in listed[sweep]:
             keep.append(d)
         else:
-            excluded.append(Excluded(d, "manifest", f"{sweep / 'manifest.json'}"))
+            excluded.append(Excluded(d, "manifest"))
     return keep, excluded
 
 

@@ -175,6 +175,8 @@ KINDS = {
     "an integer or null": _optional(_is_int),
     "a number or null": _optional(_is_number),
     "a string": lambda v: isinstance(v, str),
+    "true or false": lambda v: isinstance(v, bool),
+    "a list": lambda v: isinstance(v, list),
 }
 SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
                   **{k: "a number or null" for k in ("test_accuracy", "best_val_accuracy", "wall_time_s", "examples_per_s")}}
@@ -226,15 +228,11 @@ def _config_kinds() -> dict:
     return {k: kind(v) for k, v in flatten(to_dict(Config())).items()}
 
 
-CONFIG_CHECKS = {"true or false": lambda v: isinstance(v, bool), "a number": _is_number,
-                 "a string": lambda v: isinstance(v, str), "a list": lambda v: isinstance(v, list)}
-
-
 def _check_config(path: Path, flat: dict) -> None:
     kinds = _config_kinds()
     for key, value in flat.items():
         kind = kinds.get(key)
-        if kind is not None and value is not None and not CONFIG_CHECKS[kind](value):
+        if kind is not None and value is not None and not KINDS[kind](value):
             raise UserError(f"{path}: '{key}' must be {kind}, got {_short(value)}")
 
 
@@ -502,8 +500,7 @@ def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], i
 
 
 def _int_layer(record: dict) -> bool:
-    layer = record.get("layer")
-    return isinstance(layer, int) and not isinstance(layer, bool)
+    return _is_int(record.get("layer"))
 
 
 def final_update_angles(run: Run) -> dict[int, float]:

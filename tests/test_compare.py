@@ -463,9 +463,11 @@ def test_a_run_killed_before_its_first_epoch_is_named_not_counted(tmp_path):
     killed = write_run(tmp_path / "runs", "killed", depth=1, status="running")
     for name in ("metrics.jsonl", "alignment.jsonl"):
         (killed / name).unlink()
+    failed = write_run(tmp_path / "runs", "out-of-memory", depth=1, status="failed")
+    (failed / "metrics.jsonl").unlink()
     c = aggregate([tmp_path / "runs"])
     assert [g.stats["seeds"] for g in c.groups] == [[0]]
-    assert [(e.path.name, e.reason) for e in c.excluded] == [("killed", "stale")]
+    assert sorted((e.path.name, e.reason) for e in c.excluded) == [("killed", "stale"), ("out-of-memory", "status")]
 
 
 def test_two_runs_of_one_seed_count_once_the_latest_completed(tmp_path):

@@ -301,7 +301,7 @@ REASONS = {
     "unknown": "running on another host (cannot tell whether it still runs), not counted",
     "manifest": "not counted: not the run its sweep's manifest.json names for that point and seed (an earlier attempt)",
     "duplicate": "not counted: the same grouping keys and seed as a run that is counted",
-    "status": "not counted: the run did not end (status other than completed, diverged or interrupted)",
+    "status": "not counted: a status other than completed, diverged or interrupted (no result)",
 }
 
 

@@ -9,7 +9,7 @@ from typer.core import TyperGroup
 from bioprop_cli.cli import bench, compare, conditions, jtranspose, sweep, train
 from bioprop_cli.cli.common import console, print_error
 
-# click's exceptions: click's own module, or the copy that typer >= 0.22 vendors (typer._click)
+# click's exceptions: click's own module, or the copy that recent typer versions vendor (typer._click)
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
 _NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -310,6 +311,36 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise UserError(f"config key '{key}': must be {allowed}, got {value!r}")
 
 
+MAX_NAME_LENGTH = 100  # an experiment is one folder name; file systems allow 255 bytes
+# Arrays of the network's size that training holds at once: the parameters, their gradient, two
+# optimizer moments (adam), feedback matrices and the reference gradient of the alignment measurement.
+PARAMETER_COPIES = 6
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(m: ModelConfig) -> None:
+    """Refuses a network whose float32 arrays alone would not fit in this machine's memory, before
+    anything is allocated or written (a width of 50,000,000 would otherwise end in an allocation failure)."""
+    from bioprop_cli.data import IMAGE_SIDE, NUM_CLASSES
+    from bioprop_cli.models.mlp import layer_sizes
+
+    sizes = layer_sizes(IMAGE_SIDE**2, m.depth, m.width, NUM_CLASSES)
+    n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    need, have = 4 * PARAMETER_COPIES * n_params, host_memory_bytes()
+    if have is not None and need > have:
+        raise UserError(
+            f"config key 'model.width': {m.width} (depth {m.depth}) is too large: {n_params:,} parameters need about "
+            f"{need / 2**30:,.0f} GiB in training (x{PARAMETER_COPIES} for gradients, optimizer state and feedback), "
+            f"more than this machine's {have / 2**30:,.0f} GiB")
+
+
 def validate(config: Config) -> Config:
     """Checks ranges and cross-field constraints; returns the config unchanged."""
     from bioprop_cli.rules import available_rules  # the registry is the source of truth
@@ -320,13 +351,18 @@ def validate(config: Config) -> Config:
     m, o, d, t, a = config.model, config.optimizer, config.data, config.train, config.alignment
     _check(0 <= config.seed < 2**31, "seed", "in [0, 2^31 - 1]", config.seed)
     _check(
-        bool(_NAME.fullmatch(config.experiment)),
+        bool(_NAME.fullmatch(config.experiment)) and len(config.experiment) <= MAX_NAME_LENGTH,
         "experiment",
-        "a folder name of letters, digits, '.', '_' or '-' that does not start with '.'",
+        f"a folder name of at most {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' that does not start with '.'",
         config.experiment,
     )
+    from bioprop_cli.runs import check_folder
+
+    check_folder(config.results_dir, "config key 'results_dir'")
+    check_folder(Path(config.results_dir) / config.experiment, "config key 'experiment'")
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
+    _check_memory(m)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
     fb = config.feedback
     _check(fb.scale > 0, "feedback.scale", "> 0", fb.scale)

@@ -15,9 +15,11 @@ as the JSON files (temporary file, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,6 +101,8 @@ def load_params(run_dir: str | Path) -> list[dict]:
         layer, _, name = key.partition(".")
         if not layer.isdigit() or not name:
             raise UserError(f"{path}: unexpected entry {key!r} (expected '<layer>.<name>', e.g. '0.w')")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise UserError(f"{path}: entry {key!r} holds {value.dtype} numbers; parameters are floating-point")
         layers.setdefault(int(layer), {})[name] = jnp.asarray(value)
     if not layers or sorted(layers) != list(range(len(layers))):
         raise UserError(f"{path}: expected layers 0 .. L-1, found {sorted(layers)}")
@@ -127,6 +131,79 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in complete if line.strip()]
 
 
+def check_folder(path: str | Path, what: str, file_ok: bool = False) -> None:
+    """UserError (naming `what`, the flag or key) unless `path` is a folder or could be made one: neither
+    it nor any folder above it may be a file. With `file_ok`, `path` itself may be a file (the caller
+    then takes the next free name beside it). Nothing is created."""
+    path = Path(path)
+    for above in [path, *path.parents]:
+        if above.is_dir():
+            return
+        if above == path and file_ok:
+            continue
+        if above.exists() or above.is_symlink():
+            where = "is a file" if above == path else f"is under {above}, which is a file"
+            raise UserError(f"{what}: {path} {where}, not a folder")
+
+
+def check_new_file(path: str | Path, what: str) -> None:
+    """UserError unless `path` names a file that can be written: not a folder, in a folder that exists."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what}: {path} is a folder; give a file name, e.g. {path / 'bench.json'}")
+    if not path.parent.is_dir():
+        check_folder(path.parent, what)
+        raise UserError(f"{what}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{what}: the folder {path.parent} is not writable")
+
+
+def process_stamp() -> dict:
+    """Who is writing a run, for summary.json at its start: a `running` run whose process is gone
+    (same host, no such pid) is stale, not in progress (bioprop compare)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def process_alive(summary: dict) -> bool | None:
+    """Whether the process that summary.json names still runs: True, False (gone, or no pid recorded),
+    or None where it cannot be told (written on another host)."""
+    pid = summary.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    if summary.get("host") not in (None, socket.gethostname()):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: Python's MemoryError, or XLA's RESOURCE_EXHAUSTED (device or host memory)."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+@contextlib.contextmanager
+def failed_if_out_of_memory(run_dir: Path):
+    """A run that runs out of memory is recorded as `failed` (summary.json: status, error), not left
+    `running`, and reported as a UserError naming its folder; other errors pass through."""
+    try:
+        yield
+    except Exception as e:
+        if not out_of_memory(e):
+            raise
+        reason = " ".join(str(e).split())[:200] or e.__class__.__name__
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        write_json(summary_path, {**summary, "status": "failed", "error": f"out of memory: {reason}"})
+        raise UserError(f"out of memory (reduce model.width, model.depth or train.batch_size); the run {run_dir} "
+                        f"is marked failed: {reason}") from None
+
+
 def run_id(rule: str, depth: int, seed: int, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"{now:%Y%m%d-%H%M%S}-{rule}-d{depth}-s{seed}"
@@ -135,14 +212,18 @@ def run_id(rule: str, depth: int, seed: int, now: datetime | None = None) -> str
 def create_run_dir(results_dir: str | Path, experiment: str, name: str) -> Path:
     """Creates a new, empty run folder; never reuses an existing one (adds -1, -2, ... instead)."""
     parent = Path(results_dir) / experiment
-    parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ["", *(f"-{i}" for i in range(1, 10_000))]:
-        path = parent / f"{name}{suffix}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    check_folder(parent, "results folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ["", *(f"-{i}" for i in range(1, 10_000))]:
+            path = parent / f"{name}{suffix}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:  # FileExistsError above is a name taken; anything else is the place itself
+        raise UserError(f"results folder {parent}: cannot create a folder there ({e.strerror or e})") from None
     raise RuntimeError(f"could not create a new run folder under {parent}")
 
 

@@ -33,6 +33,7 @@ from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_v
 from bioprop_cli.models.mlp import LOSSES, init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
+from bioprop_cli.runs import process_stamp
 
 N_CLASSES = 10
 
@@ -398,7 +399,7 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
             "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
             "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
-            **environment(),
+            **environment(), **process_stamp(),
         }
         writer.summary(summary)
         logs.append(_RunLog(c, writer, summary, make_schedule(c.optimizer, program.steps_per_epoch, c.train.epochs)))

@@ -23,7 +23,8 @@ from bioprop_cli.runs import read_jsonl
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 ALL_RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf")
 RUN_ID = re.compile(r"\d{8}-\d{6}-fa-d2-s0(-\d+)?")
-TIMING_FIELDS = {"epoch_time_s", "wall_time_s", "train_time_s", "compile_time_s", "examples_per_s"}
+# what differs between two runs of the same config and seed: timings, and which process ran it when
+TIMING_FIELDS = {"epoch_time_s", "wall_time_s", "train_time_s", "compile_time_s", "examples_per_s", "pid", "started_at"}
 METRIC_KEYS = {
     "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
     "epoch_time_s", "wall_time_s", "mean_update_angle",

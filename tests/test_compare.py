@@ -402,3 +402,182 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     result = CliRunner().invoke(app(), ["compare", *(a.format(**names) for a in args)])
     assert_user_error(result, fragment)
     assert not (root / "report").exists()
+
+
+# --- what counts: the manifest's run per point and seed, finished runs, one run per seed -----------
+
+
+def _summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def _set_summary(path: Path, **changes) -> None:
+    summary = {**_summary(path), **changes}
+    for key in [k for k, v in changes.items() if v is None]:
+        del summary[key]
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def write_resumed_sweep(root: Path) -> Path:
+    """A sweep folder after kill -9 and a resume: the manifest names runs/depth-1-s0-1 (completed); runs/depth-1-s0
+    (killed before its first epoch: still `running`, no metrics) and runs/depth-1-s0-2 (completed just before
+    the kill, never recorded) are left over."""
+    sweep = root / "sweep-depth-abc"
+    runs = sweep / "runs"
+    write_run(runs, "depth-1-s0", depth=1, final=0.10, status="running", accs=(0.10,))
+    for name in ("metrics.jsonl", "alignment.jsonl"):
+        (runs / "depth-1-s0" / name).unlink()
+    write_run(runs, "depth-1-s0-1", depth=1, final=0.91, accs=(0.90, 0.91))
+    write_run(runs, "depth-1-s0-2", depth=1, final=0.50, accs=(0.40, 0.50))
+    write_run(runs, "depth-2-s0", depth=2, final=0.92, accs=(0.90, 0.92))
+    manifest = {"grid": {"model.depth": [1, 2]}, "seeds": [0], "runs": {
+        "depth-1-s0": {"values": {"model.depth": 1}, "seed": 0, "run_dir": "runs/depth-1-s0-1", "status": "completed"},
+        "depth-2-s0": {"values": {"model.depth": 2}, "seed": 0, "run_dir": "runs/depth-2-s0", "status": "completed"},
+    }}
+    (sweep / "manifest.json").write_text(json.dumps(manifest))
+    return sweep
+
+
+def test_in_a_sweep_folder_only_the_manifests_run_per_point_and_seed_counts(tmp_path):
+    sweep = write_resumed_sweep(tmp_path)
+    for path in (tmp_path, sweep, sweep / "runs"):  # the same, whether the sweep or a folder above or below is given
+        c = aggregate([path])
+        d1 = next(g for g in c.groups if g.depth == 1)
+        assert d1.stats["seeds"] == [0] and d1.stats["n_runs"] == 1
+        assert d1.stats["test_accuracy_mean"] == pytest.approx(0.91)
+        assert sorted(e.path.name for e in c.excluded) == ["depth-1-s0", "depth-1-s0-2"]
+        assert "2 runs not counted: not the run its sweep's manifest.json names" in "\n".join(c.findings)
+
+
+def test_a_run_killed_before_its_first_epoch_is_named_not_counted(tmp_path):
+    write_run(tmp_path / "runs", "done", depth=1)
+    killed = write_run(tmp_path / "runs", "killed", depth=1, status="running")
+    for name in ("metrics.jsonl", "alignment.jsonl"):
+        (killed / name).unlink()
+    failed = write_run(tmp_path / "runs", "out-of-memory", depth=1, status="failed")
+    (failed / "metrics.jsonl").unlink()
+    c = aggregate([tmp_path / "runs"])
+    assert [g.stats["seeds"] for g in c.groups] == [[0]]
+    assert sorted((e.path.name, e.reason) for e in c.excluded) == [("killed", "stale"), ("out-of-memory", "status")]
+
+
+def test_two_runs_of_one_seed_count_once_the_latest_completed(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "a", rule="bp", depth=1, final=0.80, accs=(0.80,))
+    write_run(root, "b", rule="bp", depth=1, final=0.90, accs=(0.90,))
+    write_run(root, "c", rule="bp", depth=1, final=0.70, accs=(0.70,), status="interrupted")
+    _set_summary(root / "a", started_at="2026-01-02T00:00:00+00:00")
+    _set_summary(root / "b", started_at="2026-01-01T00:00:00+00:00")
+    _set_summary(root / "c", started_at="2026-01-03T00:00:00+00:00")
+    write_run(root, "s1", rule="bp", depth=1, seed=1, final=0.85, accs=(0.85,))
+    c = aggregate([root])
+    (g,) = c.groups
+    assert g.stats["seeds"] == [0, 1]  # never "0 0"
+    assert g.stats["test_accuracy_mean"] == pytest.approx((0.80 + 0.85) / 2)  # a: the latest completed seed-0 run
+    assert sorted(e.path.name for e in c.excluded) == ["b", "c"]
+    assert all(e.reason == "duplicate" and str(root / "a") in e.detail for e in c.excluded)
+    assert "2 runs not counted: the same grouping keys and seed" in "\n".join(c.findings)
+
+
+@pytest.mark.parametrize("pid, reason", [(None, "stale"), ("dead", "stale"), ("self", "running")])
+def test_a_running_run_is_never_a_result(tmp_path, pid, reason):
+    import os
+    import socket
+
+    root = tmp_path / "runs"
+    write_run(root, "done", rule="bp", depth=1, final=0.9, accs=(0.9,))
+    write_run(root, "killed", rule="bp", depth=1, final=0.1, accs=(0.1,), status="running")
+    pids = {None: None, "dead": dead_pid(), "self": os.getpid()}
+    _set_summary(root / "killed", pid=pids[pid], host=socket.gethostname())
+    c = aggregate([root])
+    (g,) = c.groups
+    assert g.stats["seeds"] == [0] and g.stats["test_accuracy_mean"] == pytest.approx(0.9)
+    assert [(e.path.name, e.reason) for e in c.excluded] == [("killed", reason)]
+    text = "\n".join(c.findings)
+    assert ("stale, not counted" if reason == "stale" else "still running, not counted") in text
+    result = CliRunner().invoke(app(), ["compare", str(root), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "1 more not counted" in result.output and str(root / "killed") in result.output
+    assert str(root / "killed") in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_only_unfinished_runs_is_a_one_line_error(tmp_path):
+    write_run(tmp_path / "runs", "killed", status="running")
+    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs")])
+    assert_user_error(result, "no finished runs")
+    assert not (tmp_path / "runs" / "report").exists()
+
+
+def _metrics_line_42(run: Path) -> None:
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("42\n")
+
+
+def _string_epoch(run: Path) -> None:
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": "one", "test_accuracy": 0.9}) + "\n")
+
+
+def _string_accuracy(run: Path) -> None:
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": "0.9"}) + "\n")
+
+
+def _string_final_accuracy(run: Path) -> None:
+    _set_summary(run, test_accuracy="high")
+
+
+def _list_for_a_scalar(run: Path) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["width"] = [32, 64]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def _string_layer(run: Path) -> None:
+    with (run / "alignment.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 1, "step": 10, "layer": "first", "update_angle": 3.0}) + "\n")
+
+
+def _string_beta(run: Path) -> None:
+    sweep = write_beta_sweep(run.parent)
+    with (sweep / "beta_sweep.jsonl").open("a") as f:
+        f.write(json.dumps({"estimator": "one-sided", "beta": "small", "bias": 0.1}) + "\n")
+
+
+def _null_beta(run: Path) -> None:  # what `sweep beta --values nan` used to leave
+    sweep = write_beta_sweep(run.parent)
+    with (sweep / "beta_sweep.jsonl").open("a") as f:
+        f.write(json.dumps({"estimator": "one-sided", "beta": None, "bias": None}) + "\n")
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    (_metrics_line_42, ["metrics.jsonl: line 3", "expected a JSON object", "42"]),
+    (_string_epoch, ["metrics.jsonl: line 1", "'epoch' must be an integer", "'one'"]),
+    (_string_accuracy, ["metrics.jsonl: line 1", "'test_accuracy' must be a number"]),
+    (_string_final_accuracy, ["summary.json", "'test_accuracy' must be a number", "'high'"]),
+    (_list_for_a_scalar, ["config.yaml", "'model.width' must be a number", "[32, 64]"]),
+    (_string_layer, ["alignment.jsonl", "'layer' must be an integer", "'first'"]),
+    (_string_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "'small'"]),
+    (_null_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "None"]),
+])
+def test_malformed_files_are_a_one_line_error_naming_the_file(tmp_path, damage, fragments):
+    run = write_run(tmp_path / "runs", "bp", accs=(0.9, 0.95))
+    damage(run)
+    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs")])
+    assert_user_error(result, fragments[0])
+    for fragment in fragments[1:]:
+        assert fragment in stderr_of(result)
+    assert not (tmp_path / "runs" / "report").exists()
+
+
+def test_a_corrupt_manifest_is_a_one_line_error(tmp_path):
+    sweep = write_resumed_sweep(tmp_path)
+    (sweep / "manifest.json").write_text(json.dumps({"runs": [1, 2]}))
+    assert_user_error(CliRunner().invoke(app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")

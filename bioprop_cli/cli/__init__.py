@@ -1,11 +1,46 @@
 """The `bioprop` command: one thin Typer module per command."""
 
+import importlib
+import sys
+
 import typer
+from typer.core import TyperGroup
 
 from bioprop_cli.cli import bench, compare, conditions, data, jtranspose, sweep, train
+from bioprop_cli.cli.common import console, print_error
+
+# click's exceptions: click's own module, or the copy that recent typer versions vendor (typer._click)
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+_NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (a bad flag value, an unknown flag, a missing argument) as one line on stderr
+    naming the command, exit code 2, instead of typer's boxed panel. Everything else (--help, the exit
+    codes of the commands, 130 for Ctrl-C) is click's own."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as e:
+            console.print(e.ctx.get_help(), highlight=False)
+            code = e.exit_code
+        except _click_errors.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            print_error(f"{ctx.command_path}: {e.format_message()}" if ctx is not None else e.format_message())
+            code = e.exit_code
+        except typer.Abort:
+            print_error("aborted")
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
 
 app = typer.Typer(
     name="bioprop",
+    cls=OneLineErrors,
     help="Experiment runner for biologically plausible learning rules (bp, fa, dfa, usf, frsf, brsf, kp, wm, ep) in JAX.",
     no_args_is_help=True,
     add_completion=False,

@@ -13,8 +13,14 @@ from rich.markup import escape
 from bioprop_cli.config import Config, load_config, parse_override
 from bioprop_cli.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: rich never breaks or cuts a printed line (a path must stay copyable); the terminal wraps it
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """The one line a user error prints on stderr: 'error: ' and the message, whitespace folded to spaces."""
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)
 
 
 def user_errors_exit_2(command: Callable) -> Callable:
@@ -25,7 +31,7 @@ def user_errors_exit_2(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            print_error(str(e))
             raise typer.Exit(code=UserError.exit_code) from None
 
     return wrapper

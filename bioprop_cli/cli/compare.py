@@ -12,6 +12,7 @@ from rich.table import Table as RichTable
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
 from bioprop_cli.errors import UserError
+from bioprop_cli.runs import check_folder
 
 FORMATS = ("csv", "json")
 
@@ -72,6 +73,8 @@ def compare(
         raise UserError(f"--target: must be a test accuracy in (0, 1], e.g. 0.97, got {target:g}")
     if not margin >= 0.0:
         raise UserError(f"--margin: must be >= 0 (0.01 = 1 percentage point), got {margin:g}")
+    requested = Path(out) if out is not None else Path(paths[0]) / "report"
+    check_folder(requested, "--out", file_ok=True)
     fmt = None
     if format is not None:
         fmt = format.strip().lower()
@@ -84,20 +87,21 @@ def compare(
         known = ", ".join(sorted(map(str, rules), key=_rule_rank))
         raise UserError(f"--baseline: no {baseline!r} runs under the paths; the rules there are {known}")
 
-    requested = Path(out) if out is not None else Path(paths[0]) / "report"
     folder = report_dir(requested)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
 
     n_runs = sum(g.stats["n_runs"] for g in comparison.groups)
+    left_out = f" ({len(comparison.excluded)} more not counted: see the findings)" if comparison.excluded else ""
     console.print(f"[bold]bioprop compare[/] {plural(n_runs, 'run')} in {plural(len(comparison.groups), 'group')}, "
-                  f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}", highlight=False)
+                  f"{plural(len(comparison.sweeps), 'beta sweep')}; grouped by: {', '.join(comparison.keys) or 'nothing'}"
+                  f"{left_out}", highlight=False)
     for table in all_tables(comparison):
         console.print(_rich(table))
     console.print("[bold]Findings[/]")
     for line in comparison.findings:
-        console.print(f"- {line}", highlight=False, soft_wrap=True)
+        console.print(f"- {line}", highlight=False)
 
     figures = make_figures(comparison, folder)
     md, page = write_report(comparison, figures, folder)
@@ -106,4 +110,4 @@ def compare(
         written.append(write_group_table(group_table(comparison), folder, fmt).name)
     if folder != requested:
         console.print(f"{requested} already holds a report; writing to {folder} instead", highlight=False)
-    console.print(f"report: {folder} ({', '.join(written)})", highlight=False, soft_wrap=True)
+    console.print(f"report: {folder} ({', '.join(written)})", highlight=False)

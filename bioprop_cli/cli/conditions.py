@@ -133,8 +133,10 @@ def conditions(
         if not (run / "config.yaml").is_file():
             raise UserError(f"--run {run}: no config.yaml (not a run folder)")
         config = run / "config.yaml"
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
+    if out is not None:
+        from bioprop_cli.runs import check_folder
+
+        check_folder(out, "--out")
     cfg = config_from_flags(config, set_, rule=rule, depth=depth, width=width, seed=seed, data_dir=data_dir)
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
@@ -147,10 +149,9 @@ def conditions(
         from bioprop_cli.runs import load_params
 
         params = load_params(run)
-        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False, soft_wrap=True)
+        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False)
     elif run is not None:
-        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config",
-                      soft_wrap=True)
+        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
     with console.status(f"measuring the conditions of {cfg.rule} on {probe} probe examples..."):
         result = measure_conditions(cfg, dataset, probe, x64, params=params, source=f"--run {run}/params.npz")
     result["parameters"] = "trained" if params is not None else "initial"
@@ -168,15 +169,15 @@ def conditions(
     holding = [r for r in applicable if r["status"] == "holds"]
     console.print(
         f"{len(holding)} of {len(applicable)} applicable conditions hold; measured on {s['probe']} "
-        f"({s['precision']}, {s['seconds']:.1f} s)", highlight=False, soft_wrap=True)
+        f"({s['precision']}, {s['seconds']:.1f} s)", highlight=False)
     final = (result.get("run") or {}).get("final_alignment")
     if final:
         angles = ", ".join(f"{r['layer']}: {_fmt(r['update_angle'], '.1f')}°" for r in final["layers"])
         console.print(f"the run's own last measurement (epoch {final['epoch']}): update angle per layer {angles}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False)
     folder = out if out is not None else run
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         path = write_new_json(folder, "conditions", result)
         note = "" if path.name == "conditions.json" else " (conditions.json exists: not overwritten)"
-        console.print(f"written: {path}{note}", highlight=False, soft_wrap=True)
+        console.print(f"written: {path}{note}", highlight=False)

@@ -80,7 +80,7 @@ def _run_params(run: Optional[Path], fresh, dtype):
                 raise UserError(f"--run {run}: params.npz lacks '{key}' of shape {tuple(value.shape)}")
             entry[name] = jnp.asarray(stored[l][name], dtype)
         params.append(entry)
-    console.print(f"trained parameters from {path}", highlight=False, soft_wrap=True)
+    console.print(f"trained parameters from {path}", highlight=False)
     return params, f"trained parameters of {run}"
 
 
@@ -106,6 +106,10 @@ def jtranspose(
     for symmetric feedback over beta and for feedback B = cos(a) W^T + sin(a) R and sign(W^T)."""
     from bioprop_cli.metrics.jtranspose import DEFAULT_ANGLES, DEFAULT_BETAS
 
+    if out is not None:
+        from bioprop_cli.runs import check_folder
+
+        check_folder(out, "--out", file_ok=True)
     n_batch = _positive_int(batch, "--batch")
     n_steps = _positive_int(max_steps, "--max-steps")
     beta_list = _numbers(betas, "--betas", 0.0, math.inf, True) if betas else list(DEFAULT_BETAS)

@@ -120,12 +120,14 @@ app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_call
 
 
 def _floats(text: str, name: str) -> list[float]:
+    import math
+
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{name}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"{name}: expected positive numbers, got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"{name}: expected positive finite numbers, got {text!r}")
     return sorted(set(values))
 
 
@@ -381,7 +383,7 @@ def condition(
                      "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
     console.print(cost)
     for name, why in result["skipped"].items():
-        console.print(f"skipped {name}: {why}", highlight=False, soft_wrap=True)
+        console.print(f"skipped {name}: {why}", highlight=False)
     if summary["sentence"]:
-        console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False, soft_wrap=True)
-    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
+    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False)

@@ -12,7 +12,7 @@ from rich.table import Table
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
 from bioprop_cli.config import check_against_data
 from bioprop_cli.data import load_dataset
-from bioprop_cli.runs import RunWriter, create_run_dir, run_id
+from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
 from bioprop_cli.train import EpochReport, train as train_run
 
 
@@ -69,14 +69,15 @@ def train(
         if not progress:
             console.print(f"epoch {r['epoch']}: {status}")
 
-    with bar:
+    with bar, failed_if_out_of_memory(run_dir):
         summary = train_run(cfg, dataset, RunWriter(run_dir), on_epoch)
-    console.print(summary_table(summary, run_dir))
+    console.print(summary_table(summary))
+    console.print(f"run folder: {run_dir}", highlight=False)  # on its own line, never wrapped: to be copied
     if summary["status"] == "interrupted":
         raise typer.Exit(code=130)
 
 
-def summary_table(summary: dict, run_dir: Path) -> Table:
+def summary_table(summary: dict) -> Table:
     table = Table(title=f"{summary['rule']} · depth {summary['depth']} · seed {summary['seed']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -89,7 +90,6 @@ def summary_table(summary: dict, run_dir: Path) -> Table:
         ("examples/s", _fmt(summary.get("examples_per_s"), ",.0f")),
         ("compile / wall time", f"{summary['compile_time_s']:.1f} s / {summary['wall_time_s']:.1f} s"),
         ("device", f"{summary['device']['kind']} ({summary['device']['platform']})"),
-        ("run folder", str(run_dir)),
     ]
     for name, value in rows:
         table.add_row(name, value)

@@ -2,6 +2,16 @@
 
 A run folder holds `summary.json`, `config.yaml` and `metrics.jsonl` (and usually `alignment.jsonl`);
 a beta-sweep folder holds `beta_sweep.jsonl` and `summary.json` (see the README's "Results layout").
+Every file is checked as it is read: a value of the wrong type (a metrics line that is not an object,
+a string epoch or accuracy, a list where the config has a number, a beta that is not a positive
+number) is a UserError naming the file and the value, never a run silently left out.
+
+What counts: only runs that ended (completed, diverged or interrupted). A run still `running` is
+left out, and called stale when the process its summary.json names is gone (killed). Inside a sweep
+folder (one with manifest.json) only the run folder the manifest names for each (point, seed)
+counts; other run folders there (earlier attempts, a resumed sweep's leftovers) do not. Two counted
+runs with the same grouping keys and the same seed are one: the latest completed one is kept. Every
+run left out is named in the findings with the reason.
 
 Runs are grouped by the config keys whose values differ between them, except the keys that only
 name a replicate or a place (`seed`, `experiment`, `results_dir`, `data.data_dir`); `rule` and
@@ -11,6 +21,7 @@ mean and the population standard deviation over them (None for one seed).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -21,13 +32,13 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from bioprop_cli.errors import UserError
-from bioprop_cli.runs import read_jsonl
+from bioprop_cli.runs import process_alive, read_jsonl
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
 BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
 IGNORED_KEYS = ("seed", "experiment", "results_dir", "data.data_dir")
 ALWAYS_KEYS = ("rule", "model.depth")
-STATUSES = ("completed", "diverged", "interrupted")
+STATUSES = ("completed", "diverged", "interrupted")  # the runs that count; the order is the preference among duplicates
 RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep")
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
 MARGIN_TOLERANCE = 1e-9
@@ -63,8 +74,20 @@ class BetaSweep:
         return self.summary.get("slopes") or {}
 
 
+def _status(path: Path) -> Any:
+    """summary.json's status, or None where it cannot be read (load_run reports that)."""
+    try:
+        return json.loads((path / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in RUN_FILES)
+    """A run folder: RUN_FILES; or summary.json and config.yaml alone for a run that ended or was
+    killed before its first epoch (status running, interrupted or failed), so that it is named."""
+    if not (path.is_dir() and all((path / name).is_file() for name in RUN_FILES[:2])):
+        return False
+    return (path / "metrics.jsonl").is_file() or _status(path) in ("running", "interrupted", "failed")
 
 
 def is_beta_sweep_dir(path: Path) -> bool:
@@ -131,24 +154,238 @@ def _read_lines(path: Path) -> list[dict]:
         raise UserError(f"{path}: not readable as JSON lines ({e.__class__.__name__})") from None
 
 
+# --- checking what was read: the wrong type is a UserError naming the file, never a silent gap ---
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+KINDS = {
+    "an integer": _is_int,
+    "a number": _is_number,
+    "an integer or null": _optional(_is_int),
+    "a number or null": _optional(_is_number),
+    "a string": lambda v: isinstance(v, str),
+    "true or false": lambda v: isinstance(v, bool),
+    "a list": lambda v: isinstance(v, list),
+}
+SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
+                  **{k: "a number or null" for k in ("test_accuracy", "best_val_accuracy", "wall_time_s", "examples_per_s")}}
+METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null",
+                  **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "train_loss", "wall_time_s",
+                                                     "mean_update_angle")}}
+ALIGNMENT_FIELDS = {"epoch": "an integer or null", "step": "an integer or null",
+                    **{k: "a number or null" for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
+BETA_ROW_FIELDS = {"estimator": "a string", **{k: "a number or null" for k in (
+    "bias", "std", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std", "angle_mean")}}
+SLOPE_FIELDS = {"slope": "a number or null", "sweet_spot": "a number or null"}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_fields(record: Any, fields: dict, where: str) -> None:
+    """`record` is a JSON object whose `fields`, where present, are of the kinds named."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object, got {_short(record)}")
+    for key, kind in fields.items():
+        if key in record and not KINDS[kind](record[key]):
+            raise UserError(f"{where}: '{key}' must be {kind}, got {_short(record[key])}")
+
+
+def _check_lines(path: Path, lines: list, fields: dict) -> None:
+    for i, record in enumerate(lines, start=1):
+        _check_fields(record, fields, f"{path}: line {i}")
+
+
+@functools.lru_cache(maxsize=1)
+def _config_kinds() -> dict:
+    """Config key -> the kind of value the config schema holds there (keys of other bioprop versions are not checked)."""
+    from bioprop_cli.config import Config, to_dict
+
+    def kind(default: Any) -> Optional[str]:
+        if isinstance(default, bool):
+            return "true or false"
+        if _is_number(default):
+            return "a number"
+        if isinstance(default, str):
+            return "a string"
+        if isinstance(default, (list, tuple)):
+            return "a list"
+        return None  # null by default: anything
+
+    return {k: kind(v) for k, v in flatten(to_dict(Config())).items()}
+
+
+def _check_config(path: Path, flat: dict) -> None:
+    kinds = _config_kinds()
+    for key, value in flat.items():
+        kind = kinds.get(key)
+        if kind is not None and value is not None and not KINDS[kind](value):
+            raise UserError(f"{path}: '{key}' must be {kind}, got {_short(value)}")
+
+
+def _check_alignment(path: Path, lines: list) -> None:
+    _check_lines(path, lines, ALIGNMENT_FIELDS)
+    for i, record in enumerate(lines, start=1):
+        layer = record.get("layer")
+        if "layer" in record and not (_is_int(layer) or layer == "all"):
+            raise UserError(f"{path}: line {i}: 'layer' must be an integer or \"all\", got {_short(layer)}")
+
+
 def load_run(path: Path) -> Run:
     path = Path(path)
     config = _read_yaml(path / "config.yaml")
-    return Run(
-        path=path,
-        config=config,
-        flat=flatten(config),
-        summary=_read_json(path / "summary.json"),
-        metrics=_read_lines(path / "metrics.jsonl"),
-        alignment=_read_lines(path / "alignment.jsonl"),
-    )
+    flat = flatten(config)
+    _check_config(path / "config.yaml", flat)
+    summary = _read_json(path / "summary.json")
+    _check_fields(summary, SUMMARY_FIELDS, str(path / "summary.json"))
+    metrics = _read_lines(path / "metrics.jsonl")
+    _check_lines(path / "metrics.jsonl", metrics, METRICS_FIELDS)
+    alignment = _read_lines(path / "alignment.jsonl")
+    _check_alignment(path / "alignment.jsonl", alignment)
+    return Run(path=path, config=config, flat=flat, summary=summary, metrics=metrics, alignment=alignment)
+
+
+def _check_beta_sweep(sweep: BetaSweep) -> None:
+    rows_path, summary_path = sweep.path / "beta_sweep.jsonl", sweep.path / "summary.json"
+    _check_lines(rows_path, sweep.rows, BETA_ROW_FIELDS)
+    for i, row in enumerate(sweep.rows, start=1):
+        beta = row.get("beta")
+        if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
+            raise UserError(f"{rows_path}: line {i}: 'beta' must be a positive finite number, got {_short(beta)}")
+    slopes = sweep.summary.get("slopes")
+    if slopes is not None and not isinstance(slopes, dict):
+        raise UserError(f"{summary_path}: 'slopes' must be an object (estimator -> fit), got {_short(slopes)}")
+    for estimator, fit in (slopes or {}).items():
+        where = f"{summary_path}: slopes.{estimator}"
+        _check_fields(fit, SLOPE_FIELDS, where)
+        betas = fit.get("betas")
+        if betas is not None and not (isinstance(betas, list) and all(_is_number(b) for b in betas)):
+            raise UserError(f"{where}: 'betas' must be a list of numbers, got {_short(betas)}")
 
 
 def load_beta_sweep(path: Path) -> BetaSweep:
     path = Path(path)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
-    return BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
-                     rows=_read_lines(path / "beta_sweep.jsonl"))
+    sweep = BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
+                      rows=_read_lines(path / "beta_sweep.jsonl"))
+    _check_beta_sweep(sweep)
+    return sweep
+
+
+# --- what counts: finished runs, the manifest's run per (point, seed), one run per seed ---------
+
+
+@dataclass
+class Excluded:
+    path: Path
+    reason: str  # one of REASONS
+    detail: str = ""  # e.g. the run kept instead of a duplicate
+
+
+REASONS = {
+    "stale": "stale, not counted: summary.json says running but its process is gone (killed or crashed)",
+    "running": "still running, not counted",
+    "unknown": "running on another host (cannot tell whether it still runs), not counted",
+    "manifest": "not counted: not the run its sweep's manifest.json names for that point and seed (an earlier attempt)",
+    "duplicate": "not counted: the same grouping keys and seed as a run that is counted",
+    "status": "not counted: a status other than completed, diverged or interrupted (no result)",
+}
+
+
+def _manifest_runs(folder: Path) -> set[Path]:
+    """The run folders a sweep's manifest.json names (resolved). UserError for a manifest that is not one."""
+    path = folder / "manifest.json"
+    manifest = _read_json(path)
+    runs = manifest.get("runs")
+    if not isinstance(runs, dict) or not all(isinstance(e, dict) for e in runs.values()):
+        raise UserError(f"{path}: 'runs' must be an object of run entries, got {_short(runs)}")
+    named = [e["run_dir"] for e in runs.values() if "run_dir" in e]
+    if not all(isinstance(d, str) for d in named):
+        raise UserError(f"{path}: every 'run_dir' must be a string (the run folder, relative to the sweep)")
+    return {(folder / d).resolve() for d in named}
+
+
+def _sweep_folder(run_dir: Path) -> Optional[Path]:
+    """The sweep folder (with manifest.json) that holds `run_dir`, if any."""
+    return next((p for p in run_dir.parents if (p / "manifest.json").is_file()), None)
+
+
+def outside_manifests(run_dirs: list[Path]) -> tuple[list[Path], list[Excluded]]:
+    """Splits run folders into those that count and those inside a sweep folder whose manifest names another."""
+    listed: dict[Path, set[Path]] = {}
+    keep, excluded = [], []
+    for d in run_dirs:
+        sweep = _sweep_folder(d)
+        if sweep is not None and sweep not in listed:
+            listed[sweep] = _manifest_runs(sweep)
+        if sweep is None or d.resolve() in listed[sweep]:
+            keep.append(d)
+        else:
+            excluded.append(Excluded(d, "manifest"))
+    return keep, excluded
+
+
+def ended(runs: list[Run]) -> tuple[list[Run], list[Excluded]]:
+    """The runs that ended (STATUSES); the others, with why: running, stale (process gone) or another status."""
+    keep, excluded = [], []
+    for run in runs:
+        status = run.summary.get("status")
+        if status in STATUSES:
+            keep.append(run)
+        elif status == "running":
+            alive = process_alive(run.summary)
+            reason = {True: "running", False: "stale", None: "unknown"}[alive]
+            excluded.append(Excluded(run.path, reason, f"pid {run.summary.get('pid', 'not recorded')}"))
+        else:
+            excluded.append(Excluded(run.path, "status", f"status {status!r}"))
+    return keep, excluded
+
+
+def _preference(run: Run) -> tuple:
+    """Which of several runs of one seed counts: the best status (completed first), then the latest start."""
+    started = run.summary.get("started_at")
+    return (-STATUSES.index(run.summary["status"]), started if isinstance(started, str) else "", run.path.name)
+
+
+def one_per_seed(runs: list[Run], keys: list[str]) -> tuple[list[Run], list[Excluded]]:
+    """One run per (grouping keys, seed): the latest completed one; the others are duplicates."""
+    by_ident: dict[tuple, list[Run]] = {}
+    for run in runs:
+        seed = _hashable(run.seed) if run.seed is not None else str(run.path)  # no seed recorded: not a duplicate
+        ident = (tuple(_hashable(run.flat.get(k)) for k in keys), seed)
+        by_ident.setdefault(ident, []).append(run)
+    keep, excluded = [], []
+    for same in by_ident.values():
+        best = max(same, key=_preference)
+        keep.append(best)
+        excluded += [Excluded(r.path, "duplicate", f"seed {r.seed}, counted instead: {best.path}") for r in same if r is not best]
+    return keep, excluded
+
+
+def exclusion_findings(excluded: list[Excluded]) -> list[str]:
+    """One sentence per reason, naming the run folders (at most MAX_LISTED)."""
+    lines = []
+    for reason, text in REASONS.items():
+        mine = [e for e in excluded if e.reason == reason]
+        if not mine:
+            continue
+        named = "; ".join(f"{e.path} ({e.detail})" if e.detail else str(e.path) for e in mine[:MAX_LISTED])
+        more = f"; and {len(mine) - MAX_LISTED} more" if len(mine) > MAX_LISTED else ""
+        lines.append(f"{len(mine)} run{'s' if len(mine) > 1 else ''} {text}: {named}{more}.")
+    return lines
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -263,8 +500,7 @@ def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], i
 
 
 def _int_layer(record: dict) -> bool:
-    layer = record.get("layer")
-    return isinstance(layer, int) and not isinstance(layer, bool)
+    return _is_int(record.get("layer"))
 
 
 def final_update_angles(run: Run) -> dict[int, float]:
@@ -526,6 +762,7 @@ class Comparison:
     findings: list[str]
     axes: list[str] = field(default_factory=list)  # numeric hyperparameter keys swept (report/axes.py)
     baseline: str = "bp"  # the rule the others are measured against (breaking depths, gaps)
+    excluded: list[Excluded] = field(default_factory=list)  # run folders found but not counted, with why
 
 
 def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01, baseline: str = "bp") -> Comparison:
@@ -534,9 +771,15 @@ def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01,
     run_dirs, sweep_dirs = find_folders(paths)
     if not run_dirs and not sweep_dirs:
         raise UserError(f"no run folders (summary.json + config.yaml + metrics.jsonl) or beta sweeps under {', '.join(map(str, paths))}")
-    runs = [load_run(p) for p in run_dirs]
+    run_dirs, excluded = outside_manifests(run_dirs)
+    runs, not_ended = ended([load_run(p) for p in run_dirs])
     sweeps = [load_beta_sweep(p) for p in sweep_dirs]
     keys = differing_keys(runs)
+    runs, duplicates = one_per_seed(runs, keys)
+    excluded += not_ended + duplicates
+    if not runs and not sweeps:
+        raise UserError(f"no finished runs under {', '.join(map(str, paths))}: "
+                        + " ".join(exclusion_findings(excluded)))
     groups = group_runs(runs, keys)
     for g in groups:
         g.stats = group_stats(g, target)
@@ -547,8 +790,9 @@ def aggregate(paths: Iterable[Path], target: float = 0.97, margin: float = 0.01,
     return Comparison(
         paths=paths, target=target, margin=margin, keys=keys, groups=groups, sweeps=sweeps,
         breaking=breaking_depths(groups, margin, baseline),
-        findings=findings(groups, sweeps, target, margin, baseline, axes) + axis_findings(groups, axes, baseline),
-        axes=axes, baseline=baseline,
+        findings=exclusion_findings(excluded) + findings(groups, sweeps, target, margin, baseline, axes)
+        + axis_findings(groups, axes, baseline),
+        axes=axes, baseline=baseline, excluded=excluded,
     )
 
 

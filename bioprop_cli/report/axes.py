@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from bioprop_cli.report.aggregate import (
-    ALWAYS_KEYS, Group, _hashable, _pct, _rule_rank, _sort_value, context_label, format_value,
+    ALWAYS_KEYS, Group, _hashable, _is_number, _pct, _rule_rank, _sort_value, context_label, format_value,
 )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def diverged(group: Group) -> int:

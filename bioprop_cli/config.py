@@ -103,7 +103,7 @@ class TrainConfig:
     save_params: bool = True  # write the final parameters to params.npz (not for a diverged run)
     # A run diverges when an epoch's mean training loss exceeds this multiple of its initial loss
     # (the first step's, at the initial parameters), or any loss is non-finite; null: non-finite only.
-    # Generous on purpose: runs that recovered were seen 50x above it after an epoch (README).
+    # Generous on purpose: runs that recovered were seen at 50x their initial loss for a whole epoch (README).
     divergence_factor: float | None = 1000.0
 
 

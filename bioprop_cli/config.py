@@ -102,6 +102,10 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 5000
     save_params: bool = True  # write the final parameters to params.npz (not for a diverged run)
+    # A run diverges when an epoch's mean training loss exceeds this multiple of its initial loss
+    # (the first step's, at the initial parameters), or any loss is non-finite; null: non-finite only.
+    # Generous on purpose: runs that recovered were seen at 50x their initial loss for a whole epoch (README).
+    divergence_factor: float | None = 1000.0
 
 
 @dataclass(frozen=True)
@@ -383,6 +387,8 @@ def validate(config: Config) -> Config:
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
+    _check(t.divergence_factor is None or t.divergence_factor > 1, "train.divergence_factor",
+           "> 1 (a multiple of the initial loss) or null (non-finite loss only)", t.divergence_factor)
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
     _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
     _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)

@@ -1,4 +1,12 @@
-"""Float64 on demand (the beta sweep and the tests of equilibrium propagation need it)."""
+"""Precision on demand: float64 (the beta sweep and the tests of equilibrium propagation need it),
+and full float32 matrix products for the measurements.
+
+JAX's default float32 matrix product may round its inputs (TF32 on NVIDIA GPUs, bf16 passes on
+TPUs), which moves exactly the small angles and small-beta differences bioprop measures. Training
+keeps the fast default; the exact references and the alignment measurements run at "highest".
+"""
+
+import functools
 
 import jax
 
@@ -6,3 +14,16 @@ import jax
 def float64():
     """A context manager in which JAX computes in float64 by default."""
     return jax.enable_x64(True)
+
+
+def full_float32(fn):
+    """`fn` with every matrix product it traces at full float32 precision, whatever the default
+    (the precision is fixed per product when traced, so this holds inside jit too; `fn.__wrapped__`
+    is the function at the default precision)."""
+
+    @functools.wraps(fn)
+    def at_highest(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return at_highest

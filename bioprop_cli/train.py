@@ -325,8 +325,8 @@ def run_sharding(n_runs: int):
 def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None) -> dict:
     """Trains one run; writes config, metrics, alignment and summary through `writer`.
 
-    Returns the summary. Ctrl-C ends the run with status 'interrupted', a non-finite loss with
-    status 'diverged'; what was measured until then is kept.
+    Returns the summary. Ctrl-C ends the run with status 'interrupted', divergence (`divergence_reason`)
+    with status 'diverged'; what was measured until then is kept.
     """
     return train_group([config], dataset, [writer], lambda i, report: on_epoch(report))[0]
 
@@ -338,6 +338,7 @@ class _RunLog:
         self.config, self.writer, self.summary = config, writer, summary
         self.schedule = schedule  # step -> this run's learning rate
         self.status, self.epochs_done, self.diverged_epoch = "completed", 0, None
+        self.initial_loss, self.divergence = None, None
         self.best_val, self.best_val_epoch, self.last = -1.0, 0, {}
 
     @property
@@ -349,6 +350,7 @@ class _RunLog:
             status=self.status,
             epochs_completed=self.epochs_done,
             diverged_epoch=self.diverged_epoch,
+            divergence=self.divergence,
             test_accuracy=self.last.get("test_accuracy"),
             test_loss=self.last.get("test_loss"),
             val_accuracy=self.last.get("val_accuracy"),
@@ -483,10 +485,22 @@ def _finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(v))) for v in jax.tree_util.tree_leaves(tree))
 
 
+def divergence_reason(losses: np.ndarray, initial_loss: float, factor: float | None) -> str | None:
+    """Why an epoch with these per-step training losses diverged, or None: a non-finite loss, or a mean
+    loss above `factor` times the initial loss (the first step's, at the initial parameters)."""
+    if not np.all(np.isfinite(losses)):
+        return "non-finite loss"
+    if factor is not None and np.mean(losses) > factor * initial_loss:
+        return f"loss above {factor:g} x initial"
+    return None
+
+
 def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measured, evaluations, program,
                epoch_time: float, wall_time: float, on_epoch) -> None:
     """Writes one run's epoch: its metrics line and its alignment lines; marks divergence."""
     config = log.config
+    if log.initial_loss is None:  # the first step of epoch 1 ran at the initial parameters
+        log.initial_loss = float(losses[0])
     record = {
         "epoch": epoch,
         "step": step,
@@ -494,8 +508,10 @@ def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measure
         "train_loss": float(np.mean(losses)),
         "train_accuracy": float(np.sum(out["correct"]) / (program.steps_per_epoch * config.train.batch_size)),
     }
-    if not np.all(np.isfinite(losses)):
+    reason = divergence_reason(losses, log.initial_loss, config.train.divergence_factor)
+    if reason is not None:
         log.status, log.diverged_epoch = "diverged", epoch
+        log.divergence = {"reason": reason, "epoch": epoch, "loss": record["train_loss"], "initial_loss": log.initial_loss}
         record.update(epoch_time_s=epoch_time, wall_time_s=wall_time)
         log.writer.metrics(record)
         log.epochs_done = epoch

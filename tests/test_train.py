@@ -85,6 +85,7 @@ def test_divergence_stops_the_run_and_is_recorded(tmp_path):
     assert summary["diverged_epoch"] == metrics[-1]["epoch"]
     assert not np.isfinite(metrics[-1]["train_loss"] if metrics[-1]["train_loss"] is not None else np.nan)
     assert summary["epochs_completed"] == summary["diverged_epoch"] < 3
+    assert summary["divergence"]["reason"] == "non-finite loss" and summary["divergence"]["epoch"] == summary["diverged_epoch"]
 
 
 def test_ctrl_c_keeps_what_was_measured(tmp_path):

@@ -1,7 +1,8 @@
 """How close a rule's update is to backprop's: per-layer angles on a probe batch.
 
 The exact gradient and the exact deltas come from jax.grad of the loss (not from our own backward
-pass), so a bug in the shared backward code cannot hide itself in these measurements.
+pass), so a bug in the shared backward code cannot hide itself in these measurements. Both the
+reference and the measured update are computed at full float32 precision (precision.full_float32).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import jax.numpy as jnp
 
 from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
 from bioprop_cli.models.mlp import Activation, Loss, Params, forward
+from bioprop_cli.precision import full_float32
 from bioprop_cli.rules.base import LearningRule
 
 
+@full_float32
 def exact_gradients(params: Params, x, y, act: Activation, loss: Loss) -> tuple[Params, list]:
     """(dLoss/dparams, [dLoss/da_l]) by jax.grad; the deltas as gradients of zero perturbations."""
     zeros = [jnp.zeros((x.shape[0], layer["w"].shape[1]), x.dtype) for layer in params]
@@ -43,6 +46,7 @@ def compare_updates(grads: Params, exact: Params) -> tuple[dict, dict]:
     return layers, network
 
 
+@full_float32
 def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key) -> dict:
     """{"layers": {name: (L,)}, "network": {name: scalar}}, NaN where a quantity does not apply.
 

@@ -40,6 +40,7 @@ from bioprop_cli.models.energy import (
     step,
     zero_states,
 )
+from bioprop_cli.precision import full_float32
 
 
 def _identity(params):
@@ -185,6 +186,7 @@ def spectral_radius(params, fixed_point, x, rho: Rho, eps: float, key, iteration
     return growth
 
 
+@full_float32
 def exact_references(config, params, x, y, key, state=()) -> dict:
     """Fixed point, implicit and BPTT gradients, and the diagnostics of computing them.
 
@@ -213,6 +215,7 @@ def exact_references(config, params, x, y, key, state=()) -> dict:
     }
 
 
+@full_float32
 def measure_ep(rule, config, params, state, x, y, key) -> dict:
     """EP's estimate against the implicit gradient (and BPTT), per layer and for the whole network,
     with the settling diagnostics of both phases and of the reference fixed point."""

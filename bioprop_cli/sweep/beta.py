@@ -26,6 +26,7 @@ from bioprop_cli.config import Config
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient
 from bioprop_cli.models.energy import RHOS, contrast, input_drive, settle, zero_states
+from bioprop_cli.precision import full_float32
 from bioprop_cli.rules.equilibrium import effective_params, separate_feedback
 from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
 
@@ -88,7 +89,7 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
             out["random-sign"] = jax.vmap(lambda b: one_sided(params, s0, drive0, x, y, b))(signs * betas)
         return _flat(exact), out, free.residual
 
-    return jax.jit(batch_estimates)
+    return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
 
 
 def fixed_network(config: Config, splits, seed: int, train_epochs: int):

@@ -1,5 +1,6 @@
 """Divergence beyond NaN: a mean epoch loss above train.divergence_factor x the initial loss."""
 
+import io
 import math
 
 import numpy as np
@@ -67,3 +68,14 @@ def test_each_run_of_a_vmapped_group_decides_for_itself(tmp_path):
     assert summaries[1]["divergence"]["reason"] == "loss above 1000 x initial"
     assert summaries[0]["divergence"] is None and summaries[2]["divergence"] is None
     assert [len(read_jsonl(d / "metrics.jsonl")) for d in dirs] == [3, 1, 3]
+
+
+def test_the_train_command_prints_why_a_run_diverged(tmp_path):
+    from rich.console import Console
+
+    from bioprop_cli.cli.train import summary_table
+
+    summary, _, _ = run(tmp_path, small_config(**HUGE_LR))
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(summary_table(summary))
+    assert "diverged (loss above 1000 x initial, epoch 1)" in console.export_text()

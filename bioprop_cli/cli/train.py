@@ -77,12 +77,16 @@ def train(
         raise typer.Exit(code=130)
 
 
+def _divergence_note(divergence: dict | None) -> str:
+    return f" ({divergence['reason']}, epoch {divergence['epoch']})" if divergence else ""
+
+
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"{summary['rule']} · depth {summary['depth']} · seed {summary['seed']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("status", summary["status"] + (f" (epoch {summary['diverged_epoch']})" if summary.get("diverged_epoch") else "")),
+        ("status", summary["status"] + _divergence_note(summary.get("divergence"))),
         ("test accuracy", _fmt(summary.get("test_accuracy"), ".4f")),
         ("best val accuracy", f"{_fmt(summary.get('best_val_accuracy'), '.4f')} (epoch {summary.get('best_val_epoch')})"),
         ("mean update angle to bp", _fmt(summary.get("final_mean_update_angle"), ".1f") + "°"),

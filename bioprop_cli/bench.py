@@ -22,7 +22,7 @@ import optax
 
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
-from bioprop_cli.rules import available_rules
+from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
 from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits, probe_batch
 
 BENCH_OVERRIDES = [
@@ -61,41 +61,6 @@ def synthetic_mnist(seed: int = 0) -> SimpleNamespace:
     )
 
 
-def matmul_flops_per_example(sizes: tuple[int, ...], rule: str) -> int:
-    """Multiply-adds x 2 of one training step, per example: forward, weight gradients, error path
-    (and wm's mirror phase)."""
-    pairs = list(zip(sizes[:-1], sizes[1:]))
-    forward_flops = sum(2 * a * b for a, b in pairs)
-    weight_grads = forward_flops
-    if rule == "dfa":  # e (n_out) -> every hidden layer directly
-        error_path = sum(2 * sizes[-1] * b for _, b in pairs[:-1])
-    else:  # delta_{l+1} -> delta_l through an (n_{l+1} x n_l) matrix, for every layer but the first
-        error_path = sum(2 * a * b for a, b in pairs[1:])
-    # kp's feedback update is the transpose of W's (no product of its own); wm's mirror phase
-    # sends noise through every W_l with feedback (x @ W_l) and forms y^T x: two products each
-    mirror = sum(2 * 2 * a * b for a, b in pairs[1:]) if rule == "wm" else 0
-    return forward_flops + weight_grads + error_path + mirror
-
-
-def settling_steps(config: Config) -> int:
-    """Settling steps per example and training step: T1, plus T2 per nudged phase."""
-    ep = config.ep
-    return ep.free_steps + ep.nudged_steps * (2 if ep.estimator == "symmetric" else 1)
-
-
-def ep_flops_per_example(sizes: tuple[int, ...], config: Config) -> int:
-    """Matrix products of one EP training step per example: the input drive once, every
-    settling step's layer-to-layer drives, and the contrastive update."""
-    pairs = list(zip(sizes[:-1], sizes[1:]))
-    drive_once = 2 * pairs[0][0] * pairs[0][1]
-    per_step = sum(2 * 2 * a * b for a, b in pairs[1:])  # each inner W_l drives both its layers
-    update = drive_once + sum(2 * 2 * a * b for a, b in pairs[1:])  # x^T d rho_1, two products per inner W_l
-    return drive_once + settling_steps(config) * per_step + update
-
-
-# The float32 matmul peak is the best GFLOP/s over these square products and the benchmarked
-# networks' own products: which size runs fastest differs between machines (on a 2-core CPU,
-# 4096^3 ran 1.5x faster than 2048^3), and a peak below what a rule reaches makes no fraction.
 PEAK_SQUARE_SIZES = (2048, 4096)
 PEAK_FLOPS_PER_CALL = 2**30  # small products run this many FLOPs per compiled call, so dispatch does not count
 PEAK_MAX_PRODUCTS_PER_CALL = 64
@@ -174,13 +139,13 @@ def compile_rule(config: Config, splits) -> dict:
     compile_s = time.perf_counter() - t0
     measure = program.measure.lower(state, probe_x, probe_y, keys.probe).compile()
     jax.block_until_ready(epoch(state, *args, 0))  # warm-up
-    flops = ep_flops_per_example(program.sizes, config) if config.rule == "ep" else matmul_flops_per_example(program.sizes, config.rule)
+    energy = rule_info(config.rule).family == ENERGY
     return {
         "rule": config.rule,
         "sizes": program.sizes,
         "shapes": network_shapes(program.sizes, config.train.batch_size),
-        "flops_per_example": flops,
-        "settling_steps": settling_steps(config) if config.rule == "ep" else None,
+        "flops_per_example": rule_info(config.rule).flops(program.sizes, config),
+        "settling_steps": flops.settling_steps(config) if energy else None,
         "steps_per_epoch": program.steps_per_epoch,
         "examples": program.steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
@@ -202,7 +167,7 @@ def compile_reference(config: Config, splits, sizes, steps_per_epoch: int) -> di
         "rule": "jax.grad ref.",
         "sizes": sizes,
         "shapes": network_shapes(sizes, config.train.batch_size),
-        "flops_per_example": matmul_flops_per_example(sizes, "bp"),
+        "flops_per_example": rule_info("bp").flops(sizes, config),
         "examples": steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
         "run_epoch": lambda: jax.block_until_ready(compiled(*args)),
@@ -215,12 +180,12 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
     rules = rules or available_rules()
 
     def config(rule):
-        base = EP_BENCH_OVERRIDES if rule == "ep" else BENCH_OVERRIDES
+        base = EP_BENCH_OVERRIDES if rule_info(rule).family == ENERGY else BENCH_OVERRIDES
         return load_config(overrides=[("rule", rule)] + base + list(overrides))
 
     splits = make_splits(config("bp"), dataset)
     entries = [compile_rule(config(r), splits) for r in rules]
-    mlp = next((e for e in entries if e["rule"] != "ep"), None) or compile_rule(config("bp"), splits)
+    mlp = next((e for e in entries if rule_info(e["rule"]).family != ENERGY), None) or compile_rule(config("bp"), splits)
     entries.append(compile_reference(config("bp"), splits, mlp["sizes"], mlp["steps_per_epoch"]))
     epoch_s = {i: [] for i in range(len(entries))}
     shapes = peak_shapes(set().union(*(e["shapes"] for e in entries)))

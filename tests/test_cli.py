@@ -18,10 +18,11 @@ import bioprop_cli.cli.train as cli_train
 from bioprop_cli.cli import app
 from bioprop_cli.cli.common import config_from_flags
 from bioprop_cli.config import Config, load_config
+from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import read_jsonl
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-ALL_RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf")
+ALL_RULES = tuple(available_rules())
 RUN_ID = re.compile(r"\d{8}-\d{6}-fa-d2-s0(-\d+)?")
 # what differs between two runs of the same config and seed: timings, and which process ran it when
 TIMING_FIELDS = {"epoch_time_s", "wall_time_s", "train_time_s", "compile_time_s", "examples_per_s", "pid", "started_at"}

@@ -18,8 +18,9 @@ from bioprop_cli.config import (
     validate,
 )
 from bioprop_cli.errors import UserError
+from bioprop_cli.rules import available_rules
 
-ALL_RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf")
+ALL_RULES = tuple(available_rules())
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from bioprop_cli.config import Config, load_config, to_dict
+from bioprop_cli.rules import available_rules
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -14,7 +15,7 @@ def test_default_yaml_lists_every_key_with_its_default():
     assert yaml.safe_load((CONFIGS / "default.yaml").read_text()) == to_dict(Config())
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"])
+@pytest.mark.parametrize("rule", available_rules())
 def test_one_config_per_rule(rule):
     assert load_config(CONFIGS / f"{rule}.yaml").rule == rule
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.config import load_config
+from bioprop_cli.rules import FEEDFORWARD, available_rules
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.train import train
 
@@ -52,7 +53,7 @@ def _untimed(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"])
+@pytest.mark.parametrize("rule", available_rules(FEEDFORWARD))
 def test_every_rule_learns_separable_clusters(tmp_path, rule):
     summary, metrics, alignment = run(tmp_path, small_config(rule=rule, **{"model.depth": 2}))
     assert summary["status"] == "completed"

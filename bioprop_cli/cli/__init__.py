@@ -8,6 +8,7 @@ from typer.core import TyperGroup
 
 from bioprop_cli.cli import bench, compare, conditions, data, jtranspose, sweep, train
 from bioprop_cli.cli.common import console, print_error
+from bioprop_cli.rules import rules_help
 
 # click's exceptions: click's own module, or the copy that recent typer versions vendor (typer._click)
 _click_errors = importlib.import_module(typer.BadParameter.__module__)
@@ -41,7 +42,7 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(
     name="bioprop",
     cls=OneLineErrors,
-    help="Experiment runner for biologically plausible learning rules (bp, fa, dfa, usf, frsf, brsf, kp, wm, ep) in JAX.",
+    help=f"Experiment runner for biologically plausible learning rules ({rules_help()}) in JAX.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

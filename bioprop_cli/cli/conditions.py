@@ -20,6 +20,7 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
 from bioprop_cli.errors import UserError
+from bioprop_cli.rules import rules_help
 
 STATUS_STYLE = {"holds": "green", "partial": "yellow", "fails": "red", "n/a": "dim"}
 
@@ -110,7 +111,7 @@ def _final_alignment(run: Path) -> dict | None:
 def conditions(
     run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder: its config.yaml is the setup, its params.npz (if stored) the network; conditions.json goes there."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (instead of --run)."),
-    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, ep."),
+    rule: Optional[str] = typer.Option(None, help=f"Learning rule: {rules_help()}."),
     depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers."),
     width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
     seed: Optional[int] = typer.Option(None, help="Seed of the network, its feedback and the probe batch."),

@@ -13,6 +13,7 @@ from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_
 from bioprop_cli.config import check_against_data
 from bioprop_cli.data import load_dataset
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
+from bioprop_cli.rules import rules_help
 from bioprop_cli.train import EpochReport, train as train_run
 
 
@@ -23,7 +24,7 @@ def _fmt(value, spec: str) -> str:
 @user_errors_exit_2
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    rule: Optional[str] = typer.Option(None, help="Learning rule: bp, fa, dfa, usf, frsf, brsf, kp, wm, ep."),
+    rule: Optional[str] = typer.Option(None, help=f"Learning rule: {rules_help()}."),
     depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers (depth + 1 weight matrices)."),
     width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs."),

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Optional
 import yaml
 
 from bioprop_cli.errors import UserError
+from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import process_alive, read_jsonl
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
@@ -39,7 +40,7 @@ BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
 IGNORED_KEYS = ("seed", "experiment", "results_dir", "data.data_dir")
 ALWAYS_KEYS = ("rule", "model.depth")
 STATUSES = ("completed", "diverged", "interrupted")  # the runs that count; the order is the preference among duplicates
-RULE_ORDER = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep")
+RULE_ORDER = tuple(available_rules())  # the registry's order
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
 MARGIN_TOLERANCE = 1e-9
 MAX_LISTED = 8  # findings name at most this many groups in one sentence

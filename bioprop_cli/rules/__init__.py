@@ -1,8 +1,15 @@
-"""The registry of learning rules: name -> factory(config, sizes) -> LearningRule."""
+"""The registry of learning rules: one record per rule, the one home of its facts.
+
+Everything that lists or classifies rules reads it: config validation, the CLI's help texts, the
+sweep's `rule` axis, the report's rule order and colours, the conditions table (locality, direct
+feedback), the bench's FLOP formula, the measurement the training loop runs, and the tests'
+parametrisations. Adding a rule is one module and one record here.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 from bioprop_cli.errors import UserError
 from bioprop_cli.rules import (
@@ -10,37 +17,87 @@ from bioprop_cli.rules import (
     direct_feedback,
     equilibrium,
     feedback_alignment,
+    flops,
     kolen_pollack,
     sign_symmetric,
     weight_mirror,
 )
 from bioprop_cli.rules.base import Estimate, LearningRule
 
-_REGISTRY: dict[str, Callable[..., LearningRule]] = {
-    "bp": backprop.make,
-    "fa": feedback_alignment.make,
-    "dfa": direct_feedback.make,
-    "usf": sign_symmetric.make_usf,
-    "frsf": sign_symmetric.make_frsf,
-    "brsf": sign_symmetric.make_brsf,
-    "kp": kolen_pollack.make,
-    "wm": weight_mirror.make,
-    "ep": equilibrium.make,
-}
+FEEDFORWARD = "feedforward"  # an MLP's forward pass, an error sent back; measured against jax.grad of its loss
+ENERGY = "energy"  # settles to an equilibrium; measured against the implicit gradient at the fixed point
+
+# Condition 5 of the conditions table: does the update read only what its synapse can see?
+HOLDS, PARTIAL = "holds", "partial"
 
 
-def available_rules() -> list[str]:
-    return list(_REGISTRY)
+class RuleInfo(NamedTuple):
+    name: str
+    title: str  # what the rule is, for help texts and reports
+    make: Callable[..., LearningRule]  # make(config, sizes, n_train) -> LearningRule
+    family: str  # FEEDFORWARD or ENERGY
+    # How the error reaches a hidden layer: "transpose" (W^T: weight transport, the reference),
+    # "chained" (layer to layer through B_l), "direct" (straight from the output through D_l),
+    # "equilibrium" (the dynamics carry it)
+    feedback: str
+    # (status, how the update is formed) for condition 5; None for the reference (bp) and for the
+    # energy family, whose conditions table grades locality from its own dynamics
+    locality: tuple[str, str] | None
+    flops: Callable[..., int]  # flops(sizes, config): matrix-product FLOPs per example and training step
+
+
+_SIGN_TRANSPORT = "each feedback synapse must know its forward partner's sign (sign transport)"
+
+RULES: Mapping[str, RuleInfo] = MappingProxyType({r.name: r for r in (
+    RuleInfo("bp", "backpropagation (the reference)", backprop.make, FEEDFORWARD, "transpose", None, flops.chained),
+    RuleInfo("fa", "feedback alignment (Lillicrap et al. 2016)", feedback_alignment.make, FEEDFORWARD, "chained",
+             (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta delivered by fixed B_l (no W^T)"),
+             flops.chained),
+    RuleInfo("dfa", "direct feedback alignment (Nøkland 2016)", direct_feedback.make, FEEDFORWARD, "direct",
+             (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta = e D_l straight from the output"),
+             flops.direct),
+    RuleInfo("usf", "uniform sign-concordant feedback (Liao et al. 2016)", sign_symmetric.make_usf, FEEDFORWARD,
+             "chained", (PARTIAL, f"h_l^T delta_l, but B_l = s sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
+    RuleInfo("frsf", "fixed random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
+             sign_symmetric.make_frsf, FEEDFORWARD, "chained",
+             (PARTIAL, f"h_l^T delta_l, but B_l = |R_l| sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
+    RuleInfo("brsf", "batchwise random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
+             sign_symmetric.make_brsf, FEEDFORWARD, "chained",
+             (PARTIAL, f"h_l^T delta_l, but B_l = |R_l^t| sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
+    RuleInfo("kp", "Kolen-Pollack: feedback learned by W's own update (Akrout et al. 2019)", kolen_pollack.make,
+             FEEDFORWARD, "chained",
+             (HOLDS, "h_l^T delta_l, and B_l learns by the same local product with weight decay (Kolen-Pollack)"),
+             flops.chained),
+    RuleInfo("wm", "weight mirror: feedback learned from noise (Akrout et al. 2019)", weight_mirror.make,
+             FEEDFORWARD, "chained",
+             (HOLDS, "h_l^T delta_l, and B_l learns from local activity statistics (weight mirror)"), flops.mirrored),
+    RuleInfo("ep", "equilibrium propagation (Scellier & Bengio 2017)", equilibrium.make, ENERGY, "equilibrium", None,
+             flops.settling),
+)})
+
+
+def available_rules(family: str | None = None) -> list[str]:
+    """The registered rule names, in the registry's order (optionally of one family)."""
+    return [name for name, info in RULES.items() if family is None or info.family == family]
+
+
+def rule_info(name: str) -> RuleInfo:
+    try:
+        return RULES[name]
+    except KeyError:
+        raise UserError(f"unknown rule {name!r}; known rules: {', '.join(RULES)}") from None
+
+
+def rules_help() -> str:
+    """The rule names for a CLI help text."""
+    return ", ".join(RULES)
 
 
 def make_rule(config, sizes: tuple[int, ...], n_train: int = 0) -> LearningRule:
     """Builds the rule `config.rule` for a network with the given layer sizes (and training-set
     size, for rules that keep per-example state)."""
-    try:
-        factory = _REGISTRY[config.rule]
-    except KeyError:
-        raise UserError(f"unknown rule {config.rule!r}; known rules: {', '.join(_REGISTRY)}") from None
-    return factory(config, sizes, n_train)
+    return rule_info(config.rule).make(config, sizes, n_train)
 
 
-__all__ = ["Estimate", "LearningRule", "available_rules", "make_rule"]
+__all__ = ["ENERGY", "FEEDFORWARD", "RULES", "Estimate", "LearningRule", "RuleInfo", "available_rules",
+           "make_rule", "rule_info", "rules_help"]

@@ -1,18 +1,9 @@
-"""Load MNIST / Fashion-MNIST as flat float32 arrays from verified IDX files.
-
-Where the data comes from, first match wins:
-
-1. the ``data_dir`` argument (``--data-dir`` flag or config);
-2. the environment variable ``BIOPROP_DATA_DIR`` (if set and non-empty);
-3. for ``fashion_mnist`` only, ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
-4. bioprop's download cache, once it holds every file (``bioprop_cli.download``);
-5. a prepared tensorflow-datasets copy, when TensorFlow is installed (tensorflow-datasets reads it only through
-   TensorFlow);
-6. a download of the canonical files into the cache, which is then read as in 4.
+"""MNIST / Fashion-MNIST as flat float32 arrays from verified IDX files: the files, their checks, the readers.
 
 A data folder holds the four standard IDX files, each plain or gzip-compressed (``.gz``); the plain one wins when
 both exist. Every file is checked (presence, gzip integrity, IDX magic number, shape, label range, and the MD5 of the
-uncompressed content against the canonical checksum); any problem is a one-line ``UserError``.
+uncompressed content against the canonical checksum); any problem is a one-line ``UserError``. Where the data comes
+from is decided in ``bioprop_cli.datasets``.
 """
 
 from __future__ import annotations
@@ -124,26 +115,6 @@ def canonical_specs(name: str) -> dict[str, FileSpec]:
         TEST_IMAGES: FileSpec(md5[TEST_IMAGES], (NUM_TEST, *image_shape)),
         TEST_LABELS: FileSpec(md5[TEST_LABELS], (NUM_TEST,), max_label),
     }
-
-
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    check_dataset_name(name)
-    folder = locate_data_folder(name, data_dir)
-    if folder is None and tfds_has_prepared_copy(name):
-        return load_from_tfds(name)
-    if folder is None:
-        from bioprop_cli.download import fetch_dataset  # download imports this module
-
-        folder = DataFolder(fetch_dataset(name), CACHE_ORIGIN)
-    arrays = load_idx_folder(folder.path, canonical_specs(name), origin=folder.origin)
-    return Dataset(
-        name=name,
-        x_train=scale_images(arrays[TRAIN_IMAGES]),
-        y_train=arrays[TRAIN_LABELS].astype(np.int32),
-        x_test=scale_images(arrays[TEST_IMAGES]),
-        y_test=arrays[TEST_LABELS].astype(np.int32),
-        source=f"files in {folder.path} (from {folder.origin})",
-    )
 
 
 def check_dataset_name(name: str) -> None:

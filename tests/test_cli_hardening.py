@@ -158,9 +158,9 @@ def test_sweep_beta_refuses_non_finite_and_non_positive_betas(tmp_path, values):
 
 
 def test_conditions_refuses_integer_parameters(tmp_path, monkeypatch, fake_dataset):
-    import bioprop_cli.data
+    import bioprop_cli.datasets
 
-    monkeypatch.setattr(bioprop_cli.data, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None: fake_dataset)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"rule": "fa", "model": {"depth": 1, "width": 8},

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli.compare import compare
 from bioprop_cli.report.axes import axis_slices, curve_panels, tuned_best
+from bioprop_cli.report.aggregate import (
+    breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run, update_angle_by_epoch,
+)
+from bioprop_cli.report.comparison import aggregate
 from bioprop_cli.report.plots import _collapse_floor, plot_accuracy_vs_axis
 from bioprop_cli.report.render import all_tables
-from bioprop_cli.report.aggregate import (
-    aggregate, breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run,
-    update_angle_by_epoch,
-)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPE = 10  # steps per epoch of the synthetic runs

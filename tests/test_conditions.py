@@ -44,7 +44,7 @@ def test_converged_ep_holds_everything_and_one_free_step_fails_convergence(datas
 
 
 def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import RunWriter
     from bioprop_cli.train import train
 

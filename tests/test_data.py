@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioprop_cli import data
+from bioprop_cli import data, datasets
 from bioprop_cli.data import (
     DATASETS,
     Dataset,
     FileSpec,
-    load_dataset,
     load_idx_folder,
     locate_data_folder,
     scale_images,
 )
+from bioprop_cli.datasets import load_dataset
 from bioprop_cli.errors import UserError
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -356,7 +356,7 @@ def test_tfds_arrays_are_converted(monkeypatch, no_default_sources):
         split = lambda n: (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, n))
         return split(60000), split(10000)
 
-    monkeypatch.setattr(data, "tfds_has_prepared_copy", lambda name: True)
+    monkeypatch.setattr(datasets, "tfds_has_prepared_copy", lambda name: True)
     monkeypatch.setattr(data, "fetch_tfds_splits", fake_splits)
     dataset = load_dataset("mnist")
     assert dataset.source == "tensorflow-datasets"

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from bioprop_cli import data, download
 from bioprop_cli.cli import app
-from bioprop_cli.data import IDX_FILE_NAMES, load_dataset
+from bioprop_cli.data import IDX_FILE_NAMES
+from bioprop_cli.datasets import load_dataset
 from bioprop_cli.errors import UserError
 
 GZ_FILES = tuple(f"{name}.gz" for name in IDX_FILE_NAMES)

@@ -121,7 +121,7 @@ def test_alignment_off_writes_no_angles(tmp_path):
 
 def test_fa_update_angle_falls_below_90_while_learning(tmp_path, mnist_dir):
     """Lillicrap et al. 2016: the forward weights come to align with the random feedback."""
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
 
     config = small_config(rule="fa", **{
         "train.epochs": 2, "model.depth": 1, "model.width": 64, "train.batch_size": 32, "optimizer.lr": 0.001,

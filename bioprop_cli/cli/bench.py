@@ -23,7 +23,7 @@ def bench(
 ) -> None:
     """One epoch of MNIST per rule (784-256x5-10 tanh, batch 128, SGD; ep: 784-512-10, batch 50, T1=30, T2=10) after compilation."""
     from bioprop_cli.bench import run_benchmark, synthetic_mnist
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import check_new_file
 
     if json_out is not None:

@@ -65,7 +65,8 @@ def compare(
     format: Optional[str] = typer.Option(None, "--format", help="Also write the group table as csv (groups.csv) or json (groups.json)."),
 ) -> None:
     """Compare runs: group them by the config keys that differ, aggregate over seeds, find the breaking depths, write a report."""
-    from bioprop_cli.report.aggregate import _rule_rank, aggregate, group_table
+    from bioprop_cli.report.aggregate import _rule_rank
+    from bioprop_cli.report.comparison import aggregate, group_table
     from bioprop_cli.report.plots import make_figures
     from bioprop_cli.report.render import all_tables, plural, write_report
 

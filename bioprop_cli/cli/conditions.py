@@ -123,7 +123,7 @@ def conditions(
 ) -> None:
     """Which of the seven conditions that make a local rule's update equal backprop's hold for this rule and setup, measured."""
     from bioprop_cli.config import check_against_data
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
     from bioprop_cli.metrics.conditions import measure_conditions
 
     if run is not None and config is not None:

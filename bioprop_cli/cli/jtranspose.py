@@ -129,7 +129,7 @@ def jtranspose(
     if cfg.model.activation not in ("hard_sigmoid", "sigmoid", "tanh"):
         raise UserError(f"config key 'model.activation': must be hard_sigmoid, sigmoid or tanh, got {cfg.model.activation!r}")
 
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
 
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     if n_batch > len(dataset.x_train):

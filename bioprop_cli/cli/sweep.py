@@ -73,7 +73,7 @@ class DatasetLoader:
     """config -> dataset; a plain class (not a lambda) so that Ray can send it to its workers."""
 
     def __call__(self, cfg):
-        from bioprop_cli.data import load_dataset
+        from bioprop_cli.datasets import load_dataset
 
         return load_dataset(cfg.data.dataset, cfg.data.data_dir)
 
@@ -165,7 +165,7 @@ def beta(
     if unknown or not chosen:
         raise UserError(f"--estimators: unknown {unknown[0]!r}; known: {', '.join(ESTIMATORS)}" if unknown else "--estimators: none given")
     from bioprop_cli.config import check_against_data
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
     if not train:
@@ -319,7 +319,7 @@ def condition(
     )
     values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
     from bioprop_cli.config import check_against_data, to_dict
-    from bioprop_cli.data import load_dataset
+    from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import append_jsonl, write_json, write_yaml
     from bioprop_cli.rules.equilibrium import require_mse_cost
     from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep

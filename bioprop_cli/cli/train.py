@@ -11,7 +11,7 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
 from bioprop_cli.config import check_against_data
-from bioprop_cli.data import load_dataset
+from bioprop_cli.datasets import load_dataset
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
 from bioprop_cli.rules import rules_help
 from bioprop_cli.train import EpochReport, train as train_run

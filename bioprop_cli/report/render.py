@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from bioprop_cli.report.aggregate import Comparison, _rule_rank, _sort_value, context_label, depth_table, format_value
+from bioprop_cli.report.aggregate import _rule_rank, _sort_value, context_label, depth_table, format_value
 from bioprop_cli.report.axes import axis_slices, diverged, stable, tuned_best
+from bioprop_cli.report.comparison import Comparison
 from bioprop_cli.runs import write_atomic
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from bioprop_cli.data import (
     verify_idx_bytes,
 )
 from bioprop_cli.errors import UserError
+from bioprop_cli.runs import atomic_file
 
 DOWNLOAD_URL_ENV_VAR = "BIOPROP_DOWNLOAD_URL"
 TIMEOUT_S = 30  # per connection attempt and per read
@@ -143,18 +143,10 @@ def where_to_put(dataset: str, missing: list[str], folder: Path) -> str:
 
 def store_verified(url: str, destination: Path, progress: Progress, verify: Callable[[bytes], None]) -> None:
     """Stream `url` into a hidden temporary file beside `destination`, verify it, then rename it into place."""
-    fd, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w+b") as file:
-            stream_into(url, file, progress, destination.name)
-            file.seek(0)
-            verify(file.read())
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a shared cache is meant to be read by others
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(destination, "w+b", suffix=".part") as file:
+        stream_into(url, file, progress, destination.name)
+        file.seek(0)
+        verify(file.read())
 
 
 def stream_into(url: str, file: BinaryIO, progress: Progress, label: str) -> None:

@@ -23,7 +23,7 @@ import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import yaml
@@ -42,18 +42,26 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w", suffix: str = ".tmp", publish: Callable | None = None):
+    """A file object whose content becomes `path` in one step once the block completes: it is written to a
+    hidden temporary file beside `path`, flushed to disk, made readable by all, then `publish(temporary,
+    path)` (default: a rename) puts it in place. If the block raises, nothing is left behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        (publish or os.replace)(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # a no-op once renamed
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as f:
+        f.write(text)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -68,17 +76,28 @@ def write_params(path: Path, params) -> None:
     """Writes a parameter pytree (a list of per-layer dicts of arrays) as an .npz file with keys
     '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), atomically, each array in its own dtype."""
     arrays = {f"{l}.{name}": np.asarray(value) for l, layer in enumerate(params) for name, value in layer.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def write_new_json(folder: Path, stem: str, obj: Any) -> Path:
+    """Writes obj to folder/stem.json, or stem-2.json, stem-3.json, ... if taken; never overwrites."""
+    published = []
+
+    def link_to_a_free_name(tmp: str, _) -> None:
+        for i in range(1, 10_000):
+            path = folder / (f"{stem}.json" if i == 1 else f"{stem}-{i}.json")
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name exists
+                published.append(path)
+                return
+            except FileExistsError:
+                continue
+        raise UserError(f"{folder}: no free name for {stem}.json")
+
+    with atomic_file(folder / f"{stem}.json", publish=link_to_a_free_name) as f:
+        f.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    return published[0]
 
 
 def load_params(run_dir: str | Path) -> list[dict]:

@@ -9,9 +9,6 @@ link of a finished temporary file, which fails rather than replace a file of tha
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,32 +18,9 @@ from rich.table import Table
 from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
 from bioprop_cli.errors import UserError
 from bioprop_cli.rules import rules_help
+from bioprop_cli.runs import write_new_json
 
 STATUS_STYLE = {"holds": "green", "partial": "yellow", "fails": "red", "n/a": "dim"}
-
-
-def write_new_json(folder: Path, stem: str, obj) -> Path:
-    """Writes obj to folder/stem.json, or stem-2.json, stem-3.json, ... if taken; never overwrites."""
-    from bioprop_cli.runs import _clean
-
-    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        for i in range(1, 10_000):
-            path = folder / (f"{stem}.json" if i == 1 else f"{stem}-{i}.json")
-            try:
-                os.link(tmp, path)  # atomic, and fails if the name exists
-                return path
-            except FileExistsError:
-                continue
-        raise UserError(f"{folder}: no free name for {stem}.json")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _fmt(v, spec: str) -> str:

@@ -49,14 +49,18 @@ def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mni
     again = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (folder / "runs").iterdir()) == runs_before
-    # an interrupted point is trained again, into a new folder; the old one stays
+    # an interrupted point is trained again, into a new folder; the old one stays, named as a
+    # previous attempt: the manifest names one run per (point, seed)
     manifest["runs"]["depth-2_rule-fa-s1"]["status"] = "interrupted"
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    summary_path = folder / "runs" / "depth-2_rule-fa-s1" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "status": "interrupted"}))
     third = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
     assert third.exit_code == 0, third.output
     _, manifest = only_sweep_folder(tmp_path)
     assert manifest["runs"]["depth-2_rule-fa-s1"]["status"] == "completed"
     assert manifest["runs"]["depth-2_rule-fa-s1"]["run_dir"].endswith("depth-2_rule-fa-s1-1")
+    assert manifest["runs"]["depth-2_rule-fa-s1"]["previous_run_dirs"] == ["runs/depth-2_rule-fa-s1"]
     assert len(list((folder / "runs").iterdir())) == len(runs_before) + 1
 
 

@@ -485,14 +485,15 @@ def sigint_flag():
     """Inside the block Ctrl-C (SIGINT) only sets a flag, read with the yielded function; the code
     checks it at its boundaries (between epochs, after compilation, between a sweep's groups) and
     records 'interrupted'. Nested blocks share the outermost flag, so a sweep that holds one sees the
-    Ctrl-C that stopped a group. Outside the main thread (where handlers cannot be set) the flag
-    stays off. The previous handler comes back when the outermost block ends."""
+    Ctrl-C that stopped a group. Outside the main thread (where handlers cannot be set), and where
+    SIGINT is ignored (a background job of a script), the flag stays off. The previous handler comes
+    back when the outermost block ends."""
     current = signal.getsignal(signal.SIGINT)
     if isinstance(current, _SigintFlag):
         yield current.is_set
         return
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+    if threading.current_thread() is not threading.main_thread() or current is signal.SIG_IGN:
+        yield lambda: False  # no handler can be set here, or whoever started us wants Ctrl-C ignored
         return
     flag = _SigintFlag()
     signal.signal(signal.SIGINT, flag)

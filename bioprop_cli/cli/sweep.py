@@ -289,6 +289,8 @@ def _train_per_beta(cfg, dataset, betas) -> None:
                       f"{r['best_val_accuracy'] or float('nan'):.4f}", f"{r['train_loss'][-1]:.4f}" if r["train_loss"] else "-")
     console.print(table)
     console.print(f"written: {folder}")
+    if any(r["status"] == "interrupted" for r in rows):
+        raise typer.Exit(code=130)
 
 
 def _plot_training(rows, path) -> None:

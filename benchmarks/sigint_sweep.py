@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default="/tmp/sigint-sweep")
     args = parser.parse_args()
+    # children inherit an ignored SIGINT (a background job of a script), and bioprop respects it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(args.results_dir)
     root.mkdir(parents=True, exist_ok=False)
     rng = random.Random(args.seed)

@@ -17,8 +17,14 @@ SMALL = ["--width", "16", "--set", "data.train_limit=1500", "--set", "data.valid
          "--set", "data.test_limit=300", "--set", "alignment.probe_size=32"]
 
 
+# `python -m bioprop_cli` with Ctrl-C handled as in a terminal even where this test runner was started
+# with SIGINT ignored (a background job of a script), which children inherit and bioprop respects
+LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "sys.argv[0] = 'bioprop'; runpy.run_module('bioprop_cli', run_name='__main__')")
+
+
 def bioprop(*args):
-    return subprocess.Popen([sys.executable, "-m", "bioprop_cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def wait_for(proc, ready, what):
@@ -68,9 +74,18 @@ def test_sigint_while_compiling_does_not_leave_the_run_running(tmp_path):
     assert summary["status"] == "interrupted" and summary["epochs_completed"] < 1000
 
 
-def test_the_handler_only_sets_a_flag_and_the_second_ctrl_c_raises():
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler for the test (the runner may have been started with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_the_handler_only_sets_a_flag_and_the_second_ctrl_c_raises(sigint_as_in_a_terminal):
     """The first Ctrl-C raises nothing (an exception raised in a finaliser would be dropped by Python);
-    nested blocks share the outer flag; the old handler comes back afterwards."""
+    nested blocks share the outer flag; the old handler comes back afterwards; an ignored SIGINT
+    stays ignored."""
     before = signal.getsignal(signal.SIGINT)
     with sigint_flag() as interrupted:
         assert not interrupted()
@@ -81,9 +96,13 @@ def test_the_handler_only_sets_a_flag_and_the_second_ctrl_c_raises():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with sigint_flag() as interrupted:
+        signal.raise_signal(signal.SIGINT)
+        assert not interrupted() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp_path, fake_dataset):
+def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp_path, fake_dataset, sigint_as_in_a_terminal):
     from bioprop_cli.config import load_config
     from bioprop_cli.train import train_group
 
@@ -101,3 +120,25 @@ def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp
         written = json.loads((folder / "summary.json").read_text())
         assert written["status"] == "interrupted" and written["epochs_completed"] == 0
         assert not (folder / "metrics.jsonl").exists()
+
+
+@needs_mnist
+def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioprop_cli.cli import app
+
+    args = ["sweep", "--grid", "depth=1,2,3", "--epochs", "1000", "--results-dir", str(tmp_path), *SMALL]
+    first = bioprop(*args)
+    wait_for(first, lambda: list(tmp_path.glob("default/*/runs/*/metrics.jsonl")), "the first epoch")
+    second = CliRunner().invoke(app, args)  # the same sweep, from another process
+    message = second.stderr if hasattr(second, "stderr") else second.output
+    assert second.exit_code == 2 and f"PID {first.pid}" in message, second.output
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=60) == 130
+    assert b"Traceback" not in first.stderr.read()
+    (folder,) = (tmp_path / "default").iterdir()
+    runs = json.loads((folder / "manifest.json").read_text())["runs"]
+    assert {n: e["status"] for n, e in runs.items()} == {"depth-1-s0": "interrupted", "depth-2-s0": "queued", "depth-3-s0": "queued"}
+    summary = json.loads((folder / runs["depth-1-s0"]["run_dir"] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 1000

@@ -1,13 +1,12 @@
 """Sweeps against bad input and faults: nothing escapes the results folder, conflicts are errors,
-one writer per sweep folder, Ctrl-C leaves a resumable manifest."""
+one writer per sweep folder, a resumed sweep names one run per (point, seed), Ctrl-C between groups
+starts no other group (a real Ctrl-C: tests/test_interrupt.py)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -18,10 +17,6 @@ from bioprop_cli.config import load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import folder_lock
 from bioprop_cli.sweep.grid import Point, run_sweep, sweep_name
-
-SMALL = ["--width", "16", "--set", "data.train_limit=1500", "--set", "data.validation_size=300",
-         "--set", "data.test_limit=300", "--set", "alignment.probe_size=32"]
-
 
 def stderr_of(result):
     return result.stderr if hasattr(result, "stderr") else result.output
@@ -153,23 +148,3 @@ def test_the_lock_names_its_holder_and_a_killed_holder_blocks_nothing(tmp_path):
         holder.wait()
     with folder_lock(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
-
-
-@pytest.mark.skipif(not os.environ.get("BIOPROP_DATA_DIR"), reason="needs MNIST in BIOPROP_DATA_DIR")
-def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
-    args = ["sweep", "--grid", "depth=1,2,3", "--epochs", "1000", "--results-dir", str(tmp_path), *SMALL]
-    first = subprocess.Popen([sys.executable, "-m", "bioprop_cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and first.poll() is None and not list(tmp_path.glob("default/*/runs/*/metrics.jsonl")):
-        time.sleep(0.05)
-    assert first.poll() is None, first.stderr.read().decode()
-    second = CliRunner().invoke(app, args)
-    assert second.exit_code == 2 and f"PID {first.pid}" in stderr_of(second), second.output
-    first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=60) == 130
-    assert b"Traceback" not in first.stderr.read()
-    (folder,) = (tmp_path / "default").iterdir()
-    runs = json.loads((folder / "manifest.json").read_text())["runs"]
-    assert {n: e["status"] for n, e in runs.items()} == {"depth-1-s0": "interrupted", "depth-2-s0": "queued", "depth-3-s0": "queued"}
-    summary = json.loads((folder / runs["depth-1-s0"]["run_dir"] / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 1000

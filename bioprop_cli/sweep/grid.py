@@ -50,15 +50,15 @@ NOT_AXES = ("results_dir", "experiment", "data.data_dir")
 SECTION_KEYS = ("grid", "seeds")
 
 
-def axis_key(name: str) -> str:
+def axis_key(name: str, source: str = "--grid") -> str:
     """An axis name or config key -> the config key; the seed and the keys of NOT_AXES (or a
-    section holding one) are refused."""
+    section holding one) are refused (`source` names where the axis came from)."""
     key = AXES[name][0] if name in AXES else name
     if key == "seed":
-        raise UserError(f"--grid {name}: the seeds are no grid axis; use --seeds N or `bioprop sweep seed --values S1,S2`")
+        raise UserError(f"{source} {name}: the seeds are no grid axis; use --seeds N or `bioprop sweep seed --values S1,S2`")
     refused = [k for k in NOT_AXES if key == k or k.startswith(key + ".")]
     if refused:
-        raise UserError(f"--grid {name}: {refused[0]} is not a sweep axis (it says where results and data are, "
+        raise UserError(f"{source} {name}: {refused[0]} is not a sweep axis (it says where results and data are, "
                         f"not what is trained); set it for the whole sweep with --results-dir, --experiment or --data-dir")
     return key
 
@@ -112,7 +112,7 @@ def read_sweep_section(section: Any) -> tuple[dict[str, list], int | None]:
         values = values if isinstance(values, list) else [values]
         if not values:
             raise UserError(f"config key 'sweep.grid.{name}': expected at least one value, got []")
-        add_axis(grid, axis_key(str(name)), values, "config key 'sweep.grid'")
+        add_axis(grid, axis_key(str(name), "config key 'sweep.grid':"), values, "config key 'sweep.grid'")
     return grid, seeds
 
 

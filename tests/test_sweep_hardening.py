@@ -148,3 +148,16 @@ def test_the_lock_names_its_holder_and_a_killed_holder_blocks_nothing(tmp_path):
         holder.wait()
     with folder_lock(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_runs_of_a_cancelled_ray_task_are_queued_or_interrupted_as_their_folders_say(tmp_path):
+    from bioprop_cli.sweep.grid import Group
+    from bioprop_cli.sweep.ray_executor import stopped_runs
+
+    dirs = [tmp_path / name for name in ("never", "running", "interrupted", "completed")]
+    for d in dirs:
+        d.mkdir()
+    for d, status in zip(dirs[1:], ("running", "interrupted", "completed")):
+        (d / "summary.json").write_text(json.dumps({"status": status, "test_accuracy": 0.5}))
+    group = Group(tuple(d.name for d in dirs), (None,) * 4, tuple(dirs))
+    assert [s["status"] for s in stopped_runs(group)] == ["queued", "interrupted", "interrupted", "completed"]

@@ -11,6 +11,7 @@ A cluster (`--address`) needs the network and a filesystem shared by every node 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 from bioprop_cli.errors import UserError
@@ -74,9 +75,26 @@ class RayExecutor:
                 for ref in done:
                     yield futures.pop(ref), ray.get(ref)
             for ref in futures:
-                ray.cancel(ref)
+                ray.cancel(ref)  # a running task gets a KeyboardInterrupt, a pending one never starts
             for ref, group in futures.items():
                 try:
                     yield group, ray.get(ref)
                 except (ray.exceptions.TaskCancelledError, ray.exceptions.RayTaskError):
-                    pass  # never started, or stopped before it returned: its runs stay queued
+                    yield group, stopped_runs(group)
+
+
+def stopped_runs(group) -> list[dict]:
+    """The summaries of a cancelled task's runs, as their folders tell (ray.get returns none): a run
+    that never started stays queued, one that started and did not finish is interrupted."""
+    summaries = []
+    for run_dir in group.run_dirs:
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except FileNotFoundError:
+            summaries.append({"status": "queued"})
+            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            summary = {}
+        done = isinstance(summary, dict) and summary.get("status") in ("completed", "diverged", "interrupted")
+        summaries.append(summary if done else {"status": "interrupted"})
+    return summaries

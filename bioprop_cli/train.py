@@ -421,6 +421,8 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
             t0 = time.perf_counter()
             epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
             compile_time = time.perf_counter() - t0
+            if interrupted():  # Ctrl-C while compiling: before the (costly, for ep) first measurement
+                raise KeyboardInterrupt
             step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
             if align.enabled:
                 measured = batched.measure(state, probe_x, probe_y, keys.probe)

@@ -119,7 +119,7 @@ def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp
     for folder in folders:
         written = json.loads((folder / "summary.json").read_text())
         assert written["status"] == "interrupted" and written["epochs_completed"] == 0
-        assert not (folder / "metrics.jsonl").exists()
+        assert not (folder / "metrics.jsonl").exists() and not (folder / "alignment.jsonl").exists()
 
 
 @needs_mnist

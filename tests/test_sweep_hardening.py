@@ -87,7 +87,8 @@ def test_point_names_are_one_path_component():
 
 
 @pytest.mark.parametrize("text, why", [("", "not JSON"), ("{", "not JSON"), ("[]", "'runs'"),
-                                       ('{"runs": {"depth-1-s0": 1}}', "no status")])
+                                       ('{"runs": {"depth-1-s0": 1}}', "no status"),
+                                       ('{"runs": {"depth-1-s0": {"status": "queued", "previous_run_dirs": "x"}}}', "not a list")])
 def test_a_corrupt_manifest_is_one_line_naming_it(tmp_path, text, why):
     out = tmp_path / "out"
     base = config_from_flags(None, [], results_dir=str(out))

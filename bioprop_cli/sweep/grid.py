@@ -186,7 +186,9 @@ def load_manifest(folder: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text())
         problem = _manifest_problem(manifest)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        problem = f"unreadable: {e.strerror or e}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         problem = f"not JSON: {e}"
     if problem:
         raise UserError(f"{path}: not a sweep manifest ({problem}); move it aside to start this sweep afresh "
@@ -202,6 +204,8 @@ def _manifest_problem(manifest: Any) -> str | None:
             return f"run {name!r} has no status"
         if not isinstance(entry.get("run_dir", ""), str):
             return f"run {name!r}: run_dir is not a string"
+        if not isinstance(entry.get("previous_run_dirs", []), list):
+            return f"run {name!r}: previous_run_dirs is not a list"
     return None
 
 

@@ -439,6 +439,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def keys_overlap(a: str, b: str) -> bool:
+    """Whether setting dotted key `a` and setting `b` touch the same value (equal, or one is a
+    section holding the other): 'model.depth' and 'model.depth.x' overlap, 'model.depth' and
+    'model.width' do not."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 def _set_path(tree: dict, key: str, value: Any) -> None:
     node = tree
     parts = key.split(".")

@@ -16,6 +16,7 @@ as the JSON files (temporary file, then rename).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -244,6 +245,27 @@ def create_run_dir(results_dir: str | Path, experiment: str, name: str) -> Path:
     except OSError as e:  # FileExistsError above is a name taken; anything else is the place itself
         raise UserError(f"results folder {parent}: cannot create a folder there ({e.strerror or e})") from None
     raise RuntimeError(f"could not create a new run folder under {parent}")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Holds the exclusive lock of `folder` (the file .lock in it, which records the holder's PID).
+    A second holder, in this process or another, gets a UserError naming the PID. The operating
+    system releases the lock when its holder dies, even by kill -9: a stale .lock blocks nothing."""
+    path = Path(folder) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"{folder} is in use by another bioprop process (PID {holder}); "
+                            "wait for it to finish or stop it, then run the command again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 class RunWriter:

@@ -375,7 +375,14 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
     params.npz (train.save_params); a diverged run does not: non-finite weights are useless. The
     rule state is not saved (fixed random feedback is re-derived from the seed by rule.init;
     learned feedback is in params["fb"]; ep's persistent particles are lost).
+    Ctrl-C (SIGINT) ends every active run with status 'interrupted' at the next boundary (after
+    compilation, between epochs); see sigint_flag.
     """
+    with sigint_flag():  # before the first summary is written: Ctrl-C from here on is recorded
+        return _train_group(configs, dataset, writers, on_epoch)
+
+
+def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
     splits = make_splits(config, dataset)
@@ -407,22 +414,23 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
         logs.append(_RunLog(c, writer, summary, make_schedule(c.optimizer, program.steps_per_epoch, c.train.epochs)))
 
     t_start = time.perf_counter()
-    state = batched.init(seeds, hyper)
-    if sharding is not None:  # every array of the state carries the run axis first
-        state, probe_x, probe_y = jax.device_put((state, probe_x, probe_y), sharding)
-    epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
-    t0 = time.perf_counter()
-    epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
-    compile_time = time.perf_counter() - t0
-    step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
-
-    train_time, examples_seen = 0.0, 0
-    if align.enabled:
-        measured = batched.measure(state, probe_x, probe_y, keys.probe)
-        for i, log in enumerate(logs):
-            log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
+    state, compile_time, train_time, examples_seen = None, 0.0, 0.0, 0
     try:
-        with sigint_flag() as interrupted:
+        with sigint_flag() as interrupted:  # the flag of train_group's handler
+            state = batched.init(seeds, hyper)
+            if sharding is not None:  # every array of the state carries the run axis first
+                state, probe_x, probe_y = jax.device_put((state, probe_x, probe_y), sharding)
+            epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
+            t0 = time.perf_counter()
+            epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
+            compile_time = time.perf_counter() - t0
+            if interrupted():  # Ctrl-C while compiling: before the (costly, for ep) first measurement
+                raise KeyboardInterrupt
+            step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
+            if align.enabled:
+                measured = batched.measure(state, probe_x, probe_y, keys.probe)
+                for i, log in enumerate(logs):
+                    log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
             for epoch in range(1, config.train.epochs + 1):
                 if not any(log.active for log in logs):
                     break
@@ -451,34 +459,53 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
             if log.active:
                 log.status = "interrupted"
     wall = time.perf_counter() - t_start
-    final = jax.device_get(state.params)  # numpy: slicing out each run's part compiles nothing
+    # numpy: slicing out each run's part compiles nothing; no state: interrupted before it existed
+    final = None if state is None else jax.device_get(state.params)
     for i, log in enumerate(logs):  # params.npz before the final summary; not for a diverged run
-        mine = _seed(final, i)
-        if log.config.train.save_params and log.status != "diverged" and _finite(mine):
+        mine = None if final is None else _seed(final, i)
+        if log.config.train.save_params and log.status != "diverged" and mine is not None and _finite(mine):
             log.writer.params(mine)
     return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
 
 
+class _SigintFlag:
+    """A SIGINT handler that only counts: raising from a handler is unreliable, since Python drops
+    an exception raised while a finaliser or weakref callback runs ("Exception ignored in ..."), and
+    JAX runs many. The second Ctrl-C raises KeyboardInterrupt, for a user who will not wait."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, signum, frame):
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def is_set(self) -> bool:
+        return self.count > 0
+
+
 @contextlib.contextmanager
 def sigint_flag():
-    """Ctrl-C inside the block raises KeyboardInterrupt as usual and also sets a flag, read with the
-    yielded function. Python drops an exception raised while a finaliser or weakref callback runs
-    ("Exception ignored in ..."), and JAX runs many; the flag makes the training loop stop at the next
-    epoch boundary even then. Outside the main thread (where handlers cannot be set) the flag stays off."""
-    caught = []
-
-    def handler(signum, frame):
-        caught.append(signum)
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
+    """Inside the block Ctrl-C (SIGINT) only sets a flag, read with the yielded function; the code
+    checks it at its boundaries (between epochs, after compilation, between a sweep's groups) and
+    records 'interrupted'. Nested blocks share the outermost flag, so a sweep that holds one sees the
+    Ctrl-C that stopped a group. Outside the main thread (where handlers cannot be set), and where
+    SIGINT is ignored (a background job of a script), the flag stays off. The previous handler comes
+    back when the outermost block ends."""
+    current = signal.getsignal(signal.SIGINT)
+    if isinstance(current, _SigintFlag):
+        yield current.is_set
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is not threading.main_thread() or current is signal.SIG_IGN:
+        yield lambda: False  # no handler can be set here, or whoever started us wants Ctrl-C ignored
+        return
+    flag = _SigintFlag()
+    signal.signal(signal.SIGINT, flag)
     try:
-        yield lambda: bool(caught)
+        yield flag.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, current)
 
 
 def _finite(tree) -> bool:

@@ -1,4 +1,4 @@
-"""A real Ctrl-C (SIGINT) on a running `bioprop train` process keeps what was measured."""
+"""Ctrl-C (SIGINT): a flag checked at every boundary, `interrupted` recorded on every path, exit code 130."""
 
 import json
 import os
@@ -9,49 +9,136 @@ import time
 
 import pytest
 
-from bioprop_cli.runs import read_jsonl
+from bioprop_cli.runs import RunWriter, read_jsonl
+from bioprop_cli.train import sigint_flag
+
+needs_mnist = pytest.mark.skipif(not os.environ.get("BIOPROP_DATA_DIR"), reason="needs MNIST in BIOPROP_DATA_DIR")
+SMALL = ["--width", "16", "--set", "data.train_limit=1500", "--set", "data.validation_size=300",
+         "--set", "data.test_limit=300", "--set", "alignment.probe_size=32"]
 
 
-@pytest.mark.skipif(not os.environ.get("BIOPROP_DATA_DIR"), reason="needs MNIST in BIOPROP_DATA_DIR")
-def test_sigint_records_status_interrupted(tmp_path):
-    cmd = [
-        sys.executable, "-m", "bioprop_cli", "train", "--rule", "fa", "--depth", "1", "--width", "32",
-        "--epochs", "1000", "--results-dir", str(tmp_path), "--no-progress",
-        "--set", "data.train_limit=3000", "--set", "data.validation_size=500", "--set", "data.test_limit=500",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+# `python -m bioprop_cli` with Ctrl-C handled as in a terminal even where this test runner was started
+# with SIGINT ignored (a background job of a script), which children inherit and bioprop respects
+LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "sys.argv[0] = 'bioprop'; runpy.run_module('bioprop_cli', run_name='__main__')")
+
+
+def bioprop(*args):
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_for(proc, ready, what):
     deadline = time.monotonic() + 120
-    metrics = None
     while time.monotonic() < deadline and proc.poll() is None:
-        found = list(tmp_path.glob("default/*/metrics.jsonl"))
-        if found and len(read_jsonl(found[0])) >= 2:
-            metrics = found[0]
-            break
-        time.sleep(0.2)
-    assert metrics is not None, proc.stderr.read().decode()
+        if ready():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"never saw {what}: {proc.stderr.read().decode()}")
+
+
+def summary_of(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+@needs_mnist
+def test_sigint_after_some_epochs_records_status_interrupted(tmp_path):
+    proc = bioprop("train", "--rule", "fa", "--depth", "1", "--epochs", "1000", "--results-dir", str(tmp_path),
+                   "--no-progress", *SMALL)
+    metrics = lambda: list(tmp_path.glob("default/*/metrics.jsonl"))
+    wait_for(proc, lambda: metrics() and len(read_jsonl(metrics()[0])) >= 2, "two epochs")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
-    summary = json.loads((metrics.parent / "summary.json").read_text())
-    lines = read_jsonl(metrics)
+    (path,) = metrics()
+    summary = json.loads((path.parent / "summary.json").read_text())
+    lines = read_jsonl(path)
     assert summary["status"] == "interrupted"
     assert 2 <= summary["epochs_completed"] < 1000
     assert [m["epoch"] for m in lines] == list(range(1, len(lines) + 1))
-    assert metrics.read_text().endswith("\n")  # no half-written line
+    assert path.read_text().endswith("\n")  # no half-written line
+    assert b"Traceback" not in proc.stderr.read()
 
 
-def test_sigint_flag_survives_a_swallowed_interrupt():
-    """A KeyboardInterrupt dropped on the way (as Python does inside finalisers) still leaves the flag
-    set, so the training loop stops at the next epoch boundary; the old handler comes back afterwards."""
-    from bioprop_cli.train import sigint_flag
+@needs_mnist
+def test_sigint_while_compiling_does_not_leave_the_run_running(tmp_path):
+    """Sent as soon as the run folder says `running` (before the first epoch: compilation)."""
+    proc = bioprop("train", "--rule", "fa", "--depth", "2", "--epochs", "1000", "--results-dir", str(tmp_path),
+                   "--no-progress", *SMALL)
+    summaries = lambda: list(tmp_path.glob("default/*/summary.json"))
+    wait_for(proc, lambda: summaries() and summary_of(summaries()[0]).get("status") == "running", "a running run")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    summary = json.loads(summaries()[0].read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] < 1000
 
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler for the test (the runner may have been started with SIGINT ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_the_handler_only_sets_a_flag_and_the_second_ctrl_c_raises(sigint_as_in_a_terminal):
+    """The first Ctrl-C raises nothing (an exception raised in a finaliser would be dropped by Python);
+    nested blocks share the outer flag; the old handler comes back afterwards; an ignored SIGINT
+    stays ignored."""
     before = signal.getsignal(signal.SIGINT)
     with sigint_flag() as interrupted:
         assert not interrupted()
+        signal.raise_signal(signal.SIGINT)
+        assert interrupted()
+        with sigint_flag() as inner:
+            assert inner()
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
-        try:
-            signal.raise_signal(signal.SIGINT)
-        except KeyboardInterrupt:
-            pass  # swallowed, as in a weakref callback
-        assert interrupted()
     assert signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with sigint_flag() as interrupted:
+        signal.raise_signal(signal.SIGINT)
+        assert not interrupted() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp_path, fake_dataset, sigint_as_in_a_terminal):
+    from bioprop_cli.config import load_config
+    from bioprop_cli.train import train_group
+
+    configs = [load_config(overrides=[("model.width", 8), ("data.validation_size", 100), ("train.batch_size", 50),
+                                      ("alignment.probe_size", 16), ("seed", s)]) for s in (0, 1)]
+    folders = [tmp_path / f"run{s}" for s in (0, 1)]
+    for folder in folders:
+        folder.mkdir()
+    with sigint_flag() as interrupted:
+        signal.raise_signal(signal.SIGINT)
+        summaries = train_group(configs, fake_dataset, [RunWriter(f) for f in folders])
+    assert interrupted()
+    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]
+    for folder in folders:
+        written = json.loads((folder / "summary.json").read_text())
+        assert written["status"] == "interrupted" and written["epochs_completed"] == 0
+        assert not (folder / "metrics.jsonl").exists() and not (folder / "alignment.jsonl").exists()
+
+
+@needs_mnist
+def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioprop_cli.cli import app
+
+    args = ["sweep", "--grid", "depth=1,2,3", "--epochs", "1000", "--results-dir", str(tmp_path), *SMALL]
+    first = bioprop(*args)
+    wait_for(first, lambda: list(tmp_path.glob("default/*/runs/*/metrics.jsonl")), "the first epoch")
+    second = CliRunner().invoke(app, args)  # the same sweep, from another process
+    message = second.stderr if hasattr(second, "stderr") else second.output
+    assert second.exit_code == 2 and f"PID {first.pid}" in message, second.output
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=60) == 130
+    assert b"Traceback" not in first.stderr.read()
+    (folder,) = (tmp_path / "default").iterdir()
+    runs = json.loads((folder / "manifest.json").read_text())["runs"]
+    assert {n: e["status"] for n, e in runs.items()} == {"depth-1-s0": "interrupted", "depth-2-s0": "queued", "depth-3-s0": "queued"}
+    summary = json.loads((folder / runs["depth-1-s0"]["run_dir"] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 1000

@@ -1,5 +1,6 @@
 """`bioprop sweep AXIS` and `--grid`: the grid, the manifest, resuming, failures."""
 
+import importlib.util
 import json
 
 import pytest
@@ -49,14 +50,18 @@ def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mni
     again = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (folder / "runs").iterdir()) == runs_before
-    # an interrupted point is trained again, into a new folder; the old one stays
+    # an interrupted point is trained again, into a new folder; the old one stays, named as a
+    # previous attempt: the manifest names one run per (point, seed)
     manifest["runs"]["depth-2_rule-fa-s1"]["status"] = "interrupted"
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    summary_path = folder / "runs" / "depth-2_rule-fa-s1" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "status": "interrupted"}))
     third = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
     assert third.exit_code == 0, third.output
     _, manifest = only_sweep_folder(tmp_path)
     assert manifest["runs"]["depth-2_rule-fa-s1"]["status"] == "completed"
     assert manifest["runs"]["depth-2_rule-fa-s1"]["run_dir"].endswith("depth-2_rule-fa-s1-1")
+    assert manifest["runs"]["depth-2_rule-fa-s1"]["previous_run_dirs"] == ["runs/depth-2_rule-fa-s1"]
     assert len(list((folder / "runs").iterdir())) == len(runs_before) + 1
 
 
@@ -109,12 +114,17 @@ def test_parsing_and_points():
     assert len(ps) == 6 and ps[0].name == "depth-1_rule-bp" and ps[-1].name == "depth-2_rule-dfa"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (pip install 'bioprop[ray]')")
 def test_ray_executor_writes_what_the_local_executor_writes(tmp_path, mnist_dir):
-    pytest.importorskip("ray")
+    """... on a local Ray instance that listens on the loopback interface only."""
+    from bioprop_cli.sweep.ray_executor import RayExecutor
+
     args = ["--grid", "depth=1", "--seeds", "2", "--data-dir", mnist_dir, *SMALL]
     local = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "local")])
     assert local.exit_code == 0, local.output
-    remote = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "ray"), "--executor", "ray"])
+    with RayExecutor().session() as ray:  # the sweep's executor finds this instance and uses it
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        remote = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "ray"), "--executor", "ray"])
     assert remote.exit_code == 0, remote.output
     (a,) = (tmp_path / "local" / "default").iterdir()
     (b,) = (tmp_path / "ray" / "default").iterdir()

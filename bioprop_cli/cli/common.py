@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bioprop_cli.config import Config, load_config, parse_override
+from bioprop_cli.config import Config, keys_overlap, load_config, parse_override
 from bioprop_cli.errors import UserError
 
 # soft_wrap: rich never breaks or cuts a printed line (a path must stay copyable); the terminal wraps it
@@ -53,7 +53,14 @@ FLAG_KEYS = {
 
 
 def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any) -> Config:
-    """Defaults < --config file < --set key=value < the named flags."""
+    """Defaults < --config file < --set key=value < the named flags. A --set of a key inside a
+    named flag's key (--depth 1 --set model.depth.x=1), or of the section holding it, is a UserError:
+    the flag would hide it."""
     overrides = [parse_override(s) for s in sets]
-    overrides += [(FLAG_KEYS[name], value) for name, value in flags.items() if value is not None]
-    return load_config(config_path, overrides)
+    named = [(FLAG_KEYS[name], value) for name, value in flags.items() if value is not None]
+    for flag_key, _ in named:
+        for text, (set_key, _) in zip(sets, overrides):
+            if set_key != flag_key and keys_overlap(flag_key, set_key):
+                flag = next(n for n, k in FLAG_KEYS.items() if k == flag_key).replace("_", "-")
+                raise UserError(f"--{flag} and --set {text} both set {flag_key}; give one of the two")
+    return load_config(config_path, overrides + named)

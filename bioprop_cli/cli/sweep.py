@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.cli.common import FLAG_KEYS, config_from_flags, console, user_errors_exit_2
 from bioprop_cli.errors import UserError
 
 app = typer.Typer(
@@ -22,43 +22,15 @@ app = typer.Typer(
 def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[str], seeds: int, config: Optional[Path],
                 sets: list[str], flags: dict, executor: str = "local", address: Optional[str] = None,
                 gpus_per_task: float = 0.0) -> None:
-    """Shared by every axis command and the bare `bioprop sweep --grid ...`."""
-    from bioprop_cli.config import read_yaml
-    from bioprop_cli.sweep.grid import AXES, parse_grid_option, parse_values, run_sweep
+    """Shared by every axis command and the bare `bioprop sweep --grid ...`. Ctrl-C: exit code 130."""
+    from bioprop_cli.train import sigint_flag
 
-    file_sweep = (read_yaml(config).get("sweep") or {}) if config is not None else {}
-    if not isinstance(file_sweep, dict):
-        raise UserError("config key 'sweep': expected a mapping with 'grid' and 'seeds'")
-    grid: dict[str, list] = {}
-    for key, vals in (file_sweep.get("grid") or {}).items():
-        grid[AXES[key][0] if key in AXES else key] = vals if isinstance(vals, list) else [vals]
-    n_seeds = seeds if seeds is not None else int(file_sweep.get("seeds", 1))
-    seed_values = None
-    if axis == "seed":
-        seed_values = parse_values(values) if values else list(range(n_seeds))
-    elif axis is not None:
-        key, default = AXES[axis]
-        grid[key] = parse_values(values) if values else default
-    for text in grid_options:
-        key, vals = parse_grid_option(text)
-        grid[key] = vals
-    if not grid and axis is None:
-        raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
-    base = config_from_flags(config, sets, **flags)
-    seed_values = seed_values or [base.seed + k for k in range(n_seeds)]
-    if any(not isinstance(v, int) or v < 0 for v in seed_values):
-        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
-    if executor not in ("local", "ray"):
-        raise UserError(f"--executor: expected local or ray, got {executor!r}")
-    runner = None
-    if executor == "ray":
-        from bioprop_cli.sweep.ray_executor import RayExecutor
-
-        runner = RayExecutor(address, gpus_per_task)
-    loader = DatasetLoader()
-    with console.status("sweeping...") as status:
-        folder, manifest = run_sweep(base, grid, seed_values, loader, report=lambda m: status.update(f"sweeping: {m}"),
-                                     executor=runner)
+    with sigint_flag() as interrupted:
+        base, grid, seed_values = _sweep_plan(axis, values, grid_options, seeds, config, sets, flags)
+        runner = _executor(executor, address, gpus_per_task)
+        if interrupted():
+            raise typer.Exit(code=130)
+        folder, manifest = _run_with_status(base, grid, seed_values, runner, interrupted)
     table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
     for name in ("run", "status", "test acc."):
         table.add_column(name)
@@ -66,7 +38,68 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         acc = entry.get("test_accuracy")
         table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
     console.print(table)
-    console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)")
+    console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
+    if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
+        console.print("interrupted: run the same command again to train what is left")
+        raise typer.Exit(code=130)
+
+
+def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
+    """(base config, grid, seeds) from the axis, --grid, --seeds, the config's `sweep:` section and
+    the run flags; conflicting sources are a UserError."""
+    from bioprop_cli.config import keys_overlap, parse_override, read_yaml
+    from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section
+
+    file_grid, file_seeds = read_sweep_section(read_yaml(config).get("sweep")) if config is not None else ({}, None)
+    grid: dict[str, list] = {}  # the command line's axes; they replace the file's axis of the same key
+    if axis is not None and axis != "seed":
+        key, default = AXES[axis]
+        add_axis(grid, key, parse_values(values) if values else default, f"sweep {axis}")
+    for text in grid_options:
+        key, vals = parse_grid_option(text)
+        add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
+    grid = {**file_grid, **grid}
+    if not grid and axis is None:
+        raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
+    fixed = {FLAG_KEYS[name]: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None}
+    fixed.update({parse_override(text)[0]: f"--set {text}" for text in sets})
+    for key in grid:
+        for other, source in fixed.items():
+            if keys_overlap(key, other):
+                raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
+    base = config_from_flags(config, sets, **flags)
+    n_seeds = seeds if seeds is not None else (file_seeds or 1)
+    if axis == "seed" and values and seeds is not None:
+        raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
+    if axis == "seed":
+        seed_values = parse_values(values) if values else list(range(n_seeds))
+    else:
+        seed_values = [base.seed + k for k in range(n_seeds)]
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seed_values):
+        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
+    if len(set(seed_values)) < len(seed_values):
+        raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
+    return base, grid, seed_values
+
+
+def _executor(name: str, address: Optional[str], gpus_per_task: float):
+    if name not in ("local", "ray"):
+        raise UserError(f"--executor: expected local or ray, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise UserError("--address: a Ray cluster address needs --executor ray")
+        return None
+    from bioprop_cli.sweep.ray_executor import RayExecutor
+
+    return RayExecutor(address, gpus_per_task)
+
+
+def _run_with_status(base, grid, seed_values, runner, interrupted):
+    from bioprop_cli.sweep.grid import run_sweep
+
+    with console.status("sweeping...") as status:
+        return run_sweep(base, grid, seed_values, DatasetLoader(), report=lambda m: status.update(f"sweeping: {m}"),
+                         executor=runner, interrupted=interrupted)
 
 
 class DatasetLoader:
@@ -258,6 +291,8 @@ def _train_per_beta(cfg, dataset, betas) -> None:
                       f"{r['best_val_accuracy'] or float('nan'):.4f}", f"{r['train_loss'][-1]:.4f}" if r["train_loss"] else "-")
     console.print(table)
     console.print(f"written: {folder}")
+    if any(r["status"] == "interrupted" for r in rows):
+        raise typer.Exit(code=130)
 
 
 def _plot_training(rows, path) -> None:

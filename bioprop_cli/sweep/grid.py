@@ -2,15 +2,21 @@
 
 A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
     config.yaml      the base config (every point starts from it)
-    manifest.json    the grid, the seeds, and one entry per (point, seed): its values, run folder, status
+    manifest.json    the grid, the seeds, and one entry per (point, seed), named <point>-s<seed>:
+                     values, seed, run_dir (THE run of that point and seed), status, test_accuracy,
+                     error (failed runs), previous_run_dirs (earlier, unfinished attempts: not results)
     runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
+    .lock            held by the process that runs the sweep (runs.folder_lock): one writer at a time
 The sweep's name is derived from the base config, the grid and the seeds, so the same command finds
 the same folder again: completed and diverged runs are kept, interrupted, failed or missing ones
-run (again, into a new folder). Runs that differ only in their seed and in values that change no
-array shape (config.BATCHABLE_KEYS: learning rate, beta, scales) train together as one vmapped
-program, compiled once: a sweep over 4 learning rates x 4 seeds is one program of 16 runs.
-Every point's config is validated before anything is written; a point that fails at run time
-(for example a batch larger than the data) is recorded as failed and the sweep goes on.
+run (again, into a new folder). A run whose summary says it finished although the manifest does
+not (the process was killed between the two writes) is taken as it is, not trained again. Runs
+that differ only in their seed and in values that change no array shape (config.BATCHABLE_KEYS:
+learning rate, beta, scales) train together as one vmapped program, compiled once: a sweep over
+4 learning rates x 4 seeds is one program of 16 runs. Every point's config is validated before
+anything is written; a point that fails at run time (for example a batch larger than the data) is
+recorded as failed and the sweep goes on. Ctrl-C stops at the next boundary: the group in training
+is recorded as interrupted, the groups not started stay queued.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from bioprop_cli.config import Config, load_config, shape_key, to_dict
 from bioprop_cli.errors import UserError
-from bioprop_cli.runs import RunWriter, create_run_dir, write_json, write_yaml
+from bioprop_cli.runs import RunWriter, create_run_dir, folder_lock, write_json, write_yaml
 
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
@@ -37,15 +44,35 @@ AXES: dict[str, tuple[str, list]] = {
     "init-scale": ("model.init.scale", [0.25, 0.5, 1.0, 2.0]),
 }
 FINISHED = ("completed", "diverged")
+# Where a sweep writes and reads is not what it trains: these keys are no axes (their values would
+# become folder names).
+NOT_AXES = ("results_dir", "experiment", "data.data_dir")
+SECTION_KEYS = ("grid", "seeds")
 
 
-def parse_values(text: str) -> list:
+def axis_key(name: str, source: str = "--grid") -> str:
+    """An axis name or config key -> the config key; the seed and the keys of NOT_AXES (or a
+    section holding one) are refused (`source` names where the axis came from)."""
+    key = AXES[name][0] if name in AXES else name
+    if key == "seed":
+        raise UserError(f"{source} {name}: the seeds are no grid axis; use --seeds N or `bioprop sweep seed --values S1,S2`")
+    refused = [k for k in NOT_AXES if key == k or k.startswith(key + ".")]
+    if refused:
+        raise UserError(f"{source} {name}: {refused[0]} is not a sweep axis (it says where results and data are, "
+                        f"not what is trained); set it for the whole sweep with --results-dir, --experiment or --data-dir")
+    return key
+
+
+def parse_values(text: str, name: str = "--values") -> list:
     """'1,2,3' -> [1, 2, 3]; each value read as YAML (numbers, names, true/false)."""
     import yaml
 
-    values = [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+    try:
+        values = [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+    except yaml.YAMLError:
+        raise UserError(f"{name}: {text!r} holds a value that is not valid YAML") from None
     if not values:
-        raise UserError(f"expected comma-separated values, got {text!r}")
+        raise UserError(f"{name}: expected comma-separated values, got {text!r}")
     return values
 
 
@@ -54,8 +81,47 @@ def parse_grid_option(text: str) -> tuple[str, list]:
     key, sep, values = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--grid {text!r}: expected KEY=V1,V2,... e.g. --grid depth=1,2")
-    key = key.strip()
-    return AXES[key][0] if key in AXES else key, parse_values(values)
+    return axis_key(key.strip()), parse_values(values, f"--grid {key.strip()}")
+
+
+def add_axis(grid: dict[str, list], key: str, values: list, source: str) -> None:
+    """Adds an axis to `grid`; the same config key twice (through an alias too) is an error."""
+    if key in grid:
+        raise UserError(f"{source}: {key} is swept twice; give its values once (V1,V2,...)")
+    grid[key] = values
+
+
+def read_sweep_section(section: Any) -> tuple[dict[str, list], int | None]:
+    """A config file's `sweep:` section -> (grid, seeds or None). Strict: every problem is a
+    UserError naming the key."""
+    if section is None:
+        return {}, None
+    if not isinstance(section, dict):
+        raise UserError(f"config key 'sweep': expected a mapping with {' and '.join(SECTION_KEYS)}, got {section!r}")
+    unknown = [k for k in section if k not in SECTION_KEYS]
+    if unknown:
+        raise UserError(f"unknown config key 'sweep.{unknown[0]}'; allowed here: sweep.grid, sweep.seeds")
+    seeds = section.get("seeds")
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        raise UserError(f"config key 'sweep.seeds': expected a positive integer (seeds per point), got {seeds!r}")
+    axes = section.get("grid") or {}
+    if not isinstance(axes, dict):
+        raise UserError(f"config key 'sweep.grid': expected a mapping of config keys to lists of values, got {axes!r}")
+    grid: dict[str, list] = {}
+    for name, values in axes.items():
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise UserError(f"config key 'sweep.grid.{name}': expected at least one value, got []")
+        add_axis(grid, axis_key(str(name), "config key 'sweep.grid':"), values, "config key 'sweep.grid'")
+    return grid, seeds
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _name_part(value: Any) -> str:
+    """A value as part of a folder name: one path component, whatever the value."""
+    return _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
 
 
 @dataclass(frozen=True)
@@ -64,7 +130,7 @@ class Point:
 
     @property
     def name(self) -> str:
-        return "_".join(f"{k.split('.')[-1]}-{v}" for k, v in self.values) or "base"
+        return "_".join(f"{_name_part(k.split('.')[-1])}-{_name_part(v)}" for k, v in self.values) or "base"
 
 
 def points(grid: dict[str, list]) -> list[Point]:
@@ -76,6 +142,22 @@ def point_config(base_tree: dict, point: Point, seed: int) -> Config:
     """The base config with the point's values and the seed; validated (bad values: UserError)."""
     overrides = [(k, v) for k, v in point.values] + [("seed", seed)]
     return load_config(None, _tree_overrides(base_tree) + overrides)
+
+
+def check_points(base_tree: dict, all_points: list[Point], seed: int) -> None:
+    """Every point is a valid config, a different run and a different folder name (one path
+    component: no run folder lands outside the sweep's runs/)."""
+    seen: dict[Any, Point] = {}
+    names: dict[str, Point] = {}
+    for point in all_points:
+        if Path(point.name).name != point.name or point.name in (".", ".."):  # _name_part's promise
+            raise RuntimeError(f"point name {point.name!r} is not one path component")
+        config = point_config(base_tree, point, seed)
+        twin = seen.get(config) or names.get(point.name)
+        if twin is not None:
+            raise UserError(f"--grid: {dict(twin.values)} and {dict(point.values)} are the same point "
+                            "(a value given twice?); give each value once")
+        seen[config], names[point.name] = point, point
 
 
 def _tree_overrides(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -92,13 +174,68 @@ def sweep_name(base: Config, grid: dict[str, list], seeds: list[int]) -> str:
     where = ("results_dir", "experiment")  # where the sweep is written is not what it is
     content = {k: v for k, v in to_dict(base).items() if k not in where}
     identity = json.dumps({"base": content, "grid": grid, "seeds": seeds}, sort_keys=True, default=str)
-    axes = "-".join(k.split(".")[-1] for k in grid) or "base"
+    axes = "-".join(_name_part(k.split(".")[-1]) for k in grid) or "base"
     return f"sweep-{axes}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
 
 def load_manifest(folder: Path) -> dict | None:
+    """The sweep's manifest, None if there is none yet; an unreadable one is a UserError."""
     path = folder / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        problem = _manifest_problem(manifest)
+    except OSError as e:
+        problem = f"unreadable: {e.strerror or e}"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"not JSON: {e}"
+    if problem:
+        raise UserError(f"{path}: not a sweep manifest ({problem}); move it aside to start this sweep afresh "
+                        "(its run folders stay where they are)")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
+        return "expected an object with 'runs'"
+    for name, entry in manifest["runs"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
+            return f"run {name!r} has no status"
+        if not isinstance(entry.get("run_dir", ""), str):
+            return f"run {name!r}: run_dir is not a string"
+        if not isinstance(entry.get("previous_run_dirs", []), list):
+            return f"run {name!r}: previous_run_dirs is not a list"
+    return None
+
+
+def _finished_summary(run_dir: Path) -> dict | None:
+    """The run's summary.json if it says the run finished (completed or diverged), else None."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("status") in FINISHED else None
+
+
+def _settle(entry: dict, folder: Path) -> None:
+    """An entry that the manifest does not show finished, whose run folder says it finished (the
+    process died between the two writes), takes the run's status: it is not trained again."""
+    if entry["status"] in FINISHED or "run_dir" not in entry:
+        return
+    summary = _finished_summary(folder / entry["run_dir"])
+    if summary is not None:
+        entry["status"], entry["test_accuracy"] = summary["status"], summary.get("test_accuracy")
+
+
+def _requeue(entry: dict | None, point: Point, seed: int, run_dir: Path, folder: Path) -> dict:
+    """The (point, seed) entry pointing at a new run folder; the earlier unfinished attempt is kept
+    in previous_run_dirs (its folder stays, it is no result)."""
+    previous = list((entry or {}).get("previous_run_dirs", []))
+    if entry and entry.get("run_dir"):
+        previous.append(entry["run_dir"])
+    new = {"values": dict(point.values), "seed": seed, "run_dir": str(run_dir.relative_to(folder)), "status": "queued"}
+    return {**new, "previous_run_dirs": previous} if previous else new
 
 
 @dataclass(frozen=True)
@@ -136,57 +273,76 @@ def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[di
 
 
 def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
-              report: Callable[[str], None] = lambda m: None, executor=None) -> tuple[Path, dict]:
+              report: Callable[[str], None] = lambda m: None, executor=None,
+              interrupted: Callable[[], bool] = lambda: False) -> tuple[Path, dict]:
     """Runs (or resumes) the sweep; returns its folder and manifest. `executor` (default: local,
-    in-process, one group after another) takes the groups and yields (group, summaries)."""
+    in-process, one group after another) takes the groups and yields (group, summaries); once
+    `interrupted()` is true it starts no group and yields only what was running. The folder is
+    locked (runs.folder_lock) while the sweep runs."""
     base_tree = to_dict(base)
     all_points = points(grid)
-    for point in all_points:  # every point's config is valid: checked before anything is written
-        point_config(base_tree, point, seeds[0])
+    check_points(base_tree, all_points, seeds[0])  # before anything is written
     folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds)
-    manifest = load_manifest(folder)
-    if manifest is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_yaml(folder / "config.yaml", base_tree)
-        manifest = {"grid": grid, "seeds": seeds, "runs": {}}
-    runs = manifest["runs"]
-    pending = []
-    for point in all_points:
-        todo = [s for s in seeds if runs.get(f"{point.name}-s{s}", {}).get("status") not in FINISHED]
-        if not todo:
-            report(f"{point.name}: done")
-        for s in todo:
-            name = f"{point.name}-s{s}"
-            run_dir = create_run_dir(folder, "runs", name)
-            runs[name] = {"values": dict(point.values), "seed": s, "run_dir": str(run_dir.relative_to(folder)), "status": "queued"}
-            pending.append((name, point_config(base_tree, point, s), run_dir))
-    write_json(folder / "manifest.json", manifest)
-    for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report):
-        for name, summary in zip(group.names, summaries):
-            entry = runs[name]
-            entry["status"] = summary["status"]
-            entry["test_accuracy"] = summary.get("test_accuracy")
-            if "error" in summary:
-                entry["error"] = summary["error"]
-                run_dir = folder / entry.pop("run_dir")
-                if run_dir.is_dir() and not any(run_dir.iterdir()):
-                    run_dir.rmdir()  # failed before it wrote anything
+    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder):
+        manifest = load_manifest(folder)
+        if manifest is None:
+            write_yaml(folder / "config.yaml", base_tree)
+            manifest = {"grid": grid, "seeds": seeds, "runs": {}}
+        pending = _queue(manifest["runs"], all_points, seeds, base_tree, folder, report)
         write_json(folder / "manifest.json", manifest)
-        if any(summary["status"] == "interrupted" for summary in summaries):
-            raise KeyboardInterrupt
+        for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report, interrupted):
+            _record(manifest["runs"], group, summaries, folder)
+            write_json(folder / "manifest.json", manifest)
     return folder, manifest
 
 
-class LocalExecutor:
-    """In-process, one group after another; the data is loaded once."""
+def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dict, folder: Path, report) -> list:
+    """Marks every unfinished (point, seed) queued, each with a new run folder; returns them as
+    (name, config, run folder)."""
+    pending = []
+    for point in all_points:
+        names = {s: f"{point.name}-s{s}" for s in seeds}
+        for name in names.values():
+            if name in runs:
+                _settle(runs[name], folder)
+        todo = [s for s, name in names.items() if runs.get(name, {}).get("status") not in FINISHED]
+        if not todo:
+            report(f"{point.name}: done")
+        for s in todo:
+            run_dir = create_run_dir(folder, "runs", names[s])
+            runs[names[s]] = _requeue(runs.get(names[s]), point, s, run_dir, folder)
+            pending.append((names[s], point_config(base_tree, point, s), run_dir))
+    return pending
 
-    def __call__(self, groups, dataset_loader, report):
-        dataset = None
+
+def _record(runs: dict, group: Group, summaries: list[dict], folder: Path) -> None:
+    for name, summary in zip(group.names, summaries):
+        entry = runs[name]
+        entry["status"] = summary["status"]
+        entry["test_accuracy"] = summary.get("test_accuracy")
+        if "error" in summary:
+            entry["error"] = summary["error"]
+            run_dir = folder / entry["run_dir"]
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # failed before it wrote anything
+                del entry["run_dir"]
+
+
+class LocalExecutor:
+    """In-process, one group after another; each dataset is loaded once."""
+
+    def __call__(self, groups, dataset_loader, report, interrupted=lambda: False):
+        datasets: dict[tuple, Any] = {}
         for group in groups:
+            if interrupted():
+                return
             report(f"{group.label}: training {len(group.configs)} runs together")
-            if dataset is None:
+            data = group.configs[0].data
+            where = (data.dataset, data.data_dir)
+            if where not in datasets:
                 try:
-                    dataset = dataset_loader(group.configs[0])
+                    datasets[where] = dataset_loader(group.configs[0])
                 except UserError:
-                    pass  # train_point records the failure
-            yield group, train_point(group, dataset_loader, dataset)
+                    datasets[where] = None  # train_point records the failure
+            yield group, train_point(group, dataset_loader, datasets[where])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from bioprop_cli.cli.common import console, user_errors_exit_2
+from bioprop_cli.cli.common import DataDir, Sets, console, user_errors_exit_2
 from bioprop_cli.config import parse_override
 
 
@@ -16,9 +16,9 @@ from bioprop_cli.config import parse_override
 def bench(
     rules: Optional[str] = typer.Option(None, help="Comma-separated rules (default: all)."),
     repeats: int = typer.Option(3, min=1, help="Timed epochs per rule; the best is reported."),
-    data_dir: Optional[str] = typer.Option(None, help="MNIST folder (else $BIOPROP_DATA_DIR)."),
+    data_dir: DataDir = None,
     synthetic: bool = typer.Option(False, help="Use random arrays of MNIST's shapes instead of MNIST."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Config override, e.g. --set model.depth=2."),
+    set_: Sets = [],
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """One epoch of MNIST per rule (784-256x5-10 tanh, batch 128, SGD; ep: 784-512-10, batch 50, T1=30, T2=10) after compilation."""

@@ -1,10 +1,10 @@
-"""What the commands share: consoles, user-error handling, config from flags."""
+"""What the commands share: consoles, user-error handling, the run flags (declared once here), config from flags."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from bioprop_cli.config import Config, keys_overlap, load_config, parse_override
 from bioprop_cli.errors import UserError
+from bioprop_cli.rules import rules_help
 
 # soft_wrap: rich never breaks or cuts a printed line (a path must stay copyable); the terminal wraps it
 console = Console(soft_wrap=True)
@@ -35,6 +36,24 @@ def user_errors_exit_2(command: Callable) -> Callable:
             raise typer.Exit(code=UserError.exit_code) from None
 
     return wrapper
+
+
+# The run flags, declared once and used by every command that builds a config. Each is a shortcut
+# for the config key FLAG_KEYS names; a command's own defaults come from its base config.
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (keys as in configs/default.yaml).")]
+Sets = Annotated[List[str], typer.Option("--set", "-s", help="Any config key: --set optimizer.name=sgd (repeatable).")]
+Rule = Annotated[Optional[str], typer.Option(help=f"Learning rule: {rules_help()}.")]
+Depth = Annotated[Optional[int], typer.Option(help="Number of HIDDEN layers (depth + 1 weight matrices).")]
+Width = Annotated[Optional[int], typer.Option(help="Units per hidden layer.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Training epochs.")]
+LearningRate = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (optimizer.lr).")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Minibatch size.")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of initialisation, feedback and data order (a sweep's first seed).")]
+Experiment = Annotated[Optional[str], typer.Option(help="Experiment name: results go to RESULTS_DIR/EXPERIMENT/.")]
+ResultsDir = Annotated[Optional[str], typer.Option(help="Base folder for results (default: results).")]
+DataDir = Annotated[Optional[str], typer.Option(help="Folder with the dataset's files (else $BIOPROP_DATA_DIR, the download cache, a download).")]
+RunFolder = Annotated[Optional[Path], typer.Option("--run", help="A run folder: its config.yaml is the setup, its params.npz (if stored) the network.")]
+X64 = Annotated[bool, typer.Option("--x64", help="Measure in float64: the same network (drawn in float32), in higher precision.")]
 
 
 # Flags that are shortcuts for config keys.

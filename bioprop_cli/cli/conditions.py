@@ -10,14 +10,15 @@ link of a finished temporary file, which fails rather than replace a file of tha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.cli.common import (
+    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, user_errors_exit_2,
+)
 from bioprop_cli.errors import UserError
-from bioprop_cli.rules import rules_help
 from bioprop_cli.runs import write_new_json
 
 STATUS_STYLE = {"holds": "green", "partial": "yellow", "fails": "red", "n/a": "dim"}
@@ -83,16 +84,16 @@ def _final_alignment(run: Path) -> dict | None:
 
 @user_errors_exit_2
 def conditions(
-    run: Optional[Path] = typer.Option(None, "--run", help="A finished run folder: its config.yaml is the setup, its params.npz (if stored) the network; conditions.json goes there."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (instead of --run)."),
-    rule: Optional[str] = typer.Option(None, help=f"Learning rule: {rules_help()}."),
-    depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers."),
-    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the network, its feedback and the probe batch."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the four IDX files (else $BIOPROP_DATA_DIR)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key: --set ep.free_steps=200 (repeatable)."),
+    run: RunFolder = None,  # conditions.json goes there
+    config: ConfigFile = None,
+    rule: Rule = None,
+    depth: Depth = None,
+    width: Width = None,
+    seed: Seed = None,
+    data_dir: DataDir = None,
+    set_: Sets = [],
     probe_size: int = typer.Option(256, min=1, help="Training examples in the probe batch."),
-    x64: bool = typer.Option(False, "--x64", help="Measure in float64."),
+    x64: X64 = False,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for conditions.json (default: the --run folder; else nothing is written)."),
 ) -> None:
     """Which of the seven conditions that make a local rule's update equal backprop's hold for this rule and setup, measured."""

@@ -9,13 +9,13 @@ import io
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from bioprop_cli.cli.common import console, user_errors_exit_2
+from bioprop_cli.cli.common import X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, user_errors_exit_2
 from bioprop_cli.errors import UserError
 
 
@@ -85,22 +85,22 @@ def _run_params(run: Optional[Path], fresh, dtype):
 
 
 def jtranspose(
-    run: Optional[Path] = typer.Option(None, "--run", help="A run folder: its config (and its parameters, if stored)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (rule ep is implied)."),
-    depth: Optional[int] = typer.Option(None, help="Number of hidden layers (EP default 1: 784-500-10)."),
-    width: Optional[int] = typer.Option(None, help="Units per hidden layer (EP default 500)."),
+    run: RunFolder = None,
+    config: ConfigFile = None,  # rule ep is implied
+    depth: Depth = None,
+    width: Width = None,
     activation: Optional[str] = typer.Option(None, help="hard_sigmoid (EP default), sigmoid or tanh."),
-    seed: Optional[int] = typer.Option(None, help="Initialisation, the input batch and the random feedback directions."),
+    seed: Seed = None,
     batch: str = typer.Option("100", help="Number of MNIST training images in the input batch."),
     betas: Optional[str] = typer.Option(None, help="Comma-separated nudging strengths (default 1e-3 .. 1, log-spaced)."),
     angles: Optional[str] = typer.Option(None, help="Asymmetry angles a in degrees (default 0,15,...,90)."),
     asymmetry_beta: Optional[float] = typer.Option(None, help="The beta of the asymmetry table and panel (default: the smallest)."),
     max_steps: str = typer.Option("20000", help="Settling budget of every phase; each stops once its step is below "
                                   "ep.reference_tolerance (a fresh 784-500-10 network needs ~3000: spectral radius 0.994)."),
-    x64: bool = typer.Option(False, "--x64", help="Compute in float64."),
+    x64: X64 = False,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS_DIR/jtranspose/<time>-...; never overwritten)."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key, e.g. --set ep.reference_steps=3000."),
+    data_dir: DataDir = None,
+    set_: Sets = [],
 ) -> None:
     """The nudged network's state shift (s^beta - s^0)/beta against backprop's error signal J^T e, per layer,
     for symmetric feedback over beta and for feedback B = cos(a) W^T + sin(a) R and sign(W^T)."""

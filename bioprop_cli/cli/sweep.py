@@ -10,7 +10,10 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from bioprop_cli.cli.common import FLAG_KEYS, config_from_flags, console, user_errors_exit_2
+from bioprop_cli.cli.common import (
+    FLAG_KEYS, X64, BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed,
+    Sets, Width, config_from_flags, console, user_errors_exit_2,
+)
 from bioprop_cli.errors import UserError
 
 app = typer.Typer(
@@ -117,18 +120,18 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         values: Optional[str] = typer.Option(None, help="Comma-separated values of the axis (default: its usual grid)."),
         grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
         seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per point (trained together, vmapped); default 1."),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; its `sweep:` section gives grid and seeds."),
-        rule: Optional[str] = typer.Option(None, help="Learning rule (when not swept)."),
-        depth: Optional[int] = typer.Option(None, help="Number of hidden layers (when not swept)."),
-        width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
-        epochs: Optional[int] = typer.Option(None, help="Training epochs of every point."),
-        lr: Optional[float] = typer.Option(None, help="Learning rate."),
-        batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
-        seed: Optional[int] = typer.Option(None, help="First seed."),
-        experiment: Optional[str] = typer.Option(None, help="Experiment folder."),
-        results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
-        data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
-        set_: List[str] = typer.Option([], "--set", "-s", help="Any config key for every point."),
+        config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
+        rule: Rule = None,
+        depth: Depth = None,
+        width: Width = None,
+        epochs: Epochs = None,
+        lr: LearningRate = None,
+        batch_size: BatchSize = None,
+        seed: Seed = None,
+        experiment: Experiment = None,
+        results_dir: ResultsDir = None,
+        data_dir: DataDir = None,
+        set_: Sets = [],
         executor: str = typer.Option("local", help="local (in-process, one group after another) or ray."),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
@@ -172,18 +175,18 @@ def beta(
     batches: int = typer.Option(10, min=1, help="Minibatches per seed (K)."),
     seeds: int = typer.Option(3, min=1, help="Number of seeds (networks and batch draws)."),
     train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
-    x64: bool = typer.Option(False, "--x64", help="Compute in float64 (round-off sets the variance at tiny beta)."),
+    x64: X64 = False,  # round-off sets the variance at tiny beta
     train: bool = typer.Option(False, "--train", help="Instead: train one model per beta (all betas as one vmapped program) and compare accuracy and convergence."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (rule ep is implied)."),
-    depth: Optional[int] = typer.Option(None, help="Number of hidden layers."),
-    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (with --train)."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
-    seed: Optional[int] = typer.Option(None, help="First seed."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment folder (default: beta-sweep)."),
-    results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key, e.g. --set ep.free_steps=100."),
+    config: ConfigFile = None,  # rule ep is implied
+    depth: Depth = None,
+    width: Width = None,
+    epochs: Epochs = None,  # with --train
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    experiment: Experiment = None,  # default: beta-sweep
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    set_: Sets = [],
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
     from bioprop_cli.sweep.beta import ESTIMATORS, default_betas
@@ -327,16 +330,16 @@ def condition(
     train_epochs: int = typer.Option(1, min=1, help="Epochs of the short training."),
     train_limit: Optional[int] = typer.Option(None, help="Training examples (data.train_limit; base: 5000, of which 500 validate)."),
     probe_size: int = typer.Option(256, min=1, help="Probe examples for the angle measurements."),
-    x64: bool = typer.Option(False, "--x64", help="Measure in float64 (training stays float32)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config: the base instead of the built-in all-conditions-hold setup (rule ep is implied)."),
-    depth: Optional[int] = typer.Option(None, help="Number of hidden layers (base: 2)."),
-    width: Optional[int] = typer.Option(None, help="Units per hidden layer (base: 64)."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
-    seed: Optional[int] = typer.Option(None, help="First seed."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment folder (default: condition-sweep)."),
-    results_dir: Optional[str] = typer.Option(None, help="Base folder for results."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files (else $BIOPROP_DATA_DIR)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key of the base, e.g. --set ep.beta=0.005."),
+    x64: X64 = False,  # training stays float32
+    config: ConfigFile = None,  # the base instead of the built-in all-conditions-hold setup (rule ep is implied)
+    depth: Depth = None,  # base: 2
+    width: Width = None,  # base: 64
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    experiment: Experiment = None,  # default: condition-sweep
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    set_: Sets = [],
 ) -> None:
     """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
     from bioprop_cli.sweep.condition import BASE, KNOBS, parse_knob_values, parse_knobs

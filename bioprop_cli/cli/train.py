@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bioprop_cli.cli.common import config_from_flags, console, user_errors_exit_2
+from bioprop_cli.cli.common import (
+    BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed, Sets, Width,
+    config_from_flags, console, user_errors_exit_2,
+)
 from bioprop_cli.config import check_against_data
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
-from bioprop_cli.rules import rules_help
 from bioprop_cli.train import EpochReport, train as train_run
 
 
@@ -23,18 +23,18 @@ def _fmt(value, spec: str) -> str:
 
 @user_errors_exit_2
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)."),
-    rule: Optional[str] = typer.Option(None, help=f"Learning rule: {rules_help()}."),
-    depth: Optional[int] = typer.Option(None, help="Number of HIDDEN layers (depth + 1 weight matrices)."),
-    width: Optional[int] = typer.Option(None, help="Units per hidden layer."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
-    lr: Optional[float] = typer.Option(None, help="Learning rate (optimizer.lr)."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch size."),
-    seed: Optional[int] = typer.Option(None, help="Seed of initialisation, feedback matrices and data order."),
-    experiment: Optional[str] = typer.Option(None, help="Experiment name: runs go to RESULTS_DIR/EXPERIMENT/."),
-    results_dir: Optional[str] = typer.Option(None, help="Base folder for results (default: results)."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the four IDX files (else $BIOPROP_DATA_DIR)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Any config key: --set optimizer.name=sgd (repeatable)."),
+    config: ConfigFile = None,
+    rule: Rule = None,
+    depth: Depth = None,
+    width: Width = None,
+    epochs: Epochs = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    experiment: Experiment = None,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    set_: Sets = [],
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train one network with one learning rule and log accuracy and alignment with backprop."""

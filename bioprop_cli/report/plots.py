@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bioprop_cli.report.aggregate import (  # noqa: E402
-    RULE_ORDER, BetaSweep, Group, _rule_rank, _sort_value, context_label, depth_table, format_value,
+    RULE_ORDER, BetaSweep, _rule_rank, _sort_value, context_label, depth_table, format_value,
 )
 from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E402
 from bioprop_cli.report.comparison import Comparison  # noqa: E402

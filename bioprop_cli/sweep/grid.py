@@ -31,13 +31,14 @@ from typing import Any, Callable
 
 from bioprop_cli.config import Config, load_config, shape_key, to_dict
 from bioprop_cli.errors import UserError
+from bioprop_cli.rules import FEEDFORWARD, available_rules
 from bioprop_cli.runs import RunWriter, create_run_dir, folder_lock, write_json, write_yaml
 
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
     "depth": ("model.depth", [1, 2, 3, 4, 5, 6, 7]),
-    "rule": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]),
-    "feedback": ("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm"]),
+    "rule": ("rule", available_rules(FEEDFORWARD)),
+    "feedback": ("rule", available_rules(FEEDFORWARD)),
     "lr": ("optimizer.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),
     "batch-size": ("train.batch_size", [16, 32, 64, 128, 256]),
     "width": ("model.width", [64, 128, 256, 512]),

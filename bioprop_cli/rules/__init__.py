@@ -11,6 +11,7 @@ from bioprop_cli.rules import (
     equilibrium,
     feedback_alignment,
     kolen_pollack,
+    predictive_coding,
     sign_symmetric,
     weight_mirror,
 )
@@ -26,6 +27,7 @@ _REGISTRY: dict[str, Callable[..., LearningRule]] = {
     "kp": kolen_pollack.make,
     "wm": weight_mirror.make,
     "ep": equilibrium.make,
+    "pc": predictive_coding.make,
 }
 
 

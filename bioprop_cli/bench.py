@@ -93,6 +93,25 @@ def ep_flops_per_example(sizes: tuple[int, ...], config: Config) -> int:
     return drive_once + settling_steps(config) * per_step + update
 
 
+def pc_flops_per_example(sizes: tuple[int, ...], config: Config) -> int:
+    """Matrix products of one predictive-coding training step per example: the feedforward pass,
+    each inference step's predictions from the free nodes (the clamped input's once, in the
+    feedforward pass) and their errors sent down through W^T, the same once more where inference
+    ends (energy and residual), and the weight gradients. fixed_prediction's steps send errors
+    only; zero_divergence adds each layer's learning signal at its own step."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    forward_flops = sum(2 * a * b for a, b in pairs)
+    inner = sum(2 * a * b for a, b in pairs[1:])
+    pc = config.pc
+    if pc.variant == "fixed_prediction":
+        inference = (pc.inference_steps + 2) * inner
+    elif pc.variant == "zero_divergence":
+        inference = len(pairs) * 2 * inner + inner  # L-1 steps, then the end
+    else:
+        inference = (pc.inference_steps + 1) * 2 * inner
+    return 2 * forward_flops + inference
+
+
 def measure_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     """Best float32 GFLOP/s of an n x n x n matrix product (jnp.dot, compiled)."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -147,7 +166,8 @@ def compile_rule(config: Config, splits) -> dict:
     compile_s = time.perf_counter() - t0
     measure = program.measure.lower(state, probe_x, probe_y, keys.probe).compile()
     jax.block_until_ready(epoch(state, *args, 0))  # warm-up
-    flops = ep_flops_per_example(program.sizes, config) if config.rule == "ep" else matmul_flops_per_example(program.sizes, config.rule)
+    flops = {"ep": ep_flops_per_example, "pc": pc_flops_per_example}.get(config.rule)
+    flops = flops(program.sizes, config) if flops else matmul_flops_per_example(program.sizes, config.rule)
     return {
         "rule": config.rule,
         "sizes": program.sizes,

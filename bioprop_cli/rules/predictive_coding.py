@@ -9,7 +9,7 @@ the output node clamped to the target. Its output term is the loss itself, as in
 Buckley 2022 (Neural Computation 34:1329) generalise the output error to any loss: the output
 error is e_L = -gamma dloss/dmu_L, gamma (y - mu_L) for mse, gamma (y - softmax(mu_L)) for
 cross-entropy. gamma = `pc.output_precision` is the output layer's precision 1/Sigma_L of
-Whittington & Bogacz (default 1). Writing eps_l = e_{l+1} * f'(a_l) for hidden l and
+Whittington & Bogacz (default 0.1). Writing eps_l = e_{l+1} * f'(a_l) for hidden l and
 eps_{L-1} = e_L (linear output),
     dF/dx_l = e_l - eps_l W_l^T,    dF/dW_l = -x_l^T eps_l,    dF/db_l = -sum eps_l.
 The value nodes start at the feedforward pass (all hidden errors 0, F = gamma loss) and relax by

@@ -36,7 +36,7 @@ def _close(a, b, tol=1e-5):
 
 
 def test_registry_lists_the_rules():
-    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep"]
+    assert available_rules() == ["bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm", "ep", "pc"]
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_sigmoid"])

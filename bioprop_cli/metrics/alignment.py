@@ -68,4 +68,5 @@ def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, s
         fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
     layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
     network["mean_update_angle"] = jnp.mean(layers["update_angle"][:-1])
+    network.update(est.aux or {})  # the rule's own diagnostics (pc: energy, residual)
     return {"layers": layers, "network": network}

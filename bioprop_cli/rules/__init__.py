@@ -19,6 +19,7 @@ from bioprop_cli.rules import (
     feedback_alignment,
     flops,
     kolen_pollack,
+    predictive_coding,
     sign_symmetric,
     weight_mirror,
 )
@@ -73,6 +74,10 @@ RULES: Mapping[str, RuleInfo] = MappingProxyType({r.name: r for r in (
              (HOLDS, "h_l^T delta_l, and B_l learns from local activity statistics (weight mirror)"), flops.mirrored),
     RuleInfo("ep", "equilibrium propagation (Scellier & Bengio 2017)", equilibrium.make, ENERGY, "equilibrium", None,
              flops.settling),
+    RuleInfo("pc", "predictive coding (Whittington & Bogacz 2017)", predictive_coding.make, FEEDFORWARD, "transpose",
+             (PARTIAL, "x_l^T (e_{l+1} f'): presynaptic activity x the local prediction error, but inference sends the "
+                       "errors down through W_l^T (symmetric feedback synapses)"),
+             flops.predictive_coding),
 )})
 
 

@@ -44,3 +44,21 @@ def settling(sizes: tuple[int, ...], config) -> int:
     per_step = sum(2 * 2 * a * b for a, b in pairs[1:])
     update = drive_once + sum(2 * 2 * a * b for a, b in pairs[1:])
     return drive_once + settling_steps(config) * per_step + update
+
+
+def predictive_coding(sizes: tuple[int, ...], config) -> int:
+    """pc: the feedforward pass, each inference step's predictions from the free nodes (the clamped
+    input's once, in the feedforward pass) and their errors sent down through W^T, the same once more
+    where inference ends (energy and residual), and the weight gradients. fixed_prediction's steps send
+    errors only; zero_divergence adds each layer's learning signal at its own step."""
+    pairs = _pairs(sizes)
+    forward_flops = sum(2 * a * b for a, b in pairs)
+    inner = sum(2 * a * b for a, b in pairs[1:])
+    pc = config.pc
+    if pc.variant == "fixed_prediction":
+        inference = (pc.inference_steps + 2) * inner
+    elif pc.variant == "zero_divergence":
+        inference = len(pairs) * 2 * inner + inner  # L-1 steps, then the end
+    else:
+        inference = (pc.inference_steps + 1) * 2 * inner
+    return 2 * forward_flops + inference

@@ -48,7 +48,7 @@ import numpy as np
 
 from bioprop_cli.metrics.alignment import relative_error
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.metrics.equilibrium import solve_adjoint
+from bioprop_cli.ep import solve_adjoint
 from bioprop_cli.models.energy import (
     Rho,
     input_drive,

@@ -20,6 +20,11 @@ def measure_ep(rule, config, params, state, x, y, key, idx=None) -> dict:
     """EP's estimate against the implicit gradient (and BPTT), per layer and for the whole network,
     with the settling diagnostics of both phases and of the reference fixed point. `idx`: the probe
     examples' positions in the training split (their persistent particles, if any)."""
+    return measure_with_references(rule, config, params, state, x, y, key, idx)[0]
+
+
+def measure_with_references(rule, config, params, state, x, y, key, idx=None) -> tuple[dict, dict]:
+    """(measure_ep's measurements, the exact references they were taken against: ep.exact_references)."""
     k_estimate, k_radius = jax.random.split(key)
     est = rule.estimate(params, state, x, y, k_estimate, idx=idx)
     net = eqprop.network(config, params, state)
@@ -43,4 +48,4 @@ def measure_ep(rule, config, params, state, x, y, key, idx=None) -> dict:
         adjoint_residual=ref["adjoint_residual"],
         **est.aux,
     )
-    return {"layers": layers, "network": network}
+    return {"layers": layers, "network": network}, ref

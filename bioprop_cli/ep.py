@@ -63,6 +63,7 @@ from bioprop_cli.models.energy import (
     input_drive,
     mixed_feedback,
     random_feedback,
+    residual,
     settle,
     settle_fixed,
     sign_feedback,
@@ -231,11 +232,55 @@ def _tree_norm(tree) -> jax.Array:
 
 
 def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float, start=None) -> Settled:
-    """The free equilibrium, settled from `start` (default zero) until the step is below `tol` (or `max_steps`)."""
+    """The free equilibrium, settled from `start` (default zero): each example until its step is below
+    `tol`, for at most `max_steps` steps. `residual`: the largest over the batch of the last step.
+
+    Examples do not interact, so an example that has converged stops while the others go on, and
+    once half the examples have stopped the rest continue as a batch of half the size (and so on
+    down to SMALLEST_BATCH): the few slow examples of a probe batch do not cost a whole batch per
+    step. Each example's state is the one it reaches alone, settled to `tol`."""
     drive0 = input_drive(params, x)
     y = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
-    start = zero_states(params, x.shape[0], x.dtype) if start is None else start
-    return settle(params, start, drive0, y, 0.0, rho, eps, max_steps, tol)
+    states = zero_states(params, x.shape[0], x.dtype) if start is None else start
+    n = x.shape[0]
+    last = jnp.full((n,), jnp.inf, drive0.dtype)  # each example's last step
+    moving, t = jnp.ones((n,), bool), jnp.asarray(0, jnp.int32)
+    size = n
+    while True:
+        smaller = size // 2 if size // 2 >= SMALLEST_BATCH else 0
+        at = jnp.argsort(~moving, stable=True)[:size]  # the moving examples first
+        take = lambda a: a[at]
+        part = _settle_examples(params, [take(s) for s in states], take(drive0), take(y), rho, eps, max_steps, tol,
+                                take(last), take(moving), t, smaller)
+        sub_states, sub_last, sub_moving, t = part
+        states = [s.at[at].set(u) for s, u in zip(states, sub_states)]
+        last, moving = last.at[at].set(sub_last), moving.at[at].set(sub_moving)
+        if not smaller:
+            return Settled(states, t, jnp.max(last))
+        size = smaller
+
+
+SMALLEST_BATCH = 16
+
+
+def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps: int, tol: float, last, moving, t,
+                     until: int):
+    """Steps the moving examples (the others keep their state) while more than `until` move and
+    fewer than `max_steps` steps were taken; (states, last step per example, moving, steps)."""
+
+    def cond(carry):
+        _, _, moving, t = carry
+        return (t < max_steps) & (jnp.sum(moving) > until)
+
+    def body(carry):
+        states, last, moving, t = carry
+        new = step(params, states, drive0, y, 0.0, rho, eps)
+        moved = residual(new, states)
+        keep = lambda a, b: jnp.where(moving[:, None], a, b)
+        return ([keep(a, b) for a, b in zip(new, states)], jnp.where(moving, moved, last), moving & (moved >= tol),
+                t + 1)
+
+    return jax.lax.while_loop(cond, body, (states, last, moving, t))
 
 
 def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,

@@ -4,7 +4,7 @@ For one rule and setup (a config), on a probe batch, at the network the config i
 run's trained parameters, params.npz):
 
 (1) convergence: the settling reaches a fixed point. Measured: the spectral radius of the settling
-    map's Jacobian at the free fixed point (power iteration, metrics/equilibrium.py) and the final
+    map's Jacobian at the free fixed point (power iteration, bioprop_cli/ep.py) and the final
     residual |s_T1 - s_T1-1| of the free phase with the configured T1 (largest over the batch).
 (2) energy function: the dynamics derive from one energy, i.e. the connections are symmetric.
     Measured: the angle between the feedback the network uses and W^T (ep.feedback).

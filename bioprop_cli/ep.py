@@ -231,6 +231,9 @@ def _tree_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
+SMALLEST_BATCH = 16  # free_fixed_point's smallest batch of examples still settling
+
+
 def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float, start=None) -> Settled:
     """The free equilibrium, settled from `start` (default zero): each example until its step is below
     `tol`, for at most `max_steps` steps. `residual`: the largest over the batch of the last step.
@@ -245,22 +248,18 @@ def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float
     n = x.shape[0]
     last = jnp.full((n,), jnp.inf, drive0.dtype)  # each example's last step
     moving, t = jnp.ones((n,), bool), jnp.asarray(0, jnp.int32)
-    size = n
-    while True:
-        smaller = size // 2 if size // 2 >= SMALLEST_BATCH else 0
+    sizes = [n]
+    while sizes[-1] // 2 >= SMALLEST_BATCH:
+        sizes.append(sizes[-1] // 2)
+    for size, smaller in zip(sizes, sizes[1:] + [0]):  # the last batch goes on until every example stopped
         at = jnp.argsort(~moving, stable=True)[:size]  # the moving examples first
         take = lambda a: a[at]
-        part = _settle_examples(params, [take(s) for s in states], take(drive0), take(y), rho, eps, max_steps, tol,
-                                take(last), take(moving), t, smaller)
-        sub_states, sub_last, sub_moving, t = part
+        sub_states, sub_last, sub_moving, t = _settle_examples(
+            params, [take(s) for s in states], take(drive0), take(y), rho, eps, max_steps, tol, take(last),
+            take(moving), t, smaller)
         states = [s.at[at].set(u) for s, u in zip(states, sub_states)]
         last, moving = last.at[at].set(sub_last), moving.at[at].set(sub_moving)
-        if not smaller:
-            return Settled(states, t, jnp.max(last))
-        size = smaller
-
-
-SMALLEST_BATCH = 16
+    return Settled(states, t, jnp.max(last))
 
 
 def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps: int, tol: float, last, moving, t,

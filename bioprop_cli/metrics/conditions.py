@@ -31,7 +31,6 @@ dicts of Python numbers and strings; the command is bioprop_cli/cli/conditions.p
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp

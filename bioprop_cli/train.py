@@ -30,7 +30,8 @@ import optax
 
 from bioprop_cli import __version__
 from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, shape_key, to_dict, with_values
-from bioprop_cli.models.mlp import LOSSES, init_params, layer_sizes
+from bioprop_cli.models.mlp import LOSSES, layer_sizes
+from bioprop_cli.network import init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
@@ -120,17 +121,15 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
     def init(seed, hyper=None):
         hyper = hyper or {}
-        keys = derive_keys(seed)
-        rule, optimizer = parts(hyper)
-        scale = hyper.get("model.init.scale", m.init.scale)
-        params = init_params(keys.params, sizes, m.init.scheme, scale)
-        if rule.init_params is not None:
-            params = rule.init_params(keys.rule, params)  # the key fa draws its B from
-        return TrainState(params, rule.init(keys.rule, params), optimizer.init(params), hyper)
+        _, optimizer = parts(hyper)
+        _, params, rule_state = init_state(with_values(config, hyper), sizes, derive_keys(seed), n_train)
+        return TrainState(params, rule_state, optimizer.init(params), hyper)
 
-    def measure(state, probe_x, probe_y, key):
+    def measure(state, probe_x, probe_y, key, probe_idx=None):
+        """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
-        measured = rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key)
+        measured = rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key,
+                                idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
@@ -144,7 +143,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
         order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), x_train.shape[0])
         batches = order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
-        shapes = jax.eval_shape(measure, state, probe_x, probe_y, keys.probe)
+        probe_idx = probe_indices(keys.probe, x_train.shape[0], probe_x.shape[0])  # the probe is draw_probe(keys.probe, ...)
+        shapes = jax.eval_shape(measure, state, probe_x, probe_y, keys.probe, probe_idx)
         empty = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
         def body(state, inputs):
@@ -157,7 +157,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                 due = (global_step % every_steps == 0) & (i > 0)
                 measure_key = jax.random.fold_in(keys.probe, global_step)
                 out["alignment"] = jax.lax.cond(
-                    due, lambda: measure(state, probe_x, probe_y, measure_key), lambda: empty
+                    due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
             state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES), key, idx)
@@ -198,10 +198,14 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 # Host-side driver.
 
 
+def probe_indices(key, n: int, size: int):
+    """The positions in the training split (of n examples) of the probe batch drawn from `key`."""
+    return jax.random.permutation(key, n)[: min(size, n)]
+
+
 def draw_probe(key, x_train, y_train, size: int):
     """The fixed probe batch of alignment measurements: `size` training examples drawn from `key`."""
-    n = x_train.shape[0]
-    idx = jax.random.permutation(key, n)[: min(size, n)]
+    idx = probe_indices(key, x_train.shape[0], size)
     return x_train[idx], y_train[idx]
 
 
@@ -263,8 +267,8 @@ class SeedBatched(NamedTuple):
     init: Callable  # (seeds (N,), hyper {key: (N,)}) -> TrainState with leading N
     epoch: Callable  # (state, x_train, y_train, probe_x (N,...), probe_y (N,...), keys (N,), epoch) -> ...
     evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,))
-    measure: Callable  # (state, probe_x, probe_y, keys (N, 2)) -> measurements with leading N
-    probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y with leading N
+    measure: Callable  # (state, probe_x, probe_y, keys (N, 2), probe_idx) -> measurements with leading N
+    probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y, probe_idx with leading N
 
 
 def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched:
@@ -272,7 +276,8 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
     the unbatched program, which `bioprop bench` measures)."""
 
     def probe(key, x_train, y_train):
-        return draw_probe(key, x_train, y_train, probe_size)
+        idx = probe_indices(key, x_train.shape[0], probe_size)
+        return x_train[idx], y_train[idx], idx
 
     if n_seeds == 1:
         add, first = (lambda t: jax.tree_util.tree_map(lambda v: v[None], t)), (lambda t: _seed(t, 0))
@@ -280,7 +285,7 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
             init=jax.jit(lambda seeds, hyper: add(program.init(seeds[0], first(hyper)))),
             epoch=jax.jit(lambda st, xt, yt, px, py, keys, e: add(program.epoch(first(st), xt, yt, px[0], py[0], first(keys), e))),
             evaluate=jax.jit(lambda st, x, y, mask: add(program.evaluate(first(st), x, y, mask))),
-            measure=jax.jit(lambda st, px, py, keys: add(program.measure(first(st), px[0], py[0], keys[0]))),
+            measure=jax.jit(lambda st, px, py, keys, idx: add(program.measure(first(st), px[0], py[0], keys[0], idx[0]))),
             probe=jax.jit(lambda keys, xt, yt: add(probe(keys[0], xt, yt))),
         )
     return SeedBatched(
@@ -395,7 +400,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     sharding = run_sharding(len(configs)) if len(configs) > 1 else None
     if sharding is not None:
         seeds, hyper, keys = jax.device_put((seeds, hyper, keys), sharding)
-    probe_x, probe_y = batched.probe(keys.probe, splits.x_train, splits.y_train)
+    probe_x, probe_y, probe_idx = batched.probe(keys.probe, splits.x_train, splits.y_train)
     align = config.alignment
     examples_per_epoch = program.steps_per_epoch * config.train.batch_size
 
@@ -419,7 +424,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         with sigint_flag() as interrupted:  # the flag of train_group's handler
             state = batched.init(seeds, hyper)
             if sharding is not None:  # every array of the state carries the run axis first
-                state, probe_x, probe_y = jax.device_put((state, probe_x, probe_y), sharding)
+                state, probe_x, probe_y, probe_idx = jax.device_put((state, probe_x, probe_y, probe_idx), sharding)
             epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
             t0 = time.perf_counter()
             epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
@@ -428,7 +433,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 raise KeyboardInterrupt
             step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
             if align.enabled:
-                measured = batched.measure(state, probe_x, probe_y, keys.probe)
+                measured = batched.measure(state, probe_x, probe_y, keys.probe, probe_idx)
                 for i, log in enumerate(logs):
                     log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
             for epoch in range(1, config.train.epochs + 1):
@@ -445,7 +450,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 step = epoch * program.steps_per_epoch
                 measured = None
                 if align.enabled and epoch % align.every_epochs == 0:
-                    measured = batched.measure(state, probe_x, probe_y, step_keys(step))
+                    measured = batched.measure(state, probe_x, probe_y, step_keys(step), probe_idx)
                 evaluations = {
                     split: batched.evaluate(state, *(getattr(splits, f"{part}_{split}") for part in ("x", "y", "mask")))
                     for split in ("val", "test") if logs[0].summary[f"n_{split}"]

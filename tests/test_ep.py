@@ -8,7 +8,7 @@ import pytest
 from gradcheck import central_difference, random_directions
 
 from bioprop_cli.config import load_config
-from bioprop_cli.metrics.equilibrium import (
+from bioprop_cli.ep import (
     bptt_gradient,
     free_fixed_point,
     implicit_gradient,

@@ -10,11 +10,10 @@ from gradcheck import central_difference
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient, spectral_radius
+from bioprop_cli.ep import effective_params, feedback_matrices, feedback_state, free_fixed_point, implicit_gradient, spectral_radius
 from bioprop_cli.models.energy import RHOS, cost, energy, input_drive, step
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.equilibrium import effective_params, feedback_matrices, feedback_state
 
 SIZES = (6, 5, 4, 3)
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.metrics.equilibrium import bptt_gradient, free_fixed_point, implicit_gradient
+from bioprop_cli.ep import bptt_gradient, free_fixed_point, implicit_gradient
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, hard_sigmoid, input_drive, step
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.precision import float64

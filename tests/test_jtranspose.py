@@ -79,3 +79,17 @@ def test_jtranspose_rejects_bad_input(tmp_path):
         message = result.stderr if hasattr(result, "stderr") else result.output
         assert word in message and len(message.strip().splitlines()) == 1, (args, message)
     assert not (tmp_path / "never").exists()
+
+
+def test_x64_measures_the_float32_network_cast(tmp_path, mnist_dir):
+    """--x64: the same network (the float32 draw, cast) in float64, not another random one."""
+    norms = {}
+    for flag in ([], ["--x64"]):
+        out = tmp_path / ("x64" if flag else "x32")
+        args = ["jtranspose", "--width", "8", "--batch", "4", "--betas", "0.01", "--angles", "0", "--max-steps", "3000",
+                "--data-dir", mnist_dir, "--out", str(out), *flag]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        rows = read_jsonl(out / "jtranspose.jsonl")
+        norms[bool(flag)] = [r["reference_norm"] for r in rows if r["feedback"] == "symmetric"]
+    np.testing.assert_allclose(norms[True], norms[False], rtol=1e-3)  # |J^T e| per layer: a property of the weights

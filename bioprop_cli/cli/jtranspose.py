@@ -147,7 +147,9 @@ def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, 
     from bioprop_cli.config import to_dict
     from bioprop_cli.metrics.jtranspose import plot, run_jtranspose
     from bioprop_cli.models.energy import RHOS
-    from bioprop_cli.models.mlp import init_params, layer_sizes
+    from bioprop_cli.metrics.conditions import cast_floats
+    from bioprop_cli.models.mlp import layer_sizes
+    from bioprop_cli.network import init_state
     from bioprop_cli.precision import float64
     from bioprop_cli.runs import append_jsonl, create_run_dir, write_atomic, write_json, write_yaml
     from bioprop_cli.train import N_CLASSES, derive_keys
@@ -161,11 +163,11 @@ def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, 
         folder = create_run_dir(cfg.results_dir, "jtranspose", f"{now:%Y%m%d-%H%M%S}-{name}-{m.activation}-s{cfg.seed}-{precision}")
     else:
         folder = create_run_dir(out.parent, "", out.name)
+    keys = derive_keys(cfg.seed)
+    _, initial, _ = init_state(cfg, sizes, keys)  # drawn in float32: --x64 casts the same network
     with float64() if x64 else nullcontext():
         dtype = jnp.float64 if x64 else jnp.float32
-        keys = derive_keys(cfg.seed)
-        fresh = init_params(keys.params, sizes, m.init.scheme, m.init.scale)
-        fresh = jax.tree_util.tree_map(lambda a: a.astype(dtype), fresh)
+        fresh = cast_floats(initial, dtype)
         params, source = _run_params(run, fresh, dtype)
         idx = np.sort(np.random.default_rng(cfg.seed).choice(len(dataset.x_train), n_batch, replace=False))
         x = jnp.asarray(dataset.x_train[idx], dtype)

@@ -4,7 +4,7 @@ For one rule and setup (a config), on a probe batch, at the network the config i
 run's trained parameters, params.npz):
 
 (1) convergence: the settling reaches a fixed point. Measured: the spectral radius of the settling
-    map's Jacobian at the free fixed point (power iteration, metrics/equilibrium.py) and the final
+    map's Jacobian at the free fixed point (power iteration, bioprop_cli/ep.py) and the final
     residual |s_T1 - s_T1-1| of the free phase with the configured T1 (largest over the batch).
 (2) energy function: the dynamics derive from one energy, i.e. the connections are symmetric.
     Measured: the angle between the feedback the network uses and W^T (ep.feedback).
@@ -31,7 +31,6 @@ dicts of Python numbers and strings; the command is bioprop_cli/cli/conditions.p
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -200,78 +199,33 @@ def gradient_equivalence(measured: dict) -> dict:
     }
 
 
-def ep_dynamics(config, params, state):
-    """(feedback, running): `feedback(params)` gives the parameters the EP dynamics run on (with the
-    separate feedback of ep.feedback / ep.learn_feedback inserted), None for the symmetric network;
-    `running` = feedback(params) or params."""
-    try:
-        from bioprop_cli.rules.equilibrium import effective_params, separate_feedback
-    except ImportError:  # a version without separate feedback: the symmetric network
-        return None, params
-    if not separate_feedback(config.ep):
-        return None, params
-    feedback = lambda p: effective_params(config.ep, p, state)
-    return feedback, feedback(params)
-
-
-def ep_reference(config, params, state, x, y, key) -> tuple:
-    """(implicit gradient at the free fixed point, diagnostics): the exact reference of ep, of the
-    network the config defines (separate feedback included), and the spectral radius there."""
-    from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient, spectral_radius
-    from bioprop_cli.models.energy import RHOS
-
-    ep = config.ep
-    rho = RHOS[config.model.activation]
-    feedback, running = ep_dynamics(config, params, state)
-    fixed = free_fixed_point(running, x, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
-    extra = {"feedback": feedback} if feedback is not None else {}
-    implicit, adjoint_residual = implicit_gradient(params, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps,
-                                                   ep.reference_tolerance, **extra)
-    return implicit, {
-        "fixed_point": fixed.states,
-        "adjoint_residual": adjoint_residual,
-        "reference_residual": fixed.residual,
-        "reference_steps": fixed.steps,
-        "spectral_radius": spectral_radius(running, fixed.states, x, rho, ep.eps, key),
-    }
-
-
-def ep_measurements(config, rule, params, state, x, y, key) -> tuple[dict, dict]:
+def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[dict, dict]:
     """One compiled pass for ep: (measured, bias).
 
-    measured = {"layers", "network"} as rule.measure gives them: the rule's estimate (configured
-    T1, T2, beta) against the implicit gradient at the free fixed point, with the settling
-    diagnostics (free_residual of the T1 steps, spectral radius at the fixed point, ...).
+    measured = {"layers", "network"} as the training's measurement gives them
+    (metrics/equilibrium.py): the rule's estimate (configured T1, T2, beta; from the probe examples'
+    persistent particles `idx` if any) against the implicit gradient at the free fixed point, with
+    the settling diagnostics (free_residual of the T1 steps, spectral radius at the fixed point, ...).
     bias, condition (6): the estimate with both phases settled to convergence (from the reference
     free fixed point, to ep.reference_tolerance within ep.reference_steps), at the configured beta
     and at beta x BETA_SMALL_FACTOR, against the implicit gradient."""
-    from bioprop_cli.metrics.alignment import compare_updates
-    from bioprop_cli.models.energy import RHOS, contrast, input_drive, settle
+    from bioprop_cli import ep as eqprop
+    from bioprop_cli.metrics.equilibrium import measure_with_references
+    from bioprop_cli.models.energy import input_drive
 
     ep = config.ep
-    rho = RHOS[config.model.activation]
     beta = float(ep.beta)
 
     def compute(params, state, x, y, key):
-        k_estimate, k_radius = jax.random.split(key)
-        implicit, ref = ep_reference(config, params, state, x, y, k_radius)
-        est = rule.estimate(params, state, x, y, k_estimate)
-        layers, network = compare_updates(est.grads, implicit)
-        network.update(spectral_radius=ref["spectral_radius"], reference_residual=ref["reference_residual"],
-                       reference_steps=ref["reference_steps"], adjoint_residual=ref["adjoint_residual"], **(est.aux or {}))
-        _, running = ep_dynamics(config, params, state)
-        s_star = ref["fixed_point"]
-        drive0 = input_drive(running, x)
-
-        def nudge(b):
-            return settle(running, s_star, drive0, y, b, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
+        measured, ref = measure_with_references(rule, config, params, state, x, y, key, idx)
+        implicit, s_star = ref["implicit"], ref["fixed_point"].states
+        net = eqprop.network(config, params, state)
+        drive0 = input_drive(net.running, x)
 
         def estimate(b):
-            plus = nudge(b)
-            if ep.estimator == "symmetric":
-                minus = nudge(-b)
-                return contrast(plus.states, minus.states, x, rho, 1.0 / (2.0 * b)), jnp.maximum(plus.residual, minus.residual)
-            return contrast(plus.states, s_star, x, rho, 1.0 / b), plus.residual
+            nudged = eqprop.contrast(config, net, x, y, drive0, s_star, b, ep.estimator == "symmetric",
+                                     ep.reference_steps, ep.reference_tolerance)
+            return nudged.grads, nudged.residual
 
         at_beta, res_beta = estimate(beta)
         at_small, res_small = estimate(beta * BETA_SMALL_FACTOR)
@@ -284,10 +238,10 @@ def ep_measurements(config, rule, params, state, x, y, key) -> tuple[dict, dict]
             "angle_vs_implicit": angle_degrees(flat(at_beta), flat(implicit)),
             "implicit_norm": jnp.linalg.norm(flat(implicit)),
             "adjoint_residual": ref["adjoint_residual"],
-            "fixed_point_residual": ref["reference_residual"],
+            "fixed_point_residual": ref["fixed_point"].residual,
             "nudged_residual": jnp.maximum(res_beta, res_small),
         }
-        return {"layers": layers, "network": network}, bias
+        return measured, bias
 
     measured, bias = jax.jit(compute)(params, state, x, y, key)
     bias = {k: _f(v) for k, v in bias.items()}
@@ -297,10 +251,6 @@ def ep_measurements(config, rule, params, state, x, y, key) -> tuple[dict, dict]
 
 # ----------------------------------------------------------------------------------------------
 # The table.
-
-
-def _ep_feedback_kind(config) -> str:
-    return getattr(config.ep, "feedback", "symmetric")
 
 
 def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers: int) -> list[dict]:
@@ -329,9 +279,9 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers
     ))
 
     # (2)
-    kind = _ep_feedback_kind(config)
+    kind = ep.feedback
     worst_angle = max(fb_angles.values()) if fb_angles else None
-    learn = getattr(config.ep, "learn_feedback", False)
+    learn = ep.learn_feedback
     if kind == "symmetric" and not fb_angles:
         status, measured_text, worst_angle = HOLDS, "symmetric: W_l couples s_l and s_l+1 both ways (0°)", 0.0
         why = "one energy E(s) generates the dynamics: top-down feedback is W^T itself"
@@ -347,7 +297,7 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers
     if learn:
         why += "; the feedback is learned (ep.learn_feedback), so the angle may shrink in training"
     rows.append(_row(2, status, measured_text, _feedback_threshold(), why,
-                     {"feedback": kind, "feedback_angle_deg": getattr(config.ep, "feedback_angle", None),
+                     {"feedback": kind, "feedback_angle_deg": ep.feedback_angle,
                       "max_feedback_angle": worst_angle, "learn_feedback": learn}))
 
     # (3)
@@ -466,14 +416,14 @@ def _fmt(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def conditions_table(config, rule, params, state, x, y, key) -> dict:
+def conditions_table(config, rule, params, state, x, y, key, idx=None) -> dict:
     """All seven conditions and the gradient equivalence for `rule` at (params, state) on the
-    probe batch (x, y one-hot). Returns a plain dict (JSON-ready)."""
+    probe batch (x, y one-hot; idx: its positions in the training split). Returns a plain dict (JSON-ready)."""
     n_layers = len(params)
     k_measure, k_feedback = jax.random.split(key)
     fb_angles = feedback_angles(rule, params, state, k_feedback)
     if config.rule == "ep":
-        measured, bias = ep_measurements(config, rule, params, state, x, y, k_measure)
+        measured, bias = ep_measurements(config, rule, params, state, x, y, k_measure, idx)
         rows = _ep_conditions(config, measured, fb_angles, bias, n_layers)
     else:
         measured = jax.jit(rule.measure)(params, state, x, y, k_measure)
@@ -496,21 +446,6 @@ def conditions_table(config, rule, params, state, x, y, key) -> dict:
 # From a config and a dataset to the table.
 
 
-def init_network(config, sizes: tuple[int, ...], seed: int, n_train: int):
-    """(rule, params, rule state) as a run with this config and seed starts training (the same
-    keys as train.build_program's init)."""
-    from bioprop_cli.models.mlp import init_params
-    from bioprop_cli.rules import make_rule
-    from bioprop_cli.train import derive_keys
-
-    rule = make_rule(config, sizes, n_train)
-    keys = derive_keys(seed)
-    params = init_params(keys.params, sizes, config.model.init.scheme, config.model.init.scale)
-    if rule.init_params is not None:
-        params = rule.init_params(keys.rule, params)
-    return rule, params, rule.init(keys.rule, params)
-
-
 def check_params(params, expected, source: str) -> None:
     """UserError unless `params` has the layers, names and shapes of `expected` (the network the
     config defines)."""
@@ -530,24 +465,28 @@ def cast_floats(tree, dtype):
         lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
 
 
-def probe_for(config, splits, seed: int, size: int):
-    """`size` training examples drawn from the seed's probe key, as the training loop draws its probe."""
-    from bioprop_cli.train import derive_keys, draw_probe
+def probe_for(splits, seed: int, size: int):
+    """(x, y, positions in the training split): `size` training examples drawn from the seed's probe
+    key, as the training loop draws its probe."""
+    from bioprop_cli.train import derive_keys, probe_indices
 
-    return draw_probe(derive_keys(seed).probe, splits.x_train, splits.y_train, size)
+    idx = probe_indices(derive_keys(seed).probe, splits.x_train.shape[0], size)
+    return splits.x_train[idx], splits.y_train[idx], idx
 
 
 def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False, params=None,
                        source: str = "params") -> dict:
     """The condition table of `config` on a probe batch of `probe_size` training examples; float64
-    when `x64`. The network: `params` (e.g. a run's trained parameters, runs.load_params; checked
-    against the config's network, `source` names them in the error) with the rule state rebuilt as
-    training builds it (rule.init with the seed's rule key: fa's B is the B it trained with), or,
-    without `params`, the network at initialisation (seed config.seed)."""
+    when `x64` (the float32 network cast). The network: `params` (e.g. a run's trained parameters,
+    runs.load_params; checked against the config's network, `source` names them in the error) with
+    the rule state as training started it (network.init_state with the seed: fa's B and ep's random
+    feedback are the ones it trained with), or, without `params`, the network at initialisation
+    (seed config.seed)."""
     import time
     from contextlib import nullcontext
 
     from bioprop_cli.models.mlp import layer_sizes
+    from bioprop_cli.network import init_state
     from bioprop_cli.precision import float64
     from bioprop_cli.train import N_CLASSES, derive_keys, make_splits
 
@@ -556,20 +495,22 @@ def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False
     splits = make_splits(config, dataset)
     n_train, n_in = splits.x_train.shape
     sizes = layer_sizes(n_in, config.model.depth, config.model.width, N_CLASSES)
-    px, py = probe_for(config, splits, config.seed, probe_size)
+    px, py, idx = probe_for(splits, config.seed, probe_size)
+    keys = derive_keys(config.seed)
+    # drawn in float32 (--x64: the same network, in float64); the rule state is the one training
+    # started from, rebuilt from the seed and the INITIAL params (ep's random feedback takes their norm)
+    rule, initial, state = init_state(config, sizes, keys, n_train)
+    if params is None:
+        params = initial
+    else:
+        check_params(params, initial, source)
     with float64() if x64 else nullcontext():
         dtype = jnp.float64 if x64 else jnp.float32
-        rule, initial, state = init_network(config, sizes, config.seed, n_train)
-        if params is None:
-            params = initial
-        else:
-            check_params(params, initial, source)
-            state = rule.init(derive_keys(config.seed).rule, params)
         params, state = cast_floats(params, dtype), cast_floats(state, dtype)
         x = jnp.asarray(px, dtype)
         y = jax.nn.one_hot(py, N_CLASSES, dtype=dtype)
-        key = jax.random.fold_in(derive_keys(config.seed).probe, 7)
-        table = conditions_table(config, rule, params, state, x, y, key)
+        key = jax.random.fold_in(keys.probe, 7)
+        table = conditions_table(config, rule, params, state, x, y, key, idx)
     table["setup"] = {
         "rule": config.rule,
         "layer_sizes": list(sizes),

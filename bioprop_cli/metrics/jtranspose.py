@@ -30,7 +30,7 @@ The reference delta is the TRUE error signal of the network that runs: the exact
 cost, at its own free fixed point, with respect to each layer's drive (with the forward weights'
 transpose carrying the error down). It is computed with `jax.vjp` of the fixed-point function
 s*(u) (settled to convergence), whose backward pass is implicit differentiation (custom_vjp): the
-adjoint system (I - dPhi/ds^T) lambda = s_bar at s^0, solved as in metrics/equilibrium.py
+adjoint system (I - dPhi/ds^T) lambda = s_bar at s^0, solved as in bioprop_cli/ep.py
 (solve_adjoint: BiCGSTAB, as the networks here carry explicit feedback matrices), then
 u_bar = (dPhi/du)^T lambda; exact at the fixed point, with no truncation (the tests check it
 against jax.vjp through the converged settling). Both sides are compared over the whole batch,
@@ -46,20 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bioprop_cli.config import EPConfig
+from bioprop_cli.ep import feedback_matrices, feedback_state, solve_adjoint
 from bioprop_cli.metrics.alignment import relative_error
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.metrics.equilibrium import solve_adjoint
-from bioprop_cli.models.energy import (
-    Rho,
-    input_drive,
-    mixed_feedback,
-    residual,
-    settle,
-    sign_feedback,
-    step,
-    with_feedback,
-    zero_states,
-)
+from bioprop_cli.models.energy import Rho, input_drive, residual, settle, step, with_feedback, zero_states
 
 DEFAULT_BETAS = tuple(float(b) for b in np.logspace(-3, 0, 7))  # 1e-3 .. 1, two per decade
 DEFAULT_ANGLES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
@@ -95,7 +86,7 @@ def adjoint_misfit(params, s0, drive0, y0, e, delta, rho: Rho, eps: float):
     """|(I - J^T) lambda - g| / |g| of the adjoint solution behind delta (g: e at the output).
 
     dPhi/du = eps D (D: the free units), so delta = eps D lambda: lambda_F = delta/eps on the free
-    units and lambda = g + J^T lambda_F, as in metrics/equilibrium.solve_adjoint (checked there
+    units and lambda = g + J^T lambda_F, as in ep.solve_adjoint (checked there
     the same way), without solving again."""
     g = [jnp.zeros_like(s) for s in s0[:-1]] + [e]
     _, vjp_states = jax.vjp(lambda s: step(params, s, drive0, y0, 0.0, rho, eps), s0)
@@ -149,17 +140,13 @@ def make_error_signals(rho: Rho, eps: float, max_steps: int, tol: float, adjoint
 
 
 def asymmetric_networks(params, key, angles) -> list[tuple[str, float | None, list]]:
-    """[(kind, a, params with B_l)]: B_l = cos(a) W_l^T + sin(a) R_l for each a (R_l orthogonal to
-    W_l^T with its norm, from one random direction per layer drawn from `key`), then
-    B_l = c sign(W_l^T) (c = |W_l|_F / sqrt(#nonzero)); see models/energy.py."""
-    keys = jax.random.split(key, len(params))
-    directions = {l: jax.random.normal(keys[l], params[l]["w"].T.shape, params[l]["w"].dtype)
-                  for l in range(1, len(params))}
-    nets = []
-    for a in angles:
-        mats = {l: mixed_feedback(params[l]["w"], g, a) for l, g in directions.items()}
-        nets.append(("mixed", float(a), with_feedback(params, mats)))
-    nets.append(("sign", None, with_feedback(params, {l: sign_feedback(params[l]["w"]) for l in directions})))
+    """[(kind, a, params with B_l)]: the networks ep.feedback = mixed (at each angle a, the random
+    directions drawn once from `key`) and ep.feedback = sign define (bioprop_cli/ep.py)."""
+    mixed = EPConfig(feedback="mixed")
+    directions = feedback_state(mixed, key, params)
+    nets = [("mixed", float(a), with_feedback(params, feedback_matrices(mixed, params, directions, angle=a)))
+            for a in angles]
+    nets.append(("sign", None, with_feedback(params, feedback_matrices(EPConfig(feedback="sign"), params, {}))))
     return nets
 
 
@@ -179,7 +166,7 @@ def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key) -> list[dict]
     betas_arr = jnp.asarray(betas, x.dtype)
     # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
     # floating-point sums), and one compiled program for every network
-    tied = with_feedback(params, {l: params[l]["w"].T for l in range(1, len(params))})
+    tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))
     nets = [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
     n_layers = len(params)
     records = []

@@ -271,7 +271,7 @@ def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale) 
 
 
 # ----------------------------------------------------------------------------------------------
-# Fixed feedback matrices built from W (ep.feedback: sign, mixed, random; see rules/equilibrium.py).
+# Fixed feedback matrices built from W (ep.feedback: sign, mixed, random; see bioprop_cli/ep.py).
 # Each has the Frobenius norm of W^T, so the feedback differs from W^T in direction only.
 
 

@@ -40,8 +40,9 @@ class LearningRule(NamedTuple):
     # layer for an energy-based network).
     predict: Callable[[Params, Any, jax.Array], jax.Array]
     # Measurements against the exact gradient on a probe batch: {name: array of shape (L,)} for
-    # per-layer quantities and {name: scalar} for whole-network ones (see metrics/alignment.py).
-    measure: Callable[[Params, Any, jax.Array, jax.Array, jax.Array], dict]
+    # per-layer quantities and {name: scalar} for whole-network ones (see metrics/alignment.py);
+    # measure(params, state, x, y_onehot, key, idx=None), idx as in estimate (the probe's positions).
+    measure: Callable[..., dict]
     # Rules that LEARN their feedback add it to the trainable parameters: init_params(key, params)
     # returns params with params[l]["fb"] (shape of W_l^T) added, and estimate returns an update
     # for it, so the optimizer moves it like any weight. None: the network's parameters only.
@@ -103,7 +104,7 @@ def feedback_rule(
 
     rule = LearningRule(init, estimate, feedback, predict, measure=None)
 
-    def measure(params, state, x, y, key):
+    def measure(params, state, x, y, key, idx=None):  # idx: the probe's positions (rules with per-example state)
         from bioprop_cli.metrics.alignment import measure_alignment
 
         return measure_alignment(rule, act, loss, params, state, x, y, key)

@@ -22,12 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.metrics.equilibrium import free_fixed_point, implicit_gradient
-from bioprop_cli.models.energy import RHOS, contrast, input_drive, settle, zero_states
 from bioprop_cli.precision import full_float32
-from bioprop_cli.rules.equilibrium import effective_params, separate_feedback
 from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
 
 ESTIMATORS = ("one-sided", "symmetric", "random-sign")
@@ -43,51 +41,39 @@ def _flat(params) -> jax.Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(params)])
 
 
+def _weights_and_biases(grads) -> list:
+    return [{"w": g["w"], "b": g["b"]} for g in grads]  # a learned "fb" is not compared here
+
+
 def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str, ...]) -> Callable:
     """(params, rule state, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)},
     free-phase residual), over the weights and biases.
 
-    The dynamics run on the network `ep.feedback` defines (rules/equilibrium.effective_params: the
-    fixed feedback from the rule state), and the exact gradient is that network's (implicit
-    differentiation with the same feedback), so a non-symmetric feedback shows as a bias that does
-    not vanish as beta -> 0. The free phase runs once per batch; the nudged phases of all betas run
-    together (vmap).
+    The estimate is the training rule's (bioprop_cli/ep.py: the free phase from zero, then the
+    estimator's nudged phase(s)), on the network the rule runs (its fixed feedback from the rule
+    state), and the exact gradient is that network's, so a non-symmetric feedback shows as a bias
+    that does not vanish as beta -> 0. The free phase runs once per batch; the nudged phases of all
+    betas run together (vmap). random-sign: the sign of each beta drawn from `key`.
     """
     ep = config.ep
-    rho = RHOS[config.model.activation]
-
-    def nudge(params, s0, drive0, y, beta):
-        return settle(params, s0, drive0, y, beta, rho, ep.eps, ep.nudged_steps, ep.tolerance).states
-
-    def one_sided(params, s0, drive0, x, y, beta):
-        return _flat(contrast(nudge(params, s0, drive0, y, beta), s0, x, rho, 1.0 / beta))
-
-    def symmetric(params, s0, drive0, x, y, beta):
-        plus, minus = nudge(params, s0, drive0, y, beta), nudge(params, s0, drive0, y, -beta)
-        return _flat(contrast(plus, minus, x, rho, 1.0 / (2.0 * beta)))
+    kinds = {"one-sided": False, "symmetric": True, "random-sign": False}
 
     def batch_estimates(params, rule_state, x, y, key):
-        # the network that runs: B_l = W_l^T, or the separate feedback of ep.feedback / learn_feedback;
-        # the exact gradient is that network's, differentiated through B(W) (sign, mixed)
-        feedback = (lambda p: effective_params(ep, p, rule_state)) if separate_feedback(ep) else None
-        trainable = params
-        params = feedback(trainable) if feedback else trainable
-        fixed = free_fixed_point(params, x, rho, ep.eps, ep.reference_steps, ep.reference_tolerance)
-        exact, _ = implicit_gradient(trainable, fixed.states, x, y, rho, ep.eps, ep.adjoint_steps,
-                                     ep.reference_tolerance, feedback=feedback)
-        exact = [{"w": g["w"], "b": g["b"]} for g in exact]  # a learned "fb" has no contrastive estimate here
-        drive0 = input_drive(params, x)
-        free = settle(params, zero_states(params, x.shape[0], x.dtype), drive0, y, 0.0, rho, ep.eps, ep.free_steps, ep.tolerance)
-        s0 = free.states
+        net = eqprop.network(config, params, rule_state)
+        _, exact, _ = eqprop.implicit_reference(config, net, x, y)
+        drive0, free = eqprop.free_phase(config, net, x, y, eqprop.start_states(config, net, x), ep.free_steps,
+                                         ep.tolerance)
+
+        def at(beta, symmetric):
+            nudged = eqprop.contrast(config, net, x, y, drive0, free.states, beta, symmetric, ep.nudged_steps,
+                                     ep.tolerance)
+            return _flat(_weights_and_biases(nudged.grads))
+
         out = {}
-        if "one-sided" in estimators:
-            out["one-sided"] = jax.vmap(lambda b: one_sided(params, s0, drive0, x, y, b))(betas)
-        if "symmetric" in estimators:
-            out["symmetric"] = jax.vmap(lambda b: symmetric(params, s0, drive0, x, y, b))(betas)
-        if "random-sign" in estimators:
-            signs = jnp.where(jax.random.bernoulli(key, shape=betas.shape), 1.0, -1.0).astype(betas.dtype)
-            out["random-sign"] = jax.vmap(lambda b: one_sided(params, s0, drive0, x, y, b))(signs * betas)
-        return _flat(exact), out, free.residual
+        for e in estimators:
+            signed = eqprop.signed_beta(e, betas, key)
+            out[e] = jax.vmap(lambda b, symmetric=kinds[e]: at(b, symmetric))(signed)
+        return _flat(_weights_and_biases(exact)), out, free.residual
 
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
 

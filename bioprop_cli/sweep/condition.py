@@ -198,43 +198,52 @@ class PointMeasurer:
     def __call__(self, config: Config) -> dict:
         from contextlib import nullcontext
 
+        from bioprop_cli import ep as eqprop
         from bioprop_cli.metrics.alignment import compare_updates
-        from bioprop_cli.metrics.conditions import cast_floats, ep_reference, init_network, probe_for
+        from bioprop_cli.metrics.conditions import cast_floats, probe_for
         from bioprop_cli.models.mlp import layer_sizes
+        from bioprop_cli.network import init_state
         from bioprop_cli.precision import float64
         from bioprop_cli.train import N_CLASSES, derive_keys
 
         n_train, n_in = self.splits.x_train.shape
         sizes = layer_sizes(n_in, config.model.depth, config.model.width, N_CLASSES)
+
+        def reference(cfg, params, state, x, y, key, idx):
+            net = eqprop.network(cfg, params, state)
+            ref = eqprop.exact_references(cfg, net, x, y, key, eqprop.start_states(cfg, net, x, state, idx))
+            return ref["implicit"], {"adjoint_residual": ref["adjoint_residual"], "spectral_radius": ref["spectral_radius"],
+                                     "reference_residual": ref["fixed_point"].residual}
+
         per_seed = []
-        with float64() if self.x64 else nullcontext():
-            dtype = jnp.float64 if self.x64 else jnp.float32
-            estimate = None
-            for seed in self.seeds:
-                cfg = replace(config, seed=seed)
-                rule, params, state = init_network(cfg, sizes, seed, n_train)
+        estimate = None
+        for seed in self.seeds:
+            cfg = replace(config, seed=seed)
+            keys = derive_keys(seed)
+            rule, params, state = init_state(cfg, sizes, keys, n_train)  # float32: --x64 casts the same network
+            px, py, idx = probe_for(self.splits, seed, self.probe_size)
+            with float64() if self.x64 else nullcontext():
+                dtype = jnp.float64 if self.x64 else jnp.float32
                 params, state = cast_floats(params, dtype), cast_floats(state, dtype)
-                px, py = probe_for(cfg, self.splits, seed, self.probe_size)
                 x = jnp.asarray(px, dtype)
                 y = jax.nn.one_hot(py, N_CLASSES, dtype=dtype)
-                key = jax.random.fold_in(derive_keys(seed).probe, 7)
+                key = jax.random.fold_in(keys.probe, 7)
                 ref_key = _reference_key(cfg, seed)
                 if ref_key not in self.references:
-                    implicit, diag = jax.jit(lambda p, s, x, y, k: ep_reference(cfg, p, s, x, y, k))(params, state, x, y, key)
-                    diag.pop("fixed_point")
+                    implicit, diag = jax.jit(lambda *a, cfg=cfg: reference(cfg, *a))(params, state, x, y, key, idx)
                     self.references[ref_key] = (implicit, {k: float(v) for k, v in diag.items()})
                 implicit, diag = self.references[ref_key]
                 if estimate is None:
-                    estimate = jax.jit(lambda p, s, x, y, k, rule=rule: rule.estimate(p, s, x, y, k))
-                est = estimate(params, state, x, y, key)
+                    estimate = jax.jit(lambda p, s, x, y, k, i, rule=rule: rule.estimate(p, s, x, y, k, idx=i))
+                est = estimate(params, state, x, y, key, idx)
                 layers, network = compare_updates(est.grads, implicit)
-                aux = {k: float(v) for k, v in (est.aux or {}).items()}
-                per_seed.append({
-                    "angle": np.asarray(layers["update_angle"], np.float64),
-                    "rel": np.asarray(layers["update_rel_error"], np.float64),
-                    "net_angle": float(network["update_angle"]), "net_rel": float(network["update_rel_error"]),
-                    **{k: aux.get(k) for k in ("free_residual", "nudged_residual")}, **diag,
-                })
+            aux = {k: float(v) for k, v in (est.aux or {}).items()}
+            per_seed.append({
+                "angle": np.asarray(layers["update_angle"], np.float64),
+                "rel": np.asarray(layers["update_rel_error"], np.float64),
+                "net_angle": float(network["update_angle"]), "net_rel": float(network["update_rel_error"]),
+                **{k: aux.get(k) for k in ("free_residual", "nudged_residual")}, **diag,
+            })
         angles = np.stack([p["angle"] for p in per_seed])
         rels = np.stack([p["rel"] for p in per_seed])
 

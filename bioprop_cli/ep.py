@@ -1,0 +1,478 @@
+"""Equilibrium propagation, once: the network that runs, the contrastive estimate, the exact references.
+
+Training (rules/equilibrium.py) and every EP measurement (metrics/equilibrium.py, metrics/conditions.py,
+metrics/jtranspose.py, sweep/beta.py, sweep/condition.py) call these pure functions, so that a
+measurement measures the code that trains. The dynamics themselves are models/energy.py.
+
+The network that runs (`network`). Feedback weights (`ep.feedback`, `ep.learn_feedback`): layer
+l+1 sends its output down to layer l through B_l (shape of W_l^T, l = 1 .. L-1) instead of W_l^T,
+the vector-field generalisation of EP (Scellier, Goyal, Binas, Mesnard & Bengio 2018; Laborieux et
+al. 2021 use it too). Every B_l has the Frobenius norm of W_l^T (it differs in direction only):
+- symmetric (default): B_l = W_l^T, the energy-based network.
+- random: B_l = |W_l|_F G_l/|G_l|_F, G_l standard normal, drawn ONCE at initialisation (rule state)
+  and fixed: as in feedback alignment, nothing ties it to W afterwards (its norm is W's initial one).
+- sign: B_l = c_l sign(W_l^T), c_l = |W_l|_F/sqrt(#nonzero entries) (so |B_l|_F = |W_l|_F),
+  recomputed from the CURRENT W every step (sign-concordant feedback tracks W).
+- mixed: B_l = cos(a) W_l^T + sin(a) R_l, a = `ep.feedback_angle`, R_l = |W_l|_F P_l/|P_l|_F with
+  P_l the part of a fixed random direction G_l (drawn once) orthogonal to the CURRENT W_l^T, so that
+  the angle between B_l and W_l^T is exactly a at every step; recomputed every step.
+- learn_feedback: B_l is a trainable parameter params[l]["fb"] (see rules/equilibrium.py).
+With the cross-entropy readout (model.loss = cross_entropy) the last layer of params is the readout,
+outside the dynamics. `network` returns the layers the dynamics train, those they run on (the fixed
+feedback inserted) and the readout; `Network.feedback` (trainable -> running) is what the exact
+references differentiate through, so their gradients are total derivatives with respect to the
+trainable parameters (for sign and mixed feedback, functions of W).
+
+The estimate (`free_phase`, `contrast`, `estimate`): the network settles freely to s^0 (T1 steps,
+from zero or from persistent particles), is nudged towards the target with strength beta (T2 steps
+from s^0), and each weight changes by the difference of two Hebbian products,
+    grad theta ~ (1/beta) (dE/dtheta(s^beta) - dE/dtheta(s^0)),
+which tends to the gradient of the cost at the free fixed point as beta -> 0 (Scellier & Bengio
+2017, Theorem 1). `one-sided`: s^0 and s^{+beta}, bias O(beta); `symmetric`: s^{+beta} and
+s^{-beta}, (1/2beta)(...), bias O(beta^2) (Laborieux et al. 2021, eq. 5); `random-sign`: one-sided
+with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4). The readout's estimate is
+dC/dR at the nudged state(s) (its local delta rule); a learned B_l receives W_l's update transposed.
+
+The exact references (`implicit_reference`, `exact_references`), of the cost at the free fixed point:
+- implicit differentiation of the fixed point s* = Phi(theta, s*) of the settling map (recurrent
+  backprop, Almeida 1987, Pineda 1987): (I - dPhi/ds^T) lambda = dC/ds, then
+  dC/dtheta = (dPhi/dtheta)^T lambda;
+- backprop through time through exactly the T1 free steps the network runs (Ernoult et al. 2019,
+  NeurIPS, "Updates of equilibrium prop match gradients of backprop through time").
+They agree once the free phase has converged (tested). With separate feedback there is no energy:
+the adjoint system uses the transpose of the NON-symmetric Jacobian (the error travels down
+through W^T while the dynamics send it down through B) and is solved by BiCGSTAB instead of
+conjugate gradients; the spectral radius is that of the non-symmetric Jacobian.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bioprop_cli.models.energy import (
+    RHOS,
+    Rho,
+    Settled,
+    contrast as hebbian_contrast,
+    cost,
+    free_units,
+    has_separate_feedback,
+    input_drive,
+    mixed_feedback,
+    random_feedback,
+    residual,
+    settle,
+    settle_fixed,
+    sign_feedback,
+    split_readout,
+    step,
+    with_feedback,
+    zero_states,
+)
+from bioprop_cli.precision import full_float32
+
+# ----------------------------------------------------------------------------------------------
+# The network that runs.
+
+
+def separate_feedback(ep) -> bool:
+    """Whether the network has feedback weights of its own (params or rule state), not W^T."""
+    return ep.feedback != "symmetric" or ep.learn_feedback
+
+
+def has_readout(config) -> bool:
+    """model.loss = cross_entropy: the last layer of params is a softmax readout outside the dynamics."""
+    return config.model.loss == "cross_entropy"
+
+
+def feedback_state(ep, key, params) -> dict:
+    """The fixed random parts of the feedback, drawn once from the INITIAL params: random: the
+    matrices B_l; mixed: the directions G_l (standard normal, shape of W_l^T); sign, symmetric: nothing."""
+    keys = jax.random.split(key, len(params))
+    layers = range(1, len(params))
+    if ep.feedback == "random":
+        return {"feedback": [random_feedback(keys[l], params[l]["w"]) for l in layers]}
+    if ep.feedback == "mixed":
+        w = [params[l]["w"] for l in layers]
+        return {"feedback_directions": [jax.random.normal(keys[l], a.T.shape, a.dtype) for l, a in zip(layers, w)]}
+    return {}
+
+
+def feedback_matrices(ep, params, fixed, angle=None) -> dict:
+    """{l: B_l} for l = 1 .. L-1 as `ep.feedback` defines them from the current W (see the module
+    docstring); `fixed` is feedback_state's draw; `angle` overrides ep.feedback_angle (mixed)."""
+    layers = range(1, len(params))
+    if ep.feedback == "random":
+        return {l: fixed["feedback"][l - 1] for l in layers}
+    if ep.feedback == "sign":
+        return {l: sign_feedback(params[l]["w"]) for l in layers}
+    if ep.feedback == "mixed":
+        a = ep.feedback_angle if angle is None else angle
+        return {l: mixed_feedback(params[l]["w"], fixed["feedback_directions"][l - 1], a) for l in layers}
+    return {l: params[l]["w"].T for l in layers}
+
+
+def effective_params(ep, params, state):
+    """The parameters the dynamics run on: params itself when B = W^T (symmetric) or when B is
+    learned (params[l]["fb"] is already there); else params with the fixed B_l inserted as "fb"."""
+    if not separate_feedback(ep) or ep.learn_feedback:
+        return params
+    return with_feedback(params, feedback_matrices(ep, params, state))
+
+
+class Network(NamedTuple):
+    trainable: list  # the layers of the dynamics, as trained (a learned B_l is params[l]["fb"])
+    running: list  # the layers the dynamics run on: trainable with the fixed feedback inserted
+    readout: dict | None  # the cross-entropy readout, or None (mean-squared cost on s_L)
+    feedback: Callable | None  # trainable -> running (None: the identity), for the exact references
+    rho: Rho
+
+
+def network(config, params, state) -> Network:
+    """The network EP runs on, from the trainable params and the rule state (its fixed feedback)."""
+    ep = config.ep
+    trainable, readout = split_readout(params, has_readout(config))
+    feedback = (lambda p: effective_params(ep, p, state)) if separate_feedback(ep) else None
+    running = feedback(trainable) if feedback else trainable
+    return Network(trainable, running, readout, feedback, RHOS[config.model.activation])
+
+
+# ----------------------------------------------------------------------------------------------
+# The contrastive estimate.
+
+
+class Contrast(NamedTuple):
+    grads: list  # the estimate as a gradient (descent direction), structured like the trainable params
+    shift: list  # per layer (s^beta - s^0)/beta, or (s^{+beta} - s^{-beta})/2beta
+    steps: jax.Array  # nudged steps taken
+    residual: jax.Array  # nudged phase's last step, largest over the batch
+
+
+def start_states(config, net: Network, x, state=(), idx=None) -> list:
+    """Where the free phase starts: the examples' persistent particles (ep.persistent, idx their
+    positions in the training split), else zero."""
+    if config.ep.persistent and idx is not None:
+        return [p[idx] for p in state["particles"]]
+    return zero_states(net.running, x.shape[0], x.dtype)
+
+
+def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tuple[jax.Array, Settled]:
+    """(the clamped input's drive, the free phase settled from `start` for `steps` steps or to `tol`)."""
+    ep = config.ep
+    drive0 = input_drive(net.running, x)
+    return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout)
+
+
+def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, steps: int, tol: float) -> Contrast:
+    """The nudged phase(s) from the free state s0 and the contrastive estimate: (s^0, s^beta)
+    one-sided, or (s^{+beta}, s^{-beta}) symmetric (both settled as one batch of twice the size)."""
+    ep, rho = config.ep, net.rho
+
+    def nudge(start, drive, target, b):
+        return settle(net.running, start, drive, target, b, rho, ep.eps, steps, tol, readout=net.readout)
+
+    if symmetric:
+        n = y.shape[0]
+        twice = lambda a: jnp.concatenate([a, a])
+        signs = jnp.concatenate([jnp.full((n, 1), beta, y.dtype), jnp.full((n, 1), -beta, y.dtype)])
+        both = nudge([twice(s) for s in s0], twice(drive0), twice(y), signs)
+        plus, minus = [s[:n] for s in both.states], [s[n:] for s in both.states]
+        grads = hebbian_contrast(plus, minus, x, rho, 1.0 / (2.0 * beta))
+        shift = [(a - b) / (2.0 * beta) for a, b in zip(plus, minus)]
+        settled, tops = both, [plus[-1], minus[-1]]
+    else:
+        settled = nudge(s0, drive0, y, beta)
+        grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / beta)
+        shift = [(a - b) / beta for a, b in zip(settled.states, s0)]
+        tops = [settled.states[-1]]
+    if ep.learn_feedback:  # B_l learns W_l's update transposed (the same Hebbian products)
+        grads = [dict(g, fb=g["w"].T) if "fb" in layer else g for g, layer in zip(grads, net.trainable)]
+    if net.readout is not None:
+        grads = grads + [_readout_gradient(tops, y, net.readout, rho)]
+    return Contrast(grads, shift, settled.steps, settled.residual)
+
+
+def _readout_gradient(top_states, y, readout, rho: Rho):
+    """dC/dR (batch mean) at the top-layer states given, averaged over the list."""
+    grad = lambda top: jax.grad(lambda r: jnp.mean(cost([top], y, r, rho)))(readout)
+    grads = [grad(top) for top in top_states]
+    return jax.tree_util.tree_map(lambda *g: sum(g) / len(g), *grads)
+
+
+def signed_beta(estimator: str, beta, key):
+    """random-sign: +beta or -beta drawn from `key` (any shape of beta); else beta."""
+    if estimator != "random-sign":
+        return beta
+    return jnp.where(jax.random.bernoulli(key, shape=jnp.shape(beta)), beta, -beta)
+
+
+def estimate(config, net: Network, x, y, key, start, beta=None) -> tuple[Settled, Contrast]:
+    """The update that trains: the free phase from `start` (T1 steps), then the configured
+    estimator's nudged phase(s) (T2 steps), at `beta` (default ep.beta); (free phase, estimate)."""
+    ep = config.ep
+    beta = ep.beta if beta is None else beta
+    drive0, free = free_phase(config, net, x, y, start, ep.free_steps, ep.tolerance)
+    nudged = contrast(config, net, x, y, drive0, free.states, signed_beta(ep.estimator, beta, key),
+                      ep.estimator == "symmetric", ep.nudged_steps, ep.tolerance)
+    return free, nudged
+
+
+# ----------------------------------------------------------------------------------------------
+# The exact references.
+
+
+def _identity(params):
+    return params
+
+
+def _tree_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+SMALLEST_BATCH = 16  # free_fixed_point's smallest batch of examples still settling
+
+
+def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float, start=None) -> Settled:
+    """The free equilibrium, settled from `start` (default zero): each example until its step is below
+    `tol`, for at most `max_steps` steps. `residual`: the largest over the batch of the last step.
+
+    Examples do not interact, so an example that has converged stops while the others go on, and
+    once half the examples have stopped the rest continue as a batch of half the size (and so on
+    down to SMALLEST_BATCH): the few slow examples of a probe batch do not cost a whole batch per
+    step. Each example's state is the one it reaches alone, settled to `tol`."""
+    drive0 = input_drive(params, x)
+    y = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
+    states = zero_states(params, x.shape[0], x.dtype) if start is None else start
+    n = x.shape[0]
+    last = jnp.full((n,), jnp.inf, drive0.dtype)  # each example's last step
+    moving, t = jnp.ones((n,), bool), jnp.asarray(0, jnp.int32)
+    sizes = [n]
+    while sizes[-1] // 2 >= SMALLEST_BATCH:
+        sizes.append(sizes[-1] // 2)
+    for size, smaller in zip(sizes, sizes[1:] + [0]):  # the last batch goes on until every example stopped
+        at = jnp.argsort(~moving, stable=True)[:size]  # the moving examples first
+        take = lambda a: a[at]
+        sub_states, sub_last, sub_moving, t = _settle_examples(
+            params, [take(s) for s in states], take(drive0), take(y), rho, eps, max_steps, tol, take(last),
+            take(moving), t, smaller)
+        states = [s.at[at].set(u) for s, u in zip(states, sub_states)]
+        last, moving = last.at[at].set(sub_last), moving.at[at].set(sub_moving)
+    return Settled(states, t, jnp.max(last))
+
+
+def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps: int, tol: float, last, moving, t,
+                     until: int):
+    """Steps the moving examples (the others keep their state) while more than `until` move and
+    fewer than `max_steps` steps were taken; (states, last step per example, moving, steps)."""
+
+    def cond(carry):
+        _, _, moving, t = carry
+        return (t < max_steps) & (jnp.sum(moving) > until)
+
+    def body(carry):
+        states, last, moving, t = carry
+        new = step(params, states, drive0, y, 0.0, rho, eps)
+        moved = residual(new, states)
+        keep = lambda a, b: jnp.where(moving[:, None], a, b)
+        return ([keep(a, b) for a, b in zip(new, states)], jnp.where(moving, moved, last), moving & (moved >= tol),
+                t + 1)
+
+    return jax.lax.while_loop(cond, body, (states, last, moving, t))
+
+
+def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
+                  external=None, readout=None):
+    """lambda solving (I - J^T) lambda = g, J = dPhi/ds at the fixed point; returns (lambda, misfit).
+
+    The settling map is a step along the vector field v followed by the projection onto [0, 1]:
+    J = D (I + eps dv/ds), with D the 0/1 diagonal of units the projection leaves free. On the free
+    units the system is -eps (dv/ds)_FF^T lambda_F = g_F; the pinned units follow,
+    lambda = g + J^T lambda_F. With symmetric weights -dv/ds = H, the Hessian of E (symmetric,
+    positive definite at a stable minimum): conjugate gradients. With separate feedback dv/ds is not
+    symmetric: BiCGSTAB (Van der Vorst 1992), which needs no symmetry and compiles to a smaller
+    program than jax's GMRES (about 3 s against 6 s of CPU here); when the dynamics contract, the
+    free block of I - J^T has its eigenvalues in the disc of radius rho(J) < 1 around 1, and it
+    reached misfits of 1e-13 (float64) and 1e-6 (float32) on the networks tested; the misfit
+    below says when it did not.
+    `misfit` = |(I - J^T) lambda - g| / |g| tells whether that worked: it stays large where the
+    settled state is no fixed point (the free phase has not converged: see its residual).
+    `external`: the extra drive u of the dynamics at that fixed point (models/energy.py), if any.
+    """
+
+    def phi(s):
+        return step(params, s, input_drive(params, x), y, 0.0, rho, eps, external, readout)
+
+    _, vjp_states = jax.vjp(phi, fixed_point)
+    mask = free_units(params, fixed_point, input_drive(params, x), y, 0.0, rho, eps, external, readout)
+    tmap = jax.tree_util.tree_map
+    apply_mask = lambda v: tmap(jnp.multiply, mask, v)
+
+    def adjoint_operator(lam):
+        return tmap(jnp.subtract, lam, vjp_states(lam)[0])
+
+    def relative_misfit(lam):
+        return _tree_norm(tmap(jnp.subtract, adjoint_operator(lam), g)) / (_tree_norm(g) + 1e-30)
+
+    rhs = apply_mask(g)
+    operator = lambda v: apply_mask(adjoint_operator(apply_mask(v)))
+    if has_separate_feedback(params):
+        free_part, _ = jax.scipy.sparse.linalg.bicgstab(operator, rhs, tol=tol, atol=0.0, maxiter=max_iterations)
+    else:
+        free_part = _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho, eps, max_iterations, tol,
+                                         external, readout)
+    # every unit that the cost sees pinned by the projection: the gradient is exactly zero (and
+    # the Krylov solvers would divide 0 by 0)
+    nothing_free = _tree_norm(rhs) == 0
+    free_part = tmap(lambda v: jnp.where(nothing_free, 0.0, v), free_part)
+    lam = tmap(jnp.add, g, vjp_states(apply_mask(free_part))[0])
+    return lam, relative_misfit(lam)
+
+
+def _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho: Rho, eps: float, max_iterations: int, tol: float,
+                         external=None, readout=None):
+    """The free part of solve_adjoint's symmetric system D (I - J^T) D v = rhs by conjugate gradients,
+    per example: the system is block-diagonal (one block per example), so each example runs its own
+    recurrence (its own step lengths) and stops once its residual is below tol times its right-hand
+    side (then the whole batch's is too). One recurrence over the whole batch, as jax.scipy's cg
+    runs it, couples the blocks through shared step lengths: in float32 it stalled at misfits of
+    1e-2 where the per-example one reaches 1e-5 in a fraction of the iterations."""
+    tmap = jax.tree_util.tree_map
+    masked = lambda v: tmap(jnp.multiply, mask, v)
+    _, vjp_states = jax.vjp(lambda s: step(params, s, input_drive(params, x), y, 0.0, rho, eps, external, readout),
+                            fixed_point)
+    operator = lambda v: masked(tmap(jnp.subtract, masked(v), vjp_states(masked(v))[0]))
+    dot = lambda a, b: sum(jnp.sum(u * v, axis=-1) for u, v in zip(a, b))  # per example
+    along = lambda a, b, c: [u + c[:, None] * v for u, v in zip(a, b)]
+    rs = dot(rhs, rhs)
+    target = tol**2 * rs  # |r|^2 <= tol^2 |b|^2, per example
+
+    def cond(carry):
+        *_, rs, t = carry
+        return (t < max_iterations) & jnp.any(rs > target)
+
+    def body(carry):
+        solution, r, p, rs, t = carry
+        moving = rs > target
+        ap = operator(p)
+        alpha = jnp.where(moving, rs / jnp.where(moving, dot(p, ap), 1.0), 0.0)
+        solution, r = along(solution, p, alpha), along(r, ap, -alpha)
+        rs_new = jnp.where(moving, dot(r, r), rs)
+        beta = jnp.where(moving, rs_new / jnp.where(moving, rs, 1.0), 0.0)
+        p = [jnp.where(moving[:, None], u + beta[:, None] * v, v) for u, v in zip(r, p)]
+        return solution, r, p, rs_new, t + 1
+
+    carry = (tmap(jnp.zeros_like, rhs), rhs, rhs, rs, jnp.asarray(0, jnp.int32))
+    return jax.lax.while_loop(cond, body, carry)[0]
+
+
+def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
+                      feedback=None, readout=None):
+    """dC/dtheta at the fixed point by implicit differentiation; returns (grads, residual).
+
+    Solves the adjoint system (I - J^T) lambda = dC/ds (`solve_adjoint`), then
+    dC/dtheta = (dPhi/dtheta)^T lambda. `params` are the trainable parameters of the dynamics;
+    `feedback(params)` (default: the identity) the parameters the dynamics run on, differentiated
+    through. With a cross-entropy `readout` R the cost is C(s_top, R) and the gradients get one more
+    layer, dC/dR at the fixed point (the readout does not act on the free dynamics). `residual` is
+    the adjoint solve's relative misfit.
+    """
+    feedback = feedback or _identity
+
+    def phi(p, s):
+        q = feedback(p)
+        return step(q, s, input_drive(q, x), y, 0.0, rho, eps, readout=readout)
+
+    g = jax.grad(lambda s: jnp.mean(cost(s, y, readout, rho)))(fixed_point)
+    lam, misfit = solve_adjoint(feedback(params), fixed_point, x, y, g, rho, eps, max_iterations, tol, readout=readout)
+    _, vjp_params = jax.vjp(lambda p: phi(p, fixed_point), params)
+    (grads,) = vjp_params(lam)
+    if readout is not None:
+        grads = list(grads) + [jax.grad(lambda r: jnp.mean(cost(fixed_point, y, r, rho)))(readout)]
+    return grads, misfit
+
+
+def bptt_gradient(params, x, y, rho: Rho, eps: float, steps: int, feedback=None, readout=None, start=None):
+    """dC/dtheta through exactly `steps` free steps from `start` (default zero; lax.scan, reverse-mode);
+    `feedback` and `readout` as in implicit_gradient (with a readout, its gradient is the last layer)."""
+    feedback = feedback or _identity
+
+    def loss(p, r):
+        q = feedback(p)
+        initial = zero_states(q, x.shape[0], x.dtype) if start is None else start
+        final = settle_fixed(q, initial, x, y, 0.0, rho, eps, steps, readout=r)
+        return jnp.mean(cost(final, y, r, rho))
+
+    if readout is None:
+        return jax.grad(loss)(params, None)
+    grads, readout_grad = jax.grad(loss, argnums=(0, 1))(params, readout)
+    return list(grads) + [readout_grad]
+
+
+def spectral_radius(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100):
+    """Power-iteration estimate of the spectral radius of dPhi/ds at the fixed point.
+
+    The Jacobian of the batch is block-diagonal, so this is the largest over the examples.
+    Below 1: the settling dynamics contract towards the fixed point. Symmetric weights: the growth
+    of the last iteration. Separate feedback: the Jacobian is not symmetric and its dominant
+    eigenvalues may be a complex pair, around which the one-step growth oscillates; the estimate is
+    then the geometric mean of the growth over the second half of the iterations (|J^k v|^(1/k)
+    tends to the spectral radius whatever the eigenvalues, Gelfand's formula).
+    """
+    y = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
+    _, jvp = jax.linearize(lambda s: step(params, s, input_drive(params, x), y, 0.0, rho, eps), fixed_point)
+    keys = jax.random.split(key, len(fixed_point))
+    v = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, fixed_point)]
+
+    if has_separate_feedback(params):
+        burn_in = iterations // 2
+
+        def averaged(i, carry):
+            v, log_sum = carry
+            jv = jvp(v)
+            norm = _tree_norm(jv)
+            log_sum = log_sum + jnp.where(i >= burn_in, jnp.log(norm / _tree_norm(v) + 1e-30), 0.0)
+            return [a / (norm + 1e-30) for a in jv], log_sum
+
+        _, log_sum = jax.lax.fori_loop(0, iterations, averaged, (v, jnp.asarray(0.0, x.dtype)))
+        return jnp.exp(log_sum / max(iterations - burn_in, 1))
+
+    def body(_, carry):
+        v, _ = carry
+        jv = jvp(v)
+        growth = _tree_norm(jv) / _tree_norm(v)
+        scale = 1.0 / (_tree_norm(jv) + 1e-30)
+        return [a * scale for a in jv], growth
+
+    _, growth = jax.lax.fori_loop(0, iterations, body, (v, jnp.asarray(0.0, x.dtype)))
+    return growth
+
+
+def implicit_reference(config, net: Network, x, y, start=None) -> tuple[Settled, list, jax.Array]:
+    """(the free fixed point, the implicit gradient there, the adjoint solve's relative misfit).
+
+    The fixed point is settled to ep.reference_tolerance within ep.reference_steps steps from `start`
+    (default zero); the gradient is with respect to the trainable params (readout last)."""
+    ep = config.ep
+    fixed = free_fixed_point(net.running, x, net.rho, ep.eps, ep.reference_steps, ep.reference_tolerance, start)
+    grads, misfit = implicit_gradient(net.trainable, fixed.states, x, y, net.rho, ep.eps, ep.adjoint_steps,
+                                      ep.reference_tolerance, feedback=net.feedback, readout=net.readout)
+    return fixed, grads, misfit
+
+
+@full_float32  # a reference: at full float32 (precision.py)
+def exact_references(config, net: Network, x, y, key, start=None) -> dict:
+    """Fixed point, implicit and BPTT gradients, and the diagnostics of computing them; the free
+    phase of the network (BPTT) and the reference's settling start from `start` (default zero)."""
+    ep = config.ep
+    fixed, implicit, misfit = implicit_reference(config, net, x, y, start)
+    return {
+        "fixed_point": fixed,
+        "implicit": implicit,
+        "adjoint_residual": misfit,
+        "bptt": bptt_gradient(net.trainable, x, y, net.rho, ep.eps, ep.free_steps, feedback=net.feedback,
+                              readout=net.readout, start=start),
+        "spectral_radius": spectral_radius(net.running, fixed.states, x, net.rho, ep.eps, key),
+    }

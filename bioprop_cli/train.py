@@ -30,6 +30,7 @@ import optax
 
 from bioprop_cli import __version__
 from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, shape_key, to_dict, with_values
+from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES, layer_sizes
 from bioprop_cli.network import init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
@@ -128,8 +129,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def measure(state, probe_x, probe_y, key, probe_idx=None):
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
-        measured = rule.measure(state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key,
-                                idx=probe_idx)
+        measured = make_measure(with_values(config, state.hyper), rule)(
+            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):

@@ -18,6 +18,7 @@ from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
+from bioprop_cli.metrics.measure import make_measure
 
 SIZES = (6, 5, 4, 3)  # input, two hidden layers, output
 
@@ -202,7 +203,7 @@ def test_exact_references_and_measurement_fields():
     params, x, y = _problem(scale=0.5)
     config = _config(estimator="symmetric", beta=0.01, free_steps=200, nudged_steps=200)
     rule = make_rule(config, SIZES)
-    m = rule.measure(params, (), x, y, jax.random.PRNGKey(0))
+    m = make_measure(config, rule)(params, (), x, y, jax.random.PRNGKey(0))
     assert set(m["layers"]) >= {"update_angle", "update_rel_error", "bptt_update_angle"}
     net = m["network"]
     for name in ("update_angle", "update_rel_error", "bptt_update_angle", "implicit_vs_bptt_angle", "spectral_radius",

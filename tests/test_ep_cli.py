@@ -13,6 +13,7 @@ from bioprop_cli.network import init_state
 from bioprop_cli.runs import load_params, read_jsonl
 from bioprop_cli.train import derive_keys, draw_probe, make_splits
 from bioprop_cli.sweep.beta import default_betas, fit_slopes
+from bioprop_cli.metrics.measure import make_measure
 
 SMALL = [
     "--set", "data.train_limit=2000", "--set", "data.validation_size=500", "--set", "data.test_limit=500",
@@ -48,7 +49,7 @@ def test_train_ep_writes_the_ep_measurements(tmp_path, mnist_dir):
     keys = derive_keys(config.seed)
     rule, _, state = init_state(config, (784, 32, 10), keys, splits.x_train.shape[0])
     x, y = draw_probe(keys.probe, splits.x_train, splits.y_train, 64)
-    again = jax.jit(rule.measure)(load_params(run), state, x, jax.nn.one_hot(y, 10), keys.probe)["network"]
+    again = jax.jit(make_measure(config, rule))(load_params(run), state, x, jax.nn.one_hot(y, 10), keys.probe)["network"]
     for name in ("update_angle", "bptt_update_angle", "implicit_vs_bptt_angle", "free_residual", "reference_residual"):
         assert float(again[name]) == pytest.approx(last[name], rel=1e-3, abs=1e-4), name
 

@@ -11,6 +11,7 @@ from bioprop_cli.config import load_config
 from bioprop_cli.metrics.conditions import measure_conditions
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.rules import make_rule
+from bioprop_cli.metrics.measure import make_measure
 from tests.conftest import make_fake_dataset
 
 SIZES = (6, 5, 4, 3)
@@ -58,7 +59,7 @@ def test_the_measurement_starts_from_the_probe_examples_persistent_particles():
     for k in range(3):  # three training steps on these examples move their particles
         state = rule.estimate(params, state, x, y, jax.random.PRNGKey(k), idx=idx).state
     key = jax.random.PRNGKey(9)
-    measure = jax.jit(rule.measure)
+    measure = jax.jit(make_measure(config, rule))
     persistent, from_zero = measure(params, state, x, y, key, idx=idx)["network"], measure(params, state, x, y, key)["network"]
     # the measured estimate is the update this step would train with: the training's free phase from the particles
     k_estimate, _ = jax.random.split(key)

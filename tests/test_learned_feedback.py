@@ -22,6 +22,7 @@ from bioprop_cli.optim import make_optimizer
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.feedback_alignment import random_feedback
 from bioprop_cli.runs import read_jsonl
+from bioprop_cli.metrics.measure import make_measure
 
 SIZES = layer_sizes(7, 2, 5, 4)  # 7 -> 5 -> 5 -> 4: two feedback matrices, B_1 (5x5) and B_2 (4x5)
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
@@ -202,9 +203,9 @@ def test_wm_mirror_update_averages_to_w_transpose_and_the_b_update_adds_decay():
 
 @pytest.mark.parametrize("rule", ["kp", "wm"])
 def test_measure_reports_the_w_to_b_angle(rule):
-    _, r, params, state = _setup(rule, ("feedback.decay", 0.5))
+    config, r, params, state = _setup(rule, ("feedback.decay", 0.5))
     x, y = _batch()
-    measured = jax.jit(r.measure)(params, state, x, y, jax.random.PRNGKey(2))["layers"]
+    measured = jax.jit(make_measure(config, r))(params, state, x, y, jax.random.PRNGKey(2))["layers"]
     assert math.isnan(float(measured["feedback_angle"][0]))
     for l in (1, 2):
         want = float(angle_degrees(params[l]["fb"], params[l]["w"].T))

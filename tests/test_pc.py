@@ -17,6 +17,7 @@ from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.predictive_coding import Network, energy, node_gradients
 from bioprop_cli.runs import read_jsonl
+from bioprop_cli.metrics.measure import make_measure
 from tests.test_cli import assert_nothing_written, assert_user_error
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -31,9 +32,18 @@ def _setup(depth=2, n_in=5, width=8, n_out=3, batch=4, seed=0):
     return sizes, params, x, y
 
 
-def _rule(sizes, loss="mse", depth=2, **pc):
+def _config(sizes, loss="mse", depth=2, **pc):
     overrides = [("rule", "pc"), ("model.depth", depth), ("model.width", sizes[1]), ("model.loss", loss)]
-    return make_rule(load_config(overrides=overrides + [(f"pc.{k}", v) for k, v in pc.items()]), sizes)
+    return load_config(overrides=overrides + [(f"pc.{k}", v) for k, v in pc.items()])
+
+
+def _rule(sizes, loss="mse", depth=2, **pc):
+    return make_rule(_config(sizes, loss, depth, **pc), sizes)
+
+
+def _measure(sizes, loss="mse", depth=2, **pc):
+    config = _config(sizes, loss, depth, **pc)
+    return jax.jit(make_measure(config, make_rule(config, sizes)))
 
 
 def _against_backprop(rule, params, x, y, loss):
@@ -134,11 +144,11 @@ def test_inference_diagnostics():
 def test_measure_logs_angles_and_diagnostics_and_predict_is_the_feedforward_pass():
     sizes, params, x, y = _setup()
     rule = _rule(sizes, "cross_entropy", variant="zero_divergence")
-    measured = jax.jit(rule.measure)(params, (), x, y, jax.random.PRNGKey(0))
+    measured = _measure(sizes, "cross_entropy", variant="zero_divergence")(params, (), x, y, jax.random.PRNGKey(0))
     assert np.all(np.asarray(measured["layers"]["update_angle"]) < 0.5)
     assert np.all(np.isnan(np.asarray(measured["layers"]["feedback_angle"])))  # errors go through W^T itself
     assert {"energy", "energy_decrease", "inference_residual"} <= set(measured["network"])
-    standard = jax.jit(_rule(sizes, "cross_entropy", output_precision=1.0).measure)(params, (), x, y, jax.random.PRNGKey(0))
+    standard = _measure(sizes, "cross_entropy", output_precision=1.0)(params, (), x, y, jax.random.PRNGKey(0))
     angles = np.asarray(standard["layers"]["update_angle"])
     assert angles[-1] > 1  # the relaxed output error is not backprop's: the output layer counts in the mean
     np.testing.assert_allclose(float(standard["network"]["mean_update_angle"]), angles.mean(), rtol=1e-6)

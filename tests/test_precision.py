@@ -8,6 +8,7 @@ from bioprop_cli.config import load_config
 from bioprop_cli.rules import make_rule
 from bioprop_cli.sweep.beta import make_batch_estimates
 from bioprop_cli.train import N_CLASSES, build_program
+from bioprop_cli.metrics.measure import make_measure
 
 HIGHEST = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
 SMALL = [("model.width", 8), ("model.depth", 2), ("ep.free_steps", 3), ("ep.nudged_steps", 2),
@@ -45,9 +46,9 @@ def network(rule: str):
 
 @pytest.mark.parametrize("rule", ["fa", "ep"])
 def test_the_measurement_is_full_precision_and_training_is_not(rule):
-    _, r, state, x, y = network(rule)
+    config, r, state, x, y = network(rule)
     key = jax.random.PRNGKey(2)
-    measured = products(r.measure, state.params, state.rule_state, x, y, key)
+    measured = products(make_measure(config, r), state.params, state.rule_state, x, y, key)
     trained = products(lambda *a: r.estimate(*a).grads, state.params, state.rule_state, x, y, key)
     assert measured and set(measured) == {HIGHEST}
     assert trained and set(trained) == {None}

@@ -47,18 +47,19 @@ def compare_updates(grads: Params, exact: Params) -> tuple[dict, dict]:
 
 
 @full_float32
-def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key) -> dict:
+def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key,
+                      exact_output: bool = True) -> dict:
     """{"layers": {name: (L,)}, "network": {name: scalar}}, NaN where a quantity does not apply.
 
     Per layer: update_angle and update_rel_error (rule's update for W_l vs the true gradient for
     W_l, same batch and parameters); delta_angle (rule's error signal delta_l vs backprop's);
     feedback_angle (B_l vs the matrix exact transport would use, W_l^T); feedback_norm_ratio
     (|B_l| / |W_l|). Whole network: the same update comparison on all weights at once, and
-    mean_update_angle, the mean over the hidden layers (the output layer's update is exact for
-    every feedforward rule).
+    mean_update_angle: the mean over the hidden layers where the rule's output-layer update is exact
+    (`exact_output`, the registry's fact: every rule that sends backprop's output error), else over all layers.
     """
     n_layers = len(params)
-    est = rule.estimate(params, state, x, y, key)
+    est = (rule.gradient_estimate or rule.estimate)(params, state, x, y, key)
     true_grads, true_deltas = exact_gradients(params, x, y, act, loss)
     layers, network = compare_updates(est.grads, true_grads)
     layers["delta_angle"] = jnp.stack([angle_degrees(d, t) for d, t in zip(est.deltas, true_deltas)])
@@ -67,6 +68,6 @@ def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, s
         fb_angle = fb_angle.at[l].set(angle_degrees(b, reference))
         fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
     layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
-    network["mean_update_angle"] = jnp.mean(layers["update_angle"][:-1])
+    network["mean_update_angle"] = jnp.mean(layers["update_angle"][:-1] if exact_output else layers["update_angle"])
     network.update(est.aux or {})  # the rule's own diagnostics (pc: energy, residual)
     return {"layers": layers, "network": network}

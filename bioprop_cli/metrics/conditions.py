@@ -21,7 +21,7 @@ run's trained parameters, params.npz):
     and T2 against the number of layers L (the nudge needs L steps to reach the first layer).
 
 Beneath them, the resulting gradient equivalence: per layer, the angle and relative error between
-the rule's update and the exact gradient of the same loss (`rule.measure`: jax.grad for the
+the rule's update and the exact gradient of the same loss (metrics/measure.py: jax.grad for the
 feedforward rules, the implicit gradient at the free fixed point for ep).
 
 Everything here is a pure function of (config, params, rule state, probe batch) returning plain
@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.rules import ENERGY, HOLDS, PARTIAL, rule_info
 
 # ----------------------------------------------------------------------------------------------
 # Thresholds. Every status is decided by one of these against a measured number.
@@ -85,7 +87,7 @@ THRESHOLDS = {
     "equivalence_angle_partial_deg": EQUIVALENCE_ANGLE_PARTIAL,
 }
 
-HOLDS, PARTIAL, FAILS, NA = "holds", "partial", "fails", "n/a"
+FAILS, NA = "fails", "n/a"  # HOLDS and PARTIAL: the registry's (rule locality is graded there)
 _ORDER = {HOLDS: 0, PARTIAL: 1, FAILS: 2}
 
 CONDITION_NAMES = {
@@ -98,17 +100,6 @@ CONDITION_NAMES = {
     7: "architecture",
 }
 
-# (5): how each feedforward rule's update is formed. bp is the reference (see conditions_table).
-LOCALITY = {
-    "fa": (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta delivered by fixed B_l (no W^T)"),
-    "dfa": (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta = e D_l straight from the output"),
-    "kp": (HOLDS, "h_l^T delta_l, and B_l learns by the same local product with weight decay (Kolen-Pollack)"),
-    "wm": (HOLDS, "h_l^T delta_l, and B_l learns from local activity statistics (weight mirror)"),
-    "usf": (PARTIAL, "h_l^T delta_l, but B_l = s sign(W_l^T): each feedback synapse must know its forward partner's sign (sign transport)"),
-    "frsf": (PARTIAL, "h_l^T delta_l, but B_l = |R_l| sign(W_l^T): sign transport"),
-    "brsf": (PARTIAL, "h_l^T delta_l, but B_l = |R_l^t| sign(W_l^T): sign transport"),
-}
-DIRECT_RULES = ("dfa",)
 
 
 def worst(*statuses: str) -> str:
@@ -181,7 +172,7 @@ def feedback_angles(rule, params, state, key) -> dict[int, float]:
 
 
 def gradient_equivalence(measured: dict) -> dict:
-    """Per layer and whole network: the rule's update against the exact gradient (from rule.measure)."""
+    """Per layer and whole network: the rule's update against the exact gradient (from metrics/measure.py)."""
     layers = {k: np.asarray(v) for k, v in measured["layers"].items()}
     n = len(layers["update_angle"])
     rows = [
@@ -368,15 +359,15 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers
 
 
 def _feedforward_conditions(config, fb_angles: dict, n_layers: int) -> list[dict]:
-    rule = config.rule
+    info = rule_info(config.rule)
     no_dynamics = "no settling dynamics: a feedforward pass computes the activities exactly, in one sweep"
     rows = [_row(1, NA, "-", "-", no_dynamics)]
     rows.append(_row(2, NA, "-", "-", "no recurrent dynamics, so no energy is needed; the symmetry it would impose is condition 4"))
     rows.append(_row(3, HOLDS, "2 phases: forward pass, backward pass", ">= 2 phases",
                      "the error is computed in a separate backward pass", {"phases": ["forward", "backward"]}))
-    direct = rule in DIRECT_RULES
+    direct = info.feedback == "direct"
     reach = "direct: e D_l to every hidden layer" if direct else "chain: delta_l = (delta_l+1 B_l+1) f'(a_l), every layer"
-    if rule == "bp":
+    if info.feedback == "transpose":
         status, angle, why = HOLDS, 0.0, "B_l = W_l^T exactly (weight transport)"
         measured_text = f"{reach}; B_l = W_l^T (0°)"
     elif fb_angles:
@@ -391,15 +382,13 @@ def _feedforward_conditions(config, fb_angles: dict, n_layers: int) -> list[dict
         status, angle, measured_text, why = NA, None, reach, "the rule reports no feedback matrices"
     rows.append(_row(4, status, measured_text, _feedback_threshold(), why,
                      {"reach": "direct" if direct else "chain", "feedback_angles": fb_angles, "max_feedback_angle": angle}))
-    if rule == "bp":
+    if info.locality is None:
         rows.append(_row(5, NA, "non-local: delta uses W^T (weight transport)", "-",
                          "backprop is the reference the conditions are measured against, not a local rule"))
-    elif rule in LOCALITY:
-        status, text = LOCALITY[rule]
+    else:
+        status, text = info.locality
         rows.append(_row(5, status, text, "pre x post quantities only; no forward weight in the feedback path",
                          "local" if status == HOLDS else "needs information about forward weights in the feedback path"))
-    else:
-        rows.append(_row(5, NA, "-", "-", f"rule {rule!r} is not classified"))
     rows.append(_row(6, NA, "-", "-", "no nudge: the error is sent as an exact signal, not as a finite perturbation of activities"))
     rows.append(_row(7, NA, f"{n_layers - 1} backward step(s) for {n_layers} layers" if not direct else "1 direct step",
                      "-", "no settling: the backward pass visits the layers by construction, one step each (or directly)"))
@@ -422,14 +411,14 @@ def conditions_table(config, rule, params, state, x, y, key, idx=None) -> dict:
     n_layers = len(params)
     k_measure, k_feedback = jax.random.split(key)
     fb_angles = feedback_angles(rule, params, state, k_feedback)
-    if config.rule == "ep":
+    if rule_info(config.rule).family == ENERGY:
         measured, bias = ep_measurements(config, rule, params, state, x, y, k_measure, idx)
         rows = _ep_conditions(config, measured, fb_angles, bias, n_layers)
     else:
-        measured = jax.jit(rule.measure)(params, state, x, y, k_measure)
+        measured = jax.jit(make_measure(config, rule))(params, state, x, y, k_measure)
         rows = _feedforward_conditions(config, fb_angles, n_layers)
     equivalence = gradient_equivalence(measured)
-    reference = ("implicit gradient of the cost at the free fixed point" if config.rule == "ep"
+    reference = ("implicit gradient of the cost at the free fixed point" if rule_info(config.rule).family == ENERGY
                  else "jax.grad of the loss")
     equivalence["reference"] = reference
     applicable = [r for r in rows if r["status"] != NA]

@@ -45,6 +45,9 @@ class RuleInfo(NamedTuple):
     # energy family, whose conditions table grades locality from its own dynamics
     locality: tuple[str, str] | None
     flops: Callable[..., int]  # flops(sizes, config): matrix-product FLOPs per example and training step
+    # Whether the output layer's update is backprop's (the rule sends the loss's own output error):
+    # then the mean update angle is taken over the hidden layers only
+    exact_output: bool = True
 
 
 _SIGN_TRANSPORT = "each feedback synapse must know its forward partner's sign (sign transport)"
@@ -73,11 +76,11 @@ RULES: Mapping[str, RuleInfo] = MappingProxyType({r.name: r for r in (
              FEEDFORWARD, "chained",
              (HOLDS, "h_l^T delta_l, and B_l learns from local activity statistics (weight mirror)"), flops.mirrored),
     RuleInfo("ep", "equilibrium propagation (Scellier & Bengio 2017)", equilibrium.make, ENERGY, "equilibrium", None,
-             flops.settling),
+             flops.settling, exact_output=False),
     RuleInfo("pc", "predictive coding (Whittington & Bogacz 2017)", predictive_coding.make, FEEDFORWARD, "transpose",
              (PARTIAL, "x_l^T (e_{l+1} f'): presynaptic activity x the local prediction error, but inference sends the "
                        "errors down through W_l^T (symmetric feedback synapses)"),
-             flops.predictive_coding),
+             flops.predictive_coding, exact_output=False),  # the output learns from the relaxed output error
 )})
 
 

@@ -4,7 +4,7 @@ through feedback matrices (bp, fa, dfa, usf, frsf, brsf).
 A rule is a pair of pure functions, like an optax transformation:
     state = rule.init(key, params)
     est = rule.estimate(params, state, x, y_onehot, key)   # the rule's update direction
-and, for the alignment measurements only, `rule.feedback(params, state, key)`.
+and, for the alignment measurements only (bioprop_cli/metrics/measure.py), `rule.feedback(params, state, key)`.
 `estimate` never sees the true gradient: the exact gradient is computed on the side by
 bioprop_cli/metrics/alignment.py, and never reaches training.
 """
@@ -39,14 +39,14 @@ class LearningRule(NamedTuple):
     # The network's output for evaluation (the logits of the MLP; the free equilibrium's output
     # layer for an energy-based network).
     predict: Callable[[Params, Any, jax.Array], jax.Array]
-    # Measurements against the exact gradient on a probe batch: {name: array of shape (L,)} for
-    # per-layer quantities and {name: scalar} for whole-network ones (see metrics/alignment.py);
-    # measure(params, state, x, y_onehot, key, idx=None), idx as in estimate (the probe's positions).
-    measure: Callable[..., dict]
     # Rules that LEARN their feedback add it to the trainable parameters: init_params(key, params)
     # returns params with params[l]["fb"] (shape of W_l^T) added, and estimate returns an update
     # for it, so the optimizer moves it like any weight. None: the network's parameters only.
     init_params: Callable[[jax.Array, Params], Params] | None = None
+    # The part of `estimate` that estimates the loss gradient, which the alignment measurements compare
+    # with the exact gradient (same signature). None: `estimate` itself. kp and wm leave out the decay
+    # of their learned feedback, a regulariser, not an estimate of the loss gradient.
+    gradient_estimate: Callable[..., Estimate] | None = None
 
 
 def weight_gradients(fwd, deltas: list) -> Params:
@@ -102,14 +102,7 @@ def feedback_rule(
     def predict(params, state, x):
         return forward(params, x, act).logits
 
-    rule = LearningRule(init, estimate, feedback, predict, measure=None)
-
-    def measure(params, state, x, y, key, idx=None):  # idx: the probe's positions (rules with per-example state)
-        from bioprop_cli.metrics.alignment import measure_alignment
-
-        return measure_alignment(rule, act, loss, params, state, x, y, key)
-
-    return rule._replace(measure=measure)
+    return LearningRule(init, estimate, feedback, predict)
 
 
 def transport_path(params: Params, l: int) -> jax.Array:

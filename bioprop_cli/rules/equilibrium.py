@@ -91,12 +91,4 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
         net = eqprop.network(config, params, state)
         return {l: (net.running[l]["fb"], net.trainable[l]["w"].T) for l in range(1, len(net.trainable))}
 
-    rule = LearningRule(init, estimate, feedback, predict, measure=None,
-                        init_params=init_params if ep.learn_feedback else None)
-
-    def measure(params, state, x, y, key, idx=None):
-        from bioprop_cli.metrics.equilibrium import measure_ep
-
-        return measure_ep(rule, config, params, state, x, y, key, idx)
-
-    return rule._replace(measure=measure)
+    return LearningRule(init, estimate, feedback, predict, init_params=init_params if ep.learn_feedback else None)

@@ -40,7 +40,7 @@ def learned_feedback_rule(config, sizes) -> LearningRule:
     """fa through the matrices stored in params[l]["fb"]; init_params draws them like fa's.
 
     The returned rule's estimate gives fa's update for "w" and "b" and no "fb" entry: kp and wm
-    add their own feedback updates (and measure with this rule, without them).
+    add their own feedback updates (and are measured with this rule's estimate, without them).
     """
     act, loss = model_functions(config)
     rule = feedback_rule(
@@ -68,4 +68,4 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
         est = base.estimate(params, state, x, y, key)
         return est._replace(grads=kp_updates(params, est.grads, decay))
 
-    return base._replace(estimate=estimate)
+    return base._replace(estimate=estimate, gradient_estimate=base.estimate)

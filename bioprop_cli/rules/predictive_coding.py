@@ -205,14 +205,4 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
         return forward(params, x, act).logits
 
     # errors travel through W^T itself: no separate feedback to compare (like bp)
-    rule = LearningRule(lambda key, params: (), estimate, lambda params, state, key: {}, predict, measure=None)
-
-    def measure(params, state, x, y, key):
-        from bioprop_cli.metrics.alignment import measure_alignment
-
-        measured = measure_alignment(rule, act, loss, params, state, x, y, key)
-        # the mean over ALL layers: pc's output layer learns from the relaxed output error, not backprop's
-        measured["network"]["mean_update_angle"] = jnp.mean(measured["layers"]["update_angle"])
-        return measured
-
-    return rule._replace(measure=measure)
+    return LearningRule(lambda key, params: (), estimate, lambda params, state, key: {}, predict)

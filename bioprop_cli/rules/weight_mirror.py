@@ -67,4 +67,4 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
         ]
         return est._replace(grads=grads)
 
-    return base._replace(estimate=estimate)
+    return base._replace(estimate=estimate, gradient_estimate=base.estimate)

@@ -34,17 +34,17 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         if interrupted():
             raise typer.Exit(code=130)
         folder, manifest = _run_with_status(base, grid, seed_values, runner, interrupted)
-    table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
-    for name in ("run", "status", "test acc."):
-        table.add_column(name)
-    for name, entry in manifest["runs"].items():
-        acc = entry.get("test_accuracy")
-        table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
-    console.print(table)
-    console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
-    if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
-        console.print("interrupted: run the same command again to train what is left")
-        raise typer.Exit(code=130)
+        table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
+        for name in ("run", "status", "test acc."):
+            table.add_column(name)
+        for name, entry in manifest["runs"].items():
+            acc = entry.get("test_accuracy")
+            table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
+        console.print(table)
+        console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
+        if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
+            console.print("interrupted: run the same command again to train what is left")
+            raise typer.Exit(code=130)
 
 
 def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):

@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, user_errors_exit_2,
+    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, stored_params,
+    user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 
@@ -94,14 +95,7 @@ def conditions(
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
     probe = min(probe_size, n_train)
-    params = None
-    if run is not None and (run / "params.npz").is_file():
-        from bioprop_cli.runs import load_params
-
-        params = load_params(run)
-        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False)
-    elif run is not None:
-        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
+    params = stored_params(run)
     with console.status(f"measuring the conditions of {cfg.rule} on {probe} probe examples..."):
         result = study.run(cfg, dataset, probe, x64, params=params, source=f"--run {run}/params.npz", run_folder=run)
     console.print(conditions_rich_table(result))

@@ -12,7 +12,10 @@ from typing import Optional
 
 import typer
 
-from bioprop_cli.cli.common import X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, user_errors_exit_2
+from bioprop_cli.cli.common import (
+    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, stored_params,
+    user_errors_exit_2,
+)
 from bioprop_cli.errors import UserError
 
 
@@ -106,16 +109,10 @@ def jtranspose(
 
 
 def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out) -> None:
-    from bioprop_cli.runs import load_params
     from bioprop_cli.studies import jtranspose as study
 
     folder = study.new_folder(cfg, dataset, x64, out)
-    stored = None
-    if run is not None and (run / "params.npz").is_file():
-        stored = load_params(run)
-        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False)
-    elif run is not None:
-        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
+    stored = stored_params(run)
     precision = "float64" if x64 else "float32"
     with console.status(f"settling {study.network_name(cfg, dataset)} ({precision}): "
                         f"{1 + len(angle_list) + 1} networks x {len(beta_list)} betas..."):

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.data import load_dataset
+from bioprop_cli.datasets import load_dataset
 from bioprop_cli.network import init_state
 from bioprop_cli.runs import load_params, read_jsonl
 from bioprop_cli.splits import derive_keys, draw_probe, make_splits

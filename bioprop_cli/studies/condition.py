@@ -12,7 +12,7 @@ nudging, T2 well above the depth), then vary ONE knob, keeping the others at the
     t2          (7) architecture                ep.nudged_steps = v
 
 For every value: (a) on a probe batch at initialisation, the angle and relative error of the EP
-update to the exact gradient (implicit differentiation at the free fixed point, rule.measure),
+update to the exact gradient (implicit differentiation at the free fixed point, ep.exact_references),
 per layer and for the whole network, mean over seeds; (b) optionally, the test accuracy after a
 short training (train.train_group: the seeds of a value train together).
 

@@ -24,11 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import load_config
+from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.metrics.alignment import measure_alignment
 from bioprop_cli.rules.base import model_functions
-from bioprop_cli.sweep.beta import fit_slopes, fixed_network, make_batch_estimates
-from bioprop_cli.train import N_CLASSES, build_program, make_splits
+from bioprop_cli.splits import make_splits
+from bioprop_cli.studies.beta import fit_slopes, fixed_network, make_batch_estimates
+from bioprop_cli.train import build_program
 
 PRECISIONS = ("default", "highest", "as_measured")
 
@@ -48,7 +50,7 @@ def mlp_angles(config, splits, tie_feedback: bool, probe: int) -> dict:
 
     rule = make_rule(config, program.sizes, splits.x_train.shape[0])
     act, loss = model_functions(config)
-    x, y = splits.x_train[:probe], jax.nn.one_hot(splits.y_train[:probe], N_CLASSES)
+    x, y = splits.x_train[:probe], jax.nn.one_hot(splits.y_train[:probe], NUM_CLASSES)
     key = jax.random.PRNGKey(0)
     out = {}
     for mode in PRECISIONS:
@@ -75,7 +77,7 @@ def ep_slope(config, splits, betas: list[float], n_batches: int) -> dict:
         with precision_context(mode):
             for b in range(n_batches):
                 x = splits.x_train[b * bs:(b + 1) * bs]
-                y = jax.nn.one_hot(splits.y_train[b * bs:(b + 1) * bs], N_CLASSES)
+                y = jax.nn.one_hot(splits.y_train[b * bs:(b + 1) * bs], NUM_CLASSES)
                 exact, estimates, _ = fn(params, rule_state, x, y, jax.random.PRNGKey(b))
                 d_sum = d_sum + (estimates["symmetric"] - exact[None, :])
                 g_norms.append(float(jnp.linalg.norm(exact)))

@@ -23,7 +23,9 @@ import optax
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
-from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits, probe_batch
+from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.splits import derive_keys, make_splits, probe_batch
+from bioprop_cli.train import build_program
 
 BENCH_OVERRIDES = [
     ("model.depth", 5),
@@ -117,7 +119,7 @@ def reference_epoch(config: Config, sizes, steps_per_epoch: int) -> Callable:
 
         def step(carry, idx):
             params, opt_state = carry
-            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES))
+            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], NUM_CLASSES))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), value
 
@@ -131,7 +133,7 @@ def compile_rule(config: Config, splits) -> dict:
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1])
     keys = derive_keys(config.seed)
-    probe_x, probe_y = probe_batch(config, splits, keys)
+    probe_x, probe_y, _ = probe_batch(config, splits, keys)
     state = program.init(config.seed)
     args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
     t0 = time.perf_counter()

@@ -9,6 +9,7 @@ keeps the fast default; the exact references and the alignment measurements run 
 import functools
 
 import jax
+import jax.numpy as jnp
 
 
 def float64():
@@ -27,3 +28,10 @@ def full_float32(fn):
             return fn(*args, **kwargs)
 
     return at_highest
+
+
+def cast_floats(tree, dtype):
+    """Every floating-point leaf of `tree` as `dtype` (integer leaves are left alone): --x64 measures
+    the float32 network cast, the same network in higher precision."""
+    return jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)

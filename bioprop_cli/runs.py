@@ -229,6 +229,11 @@ def run_id(rule: str, depth: int, seed: int, now: datetime | None = None) -> str
     return f"{now:%Y%m%d-%H%M%S}-{rule}-d{depth}-s{seed}"
 
 
+def create_stamped_dir(results_dir: str | Path, experiment: str, name: str) -> Path:
+    """A new folder RESULTS_DIR/EXPERIMENT/<UTC time>-<name> (create_run_dir: never an existing one)."""
+    return create_run_dir(results_dir, experiment, f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{name}")
+
+
 def create_run_dir(results_dir: str | Path, experiment: str, name: str) -> Path:
     """Creates a new, empty run folder; never reuses an existing one (adds -1, -2, ... instead)."""
     parent = Path(results_dir) / experiment

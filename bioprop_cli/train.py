@@ -16,6 +16,7 @@ several devices are present, spreads the runs over them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import signal
 import threading
@@ -29,15 +30,15 @@ import numpy as np
 import optax
 
 from bioprop_cli import __version__
-from bioprop_cli.config import BATCHABLE_KEYS, Config, check_against_data, get_value, shape_key, to_dict, with_values
+from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
+from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.measure import make_measure
-from bioprop_cli.models.mlp import LOSSES, layer_sizes
-from bioprop_cli.network import init_state
+from bioprop_cli.models.mlp import LOSSES
+from bioprop_cli.network import init_state, sizes_for
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
-
-N_CLASSES = 10
+from bioprop_cli.splits import Keys, derive_keys, draw_probe, make_splits, probe_indices
 
 
 class TrainState(NamedTuple):
@@ -45,54 +46,6 @@ class TrainState(NamedTuple):
     rule_state: Any
     opt_state: Any
     hyper: dict  # {config key: value} of the batched keys ({} for a run trained alone)
-
-
-class Keys(NamedTuple):
-    params: jax.Array
-    rule: jax.Array
-    data: jax.Array  # data order: epoch e uses fold_in(data, e)
-    steps: jax.Array  # per-step randomness of a rule (brsf): fold_in(steps, global step)
-    probe: jax.Array
-
-
-def derive_keys(seed: int) -> Keys:
-    return Keys(*jax.random.split(jax.random.PRNGKey(seed), 5))
-
-
-class Splits(NamedTuple):
-    """Arrays on the device. Evaluation splits are padded to whole chunks, with a mask."""
-
-    x_train: jax.Array
-    y_train: jax.Array
-    x_val: jax.Array
-    y_val: jax.Array
-    mask_val: jax.Array
-    x_test: jax.Array
-    y_test: jax.Array
-    mask_test: jax.Array
-
-
-def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
-    n = len(x)
-    padded = max(chunk, -(-n // chunk) * chunk)
-    mask = np.zeros(padded, np.float32)
-    mask[:n] = 1.0
-    x = np.concatenate([x, np.zeros((padded - n,) + x.shape[1:], x.dtype)])
-    y = np.concatenate([y, np.zeros(padded - n, y.dtype)])
-    return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
-
-
-def make_splits(config: Config, dataset) -> Splits:
-    """Training split, validation split (held out from the end of the training set), test split."""
-    d = config.data
-    n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
-    n_train = check_against_data(config, len(dataset.x_train))
-    x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
-    n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
-    chunk = config.train.eval_batch_size
-    val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))
-    test = _pad(dataset.x_test[:n_test], dataset.y_test[:n_test], min(chunk, n_test))
-    return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test)
 
 
 @dataclass(frozen=True)
@@ -111,7 +64,7 @@ class Program:
 def build_program(config: Config, n_train: int, n_in: int) -> Program:
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
-    sizes = layer_sizes(n_in, m.depth, m.width, N_CLASSES)
+    sizes = sizes_for(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
 
@@ -123,14 +76,14 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def init(seed, hyper=None):
         hyper = hyper or {}
         _, optimizer = parts(hyper)
-        _, params, rule_state = init_state(with_values(config, hyper), sizes, derive_keys(seed), n_train)
+        _, params, rule_state = init_state(with_values(config, hyper), sizes, seed, n_train)
         return TrainState(params, rule_state, optimizer.init(params), hyper)
 
     def measure(state, probe_x, probe_y, key, probe_idx=None):
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
         measured = make_measure(with_values(config, state.hyper), rule)(
-            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, N_CLASSES), key, idx=probe_idx)
+            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, NUM_CLASSES), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
@@ -161,7 +114,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                     due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
-            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], N_CLASSES), key, idx)
+            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], NUM_CLASSES), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 
@@ -177,7 +130,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         def one(args):
             xc, yc, mc = args
             z = rule.predict(params, rule_state, xc)
-            per_example = loss.per_example(z, jax.nn.one_hot(yc, N_CLASSES))
+            per_example = loss.per_example(z, jax.nn.one_hot(yc, NUM_CLASSES))
             return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
 
         losses, corrects = jax.lax.map(one, (xs, ys, ms))
@@ -197,21 +150,6 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
 # ----------------------------------------------------------------------------------------------
 # Host-side driver.
-
-
-def probe_indices(key, n: int, size: int):
-    """The positions in the training split (of n examples) of the probe batch drawn from `key`."""
-    return jax.random.permutation(key, n)[: min(size, n)]
-
-
-def draw_probe(key, x_train, y_train, size: int):
-    """The fixed probe batch of alignment measurements: `size` training examples drawn from `key`."""
-    idx = probe_indices(key, x_train.shape[0], size)
-    return x_train[idx], y_train[idx]
-
-
-def probe_batch(config: Config, splits: Splits, keys: Keys):
-    return draw_probe(keys.probe, splits.x_train, splits.y_train, config.alignment.probe_size)
 
 
 def alignment_records(measurements: dict, epoch: int, step: int) -> list[dict]:
@@ -276,9 +214,7 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
     """vmapped over seeds; for one seed, the plain functions with a unit axis added (as fast as
     the unbatched program, which `bioprop bench` measures)."""
 
-    def probe(key, x_train, y_train):
-        idx = probe_indices(key, x_train.shape[0], probe_size)
-        return x_train[idx], y_train[idx], idx
+    probe = functools.partial(draw_probe, size=probe_size)
 
     if n_seeds == 1:
         add, first = (lambda t: jax.tree_util.tree_map(lambda v: v[None], t)), (lambda t: _seed(t, 0))

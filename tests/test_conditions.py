@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.metrics.conditions import measure_conditions
+from bioprop_cli.studies.conditions import run as measure_conditions
 from bioprop_cli.runs import read_jsonl
 from tests.conftest import make_fake_dataset
 

@@ -8,11 +8,11 @@ from typer.testing import CliRunner
 
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.data import load_dataset
+from bioprop_cli.datasets import load_dataset
 from bioprop_cli.network import init_state
 from bioprop_cli.runs import load_params, read_jsonl
-from bioprop_cli.train import derive_keys, draw_probe, make_splits
-from bioprop_cli.sweep.beta import default_betas, fit_slopes
+from bioprop_cli.splits import derive_keys, draw_probe, make_splits
+from bioprop_cli.studies.beta import default_betas, fit_slopes
 from bioprop_cli.metrics.measure import make_measure
 
 SMALL = [
@@ -47,8 +47,8 @@ def test_train_ep_writes_the_ep_measurements(tmp_path, mnist_dir):
     config = load_config(run / "config.yaml")
     splits = make_splits(config, load_dataset("mnist", mnist_dir))
     keys = derive_keys(config.seed)
-    rule, _, state = init_state(config, (784, 32, 10), keys, splits.x_train.shape[0])
-    x, y = draw_probe(keys.probe, splits.x_train, splits.y_train, 64)
+    rule, _, state = init_state(config, (784, 32, 10), config.seed, splits.x_train.shape[0])
+    x, y, _ = draw_probe(keys.probe, splits.x_train, splits.y_train, 64)
     again = jax.jit(make_measure(config, rule))(load_params(run), state, x, jax.nn.one_hot(y, 10), keys.probe)["network"]
     for name in ("update_angle", "bptt_update_angle", "implicit_vs_bptt_angle", "free_residual", "reference_residual"):
         assert float(again[name]) == pytest.approx(last[name], rel=1e-3, abs=1e-4), name

@@ -145,7 +145,7 @@ def test_learned_feedback_is_a_parameter_and_aligns_with_w_over_training():
 def test_beta_sweep_measures_the_network_with_its_feedback():
     """sweep beta with ep.feedback = mixed: the dynamics run with B, and the reference is the exact
     gradient of that network (not of the symmetric one), so EP's bias stays as beta -> 0."""
-    from bioprop_cli.sweep.beta import make_batch_estimates
+    from bioprop_cli.studies.beta import make_batch_estimates
 
     with float64():
         params, x, y = _problem(jnp.float64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.config import load_config
-from bioprop_cli.metrics.conditions import measure_conditions
+from bioprop_cli.studies.conditions import run as measure_conditions
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.rules import make_rule
 from bioprop_cli.metrics.measure import make_measure
@@ -38,7 +38,7 @@ def _flat_weights(grads):
 
 @pytest.mark.parametrize("estimator", ["one-sided", "symmetric"])
 def test_sweep_beta_estimate_at_the_configured_beta_is_the_training_estimate(estimator):
-    from bioprop_cli.sweep.beta import make_batch_estimates
+    from bioprop_cli.studies.beta import make_batch_estimates
 
     params, x, y = _problem()
     config = _config(estimator=estimator, beta=0.3, free_steps=12, nudged_steps=5, reference_steps=50)
@@ -74,7 +74,7 @@ def test_conditions_on_a_run_with_random_feedback_measure_the_feedback_it_traine
     the conditions' update angle at the trained weights is the run's own last measurement."""
     from bioprop_cli.network import init_state
     from bioprop_cli.runs import RunWriter, load_params, read_jsonl
-    from bioprop_cli.train import derive_keys, train
+    from bioprop_cli.train import train
 
     dataset = make_fake_dataset(n_train=300, n_test=60)
     config = load_config(overrides=[
@@ -85,7 +85,7 @@ def test_conditions_on_a_run_with_random_feedback_measure_the_feedback_it_traine
         ("alignment.probe_size", 16), *TINY_DATA])
     train(config, dataset, RunWriter(tmp_path))
     params = load_params(tmp_path)
-    _, initial, _ = init_state(config, (784, 12, 10), derive_keys(config.seed))
+    _, initial, _ = init_state(config, (784, 12, 10), config.seed)
     growth = float(np.linalg.norm(params[1]["w"]) / jnp.linalg.norm(initial[1]["w"]))
     assert abs(growth - 1) > 0.1, growth  # training changed |W_1|: B must keep the initial norm
     last = [r for r in read_jsonl(tmp_path / "alignment.jsonl") if r["layer"] == "all"][-1]
@@ -105,8 +105,8 @@ def test_x64_measures_the_same_network_in_float64():
 
 
 def test_sweep_condition_x64_measures_the_same_network_in_float64():
-    from bioprop_cli.sweep.condition import BASE, PointMeasurer
-    from bioprop_cli.train import make_splits
+    from bioprop_cli.splits import make_splits
+    from bioprop_cli.studies.condition import BASE, PointMeasurer
 
     config = load_config(overrides=BASE + [("model.width", 8), ("model.depth", 1), *TINY_DATA])
     splits = make_splits(config, make_fake_dataset(n_train=300, n_test=60))

@@ -95,3 +95,19 @@ def test_the_graph_sees_imports_inside_functions():
 def test_no_import_cycles():
     cycles = find_cycles(import_graph())
     assert cycles == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of the packages a module imports (anywhere in it)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_figures_are_drawn_only_in_the_report_package():
+    drawing = sorted(name for name, path in module_files().items() if "matplotlib" in external_imports(path))
+    assert drawing and all(name.startswith(f"{PACKAGE}.report") for name in drawing), drawing

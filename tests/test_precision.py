@@ -6,8 +6,9 @@ import pytest
 
 from bioprop_cli.config import load_config
 from bioprop_cli.rules import make_rule
-from bioprop_cli.sweep.beta import make_batch_estimates
-from bioprop_cli.train import N_CLASSES, build_program
+from bioprop_cli.studies.beta import make_batch_estimates
+from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.train import build_program
 from bioprop_cli.metrics.measure import make_measure
 
 HIGHEST = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
@@ -40,7 +41,7 @@ def network(rule: str):
     state = program.init(0)
     rule_fns = make_rule(config, program.sizes, 100)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 20))
-    y = jax.nn.one_hot(jnp.arange(4), N_CLASSES)
+    y = jax.nn.one_hot(jnp.arange(4), NUM_CLASSES)
     return config, rule_fns, state, x, y
 
 

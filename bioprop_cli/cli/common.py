@@ -83,3 +83,18 @@ def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any
                 flag = next(n for n, k in FLAG_KEYS.items() if k == flag_key).replace("_", "-")
                 raise UserError(f"--{flag} and --set {text} both set {flag_key}; give one of the two")
     return load_config(config_path, overrides + named)
+
+
+def stored_params(run: Optional[Path]):
+    """`--run`'s trained parameters (params.npz, runs.load_params), said on the console; None without
+    --run, or where the run stored none (then a note says a fresh network of its config is used)."""
+    if run is None:
+        return None
+    if not (run / "params.npz").is_file():
+        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
+        return None
+    from bioprop_cli.runs import load_params
+
+    params = load_params(run)
+    console.print(f"trained parameters from {run / 'params.npz'}", highlight=False)
+    return params

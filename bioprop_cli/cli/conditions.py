@@ -1,10 +1,8 @@
 """`bioprop conditions`: which of the seven conditions of gradient equivalence hold for a rule and setup.
 
-The logic is bioprop_cli/metrics/conditions.py. Output: a rich table (one row per condition), the
-per-layer gradient equivalence beneath it, and conditions.json written into the run folder
-(`--run`) or into `--out`. An existing conditions.json is never overwritten: the next free name
-conditions-2.json, conditions-3.json, ... is taken instead (created exclusively, atomically: a hard
-link of a finished temporary file, which fails rather than replace a file of that name).
+The study is bioprop_cli/studies/conditions.py (the measurements: bioprop_cli/metrics/conditions.py).
+Output: a rich table (one row per condition), the per-layer gradient equivalence beneath it, and
+conditions.json written into the run folder (`--run`) or into `--out`, never over an existing one.
 """
 
 from __future__ import annotations
@@ -16,10 +14,10 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, user_errors_exit_2,
+    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, stored_params,
+    user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
-from bioprop_cli.runs import write_new_json
 
 STATUS_STYLE = {"holds": "green", "partial": "yellow", "fails": "red", "n/a": "dim"}
 
@@ -59,29 +57,6 @@ def equivalence_rich_table(result: dict) -> Table:
     return table
 
 
-def _final_alignment(run: Path) -> dict | None:
-    """The run's last alignment measurement (alignment.jsonl), per layer: what training did."""
-    from bioprop_cli.runs import read_jsonl
-
-    path = run / "alignment.jsonl"
-    if not path.is_file():
-        return None
-    try:
-        lines = read_jsonl(path)
-    except (OSError, ValueError):
-        return None
-    if not lines:
-        return None
-    last = max(r["step"] for r in lines)
-    at = [r for r in lines if r["step"] == last]
-    keep = ("update_angle", "update_rel_error", "feedback_angle")
-    return {
-        "epoch": at[0].get("epoch"),
-        "step": last,
-        "layers": [{"layer": r["layer"], **{k: r.get(k) for k in keep}} for r in at],
-    }
-
-
 @user_errors_exit_2
 def conditions(
     run: RunFolder = None,  # conditions.json goes there
@@ -99,7 +74,7 @@ def conditions(
     """Which of the seven conditions that make a local rule's update equal backprop's hold for this rule and setup, measured."""
     from bioprop_cli.config import check_against_data
     from bioprop_cli.datasets import load_dataset
-    from bioprop_cli.metrics.conditions import measure_conditions
+    from bioprop_cli.studies import conditions as study
 
     if run is not None and config is not None:
         raise UserError("give --run RUN_FOLDER or --config FILE, not both")
@@ -120,24 +95,9 @@ def conditions(
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
     probe = min(probe_size, n_train)
-    params = None
-    if run is not None and (run / "params.npz").is_file():
-        from bioprop_cli.runs import load_params
-
-        params = load_params(run)
-        console.print(f"trained parameters from {run / 'params.npz'}", highlight=False)
-    elif run is not None:
-        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
+    params = stored_params(run)
     with console.status(f"measuring the conditions of {cfg.rule} on {probe} probe examples..."):
-        result = measure_conditions(cfg, dataset, probe, x64, params=params, source=f"--run {run}/params.npz")
-    result["parameters"] = "trained" if params is not None else "initial"
-    if run is not None:
-        note = ("measured on the run's trained parameters (params.npz), the rule state rebuilt from its seed"
-                if params is not None else
-                "the run stored no parameters (params.npz): the conditions are measured on the network the "
-                "run's config and seed initialise")
-        result["run"] = {"folder": str(run), "final_alignment": _final_alignment(run),
-                         "note": note + "; final_alignment is the run's own last measurement"}
+        result = study.run(cfg, dataset, probe, x64, params=params, source=f"--run {run}/params.npz", run_folder=run)
     console.print(conditions_rich_table(result))
     console.print(equivalence_rich_table(result))
     s = result["setup"]
@@ -153,7 +113,6 @@ def conditions(
                       highlight=False)
     folder = out if out is not None else run
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = write_new_json(folder, "conditions", result)
+        path = study.write(result, folder)
         note = "" if path.name == "conditions.json" else " (conditions.json exists: not overwritten)"
         console.print(f"written: {path}{note}", highlight=False)

@@ -1,21 +1,21 @@
 """`bioprop jtranspose`: the nudged state shift of a layered EP network against backprop's J^T e.
 
-See bioprop_cli/metrics/jtranspose.py for the definitions and the derivation.
+The study is bioprop_cli/studies/jtranspose.py; the definitions and the derivation are in
+bioprop_cli/metrics/jtranspose.py.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from bioprop_cli.cli.common import X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, user_errors_exit_2
+from bioprop_cli.cli.common import (
+    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, stored_params,
+    user_errors_exit_2,
+)
 from bioprop_cli.errors import UserError
 
 
@@ -53,35 +53,6 @@ def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], f
     overrides = [parse_override(s) for s in sets] + [("rule", "ep")]
     overrides += [(key, value) for key, value in flags.items() if value is not None]
     return load_config(config, overrides)
-
-
-def _run_params(run: Optional[Path], fresh, dtype):
-    """The run's trained parameters (params.npz, runs.load_params: w and b of each layer; a learned
-    "fb" is not used here), else `fresh`; with a note of which it is."""
-    import jax.numpy as jnp
-
-    from bioprop_cli.runs import load_params
-
-    if run is None:
-        return fresh, "fresh network"
-    path = run / "params.npz"
-    if not path.is_file():
-        console.print(f"[yellow]note:[/] the run {run} stored no parameters; using a fresh network of its config")
-        return fresh, "fresh network of the run's config (the run stored no parameters)"
-    stored = load_params(run)
-    if len(stored) != len(fresh):
-        raise UserError(f"--run {run}: params.npz has {len(stored)} layers, the config's network {len(fresh)}")
-    params = []
-    for l, layer in enumerate(fresh):
-        entry = {}
-        for name, value in layer.items():
-            key = f"{l}.{name}"
-            if name not in stored[l] or stored[l][name].shape != value.shape:
-                raise UserError(f"--run {run}: params.npz lacks '{key}' of shape {tuple(value.shape)}")
-            entry[name] = jnp.asarray(stored[l][name], dtype)
-        params.append(entry)
-    console.print(f"trained parameters from {path}", highlight=False)
-    return params, f"trained parameters of {run}"
 
 
 def jtranspose(
@@ -138,103 +109,19 @@ def jtranspose(
 
 
 def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out) -> None:
-    from contextlib import nullcontext
+    from bioprop_cli.studies import jtranspose as study
 
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from bioprop_cli.config import to_dict
-    from bioprop_cli.metrics.jtranspose import plot, run_jtranspose
-    from bioprop_cli.models.energy import RHOS
-    from bioprop_cli.metrics.conditions import cast_floats
-    from bioprop_cli.models.mlp import layer_sizes
-    from bioprop_cli.network import init_state
-    from bioprop_cli.precision import float64
-    from bioprop_cli.runs import append_jsonl, create_run_dir, write_atomic, write_json, write_yaml
-    from bioprop_cli.train import N_CLASSES, derive_keys
-
+    folder = study.new_folder(cfg, dataset, x64, out)
+    stored = stored_params(run)
     precision = "float64" if x64 else "float32"
-    m = cfg.model
-    sizes = layer_sizes(dataset.x_train.shape[1], m.depth, m.width, N_CLASSES)
-    name = "-".join(str(n) for n in sizes)
-    now = datetime.now(timezone.utc)
-    if out is None:
-        folder = create_run_dir(cfg.results_dir, "jtranspose", f"{now:%Y%m%d-%H%M%S}-{name}-{m.activation}-s{cfg.seed}-{precision}")
-    else:
-        folder = create_run_dir(out.parent, "", out.name)
-    keys = derive_keys(cfg.seed)
-    _, initial, _ = init_state(cfg, sizes, keys)  # drawn in float32: --x64 casts the same network
-    with float64() if x64 else nullcontext():
-        dtype = jnp.float64 if x64 else jnp.float32
-        fresh = cast_floats(initial, dtype)
-        params, source = _run_params(run, fresh, dtype)
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(dataset.x_train), n_batch, replace=False))
-        x = jnp.asarray(dataset.x_train[idx], dtype)
-        y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), N_CLASSES, dtype=dtype)
-        with console.status(f"settling {name} ({precision}): {1 + len(angle_list) + 1} networks x {len(beta_list)} betas..."):
-            records = run_jtranspose(params, x, y, RHOS[m.activation], cfg.ep, beta_list, angle_list,
-                                     jax.random.fold_in(keys.rule, 2))
-    for r in records:
-        r["precision"] = precision
-    write_yaml(folder / "config.yaml", to_dict(cfg))
-    append_jsonl(folder / "jtranspose.jsonl", records)
-    title = f"{name} {m.activation}, {source}, batch {n_batch}, {precision}"
-    plot(records, folder / "jtranspose.png", asym_beta, f"J^T e made visible: {title}")
-
-    recorder = Console(record=True, width=160, file=io.StringIO())  # the table.txt copy, not printed
-    tables = _tables(records, asym_beta, title)
-    for table in tables:
+    with console.status(f"settling {study.network_name(cfg, dataset)} ({precision}): "
+                        f"{1 + len(angle_list) + 1} networks x {len(beta_list)} betas..."):
+        result = study.run(cfg, dataset, n_batch, beta_list, angle_list, asym_beta, x64, stored, run)
+    study.write(result, folder)
+    for table in study.tables(result):
         console.print(table)
-        recorder.print(table)
-    worst = max(max(r["free_residual"], r["nudged_residual"]) for r in records)
-    converged = worst < cfg.ep.reference_tolerance
-    note = (f"settling residuals <= {worst:.1e} (tolerance ep.reference_tolerance = {cfg.ep.reference_tolerance:g}, "
-            f"budget --max-steps {cfg.ep.reference_steps}); largest adjoint misfit "
-            f"{max(r['adjoint_misfit'] for r in records):.1e}")
-    if not converged:
-        unsettled = sorted({f"{r['feedback']} {r['asymmetry_deg']:.0f}°" for r in records
-                            if max(r["free_residual"], r["nudged_residual"]) >= cfg.ep.reference_tolerance})
-        note += f"; NOT CONVERGED: {', '.join(unsettled)} (raise --max-steps; float32 may not reach a tolerance below ~1e-6)"
-    console.print(note, style=None if converged else "yellow")
-    recorder.print(note)
-    write_atomic(folder / "table.txt", recorder.export_text())
-    write_json(folder / "summary.json", {
-        "sizes": list(sizes), "activation": m.activation, "source": source, "batch": n_batch, "precision": precision,
-        "betas": beta_list, "angles": angle_list, "asymmetry_beta": asym_beta, "converged": bool(converged),
-        "max_steps": cfg.ep.reference_steps, "tolerance": cfg.ep.reference_tolerance, "max_residual": worst,
-    })
+    console.print(result["note"], style=None if result["summary"]["converged"] else "yellow")
     console.print(f"written: {folder}/table.txt, jtranspose.jsonl, jtranspose.png, summary.json")
-
-
-def _fmt(v) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.2f}"
-
-
-def _tables(records: list[dict], asym_beta: float, title: str) -> list[Table]:
-    layers = sorted({r["layer"]: r["layer_name"] for r in records}.items())
-    settled = lambda rs: max(max(r["free_residual"], r["nudged_residual"]) for r in rs)
-    sym = Table(title=f"symmetric feedback (B = W^T): angle(shift, -J^T e) in degrees / relative error, per layer — {title}")
-    sym.add_column("beta", justify="right")
-    for _, n in layers:
-        sym.add_column(n, justify="right")
-    for beta in sorted({r["beta"] for r in records}):
-        row = {r["layer"]: r for r in records if r["feedback"] == "symmetric" and r["beta"] == beta}
-        sym.add_row(f"{beta:g}", *(f"{_fmt(row[k]['angle'])}° / {row[k]['rel_error']:.2g}" for k, _ in layers))
-    asym = Table(title=f"feedback B != W^T at beta = {asym_beta:g}: angle(shift, -J^T e) in degrees / relative error")
-    asym.add_column("feedback", justify="left")
-    asym.add_column("angle(B, W^T)", justify="right")
-    for _, n in layers:
-        asym.add_column(n, justify="right")
-    asym.add_column("residual", justify="right")  # of the settling (free and nudged): > the tolerance = not settled
-    for kind in ("mixed", "sign"):
-        for a in sorted({r["asymmetry_deg"] for r in records if r["feedback"] == kind}):
-            row = {r["layer"]: r for r in records
-                   if r["feedback"] == kind and r["asymmetry_deg"] == a and r["beta"] == asym_beta}
-            label = f"cos(a) W^T + sin(a) R, a = {a:g}" if kind == "mixed" else "c sign(W^T)"
-            asym.add_row(label, f"{a:.1f}°", *(f"{_fmt(row[k]['angle'])}° / {row[k]['rel_error']:.2g}" for k, _ in layers),
-                         f"{settled(row.values()):.1e}")
-    return [sym, asym]
 
 
 jtranspose = user_errors_exit_2(jtranspose)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, Optional
 
@@ -189,7 +187,7 @@ def beta(
     set_: Sets = [],
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
-    from bioprop_cli.sweep.beta import ESTIMATORS, default_betas
+    from bioprop_cli.studies.beta import ESTIMATORS, default_betas
 
     cfg = config_from_flags(
         config, ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
@@ -214,40 +212,18 @@ def beta(
         _gradient_sweep(cfg, dataset, betas, chosen, batches, list(range(cfg.seed, cfg.seed + seeds)), train_epochs, x64)
 
 
-def _sweep_dir(cfg, kind: str) -> Path:
-    from bioprop_cli.runs import create_run_dir
-
-    now = datetime.now(timezone.utc)
-    return create_run_dir(cfg.results_dir, cfg.experiment, f"{now:%Y%m%d-%H%M%S}-{kind}")
-
-
 def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64) -> None:
-    from bioprop_cli.config import to_dict
-    from bioprop_cli.runs import append_jsonl, write_json, write_yaml
-    from bioprop_cli.sweep.beta import plot, run_gradient_sweep, slope_sentence
+    from bioprop_cli.studies import beta as study
+    from bioprop_cli.studies import open_folder
 
-    folder = _sweep_dir(cfg, f"beta-{'float64' if x64 else 'float32'}")
-    write_yaml(folder / "config.yaml", to_dict(cfg))
+    folder = open_folder(cfg, f"beta-{'float64' if x64 else 'float32'}")
     console.print(f"[bold]bioprop sweep beta[/] {len(betas)} betas x {len(estimators)} estimators x {len(seeds)} seeds x {batches} batches -> {folder}")
     with console.status("measuring...") as status:
-        result = run_gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
-                                    progress=lambda m: status.update(f"measuring: {m}"))
-    append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
-    summary = {
-        "precision": result["precision"],
-        "slopes": result["slopes"],
-        "slope_summary": slope_sentence(result["slopes"]),
-        "max_free_residual": result["free_residual"],
-        "seeds": seeds,
-        "batches_per_seed": batches,
-        "train_epochs": train_epochs,
-        "betas": betas,
-        "estimators": estimators,
-    }
-    write_json(folder / "summary.json", summary)
-    title = f"EP gradient estimate vs implicit gradient ({result['precision']}, T1={cfg.ep.free_steps}, T2={cfg.ep.nudged_steps})"
-    plot(result["rows"], result["slopes"], folder / "beta_sweep.png", title)
-    table = Table(title=title)
+        result = study.run(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
+                           progress=lambda m: status.update(f"measuring: {m}"))
+    study.write(result, folder)
+    summary = result["summary"]
+    table = Table(title=result["title"])
     for name in ("estimator", "beta", "bias", "std", "angle (°)"):
         table.add_column(name, justify="left" if name == "estimator" else "right")
     for r in result["rows"]:
@@ -255,37 +231,19 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
         table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", angle)
     console.print(table)
     console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
-    console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {result['free_residual']:.2e}")
+    console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {summary['max_free_residual']:.2e}")
     console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
 
 
 def _train_per_beta(cfg, dataset, betas) -> None:
-    from bioprop_cli.config import to_dict
-    from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, run_id, write_json, write_yaml
-    from bioprop_cli.runs import read_jsonl
-    from bioprop_cli.train import train_group
+    from bioprop_cli.studies import beta as study
+    from bioprop_cli.studies import open_folder
 
-    folder = _sweep_dir(cfg, "beta-train")
-    write_yaml(folder / "config.yaml", to_dict(cfg))
-    points = [replace(cfg, ep=replace(cfg.ep, beta=beta)) for beta in betas]
-    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", cfg.model.depth, cfg.seed)) for beta in betas]
+    folder = open_folder(cfg, "beta-train")
     console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}")
-    summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
-    rows = []
-    for beta, run_dir, summary in zip(betas, run_dirs, summaries):
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
-        rows.append({
-            "beta": beta,
-            "status": summary["status"],
-            "test_accuracy": summary.get("test_accuracy"),
-            "best_val_accuracy": summary.get("best_val_accuracy"),
-            "train_loss": [m["train_loss"] for m in metrics],
-            "val_accuracy": [m.get("val_accuracy") for m in metrics],
-            "run_dir": str(run_dir),
-        })
-    append_jsonl(folder / "beta_train.jsonl", rows)
-    write_json(folder / "summary.json", {"betas": betas, "estimator": cfg.ep.estimator, "rows": rows})
-    _plot_training(rows, folder / "beta_train.png")
+    result = study.train_per_beta(cfg, dataset, betas, folder)
+    study.write_training(result, folder)
+    rows = result["rows"]
     table = Table(title=f"EP trained per beta ({cfg.ep.estimator}, {cfg.train.epochs} epochs)")
     for name in ("beta", "status", "test acc.", "best val acc.", "final train loss"):
         table.add_column(name, justify="right")
@@ -296,24 +254,6 @@ def _train_per_beta(cfg, dataset, betas) -> None:
     console.print(f"written: {folder}")
     if any(r["status"] == "interrupted" for r in rows):
         raise typer.Exit(code=130)
-
-
-def _plot_training(rows, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        ax.plot(range(1, len(r["val_accuracy"]) + 1), r["val_accuracy"], marker="o", ms=3, label=f"beta {r['beta']:g}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 @app.command("condition")
@@ -342,7 +282,7 @@ def condition(
     set_: Sets = [],
 ) -> None:
     """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
-    from bioprop_cli.sweep.condition import BASE, KNOBS, parse_knob_values, parse_knobs
+    from bioprop_cli.studies.condition import BASE, KNOBS, parse_knob_values, parse_knobs
 
     chosen = parse_knobs(knobs)
     given = {"t1": t1, "asymmetry": asymmetry, "feedback": feedback, "beta": beta_values, "t2": t2}
@@ -356,47 +296,35 @@ def condition(
         seed=seed, experiment=experiment or "condition-sweep", results_dir=results_dir, data_dir=data_dir,
     )
     values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
-    from bioprop_cli.config import check_against_data, to_dict
+    from functools import partial
+
+    from bioprop_cli.config import check_against_data
     from bioprop_cli.datasets import load_dataset
-    from bioprop_cli.runs import append_jsonl, write_json, write_yaml
     from bioprop_cli.rules.equilibrium import require_mse_cost
-    from bioprop_cli.sweep.condition import missing_keys, plan_points, plot_knob, run_condition_sweep
+    from bioprop_cli.studies import condition as study
+    from bioprop_cli.studies import open_folder
 
     require_mse_cost(cfg, "bioprop sweep condition")
-    plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
+    study.plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
     for name in chosen:
-        if missing_keys(KNOBS[name], cfg):
-            console.print(f"[yellow]knob {name} skipped[/]: needs {', '.join(missing_keys(KNOBS[name], cfg))}, not in this "
+        missing = study.missing_keys(KNOBS[name], cfg)
+        if missing:
+            console.print(f"[yellow]knob {name} skipped[/]: needs {', '.join(missing)}, not in this "
                           f"version's config (condition ({KNOBS[name].condition}) {KNOBS[name].condition_name})", highlight=False)
-    folder = _sweep_dir(cfg, f"condition-{'float64' if x64 else 'float32'}")
-    write_yaml(folder / "config.yaml", to_dict(cfg))
+    folder = open_folder(cfg, f"condition-{'float64' if x64 else 'float32'}")
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
-    n_points = 1 + sum(len(v) for n, v in values.items() if not missing_keys(KNOBS[n], cfg))
+    n_points = 1 + sum(len(v) for n, v in values.items() if not study.missing_keys(KNOBS[n], cfg))
     console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
                   f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",
                   highlight=False)
-    jsonl = folder / "condition_sweep.jsonl"
     with console.status("sweeping...") as status:
-        result = run_condition_sweep(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
-                                     train_epochs if train else None, folder,
-                                     report=lambda m: status.update(f"sweeping: {m}"),
-                                     on_row=lambda row: append_jsonl(jsonl, [row]))
+        result = study.run(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
+                           train_epochs if train else None, folder,
+                           report=lambda m: status.update(f"sweeping: {m}"), on_row=partial(study.write_row, folder))
+    study.write(result, folder)
     rows, summary = result["rows"], result["summary"]
-    pngs = []
-    for name in values:
-        mine = [r for r in rows if r["knob"] == name]
-        if mine:
-            path = folder / f"condition_{name}.png"
-            k = KNOBS[name]
-            plot_knob(name, mine, summary["baseline"], path,
-                      f"({k.condition}) {k.condition_name}: knob {name} (EP, {'float64' if x64 else 'float32'})")
-            pngs.append(path.name)
-    summary.update(skipped=result["skipped"], knobs={n: v for n, v in values.items()}, seeds=seed_list,
-                   trained=train, train_epochs=train_epochs if train else 0, n_train=n_train,
-                   precision="float64" if x64 else "float32", probe_size=min(probe_size, n_train), figures=pngs)
-    write_json(folder / "summary.json", summary)
 
     table = Table(title=f"EP update vs implicit gradient, one condition broken at a time ({summary['precision']}, probe {summary['probe_size']})")
     n_layers = len(rows[0]["angle_per_layer"])
@@ -424,4 +352,4 @@ def condition(
         console.print(f"skipped {name}: {why}", highlight=False)
     if summary["sentence"]:
         console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
-    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(pngs)}", highlight=False)
+    console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)

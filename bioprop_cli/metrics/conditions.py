@@ -25,7 +25,8 @@ the rule's update and the exact gradient of the same loss (metrics/measure.py: j
 feedforward rules, the implicit gradient at the free fixed point for ep).
 
 Everything here is a pure function of (config, params, rule state, probe batch) returning plain
-dicts of Python numbers and strings; the command is bioprop_cli/cli/conditions.py.
+dicts of Python numbers and strings; the study (the network and probe a config and seed draw, the
+precision, the files) is bioprop_cli/studies/conditions.py, the command bioprop_cli/cli/conditions.py.
 """
 
 from __future__ import annotations
@@ -429,91 +430,3 @@ def conditions_table(config, rule, params, state, x, y, key, idx=None) -> dict:
         "gradient_equivalence": equivalence,
         "thresholds": THRESHOLDS,
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# From a config and a dataset to the table.
-
-
-def check_params(params, expected, source: str) -> None:
-    """UserError unless `params` has the layers, names and shapes of `expected` (the network the
-    config defines)."""
-    from bioprop_cli.errors import UserError
-
-    want = [{k: tuple(v.shape) for k, v in layer.items()} for layer in expected]
-    have = [{k: tuple(v.shape) for k, v in layer.items()} for layer in params]
-    if want != have:
-        describe = lambda ls: "; ".join(f"{l}: " + ", ".join(f"{k} {s}" for k, s in sorted(d.items())) for l, d in enumerate(ls))
-        raise UserError(f"{source}: parameters do not fit the config's network (stored {describe(have)}; "
-                        f"expected {describe(want)})")
-
-
-def cast_floats(tree, dtype):
-    """Every floating-point leaf of `tree` as `dtype` (integer leaves are left alone)."""
-    return jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree)
-
-
-def probe_for(splits, seed: int, size: int):
-    """(x, y, positions in the training split): `size` training examples drawn from the seed's probe
-    key, as the training loop draws its probe."""
-    from bioprop_cli.train import derive_keys, probe_indices
-
-    idx = probe_indices(derive_keys(seed).probe, splits.x_train.shape[0], size)
-    return splits.x_train[idx], splits.y_train[idx], idx
-
-
-def measure_conditions(config, dataset, probe_size: int = 256, x64: bool = False, params=None,
-                       source: str = "params") -> dict:
-    """The condition table of `config` on a probe batch of `probe_size` training examples; float64
-    when `x64` (the float32 network cast). The network: `params` (e.g. a run's trained parameters,
-    runs.load_params; checked against the config's network, `source` names them in the error) with
-    the rule state as training started it (network.init_state with the seed: fa's B and ep's random
-    feedback are the ones it trained with), or, without `params`, the network at initialisation
-    (seed config.seed)."""
-    import time
-    from contextlib import nullcontext
-
-    from bioprop_cli.models.mlp import layer_sizes
-    from bioprop_cli.network import init_state
-    from bioprop_cli.precision import float64
-    from bioprop_cli.train import N_CLASSES, derive_keys, make_splits
-
-    t0 = time.perf_counter()
-    trained = params is not None
-    splits = make_splits(config, dataset)
-    n_train, n_in = splits.x_train.shape
-    sizes = layer_sizes(n_in, config.model.depth, config.model.width, N_CLASSES)
-    px, py, idx = probe_for(splits, config.seed, probe_size)
-    keys = derive_keys(config.seed)
-    # drawn in float32 (--x64: the same network, in float64); the rule state is the one training
-    # started from, rebuilt from the seed and the INITIAL params (ep's random feedback takes their norm)
-    rule, initial, state = init_state(config, sizes, keys, n_train)
-    if params is None:
-        params = initial
-    else:
-        check_params(params, initial, source)
-    with float64() if x64 else nullcontext():
-        dtype = jnp.float64 if x64 else jnp.float32
-        params, state = cast_floats(params, dtype), cast_floats(state, dtype)
-        x = jnp.asarray(px, dtype)
-        y = jax.nn.one_hot(py, N_CLASSES, dtype=dtype)
-        key = jax.random.fold_in(keys.probe, 7)
-        table = conditions_table(config, rule, params, state, x, y, key, idx)
-    table["setup"] = {
-        "rule": config.rule,
-        "layer_sizes": list(sizes),
-        "depth": config.model.depth,
-        "activation": config.model.activation,
-        "loss": config.model.loss,
-        "seed": config.seed,
-        "precision": "float64" if x64 else "float32",
-        "probe": f"{x.shape[0]} training examples drawn from the seed's probe key, "
-                 f"{'trained network' if trained else 'network at initialisation'}",
-        "parameters": "trained" if trained else "initial",
-        "probe_size": int(x.shape[0]),
-        "dataset": dataset.name,
-        "ep": ({k: getattr(config.ep, k) for k in config.ep.__dataclass_fields__} if config.rule == "ep" else None),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    return table

@@ -18,6 +18,7 @@ from bioprop_cli.report.aggregate import (  # noqa: E402
 )
 from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E402
 from bioprop_cli.report.comparison import Comparison  # noqa: E402
+from bioprop_cli.report.study_figures import plot_beta_bias  # noqa: E402
 
 
 def _colours(n: int) -> list:
@@ -259,10 +260,8 @@ def plot_beta_sweep(sweep: BetaSweep, path: Path) -> Optional[Path]:
     rows = [r for r in sweep.rows if all(k in r for k in needed)]
     if not rows:
         return None
-    from bioprop_cli.sweep.beta import plot
-
     title = f"EP estimate vs exact gradient: {sweep.path.name}"
-    plot(rows, sweep.slopes, path, title)
+    plot_beta_bias(rows, sweep.slopes, path, title)
     return Path(path)
 
 

@@ -15,7 +15,9 @@ under the nudge) add an O(beta) error to every estimator.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -24,9 +26,13 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
+from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.precision import full_float32
-from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
+from bioprop_cli.precision import cast_floats, float64, full_float32
+from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
+from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl, run_id, write_json
+from bioprop_cli.splits import derive_keys, make_splits
+from bioprop_cli.train import build_program, train_group
 
 ESTIMATORS = ("one-sided", "symmetric", "random-sign")
 
@@ -94,11 +100,10 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
                     dtype, rule_state=()) -> dict:
     """Per (estimator, beta): sums over this seed's batches, to be pooled across seeds. `rule_state`:
     the rule's state (ep's fixed feedback; fixed_network gives it)."""
-    cast = lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
-    params = jax.tree_util.tree_map(cast, params)
+    params = cast_floats(params, dtype)
     if isinstance(rule_state, dict):  # only the fixed feedback is used: not ep's persistent particles
         rule_state = {k: v for k, v in rule_state.items() if k != "particles"}
-    rule_state = jax.tree_util.tree_map(cast, rule_state)
+    rule_state = cast_floats(rule_state, dtype)
     batch_estimates = make_batch_estimates(config, jnp.asarray(betas, dtype), tuple(estimators))
     key = jax.random.fold_in(derive_keys(seed).data, 10_000)
     n = splits.x_train.shape[0]
@@ -108,7 +113,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     residuals = []
     for b, idx in enumerate(order):
         x = jnp.asarray(splits.x_train[idx], dtype)
-        y = jax.nn.one_hot(splits.y_train[idx], N_CLASSES, dtype=dtype)
+        y = jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():
@@ -182,13 +187,11 @@ def fit_slopes(rows: list[dict], max_beta: float = 0.1) -> dict:
     return slopes
 
 
-def run_gradient_sweep(config: Config, dataset, betas, estimators, n_batches: int, seeds: list[int],
-                       train_epochs: int, x64: bool, progress: Callable[[str], None] = lambda m: None) -> dict:
-    """Trains (if asked) in float32; measures in float64 when `x64`."""
-    from contextlib import nullcontext
-
-    from bioprop_cli.precision import float64
-
+def run(config: Config, dataset, betas: list[float], estimators, n_batches: int, seeds: list[int],
+        train_epochs: int, x64: bool, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """The sweep: per seed, the network (trained in float32 if asked), then the estimates of every
+    estimator and beta on `n_batches` batches (in float64 when `x64`); the rows pooled over the seeds,
+    the slopes, the summary and the figure's title."""
     splits = make_splits(config, dataset)
     per_seed = []
     for seed in seeds:
@@ -200,42 +203,58 @@ def run_gradient_sweep(config: Config, dataset, betas, estimators, n_batches: in
             per_seed.append(seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype,
                                             rule_state))
     rows = summarise(per_seed, betas, estimators)
-    return {
-        "rows": rows,
-        "slopes": fit_slopes(rows),
-        "free_residual": max(s["free_residual"] for s in per_seed),
-        "precision": "float64" if x64 else "float32",
+    slopes = fit_slopes(rows)
+    precision = "float64" if x64 else "float32"
+    summary = {
+        "precision": precision,
+        "slopes": slopes,
+        "slope_summary": slope_sentence(slopes),
+        "max_free_residual": max(s["free_residual"] for s in per_seed),
+        "seeds": seeds,
+        "batches_per_seed": n_batches,
+        "train_epochs": train_epochs,
+        "betas": betas,
+        "estimators": estimators,
     }
+    title = (f"EP gradient estimate vs implicit gradient ({precision}, T1={config.ep.free_steps}, "
+             f"T2={config.ep.nudged_steps})")
+    return {"rows": rows, "summary": summary, "title": title}
 
 
-def plot(rows: list[dict], slopes: dict, path, title: str) -> None:
-    """Log-log plot: bias (solid) and std (dashed) against beta, one colour per estimator,
-    error bars across seeds."""
-    import matplotlib
+def write(result: dict, folder: Path) -> None:
+    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png."""
+    append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
+    write_json(folder / "summary.json", result["summary"])
+    plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for colour, e in zip(("C0", "C1", "C2"), sorted({r["estimator"] for r in rows})):
-        rs = sorted((r for r in rows if r["estimator"] == e), key=lambda r: r["beta"])
-        betas = [r["beta"] for r in rs]
-        slope = slopes.get(e, {}).get("slope")
-        label = f"{e} bias" + (f" (slope {slope:.2f})" if slope is not None else "")
-        ax.errorbar(betas, [r["bias_seed_mean"] for r in rs], yerr=[r["bias_seed_std"] for r in rs],
-                    color=colour, marker="o", ms=3, capsize=2, label=label)
-        ax.errorbar(betas, [r["std_seed_mean"] for r in rs], yerr=[r["std_seed_std"] for r in rs],
-                    color=colour, marker="s", ms=3, capsize=2, ls="--", label=f"{e} std")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("beta")
-    ax.set_ylabel("relative to |exact gradient|")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) -> dict:
+    """`--train`: one run per beta, all betas trained together (train_group: one vmapped program),
+    into folder/runs/; per beta its status, accuracies and curves."""
+    points = [replace(config, ep=replace(config.ep, beta=beta)) for beta in betas]
+    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", config.model.depth, config.seed))
+                for beta in betas]
+    summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
+    rows = []
+    for beta, run_dir, summary in zip(betas, run_dirs, summaries):
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        rows.append({
+            "beta": beta,
+            "status": summary["status"],
+            "test_accuracy": summary.get("test_accuracy"),
+            "best_val_accuracy": summary.get("best_val_accuracy"),
+            "train_loss": [m["train_loss"] for m in metrics],
+            "val_accuracy": [m.get("val_accuracy") for m in metrics],
+            "run_dir": str(run_dir),
+        })
+    return {"betas": betas, "estimator": config.ep.estimator, "rows": rows}
+
+
+def write_training(result: dict, folder: Path) -> None:
+    """beta_train.jsonl (one row per beta), summary.json, beta_train.png."""
+    append_jsonl(folder / "beta_train.jsonl", result["rows"])
+    write_json(folder / "summary.json", result)
+    plot_beta_training(result["rows"], folder / "beta_train.png")
 
 
 def slope_sentence(slopes: dict) -> str:

@@ -12,7 +12,7 @@ nudging, T2 well above the depth), then vary ONE knob, keeping the others at the
     t2          (7) architecture                ep.nudged_steps = v
 
 For every value: (a) on a probe batch at initialisation, the angle and relative error of the EP
-update to the exact gradient (implicit differentiation at the free fixed point, rule.measure),
+update to the exact gradient (implicit differentiation at the free fixed point, ep.exact_references),
 per layer and for the whole network, mean over seeds; (b) optionally, the test accuracy after a
 short training (train.train_group: the seeds of a value train together).
 
@@ -30,16 +30,28 @@ null and its relative error is 1; the whole-network angle still exists.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from contextlib import nullcontext
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bioprop_cli.config import Config, EPConfig, _build, _set_path, to_dict, validate
+from bioprop_cli import ep as eqprop
+from bioprop_cli.config import BATCHABLE_KEYS, Config, EPConfig, _build, _set_path, to_dict, validate
+from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
+from bioprop_cli.metrics.alignment import compare_updates
+from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.precision import cast_floats, float64
+from bioprop_cli.report.study_figures import plot_condition_knob
+from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, write_json
+from bioprop_cli.splits import derive_keys, make_splits, seed_probe
+from bioprop_cli.train import train_group
 
 # The all-conditions-hold setup (used when no --config is given; --set and the flags go on top).
 # Sigmoid rho (smooth: no kinks), spectral radius ~0.56 at initialisation, so 100 free steps
@@ -75,6 +87,7 @@ class Knob:
     overrides: Callable[[Any], dict]
     defaults: Callable[[Config], list]
     parse: Callable[[str], Any]
+    axis_label: str  # the x axis of its figure
     log_x: bool = False
     categorical: bool = False
 
@@ -116,14 +129,16 @@ def _feedback_kind(text: str) -> str:
 
 
 KNOBS: dict[str, Knob] = {
-    "t1": Knob("t1", 1, "convergence", lambda v: {"ep.free_steps": v}, _t1_defaults, _int, log_x=True),
+    "t1": Knob("t1", 1, "convergence", lambda v: {"ep.free_steps": v}, _t1_defaults, _int,
+               "free-phase steps T1", log_x=True),
     "asymmetry": Knob("asymmetry", 2, "energy function", lambda v: {"ep.feedback": "mixed", "ep.feedback_angle": v},
-                      lambda base: [0.0, 30.0, 60.0, 90.0], _angle),
+                      lambda base: [0.0, 30.0, 60.0, 90.0], _angle, "feedback angle to W^T (°)"),
     "feedback": Knob("feedback", 4, "feedback consistency", lambda v: {"ep.feedback": v},
-                     lambda base: ["symmetric", "sign", "random"], _feedback_kind, categorical=True),
+                     lambda base: ["symmetric", "sign", "random"], _feedback_kind, "feedback", categorical=True),
     "beta": Knob("beta", 6, "small perturbation", lambda v: {"ep.beta": v},
-                 lambda base: [1e-3, 1e-2, 0.1, 1.0], _positive, log_x=True),
-    "t2": Knob("t2", 7, "architecture", lambda v: {"ep.nudged_steps": v}, _t2_defaults, _int, log_x=True),
+                 lambda base: [1e-3, 1e-2, 0.1, 1.0], _positive, "beta", log_x=True),
+    "t2": Knob("t2", 7, "architecture", lambda v: {"ep.nudged_steps": v}, _t2_defaults, _int,
+               "nudged-phase steps T2", log_x=True),
 }
 
 
@@ -177,8 +192,6 @@ _NOT_IN_REFERENCE = ("free_steps", "nudged_steps", "beta", "tolerance", "estimat
 
 
 def _reference_key(config: Config, seed: int) -> str:
-    import json
-
     tree = to_dict(config)
     for k in _NOT_IN_REFERENCE:
         tree["ep"].pop(k, None)
@@ -196,18 +209,8 @@ class PointMeasurer:
         self.references: dict[str, tuple] = {}
 
     def __call__(self, config: Config) -> dict:
-        from contextlib import nullcontext
-
-        from bioprop_cli import ep as eqprop
-        from bioprop_cli.metrics.alignment import compare_updates
-        from bioprop_cli.metrics.conditions import cast_floats, probe_for
-        from bioprop_cli.models.mlp import layer_sizes
-        from bioprop_cli.network import init_state
-        from bioprop_cli.precision import float64
-        from bioprop_cli.train import N_CLASSES, derive_keys
-
         n_train, n_in = self.splits.x_train.shape
-        sizes = layer_sizes(n_in, config.model.depth, config.model.width, N_CLASSES)
+        sizes = sizes_for(config, n_in)
 
         def reference(cfg, params, state, x, y, key, idx):
             net = eqprop.network(cfg, params, state)
@@ -220,13 +223,13 @@ class PointMeasurer:
         for seed in self.seeds:
             cfg = replace(config, seed=seed)
             keys = derive_keys(seed)
-            rule, params, state = init_state(cfg, sizes, keys, n_train)  # float32: --x64 casts the same network
-            px, py, idx = probe_for(self.splits, seed, self.probe_size)
+            rule, params, state = init_state(cfg, sizes, seed, n_train)  # float32: --x64 casts the same network
+            px, py, idx = seed_probe(self.splits, seed, self.probe_size)
             with float64() if self.x64 else nullcontext():
                 dtype = jnp.float64 if self.x64 else jnp.float32
                 params, state = cast_floats(params, dtype), cast_floats(state, dtype)
                 x = jnp.asarray(px, dtype)
-                y = jax.nn.one_hot(py, N_CLASSES, dtype=dtype)
+                y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
                 key = jax.random.fold_in(keys.probe, 7)
                 ref_key = _reference_key(cfg, seed)
                 if ref_key not in self.references:
@@ -271,13 +274,8 @@ def train_points(points: list[tuple[Any, Config]], dataset, seeds: list[int], ep
     batchable (config.BATCHABLE_KEYS, e.g. ep.beta) train together as one vmapped program, the
     others one point (its seeds together) at a time. Returns, per point, the mean test accuracy
     (a diverged run counts as chance) and the run folders."""
-    from bioprop_cli import config as config_module
-    from bioprop_cli.runs import RunWriter, create_run_dir
-    from bioprop_cli.train import train_group
-
-    batchable = set(getattr(config_module, "BATCHABLE_KEYS", ("seed",)))
     keys = set(KNOBS[knob].overrides(points[0][0])) if knob in KNOBS else set()
-    groups = [points] if keys and keys <= batchable else [[p] for p in points]
+    groups = [points] if keys and keys <= set(BATCHABLE_KEYS) else [[p] for p in points]
     results = []
     for group in groups:
         configs, dirs = [], []
@@ -331,13 +329,12 @@ def plan_points(base: Config, knobs: dict[str, list], skipped: dict | None = Non
     return plan
 
 
-def run_condition_sweep(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_size: int,
-                        x64: bool, train_epochs: int | None, folder, report: Callable[[str], None] = lambda m: None,
-                        on_row: Callable[[dict], None] = lambda r: None) -> dict:
-    """knobs: {knob name: values}; train_epochs None: no training. Returns the rows (baseline
-    first), the skipped knobs (with the reason) and the summary."""
-    from bioprop_cli.train import make_splits
-
+def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_size: int, x64: bool,
+        train_epochs: int | None, folder: Path, report: Callable[[str], None] = lambda m: None,
+        on_row: Callable[[dict], None] = lambda r: None) -> dict:
+    """knobs: {knob name: values}; train_epochs None: no training (else the runs train into
+    folder/runs/). Each row goes to `on_row` once measured (and trained). Returns the rows (baseline
+    first), the skipped knobs (with the reason), the summary (summary.json) and the precision."""
     splits = make_splits(base, dataset)
     measure = PointMeasurer(splits, seeds, probe_size, x64)
     rows, skipped = [], {}
@@ -362,7 +359,36 @@ def run_condition_sweep(base: Config, dataset, knobs: dict[str, list], seeds: li
     run_knob("baseline", [(None, base)])
     for name, points in plan.items():
         run_knob(name, points)
-    return {"rows": rows, "skipped": skipped, "summary": summarise(rows, trained=bool(train_epochs))}
+    precision = "float64" if x64 else "float32"
+    summary = summarise(rows, trained=bool(train_epochs))
+    summary.update(skipped=skipped, knobs=dict(knobs), seeds=seeds, trained=bool(train_epochs),
+                   train_epochs=train_epochs or 0, n_train=int(splits.x_train.shape[0]), precision=precision,
+                   probe_size=probe_size,
+                   figures=[figure_name(n) for n in knobs if any(r["knob"] == n for r in rows)])
+    return {"rows": rows, "skipped": skipped, "summary": summary, "precision": precision}
+
+
+def figure_name(knob: str) -> str:
+    return f"condition_{knob}.png"
+
+
+def write_row(folder: Path, row: dict) -> None:
+    """One measured point, appended to condition_sweep.jsonl as it comes (an interrupted sweep keeps its rows)."""
+    append_jsonl(folder / "condition_sweep.jsonl", [row])
+
+
+def write(result: dict, folder: Path) -> None:
+    """One figure per knob swept (condition_<knob>.png) and summary.json; the rows went to
+    condition_sweep.jsonl as they came (write_row)."""
+    summary = result["summary"]
+    for name in summary["knobs"]:
+        mine = [r for r in result["rows"] if r["knob"] == name]
+        if mine:
+            k = KNOBS[name]
+            plot_condition_knob(mine, summary["baseline"], folder / figure_name(name),
+                                f"({k.condition}) {k.condition_name}: knob {name} (EP, {result['precision']})",
+                                k.axis_label, k.categorical, k.log_x)
+    write_json(folder / "summary.json", summary)
 
 
 def summarise(rows: list[dict], trained: bool) -> dict:
@@ -415,48 +441,3 @@ def summarise(rows: list[dict], trained: bool) -> dict:
             "costliest": "largest accuracy cost when trained, else largest angle cost",
         },
     }
-
-
-def plot_knob(name: str, rows: list[dict], baseline: dict, path, title: str) -> None:
-    """Top: angle to the implicit gradient against the knob's value, per layer and whole network;
-    bottom: test accuracy after the short training (when trained)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    knob = KNOBS[name]
-    trained = any(r.get("test_accuracy") is not None for r in rows)
-    fig, axes = plt.subplots(2 if trained else 1, 1, figsize=(7, 6.5 if trained else 4), sharex=True, squeeze=False)
-    ax = axes[0][0]
-    xs = list(range(len(rows))) if knob.categorical else [r["value"] for r in rows]
-    n_layers = len(rows[0]["angle_per_layer"])
-    for l in range(n_layers):
-        ys = [np.nan if r["angle_per_layer"][l] is None else r["angle_per_layer"][l] for r in rows]
-        ax.plot(xs, ys, marker="o", ms=4, label=f"layer {l}")
-    ax.plot(xs, [np.nan if r["update_angle"] is None else r["update_angle"] for r in rows], "k--", marker="s", ms=4, label="all")
-    if baseline.get("update_angle") is not None:
-        ax.axhline(baseline["update_angle"], color="grey", lw=0.8, ls=":", label="baseline (all)")
-    ax.set_ylabel("angle to implicit gradient (°)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if trained:
-        ax2 = axes[1][0]
-        ax2.plot(xs, [np.nan if r.get("test_accuracy") is None else 100 * r["test_accuracy"] for r in rows], "C3", marker="o")
-        if baseline.get("test_accuracy") is not None:
-            ax2.axhline(100 * baseline["test_accuracy"], color="grey", lw=0.8, ls=":", label="baseline")
-            ax2.legend(fontsize=8)
-        ax2.set_ylabel("test accuracy (%)")
-        ax2.grid(True, alpha=0.3)
-    bottom = axes[-1][0]
-    if knob.categorical:
-        bottom.set_xticks(xs)
-        bottom.set_xticklabels([str(r["value"]) for r in rows])
-    elif knob.log_x:
-        bottom.set_xscale("log")
-    bottom.set_xlabel({"t1": "free-phase steps T1", "t2": "nudged-phase steps T2", "beta": "beta",
-                       "asymmetry": "feedback angle to W^T (°)", "feedback": "feedback"}[name])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,0 +1,32 @@
+"""The studies: measurements and short trainings beyond one training run, one module each.
+
+    conditions.py  `bioprop conditions`: which of the seven conditions of gradient equivalence hold
+    jtranspose.py  `bioprop jtranspose`: EP's nudged state shift against backprop's J^T e
+    beta.py        `bioprop sweep beta`: bias and spread of EP's estimate against beta (or one training per beta)
+    condition.py   `bioprop sweep condition`: break one condition of gradient equivalence at a time
+
+Each module has `run(config, dataset, ...) -> result`: the computation (and, where the study trains,
+the training, whose run folders the trainer writes), no printing and no other file; and
+`write(result, folder)`: the study's files, atomically (bioprop_cli/runs.py), its figures drawn by
+bioprop_cli/report/study_figures.py. The CLI modules parse the flags, call these, and print.
+
+What is a metric and what is a study: bioprop_cli/metrics/ holds pure functions of arrays (a network,
+a batch) to numbers, and the thresholds that grade a number (metrics/conditions.py: each condition's
+measurement, its status and the table of the seven); a study draws the network and the data from a
+config and a seed (network.init_state, splits.py), chooses the precision, loops over seeds, points
+or runs, pools the numbers, and decides what is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bioprop_cli.config import Config, to_dict
+from bioprop_cli.runs import create_stamped_dir, write_yaml
+
+
+def open_folder(config: Config, kind: str) -> Path:
+    """RESULTS_DIR/EXPERIMENT/<time>-<kind>/, new, with the resolved config.yaml in it."""
+    folder = create_stamped_dir(config.results_dir, config.experiment, kind)
+    write_yaml(folder / "config.yaml", to_dict(config))
+    return folder

@@ -18,6 +18,7 @@ from typing import Any, Callable, Literal
 
 import yaml
 
+from bioprop_cli.data import DATASETS
 from bioprop_cli.errors import UserError
 
 Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
@@ -26,7 +27,7 @@ InitScheme = Literal[
     "lecun_normal", "lecun_uniform", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform"
 ]
 Distribution = Literal["normal", "uniform"]
-Dataset = Literal["mnist", "fashion_mnist"]
+Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 Estimator = Literal["one-sided", "symmetric", "random-sign"]

@@ -308,14 +308,9 @@ def condition(
     study.plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
-    for name in chosen:
-        missing = study.missing_keys(KNOBS[name], cfg)
-        if missing:
-            console.print(f"[yellow]knob {name} skipped[/]: needs {', '.join(missing)}, not in this "
-                          f"version's config (condition ({KNOBS[name].condition}) {KNOBS[name].condition_name})", highlight=False)
     folder = open_folder(cfg, f"condition-{'float64' if x64 else 'float32'}")
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
-    n_points = 1 + sum(len(v) for n, v in values.items() if not study.missing_keys(KNOBS[n], cfg))
+    n_points = 1 + sum(len(v) for v in values.values())
     console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
                   f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",
                   highlight=False)
@@ -348,8 +343,6 @@ def condition(
                      fmt(c.get("accuracy_cost_pp"), "+.2f"),
                      "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
     console.print(cost)
-    for name, why in result["skipped"].items():
-        console.print(f"skipped {name}: {why}", highlight=False)
     if summary["sentence"]:
         console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
     console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)

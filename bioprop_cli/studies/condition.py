@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import BATCHABLE_KEYS, Config, EPConfig, _build, _set_path, to_dict, validate
+from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dict, validate
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.alignment import compare_updates
@@ -169,13 +169,6 @@ def with_overrides(config: Config, overrides: dict) -> Config:
     for key, value in overrides.items():
         _set_path(tree, key, value)
     return validate(_build(Config, tree))
-
-
-def missing_keys(knob: Knob, base: Config) -> list[str]:
-    """Config keys the knob needs that this version's config does not have (ep.feedback, ...)."""
-    ep_fields = {f.name for f in dataclasses.fields(EPConfig)}
-    keys = knob.overrides(knob.defaults(base)[0])
-    return [k for k in keys if k.startswith("ep.") and k.split(".", 1)[1] not in ep_fields]
 
 
 def _value_label(v) -> str:
@@ -307,18 +300,11 @@ def train_points(points: list[tuple[Any, Config]], dataset, seeds: list[int], ep
 # The sweep.
 
 
-def plan_points(base: Config, knobs: dict[str, list], skipped: dict | None = None) -> dict[str, list]:
-    """{knob: [(value, config)]}, every config validated (UserError naming the knob and value);
-    knobs whose config keys this version lacks go to `skipped` with the reason."""
+def plan_points(base: Config, knobs: dict[str, list]) -> dict[str, list]:
+    """{knob: [(value, config)]}, every config validated (UserError naming the knob and value)."""
     plan = {}
     for name, values in knobs.items():
         knob = KNOBS[name]
-        missing = missing_keys(knob, base)
-        if missing:
-            if skipped is not None:
-                skipped[name] = (f"needs config key(s) {', '.join(missing)}, which this version's EPConfig does not "
-                                 f"have (condition ({knob.condition}) {knob.condition_name} not swept)")
-            continue
         points = []
         for v in values:
             try:
@@ -334,10 +320,10 @@ def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_s
         on_row: Callable[[dict], None] = lambda r: None) -> dict:
     """knobs: {knob name: values}; train_epochs None: no training (else the runs train into
     folder/runs/). Each row goes to `on_row` once measured (and trained). Returns the rows (baseline
-    first), the skipped knobs (with the reason), the summary (summary.json) and the precision."""
+    first), the summary (summary.json) and the precision."""
     splits = make_splits(base, dataset)
     measure = PointMeasurer(splits, seeds, probe_size, x64)
-    rows, skipped = [], {}
+    rows = []
 
     def run_knob(name: str, points: list[tuple[Any, Config]]) -> None:
         condition = KNOBS[name].condition if name in KNOBS else None
@@ -355,17 +341,17 @@ def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_s
             rows.append(row)
             on_row(row)
 
-    plan = plan_points(base, knobs, skipped)  # every point's config validated before any work
+    plan = plan_points(base, knobs)  # every point's config validated before any work
     run_knob("baseline", [(None, base)])
     for name, points in plan.items():
         run_knob(name, points)
     precision = "float64" if x64 else "float32"
     summary = summarise(rows, trained=bool(train_epochs))
-    summary.update(skipped=skipped, knobs=dict(knobs), seeds=seeds, trained=bool(train_epochs),
+    summary.update(knobs=dict(knobs), seeds=seeds, trained=bool(train_epochs),
                    train_epochs=train_epochs or 0, n_train=int(splits.x_train.shape[0]), precision=precision,
                    probe_size=probe_size,
                    figures=[figure_name(n) for n in knobs if any(r["knob"] == n for r in rows)])
-    return {"rows": rows, "skipped": skipped, "summary": summary, "precision": precision}
+    return {"rows": rows, "summary": summary, "precision": precision}
 
 
 def figure_name(knob: str) -> str:

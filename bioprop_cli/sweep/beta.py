@@ -28,7 +28,7 @@ from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.precision import full_float32
 from bioprop_cli.train import N_CLASSES, build_program, derive_keys, make_splits
 
-ESTIMATORS = ("one-sided", "symmetric", "random-sign")
+ESTIMATORS = eqprop.ESTIMATORS
 
 
 def default_betas() -> list[float]:
@@ -56,7 +56,6 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
     betas run together (vmap). random-sign: the sign of each beta drawn from `key`.
     """
     ep = config.ep
-    kinds = {"one-sided": False, "symmetric": True, "random-sign": False}
 
     def batch_estimates(params, rule_state, x, y, key):
         net = eqprop.network(config, params, rule_state)
@@ -64,15 +63,13 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
         drive0, free = eqprop.free_phase(config, net, x, y, eqprop.start_states(config, net, x), ep.free_steps,
                                          ep.tolerance)
 
-        def at(beta, symmetric):
-            nudged = eqprop.contrast(config, net, x, y, drive0, free.states, beta, symmetric, ep.nudged_steps,
-                                     ep.tolerance)
+        def at(beta, beta_key, estimator):
+            nudged = eqprop.second_phase(config, net, x, y, drive0, free.states, beta, beta_key, ep.nudged_steps,
+                                         ep.tolerance, estimator)
             return _flat(_weights_and_biases(nudged.grads))
 
-        out = {}
-        for e in estimators:
-            signed = eqprop.signed_beta(e, betas, key)
-            out[e] = jax.vmap(lambda b, symmetric=kinds[e]: at(b, symmetric))(signed)
+        keys = jax.random.split(key, betas.shape[0])
+        out = {e: jax.vmap(lambda b, k, e=e: at(b, k, e))(betas, keys) for e in estimators}
         return _flat(_weights_and_biases(exact)), out, free.residual
 
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
@@ -217,7 +214,7 @@ def plot(rows: list[dict], slopes: dict, path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for colour, e in zip(("C0", "C1", "C2"), sorted({r["estimator"] for r in rows})):
+    for colour, e in zip((f"C{i}" for i in range(10)), sorted({r["estimator"] for r in rows})):
         rs = sorted((r for r in rows if r["estimator"] == e), key=lambda r: r["beta"])
         betas = [r["beta"] for r in rs]
         slope = slopes.get(e, {}).get("slope")

@@ -51,11 +51,13 @@ and the update is (1/eta)(dE/dtheta(s^c) - dE/dtheta(s^0)).
   is the beta -> infinity limit of nudging, so clamped = lim beta * one-sided(beta) (tested): it
   is on the scale of an output error of size |y - s_L^0|, the same as the gradient's and the
   others' (which estimate the gradient), and trains at the same learning rate.
-As eta -> 0, coupled learning tends (error O(eta)) to dE/dtheta-derivative along the clamped
-displacement, which is NOT the cost's gradient in general: it is J^T S (s_L - y), the gradient
-with the output error weighted by S = ((H^{-1})_LL)^{-1}, the Schur complement of the energy's
-Hessian H at s^0 on the output layer (holding the output where a force f = S d moves it; tested),
-where the gradient is J^T (s_L - y) (EP's nudge applies the force beta (y - s_L) itself).
+As eta -> 0 coupled learning does NOT tend to the cost's gradient in general: with J = ds_L/dtheta
+at the free fixed point, the gradient is J^T (s_L - y) (EP's nudge applies the force beta (y - s_L)
+to the output), while holding the output displaced by d = eta (y - s_L) takes the force S d, with
+S = ((H^{-1})_LL)^{-1} the Schur complement on the output layer of the energy's Hessian H at s^0;
+so coupled learning tends, with an error O(eta), to J^T S (s_L - y), the gradient with the output
+error weighted by S (tested). S = I only where the output is uncoupled from the hidden layers;
+for weak coupling (small weights, small rho') S is close to I.
 
 The exact references (`implicit_reference`, `exact_references`), of the cost at the free fixed point:
 - implicit differentiation of the fixed point s* = Phi(theta, s*) of the settling map (recurrent

@@ -167,3 +167,24 @@ def test_sweep_beta_lists_every_estimator_when_one_is_unknown(runner, tmp_path):
     result = runner.invoke(app, ["sweep", "beta", "--estimators", "negative,centred", "--results-dir", str(tmp_path)])
     assert_user_error(result, "--estimators", "centred", *ESTIMATORS)
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("estimator, phases", [
+    ("negative", ["free", "-beta"]),
+    ("clamped", ["free", "output clamped to the target"]),
+    ("coupled", ["free", "output clamped to (1 - beta) s_L + beta y"]),
+])
+def test_the_conditions_table_measures_each_variant(estimator, phases):
+    from bioprop_cli.metrics.conditions import measure_conditions
+    from tests.test_conditions import CONVERGED_EP
+    from tests.conftest import make_fake_dataset
+
+    table = measure_conditions(load_config(overrides=CONVERGED_EP + [("ep.estimator", estimator)]),
+                               make_fake_dataset(n_train=400, n_test=100), 8)
+    rows = {r["condition"]: r for r in table["conditions"]}
+    assert rows[3]["values"]["phases"] == phases
+    bias = rows[6]
+    if estimator == "negative":  # beta = 1e-3: the gradient up to O(beta)
+        assert bias["status"] == "holds", bias
+    if estimator == "clamped":  # not a gradient estimate, whatever beta
+        assert bias["status"] != "holds" and "contrastive learning" in bias["reason"], bias

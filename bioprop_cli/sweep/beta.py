@@ -238,7 +238,7 @@ def plot(rows: list[dict], slopes: dict, path, title: str) -> None:
 def slope_sentence(slopes: dict) -> str:
     # random-sign: +beta and -beta in equal numbers would average to a symmetric estimate (beta^2),
     # but over a finite sample the signs do not balance and an O(beta / sqrt(n)) bias remains
-    expected = {"one-sided": 1, "symmetric": 2, "random-sign": 1}
+    expected = {"one-sided": 1, "negative": 1, "symmetric": 2, "random-sign": 1, "clamped": 0}  # coupled: bioprop_cli/ep.py
     parts = []
     for e, s in slopes.items():
         if s["slope"] is None:

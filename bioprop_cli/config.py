@@ -30,7 +30,7 @@ Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
-Estimator = Literal["one-sided", "symmetric", "random-sign"]
+Estimator = Literal["one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled"]
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 
@@ -123,7 +123,10 @@ class EPConfig:
     """Equilibrium propagation (rule ep): settling dynamics and the gradient estimator."""
 
     beta: float = 0.5  # nudging strength
-    estimator: Estimator = "symmetric"  # one-sided (0, +beta) | symmetric (+beta, -beta) | random-sign
+    # the second state(s) (bioprop_cli/ep.py): one-sided (0, +beta) | negative (-beta, 0) | symmetric
+    # (+beta, -beta) | random-sign | clamped (output clamped to the target) | coupled (output clamped to
+    # (1 - beta) s_L + beta y, coupled learning with eta = beta)
+    estimator: Estimator = "symmetric"
     eps: float = 0.5  # step size of the discretised dynamics s <- s - eps dF/ds
     free_steps: int = 20  # T1
     nudged_steps: int = 4  # T2
@@ -421,6 +424,11 @@ def validate(config: Config) -> Config:
     _check(all(v > 0 for v in o.layer_lr), "optimizer.layer_lr", "positive multipliers", list(o.layer_lr))
     e = config.ep
     _check(e.beta > 0, "ep.beta", "> 0 (the estimator sets the sign)", e.beta)
+    _check(e.estimator != "coupled" or e.beta <= 1, "ep.beta",
+           "in (0, 1] with ep.estimator coupled (beta is eta, the output's step towards the target)", e.beta)
+    _check(e.estimator not in ("clamped", "coupled") or m.loss == "mse", "ep.estimator",
+           "one-sided, negative, symmetric or random-sign with model.loss cross_entropy (clamped and coupled clamp "
+           "the output layer, which the readout network does not have)", e.estimator)
     _check(0 < e.eps <= 1, "ep.eps", "in (0, 1]", e.eps)
     _check(e.free_steps >= 1, "ep.free_steps", ">= 1", e.free_steps)
     _check(e.nudged_steps >= 1, "ep.nudged_steps", ">= 1", e.nudged_steps)

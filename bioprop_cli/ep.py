@@ -23,15 +23,41 @@ feedback inserted) and the readout; `Network.feedback` (trainable -> running) is
 references differentiate through, so their gradients are total derivatives with respect to the
 trainable parameters (for sign and mixed feedback, functions of W).
 
-The estimate (`free_phase`, `contrast`, `estimate`): the network settles freely to s^0 (T1 steps,
+The estimate (`free_phase`, `second_phase`, `estimate`): the network settles freely to s^0 (T1 steps,
 from zero or from persistent particles), is nudged towards the target with strength beta (T2 steps
 from s^0), and each weight changes by the difference of two Hebbian products,
     grad theta ~ (1/beta) (dE/dtheta(s^beta) - dE/dtheta(s^0)),
 which tends to the gradient of the cost at the free fixed point as beta -> 0 (Scellier & Bengio
-2017, Theorem 1). `one-sided`: s^0 and s^{+beta}, bias O(beta); `symmetric`: s^{+beta} and
-s^{-beta}, (1/2beta)(...), bias O(beta^2) (Laborieux et al. 2021, eq. 5); `random-sign`: one-sided
-with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4). The readout's estimate is
-dC/dR at the nudged state(s) (its local delta rule); a learned B_l receives W_l's update transposed.
+2017, Theorem 1). `one-sided`: s^0 and s^{+beta}, bias O(beta); `negative`: s^{-beta} and s^0,
+(1/beta)(dE/dtheta(s^0) - dE/dtheta(s^{-beta})), bias O(beta) with the first-order term of
+one-sided's of opposite sign (Scellier, Ernoult, Kendall & Kumar 2023, NeurIPS, "Energy-based
+learning algorithms for analog computing: a comparative study": NEP; one-sided is their PEP);
+`symmetric`: s^{+beta} and s^{-beta}, (1/2beta)(...), bias O(beta^2) (Laborieux et al. 2021,
+eq. 5; the study's centered CEP; to first order the mean of one-sided and negative);
+`random-sign`: one-sided with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4).
+The readout's estimate is dC/dR at the nudged state(s) (its local delta rule); a learned B_l
+receives W_l's update transposed.
+
+The clamped second phases (`clamped_contrast`; mean-squared cost only, the output layer is the
+one clamped): the network settles from s^0 with the output layer s_L held fixed (no free unit) at
+    c = (1 - eta) s_L^0 + eta y,
+and the update is (1/eta)(dE/dtheta(s^c) - dE/dtheta(s^0)).
+- `coupled`: coupled learning (Stern, Hexner, Rocks & Liu 2021, PRX 11:021045), eta = ep.beta (one
+  knob, the strength of the second phase, so `sweep beta` sweeps eta), in (0, 1].
+- `clamped`: contrastive learning (Movellan 1991; Baldi & Pineda 1991): the output clamped to the
+  target, c = y, i.e. coupled learning at eta = 1, dE/dtheta(s^clamped) - dE/dtheta(s^0) with no
+  1/beta. It is the gradient of E(s^clamped) - E(s^0) >= 0, not an estimate of the cost's gradient,
+  and it does not depend on beta. Its scale: at eta = 1 coupled learning's 1/eta is 1, and clamping
+  is the beta -> infinity limit of nudging, so clamped = lim beta * one-sided(beta) (tested): it
+  is on the scale of an output error of size |y - s_L^0|, the same as the gradient's and the
+  others' (which estimate the gradient), and trains at the same learning rate.
+As eta -> 0 coupled learning does NOT tend to the cost's gradient in general: with J = ds_L/dtheta
+at the free fixed point, the gradient is J^T (s_L - y) (EP's nudge applies the force beta (y - s_L)
+to the output), while holding the output displaced by d = eta (y - s_L) takes the force S d, with
+S = ((H^{-1})_LL)^{-1} the Schur complement on the output layer of the energy's Hessian H at s^0;
+so coupled learning tends, with an error O(eta), to J^T S (s_L - y), the gradient with the output
+error weighted by S (tested). S = I only where the output is uncoupled from the hidden layers;
+for weak coupling (small weights, small rho') S is close to I.
 
 The exact references (`implicit_reference`, `exact_references`), of the cost at the free fixed point:
 - implicit differentiation of the fixed point s* = Phi(theta, s*) of the settling map (recurrent
@@ -47,10 +73,13 @@ conjugate gradients; the spectral radius is that of the non-symmetric Jacobian.
 
 from __future__ import annotations
 
+import typing
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from bioprop_cli.config import Estimator
 
 from bioprop_cli.models.energy import (
     RHOS,
@@ -166,6 +195,10 @@ def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tup
     return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout)
 
 
+ESTIMATORS: tuple[str, ...] = typing.get_args(Estimator)  # the second-state variants of `ep.estimator`
+CLAMPED_ESTIMATORS = ("clamped", "coupled")  # the output layer clamped in the second phase (mse cost only)
+
+
 def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, steps: int, tol: float) -> Contrast:
     """The nudged phase(s) from the free state s0 and the contrastive estimate: (s^0, s^beta)
     one-sided, or (s^{+beta}, s^{-beta}) symmetric (both settled as one batch of twice the size)."""
@@ -188,11 +221,41 @@ def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, step
         grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / beta)
         shift = [(a - b) / beta for a, b in zip(settled.states, s0)]
         tops = [settled.states[-1]]
-    if ep.learn_feedback:  # B_l learns W_l's update transposed (the same Hebbian products)
-        grads = [dict(g, fb=g["w"].T) if "fb" in layer else g for g, layer in zip(grads, net.trainable)]
     if net.readout is not None:
         grads = grads + [_readout_gradient(tops, y, net.readout, rho)]
-    return Contrast(grads, shift, settled.steps, settled.residual)
+    return Contrast(_with_learned_feedback(config, net, grads), shift, settled.steps, settled.residual)
+
+
+def clamped_contrast(config, net: Network, x, y, drive0, s0, eta, steps: int, tol: float) -> Contrast:
+    """The second phase from the free state s0 with the output layer clamped to
+    (1 - eta) s_L^0 + eta y, and (1/eta)(dE/dtheta(s^c) - dE/dtheta(s^0)): coupled learning, and
+    at eta = 1 contrastive learning (the module docstring). Mean-squared cost (no readout)."""
+    ep, rho = config.ep, net.rho
+    clamp = (1.0 - eta) * s0[-1] + eta * y
+    settled = settle(net.running, s0, drive0, y, 0.0, rho, ep.eps, steps, tol, clamp=clamp)
+    grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / eta)
+    shift = [(a - b) / eta for a, b in zip(settled.states, s0)]
+    return Contrast(_with_learned_feedback(config, net, grads), shift, settled.steps, settled.residual)
+
+
+def _with_learned_feedback(config, net: Network, grads: list) -> list:
+    """ep.learn_feedback: B_l learns W_l's update transposed (the same Hebbian products)."""
+    if not config.ep.learn_feedback:
+        return grads
+    return [dict(g, fb=g["w"].T) if "fb" in layer else g for g, layer in zip(grads, net.trainable)]
+
+
+def second_phase(config, net: Network, x, y, drive0, s0, beta, key, steps: int, tol: float,
+                 estimator: str | None = None) -> Contrast:
+    """The second state(s) from the free state s0 and the estimate, as `estimator` (default
+    ep.estimator) obtains them, at strength `beta` (eta for coupled; clamped ignores it); `key`
+    draws random-sign's sign."""
+    estimator = config.ep.estimator if estimator is None else estimator
+    if estimator in CLAMPED_ESTIMATORS:
+        eta = 1.0 if estimator == "clamped" else beta
+        return clamped_contrast(config, net, x, y, drive0, s0, eta, steps, tol)
+    return contrast(config, net, x, y, drive0, s0, signed_beta(estimator, beta, key), estimator == "symmetric", steps,
+                    tol)
 
 
 def _readout_gradient(top_states, y, readout, rho: Rho):
@@ -203,7 +266,10 @@ def _readout_gradient(top_states, y, readout, rho: Rho):
 
 
 def signed_beta(estimator: str, beta, key):
-    """random-sign: +beta or -beta drawn from `key` (any shape of beta); else beta."""
+    """The nudge's signed strength: random-sign: +beta or -beta drawn from `key` (any shape of
+    beta); negative: -beta; else beta."""
+    if estimator == "negative":
+        return -beta
     if estimator != "random-sign":
         return beta
     return jnp.where(jax.random.bernoulli(key, shape=jnp.shape(beta)), beta, -beta)
@@ -215,9 +281,7 @@ def estimate(config, net: Network, x, y, key, start, beta=None) -> tuple[Settled
     ep = config.ep
     beta = ep.beta if beta is None else beta
     drive0, free = free_phase(config, net, x, y, start, ep.free_steps, ep.tolerance)
-    nudged = contrast(config, net, x, y, drive0, free.states, signed_beta(ep.estimator, beta, key),
-                      ep.estimator == "symmetric", ep.nudged_steps, ep.tolerance)
-    return free, nudged
+    return free, second_phase(config, net, x, y, drive0, free.states, beta, key, ep.nudged_steps, ep.tolerance)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -214,9 +214,10 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         net = eqprop.network(config, params, state)
         drive0 = input_drive(net.running, x)
 
-        def estimate(b):
-            nudged = eqprop.contrast(config, net, x, y, drive0, s_star, b, ep.estimator == "symmetric",
-                                     ep.reference_steps, ep.reference_tolerance)
+        def estimate(b):  # random-sign at +beta: its bias is one-sided's (or negative's)
+            estimator = "one-sided" if ep.estimator == "random-sign" else ep.estimator
+            nudged = eqprop.second_phase(config, net, x, y, drive0, s_star, b, key, ep.reference_steps,
+                                         ep.reference_tolerance, estimator)
             return nudged.grads, nudged.residual
 
         at_beta, res_beta = estimate(beta)
@@ -293,7 +294,9 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers
                       "max_feedback_angle": worst_angle, "learn_feedback": learn}))
 
     # (3)
-    phases = {"symmetric": ["free", "+beta", "-beta"], "one-sided": ["free", "+beta"], "random-sign": ["free", "+-beta"]}[ep.estimator]
+    phases = {"symmetric": ["free", "+beta", "-beta"], "one-sided": ["free", "+beta"], "negative": ["free", "-beta"],
+              "random-sign": ["free", "+-beta"], "clamped": ["free", "output clamped to the target"],
+              "coupled": ["free", "output clamped to (1 - beta) s_L + beta y"]}[ep.estimator]
     rows.append(_row(3, HOLDS, f"{len(phases)} phases: {', '.join(phases)} (ep.estimator = {ep.estimator})",
                      ">= 2 phases, one free and one nudged", "the update contrasts the free and the nudged equilibria",
                      {"phases": phases}))
@@ -331,6 +334,13 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, bias: dict, n_layers
         FAILS: f"beta = {ep.beta:g} is far from 0: the nudged state leaves the linear regime",
         NA: "the implicit gradient is zero (all outputs on target): no bias to measure",
     }[status]
+    not_an_estimate = {  # bioprop_cli/ep.py: the clamped second phases do not tend to the gradient
+        "clamped": "contrastive learning (ep.estimator = clamped) does not estimate the gradient (no beta to shrink)",
+        "coupled": f"coupled learning at eta = beta = {ep.beta:g}; as eta -> 0 it tends to the gradient with the output "
+                   "error weighted by the Schur complement of the energy's Hessian on the output, not to the gradient",
+    }
+    if ep.estimator in not_an_estimate and status in (PARTIAL, FAILS):
+        why = not_an_estimate[ep.estimator]
     settled = max(bias.get("fixed_point_residual") or 0.0, bias.get("nudged_residual") or 0.0)
     if ep.reference_tolerance > 0 and settled >= 10 * ep.reference_tolerance:
         why += f" (the phases only settled to residual {settled:.1e} within {ep.reference_steps} steps)"

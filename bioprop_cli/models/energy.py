@@ -204,21 +204,33 @@ class Settled(NamedTuple):
     residual: jax.Array  # max over the batch of |s_T - s_{T-1}|
 
 
+def clamp_output(states: States, clamp) -> States:
+    """states with the output layer s_L replaced by `clamp` (None: states unchanged)."""
+    return states if clamp is None else list(states[:-1]) + [clamp]
+
+
 def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float, external=None,
-           readout=None) -> Settled:
+           readout=None, clamp=None) -> Settled:
     """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
 
     With tol = 0 (static) it runs exactly max_steps steps in a loop that measures
     the residual on the last step only; otherwise a while loop checks it after every step.
+    `clamp`: the output layer is held at this state (no free unit: it is set before the first step
+    and after every step), as in the second phase of contrastive and coupled learning.
     """
     dtype = drive0.dtype
+    states = clamp_output(states, clamp)
+
+    def advance(s):
+        return clamp_output(step(params, s, drive0, y, beta, rho, eps, external, readout), clamp)
+
     if tol == 0:
 
         def body(_, s):
-            return step(params, s, drive0, y, beta, rho, eps, external, readout)
+            return advance(s)
 
         before_last = jax.lax.fori_loop(0, max_steps - 1, body, states)
-        final = step(params, before_last, drive0, y, beta, rho, eps, external, readout)
+        final = advance(before_last)
         return Settled(final, jnp.asarray(max_steps, jnp.int32), jnp.max(residual(final, before_last)))
 
     def cond(carry):
@@ -227,7 +239,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
 
     def body(carry):
         s, t, _ = carry
-        new = step(params, s, drive0, y, beta, rho, eps, external, readout)
+        new = advance(s)
         return new, t + 1, jnp.max(residual(new, s))
 
     init = (states, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.inf, dtype))

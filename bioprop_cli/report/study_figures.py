@@ -13,7 +13,7 @@ def plot_beta_bias(rows: list[dict], slopes: dict, path, title: str) -> None:
     """Log-log plot: bias (solid) and std (dashed) against beta, one colour per estimator,
     error bars across seeds."""
     fig, ax = plt.subplots(figsize=(7, 5))
-    for colour, e in zip(("C0", "C1", "C2"), sorted({r["estimator"] for r in rows})):
+    for colour, e in zip((f"C{i}" for i in range(10)), sorted({r["estimator"] for r in rows})):
         rs = sorted((r for r in rows if r["estimator"] == e), key=lambda r: r["beta"])
         betas = [r["beta"] for r in rs]
         slope = slopes.get(e, {}).get("slope")

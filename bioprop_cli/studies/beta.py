@@ -34,7 +34,7 @@ from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl
 from bioprop_cli.splits import derive_keys, make_splits
 from bioprop_cli.train import build_program, train_group
 
-ESTIMATORS = ("one-sided", "symmetric", "random-sign")
+ESTIMATORS = eqprop.ESTIMATORS
 
 
 def default_betas() -> list[float]:
@@ -62,7 +62,6 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
     betas run together (vmap). random-sign: the sign of each beta drawn from `key`.
     """
     ep = config.ep
-    kinds = {"one-sided": False, "symmetric": True, "random-sign": False}
 
     def batch_estimates(params, rule_state, x, y, key):
         net = eqprop.network(config, params, rule_state)
@@ -70,15 +69,13 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
         drive0, free = eqprop.free_phase(config, net, x, y, eqprop.start_states(config, net, x), ep.free_steps,
                                          ep.tolerance)
 
-        def at(beta, symmetric):
-            nudged = eqprop.contrast(config, net, x, y, drive0, free.states, beta, symmetric, ep.nudged_steps,
-                                     ep.tolerance)
+        def at(beta, beta_key, estimator):
+            nudged = eqprop.second_phase(config, net, x, y, drive0, free.states, beta, beta_key, ep.nudged_steps,
+                                         ep.tolerance, estimator)
             return _flat(_weights_and_biases(nudged.grads))
 
-        out = {}
-        for e in estimators:
-            signed = eqprop.signed_beta(e, betas, key)
-            out[e] = jax.vmap(lambda b, symmetric=kinds[e]: at(b, symmetric))(signed)
+        keys = jax.random.split(key, betas.shape[0])
+        out = {e: jax.vmap(lambda b, k, e=e: at(b, k, e))(betas, keys) for e in estimators}
         return _flat(_weights_and_biases(exact)), out, free.residual
 
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
@@ -260,7 +257,7 @@ def write_training(result: dict, folder: Path) -> None:
 def slope_sentence(slopes: dict) -> str:
     # random-sign: +beta and -beta in equal numbers would average to a symmetric estimate (beta^2),
     # but over a finite sample the signs do not balance and an O(beta / sqrt(n)) bias remains
-    expected = {"one-sided": 1, "symmetric": 2, "random-sign": 1}
+    expected = {"one-sided": 1, "negative": 1, "symmetric": 2, "random-sign": 1, "clamped": 0}  # coupled: bioprop_cli/ep.py
     parts = []
     for e, s in slopes.items():
         if s["slope"] is None:

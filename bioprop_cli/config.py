@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from bioprop_cli.data import DATASETS
+from bioprop_cli.ep import ESTIMATORS
 from bioprop_cli.errors import UserError
 
 Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
@@ -30,7 +31,7 @@ Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
-Estimator = Literal["one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled"]
+Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 

@@ -73,13 +73,11 @@ conjugate gradients; the spectral radius is that of the non-symmetric Jacobian.
 
 from __future__ import annotations
 
-import typing
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.config import Estimator
 
 from bioprop_cli.models.energy import (
     RHOS,
@@ -195,7 +193,7 @@ def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tup
     return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout)
 
 
-ESTIMATORS: tuple[str, ...] = typing.get_args(Estimator)  # the second-state variants of `ep.estimator`
+ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled")  # `ep.estimator`: the second state
 CLAMPED_ESTIMATORS = ("clamped", "coupled")  # the output layer clamped in the second phase (mse cost only)
 
 

@@ -175,9 +175,9 @@ def test_sweep_beta_lists_every_estimator_when_one_is_unknown(runner, tmp_path):
     ("coupled", ["free", "output clamped to (1 - beta) s_L + beta y"]),
 ])
 def test_the_conditions_table_measures_each_variant(estimator, phases):
-    from bioprop_cli.metrics.conditions import measure_conditions
-    from tests.test_conditions import CONVERGED_EP
-    from tests.conftest import make_fake_dataset
+    from bioprop_cli.studies.conditions import run as measure_conditions
+    from conftest import make_fake_dataset
+    from test_conditions import CONVERGED_EP
 
     table = measure_conditions(load_config(overrides=CONVERGED_EP + [("ep.estimator", estimator)]),
                                make_fake_dataset(n_train=400, n_test=100), 8)

@@ -1,7 +1,7 @@
 """Equilibrium propagation, once: the network that runs, the contrastive estimate, the exact references.
 
 Training (rules/equilibrium.py) and every EP measurement (metrics/equilibrium.py, metrics/conditions.py,
-metrics/jtranspose.py, sweep/beta.py, sweep/condition.py) call these pure functions, so that a
+metrics/jtranspose.py and the studies in studies/) call these pure functions, so that a
 measurement measures the code that trains. The dynamics themselves are models/energy.py.
 
 The network that runs (`network`). Feedback weights (`ep.feedback`, `ep.learn_feedback`): layer

@@ -403,12 +403,13 @@ def pc(
     study.write(result, folder)
     table = Table(title=result["title"])
     n_layers = len(result["rows"][0]["update_angle_per_layer_mean"])
-    for name in ("gamma", "steps", "rel. err. all", "± seeds", "angle all (°)", *(f"angle L{l} (°)" for l in range(n_layers))):
+    for name in ("gamma", "steps", "rel.err.", "±seeds", "angle°", *(f"L{l}°" for l in range(n_layers))):
         table.add_column(name, justify="right")
+    angle = lambda a: "-" if a is None else f"{a:.2f}"  # a zero update has no angle
     for r in result["rows"]:
-        table.add_row(f"{r['gamma']:g}", str(r["inference_steps"]), f"{r['update_rel_error_mean']:.3e}",
-                      f"{r['update_rel_error_std']:.1e}", f"{r['update_angle_mean']:.2f}",
-                      *(f"{a:.2f}" for a in r["update_angle_per_layer_mean"]))
+        table.add_row(f"{r['gamma']:.3g}", str(r["inference_steps"]), f"{r['update_rel_error_mean']:.2e}",
+                      f"{r['update_rel_error_std']:.0e}", angle(r["update_angle_mean"]),
+                      *(angle(a) for a in r["update_angle_per_layer_mean"]))
     console.print(table)
     console.print(f"log-log slope against gamma: {result['summary']['slope_summary']}", highlight=False)
     console.print(f"written: {folder}/pc_sweep.jsonl, pc_sweep.png, summary.json", highlight=False)

@@ -86,6 +86,12 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     return {"gamma": by_gamma, "steps": by_steps}
 
 
+def _number(value) -> float | None:
+    """A float, or None where it is undefined: the angle of a zero update (e.g. the first layer's
+    after one inference step, before the error has reached it)."""
+    return float(value) if np.isfinite(value) else None
+
+
 def summarise(per_seed: list[dict], sweep: str, values: list, fixed: dict) -> list[dict]:
     """One row per value of the sweep: whole-network and per-layer mean and std across seeds."""
     rows = []
@@ -94,9 +100,9 @@ def summarise(per_seed: list[dict], sweep: str, values: list, fixed: dict) -> li
         for m in METRICS:
             whole = [s[sweep][f"{m}_all"][i] for s in per_seed]
             layers = np.stack([s[sweep][m][i] for s in per_seed])
-            row.update({f"{m}_mean": float(np.mean(whole)), f"{m}_std": float(np.std(whole)),
-                        f"{m}_per_layer_mean": np.mean(layers, axis=0).tolist(),
-                        f"{m}_per_layer_std": np.std(layers, axis=0).tolist()})
+            row.update({f"{m}_mean": _number(np.mean(whole)), f"{m}_std": _number(np.std(whole)),
+                        f"{m}_per_layer_mean": [_number(v) for v in np.mean(layers, axis=0)],
+                        f"{m}_per_layer_std": [_number(v) for v in np.std(layers, axis=0)]})
         rows.append(row)
     return rows
 
@@ -104,12 +110,13 @@ def summarise(per_seed: list[dict], sweep: str, values: list, fixed: dict) -> li
 def fit_gamma_slope(rows: list[dict], max_gamma: float = 0.1) -> dict:
     """Slope of log10(relative error) against log10(gamma) over the gammas above the one of least
     error (below it the floor of unconverged inference and rounding takes over; as studies/beta.py
-    fits) and up to `max_gamma` (first order is the small-gamma expansion)."""
+    fits), that one included when it is the smallest gamma (no floor in sight), and up to
+    `max_gamma` (first order is the small-gamma expansion)."""
     points = sorted((r["gamma"], r["update_rel_error_mean"]) for r in rows if r["update_rel_error_mean"] > 0)
     if not points:
         return {"slope": None, "gammas": [], "reason": "no nonzero error"}
     least = min(range(len(points)), key=lambda i: points[i][1])
-    fitted = [p for p in points[least + 1 :] if p[0] <= max_gamma]
+    fitted = [p for p in points[least + (least > 0) :] if p[0] <= max_gamma]
     if len(fitted) < 2:
         return {"slope": None, "gammas": [p[0] for p in fitted], "least_error_gamma": points[least][0],
                 "reason": f"fewer than 2 gammas in ({points[least][0]:g}, {max_gamma:g}]"}

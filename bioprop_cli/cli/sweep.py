@@ -1,4 +1,5 @@
-"""`bioprop sweep ...`: grids of measurements and runs. `beta`: equilibrium propagation's beta."""
+"""`bioprop sweep ...`: grids of measurements and runs. `beta`: equilibrium propagation's beta; `pc`:
+predictive coding's output precision and inference steps."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from bioprop_cli.cli.common import (
 from bioprop_cli.errors import UserError
 
 app = typer.Typer(
-    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition), "
-    "`bioprop sweep --grid KEY=V1,V2 ...`, and `bioprop sweep beta` (equilibrium propagation's nudging strength).",
+    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition, pc), "
+    "`bioprop sweep --grid KEY=V1,V2 ...`, `bioprop sweep beta` (equilibrium propagation's nudging strength) "
+    "and `bioprop sweep pc` (predictive coding against the exact gradient).",
 )
 
 
@@ -346,3 +348,68 @@ def condition(
     if summary["sentence"]:
         console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
     console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)
+
+
+def _step_counts(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{name}: expected whole numbers >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+@app.command("pc")
+@user_errors_exit_2
+def pc(
+    gammas: Optional[str] = typer.Option(None, help="Comma-separated output precisions gamma (default: 1e-3 .. 1, two per decade)."),
+    steps: Optional[str] = typer.Option(None, help="Comma-separated inference step counts (default: 1 .. 1000); the largest is the gamma grid's."),
+    batches: int = typer.Option(5, min=1, help="Minibatches per seed."),
+    seeds: int = typer.Option(2, min=1, help="Number of seeds (networks and batch draws)."),
+    train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
+    x64: X64 = False,
+    config: ConfigFile = None,  # rule pc is implied
+    depth: Depth = None,
+    width: Width = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    experiment: Experiment = None,  # default: pc-sweep
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    set_: Sets = [],
+) -> None:
+    """Angle and relative error of predictive coding's update against the exact gradient, over gamma and inference steps."""
+    from bioprop_cli.config import check_against_data
+    from bioprop_cli.datasets import load_dataset
+    from bioprop_cli.studies import open_folder
+    from bioprop_cli.studies import pc as study
+
+    cfg = config_from_flags(
+        config, ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
+        experiment=experiment or "pc-sweep", results_dir=results_dir, data_dir=data_dir,
+    )
+    gamma_values = _floats(gammas, "--gammas") if gammas else study.default_gammas()
+    step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    check_against_data(cfg, len(dataset.x_train))
+    seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    folder = open_folder(cfg, f"pc-{'float64' if x64 else 'float32'}")
+    console.print(f"[bold]bioprop sweep pc[/] {len(gamma_values)} gammas + {len(step_values)} step counts x {seeds} seeds "
+                  f"x {batches} batches -> {folder}", highlight=False)
+    with console.status("measuring...") as status:
+        result = study.run(cfg, dataset, gamma_values, step_values, seed_list, batches, x64, train_epochs,
+                           progress=lambda m: status.update(f"measuring: {m}"))
+    study.write(result, folder)
+    table = Table(title=result["title"])
+    n_layers = len(result["rows"][0]["update_angle_per_layer_mean"])
+    for name in ("gamma", "steps", "rel.err.", "±seeds", "angle°", *(f"L{l}°" for l in range(n_layers))):
+        table.add_column(name, justify="right")
+    angle = lambda a: "-" if a is None else f"{a:.2f}"  # a zero update has no angle
+    for r in result["rows"]:
+        table.add_row(f"{r['gamma']:.3g}", str(r["inference_steps"]), f"{r['update_rel_error_mean']:.2e}",
+                      f"{r['update_rel_error_std']:.0e}", angle(r["update_angle_mean"]),
+                      *(angle(a) for a in r["update_angle_per_layer_mean"]))
+    console.print(table)
+    console.print(f"log-log slope against gamma: {result['summary']['slope_summary']}", highlight=False)
+    console.print(f"written: {folder}/pc_sweep.jsonl, pc_sweep.png, summary.json", highlight=False)

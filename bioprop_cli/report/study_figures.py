@@ -118,3 +118,37 @@ def plot_jtranspose(records: list[dict], path, asym_beta: float, title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_pc_sweep(rows: list[dict], summary: dict, path, title: str) -> None:
+    """Two log-log panels of pc's update against the exact gradient: relative error (whole network with
+    error bars across seeds, and per layer) against gamma at converged inference, with the fitted slope;
+    and against the number of inference steps at the smallest gamma. `bioprop sweep pc`."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, sweep, key, xlabel in ((left, "gamma", "gamma", "output precision gamma"),
+                                   (right, "steps", "inference_steps", "inference steps")):
+        rs = sorted((r for r in rows if r["sweep"] == sweep), key=lambda r: r[key])
+        xs = [r[key] for r in rs]
+        ax.errorbar(xs, [r["update_rel_error_mean"] for r in rs], yerr=[r["update_rel_error_std"] for r in rs],
+                    color="black", marker="o", ms=4, capsize=2, label="whole network")
+        for l in range(len(rs[0]["update_rel_error_per_layer_mean"])):
+            ax.plot(xs, [r["update_rel_error_per_layer_mean"][l] for r in rs], color=f"C{l}", marker=".", ls="--",
+                    label=f"layer {l}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("relative error |g_pc - g| / |g|")
+        ax.grid(True, which="both", alpha=0.3)
+    fit = summary["gamma_slope"]
+    if fit["slope"] is not None:
+        gs = np.asarray(fit["gammas"])
+        left.plot(gs, 10 ** (fit["intercept"] + fit["slope"] * np.log10(gs)), color="grey", lw=3, alpha=0.5,
+                  label=f"fit: slope {fit['slope']:.2f}")
+    left.set_title(f"{summary['gamma_sweep_steps']} inference steps", fontsize=10)
+    right.set_title(f"gamma = {summary['steps_sweep_gamma']:g}", fontsize=10)
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -4,6 +4,7 @@
     jtranspose.py  `bioprop jtranspose`: EP's nudged state shift against backprop's J^T e
     beta.py        `bioprop sweep beta`: bias and spread of EP's estimate against beta (or one training per beta)
     condition.py   `bioprop sweep condition`: break one condition of gradient equivalence at a time
+    pc.py          `bioprop sweep pc`: predictive coding's update against the exact gradient over gamma and inference steps
 
 Each module has `run(config, dataset, ...) -> result`: the computation (and, where the study trains,
 the training, whose run folders the trainer writes), no printing and no other file; and

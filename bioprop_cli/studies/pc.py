@@ -1,0 +1,177 @@
+"""`bioprop sweep pc`: standard predictive coding's update against the exact gradient, as the output
+precision gamma shrinks and as inference runs longer.
+
+For the network of the config (rule pc, at initialisation or after some epochs of training), on
+`n_batches` minibatches per seed, pc's update (the rule's estimate) is compared with jax.grad of the
+same loss (metrics/alignment.exact_gradients): angle and relative error |g_hat - g| / |g| of the
+weights, per layer and for the whole network; per seed the mean over its batches, then the mean
+and standard deviation across seeds. Two grids:
+    gamma  pc.output_precision over `gammas`, inference run to convergence (the largest of `steps_list`)
+    steps  pc.inference_steps over `steps_list`, at gamma = the smallest of `gammas`
+Standard pc's error is first order in gamma once inference has converged (the rule's docstring):
+the slope of log(relative error) against log(gamma), fitted above the gamma of least error (below
+it the floor that unconverged inference and rounding leave takes over), is about 1.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bioprop_cli.config import Config
+from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
+from bioprop_cli.precision import cast_floats, float64, full_float32
+from bioprop_cli.report.study_figures import plot_pc_sweep
+from bioprop_cli.rules import make_rule
+from bioprop_cli.rules.base import model_functions
+from bioprop_cli.runs import append_jsonl, write_json
+from bioprop_cli.splits import derive_keys, make_splits
+from bioprop_cli.studies.beta import fixed_network
+
+METRICS = ("update_angle", "update_rel_error")
+
+
+def default_gammas() -> list[float]:
+    """1e-3 to 1, two per decade."""
+    return [round(10 ** (e / 2), 12) for e in range(-6, 1)]
+
+
+def default_steps() -> list[int]:
+    return [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+
+def make_comparison(config: Config, sizes: tuple[int, ...], steps: int) -> Callable:
+    """(params, x, y, gammas (G,)) -> {metric: (G, L) per layer, metric + "_all": (G,) whole network}:
+    pc's update at `steps` inference steps against jax.grad, all gammas at once (vmap)."""
+    act, loss = model_functions(config)
+
+    def at_gamma(params, x, y, gamma):
+        pc = replace(config.pc, output_precision=gamma, inference_steps=steps)
+        rule = make_rule(replace(config, pc=pc), sizes)
+        estimate = rule.estimate(params, (), x, y, None)
+        exact, _ = exact_gradients(params, x, y, act, loss)
+        layers, network = compare_updates(estimate.grads, exact)
+        return {**layers, **{f"{m}_all": network[m] for m in METRICS}}
+
+    return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0))))
+
+
+def seed_measurements(config: Config, splits, seed: int, params, gammas: list[float], steps_list: list[int],
+                      n_batches: int, dtype) -> dict:
+    """This seed's measurements, each the mean over its batches: {"gamma": {metric: (G, L) or (G,)},
+    "steps": {metric: (S, L) or (S,)}}."""
+    params = cast_floats(params, dtype)
+    sizes = tuple([params[0]["w"].shape[0]] + [layer["w"].shape[1] for layer in params])
+    key = jax.random.fold_in(derive_keys(seed).data, 20_000)
+    bs = config.train.batch_size
+    order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
+    batches = [(jnp.asarray(splits.x_train[idx], dtype),
+                jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)) for idx in order]
+
+    def batch_mean(compare, gammas_array):
+        measured = [compare(params, x, y, gammas_array) for x, y in batches]
+        return {k: np.mean([np.asarray(m[k], np.float64) for m in measured], axis=0) for k in measured[0]}
+
+    by_gamma = batch_mean(make_comparison(config, sizes, max(steps_list)), jnp.asarray(gammas, dtype))
+    smallest = jnp.asarray([min(gammas)], dtype)
+    per_steps = [batch_mean(make_comparison(config, sizes, t), smallest) for t in steps_list]
+    by_steps = {k: np.concatenate([m[k] for m in per_steps]) for k in per_steps[0]}
+    return {"gamma": by_gamma, "steps": by_steps}
+
+
+def _number(value) -> float | None:
+    """A float, or None where it is undefined: the angle of a zero update (e.g. the first layer's
+    after one inference step, before the error has reached it)."""
+    return float(value) if np.isfinite(value) else None
+
+
+def summarise(per_seed: list[dict], sweep: str, values: list, fixed: dict) -> list[dict]:
+    """One row per value of the sweep: whole-network and per-layer mean and std across seeds."""
+    rows = []
+    for i, value in enumerate(values):
+        row = {"sweep": sweep, **fixed, ("gamma" if sweep == "gamma" else "inference_steps"): value}
+        for m in METRICS:
+            whole = [s[sweep][f"{m}_all"][i] for s in per_seed]
+            layers = np.stack([s[sweep][m][i] for s in per_seed])
+            row.update({f"{m}_mean": _number(np.mean(whole)), f"{m}_std": _number(np.std(whole)),
+                        f"{m}_per_layer_mean": [_number(v) for v in np.mean(layers, axis=0)],
+                        f"{m}_per_layer_std": [_number(v) for v in np.std(layers, axis=0)]})
+        rows.append(row)
+    return rows
+
+
+def fit_gamma_slope(rows: list[dict], max_gamma: float = 0.1) -> dict:
+    """Slope of log10(relative error) against log10(gamma) over the gammas above the one of least
+    error (below it the floor of unconverged inference and rounding takes over; as studies/beta.py
+    fits), that one included when it is the smallest gamma (no floor in sight), and up to
+    `max_gamma` (first order is the small-gamma expansion)."""
+    points = sorted((r["gamma"], r["update_rel_error_mean"]) for r in rows if r["update_rel_error_mean"] > 0)
+    if not points:
+        return {"slope": None, "gammas": [], "reason": "no nonzero error"}
+    least = min(range(len(points)), key=lambda i: points[i][1])
+    fitted = [p for p in points[least + (least > 0) :] if p[0] <= max_gamma]
+    if len(fitted) < 2:
+        return {"slope": None, "gammas": [p[0] for p in fitted], "least_error_gamma": points[least][0],
+                "reason": f"fewer than 2 gammas in ({points[least][0]:g}, {max_gamma:g}]"}
+    slope, intercept = np.polyfit(np.log10([p[0] for p in fitted]), np.log10([p[1] for p in fitted]), 1)
+    return {"slope": float(slope), "intercept": float(intercept), "gammas": [p[0] for p in fitted],
+            "least_error_gamma": points[least][0]}
+
+
+def slope_sentence(fit: dict) -> str:
+    if fit["slope"] is None:
+        return f"no slope ({fit['reason']})"
+    return (f"relative error ~ gamma^{fit['slope']:.2f} over gamma in [{min(fit['gammas']):g}, "
+            f"{max(fit['gammas']):g}] (theory, converged inference: 1)")
+
+
+def run(config: Config, dataset, gammas: list[float], steps_list: list[int], seeds: list[int], n_batches: int,
+        x64: bool, train_epochs: int = 0, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """The study: per seed the network (trained in float32 if asked), then both grids on `n_batches`
+    batches (in float64 when `x64`); the rows pooled over the seeds, the slope, the summary and the
+    figure's title."""
+    gammas, steps_list = sorted(gammas), sorted(steps_list)
+    splits = make_splits(config, dataset)
+    per_seed = []
+    for seed in seeds:
+        progress(f"seed {seed}: network")
+        params, _ = fixed_network(config, splits, seed, train_epochs)
+        progress(f"seed {seed}: measuring")
+        with float64() if x64 else nullcontext():
+            per_seed.append(seed_measurements(config, splits, seed, params, gammas, steps_list, n_batches,
+                                              jnp.float64 if x64 else jnp.float32))
+    converged, small = max(steps_list), min(gammas)
+    rows = (summarise(per_seed, "gamma", gammas, {"inference_steps": converged})
+            + summarise(per_seed, "steps", steps_list, {"gamma": small}))
+    fit = fit_gamma_slope([r for r in rows if r["sweep"] == "gamma"])
+    precision = "float64" if x64 else "float32"
+    summary = {
+        "precision": precision,
+        "variant": config.pc.variant,
+        "inference_lr": config.pc.inference_lr,
+        "gamma_slope": fit,
+        "slope_summary": slope_sentence(fit),
+        "gamma_sweep_steps": converged,
+        "steps_sweep_gamma": small,
+        "seeds": seeds,
+        "batches_per_seed": n_batches,
+        "train_epochs": train_epochs,
+        "gammas": gammas,
+        "steps": steps_list,
+    }
+    title = f"pc ({config.pc.variant}) update vs jax.grad ({precision}, inference_lr={config.pc.inference_lr:g})"
+    return {"rows": rows, "summary": summary, "title": title}
+
+
+def write(result: dict, folder: Path) -> None:
+    """pc_sweep.jsonl (one row per gamma, then per number of steps), summary.json, pc_sweep.png."""
+    append_jsonl(folder / "pc_sweep.jsonl", result["rows"])
+    write_json(folder / "summary.json", result["summary"])
+    plot_pc_sweep(result["rows"], result["summary"], folder / "pc_sweep.png", result["title"])

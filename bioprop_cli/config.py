@@ -34,6 +34,8 @@ ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "st
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
+Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
+PoolKind = Literal["max", "avg", "none"]
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,29 @@ class InitConfig:
 
 
 @dataclass(frozen=True)
+class CNNConfig:
+    """model.arch = cnn: conv layers (one entry per layer in each list), then dense hidden layers.
+    The default is Laborieux et al. 2021's MNIST conv net (32@5x5, max pool 2, 64@5x5, max pool 2, 10)."""
+
+    channels: tuple[int, ...] = (32, 64)
+    kernels: tuple[int, ...] = (5, 5)
+    strides: tuple[int, ...] = (1, 1)
+    paddings: tuple[int, ...] = (0, 0)
+    pools: tuple[PoolKind, ...] = ("max", "max")  # after each conv layer's activation
+    pool_window: int = 2
+    pool_stride: int = 2
+    dense: tuple[int, ...] = ()  # widths of the dense hidden layers between the convs and the output
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    depth: int = 2  # number of HIDDEN layers; the network has depth + 1 weight matrices
-    width: int = 256
+    arch: Arch = "mlp"  # mlp | lenet | cnn (bioprop_cli/models/arch.py)
+    depth: int = 2  # mlp: number of HIDDEN layers; the network has depth + 1 weight matrices
+    width: int = 256  # mlp: units per hidden layer
     activation: Activation = "tanh"
     loss: Loss = "cross_entropy"
     init: InitConfig = field(default_factory=InitConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
 
 
 @dataclass(frozen=True)
@@ -370,6 +389,28 @@ def _check_memory(m: ModelConfig) -> None:
             f"more than this machine's {have / 2**30:,.0f} GiB")
 
 
+def _check_cnn(c: CNNConfig) -> None:
+    n = len(c.channels)
+    _check(n >= 1, "model.cnn.channels", "at least one conv layer", list(c.channels))
+    for key in ("kernels", "strides", "paddings", "pools"):
+        value = getattr(c, key)
+        _check(len(value) == n, f"model.cnn.{key}", f"one entry per conv layer ({n}, as model.cnn.channels)", list(value))
+    for key, low in (("channels", 1), ("kernels", 1), ("strides", 1), ("paddings", 0), ("dense", 1)):
+        value = getattr(c, key)
+        _check(all(v >= low for v in value), f"model.cnn.{key}", f"integers >= {low}", list(value))
+    _check(c.pool_window >= 1, "model.cnn.pool_window", ">= 1", c.pool_window)
+    _check(c.pool_stride >= 1, "model.cnn.pool_stride", ">= 1", c.pool_stride)
+
+
+def _check_architecture(config: Config) -> None:
+    from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+    from bioprop_cli.models.arch import build, problem
+
+    found = problem(build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES))
+    _check(found is None, "model.cnn" if config.model.arch == "cnn" else "model.arch",
+           f"an architecture whose every layer has an output ({found})", config.model.arch)
+
+
 def validate(config: Config) -> Config:
     """Checks ranges and cross-field constraints; returns the config unchanged."""
     from bioprop_cli.rules import available_rules  # the registry is the source of truth
@@ -391,6 +432,8 @@ def validate(config: Config) -> Config:
     check_folder(Path(config.results_dir) / config.experiment, "config key 'experiment'")
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
+    _check_cnn(m.cnn)
+    _check_architecture(config)
     _check_memory(m)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
     fb = config.feedback

@@ -36,6 +36,8 @@ TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILE_NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 NUM_TRAIN, NUM_TEST, IMAGE_SIDE, NUM_CLASSES = 60000, 10000, 28, 10
+# (H, W, C) of one image; the arrays stay flat, (N, H*W*C) in channel-last order.
+IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)})
 
 IDX_UBYTE_TYPE_CODE = 0x08
 

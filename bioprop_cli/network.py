@@ -6,10 +6,16 @@ a study measures the network a run with the same config and seed trains.
 
 from __future__ import annotations
 
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+from bioprop_cli.models import arch
 from bioprop_cli.models.mlp import init_params, layer_sizes
 from bioprop_cli.rules import LearningRule, make_rule
 from bioprop_cli.splits import derive_keys
+
+
+def architecture(config) -> arch.Architecture:
+    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs."""
+    return arch.build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
 
 
 def sizes_for(config, n_in: int) -> tuple[int, ...]:

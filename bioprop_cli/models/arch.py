@@ -1,0 +1,179 @@
+"""Architectures: which layers a network has and the shape of each, from the config (their one home).
+
+A network is a stack of weight layers l = 0 .. L-1. Each is a dense or a convolutional layer
+producing a pre-activation a_l, followed (except the last, whose a_l are the logits) by the
+activation f and then, for a convolutional layer, by an optional pooling:
+    h_{l+1} = pool_l(f(a_l)).
+A dense layer reads its input flattened (channel-last order), so a conv stack flows into dense
+layers without an explicit flatten layer. The input x arrives flat, (batch, H*W*C), and the first
+conv layer reads it as (batch, H, W, C), the dataset's image shape (data.IMAGE_SHAPES).
+
+- `mlp`: depth hidden dense layers of `width` units (today's network, model.depth / model.width).
+- `lenet`: LeNet-5 as biotorch trains it on MNIST (conv 6@5x5 pad 2, max pool 2; conv 16@5x5,
+  max pool 2; dense 120, 84, 10); model.depth and model.width do not apply.
+- `cnn`: conv layers as model.cnn lists them, then dense hidden layers of model.cnn.dense units, then
+  the output layer; model.depth and model.width do not apply.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+PoolKind = Literal["max", "avg", "none"]
+
+
+class Dense(NamedTuple):
+    n_in: int
+    n_out: int
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        return (self.n_in, self.n_out)
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (self.n_out,)
+
+    @property
+    def fans(self) -> tuple[int, int]:
+        return self.n_in, self.n_out
+
+
+class Conv(NamedTuple):
+    in_shape: tuple[int, int, int]  # (H, W, C_in) of the layer's input
+    channels: int  # C_out
+    kernel: int  # square kernel side k
+    stride: int
+    padding: int  # zeros added on each side of H and W
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        """HWIO: (k, k, C_in, C_out), the layout of jax.lax.conv_general_dilated's 'HWIO'."""
+        return (self.kernel, self.kernel, self.in_shape[2], self.channels)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        """(H', W', C_out) of the pre-activation: floor((H + 2p - k) / s) + 1."""
+        h, w, _ = self.in_shape
+        side = lambda n: (n + 2 * self.padding - self.kernel) // self.stride + 1
+        return (side(h), side(w), self.channels)
+
+    @property
+    def fans(self) -> tuple[int, int]:
+        """(k^2 C_in, k^2 C_out): the variance-scaling fans of a convolution kernel."""
+        area = self.kernel * self.kernel
+        return area * self.in_shape[2], area * self.channels
+
+
+class Pool(NamedTuple):
+    kind: Literal["max", "avg"]
+    window: int
+    stride: int
+
+    def out_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """VALID pooling: floor((H - window) / stride) + 1 per side."""
+        side = lambda n: (n - self.window) // self.stride + 1
+        return (side(shape[0]), side(shape[1]), shape[2])
+
+
+class Layer(NamedTuple):
+    op: Dense | Conv
+    pool: Pool | None = None  # after the activation; conv layers only
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of h_{l+1}, what the next layer reads (after the activation and the pooling)."""
+        shape = self.op.out_shape
+        return self.pool.out_shape(shape) if self.pool is not None else shape
+
+
+class Architecture(NamedTuple):
+    name: str  # mlp | lenet | cnn
+    input_shape: tuple[int, ...]  # (H, W, C) of one example
+    layers: tuple[Layer, ...]
+
+    @property
+    def is_mlp(self) -> bool:
+        return all(isinstance(layer.op, Dense) for layer in self.layers)
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The number of units at each layer boundary, flattened: (n_0, n_1, ..., n_L); for the
+        MLP, its layer sizes (784, width, ..., 10)."""
+        return (math.prod(self.input_shape),) + tuple(math.prod(layer.out_shape) for layer in self.layers)
+
+    @property
+    def pre_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each pre-activation a_l (per example)."""
+        return tuple(layer.op.out_shape for layer in self.layers)
+
+    def describe(self) -> str:
+        """One line, e.g. '784-256-10' for an MLP, 'conv6@5x5p2-max2-conv16@5x5-max2-120-84-10' for LeNet."""
+        if self.is_mlp:
+            return "-".join(str(n) for n in self.sizes)
+        parts = []
+        for layer in self.layers:
+            op = layer.op
+            if isinstance(op, Conv):
+                parts.append(f"conv{op.channels}@{op.kernel}x{op.kernel}"
+                             + (f"s{op.stride}" if op.stride != 1 else "") + (f"p{op.padding}" if op.padding else ""))
+            else:
+                parts.append(str(op.n_out))
+            if layer.pool is not None:
+                parts.append(f"{layer.pool.kind}{layer.pool.window}")
+        return "-".join(parts)
+
+
+def mlp(input_shape: tuple[int, ...], depth: int, width: int, n_out: int) -> Architecture:
+    sizes = (math.prod(input_shape),) + (width,) * depth + (n_out,)
+    return Architecture("mlp", tuple(input_shape), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
+
+
+def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, int, int, int, Pool | None]],
+          dense: tuple[int, ...], n_out: int) -> Architecture:
+    """Conv layers (channels, kernel, stride, padding, pool) in order, then dense hidden layers, then the output."""
+    layers, shape = [], tuple(input_shape)
+    for channels, kernel, stride, padding, pool in convs:
+        layer = Layer(Conv(shape, channels, kernel, stride, padding), pool)
+        layers.append(layer)
+        shape = layer.out_shape
+    n = math.prod(shape)
+    for width in tuple(dense) + (n_out,):
+        layers.append(Layer(Dense(n, width)))
+        n = width
+    return Architecture(name, tuple(input_shape), tuple(layers))
+
+
+def lenet(input_shape: tuple[int, int, int], n_out: int) -> Architecture:
+    """LeNet-5 as biotorch's le_net_mnist: conv 6@5x5 (pad 2), max pool 2; conv 16@5x5, max pool 2;
+    dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400)."""
+    pool = Pool("max", 2, 2)
+    return stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
+
+
+def cnn(input_shape: tuple[int, int, int], cnn_config, n_out: int) -> Architecture:
+    """The configurable conv net of model.cnn (see config.CNNConfig)."""
+    c = cnn_config
+    convs = [
+        (channels, kernel, stride, padding, None if pool == "none" else Pool(pool, c.pool_window, c.pool_stride))
+        for channels, kernel, stride, padding, pool in zip(c.channels, c.kernels, c.strides, c.paddings, c.pools)
+    ]
+    return stack("cnn", input_shape, convs, tuple(c.dense), n_out)
+
+
+def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architecture:
+    """The architecture model_config.arch names, on inputs of the given (H, W, C) shape."""
+    if model_config.arch == "mlp":
+        return mlp(input_shape, model_config.depth, model_config.width, n_out)
+    if model_config.arch == "lenet":
+        return lenet(input_shape, n_out)
+    return cnn(input_shape, model_config.cnn, n_out)
+
+
+def problem(arch: Architecture) -> str | None:
+    """What makes the architecture impossible (a layer or pooling with no output left), else None."""
+    for l, layer in enumerate(arch.layers):
+        if min(layer.op.out_shape) < 1 or min(layer.out_shape) < 1:
+            return f"layer {l} has no output left on {'x'.join(map(str, arch.input_shape))} inputs"
+    return None

@@ -1,3 +1,3 @@
-from bioprop_cli.cli import main
+from bioprop_cli.launch import main
 
 main()

@@ -142,3 +142,23 @@ def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
     assert {n: e["status"] for n, e in runs.items()} == {"depth-1-s0": "interrupted", "depth-2-s0": "queued", "depth-3-s0": "queued"}
     summary = json.loads((folder / runs["depth-1-s0"]["run_dir"] / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 1000
+
+
+def test_ctrl_c_while_importing_exits_130_without_traceback():
+    """A Ctrl-C that lands while the CLI's modules import (JAX takes seconds) is made deterministic
+    here by an import hook that raises KeyboardInterrupt at `import jax`."""
+    script = (
+        "import builtins\n"
+        "real_import = builtins.__import__\n"
+        "def interrupted(name, *args, **kwargs):\n"
+        "    if name == 'jax':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real_import(name, *args, **kwargs)\n"
+        "builtins.__import__ = interrupted\n"
+        "import sys; sys.argv = ['bioprop', '--help']\n"
+        "from bioprop_cli.launch import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130
+    assert proc.stderr == "" and proc.stdout == ""

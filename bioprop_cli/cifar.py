@@ -58,7 +58,8 @@ CANONICAL = Layout()
 
 def read_cifar10(folder: DataFolder) -> Dataset:
     """The dataset from a data folder holding the binary archive or its extracted batch files."""
-    return dataset_from_batches(read_batches(folder, CANONICAL), binary_source(folder.path), folder.origin)
+    source = find_binary_source(folder)
+    return dataset_from_batches(read_source(source, CANONICAL), source, folder.origin)
 
 
 def dataset_from_batches(batches: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, origin: str) -> Dataset:
@@ -70,8 +71,8 @@ def dataset_from_batches(batches: dict[str, tuple[np.ndarray, np.ndarray]], path
                    labels_test.astype(np.int32), source=f"files in {path} (from {origin})")
 
 
-def read_batches(folder: DataFolder, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{batch file name: (labels (n,) uint8, images (n, 32, 32, 3) uint8)}, every check passed."""
+def find_binary_source(folder: DataFolder) -> Path:
+    """The archive or the batch folder to read (binary_source); a UserError when the folder holds neither."""
     check_folder_exists(folder.path, folder.origin, folder_contents("cifar10"))
     source = binary_source(folder.path)
     if source is None:
@@ -80,6 +81,12 @@ def read_batches(folder: DataFolder, layout: Layout) -> dict[str, tuple[np.ndarr
         raise UserError(f"{folder.path}{given_by}: holds neither {CIFAR10_ARCHIVE} nor {CIFAR10_FOLDER}/ nor the batch "
                         f"files {', '.join(BATCH_FILES)}; {BINARY_VERSION}, or point --data-dir / BIOPROP_DATA_DIR at "
                         "the folder holding it")
+    return source
+
+
+def read_source(source: Path, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{batch file name: (labels (n,) uint8, images (n, 32, 32, 3) uint8)} of the archive or batch folder
+    `source`, every check passed."""
     batches = read_archive(source, layout) if source.is_file() else read_batch_folder(source, layout)
     check_class_counts(source, batches, layout)
     return batches
@@ -141,16 +148,16 @@ def read_batch_file(batch_folder: Path, name: str, layout: Layout) -> tuple[np.n
     return parse_batch(path, content, layout)
 
 
-def check_class_counts(source: Path, batches: dict[str, tuple[np.ndarray, np.ndarray]], layout: Layout) -> None:
+def check_class_counts(source: str | os.PathLike, batches: dict[str, tuple[np.ndarray, np.ndarray]], layout: Layout) -> None:
     """The published split: the test batch holds the same number of images of each class, and so do the
     training batches together (1000 and 5000)."""
     per_class = layout.records_per_batch // NUM_CLASSES
-    groups = {f"{TEST_BATCH}": ([TEST_BATCH], per_class),
-              "the training batches together": (list(TRAIN_BATCHES), per_class * len(TRAIN_BATCHES))}
+    groups = {TEST_BATCH: ([TEST_BATCH], per_class),
+              "the five training batches": (list(TRAIN_BATCHES), per_class * len(TRAIN_BATCHES))}
     for where, (names, expected) in groups.items():
         counts = np.bincount(np.concatenate([batches[name][0] for name in names]), minlength=NUM_CLASSES)
         if np.any(counts != expected):
-            raise BadDataFile(source, f"{where} hold {counts.tolist()} images per class, expected {expected} of each "
+            raise BadDataFile(source, f"images per class in {where}: {counts.tolist()}, expected {expected} of each "
                                       "(the published split)")
 
 
@@ -167,12 +174,10 @@ def read_archive(path: Path, layout: Layout) -> dict[str, tuple[np.ndarray, np.n
         raise BadDataFile(path, f"cannot read the file ({error.strerror or error})") from None
 
 
-def verify_archive_bytes(source: str, raw: bytes, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def verify_archive_bytes(source: str, raw: bytes, layout: Layout) -> None:
     """The checks the archive passes, on its bytes (a download); `source` names it in errors."""
     check_archive_md5(source, hashlib.md5(raw).hexdigest(), layout)
-    batches = read_archive_members(source, io.BytesIO(raw), layout)
-    check_class_counts(Path(source), batches, layout)
-    return batches
+    check_class_counts(source, read_archive_members(source, io.BytesIO(raw), layout), layout)
 
 
 def check_archive_md5(source: str | os.PathLike, actual: str, layout: Layout) -> None:
@@ -221,7 +226,7 @@ def check_cifar_folder(folder: str | os.PathLike) -> list[FileCheck]:
         refuse_python_version(folder)
         return [FileCheck(CIFAR10_ARCHIVE, None, wanted=f"{CIFAR10_ARCHIVE} (or its extracted folder {CIFAR10_FOLDER}/)")]
     if source.is_file():
-        return [file_check(source.name, source, lambda: check_class_counts(source, read_archive(source, layout), layout))]
+        return [file_check(source.name, source, lambda: read_source(source, layout))]
     return check_batch_folder(source, layout)
 
 

@@ -89,7 +89,7 @@ def expected_images(batches: dict, names) -> np.ndarray:
 
 
 def read(folder: Path, layout: Layout = SMALL, origin: str = "data_dir"):
-    return cifar.read_batches(DataFolder(folder, origin), layout)
+    return cifar.read_source(cifar.find_binary_source(DataFolder(folder, origin)), layout)
 
 
 def message_of(excinfo: pytest.ExceptionInfo) -> str:
@@ -226,15 +226,26 @@ def test_a_bad_label_byte(tmp_path):
     assert f"{folder / 'data_batch_2.bin'}: label byte 10 in record 4, expected 0..9" in message_of(excinfo)
 
 
-def test_the_published_split_holds_each_class_equally_often(tmp_path):
+@pytest.mark.parametrize("batch, where, counts", [
+    (TEST_BATCH, TEST_BATCH, [1, 1, 1, 0, 2, 1, 1, 1, 1, 1]),
+    ("data_batch_5.bin", "the five training batches", [5, 5, 5, 4, 6, 5, 5, 5, 5, 5]),
+])
+def test_the_published_split_holds_each_class_equally_often(tmp_path, batch, where, counts):
     batches = make_batches()
-    labels = batches[TEST_BATCH][0]
+    labels = batches[batch][0]
     labels[labels == 3] = 4  # a valid label byte, a wrong split
     folder = write_folder(tmp_path / "b", batches)
     with pytest.raises(UserError) as excinfo:
         read(folder)
-    assert f"{folder}: {TEST_BATCH} hold [1, 1, 1, 0, 2, 1, 1, 1, 1, 1] images per class, expected 1 of each" in (
-        message_of(excinfo))
+    assert f"{folder}: images per class in {where}: {counts}, expected {counts[0]} of each" in message_of(excinfo)
+
+
+def test_tensorflow_datasets_arrays_must_have_cifar_shapes():
+    wrong = Dataset("cifar10", np.zeros((2, 3072), np.float32), np.zeros(2, np.int32), np.zeros((2, 3072), np.float32),
+                    np.zeros(2, np.int32), source="tensorflow-datasets")
+    with pytest.raises(UserError) as excinfo:
+        data.check_tfds_shapes(wrong)
+    assert "x_train of shape 2x3072, expected 50000x3072" in message_of(excinfo)
 
 
 def test_a_missing_batch_file(tmp_path):
@@ -482,6 +493,17 @@ def test_data_check_names_each_bad_batch_file(small_files, tmp_path):
     assert_user_error(result, "1 missing and 1 altered")
     assert f"mismatch  {folder / 'data_batch_2.bin'}: label byte 11 in record 0" in result.stdout
     assert f"missing   {TEST_BATCH}" in result.stdout and result.stdout.count("found") == 4
+
+
+def test_data_check_checks_the_split_of_intact_files(small_files, tmp_path):
+    small_files()
+    batches = make_batches()
+    batches["data_batch_1.bin"][0][:] = 0  # valid labels, every one a 0
+    folder = write_folder(tmp_path / "b", batches)
+    result = CliRunner().invoke(app, ["data", "check", str(folder), "--dataset", "cifar10"])
+    assert_user_error(result, "0 missing and 1 altered of the 7 cifar10 checks")
+    assert result.stdout.count("found") == 6
+    assert f"mismatch  {folder}: images per class in the five training batches: [14, 4, 4" in result.stdout
 
 
 def test_data_check_refuses_the_python_version(tmp_path):

@@ -638,3 +638,9 @@ def test_seeds_trained_together_augment_as_they_do_alone(tmp_path):
     assert together[1]["runs_trained_together"] == 2
     assert train_losses(tmp_path / "run1") == pytest.approx(train_losses(tmp_path / "alone"), rel=1e-5)
     assert train_losses(tmp_path / "run0") != pytest.approx(train_losses(tmp_path / "run1"), rel=1e-3)
+
+
+def test_the_example_config():
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "cifar10_mlp.yaml")
+    assert (config.data.dataset, config.data.normalization, config.data.augment) == ("cifar10", "per_channel",
+                                                                                      "crop_flip")

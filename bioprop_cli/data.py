@@ -277,6 +277,7 @@ class FileCheck:
     path: Path | None  # the file found (plain or .gz), None when missing
     problem: str | None = None  # why the file found is not the canonical one
     wanted: str = ""  # what would stand for the file, when missing (default: the file, plain or .gz)
+    checksummed: bool = True  # whether "found" means: the published content (False: checked, but no checksum exists)
 
     @property
     def wanted_text(self) -> str:

@@ -482,6 +482,7 @@ def test_data_fetch_is_a_no_op_for_a_folder_holding_the_extracted_batches(small_
     result = CliRunner().invoke(app, ["data", "fetch", "cifar10", "--to", str(tmp_path)])  # the port is closed
     assert result.exit_code == 0, (result.output, result.exception)
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["found"] * 7 + [f"{tmp_path}:"]
+    assert "the cifar10 files pass every check" in result.stdout and "no published checksum" in result.stdout
 
 
 def test_data_check_names_each_bad_batch_file(small_files, tmp_path):

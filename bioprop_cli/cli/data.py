@@ -57,4 +57,7 @@ def report_folder(dataset: str, folder: Path) -> None:
     if missing or mismatching:
         raise UserError(f"{folder}: {missing} missing and {mismatching} altered of the {len(checks)} {dataset} checks; "
                         f"delete any altered file and run `bioprop data fetch {dataset} --to {folder}`")
-    console.print(f"{folder}: the canonical {dataset} files, verified", markup=False, highlight=False, soft_wrap=True)
+    verdict = ("the canonical {dataset} files, verified" if all(file.checksummed for file in checks) else
+               "the {dataset} files pass every check (sizes, labels, the split: the extracted files have no published "
+               "checksum to compare)")
+    console.print(f"{folder}: {verdict.format(dataset=dataset)}", markup=False, highlight=False, soft_wrap=True)

@@ -26,9 +26,6 @@ import numpy as np
 from bioprop_cli.errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
-# (height, width, channels) of each dataset's images; the arrays hold them flattened in this (channel-last) order.
-IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)})
-SPLIT_SIZES = MappingProxyType({"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)})
 
 DATA_DIR_ENV_VAR = "BIOPROP_DATA_DIR"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -44,6 +41,9 @@ CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"  # the binary version, as published (
 CIFAR10_FOLDER = "cifar-10-batches-bin"  # the folder the archive extracts to
 
 NUM_TRAIN, NUM_TEST, IMAGE_SIDE, NUM_CLASSES = 60000, 10000, 28, 10
+# (H, W, C) of one image; the arrays stay flat, (N, H*W*C) in channel-last order.
+IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)})
+SPLIT_SIZES = MappingProxyType({"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)})
 
 IDX_UBYTE_TYPE_CODE = 0x08
 

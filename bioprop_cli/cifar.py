@@ -53,7 +53,9 @@ class Layout:
     archive_md5: str = ARCHIVE_MD5
 
 
-CANONICAL = Layout()
+CANONICAL = Layout()  # looked up when a reader runs: tests put smaller generated files in its place
+
+Batches = dict[str, tuple[np.ndarray, np.ndarray]]  # {batch file name: (labels (n,) uint8, images (n, H, W, C) uint8)}
 
 
 def read_cifar10(folder: DataFolder) -> Dataset:
@@ -62,7 +64,7 @@ def read_cifar10(folder: DataFolder) -> Dataset:
     return dataset_from_batches(read_source(source, CANONICAL), source, folder.origin)
 
 
-def dataset_from_batches(batches: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, origin: str) -> Dataset:
+def dataset_from_batches(batches: Batches, path: Path, origin: str) -> Dataset:
     train = [batches[name] for name in TRAIN_BATCHES]
     labels_train = np.concatenate([labels for labels, _ in train])
     images_train = np.concatenate([images for _, images in train])
@@ -84,9 +86,8 @@ def find_binary_source(folder: DataFolder) -> Path:
     return source
 
 
-def read_source(source: Path, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{batch file name: (labels (n,) uint8, images (n, 32, 32, 3) uint8)} of the archive or batch folder
-    `source`, every check passed."""
+def read_source(source: Path, layout: Layout) -> Batches:
+    """The batches of the archive or batch folder `source`, every check passed."""
     batches = read_archive(source, layout) if source.is_file() else read_batch_folder(source, layout)
     check_class_counts(source, batches, layout)
     return batches
@@ -119,8 +120,8 @@ def parse_batch(source: str | os.PathLike, content: bytes, layout: Layout) -> tu
     expected = layout.records_per_batch * RECORD_BYTES
     if len(content) != expected:
         what = "truncated: found only" if len(content) < expected else "found"
-        raise BadDataFile(source, f"{what} {len(content)} bytes, expected exactly {expected} ({layout.records_per_batch} "
-                                  f"records of 1 label byte and {RECORD_BYTES - 1} pixel bytes)")
+        layout_text = f"{layout.records_per_batch} records of 1 label byte and {RECORD_BYTES - 1} pixel bytes"
+        raise BadDataFile(source, f"{what} {len(content)} bytes, expected exactly {expected} ({layout_text})")
     records = np.frombuffer(content, np.uint8).reshape(layout.records_per_batch, RECORD_BYTES)
     labels = records[:, 0]
     bad = np.flatnonzero(labels >= NUM_CLASSES)
@@ -132,7 +133,7 @@ def parse_batch(source: str | os.PathLike, content: bytes, layout: Layout) -> tu
     return labels, images
 
 
-def read_batch_folder(batch_folder: Path, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_batch_folder(batch_folder: Path, layout: Layout) -> Batches:
     return {name: read_batch_file(batch_folder, name, layout) for name in BATCH_FILES}
 
 
@@ -148,7 +149,7 @@ def read_batch_file(batch_folder: Path, name: str, layout: Layout) -> tuple[np.n
     return parse_batch(path, content, layout)
 
 
-def check_class_counts(source: str | os.PathLike, batches: dict[str, tuple[np.ndarray, np.ndarray]], layout: Layout) -> None:
+def check_class_counts(source: str | os.PathLike, batches: Batches, layout: Layout) -> None:
     """The published split: the test batch holds the same number of images of each class, and so do the
     training batches together (1000 and 5000)."""
     per_class = layout.records_per_batch // NUM_CLASSES
@@ -164,7 +165,7 @@ def check_class_counts(source: str | os.PathLike, batches: dict[str, tuple[np.nd
 # --- the archive -------------------------------------------------------------------------------------------------
 
 
-def read_archive(path: Path, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_archive(path: Path, layout: Layout) -> Batches:
     try:
         with path.open("rb") as file:
             check_archive_md5(path, hashlib.file_digest(file, "md5").hexdigest(), layout)
@@ -183,10 +184,11 @@ def verify_archive_bytes(source: str, raw: bytes, layout: Layout) -> None:
 def check_archive_md5(source: str | os.PathLike, actual: str, layout: Layout) -> None:
     if actual != layout.archive_md5:
         raise BadDataFile(source, f"MD5 is {actual}, expected {layout.archive_md5} (the published checksum of "
-                                  f"{CIFAR10_ARCHIVE}); the archive is truncated, corrupt or not CIFAR-10's binary version")
+                                  f"{CIFAR10_ARCHIVE}); the archive is truncated, corrupt or not CIFAR-10's binary "
+                                  "version")
 
 
-def read_archive_members(source: str | os.PathLike, file: BinaryIO, layout: Layout) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_archive_members(source: str | os.PathLike, file: BinaryIO, layout: Layout) -> Batches:
     try:
         with tarfile.open(fileobj=file, mode="r:gz") as archive:
             return {name: parse_batch(f"{source} member {member_name(name)}", read_member(source, archive, name),
@@ -224,7 +226,8 @@ def check_cifar_folder(folder: str | os.PathLike) -> list[FileCheck]:
     source = binary_source(folder)
     if source is None:
         refuse_python_version(folder)
-        return [FileCheck(CIFAR10_ARCHIVE, None, wanted=f"{CIFAR10_ARCHIVE} (or its extracted folder {CIFAR10_FOLDER}/)")]
+        wanted = f"{CIFAR10_ARCHIVE} (or its extracted folder {CIFAR10_FOLDER}/)"
+        return [FileCheck(CIFAR10_ARCHIVE, None, wanted=wanted)]
     if source.is_file():
         return [file_check(source.name, source, lambda: read_source(source, layout))]
     return check_batch_folder(source, layout)

@@ -1,4 +1,4 @@
-"""The datasets as flat float32 arrays; MNIST / Fashion-MNIST from verified IDX files: the files, their checks, the readers.
+"""The datasets as flat float32 arrays; MNIST / Fashion-MNIST from verified IDX files: their checks, the readers.
 
 Every dataset's images are flat rows of H*W*C float32 pixels in [0, 1], channel-last ((H, W, C) once reshaped with
 ``IMAGE_SHAPES``, the one home of each dataset's image shape). An MNIST data folder holds the four standard IDX
@@ -43,7 +43,8 @@ CIFAR10_FOLDER = "cifar-10-batches-bin"  # the folder the archive extracts to
 NUM_TRAIN, NUM_TEST, IMAGE_SIDE, NUM_CLASSES = 60000, 10000, 28, 10
 # (H, W, C) of one image; the arrays stay flat, (N, H*W*C) in channel-last order.
 IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)})
-SPLIT_SIZES = MappingProxyType({"mnist": (60000, 10000), "fashion_mnist": (60000, 10000), "cifar10": (50000, 10000)})
+SPLIT_SIZES = MappingProxyType({"mnist": (NUM_TRAIN, NUM_TEST), "fashion_mnist": (NUM_TRAIN, NUM_TEST),
+                                "cifar10": (50000, 10000)})  # (training, test) images
 
 IDX_UBYTE_TYPE_CODE = 0x08
 
@@ -138,7 +139,8 @@ def folder_contents(name: str) -> str:
 
 
 def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFolder | None:
-    """The folder to read IDX files from, or None when the data must come from tensorflow-datasets or a download."""
+    """The folder to read the dataset's files from, or None when the data must come from tensorflow-datasets or a
+    download."""
     if data_dir is not None and str(data_dir) != "":
         return DataFolder(Path(data_dir).expanduser(), "data_dir")
     env_dir = os.environ.get(DATA_DIR_ENV_VAR, "")
@@ -354,7 +356,8 @@ def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
 def check_tfds_shapes(dataset: Dataset) -> None:
     n_train, n_test = SPLIT_SIZES[dataset.name]
     n_pixels = math.prod(IMAGE_SHAPES[dataset.name])
-    expected = {"x_train": (n_train, n_pixels), "y_train": (n_train,), "x_test": (n_test, n_pixels), "y_test": (n_test,)}
+    expected = {"x_train": (n_train, n_pixels), "y_train": (n_train,),
+                "x_test": (n_test, n_pixels), "y_test": (n_test,)}
     for field, shape in expected.items():
         found = getattr(dataset, field).shape
         if found != shape:

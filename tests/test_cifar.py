@@ -130,7 +130,8 @@ def test_the_published_facts():
 def test_a_record_is_red_green_blue_planes_stored_row_major():
     """A hand-made record: red holds the row, green the column, blue a constant; it comes out (H, W, C)."""
     rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
-    record = bytes([7]) + rows.astype(np.uint8).tobytes() + (cols + 100).astype(np.uint8).tobytes() + bytes([200]) * 1024
+    red, green, blue = rows.astype(np.uint8).tobytes(), (cols + 100).astype(np.uint8).tobytes(), bytes([200]) * 1024
+    record = bytes([7]) + red + green + blue
     labels, images = cifar.parse_batch("hand-made", record, Layout(records_per_batch=1))
     assert labels.tolist() == [7] and images.shape == (1, 32, 32, 3)
     assert images[0, 5, 9].tolist() == [5, 109, 200] and images[0, 31, 0].tolist() == [31, 100, 200]
@@ -278,7 +279,8 @@ def test_an_archive_missing_a_member(tmp_path):
     folder = write_archive(tmp_path, raw)
     with pytest.raises(UserError) as excinfo:
         read(folder, Layout(RECORDS, md5(raw)))
-    assert f"{folder / CIFAR10_ARCHIVE}: the archive has no member {CIFAR10_FOLDER}/{TEST_BATCH};" in message_of(excinfo)
+    assert f"{folder / CIFAR10_ARCHIVE}: the archive has no member {CIFAR10_FOLDER}/{TEST_BATCH};" in (
+        message_of(excinfo))
 
 
 def test_an_archive_member_with_a_bad_label(tmp_path):
@@ -442,7 +444,8 @@ def test_download_verifies_caches_and_loads(only_local, serve, small_files):
     dataset = load_dataset("cifar10")
     cache = data.cache_folder("cifar10")
     assert server.requests == [f"/cifar10/{CIFAR10_ARCHIVE}"]
-    assert sorted(p.name for p in cache.iterdir()) == [CIFAR10_ARCHIVE] and (cache / CIFAR10_ARCHIVE).read_bytes() == raw
+    assert sorted(p.name for p in cache.iterdir()) == [CIFAR10_ARCHIVE]
+    assert (cache / CIFAR10_ARCHIVE).read_bytes() == raw
     assert dataset.source == f"files in {cache / CIFAR10_ARCHIVE} (from {data.CACHE_ORIGIN})"
     np.testing.assert_array_equal(dataset.x_test, expected_images(batches, [TEST_BATCH]))
     load_dataset("cifar10")
@@ -573,8 +576,9 @@ def identify(original: np.ndarray, augmented: np.ndarray) -> list[tuple[int, int
     """Each (row offset, column offset, flipped) into the zero-padded image that reproduces `augmented` exactly."""
     padded = np.pad(original.reshape(SHAPE), ((PAD, PAD), (PAD, PAD), (0, 0)))
     out = augmented.reshape(SHAPE)
-    return [(dy, dx, flip) for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1) for flip in (False, True)
-            if np.array_equal(out, (padded[dy:dy + 32, dx:dx + 32][:, ::-1] if flip else padded[dy:dy + 32, dx:dx + 32]))]
+    windows = {(dy, dx): padded[dy:dy + 32, dx:dx + 32] for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1)}
+    return [(dy, dx, flip) for (dy, dx), window in windows.items() for flip in (False, True)
+            if np.array_equal(out, window[:, ::-1] if flip else window)]
 
 
 def test_crop_flip_is_a_shifted_window_of_the_zero_padded_image_maybe_mirrored():

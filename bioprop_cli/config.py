@@ -29,6 +29,8 @@ InitScheme = Literal[
 ]
 Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
+Normalization = Literal["none", "per_channel"]  # bioprop_cli/splits.py
+Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
@@ -116,6 +118,13 @@ class DataConfig:
     validation_size: int = 5000  # held out from the END of the training set
     train_limit: int | None = None  # use only the first N training examples (quick tests)
     test_limit: int | None = None  # use only the first N test examples
+    # per_channel: subtract each colour channel's mean and divide by its standard deviation, both taken over the
+    # training split only (not validation or test), from every split (splits.make_splits)
+    normalization: Normalization = "none"
+    # crop_flip: each training example of each step zero-padded by 4 pixels, a random window of the image's size,
+    # and mirrored left-right with probability 1/2; on the device, from the step's key (augment.py). Never the
+    # evaluation or the measurements.
+    augment: Augmentation = "none"
 
 
 @dataclass(frozen=True)
@@ -373,14 +382,14 @@ def host_memory_bytes() -> int | None:
         return None
 
 
-def _check_memory(m: ModelConfig) -> None:
+def _check_memory(m: ModelConfig, dataset: str) -> None:
     """Refuses a network whose float32 arrays alone would not fit in this machine's memory, before
     anything is allocated or written (a width of 50,000,000 would otherwise end in an allocation failure)."""
-    from bioprop_cli.data import IMAGE_SIDE, NUM_CLASSES
-    from bioprop_cli.models.mlp import layer_sizes
+    from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+    from bioprop_cli.models.arch import build
 
-    sizes = layer_sizes(IMAGE_SIDE**2, m.depth, m.width, NUM_CLASSES)
-    n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+    layers = build(m, IMAGE_SHAPES[dataset], NUM_CLASSES).layers
+    n_params = sum(math.prod(layer.op.weight_shape) + layer.op.out_shape[-1] for layer in layers)
     need, have = 4 * PARAMETER_COPIES * n_params, host_memory_bytes()
     if have is not None and need > have:
         raise UserError(
@@ -434,7 +443,7 @@ def validate(config: Config) -> Config:
     _check(m.width >= 1, "model.width", ">= 1", m.width)
     _check_cnn(m.cnn)
     _check_architecture(config)
-    _check_memory(m)
+    _check_memory(m, d.dataset)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
     fb = config.feedback
     _check(fb.scale > 0, "feedback.scale", "> 0", fb.scale)

@@ -1,9 +1,11 @@
-"""MNIST / Fashion-MNIST as flat float32 arrays from verified IDX files: the files, their checks, the readers.
+"""The datasets as flat float32 arrays; MNIST / Fashion-MNIST from verified IDX files: their checks, the readers.
 
-A data folder holds the four standard IDX files, each plain or gzip-compressed (``.gz``); the plain one wins when
-both exist. Every file is checked (presence, gzip integrity, IDX magic number, shape, label range, and the MD5 of the
-uncompressed content against the canonical checksum); any problem is a one-line ``UserError``. Where the data comes
-from is decided in ``bioprop_cli.datasets``.
+Every dataset's images are flat rows of H*W*C float32 pixels in [0, 1], channel-last ((H, W, C) once reshaped with
+``IMAGE_SHAPES``, the one home of each dataset's image shape). An MNIST data folder holds the four standard IDX
+files, each plain or gzip-compressed (``.gz``); the plain one wins when both exist. Every file is checked (presence,
+gzip integrity, IDX magic number, shape, label range, and the MD5 of the uncompressed content against the canonical
+checksum); any problem is a one-line ``UserError``. CIFAR-10's binary files are read by ``bioprop_cli.cifar``;
+where the data comes from is decided in ``bioprop_cli.datasets``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -22,7 +25,7 @@ import numpy as np
 
 from bioprop_cli.errors import UserError
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 DATA_DIR_ENV_VAR = "BIOPROP_DATA_DIR"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -34,10 +37,14 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILE_NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"  # the binary version, as published (bioprop_cli.cifar reads it)
+CIFAR10_FOLDER = "cifar-10-batches-bin"  # the folder the archive extracts to
 
 NUM_TRAIN, NUM_TEST, IMAGE_SIDE, NUM_CLASSES = 60000, 10000, 28, 10
 # (H, W, C) of one image; the arrays stay flat, (N, H*W*C) in channel-last order.
-IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)})
+IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)})
+SPLIT_SIZES = MappingProxyType({"mnist": (NUM_TRAIN, NUM_TEST), "fashion_mnist": (NUM_TRAIN, NUM_TEST),
+                                "cifar10": (50000, 10000)})  # (training, test) images
 
 IDX_UBYTE_TYPE_CODE = 0x08
 
@@ -72,8 +79,8 @@ CANONICAL_MD5 = MappingProxyType(
 
 @dataclass(frozen=True)
 class Dataset:
-    name: str  # "mnist" or "fashion_mnist"
-    x_train: np.ndarray  # float32, (60000, 784), pixel / 255
+    name: str  # one of DATASETS
+    x_train: np.ndarray  # float32, (60000, 784) for MNIST, (50000, 3072) for CIFAR-10: pixel / 255, (H, W, C) flattened
     y_train: np.ndarray  # int32, (60000,), 0..9
     x_test: np.ndarray  # float32, (10000, 784)
     y_test: np.ndarray  # int32, (10000,)
@@ -124,8 +131,16 @@ def check_dataset_name(name: str) -> None:
         raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
 
 
+def folder_contents(name: str) -> str:
+    """What a data folder of dataset `name` holds, for messages."""
+    if name == "cifar10":
+        return f"{CIFAR10_ARCHIVE} or its extracted folder {CIFAR10_FOLDER}/ (the binary version of CIFAR-10)"
+    return f"{', '.join(IDX_FILE_NAMES)} (each plain or .gz)"
+
+
 def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFolder | None:
-    """The folder to read IDX files from, or None when the data must come from tensorflow-datasets or a download."""
+    """The folder to read the dataset's files from, or None when the data must come from tensorflow-datasets or a
+    download."""
     if data_dir is not None and str(data_dir) != "":
         return DataFolder(Path(data_dir).expanduser(), "data_dir")
     env_dir = os.environ.get(DATA_DIR_ENV_VAR, "")
@@ -134,9 +149,16 @@ def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFol
     if name == "fashion_mnist" and DEBIAN_FASHION_MNIST_DIR.is_dir():
         return DataFolder(DEBIAN_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist")
     cached = cache_folder(name)
-    if not missing_idx_files(cached, IDX_FILE_NAMES):
+    if cache_is_complete(name, cached):
         return DataFolder(cached, CACHE_ORIGIN)
     return None
+
+
+def cache_is_complete(name: str, folder: Path) -> bool:
+    """Whether a cache folder holds every file a download of `name` puts there."""
+    if name == "cifar10":
+        return (folder / CIFAR10_ARCHIVE).is_file()
+    return not missing_idx_files(folder, IDX_FILE_NAMES)
 
 
 def cache_folder(name: str) -> Path:
@@ -164,14 +186,14 @@ def load_idx_folder(folder: str | os.PathLike, expected: Mapping[str, FileSpec],
             for base_name, spec in expected.items()}
 
 
-def check_folder_exists(folder: Path, origin: str) -> None:
+def check_folder_exists(folder: Path, origin: str, holding: str = "the IDX files") -> None:
     given_by = f" (given by {origin})" if origin else ""
     if not folder.exists():
         raise UserError(f"data folder {folder}{given_by} does not exist; "
-                        "pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding the IDX files")
+                        f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {holding}")
     if not folder.is_dir():
         raise UserError(f"data folder {folder}{given_by} is not a folder; "
-                        "pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding the IDX files")
+                        f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {holding}")
 
 
 def existing_idx_file(folder: Path, base_name: str) -> Path | None:
@@ -256,6 +278,12 @@ class FileCheck:
     base_name: str
     path: Path | None  # the file found (plain or .gz), None when missing
     problem: str | None = None  # why the file found is not the canonical one
+    wanted: str = ""  # what would stand for the file, when missing (default: the file, plain or .gz)
+    checksummed: bool = True  # whether "found" means: the published content (False: checked, but no checksum exists)
+
+    @property
+    def wanted_text(self) -> str:
+        return self.wanted or f"{self.base_name} (or {self.base_name}.gz)"
 
     @property
     def status(self) -> str:
@@ -308,8 +336,7 @@ def load_from_tfds(name: str) -> Dataset:
     except Exception as error:  # a broken TensorFlow install or cache: the data folders still work
         raise UserError(
             f"could not read {name} from the tensorflow-datasets cache ({type(error).__name__}: {one_line(error)}); "
-            f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {', '.join(IDX_FILE_NAMES)} "
-            "(each plain or .gz)"
+            f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {folder_contents(name)}"
         ) from None
     dataset = Dataset(name, scale_images(x_train), y_train.astype(np.int32), scale_images(x_test),
                       y_test.astype(np.int32), source="tensorflow-datasets")
@@ -318,7 +345,7 @@ def load_from_tfds(name: str) -> Dataset:
 
 
 def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(images (N,28,28,1) uint8, labels) for train and test, from the prepared copy (never downloads)."""
+    """(images (N, H, W, C) uint8, labels) for train and test, from the prepared copy (never downloads)."""
     import tensorflow_datasets as tfds
 
     train, test = tfds.as_numpy(tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True,
@@ -327,10 +354,12 @@ def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
 
 
 def check_tfds_shapes(dataset: Dataset) -> None:
-    expected = {"x_train": (NUM_TRAIN, IMAGE_SIDE * IMAGE_SIDE), "y_train": (NUM_TRAIN,),
-                "x_test": (NUM_TEST, IMAGE_SIDE * IMAGE_SIDE), "y_test": (NUM_TEST,)}
+    n_train, n_test = SPLIT_SIZES[dataset.name]
+    n_pixels = math.prod(IMAGE_SHAPES[dataset.name])
+    expected = {"x_train": (n_train, n_pixels), "y_train": (n_train,),
+                "x_test": (n_test, n_pixels), "y_test": (n_test,)}
     for field, shape in expected.items():
         found = getattr(dataset, field).shape
         if found != shape:
             raise UserError(f"tensorflow-datasets gave {dataset.name} {field} of shape {format_shape(found)}, "
-                            f"expected {format_shape(shape)}; pass --data-dir DIR with the canonical IDX files")
+                            f"expected {format_shape(shape)}; pass --data-dir DIR with {folder_contents(dataset.name)}")

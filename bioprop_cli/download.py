@@ -3,7 +3,8 @@
 Each file is fetched from the dataset's published locations in turn (``SOURCES``), or only from
 ``$BIOPROP_DOWNLOAD_URL/<dataset>/`` when that variable is set (an institutional mirror, or a test server). A file
 is streamed into a hidden temporary file next to its destination, verified with the checks of
-``bioprop_cli.data`` (MD5 of the uncompressed content, shape, label range), and only then renamed to its name: a
+``bioprop_cli.data`` (MD5 of the uncompressed content, shape, label range) or, for CIFAR-10's binary archive,
+``bioprop_cli.cifar`` (the archive's published MD5, its members), and only then renamed to its name: a
 download killed half-way leaves at most a hidden ``.part`` file, which no loader reads. Files already present are
 not fetched again.
 """
@@ -24,13 +25,16 @@ from typing import BinaryIO
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from bioprop_cli import cifar
 from bioprop_cli.data import (
+    CIFAR10_ARCHIVE,
     IDX_FILE_NAMES,
     BadDataFile,
     canonical_specs,
     cache_folder,
     check_dataset_name,
     existing_idx_file,
+    folder_contents,
     one_line,
     verify_idx_bytes,
 )
@@ -47,13 +51,28 @@ def verify_gzipped_idx(dataset: str, source: str, file_name: str, raw: bytes) ->
     verify_idx_bytes(source, raw, True, canonical_specs(dataset)[file_name.removesuffix(".gz")])
 
 
+def holds_idx_file(folder: Path, file_name: str) -> bool:
+    """A plain IDX file stands for its .gz."""
+    return existing_idx_file(folder, file_name.removesuffix(".gz")) is not None
+
+
+def verify_cifar_archive(dataset: str, source: str, file_name: str, raw: bytes) -> None:
+    cifar.verify_archive_bytes(source, raw, cifar.CANONICAL)
+
+
+def holds_cifar(folder: Path, file_name: str) -> bool:
+    """The archive, or its extracted batch files, in the folder."""
+    return cifar.binary_source(folder) is not None
+
+
 @dataclass(frozen=True)
 class DownloadSource:
     mirrors: tuple[str, ...]  # folder URLs, tried in order; a file is found at <mirror><file name>
     files: tuple[str, ...]  # file names as published, stored under the same names
     # (dataset, source named in errors, file name, bytes as downloaded) -> None, or raises BadDataFile.
-    # CIFAR-10's binary archive (one .tar.gz, checked against its archive MD5) plugs in here.
     verify: Callable[[str, str, str, bytes], None]
+    # (folder, file name) -> whether the folder holds that file, or what stands for it
+    present: Callable[[Path, str], bool]
 
 
 IDX_GZ_FILES = tuple(f"{base_name}.gz" for base_name in IDX_FILE_NAMES)
@@ -64,12 +83,20 @@ SOURCES = MappingProxyType({
                  "https://storage.googleapis.com/cvdf-datasets/mnist/"),  # Google's CVDF mirror
         files=IDX_GZ_FILES,
         verify=verify_gzipped_idx,
+        present=holds_idx_file,
     ),
     "fashion_mnist": DownloadSource(
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's
                  "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
         files=IDX_GZ_FILES,
         verify=verify_gzipped_idx,
+        present=holds_idx_file,
+    ),
+    "cifar10": DownloadSource(
+        mirrors=("https://www.cs.toronto.edu/~kriz/",),  # the authors' page: the one published location
+        files=(CIFAR10_ARCHIVE,),
+        verify=verify_cifar_archive,
+        present=holds_cifar,
     ),
 })
 
@@ -82,8 +109,9 @@ def mirrors_for(dataset: str) -> list[str]:
 
 
 def missing_files(dataset: str, folder: Path) -> list[str]:
-    """The published files of `dataset` that `folder` lacks (a plain IDX file stands for its .gz)."""
-    return [name for name in SOURCES[dataset].files if existing_idx_file(folder, name.removesuffix(".gz")) is None]
+    """The published files of `dataset` that `folder` lacks."""
+    source = SOURCES[dataset]
+    return [name for name in source.files if not source.present(folder, name)]
 
 
 def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None) -> Path:
@@ -137,6 +165,9 @@ def fetch_file(dataset: str, file_name: str, mirrors: list[str], folder: Path, p
 
 
 def where_to_put(dataset: str, missing: list[str], folder: Path) -> str:
+    if dataset == "cifar10":
+        return (f"put {folder_contents(dataset)} in {folder}, "
+                "or point --data-dir / BIOPROP_DATA_DIR at a folder holding it")
     return (f"put {', '.join(missing)} (the canonical {dataset} files, each plain or .gz) in {folder}, "
             "or point --data-dir / BIOPROP_DATA_DIR at a folder holding all four")
 

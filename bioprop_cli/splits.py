@@ -1,7 +1,8 @@
 """What a run draws from its seed and its dataset: the PRNG keys, the splits on the device, the probe batch.
 
 Training (train.py), the benchmark and every study (bioprop_cli/studies/) take these from here, so a
-study measures on the examples, and with the keys, that a run with the same config and seed uses.
+study measures on the examples, and with the keys, that a run with the same config and seed uses. The
+splits are normalised here too (config `data.normalization`), the one place for it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config, check_against_data
+from bioprop_cli.data import IMAGE_SHAPES
 
 
 class Keys(NamedTuple):
@@ -51,16 +53,45 @@ def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
 
 
 def make_splits(config: Config, dataset) -> Splits:
-    """Training split, validation split (held out from the end of the training set), test split."""
+    """Training split, validation split (held out from the end of the training set), test split; each
+    normalised with the training split's statistics when `data.normalization` is per_channel."""
     d = config.data
     n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
     n_train = check_against_data(config, len(dataset.x_train))
     x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
     n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
+    x_test = dataset.x_test[:n_test]
+    if d.normalization == "per_channel":
+        channels = IMAGE_SHAPES[d.dataset][-1]
+        mean, std = channel_statistics(x[:n_train], channels)
+        x, x_test = normalise(x, mean, std), normalise(x_test, mean, std)
     chunk = config.train.eval_batch_size
     val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))
-    test = _pad(dataset.x_test[:n_test], dataset.y_test[:n_test], min(chunk, n_test))
+    test = _pad(x_test, dataset.y_test[:n_test], min(chunk, n_test))
     return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test)
+
+
+def channel_statistics(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of flat channel-last images x (N, H*W*C), both of
+    shape (C,), in float64 (two passes, a block at a time: no float64 copy of the whole split). A constant
+    channel gets std 1 (it is only centred)."""
+    values = x.reshape(-1, channels)
+    mean = sum(block.sum(axis=0) for block in _float64_blocks(values)) / len(values)
+    variance = sum(((block - mean) ** 2).sum(axis=0) for block in _float64_blocks(values)) / len(values)
+    std = np.sqrt(variance)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def _float64_blocks(values: np.ndarray, rows: int = 1 << 20):
+    for start in range(0, len(values), rows):
+        yield values[start:start + rows].astype(np.float64)
+
+
+def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std per channel of flat channel-last images, in float32."""
+    scaled = x.reshape(-1, mean.shape[0]) - mean.astype(np.float32)
+    scaled /= std.astype(np.float32)
+    return scaled.reshape(x.shape)
 
 
 def probe_indices(key, n: int, size: int):

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from bioprop_cli import __version__
+from bioprop_cli.augment import augmentation_key, make_augment
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.measure import make_measure
@@ -67,6 +68,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     sizes = sizes_for(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
+    augment = make_augment(config.data.augment, config.data.dataset)  # None: the examples as they are
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
@@ -114,7 +116,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                     due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
-            state, (loss_value, correct) = step(state, x_train[idx], jax.nn.one_hot(y_train[idx], NUM_CLASSES), key, idx)
+            x = x_train[idx] if augment is None else augment(augmentation_key(key), x_train[idx])
+            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], NUM_CLASSES), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 

@@ -253,9 +253,9 @@ def test_folder_is_a_file(tmp_path):
 
 def test_unknown_dataset_name():
     with pytest.raises(UserError) as excinfo:
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     message = user_error_message(excinfo)
-    assert "cifar10" in message and all(name in message for name in DATASETS)
+    assert "cifar100" in message and all(name in message for name in DATASETS)
 
 
 def test_check_folder_reports_every_file(tmp_path):

@@ -8,8 +8,11 @@ from typing import Optional
 import typer
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
-from bioprop_cli.data import canonical_specs, check_dataset_name, check_idx_folder
+from bioprop_cli.data import DATASETS, check_dataset_name
+from bioprop_cli.datasets import check_data_folder
 from bioprop_cli.errors import UserError
+
+DATASET_NAMES = " or ".join([", ".join(DATASETS[:-1]), DATASETS[-1]])
 
 app = typer.Typer(
     help="Datasets: `bioprop data fetch` downloads one ahead of time (say on a login node), "
@@ -21,7 +24,7 @@ app = typer.Typer(
 @app.command("fetch")
 @user_errors_exit_2
 def fetch(
-    dataset: str = typer.Argument("mnist", help="mnist or fashion_mnist."),
+    dataset: str = typer.Argument("mnist", help=f"{DATASET_NAMES}."),
     to: Optional[Path] = typer.Option(None, "--to", help="Folder to fill (default: the cache, "
                                       "$BIOPROP_CACHE_DIR/DATASET or ~/.cache/bioprop/datasets/DATASET)."),
 ) -> None:
@@ -34,8 +37,9 @@ def fetch(
 @app.command("check")
 @user_errors_exit_2
 def check(
-    folder: Path = typer.Argument(..., help="Folder holding the four IDX files (each plain or .gz)."),
-    dataset: str = typer.Option("mnist", "--dataset", "-d", help="mnist or fashion_mnist."),
+    folder: Path = typer.Argument(..., help="Folder holding the four IDX files (each plain or .gz), or for cifar10 "
+                                  "cifar-10-binary.tar.gz or its extracted folder cifar-10-batches-bin/."),
+    dataset: str = typer.Option("mnist", "--dataset", "-d", help=f"{DATASET_NAMES}."),
 ) -> None:
     """List the dataset's files that the folder holds intact, lacks, or holds altered (exit 2 unless all intact)."""
     check_dataset_name(dataset)
@@ -43,15 +47,17 @@ def check(
 
 
 def report_folder(dataset: str, folder: Path) -> None:
-    checks = check_idx_folder(folder, canonical_specs(dataset))
+    checks = check_data_folder(dataset, folder)
     for file in checks:
-        detail = {"found": f"{file.path}", "missing": f"{file.base_name} (or {file.base_name}.gz)",
+        detail = {"found": f"{file.path}", "missing": file.wanted_text,
                   "mismatch": f"{file.path}: {file.problem}"}[file.status]
         console.print(f"{file.status:<9} {detail}", markup=False, highlight=False, soft_wrap=True)
     missing = sum(file.status == "missing" for file in checks)
     mismatching = sum(file.status == "mismatch" for file in checks)
     if missing or mismatching:
-        raise UserError(f"{folder}: {missing} missing and {mismatching} altered of the {len(checks)} {dataset} files; "
+        raise UserError(f"{folder}: {missing} missing and {mismatching} altered of the {len(checks)} {dataset} checks; "
                         f"delete any altered file and run `bioprop data fetch {dataset} --to {folder}`")
-    console.print(f"{folder}: the {len(checks)} canonical {dataset} files, verified", markup=False, highlight=False,
-                  soft_wrap=True)
+    verdict = ("the canonical {dataset} files, verified" if all(file.checksummed for file in checks) else
+               "the {dataset} files pass every check (sizes, labels, the split: the extracted files have no published "
+               "checksum to compare)")
+    console.print(f"{folder}: {verdict.format(dataset=dataset)}", markup=False, highlight=False, soft_wrap=True)

@@ -58,6 +58,7 @@ import numpy as np
 
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.precision import full_float32
 from bioprop_cli.rules import ENERGY, HOLDS, PARTIAL, rule_info
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def pc_measurements(config, params, x, y) -> dict:
 
     def update(steps):
         rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), sizes)
-        est = jax.jit(lambda p, x, y: rule.estimate(p, (), x, y, None))(params, x, y)
+        est = jax.jit(full_float32(lambda p, x, y: rule.estimate(p, (), x, y, None)))(params, x, y)
         flat = jnp.concatenate([jnp.ravel(g["w"]) for g in est.grads])
         return flat, {k: _f(v) for k, v in est.aux.items()}
 

@@ -73,7 +73,7 @@ def test_lanczos_finds_the_radius_of_a_marginal_network_where_power_iteration_fa
         estimate, error = (float(v) for v in jax.jit(
             lambda s: spectral_radius_with_error(params, s, x, rho, EPS, jax.random.PRNGKey(1), 60))(states))
         assert estimate == pytest.approx(dense, abs=1e-10)
-        assert 0 <= error < 1e-8  # the Ritz residual bound: converged
+        assert 0 <= error < 1e-9  # converged: the estimate stopped moving
         assert float(spectral_radius(params, states, x, rho, EPS, jax.random.PRNGKey(1), 60)) == estimate
 
 
@@ -96,8 +96,8 @@ def test_lanczos_extremes_of_symmetric_matrices(shift):
             q, _ = np.linalg.qr(rng.standard_normal((50, 50)))
             mats.append(q @ np.diag(lam) @ q.T)
         a = jnp.asarray(np.stack(mats))
-        low, high, low_bound, high_bound = lanczos_extremes(lambda v: jnp.einsum("bij,bj->bi", a, v),
-                                                            jnp.asarray(rng.standard_normal((2, 50))), 50)
+        low, high, change = lanczos_extremes(lambda v: jnp.einsum("bij,bj->bi", a, v),
+                                             jnp.asarray(rng.standard_normal((2, 50))), 50)
         np.testing.assert_allclose(low, [lam.min() for lam in eigenvalues], atol=1e-10)
         np.testing.assert_allclose(high, [lam.max() for lam in eigenvalues], atol=1e-10)
-        assert float(jnp.max(low_bound)) < 1e-8 and float(jnp.max(high_bound)) < 1e-8
+        assert float(jnp.max(change)) < 1e-4  # converged within the first 25 steps already

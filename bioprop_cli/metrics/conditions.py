@@ -4,8 +4,8 @@ For one rule and setup (a config), on a probe batch, at the network the config i
 run's trained parameters, params.npz):
 
 (1) convergence: the settling reaches a fixed point. Measured: the spectral radius rho of the
-    settling map's Jacobian at the free fixed point (Lanczos, with its Ritz residual as the
-    error of the estimate: ep.spectral_radius_with_error), the final residual r = |s_T1 - s_T1-1|
+    settling map's Jacobian at the free fixed point (Lanczos, with the estimate's move over the
+    last half of its steps as the error: ep.spectral_radius_with_error), the final residual r = |s_T1 - s_T1-1|
     of the free phase with the configured T1 (largest over the batch), and from them the bound
     on the distance to the fixed point, |s_T1 - s*| <= r rho / (1 - rho) <= r / (1 - rho) for a
     map contracting at rate rho (the residual alone says nothing at rho near 1: at rho = 0.997 a
@@ -393,11 +393,11 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, perturbation: dict, 
     }[status]
     if ref_residual is not None and ref_residual >= ep.reference_tolerance * 10 and ep.reference_tolerance > 0:
         why += f" (the reference fixed point itself only reached residual {ref_residual:.1e})"
-    how = ("Lanczos, ± its Ritz residual" if radius_error is not None
+    how = ("Lanczos; its last half moved it by" if radius_error is not None
            else "power iteration, no error bound (separate feedback)")
     rows.append(_row(
         1, status,
-        f"spectral radius {_fmt(radius, '.4f')} ({how}{'' if radius_error is None else f' {radius_error:.0e}'}), "
+        f"spectral radius {_fmt(radius, '.4f')} ({how}{'' if radius_error is None else f' {radius_error:.1e}'}), "
         f"free residual {_fmt(residual, '.2e')} (T1 = {ep.free_steps}), distance to the fixed point <= "
         f"{_fmt(distance, '.2e') if distance is not None else 'unbounded'}",
         f"radius < {SPECTRAL_RADIUS_MAX:g} and residual / (1 - radius) < {DISTANCE_HOLDS:g} holds, < {DISTANCE_PARTIAL:g} partial",

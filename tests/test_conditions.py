@@ -133,3 +133,88 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, word):
     assert word in text and len(text.strip().splitlines()) == 1
     assert not (tmp_path / "condition-sweep").exists()
 
+
+
+def test_gradient_equivalence_is_graded_on_the_worst_hidden_layer():
+    from bioprop_cli.metrics.conditions import gradient_equivalence
+
+    # fa at initialisation (784-256x3-10): the exact output layer pulls the whole network to 79.1°
+    fa = {"layers": {"update_angle": [88.9, 92.1, 90.1, 0.0], "update_rel_error": [1.4, 1.4, 1.4, 0.0]},
+          "network": {"update_angle": 79.1, "update_rel_error": 0.9}}
+    graded = gradient_equivalence(fa, exact_output=True)
+    assert graded["status"] == "fails" and graded["graded_layers"] == [0, 1, 2]
+    assert graded["worst_layer"] == 1 and graded["worst_angle"] == 92.1
+    assert graded["network"]["update_angle"] == 79.1  # still reported
+    aligned = {"layers": {"update_angle": [61.6, 58.3, 47.1, 0.0], "update_rel_error": [1.0, 1.0, 0.9, 0.0]},
+               "network": {"update_angle": 56.7, "update_rel_error": 0.9}}
+    assert gradient_equivalence(aligned, exact_output=True)["status"] == "partial"
+    # ep: the output layer's update is no better than the others': every layer graded
+    ep = {"layers": {"update_angle": [0.5, 0.4, 85.0], "update_rel_error": [0.01, 0.01, 1.0]},
+          "network": {"update_angle": 0.9, "update_rel_error": 0.04}}
+    assert gradient_equivalence(ep, exact_output=False)["status"] == "fails"
+    assert gradient_equivalence(ep, exact_output=True)["status"] == "holds"
+    unreached = {"layers": {"update_angle": [float("nan"), 0.2, 0.1], "update_rel_error": [1.0, 0.01, 0.01]},
+                 "network": {"update_angle": 0.5, "update_rel_error": 0.3}}
+    assert gradient_equivalence(unreached, exact_output=False)["status"] == "fails"
+
+
+def test_fa_at_initialisation_fails_gradient_equivalence(dataset):
+    table = measure_conditions(load_config(overrides=[("rule", "fa"), ("model.depth", 2), ("model.width", 128),
+                                                      *TINY_DATA]), dataset, 64)
+    eq = table["gradient_equivalence"]
+    hidden = [r["update_angle"] for r in eq["layers"][:-1]]
+    assert eq["status"] == "fails" and max(hidden) >= 80, eq
+    assert eq["network"]["update_angle"] < max(hidden)  # the exact output layer flatters the whole network
+
+
+def test_convergence_is_graded_on_the_distance_to_the_fixed_point():
+    from bioprop_cli.metrics.conditions import convergence_status, distance_bound
+
+    # a residual of 5e-5 passed the old absolute threshold (1e-4); at radius 0.997 the state can be
+    # 5e-5 / 0.003 = 1.7e-2 from the fixed point
+    assert distance_bound(0.997, 5e-5) == pytest.approx(5e-5 / 0.003)
+    assert convergence_status(0.997, 0.0, 5e-5) == "fails"
+    assert convergence_status(0.5, 0.0, 5e-5) == "partial"  # 1e-4 away
+    assert convergence_status(0.5, 0.0, 1e-6) == "holds"
+    assert convergence_status(0.9995, 1e-3, 1e-9) == "fails"  # not shown to contract: radius + error >= 1
+    assert convergence_status(0.9995, None, 1e-9) == "holds"  # no error bound (separate feedback): the estimate
+    assert distance_bound(1.0, 1e-9) is None
+
+
+def test_small_perturbation_prints_a_beta_ladder(dataset):
+    from bioprop_cli.metrics.conditions import ladder
+
+    assert ladder(0.5) == pytest.approx([0.5, 0.05, 0.005, 5e-4, 1e-4])
+    assert ladder(1e-3) == pytest.approx([1e-3, 1e-4]) and ladder(1e-4) == [1e-4]
+    table = measure_conditions(load_config(overrides=CONVERGED_EP + [("ep.beta", 0.5), ("ep.estimator", "one-sided")]),
+                               dataset, 8, x64=True)
+    row = next(r for r in table["conditions"] if r["condition"] == 6)
+    rungs = row["values"]["ladder"]
+    assert [r["beta"] for r in rungs] == pytest.approx([0.5, 0.05, 0.005, 5e-4, 1e-4])
+    errors = [r["rel_error"] for r in rungs]
+    assert errors[0] == row["values"]["rel_error_vs_implicit"] and row["status"] != "holds"
+    assert errors[-1] < errors[0] / 100  # one-sided: O(beta), down the ladder
+    assert all(f"{r['beta']:g}: " in row["measured"] for r in rungs)
+    assert "bias_vs_small_beta" not in json.dumps(table)
+
+
+def test_pc_has_its_own_conditions_table(dataset):
+    pc = [("rule", "pc"), ("model.depth", 2), ("model.width", 16), *TINY_DATA]
+    standard = measure_conditions(load_config(overrides=pc), dataset, 16)
+    rows = {r["condition"]: r for r in standard["conditions"]}
+    assert rows[1]["values"]["converged_steps"] == 200 and rows[1]["values"]["inference_residual"] > 0
+    assert rows[5]["status"] == "partial"  # the registry's locality: errors travel through W^T
+    gammas = rows[6]["values"]["ladder"]
+    assert [r["gamma"] for r in gammas] == pytest.approx([0.1, 0.01, 0.001])
+    assert gammas[-1]["rel_error"] < gammas[0]["rel_error"]  # pc -> bp as gamma -> 0
+    steps = rows[7]["values"]["steps_ladder"]
+    assert [r["steps"] for r in steps] == [2, 20, 200] and steps[-1]["angle"] < steps[0]["angle"]
+    assert rows[7]["status"] == "holds"
+    one_step = measure_conditions(load_config(overrides=pc + [("pc.inference_steps", 1)]), dataset, 16)
+    rows = {r["condition"]: r for r in one_step["conditions"]}
+    assert rows[7]["status"] == "fails" and rows[4]["values"]["unreached_layers"] == [0]
+    assert one_step["gradient_equivalence"]["status"] == "fails"  # layer 0 gets no update
+    zil = measure_conditions(load_config(overrides=pc + [("pc.variant", "zero_divergence")]), dataset, 16)
+    rows = {r["condition"]: r for r in zil["conditions"]}
+    assert rows[1]["status"] == "n/a" and rows[6]["status"] == "holds" and rows[7]["status"] == "holds"
+    assert zil["gradient_equivalence"]["status"] == "holds"

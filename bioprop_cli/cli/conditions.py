@@ -46,12 +46,15 @@ def conditions_rich_table(result: dict) -> Table:
 def equivalence_rich_table(result: dict) -> Table:
     eq = result["gradient_equivalence"]
     style = STATUS_STYLE.get(eq["status"], "")
-    table = Table(title=f"gradient equivalence: [{style}]{eq['status']}[/]", caption=f"update vs {eq['reference']}; {eq['threshold']}")
+    worst = f"worst: layer {eq['worst_layer']}, {_fmt(eq['worst_angle'], '.2f')}°"
+    table = Table(title=f"gradient equivalence: [{style}]{eq['status']}[/] (graded on {eq['graded_on']}; {worst})",
+                  caption=f"update vs {eq['reference']}; {eq['threshold']}; the whole network (all) is shown, not graded")
     table.add_column("layer", justify="right")
     table.add_column("angle (°)", justify="right")
     table.add_column("rel. error", justify="right")
     for row in eq["layers"]:
-        table.add_row(str(row["layer"]), _fmt(row["update_angle"], ".2f"), _fmt(row["update_rel_error"], ".3e"))
+        graded = "" if row["layer"] in eq["graded_layers"] else " (not graded)"
+        table.add_row(f"{row['layer']}{graded}", _fmt(row["update_angle"], ".2f"), _fmt(row["update_rel_error"], ".3e"))
     net = eq["network"]
     table.add_row("all", _fmt(net.get("update_angle"), ".2f"), _fmt(net.get("update_rel_error"), ".3e"))
     return table

@@ -11,10 +11,17 @@ kp starts as fa) and receives the same update as W_l^T, plus the same weight dec
 lambda = feedback.decay (on the pairs (W_l, B_l) only: W_0, which has no feedback matrix, and the
 biases get no decay). Both updates are local: W_l's from h_l and delta_{l+1}'s presynaptic and
 postsynaptic activity, B_l's from the same two signals seen from the feedback side. Their
-difference is lambda (W_l^T - B_l), so under SGD (and under momentum, whose buffers then differ
-by the same contraction) W_l^T - B_l shrinks by exactly (1 - lr * lambda) per step, whatever the
-error signal: B_l converges to W_l^T and kp becomes backprop. With `optimizer.layer_lr` both get
-layer l's multiplier, so the identity holds per layer. With adam (or rmsprop, adagrad) the
+difference is lambda (W_l^T - B_l), so under plain SGD W_l^T - B_l shrinks by exactly
+(1 - lr * lambda) per step, whatever the error signal: B_l converges to W_l^T and kp becomes
+backprop. With `optimizer.layer_lr` both get layer l's multiplier, so the identity holds per layer.
+Under momentum mu (optax's trace, m_t = g_t + mu m_{t-1}) the error parts of the two buffers
+cancel too, but D_t = W_l^T - B_l follows the second-order recurrence
+D_{t+1} = (1 + mu - lr lambda) D_t - mu D_{t-1} (tested): no constant factor per step. Where
+(1 + mu - lr lambda)^2 < 4 mu (mu 0.9: 0.0026 < lr lambda < 3.8) its roots are complex with
+modulus sqrt(mu): D oscillates, damped by sqrt(mu) per step on average, its norm growing on some
+steps and shrinking on others (ratios from 0.16 to 3.85 at lr 0.05, lambda 0.1, mu 0.9); for a
+smaller lr lambda the roots are real and the slower one is about 1 - lr lambda / (1 - mu). Either
+way it tends to 0. With adam (or rmsprop, adagrad) the
 normalisation is per entry and the two entries' histories differ only by the decay terms: the
 difference still shrinks (entry-wise roughly by lr * lambda / sqrt(v) per step, faster than SGD
 where gradients are small) but not by an exact factor. With adamw, optax's decoupled decay

@@ -522,6 +522,7 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]]
     """Defaults, then the YAML file, then each (key.path, value) override; validated once."""
     tree = read_yaml(path) if path is not None else {}
     tree.pop("sweep", None)  # a config file's `sweep:` section is read by `bioprop sweep` only
+    tree.pop("paper", None)  # a paper preset's published numbers (configs/papers/): `bioprop reproduce` only
     for key, value in overrides:
         _set_path(tree, key, value)
     rule = tree.get("rule", Config.rule)

@@ -222,7 +222,8 @@ def full_verdict(published, mean, tolerance) -> str:
         return "no result"
     if tolerance is None:
         return "no tolerance"
-    return "reproduced" if abs(mean - published) <= tolerance else "not reproduced"
+    # (1 + 1e-9): a difference that prints as the tolerance (2.1 - 1.8 = 0.30000000000000027) is within it
+    return "reproduced" if abs(mean - published) <= tolerance * (1 + 1e-9) else "not reproduced"
 
 
 def quick_verdict(published, mean, untrained: float, progress: float) -> str:

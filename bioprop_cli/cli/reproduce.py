@@ -39,14 +39,18 @@ def reproduce(
     with sigint_flag() as interrupted:
         for preset in presets:
             if interrupted():
-                raise typer.Exit(code=130)
+                break
             with console.status(f"{preset.name}: training...") as status:
                 result = study.run(preset, quick, seeds, _load_dataset, overrides,
                                    report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted)
             path = study.write(result, Path(result["sweep_folder"]))
             console.print(f"{preset.name}: {result['wall_time_s']:.0f} s, written {path}", highlight=False)
             results.append(result)
-    console.print(reproduce_table(results))
+    if results:
+        console.print(reproduce_table(results))
+    if interrupted():
+        console.print("interrupted: run the same command again to train what is left (finished runs are kept)")
+        raise typer.Exit(code=130)
 
 
 def _load_dataset(cfg):

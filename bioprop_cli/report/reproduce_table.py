@@ -20,8 +20,8 @@ def reproduce_table(results: list[dict]) -> Table:
     """One table for the presets in `results` (studies/reproduce.py's result dicts)."""
     modes = {r["mode"] for r in results}
     table = Table(title=f"bioprop reproduce ({', '.join(sorted(modes))}): published vs ours")
-    for name in ("preset", "quantity", "published", "source", "ours (mean ± std)", "seeds", "difference", "verdict"):
-        table.add_column(name, justify="right" if name in ("published", "seeds", "difference") else "left")
+    for name in ("preset", "quantity", "published", "source", "ours (mean ± std)", "seeds", "difference", "allowed", "verdict"):
+        table.add_column(name, justify="right" if name in ("published", "seeds", "difference", "allowed") else "left")
     for result in results:
         for row in result["rows"]:
             unit = row["unit"]
@@ -29,6 +29,7 @@ def reproduce_table(results: list[dict]) -> Table:
             ours = "-" if row["mean"] is None else (
                 f"{row['mean']:.2f}{unit}" if row["std"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}{unit}")
             difference = "-" if row["difference"] is None else f"{row['difference']:+.2f}"
+            allowed = "-" if row["tolerance"] is None else f"±{row['tolerance']:g} ({row['tolerance_source']})"
             table.add_row(result["preset"], _what(row), published, row["source"] or "-", ours, str(len(row["ours"])),
-                          difference, row["verdict"])
+                          difference, allowed, row["verdict"])
     return table

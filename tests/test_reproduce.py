@@ -131,3 +131,10 @@ def test_every_quick_preset_runs(runner, tmp_path, mnist_dir):
         [written] = list(tmp_path.glob(f"reproduce-{name}-quick/sweep-*/reproduce.json"))
         rows = json.loads(written.read_text())["rows"]
         assert all(row["runs_completed"] == row["runs"] > 0 for row in rows), name
+
+
+def test_a_published_number_must_name_its_grid_point(tmp_path):
+    text = (study.PAPERS / "lillicrap-2016.yaml").read_text().replace("      where: {rule: fa}\n", "", 1)
+    (tmp_path / "broken.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"published\[0\]\.where"):
+        study.load_preset("broken", tmp_path)

@@ -77,7 +77,7 @@ class Preset:
 
 def load_preset(name: str, folder: Path = PAPERS) -> Preset:
     """The preset's paper section, checked strictly (a bad key is a UserError naming it)."""
-    from bioprop_cli.sweep.grid import read_sweep_section
+    from bioprop_cli.sweep.grid import axis_key, read_sweep_section
 
     path = preset_path(name, folder)
     tree = read_yaml(path)
@@ -95,6 +95,11 @@ def load_preset(name: str, folder: Path = PAPERS) -> Preset:
             raise UserError(f"{path.name}: paper.published[{i}].quantity: expected one of {', '.join(QUANTITIES)}, "
                             f"got {entry.get('quantity')!r}")
     grid, seeds = read_sweep_section(tree.get("sweep"))
+    for i, entry in enumerate(published):
+        where = {axis_key(str(k)) for k in (entry.get("where") or {})}
+        if where != set(grid):  # each number belongs to one grid point
+            raise UserError(f"{path.name}: paper.published[{i}].where: expected a value for each sweep axis "
+                            f"({', '.join(grid) or 'none'}), got {sorted(where) or 'none'}")
     return Preset(name, path, paper, published, grid, seeds or 1)
 
 

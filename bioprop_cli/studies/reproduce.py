@@ -16,6 +16,8 @@ reads:
           spread: 0.1                          # the paper's own spread (std over its runs), if given
           tolerance: 0.3                       # this entry's, instead of the preset's
           source: Fig. 3                       # table or figure
+          checked: false                       # the value was not read from the paper itself (default true):
+                                               # the verdict says so
           note: ...                            # how the number was read, what it is not
       quick:                                   # `--quick`: a short version that checks the direction
         seeds: 1
@@ -49,7 +51,7 @@ QUANTITIES: dict[str, tuple[str, float]] = {
     "delta_angle": ("°", 90.0),  # the rule's error signal against backprop's, per layer
     "update_angle": ("°", 90.0),  # the rule's weight update against the exact gradient (layer, or "all")
 }
-PUBLISHED_KEYS = ("quantity", "where", "layer", "value", "spread", "tolerance", "source", "note")
+PUBLISHED_KEYS = ("quantity", "where", "layer", "value", "spread", "tolerance", "source", "checked", "note")
 PAPER_KEYS = ("title", "source", "code", "tolerance", "published", "quick")
 QUICK_KEYS = ("seeds", "set", "progress")
 
@@ -191,10 +193,12 @@ def compare(preset: Preset, folder: Path, manifest: dict, quick: bool) -> list[d
         unit, untrained = QUANTITIES[quantity]
         verdict = (quick_verdict(published, mean, untrained, quick_progress) if quick
                    else full_verdict(published, mean, tolerance))
+        if published is not None and entry.get("checked") is False:
+            verdict += " (published number unchecked)"
         rows.append({
             "quantity": quantity, "unit": unit, "where": entry.get("where") or {}, "layer": entry.get("layer"),
             "published": published, "spread": entry.get("spread"), "source": entry.get("source"),
-            "note": entry.get("note"), "ours": values, "mean": mean, "std": std,
+            "checked": entry.get("checked", True), "note": entry.get("note"), "ours": values, "mean": mean, "std": std,
             "difference": None if mean is None or published is None else mean - published,
             "tolerance": tolerance, "tolerance_source": tolerance_source, "verdict": verdict,
             "runs": len(runs), "runs_completed": sum(e.get("status") == "completed" for e in runs),

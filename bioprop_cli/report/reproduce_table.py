@@ -29,7 +29,7 @@ def reproduce_table(results: list[dict]) -> Table:
             ours = "-" if row["mean"] is None else (
                 f"{row['mean']:.2f}{unit}" if row["std"] is None else f"{row['mean']:.2f} ± {row['std']:.2f}{unit}")
             difference = "-" if row["difference"] is None else f"{row['difference']:+.2f}"
-            allowed = "-" if row["tolerance"] is None else f"±{row['tolerance']:g} ({row['tolerance_source']})"
+            allowed = "-" if row["tolerance"] is None or row["published"] is None else f"±{row['tolerance']:g} ({row['tolerance_source']})"
             table.add_row(result["preset"], _what(row), published, row["source"] or "-", ours, str(len(row["ours"])),
                           difference, allowed, row["verdict"])
     return table

@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from bioprop_cli.data import DATASETS
-from bioprop_cli.ep import ESTIMATORS
+from bioprop_cli.ep import COSTS, ESTIMATORS
 from bioprop_cli.errors import UserError
 
 Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
@@ -34,6 +34,7 @@ Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
+EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
@@ -156,6 +157,9 @@ class EPConfig:
     # (+beta, -beta) | random-sign | clamped (output clamped to the target) | coupled (output clamped to
     # (1 - beta) s_L + beta y, coupled learning with eta = beta)
     estimator: Estimator = "symmetric"
+    # half_squared: C = 1/2 |y - s_L|^2; squared: |y - s_L|^2, Scellier & Bengio's code (their nudge and
+    # update are twice half_squared's at the same beta and learning rates); model.loss mse only
+    cost: EPCost = "half_squared"
     eps: float = 0.5  # step size of the discretised dynamics s <- s - eps dF/ds
     free_steps: int = 20  # T1
     nudged_steps: int = 4  # T2
@@ -482,6 +486,9 @@ def validate(config: Config) -> Config:
     _check(e.estimator not in ("clamped", "coupled") or m.loss == "mse", "ep.estimator",
            "one-sided, negative, symmetric or random-sign with model.loss cross_entropy (clamped and coupled clamp "
            "the output layer, which the readout network does not have)", e.estimator)
+    _check(e.cost == "half_squared" or (m.loss == "mse" and e.estimator not in ("clamped", "coupled")), "ep.cost",
+           "half_squared with model.loss cross_entropy or the clamped second phases (squared weights the nudging "
+           "of the mean-squared cost)", e.cost)
     _check(0 < e.eps <= 1, "ep.eps", "in (0, 1]", e.eps)
     _check(e.free_steps >= 1, "ep.free_steps", ">= 1", e.free_steps)
     _check(e.nudged_steps >= 1, "ep.nudged_steps", ">= 1", e.nudged_steps)
@@ -567,6 +574,7 @@ def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]]
     """Defaults, then the YAML file, then each (key.path, value) override; validated once."""
     tree = read_yaml(path) if path is not None else {}
     tree.pop("sweep", None)  # a config file's `sweep:` section is read by `bioprop sweep` only
+    tree.pop("paper", None)  # a paper preset's published numbers (configs/papers/): `bioprop reproduce` only
     for key, value in overrides:
         _set_path(tree, key, value)
     rule = tree.get("rule", Config.rule)

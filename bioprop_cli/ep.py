@@ -195,15 +195,28 @@ def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tup
 
 ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled")  # `ep.estimator`: the second state
 CLAMPED_ESTIMATORS = ("clamped", "coupled")  # the output layer clamped in the second phase (mse cost only)
+# `ep.cost` (mean-squared network): C = 1/2 |y - s_L|^2 (half_squared), or |y - s_L|^2 (squared, the
+# cost of Scellier & Bengio's code, model.py `__cost`: twice the nudging force at the same beta)
+COSTS = ("half_squared", "squared")
+
+
+def cost_weight(ep) -> float:
+    """C over 1/2 |y - s_L|^2: 1 (half_squared) or 2 (squared). The squared cost's nudged state at beta
+    is the half-squared one's at 2 beta, and every gradient of it (the estimate's target, the implicit
+    and BPTT references) is twice the half-squared one's, so the weight enters the nudge and the
+    references, and the estimate keeps its 1/beta: (1/beta)(dE/dtheta(s^{2 beta}) - dE/dtheta(s^0))
+    estimates the squared cost's gradient (tested)."""
+    return 2.0 if ep.cost == "squared" else 1.0
 
 
 def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, steps: int, tol: float) -> Contrast:
     """The nudged phase(s) from the free state s0 and the contrastive estimate: (s^0, s^beta)
     one-sided, or (s^{+beta}, s^{-beta}) symmetric (both settled as one batch of twice the size)."""
     ep, rho = config.ep, net.rho
+    weight = cost_weight(ep)
 
-    def nudge(start, drive, target, b):
-        return settle(net.running, start, drive, target, b, rho, ep.eps, steps, tol, readout=net.readout)
+    def nudge(start, drive, target, b):  # the force of beta C: weight x the half-squared cost's
+        return settle(net.running, start, drive, target, weight * b, rho, ep.eps, steps, tol, readout=net.readout)
 
     if symmetric:
         n = y.shape[0]
@@ -581,12 +594,17 @@ def implicit_reference(config, net: Network, x, y, start=None) -> tuple[Settled,
     """(the free fixed point, the implicit gradient there, the adjoint solve's relative misfit).
 
     The fixed point is settled to ep.reference_tolerance within ep.reference_steps steps from `start`
-    (default zero); the gradient is with respect to the trainable params (readout last)."""
+    (default zero); the gradient, of the cost ep.cost names, is with respect to the trainable params
+    (readout last)."""
     ep = config.ep
     fixed = free_fixed_point(net.running, x, net.rho, ep.eps, ep.reference_steps, ep.reference_tolerance, start)
     grads, misfit = implicit_gradient(net.trainable, fixed.states, x, y, net.rho, ep.eps, ep.adjoint_steps,
                                       ep.reference_tolerance, feedback=net.feedback, readout=net.readout)
-    return fixed, grads, misfit
+    return fixed, _weighted(grads, cost_weight(ep)), misfit
+
+
+def _weighted(grads, weight: float):
+    return grads if weight == 1.0 else jax.tree_util.tree_map(lambda g: weight * g, grads)
 
 
 @full_float32  # a reference: at full float32 (precision.py)
@@ -599,7 +617,7 @@ def exact_references(config, net: Network, x, y, key, start=None) -> dict:
         "fixed_point": fixed,
         "implicit": implicit,
         "adjoint_residual": misfit,
-        "bptt": bptt_gradient(net.trainable, x, y, net.rho, ep.eps, ep.free_steps, feedback=net.feedback,
-                              readout=net.readout, start=start),
+        "bptt": _weighted(bptt_gradient(net.trainable, x, y, net.rho, ep.eps, ep.free_steps, feedback=net.feedback,
+                                        readout=net.readout, start=start), cost_weight(ep)),
         "spectral_radius": spectral_radius(net.running, fixed.states, x, net.rho, ep.eps, key),
     }

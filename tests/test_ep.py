@@ -280,3 +280,32 @@ def test_implicit_gradient_is_zero_when_every_output_is_pinned():
     grads, _ = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 200, 1e-6)
     for leaf in jax.tree_util.tree_leaves(grads):
         assert np.all(np.asarray(leaf) == 0.0)
+
+
+def test_squared_cost_estimate_matches_the_implicit_gradient_of_the_squared_cost():
+    """ep.cost squared (Scellier & Bengio's |y - s_L|^2): at small beta the one-sided estimate is the
+    implicit gradient of THAT cost, twice the half-squared one's; the reported loss doubles too."""
+    from bioprop_cli import ep as eqprop
+
+    with float64():
+        params, x, y = _problem(jnp.float64, scale=0.5)
+        half = _config(estimator="one-sided", beta=1e-4, **CONVERGED)
+        squared = _config(estimator="one-sided", beta=1e-4, cost="squared", **CONVERGED)
+        refs = {}
+        for name, config in (("half", half), ("squared", squared)):
+            net = eqprop.network(config, params, ())
+            refs[name] = eqprop.implicit_reference(config, net, x, y)[1]
+        assert _rel(refs["squared"], jax.tree_util.tree_map(lambda g: 2 * g, refs["half"])) < 1e-12
+        est_sq, est_half = _ep_estimate(squared, params, x, y), _ep_estimate(half, params, x, y)
+        assert _rel(est_sq.grads, refs["squared"]) < 1e-3
+        assert _rel(est_sq.grads, refs["half"]) > 0.9  # not the half-squared cost's gradient
+        assert float(est_sq.loss) == pytest.approx(2 * float(est_half.loss), rel=1e-12)
+
+
+def test_squared_cost_is_refused_where_it_weights_nothing():
+    from bioprop_cli.errors import UserError
+
+    with pytest.raises(UserError, match="ep.cost"):
+        load_config(overrides=[("rule", "ep"), ("ep.cost", "squared"), ("model.loss", "cross_entropy")])
+    with pytest.raises(UserError, match="ep.cost"):
+        load_config(overrides=[("rule", "ep"), ("ep.cost", "squared"), ("ep.estimator", "clamped")])

@@ -6,7 +6,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from bioprop_cli.cli import bench, compare, conditions, data, jtranspose, sweep, train
+from bioprop_cli.cli import bench, compare, conditions, data, jtranspose, reproduce, sweep, train
 from bioprop_cli.cli.common import console, print_error
 from bioprop_cli.rules import rules_help
 
@@ -53,6 +53,7 @@ app.add_typer(sweep.app, name="sweep")
 app.command("compare")(compare.compare)
 app.command("jtranspose")(jtranspose.jtranspose)
 app.command("conditions")(conditions.conditions)
+app.command("reproduce")(reproduce.reproduce)
 app.add_typer(data.app, name="data")
 
 

@@ -77,7 +77,7 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
             "nudged_steps": nudged.steps,
             "nudged_residual": nudged.residual,
         }
-        loss = jnp.mean(cost(s0, y, net.readout, net.rho))
+        loss = eqprop.cost_weight(ep) * jnp.mean(cost(s0, y, net.readout, net.rho))
         return Estimate(nudged.grads, state, nudged.shift, loss, output(s0, net.readout, net.rho), aux)
 
     def predict(params, state, x):

@@ -1,0 +1,69 @@
+"""`bioprop reproduce [NAME ...]`: the paper presets of configs/papers/, trained and set beside the published numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from bioprop_cli.cli.common import DataDir, ResultsDir, console, user_errors_exit_2
+
+
+@user_errors_exit_2
+def reproduce(
+    names: Optional[List[str]] = typer.Argument(None, help="Presets to run (default: all; --list names them)."),
+    list_: bool = typer.Option(False, "--list", help="List the presets and exit."),
+    quick: bool = typer.Option(False, "--quick", help="A short version of each (a subset, 1-2 epochs): checks the code "
+                               "path and the direction of the effect, never 'reproduced'."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per variant (default: the preset's; trained together)."),
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run published experiments (network, data, rule settings, budget of the paper) and compare with the paper's numbers."""
+    from bioprop_cli.report.reproduce_table import reproduce_table
+    from bioprop_cli.studies import reproduce as study
+    from bioprop_cli.train import sigint_flag
+
+    if list_:
+        _print_list(study)
+        return
+    chosen = names or study.preset_names()
+    presets = [study.load_preset(name) for name in chosen]  # unknown names: exit 2 before anything runs
+    overrides = [("results_dir", results_dir)] if results_dir is not None else []
+    overrides += [("data.data_dir", data_dir)] if data_dir is not None else []
+    for preset in presets:  # every config is valid before the first run starts
+        study.base_config(preset, quick, overrides)
+    results = []
+    with sigint_flag() as interrupted:
+        for preset in presets:
+            if interrupted():
+                break
+            with console.status(f"{preset.name}: training...") as status:
+                result = study.run(preset, quick, seeds, _load_dataset, overrides,
+                                   report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted)
+            path = study.write(result, Path(result["sweep_folder"]))
+            console.print(f"{preset.name}: {result['wall_time_s']:.0f} s, written {path}", highlight=False)
+            results.append(result)
+    if results:
+        console.print(reproduce_table(results))
+    if interrupted():
+        console.print("interrupted: run the same command again to train what is left (finished runs are kept)")
+        raise typer.Exit(code=130)
+
+
+def _load_dataset(cfg):
+    from bioprop_cli.datasets import load_dataset
+
+    return load_dataset(cfg.data.dataset, cfg.data.data_dir)
+
+
+def _print_list(study) -> None:
+    table = Table(title="paper presets (configs/papers/)")
+    for name in ("name", "paper", "numbers"):
+        table.add_column(name)
+    for name in study.preset_names():
+        preset = study.load_preset(name)
+        table.add_row(name, preset.paper.get("title", ""), str(len(preset.published)))
+    console.print(table)

@@ -34,7 +34,8 @@ from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
-from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.models.arch import Architecture
+from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
@@ -52,7 +53,7 @@ class TrainState(NamedTuple):
 class Program:
     """The compiled pieces of a run. All functions are pure and jit-compiled."""
 
-    sizes: tuple[int, ...]
+    arch: Architecture
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
@@ -61,28 +62,31 @@ class Program:
     schedule: Callable  # step -> learning rate
 
 
-def build_program(config: Config, n_train: int, n_in: int) -> Program:
+def build_program(config: Config, n_train: int) -> Program:
+    """The compiled pieces of the config's run (network.architecture(config)) on n_train training examples.
+    The rule is made once here, so that a rule that refuses the architecture does so before anything runs."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
-    sizes = sizes_for(config, n_in)
+    arch = architecture(config)
+    make_rule(config, arch, n_train)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
         run_config = with_values(config, hyper)
-        return make_rule(run_config, sizes, n_train), make_optimizer(run_config.optimizer, steps_per_epoch, t.epochs)
+        return make_rule(run_config, arch, n_train), make_optimizer(run_config.optimizer, steps_per_epoch, t.epochs)
 
     def init(seed, hyper=None):
         hyper = hyper or {}
         _, optimizer = parts(hyper)
-        _, params, rule_state = init_state(with_values(config, hyper), sizes, seed, n_train)
+        _, params, rule_state = init_state(with_values(config, hyper), arch, seed, n_train)
         return TrainState(params, rule_state, optimizer.init(params), hyper)
 
     def measure(state, probe_x, probe_y, key, probe_idx=None):
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
-        measured = make_measure(with_values(config, state.hyper), rule)(
+        measured = make_measure(with_values(config, state.hyper), arch, rule)(
             state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, NUM_CLASSES), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
@@ -138,7 +142,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         return jnp.sum(losses) / n, jnp.sum(corrects) / n
 
     return Program(
-        sizes=sizes,
+        arch=arch,
         steps_per_epoch=steps_per_epoch,
         init=jax.jit(init),
         epoch=jax.jit(epoch),
@@ -329,7 +333,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     config = configs[0]
     splits = make_splits(config, dataset)
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train, splits.x_train.shape[1])
+    program = build_program(config, n_train)
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
@@ -346,7 +350,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         writer.config(to_dict(c))
         summary = {
             "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
-            "layer_sizes": list(program.sizes), "n_train": n_train,
+            "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
             "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
             "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,

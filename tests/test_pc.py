@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import bioprop_cli.cli.train as cli_train
+from bioprop_cli.models.arch import dense
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
@@ -38,17 +39,17 @@ def _config(sizes, loss="mse", depth=2, **pc):
 
 
 def _rule(sizes, loss="mse", depth=2, **pc):
-    return make_rule(_config(sizes, loss, depth, **pc), sizes)
+    return make_rule(_config(sizes, loss, depth, **pc), dense(sizes))
 
 
 def _measure(sizes, loss="mse", depth=2, **pc):
     config = _config(sizes, loss, depth, **pc)
-    return jax.jit(make_measure(config, make_rule(config, sizes)))
+    return jax.jit(make_measure(config, dense(sizes), make_rule(config, dense(sizes))))
 
 
 def _against_backprop(rule, params, x, y, loss):
     est = rule.estimate(params, (), x, y, jax.random.PRNGKey(2))
-    exact, exact_deltas = exact_gradients(params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
+    exact, exact_deltas = exact_gradients(dense(tuple(sizes)), params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
     return est, exact, exact_deltas
 
 

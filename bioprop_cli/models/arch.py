@@ -28,6 +28,10 @@ class Dense(NamedTuple):
     n_out: int
 
     @property
+    def in_shape(self) -> tuple[int]:
+        return (self.n_in,)
+
+    @property
     def weight_shape(self) -> tuple[int, int]:
         return (self.n_in, self.n_out)
 
@@ -108,6 +112,11 @@ class Architecture(NamedTuple):
         """The shape of each pre-activation a_l (per example)."""
         return tuple(layer.op.out_shape for layer in self.layers)
 
+    @property
+    def n_params(self) -> int:
+        """Weights and biases of all layers."""
+        return sum(math.prod(layer.op.weight_shape) + layer.op.out_shape[-1] for layer in self.layers)
+
     def describe(self) -> str:
         """One line, e.g. '784-256-10' for an MLP, 'conv6@5x5p2-max2-conv16@5x5-max2-120-84-10' for LeNet."""
         if self.is_mlp:
@@ -127,7 +136,12 @@ class Architecture(NamedTuple):
 
 def mlp(input_shape: tuple[int, ...], depth: int, width: int, n_out: int) -> Architecture:
     sizes = (math.prod(input_shape),) + (width,) * depth + (n_out,)
-    return Architecture("mlp", tuple(input_shape), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
+    return dense(sizes)._replace(input_shape=tuple(input_shape))
+
+
+def dense(sizes: tuple[int, ...]) -> Architecture:
+    """The MLP of the given layer sizes (n_0, n_1, ..., n_L), on flat inputs of n_0 features."""
+    return Architecture("mlp", (sizes[0],), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
 
 
 def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, int, int, int, Pool | None]],

@@ -41,7 +41,7 @@ def precision_context(mode: str):
 
 def mlp_angles(config, splits, tie_feedback: bool, probe: int) -> dict:
     """{precision: {max_update_angle, max_delta_angle, network_update_angle}} at initialisation."""
-    program = build_program(config, splits.x_train.shape[0])
+    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
     state = program.init(config.seed)
     params, rule_state = state.params, state.rule_state
     if tie_feedback:  # fa with B_l := W_l^T is backprop

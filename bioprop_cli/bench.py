@@ -133,7 +133,7 @@ def reference_epoch(config: Config, arch: Architecture, steps_per_epoch: int) ->
 def compile_rule(config: Config, splits) -> dict:
     """Compiles the rule's epoch and measurement; returns what timing them needs."""
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train)
+    program = build_program(config, n_train, splits.x_train.shape[1])
     keys = derive_keys(config.seed)
     probe_x, probe_y, _ = probe_batch(config, splits, keys)
     state = program.init(config.seed)
@@ -160,7 +160,7 @@ def compile_rule(config: Config, splits) -> dict:
 
 def compile_reference(config: Config, splits, arch: Architecture, steps_per_epoch: int) -> dict:
     epoch, optimizer = reference_epoch(config, arch, steps_per_epoch)
-    program = build_program(config, splits.x_train.shape[0])
+    program = build_program(config, *splits.x_train.shape)
     params = program.init(config.seed).params
     args = (params, optimizer.init(params), splits.x_train, splits.y_train, jax.random.PRNGKey(0))
     t0 = time.perf_counter()

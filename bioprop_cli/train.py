@@ -62,13 +62,12 @@ class Program:
     schedule: Callable  # step -> learning rate
 
 
-def build_program(config: Config, n_train: int) -> Program:
-    """The compiled pieces of the config's run (network.architecture(config)) on n_train training examples.
-    The rule is made once here, so that a rule that refuses the architecture does so before anything runs."""
+def build_program(config: Config, n_train: int, n_in: int) -> Program:
+    """The compiled pieces of the config's run on n_train training examples of n_in features
+    (network.architecture)."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
-    arch = architecture(config)
-    make_rule(config, arch, n_train)
+    arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
 
@@ -333,7 +332,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     config = configs[0]
     splits = make_splits(config, dataset)
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train)
+    program = build_program(config, n_train, splits.x_train.shape[1])
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}

@@ -38,10 +38,10 @@ def products(fn, *args) -> list:
 
 def network(rule: str):
     config = load_config(overrides=[("rule", rule)] + SMALL)
-    program = build_program(config, 100)
+    program = build_program(config, 100, 20)
     state = program.init(0)
     rule_fns = make_rule(config, program.arch, 100)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, 784))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 20))
     y = jax.nn.one_hot(jnp.arange(4), NUM_CLASSES)
     return config, rule_fns, state, x, y
 
@@ -50,7 +50,7 @@ def network(rule: str):
 def test_the_measurement_is_full_precision_and_training_is_not(rule):
     config, r, state, x, y = network(rule)
     key = jax.random.PRNGKey(2)
-    measured = products(make_measure(config, architecture(config), r), state.params, state.rule_state, x, y, key)
+    measured = products(make_measure(config, architecture(config, 20), r), state.params, state.rule_state, x, y, key)
     trained = products(lambda *a: r.estimate(*a).grads, state.params, state.rule_state, x, y, key)
     assert measured and set(measured) == {HIGHEST}
     assert trained and set(trained) == {None}

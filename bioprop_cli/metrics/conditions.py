@@ -427,7 +427,7 @@ def conditions_table(config, rule, params, state, x, y, key, idx=None) -> dict:
         measured, bias = ep_measurements(config, rule, params, state, x, y, k_measure, idx)
         rows = _ep_conditions(config, measured, fb_angles, bias, n_layers)
     else:
-        measured = jax.jit(make_measure(config, architecture(config), rule))(params, state, x, y, k_measure)
+        measured = jax.jit(make_measure(config, architecture(config, x.shape[1]), rule))(params, state, x, y, k_measure)
         rows = _feedforward_conditions(config, fb_angles, n_layers)
     equivalence = gradient_equivalence(measured)
     reference = ("implicit gradient of the cost at the free fixed point" if rule_info(config.rule).family == ENERGY

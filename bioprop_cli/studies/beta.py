@@ -85,7 +85,7 @@ def fixed_network(config: Config, splits, seed: int, train_epochs: int):
     """The network the sweep measures: initialised from `seed`, then trained `train_epochs` epochs;
     (params, rule state)."""
     config = replace(config, alignment=replace(config.alignment, enabled=False))
-    program = build_program(config, splits.x_train.shape[0])
+    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
     keys = derive_keys(seed)
     state = program.init(seed)
     for epoch in range(train_epochs):

@@ -202,8 +202,8 @@ class PointMeasurer:
         self.references: dict[str, tuple] = {}
 
     def __call__(self, config: Config) -> dict:
-        n_train = self.splits.x_train.shape[0]
-        network = architecture(config)
+        n_train, n_in = self.splits.x_train.shape
+        network = architecture(config, n_in)
 
         def reference(cfg, params, state, x, y, key, idx):
             net = eqprop.network(cfg, params, state)

@@ -71,8 +71,8 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
     t0 = time.perf_counter()
     trained = params is not None
     splits = make_splits(config, dataset)
-    n_train = splits.x_train.shape[0]
-    network = architecture(config)
+    n_train, n_in = splits.x_train.shape
+    network = architecture(config, n_in)
     px, py, idx = seed_probe(splits, config.seed, probe_size)
     # drawn in float32 (--x64: the same network, in float64); the rule state is the one training
     # started from, rebuilt from the seed and the INITIAL params (ep's random feedback takes their norm)

@@ -161,7 +161,13 @@ def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, i
 
 def lenet(input_shape: tuple[int, int, int], n_out: int) -> Architecture:
     """LeNet-5 as biotorch's le_net_mnist: conv 6@5x5 (pad 2), max pool 2; conv 16@5x5, max pool 2;
-    dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400)."""
+    dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400).
+
+    biotorch (jsalbert/biotorch, biotorch/models/le_net.py, LeNetMNIST) resizes MNIST to 32x32 and has
+    conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc 84, fc 10, ReLU after
+    every layer but the last. Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same
+    weights, same fans), and padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch
+    interpolates the digit up to 32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)
     return stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
 

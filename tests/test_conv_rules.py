@@ -346,3 +346,14 @@ def test_layer_lr_counts_the_conv_nets_layers():
     assert load_config(overrides=[("model.arch", "lenet"), ("optimizer.layer_lr", [1, 1, 1, 1, 0.5])])
     with pytest.raises(UserError, match=r"optimizer.layer_lr.*5 for model.arch lenet"):
         load_config(overrides=[("model.arch", "lenet"), ("optimizer.layer_lr", [1, 0.5])])
+
+
+def test_the_memory_check_counts_conv_parameters(monkeypatch):
+    from bioprop_cli.errors import UserError
+
+    need = 4 * 6 * 61_706  # float32 x PARAMETER_COPIES x LeNet's weights and biases
+    monkeypatch.setattr("bioprop_cli.config.host_memory_bytes", lambda: need - 1)
+    with pytest.raises(UserError, match="'model.arch': lenet is too large: 61,706 parameters"):
+        load_config(overrides=[("model.arch", "lenet")])
+    monkeypatch.setattr("bioprop_cli.config.host_memory_bytes", lambda: need)
+    assert load_config(overrides=[("model.arch", "lenet")]).model.arch == "lenet"

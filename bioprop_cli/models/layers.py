@@ -9,14 +9,12 @@ its input flattened, a conv layer reads it as images, so both accept whatever th
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
-from bioprop_cli.models.mlp import init_std, sample
+from bioprop_cli.models.mlp import Forward, init_std, sample
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -141,17 +139,9 @@ def through_activation(layer: Layer, act, a: jax.Array, g: jax.Array) -> jax.Arr
     return g.reshape(a.shape) * act.df(a)
 
 
-class Forward(NamedTuple):
-    inputs: list  # h_l, the input of each layer as the layer below made it (h_0 = x)
-    pre: list  # a_l, the pre-activation of each layer (the last one is the logits)
-
-    @property
-    def logits(self) -> jax.Array:
-        return self.pre[-1]
-
-
 def forward(arch: Architecture, params: list, x: jax.Array, act, perturb: list | None = None) -> Forward:
-    """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)), keeping what a backward pass needs.
+    """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)), keeping what a backward pass needs (the
+    inputs h_l as the layer below made them: images after a conv layer).
 
     `perturb` (one array per layer, added to a_l) exists only so that jax.grad can return the
     exact deltas dLoss/da_l as the gradient with respect to a zero perturbation.

@@ -357,3 +357,14 @@ def test_the_memory_check_counts_conv_parameters(monkeypatch):
         load_config(overrides=[("model.arch", "lenet")])
     monkeypatch.setattr("bioprop_cli.config.host_memory_bytes", lambda: need)
     assert load_config(overrides=[("model.arch", "lenet")]).model.arch == "lenet"
+
+
+def test_conv_flops_by_hand():
+    from bioprop_cli.rules import flops
+
+    lenet = archs.lenet((28, 28, 1), 10)
+    passes = [2 * 28 * 28 * 25 * 1 * 6, 2 * 10 * 10 * 25 * 6 * 16, 2 * 400 * 120, 2 * 120 * 84, 2 * 84 * 10]
+    assert [flops.layer_pass(layer.op) for layer in lenet.layers] == passes
+    assert flops.chained(lenet) == 2 * sum(passes) + sum(passes[1:])  # no error sent below the first layer
+    assert flops.direct(lenet) == 2 * sum(passes) + 2 * 10 * (28 * 28 * 6 + 10 * 10 * 16 + 120 + 84)
+    assert flops.mirrored(lenet) == flops.chained(lenet) + 2 * sum(passes[1:])

@@ -49,7 +49,8 @@ def _measure(sizes, loss="mse", depth=2, **pc):
 
 def _against_backprop(rule, params, x, y, loss):
     est = rule.estimate(params, (), x, y, jax.random.PRNGKey(2))
-    exact, exact_deltas = exact_gradients(dense(tuple(sizes)), params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
+    network = dense(tuple([params[0]["w"].shape[0]] + [layer["w"].shape[1] for layer in params]))
+    exact, exact_deltas = exact_gradients(network, params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
     return est, exact, exact_deltas
 
 
@@ -203,4 +204,4 @@ def test_bench_counts_pc_products(variant, expected):
     from bioprop_cli.rules.flops import predictive_coding
 
     config = load_config(overrides=[("rule", "pc"), ("pc.variant", variant), ("pc.inference_steps", 2)])
-    assert predictive_coding((4, 3, 2), config) == expected
+    assert predictive_coding(dense((4, 3, 2)), config) == expected

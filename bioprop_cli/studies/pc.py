@@ -58,8 +58,8 @@ def make_comparison(config: Config, network: Architecture, steps: int) -> Callab
         rule = make_rule(replace(config, pc=pc), network)
         estimate = rule.estimate(params, (), x, y, None)
         exact, _ = exact_gradients(network, params, x, y, act, loss)
-        layers, network = compare_updates(estimate.grads, exact)
-        return {**layers, **{f"{m}_all": network[m] for m in METRICS}}
+        layers, whole = compare_updates(estimate.grads, exact)
+        return {**layers, **{f"{m}_all": whole[m] for m in METRICS}}
 
     return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0))))
 

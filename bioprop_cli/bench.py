@@ -7,6 +7,8 @@ same process (the best over square products and the networks' own product shapes
 Alignment logging is timed at its default interval (once per epoch on the probe batch).
 Equilibrium propagation runs Laborieux et al. 2021's MNIST setting instead: 784-512-10, batch 50,
 T1 = 30, T2 = 10, symmetric nudging (settling steps per second counted per example).
+`--set model.arch=lenet` (or cnn) benchmarks a conv net: the reference is then jax.grad of the same
+network (models.layers.forward), and GFLOP/s count conv layers by rules/flops.py.
 """
 
 from __future__ import annotations

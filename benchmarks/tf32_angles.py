@@ -48,7 +48,7 @@ def mlp_angles(config, splits, tie_feedback: bool, probe: int) -> dict:
         rule_state = [None] + [params[l]["w"].T for l in range(1, len(params))]
     from bioprop_cli.rules import make_rule
 
-    rule = make_rule(config, program.sizes, splits.x_train.shape[0])
+    rule = make_rule(config, program.arch, splits.x_train.shape[0])
     act, loss = model_functions(config)
     x, y = splits.x_train[:probe], jax.nn.one_hot(splits.y_train[:probe], NUM_CLASSES)
     key = jax.random.PRNGKey(0)
@@ -56,7 +56,7 @@ def mlp_angles(config, splits, tie_feedback: bool, probe: int) -> dict:
     for mode in PRECISIONS:
         fn = measure_alignment if mode == "as_measured" else measure_alignment.__wrapped__
         with precision_context(mode):  # the precision is fixed when traced
-            m = jax.jit(lambda p, s, x, y, k: fn(rule, act, loss, p, s, x, y, k))(params, rule_state, x, y, key)
+            m = jax.jit(lambda p, s, x, y, k: fn(rule, program.arch, act, loss, p, s, x, y, k))(params, rule_state, x, y, key)
         out[mode] = {
             "max_update_angle": float(jnp.max(m["layers"]["update_angle"])),
             "max_delta_angle": float(jnp.nanmax(m["layers"]["delta_angle"])),

@@ -7,6 +7,8 @@ same process (the best over square products and the networks' own product shapes
 Alignment logging is timed at its default interval (once per epoch on the probe batch).
 Equilibrium propagation runs Laborieux et al. 2021's MNIST setting instead: 784-512-10, batch 50,
 T1 = 30, T2 = 10, symmetric nudging (settling steps per second counted per example).
+`--set model.arch=lenet` (or cnn) benchmarks a conv net: the reference is then jax.grad of the same
+network (models.layers.forward), and GFLOP/s count conv layers by rules/flops.py.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy as np
 import optax
 
 from bioprop_cli.config import Config, load_config
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
+from bioprop_cli.models.arch import Architecture, Dense
+from bioprop_cli.models.layers import forward
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.splits import derive_keys, make_splits, probe_batch
@@ -68,10 +72,10 @@ PEAK_FLOPS_PER_CALL = 2**30  # small products run this many FLOPs per compiled c
 PEAK_MAX_PRODUCTS_PER_CALL = 64
 
 
-def network_shapes(sizes: tuple[int, ...], batch: int) -> set[tuple[int, int, int]]:
-    """(m, k, n) of the matrix products of one training step: forward x W, weight gradient
-    x^T delta, error path delta W^T."""
-    pairs = zip(sizes[:-1], sizes[1:])
+def network_shapes(arch: Architecture, batch: int) -> set[tuple[int, int, int]]:
+    """(m, k, n) of the matrix products of one training step's dense layers: forward x W, weight
+    gradient x^T delta, error path delta W^T."""
+    pairs = [(layer.op.n_in, layer.op.n_out) for layer in arch.layers if isinstance(layer.op, Dense)]
     return {shape for a, b in pairs for shape in ((batch, a, b), (a, batch, b), (batch, b, a))}
 
 
@@ -105,14 +109,14 @@ def _best_time(fn: Callable, repeats: int) -> float:
     return min(times)
 
 
-def reference_epoch(config: Config, sizes, steps_per_epoch: int) -> Callable:
+def reference_epoch(config: Config, arch: Architecture, steps_per_epoch: int) -> Callable:
     """Plain backprop with jax.grad and optax SGD: what a user would write without bioprop."""
     act, loss = ACTIVATIONS[config.model.activation], LOSSES[config.model.loss]
     optimizer = optax.sgd(config.optimizer.lr)
     bs = config.train.batch_size
 
     def objective(params, x, y):
-        return loss.value(forward(params, x, act).logits, y)
+        return loss.value(forward(arch, params, x, act).logits, y)
 
     def epoch(params, opt_state, x_train, y_train, key):
         order = jax.random.permutation(key, x_train.shape[0])[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
@@ -144,9 +148,9 @@ def compile_rule(config: Config, splits) -> dict:
     energy = rule_info(config.rule).family == ENERGY
     return {
         "rule": config.rule,
-        "sizes": program.sizes,
-        "shapes": network_shapes(program.sizes, config.train.batch_size),
-        "flops_per_example": rule_info(config.rule).flops(program.sizes, config),
+        "arch": program.arch,
+        "shapes": network_shapes(program.arch, config.train.batch_size),
+        "flops_per_example": rule_info(config.rule).flops(program.arch, config),
         "settling_steps": flops.settling_steps(config) if energy else None,
         "steps_per_epoch": program.steps_per_epoch,
         "examples": program.steps_per_epoch * config.train.batch_size,
@@ -156,9 +160,9 @@ def compile_rule(config: Config, splits) -> dict:
     }
 
 
-def compile_reference(config: Config, splits, sizes, steps_per_epoch: int) -> dict:
-    epoch, optimizer = reference_epoch(config, sizes, steps_per_epoch)
-    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
+def compile_reference(config: Config, splits, arch: Architecture, steps_per_epoch: int) -> dict:
+    epoch, optimizer = reference_epoch(config, arch, steps_per_epoch)
+    program = build_program(config, *splits.x_train.shape)
     params = program.init(config.seed).params
     args = (params, optimizer.init(params), splits.x_train, splits.y_train, jax.random.PRNGKey(0))
     t0 = time.perf_counter()
@@ -167,9 +171,9 @@ def compile_reference(config: Config, splits, sizes, steps_per_epoch: int) -> di
     jax.block_until_ready(compiled(*args))
     return {
         "rule": "jax.grad ref.",
-        "sizes": sizes,
-        "shapes": network_shapes(sizes, config.train.batch_size),
-        "flops_per_example": rule_info("bp").flops(sizes, config),
+        "arch": arch,
+        "shapes": network_shapes(arch, config.train.batch_size),
+        "flops_per_example": rule_info("bp").flops(arch, config),
         "examples": steps_per_epoch * config.train.batch_size,
         "compile_s": compile_s,
         "run_epoch": lambda: jax.block_until_ready(compiled(*args)),
@@ -188,7 +192,7 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
     splits = make_splits(config("bp"), dataset)
     entries = [compile_rule(config(r), splits) for r in rules]
     mlp = next((e for e in entries if rule_info(e["rule"]).family != ENERGY), None) or compile_rule(config("bp"), splits)
-    entries.append(compile_reference(config("bp"), splits, mlp["sizes"], mlp["steps_per_epoch"]))
+    entries.append(compile_reference(config("bp"), splits, mlp["arch"], mlp["steps_per_epoch"]))
     epoch_s = {i: [] for i in range(len(entries))}
     shapes = peak_shapes(set().union(*(e["shapes"] for e in entries)))
     before = measure_matmul_peak(shapes)  # before and after the epochs: the best of both per shape
@@ -203,7 +207,7 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
         seconds = min(epoch_s[i])
         result = {
             "rule": entry["rule"],
-            "network": "-".join(map(str, entry["sizes"])),
+            "network": entry["arch"].describe(),
             "epoch_s": seconds,
             "examples_per_s": entry["examples"] / seconds,
             "gflops": entry["flops_per_example"] * entry["examples"] / seconds / 1e9,

@@ -386,18 +386,16 @@ def host_memory_bytes() -> int | None:
         return None
 
 
-def _check_memory(m: ModelConfig, dataset: str) -> None:
-    """Refuses a network whose float32 arrays alone would not fit in this machine's memory, before
-    anything is allocated or written (a width of 50,000,000 would otherwise end in an allocation failure)."""
-    from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
-    from bioprop_cli.models.arch import build
-
-    layers = build(m, IMAGE_SHAPES[dataset], NUM_CLASSES).layers
-    n_params = sum(math.prod(layer.op.weight_shape) + layer.op.out_shape[-1] for layer in layers)
+def _check_memory(m: ModelConfig, network) -> None:
+    """Refuses a network (models.arch.Architecture) whose float32 arrays alone would not fit in this machine's
+    memory, before anything is allocated or written (a width of 50,000,000 would otherwise end in an
+    allocation failure). Conv kernels and biases count like dense weights."""
+    n_params = network.n_params
     need, have = 4 * PARAMETER_COPIES * n_params, host_memory_bytes()
     if have is not None and need > have:
+        what = f"'model.width': {m.width} (depth {m.depth})" if m.arch == "mlp" else f"'model.arch': {m.arch}"
         raise UserError(
-            f"config key 'model.width': {m.width} (depth {m.depth}) is too large: {n_params:,} parameters need about "
+            f"config key {what} is too large: {n_params:,} parameters need about "
             f"{need / 2**30:,.0f} GiB in training (x{PARAMETER_COPIES} for gradients, optimizer state and feedback), "
             f"more than this machine's {have / 2**30:,.0f} GiB")
 
@@ -415,13 +413,16 @@ def _check_cnn(c: CNNConfig) -> None:
     _check(c.pool_stride >= 1, "model.cnn.pool_stride", ">= 1", c.pool_stride)
 
 
-def _check_architecture(config: Config) -> None:
+def _check_architecture(config: Config):
+    """The config's network (models.arch.Architecture), refused where a layer has no output left."""
     from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
     from bioprop_cli.models.arch import build, problem
 
-    found = problem(build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES))
+    network = build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
+    found = problem(network)
     _check(found is None, "model.cnn" if config.model.arch == "cnn" else "model.arch",
            f"an architecture whose every layer has an output ({found})", config.model.arch)
+    return network
 
 
 def validate(config: Config) -> Config:
@@ -446,8 +447,8 @@ def validate(config: Config) -> Config:
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
     _check_cnn(m.cnn)
-    _check_architecture(config)
-    _check_memory(m, d.dataset)
+    network = _check_architecture(config)
+    _check_memory(m, network)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
     fb = config.feedback
     _check(fb.scale > 0, "feedback.scale", "> 0", fb.scale)
@@ -473,10 +474,11 @@ def validate(config: Config) -> Config:
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
     _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
     _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)
-    n_layers = m.depth + 1
+    n_layers = len(network.layers)
+    of = f"depth {m.depth}" if m.arch == "mlp" else f"model.arch {m.arch}"
     _check(
         len(o.layer_lr) in (0, n_layers), "optimizer.layer_lr",
-        f"empty or one multiplier per weight matrix ({n_layers} for depth {m.depth})", list(o.layer_lr),
+        f"empty or one multiplier per weight layer ({n_layers} for {of})", list(o.layer_lr),
     )
     _check(all(v > 0 for v in o.layer_lr), "optimizer.layer_lr", "positive multipliers", list(o.layer_lr))
     e = config.ep
@@ -502,6 +504,9 @@ def validate(config: Config) -> Config:
     _check(config.pc.output_precision > 0, "pc.output_precision", "> 0", config.pc.output_precision)
     if config.rule == "ep":
         _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
+    from bioprop_cli.rules import rule_info
+
+    rule_info(config.rule).make(config, network, 0)  # a rule that does not run on this architecture says so
     return config
 
 

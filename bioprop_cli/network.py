@@ -6,33 +6,42 @@ a study measures the network a run with the same config and seed trains.
 
 from __future__ import annotations
 
+import math
+
 from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+from bioprop_cli.errors import UserError
 from bioprop_cli.models import arch
-from bioprop_cli.models.mlp import init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import LearningRule, make_rule
 from bioprop_cli.splits import derive_keys
 
 
-def architecture(config) -> arch.Architecture:
-    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs."""
-    return arch.build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
+def architecture(config, n_in: int | None = None) -> arch.Architecture:
+    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs.
+
+    n_in: the number of features of the data the network will read, where known. An MLP reads flat
+    inputs of any size (its first layer takes the data's); a conv net reads the dataset's images and
+    refuses data of another size."""
+    shape = IMAGE_SHAPES[config.data.dataset]
+    if n_in is not None and n_in != math.prod(shape):
+        if config.model.arch != "mlp":
+            raise UserError(f"config key 'model.arch': {config.model.arch} reads {'x'.join(map(str, shape))} images, "
+                            f"the data has {n_in} features per example")
+        shape = (n_in,)
+    return arch.build(config.model, shape, NUM_CLASSES)
 
 
-def sizes_for(config, n_in: int) -> tuple[int, ...]:
-    """The layer sizes of the config's network on inputs of n_in features (NUM_CLASSES outputs)."""
-    return layer_sizes(n_in, config.model.depth, config.model.width, NUM_CLASSES)
-
-
-def init_state(config, sizes: tuple[int, ...], seed, n_train: int = 0) -> tuple[LearningRule, list, object]:
+def init_state(config, network: arch.Architecture, seed, n_train: int = 0) -> tuple[LearningRule, list, object]:
     """(rule, params, rule state) at initialisation, from the keys of `seed` (splits.derive_keys;
     the seed may be traced): params drawn from keys.params (with the rule's own trainable parameters,
     e.g. a learned feedback, from keys.rule), the rule state from keys.rule and the INITIAL params
     (ep's random feedback takes their norm; fa draws its B). `config` may carry traced batched values
-    (config.with_values); n_train: the training split's size (per-example state)."""
+    (config.with_values); network: the architecture (`architecture(config)`); n_train: the training
+    split's size (per-example state)."""
     keys = derive_keys(seed)
-    rule = make_rule(config, sizes, n_train)
+    rule = make_rule(config, network, n_train)
     init = config.model.init
-    params = init_params(keys.params, sizes, init.scheme, init.scale)
+    params = init_params(keys.params, network, init.scheme, init.scale)
     if rule.init_params is not None:
         params = rule.init_params(keys.rule, params)
     return rule, params, rule.init(keys.rule, params)

@@ -35,7 +35,8 @@ from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
-from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.models.arch import Architecture
+from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
@@ -53,7 +54,7 @@ class TrainState(NamedTuple):
 class Program:
     """The compiled pieces of a run. All functions are pure and jit-compiled."""
 
-    sizes: tuple[int, ...]
+    arch: Architecture
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
@@ -63,9 +64,11 @@ class Program:
 
 
 def build_program(config: Config, n_train: int, n_in: int) -> Program:
+    """The compiled pieces of the config's run on n_train training examples of n_in features
+    (network.architecture)."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
-    sizes = sizes_for(config, n_in)
+    arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
     augment = make_augment(config.data.augment, config.data.dataset)  # None: the examples as they are
@@ -73,18 +76,18 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
         run_config = with_values(config, hyper)
-        return make_rule(run_config, sizes, n_train), make_optimizer(run_config.optimizer, steps_per_epoch, t.epochs)
+        return make_rule(run_config, arch, n_train), make_optimizer(run_config.optimizer, steps_per_epoch, t.epochs)
 
     def init(seed, hyper=None):
         hyper = hyper or {}
         _, optimizer = parts(hyper)
-        _, params, rule_state = init_state(with_values(config, hyper), sizes, seed, n_train)
+        _, params, rule_state = init_state(with_values(config, hyper), arch, seed, n_train)
         return TrainState(params, rule_state, optimizer.init(params), hyper)
 
     def measure(state, probe_x, probe_y, key, probe_idx=None):
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
-        measured = make_measure(with_values(config, state.hyper), rule)(
+        measured = make_measure(with_values(config, state.hyper), arch, rule)(
             state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, NUM_CLASSES), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
@@ -141,7 +144,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         return jnp.sum(losses) / n, jnp.sum(corrects) / n
 
     return Program(
-        sizes=sizes,
+        arch=arch,
         steps_per_epoch=steps_per_epoch,
         init=jax.jit(init),
         epoch=jax.jit(epoch),
@@ -349,7 +352,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         writer.config(to_dict(c))
         summary = {
             "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
-            "layer_sizes": list(program.sizes), "n_train": n_train,
+            "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
             "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
             "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,

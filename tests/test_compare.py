@@ -581,3 +581,17 @@ def test_a_corrupt_manifest_is_a_one_line_error(tmp_path):
     sweep = write_resumed_sweep(tmp_path)
     (sweep / "manifest.json").write_text(json.dumps({"runs": [1, 2]}))
     assert_user_error(CliRunner().invoke(app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")
+
+
+def test_conv_runs_are_labelled_by_their_architecture_not_a_depth(tmp_path):
+    write_run(tmp_path, "old-mlp", rule="fa", depth=2)  # written before conv nets: no model.arch
+    for name, arch in (("mlp", "mlp"), ("lenet", "lenet")):
+        path = write_run(tmp_path, name, rule="fa", depth=2, seed=1)
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["model"]["arch"] = arch
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    groups = aggregate([tmp_path]).groups
+    labels = {g.label: g for g in groups}
+    assert set(labels) == {"fa d2", "fa lenet"}, [g.label for g in groups]
+    assert labels["fa lenet"].depth is None and labels["fa d2"].depth == 2  # no breaking depth for conv nets
+    assert sorted(r.path.name for r in labels["fa d2"].runs) == ["mlp", "old-mlp"]

@@ -7,6 +7,7 @@ import pytest
 
 from gradcheck import central_difference, random_directions
 
+from bioprop_cli.models.arch import dense
 from bioprop_cli.config import load_config
 from bioprop_cli.ep import (
     bptt_gradient,
@@ -134,7 +135,7 @@ def test_implicit_gradient_matches_finite_differences_and_converged_bptt(rho_nam
 
 
 def _ep_estimate(config, params, x, y, key=jax.random.PRNGKey(0)):
-    rule = make_rule(config, SIZES)
+    rule = make_rule(config, dense(SIZES))
     return rule.estimate(params, rule.init(key, params), x, y, key)
 
 
@@ -194,7 +195,7 @@ def test_ep_delivers_state_shifts_and_settling_diagnostics():
     assert int(est.aux["free_steps"]) == 30 and int(est.aux["nudged_steps"]) == 10
     assert float(est.aux["free_residual"]) > 0
     # the output's shift under a positive nudge points towards the target: (y - s0) . shift > 0
-    rule = make_rule(config, SIZES)
+    rule = make_rule(config, dense(SIZES))
     s_out = rule.predict(params, (), x)
     assert float(jnp.sum((y - s_out) * est.deltas[-1])) > 0
 
@@ -202,8 +203,8 @@ def test_ep_delivers_state_shifts_and_settling_diagnostics():
 def test_exact_references_and_measurement_fields():
     params, x, y = _problem(scale=0.5)
     config = _config(estimator="symmetric", beta=0.01, free_steps=200, nudged_steps=200)
-    rule = make_rule(config, SIZES)
-    m = make_measure(config, rule)(params, (), x, y, jax.random.PRNGKey(0))
+    rule = make_rule(config, dense(SIZES))
+    m = make_measure(config, dense(SIZES), rule)(params, (), x, y, jax.random.PRNGKey(0))
     assert set(m["layers"]) >= {"update_angle", "update_rel_error", "bptt_update_angle"}
     net = m["network"]
     for name in ("update_angle", "update_rel_error", "bptt_update_angle", "implicit_vs_bptt_angle", "spectral_radius",
@@ -217,7 +218,7 @@ def test_exact_references_and_measurement_fields():
 def test_persistent_particles_start_the_next_free_phase():
     params, x, y = _problem(scale=0.5)
     config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("ep.persistent", True), ("ep.free_steps", 3)])
-    rule = make_rule(config, SIZES, n_train=20)
+    rule = make_rule(config, dense(SIZES), n_train=20)
     state = rule.init(jax.random.PRNGKey(0), params)
     assert [p.shape for p in state["particles"]] == [(20, 5), (20, 4), (20, 3)]
     idx = jnp.arange(7) + 10

@@ -6,6 +6,7 @@ import jax
 import pytest
 from typer.testing import CliRunner
 
+from bioprop_cli.models.arch import dense
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.datasets import load_dataset
@@ -47,9 +48,9 @@ def test_train_ep_writes_the_ep_measurements(tmp_path, mnist_dir):
     config = load_config(run / "config.yaml")
     splits = make_splits(config, load_dataset("mnist", mnist_dir))
     keys = derive_keys(config.seed)
-    rule, _, state = init_state(config, (784, 32, 10), config.seed, splits.x_train.shape[0])
+    rule, _, state = init_state(config, dense((784, 32, 10)), config.seed, splits.x_train.shape[0])
     x, y, _ = draw_probe(keys.probe, splits.x_train, splits.y_train, 64)
-    again = jax.jit(make_measure(config, rule))(load_params(run), state, x, jax.nn.one_hot(y, 10), keys.probe)["network"]
+    again = jax.jit(make_measure(config, dense((784, 32, 10)), rule))(load_params(run), state, x, jax.nn.one_hot(y, 10), keys.probe)["network"]
     for name in ("update_angle", "bptt_update_angle", "implicit_vs_bptt_angle", "free_residual", "reference_residual"):
         assert float(again[name]) == pytest.approx(last[name], rel=1e-3, abs=1e-4), name
 

@@ -7,6 +7,7 @@ import pytest
 
 from gradcheck import central_difference
 
+from bioprop_cli.models.arch import dense
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.angles import angle_degrees
@@ -45,10 +46,10 @@ def test_defaults_validation_and_each_mode_has_its_documented_feedback():
         _config(feedback="transpose")
     params, _, _ = _problem()
     key = jax.random.PRNGKey(1)
-    sym = make_rule(_config(), SIZES)
+    sym = make_rule(_config(), dense(SIZES))
     assert sym.feedback(params, sym.init(key, params), key) == {} and sym.init(key, params) == ()
     mixed = _config(feedback="mixed")
-    rule = make_rule(mixed, SIZES)
+    rule = make_rule(mixed, dense(SIZES))
     assert sorted(rule.feedback(params, rule.init(key, params), key)) == [1, 2]
     fixed = feedback_state(mixed.ep, key, params)
     measured = jax.jit(lambda a: {l: (angle_degrees(b, params[l]["w"].T), jnp.linalg.norm(b) / jnp.linalg.norm(params[l]["w"]))
@@ -56,11 +57,11 @@ def test_defaults_validation_and_each_mode_has_its_documented_feedback():
     for angle in (0.0, 30.0, 90.0, 135.0):  # mixed: exactly the angle a, and the norm of W^T
         for a, ratio in measured(angle).values():
             assert float(a) == pytest.approx(angle, abs=1e-3) and float(ratio) == pytest.approx(1.0, rel=1e-5)
-    rule = make_rule(_config(feedback="sign"), SIZES)
+    rule = make_rule(_config(feedback="sign"), dense(SIZES))
     for l, (b, wt) in rule.feedback(params, rule.init(key, params), key).items():
         scale = jnp.linalg.norm(wt) / jnp.sqrt(wt.size)  # |B| = |W|: the RMS of W's entries
         np.testing.assert_allclose(b, scale * jnp.sign(wt), rtol=1e-6)
-    rule = make_rule(_config(feedback="random"), SIZES)
+    rule = make_rule(_config(feedback="random"), dense(SIZES))
     state = rule.init(key, params)
     moved = [{"w": 2.0 * p["w"], "b": p["b"]} for p in params]
     for (b, wt), (b2, _) in zip(rule.feedback(params, state, key).values(), rule.feedback(moved, state, key).values()):
@@ -74,7 +75,7 @@ def test_nonsymmetric_implicit_gradient_matches_finite_differences_and_spectral_
     with float64():
         params, x, y = _problem(jnp.float64)
         config = _config(feedback="mixed", feedback_angle=60.0)
-        rule = make_rule(config, SIZES)
+        rule = make_rule(config, dense(SIZES))
         state = rule.init(jax.random.PRNGKey(1), params)
         running = lambda p: effective_params(config.ep, p, state)  # B follows W: the total derivative
         rho = RHOS["hard_sigmoid"]
@@ -115,7 +116,7 @@ def test_learned_feedback_is_a_parameter_and_aligns_with_w_over_training():
     params, x, y = _problem(scale=1.0, batch=16)
     config = _config(feedback="random", learn_feedback=True, estimator="symmetric", beta=0.1, free_steps=30,
                      nudged_steps=10, reference_steps=300)
-    rule = make_rule(config, SIZES)
+    rule = make_rule(config, dense(SIZES))
     params = rule.init_params(jax.random.PRNGKey(3), params)
     assert "fb" not in params[0] and [p["fb"].shape for p in params[1:]] == [(4, 5), (3, 4)]
     state = rule.init(jax.random.PRNGKey(4), params)
@@ -152,7 +153,7 @@ def test_beta_sweep_measures_the_network_with_its_feedback():
         config = _config(feedback="mixed", feedback_angle=60.0, free_steps=400, nudged_steps=400,
                          reference_steps=4000, reference_tolerance=1e-12, estimator="symmetric")
         ep, rho, key = config.ep, RHOS[config.model.activation], jax.random.PRNGKey(1)
-        state = make_rule(config, SIZES).init(key, params)
+        state = make_rule(config, dense(SIZES)).init(key, params)
         betas = jnp.asarray([1e-4, 1e-3], jnp.float64)
         exact, estimates, residual = make_batch_estimates(config, betas, ("symmetric",))(params, state, x, y, key)
 

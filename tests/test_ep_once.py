@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bioprop_cli.models.arch import dense
 from bioprop_cli.config import load_config
 from bioprop_cli.studies.conditions import run as measure_conditions
 from bioprop_cli.models.mlp import init_params
@@ -42,7 +43,7 @@ def test_sweep_beta_estimate_at_the_configured_beta_is_the_training_estimate(est
 
     params, x, y = _problem()
     config = _config(estimator=estimator, beta=0.3, free_steps=12, nudged_steps=5, reference_steps=50)
-    rule = make_rule(config, SIZES)
+    rule = make_rule(config, dense(SIZES))
     key = jax.random.PRNGKey(3)
     trained = jax.jit(rule.estimate)(params, (), x, y, key).grads
     _, swept, _ = make_batch_estimates(config, jnp.asarray([0.3, 0.05]), (estimator,))(params, (), x, y, key)
@@ -53,13 +54,13 @@ def test_sweep_beta_estimate_at_the_configured_beta_is_the_training_estimate(est
 def test_the_measurement_starts_from_the_probe_examples_persistent_particles():
     params, x, y = _problem()
     config = _config(persistent=True, free_steps=3, nudged_steps=4, beta=0.2, reference_steps=200)
-    rule = make_rule(config, SIZES, n_train=20)
+    rule = make_rule(config, dense(SIZES), n_train=20)
     idx = jnp.arange(7) + 5
     state = rule.init(jax.random.PRNGKey(0), params)
     for k in range(3):  # three training steps on these examples move their particles
         state = rule.estimate(params, state, x, y, jax.random.PRNGKey(k), idx=idx).state
     key = jax.random.PRNGKey(9)
-    measure = jax.jit(make_measure(config, rule))
+    measure = jax.jit(make_measure(config, dense(SIZES), rule))
     persistent, from_zero = measure(params, state, x, y, key, idx=idx)["network"], measure(params, state, x, y, key)["network"]
     # the measured estimate is the update this step would train with: the training's free phase from the particles
     k_estimate, _ = jax.random.split(key)
@@ -85,7 +86,7 @@ def test_conditions_on_a_run_with_random_feedback_measure_the_feedback_it_traine
         ("alignment.probe_size", 16), *TINY_DATA])
     train(config, dataset, RunWriter(tmp_path))
     params = load_params(tmp_path)
-    _, initial, _ = init_state(config, (784, 12, 10), config.seed)
+    _, initial, _ = init_state(config, dense((784, 12, 10)), config.seed)
     growth = float(np.linalg.norm(params[1]["w"]) / jnp.linalg.norm(initial[1]["w"]))
     assert abs(growth - 1) > 0.1, growth  # training changed |W_1|: B must keep the initial norm
     last = [r for r in read_jsonl(tmp_path / "alignment.jsonl") if r["layer"] == "all"][-1]

@@ -10,6 +10,7 @@ import pytest
 from gradcheck import central_difference, random_directions
 from typer.testing import CliRunner
 
+from bioprop_cli.models.arch import dense
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.ep import bptt_gradient, free_fixed_point, implicit_gradient
@@ -113,7 +114,7 @@ def test_ep_with_readout_equals_the_implicit_gradient_at_small_beta(rho_name):
         params = dynamic + [readout]
 
         def estimate(**ep):
-            rule = make_rule(_config(rho_name, **CONVERGED, **ep), SIZES)
+            rule = make_rule(_config(rho_name, **CONVERGED, **ep), dense(SIZES))
             key = jax.random.PRNGKey(0)
             return rule.estimate(params, rule.init(key, params), x, y, key)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.config import load_config
+from bioprop_cli.models.arch import dense
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
@@ -84,7 +85,7 @@ def test_their_step_at_beta_and_alpha_is_ours_at_twice_both(sign):
         config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("ep.estimator", estimator),
                                         ("ep.beta", 2 * beta), ("ep.eps", eps), ("ep.free_steps", t1),
                                         ("ep.nudged_steps", t2)])
-        est = make_rule(config, SIZES).estimate(params, (), x, y, jax.random.PRNGKey(2))
+        est = make_rule(config, dense(SIZES)).estimate(params, (), x, y, jax.random.PRNGKey(2))
         ours = [{k: p[k] - 2 * a * g[k] for k in ("w", "b")} for p, g, a in zip(params, est.grads, ALPHAS)]
 
         np.testing.assert_allclose(est.logits, their_free[-1], rtol=1e-12, atol=1e-12)
@@ -95,5 +96,5 @@ def test_their_step_at_beta_and_alpha_is_ours_at_twice_both(sign):
         half = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("ep.estimator", estimator),
                                       ("ep.beta", beta), ("ep.eps", eps), ("ep.free_steps", t1),
                                       ("ep.nudged_steps", t2)])
-        other = make_rule(half, SIZES).estimate(params, (), x, y, jax.random.PRNGKey(2))
+        other = make_rule(half, dense(SIZES)).estimate(params, (), x, y, jax.random.PRNGKey(2))
         assert float(jnp.max(jnp.abs(params[0]["w"] - 2 * ALPHAS[0] * other.grads[0]["w"] - their_w[0]))) > 1e-4

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 from bioprop_cli.config import load_config
+from bioprop_cli.models.arch import dense
 from bioprop_cli.models.mlp import init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer
 from bioprop_cli.rules import make_rule
@@ -20,7 +21,7 @@ def test_kp_momentum_gap_is_a_damped_oscillation_not_a_constant_factor():
                                     ("feedback.decay", DECAY), ("optimizer.name", "momentum"),
                                     ("optimizer.momentum", MU), ("optimizer.lr", LR),
                                     ("optimizer.schedule.name", "constant")])
-    kp = make_rule(config, SIZES)
+    kp = make_rule(config, dense(SIZES))
     params = kp.init_params(jax.random.PRNGKey(1), init_params(jax.random.PRNGKey(0), SIZES, "lecun_normal", 1.0))
     opt = make_optimizer(config.optimizer, 10, 1)
     x = jax.random.normal(jax.random.PRNGKey(2), (16, SIZES[0]))

@@ -19,6 +19,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
 from bioprop_cli.optim import make_optimizer
+from bioprop_cli.models.arch import dense
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.feedback_alignment import random_feedback
 from bioprop_cli.runs import read_jsonl
@@ -40,7 +41,7 @@ def _batch(n=6, n_in=7, n_out=4, seed=1):
 
 def _setup(rule, *overrides, seed=0, sizes=SIZES):
     config = _config(rule, *overrides)
-    r = make_rule(config, sizes)
+    r = make_rule(config, dense(sizes))
     params = init_params(jax.random.PRNGKey(seed), sizes, "lecun_normal", 1.0)
     params = r.init_params(jax.random.PRNGKey(seed + 100), params)
     return config, r, params, r.init(jax.random.PRNGKey(seed + 200), params)
@@ -65,7 +66,7 @@ def _allclose(a, b, tol=1e-5):
 def test_feedback_is_a_parameter_drawn_like_fa(rule):
     config, r, params, _ = _setup(rule)
     assert "fb" not in params[0]  # the first layer sends its error nowhere
-    fa_b = random_feedback(jax.random.PRNGKey(100), config, SIZES)
+    fa_b = random_feedback(jax.random.PRNGKey(100), config, dense(SIZES))
     for l in (1, 2):
         assert params[l]["fb"].shape == params[l]["w"].T.shape
         _allclose(params[l]["fb"], fa_b[l], 0)  # fa's matrices, same key
@@ -97,7 +98,7 @@ def test_error_goes_back_through_b_like_fa(rule):
     deltas, dw, _ = _hand_fa(params, x, y)
     for got, want in zip(est.deltas, deltas):
         _allclose(got, want)
-    fa = make_rule(_config("fa"), SIZES)
+    fa = make_rule(_config("fa"), dense(SIZES))
     b = [None, params[1]["fb"], params[2]["fb"]]
     plain = [{"w": p["w"], "b": p["b"]} for p in params]
     fa_est = jax.jit(fa.estimate)(plain, b, x, y, jax.random.PRNGKey(3))
@@ -205,7 +206,7 @@ def test_wm_mirror_update_averages_to_w_transpose_and_the_b_update_adds_decay():
 def test_measure_reports_the_w_to_b_angle(rule):
     config, r, params, state = _setup(rule, ("feedback.decay", 0.5))
     x, y = _batch()
-    measured = jax.jit(make_measure(config, r))(params, state, x, y, jax.random.PRNGKey(2))["layers"]
+    measured = jax.jit(make_measure(config, dense(SIZES), r))(params, state, x, y, jax.random.PRNGKey(2))["layers"]
     assert math.isnan(float(measured["feedback_angle"][0]))
     for l in (1, 2):
         want = float(angle_degrees(params[l]["fb"], params[l]["w"].T))

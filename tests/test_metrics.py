@@ -9,6 +9,7 @@ from bioprop_cli.config import load_config
 from bioprop_cli.metrics.alignment import exact_gradients, measure_alignment
 from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
+from bioprop_cli.models.arch import dense
 from bioprop_cli.rules import make_rule
 
 
@@ -53,7 +54,7 @@ SIZES = layer_sizes(9, 3, 6, 10)
 def _setup(rule, seed=0):
     config = load_config(overrides=[("rule", rule)])
     params = init_params(jax.random.PRNGKey(seed), SIZES, "lecun_normal", 1.0)
-    r = make_rule(config, SIZES)
+    r = make_rule(config, dense(SIZES))
     kx, ky = jax.random.split(jax.random.PRNGKey(seed + 1))
     x = jax.random.normal(kx, (16, 9))
     y = jax.nn.one_hot(jax.random.randint(ky, (16,), 0, 10), 10)
@@ -63,7 +64,7 @@ def _setup(rule, seed=0):
 def test_exact_deltas_are_the_gradients_of_the_pre_activations():
     _, params, _, x, y = _setup("bp")
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
-    grads, deltas = exact_gradients(params, x, y, act, loss)
+    grads, deltas = exact_gradients(dense(SIZES), params, x, y, act, loss)
     fwd = forward(params, x, act)
     # output: softmax - y over the batch; layer 0 by the chain rule by hand
     np.testing.assert_allclose(deltas[-1], (jax.nn.softmax(fwd.logits) - y) / 16, atol=1e-7)
@@ -74,7 +75,7 @@ def test_exact_deltas_are_the_gradients_of_the_pre_activations():
 
 def test_backprop_is_perfectly_aligned_with_itself():
     r, params, state, x, y = _setup("bp")
-    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
+    m = measure_alignment(r, dense(SIZES), ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))
     assert float(m["network"]["update_angle"]) < 0.05 and float(m["network"]["update_rel_error"]) < 1e-5
     m = m["layers"]
     assert np.all(np.asarray(m["update_rel_error"]) < 1e-5)
@@ -87,10 +88,10 @@ def test_fa_measurements_follow_their_definitions():
     r, params, state, x, y = _setup("fa")
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
     key = jax.random.PRNGKey(0)
-    measured = measure_alignment(r, act, loss, params, state, x, y, key)
+    measured = measure_alignment(r, dense(SIZES), act, loss, params, state, x, y, key)
     m = measured["layers"]
     est = r.estimate(params, state, x, y, key)
-    grads, deltas = exact_gradients(params, x, y, act, loss)
+    grads, deltas = exact_gradients(dense(SIZES), params, x, y, act, loss)
     for l in range(4):
         assert float(m["update_angle"][l]) == pytest.approx(float(angle_degrees(est.grads[l]["w"], grads[l]["w"])), abs=1e-3)
         assert float(m["delta_angle"][l]) == pytest.approx(float(angle_degrees(est.deltas[l], deltas[l])), abs=1e-3)
@@ -113,11 +114,11 @@ def test_fa_measurements_follow_their_definitions():
 def test_sign_symmetric_feedback_is_within_90_degrees_of_w_transpose():
     for rule in ("usf", "frsf", "brsf"):
         r, params, state, x, y = _setup(rule)
-        m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
+        m = measure_alignment(r, dense(SIZES), ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
         # sign(w) . w = |w|_1 > 0: the angle is acute; for gaussian W, cos = sqrt(2/pi) -> 37 degrees (usf)
         assert np.all(np.asarray(m["feedback_angle"][1:]) < 60), rule
     r, params, state, x, y = _setup("usf")
-    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
+    m = measure_alignment(r, dense(SIZES), ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
     w = np.asarray(params[1]["w"])
     expected = np.degrees(np.arccos(np.abs(w).sum() / (np.sqrt(w.size) * np.linalg.norm(w))))
     assert float(m["feedback_angle"][1]) == pytest.approx(expected, abs=1e-3)
@@ -125,7 +126,7 @@ def test_sign_symmetric_feedback_is_within_90_degrees_of_w_transpose():
 
 def test_dfa_feedback_is_compared_with_the_transport_path():
     r, params, state, x, y = _setup("dfa")
-    m = measure_alignment(r, ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
+    m = measure_alignment(r, dense(SIZES), ACTIVATIONS["tanh"], LOSSES["cross_entropy"], params, state, x, y, jax.random.PRNGKey(0))["layers"]
     path1 = params[3]["w"].T @ params[2]["w"].T  # W_3^T W_2^T: from the output to layer 1
     assert float(m["feedback_angle"][1]) == pytest.approx(float(angle_degrees(state[1], path1)), abs=1e-3)
     assert float(m["feedback_angle"][2]) == pytest.approx(float(angle_degrees(state[2], params[3]["w"].T)), abs=1e-3)

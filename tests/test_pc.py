@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import bioprop_cli.cli.train as cli_train
+from bioprop_cli.models.arch import dense
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
@@ -38,17 +39,18 @@ def _config(sizes, loss="mse", depth=2, **pc):
 
 
 def _rule(sizes, loss="mse", depth=2, **pc):
-    return make_rule(_config(sizes, loss, depth, **pc), sizes)
+    return make_rule(_config(sizes, loss, depth, **pc), dense(sizes))
 
 
 def _measure(sizes, loss="mse", depth=2, **pc):
     config = _config(sizes, loss, depth, **pc)
-    return jax.jit(make_measure(config, make_rule(config, sizes)))
+    return jax.jit(make_measure(config, dense(sizes), make_rule(config, dense(sizes))))
 
 
 def _against_backprop(rule, params, x, y, loss):
     est = rule.estimate(params, (), x, y, jax.random.PRNGKey(2))
-    exact, exact_deltas = exact_gradients(params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
+    network = dense(tuple([params[0]["w"].shape[0]] + [layer["w"].shape[1] for layer in params]))
+    exact, exact_deltas = exact_gradients(network, params, x, y, ACTIVATIONS["tanh"], LOSSES[loss])
     return est, exact, exact_deltas
 
 
@@ -202,4 +204,4 @@ def test_bench_counts_pc_products(variant, expected):
     from bioprop_cli.rules.flops import predictive_coding
 
     config = load_config(overrides=[("rule", "pc"), ("pc.variant", variant), ("pc.inference_steps", 2)])
-    assert predictive_coding((4, 3, 2), config) == expected
+    assert predictive_coding(dense((4, 3, 2)), config) == expected

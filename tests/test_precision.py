@@ -10,6 +10,7 @@ from bioprop_cli.studies.beta import make_batch_estimates
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.train import build_program
 from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.network import architecture
 
 HIGHEST = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
 SMALL = [("model.width", 8), ("model.depth", 2), ("ep.free_steps", 3), ("ep.nudged_steps", 2),
@@ -39,7 +40,7 @@ def network(rule: str):
     config = load_config(overrides=[("rule", rule)] + SMALL)
     program = build_program(config, 100, 20)
     state = program.init(0)
-    rule_fns = make_rule(config, program.sizes, 100)
+    rule_fns = make_rule(config, program.arch, 100)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 20))
     y = jax.nn.one_hot(jnp.arange(4), NUM_CLASSES)
     return config, rule_fns, state, x, y
@@ -49,7 +50,7 @@ def network(rule: str):
 def test_the_measurement_is_full_precision_and_training_is_not(rule):
     config, r, state, x, y = network(rule)
     key = jax.random.PRNGKey(2)
-    measured = products(make_measure(config, r), state.params, state.rule_state, x, y, key)
+    measured = products(make_measure(config, architecture(config, 20), r), state.params, state.rule_state, x, y, key)
     trained = products(lambda *a: r.estimate(*a).grads, state.params, state.rule_state, x, y, key)
     assert measured and set(measured) == {HIGHEST}
     assert trained and set(trained) == {None}

@@ -5,22 +5,24 @@ import pytest
 
 from bioprop_cli import rules
 from bioprop_cli.config import load_config
+from bioprop_cli.models.arch import dense
 from bioprop_cli.models.mlp import init_params
 from bioprop_cli.rules import ENERGY, FEEDFORWARD, RULES, available_rules, flops, make_rule
 from bioprop_cli.rules.base import transport_path
 from test_train import run, small_config
 
 SIZES = (4, 3, 2, 5)  # products: 4x3, 3x2, 2x5
+ARCH = dense(SIZES)
 
 
 def test_flop_formulas_by_hand():
     forward_and_weight_gradients = 2 * (2 * (12 + 6 + 10))  # 112
-    assert flops.chained(SIZES) == forward_and_weight_gradients + 2 * (6 + 10)  # 144: delta through W_2^T, W_1^T
-    assert flops.direct(SIZES) == forward_and_weight_gradients + 2 * (5 * 3 + 5 * 2)  # 162: e (5) to each hidden layer
-    assert flops.mirrored(SIZES) == 144 + 2 * 2 * (6 + 10)  # 208: noise through W_1, W_2 and y^T x
+    assert flops.chained(ARCH) == forward_and_weight_gradients + 2 * (6 + 10)  # 144: delta through W_2^T, W_1^T
+    assert flops.direct(ARCH) == forward_and_weight_gradients + 2 * (5 * 3 + 5 * 2)  # 162: e (5) to each hidden layer
+    assert flops.mirrored(ARCH) == 144 + 2 * 2 * (6 + 10)  # 208: noise through W_1, W_2 and y^T x
     ep = load_config(overrides=[("rule", "ep"), ("ep.free_steps", 7), ("ep.nudged_steps", 3), ("ep.estimator", "symmetric")])
     assert flops.settling_steps(ep) == 7 + 2 * 3
-    assert flops.settling(SIZES, ep) == 24 + 13 * 4 * (6 + 10) + 24 + 4 * (6 + 10)
+    assert flops.settling(ARCH, ep) == 24 + 13 * 4 * (6 + 10) + 24 + 4 * (6 + 10)
 
 
 def test_families_split_the_registry():
@@ -36,7 +38,7 @@ def test_the_recorded_feedback_path_is_the_rules_own(name):
     info = RULES[name]
     config = load_config(overrides=[("rule", name), ("model.depth", 2), ("model.width", 3)])
     sizes = (4, 3, 3, 5)
-    rule = make_rule(config, sizes)
+    rule = make_rule(config, dense(sizes))
     key = jax.random.PRNGKey(0)
     params = init_params(key, sizes, config.model.init.scheme, config.model.init.scale)
     if rule.init_params is not None:
@@ -48,7 +50,7 @@ def test_the_recorded_feedback_path_is_the_rules_own(name):
     expected_layers = {"chained": [1, 2], "direct": [0, 1]}[info.feedback]
     assert sorted(feedback) == expected_layers
     for l, (_, reference) in feedback.items():
-        want = params[l]["w"].T if info.feedback == "chained" else transport_path(params, l)
+        want = params[l]["w"].T if info.feedback == "chained" else transport_path(dense(sizes), params, l)
         assert reference.shape == want.shape and bool((reference == want).all())
 
 

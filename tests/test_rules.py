@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.config import load_config
+from bioprop_cli.models.arch import dense
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
 from bioprop_cli.rules import available_rules, make_rule
 from bioprop_cli.rules.base import chain_deltas, feedback_rule, weight_gradients
@@ -44,7 +45,7 @@ def test_registry_lists_the_rules():
 def test_bp_equals_jax_grad(activation, loss):
     params, (x, y) = _params(), _batch()
     act, loss_fn = ACTIVATIONS[activation], LOSSES[loss]
-    rule = make_rule(_config("bp", activation=activation, loss=loss), SIZES)
+    rule = make_rule(_config("bp", activation=activation, loss=loss), dense(SIZES))
     est = rule.estimate(params, rule.init(jax.random.PRNGKey(0), params), x, y, jax.random.PRNGKey(0))
     expected = jax.grad(lambda p: loss_fn.value(forward(p, x, act).logits, y))(params)
     _close(est.grads, expected)
@@ -55,7 +56,7 @@ def test_bp_by_hand_on_one_hidden_unit():
     # x=2, w0=0.5, b0=0 -> a0=1, h=tanh(1); z = h*w1 (one output, mse, y=0): L = z^2/2.
     act, loss = ACTIVATIONS["tanh"], LOSSES["mse"]
     params = [{"w": jnp.array([[0.5]]), "b": jnp.zeros(1)}, {"w": jnp.array([[3.0]]), "b": jnp.zeros(1)}]
-    rule = feedback_rule(act, loss, lambda k, p: (), lambda p, s, k: [None, p[1]["w"].T])
+    rule = feedback_rule(dense((1, 1, 1)), act, loss, lambda k, p: (), lambda p, s, k: [None, p[1]["w"].T])
     est = rule.estimate(params, (), jnp.array([[2.0]]), jnp.array([[0.0]]), None)
     h = np.tanh(1.0)
     z = 3.0 * h
@@ -67,17 +68,17 @@ def test_bp_by_hand_on_one_hidden_unit():
 
 def test_fa_with_transposed_weights_as_feedback_equals_bp():
     params, (x, y) = _params(), _batch()
-    fa = make_rule(_config("fa"), SIZES)
+    fa = make_rule(_config("fa"), dense(SIZES))
     transport = [None] + [layer["w"].T for layer in params[1:]]
     est_fa = fa.estimate(params, transport, x, y, jax.random.PRNGKey(0))
-    bp = make_rule(_config("bp"), SIZES)
+    bp = make_rule(_config("bp"), dense(SIZES))
     _close(est_fa.grads, bp.estimate(params, (), x, y, None).grads)
 
 
 def test_fa_uses_its_fixed_random_matrices():
     params, (x, y) = _params(), _batch()
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
-    fa = make_rule(_config("fa"), SIZES)
+    fa = make_rule(_config("fa"), dense(SIZES))
     b = fa.init(jax.random.PRNGKey(3), params)
     assert [m.shape for m in b[1:]] == [layer["w"].T.shape for layer in params[1:]]
     fwd = forward(params, x, act)
@@ -96,7 +97,7 @@ def test_fa_feedback_statistics_follow_the_config():
     params = _params(sizes)
     for dist in ("normal", "uniform"):
         cfg = load_config(overrides=[("rule", "fa"), ("feedback.distribution", dist), ("feedback.scale", 2.0)])
-        b = make_rule(cfg, sizes).init(jax.random.PRNGKey(0), params)[1]
+        b = make_rule(cfg, dense(sizes)).init(jax.random.PRNGKey(0), params)[1]
         assert float(jnp.std(b)) == pytest.approx(2.0 / np.sqrt(400), rel=0.02)  # 2 x lecun std of W_1
         if dist == "uniform":
             assert float(jnp.max(jnp.abs(b))) <= np.sqrt(3) * 2.0 / np.sqrt(400) + 1e-6
@@ -105,7 +106,7 @@ def test_fa_feedback_statistics_follow_the_config():
 def test_dfa_on_one_hidden_layer_is_the_closed_form():
     sizes = layer_sizes(7, 1, 5, 10)
     params, (x, y) = _params(sizes), _batch()
-    dfa = make_rule(_config("dfa", depth=1), sizes)
+    dfa = make_rule(_config("dfa", depth=1), dense(sizes))
     (d,) = dfa.init(jax.random.PRNGKey(4), params)
     assert d.shape == (10, 5)
     a0 = x @ params[0]["w"] + params[0]["b"]
@@ -116,14 +117,14 @@ def test_dfa_on_one_hidden_layer_is_the_closed_form():
     est = dfa.estimate(params, [d], x, y, None)
     _close(est.grads, [{"w": x.T @ delta0, "b": delta0.sum(0)}, {"w": h.T @ e, "b": e.sum(0)}])
     # With D = W_1^T direct feedback is exact backprop on one hidden layer.
-    bp = make_rule(_config("bp", depth=1), sizes).estimate(params, (), x, y, None)
+    bp = make_rule(_config("bp", depth=1), dense(sizes)).estimate(params, (), x, y, None)
     _close(dfa.estimate(params, [params[1]["w"].T], x, y, None).grads, bp.grads)
 
 
 def test_dfa_sends_the_output_error_to_every_layer_directly():
     params, (x, y) = _params(), _batch()
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
-    dfa = make_rule(_config("dfa", depth=3), SIZES)
+    dfa = make_rule(_config("dfa", depth=3), dense(SIZES))
     ds = dfa.init(jax.random.PRNGKey(4), params)
     fwd = forward(params, x, act)
     e = loss.error(fwd.logits, y)
@@ -135,7 +136,7 @@ def test_dfa_sends_the_output_error_to_every_layer_directly():
 def test_usf_feedback_is_scale_times_sign_of_w():
     params = _params()
     cfg = load_config(overrides=[("rule", "usf"), ("feedback.scale", 0.5)])
-    usf = make_rule(cfg, SIZES)
+    usf = make_rule(cfg, dense(SIZES))
     fb = usf.feedback(params, usf.init(jax.random.PRNGKey(0), params), jax.random.PRNGKey(1))
     for l in (1, 2, 3):
         b, w_t = fb[l]
@@ -146,7 +147,7 @@ def test_usf_feedback_is_scale_times_sign_of_w():
 
 def test_usf_follows_the_current_signs_of_w():
     params = _params()
-    usf = make_rule(_config("usf"), SIZES)
+    usf = make_rule(_config("usf"), dense(SIZES))
     flipped = [dict(layer) for layer in params]
     flipped[2] = {"w": -params[2]["w"], "b": params[2]["b"]}
     b_before = usf.feedback(params, (), None)[2][0]
@@ -156,7 +157,7 @@ def test_usf_follows_the_current_signs_of_w():
 
 def _frsf_brsf(rule):
     params = _params()
-    r = make_rule(_config(rule), SIZES)
+    r = make_rule(_config(rule), dense(SIZES))
     state = r.init(jax.random.PRNGKey(5), params)
     return params, r, state
 
@@ -190,19 +191,20 @@ def test_brsf_redraws_magnitudes_every_batch_with_the_signs_of_w():
 def test_chain_rules_match_the_generic_formula_with_their_own_feedback(rule):
     params, (x, y) = _params(), _batch()
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
-    r = make_rule(_config(rule), SIZES)
+    r = make_rule(_config(rule), dense(SIZES))
     state, key = r.init(jax.random.PRNGKey(5), params), jax.random.PRNGKey(6)
     feedback = r.feedback(params, state, key)
     mats = [None] + [feedback[l][0] for l in (1, 2, 3)]
     fwd = forward(params, x, act)
-    expected = weight_gradients(fwd, chain_deltas(fwd, loss.error(fwd.logits, y), mats, act))
+    arch = dense(SIZES)
+    expected = weight_gradients(arch, fwd.inputs, chain_deltas(arch, fwd, loss.error(fwd.logits, y), mats, act))
     _close(r.estimate(params, state, x, y, key).grads, expected)
 
 
 @pytest.mark.parametrize("rule", ["bp", "fa", "dfa", "usf", "frsf", "brsf"])
 def test_every_rule_updates_the_output_layer_exactly(rule):
     params, (x, y) = _params(), _batch()
-    r = make_rule(_config(rule), SIZES)
+    r = make_rule(_config(rule), dense(SIZES))
     est = r.estimate(params, r.init(jax.random.PRNGKey(5), params), x, y, jax.random.PRNGKey(6))
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
     true = jax.grad(lambda p: loss.value(forward(p, x, act).logits, y))(params)
@@ -213,7 +215,7 @@ def test_every_rule_updates_the_output_layer_exactly(rule):
 def test_no_rule_reads_the_true_gradient(rule, monkeypatch):
     """estimate() must run with jax.grad and jax.vjp unavailable: the true gradient never leaks in."""
     params, (x, y) = _params(), _batch()
-    r = make_rule(_config(rule), SIZES)
+    r = make_rule(_config(rule), dense(SIZES))
     if r.init_params is not None:  # kp, wm: their learned feedback joins the parameters
         params = r.init_params(jax.random.PRNGKey(5), params)
     state = r.init(jax.random.PRNGKey(5), params)
@@ -247,7 +249,7 @@ def test_brsf_magnitudes_have_the_second_moment_of_w(distribution):
 
     sizes = layer_sizes(300, 2, 400, 10)
     cfg = load_config(overrides=[("rule", "brsf"), ("feedback.distribution", distribution)])
-    m = np.asarray(redrawn_magnitudes(jax.random.PRNGKey(0), cfg, sizes)[1])
+    m = np.asarray(redrawn_magnitudes(jax.random.PRNGKey(0), cfg, dense(sizes))[1])
     std = 1 / np.sqrt(400)  # lecun std of W_1 (fan-in 400)
     assert m.min() >= 0
     assert np.sqrt(np.mean(m**2)) == pytest.approx(std, rel=0.01)

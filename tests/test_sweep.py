@@ -114,6 +114,19 @@ def test_parsing_and_points():
     assert len(ps) == 6 and ps[0].name == "depth-1_rule-bp" and ps[-1].name == "depth-2_rule-dfa"
 
 
+def test_architectures_and_their_keys_are_grid_axes():
+    from bioprop_cli.sweep.grid import check_points, point_config, read_sweep_section
+
+    assert parse_grid_option("arch=mlp,lenet") == ("model.arch", ["mlp", "lenet"])
+    grid, _ = read_sweep_section({"grid": {"arch": ["lenet", "cnn"], "model.cnn.channels": [[4, 8], [8, 16]]}})
+    ps = points(grid)
+    assert [p.name for p in ps][:2] == ["arch-lenet_channels-_4_8_", "arch-lenet_channels-_8_16_"]
+    check_points({}, ps[2:], 0)  # two cnn points: different networks, different folders
+    configs = [point_config({}, p, 0) for p in ps[2:]]
+    assert [c.model.cnn.channels for c in configs] == [(4, 8), (8, 16)]
+    assert all(c.model.arch == "cnn" for c in configs)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (pip install 'bioprop[ray]')")
 def test_ray_executor_writes_what_the_local_executor_writes(tmp_path, mnist_dir):
     """... on a local Ray instance that listens on the loopback interface only."""

@@ -45,10 +45,8 @@ def train(
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, cfg.model.depth, cfg.seed))
-    console.print(
-        f"[bold]bioprop train[/] rule={cfg.rule} depth={cfg.model.depth} width={cfg.model.width} "
-        f"data={dataset.name} ({dataset.source})"
-    )
+    network = f"depth={cfg.model.depth} width={cfg.model.width}" if cfg.model.arch == "mlp" else f"arch={cfg.model.arch}"
+    console.print(f"[bold]bioprop train[/] rule={cfg.rule} {network} data={dataset.name} ({dataset.source})")
     bar = Progress(
         TextColumn("epoch"),
         MofNCompleteColumn(),
@@ -83,7 +81,9 @@ def _divergence_note(divergence: dict | None) -> str:
 
 
 def summary_table(summary: dict) -> Table:
-    table = Table(title=f"{summary['rule']} · depth {summary['depth']} · seed {summary['seed']}", show_header=False)
+    conv = summary.get("architecture", "").startswith("conv")  # models.arch: a conv net's description
+    network = summary["architecture"] if conv else f"depth {summary['depth']}"
+    table = Table(title=f"{summary['rule']} · {network} · seed {summary['seed']}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = [

@@ -11,18 +11,21 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
-from bioprop_cli.models.mlp import Activation, Loss, Params, forward
+from bioprop_cli.models.arch import Architecture
+from bioprop_cli.models.layers import forward
+from bioprop_cli.models.mlp import Activation, Loss, Params
 from bioprop_cli.precision import full_float32
 from bioprop_cli.rules.base import LearningRule
 
 
 @full_float32
-def exact_gradients(params: Params, x, y, act: Activation, loss: Loss) -> tuple[Params, list]:
-    """(dLoss/dparams, [dLoss/da_l]) by jax.grad; the deltas as gradients of zero perturbations."""
-    zeros = [jnp.zeros((x.shape[0], layer["w"].shape[1]), x.dtype) for layer in params]
+def exact_gradients(arch: Architecture, params: Params, x, y, act: Activation, loss: Loss) -> tuple[Params, list]:
+    """(dLoss/dparams, [dLoss/da_l]) by jax.grad; the deltas as gradients of zero perturbations of
+    each pre-activation (of each layer's pre_shape)."""
+    zeros = [jnp.zeros((x.shape[0],) + shape, x.dtype) for shape in arch.pre_shapes]
 
     def objective(params, perturb):
-        return loss.value(forward(params, x, act, perturb).logits, y)
+        return loss.value(forward(arch, params, x, act, perturb).logits, y)
 
     return jax.grad(objective, argnums=(0, 1))(params, zeros)
 
@@ -47,20 +50,22 @@ def compare_updates(grads: Params, exact: Params) -> tuple[dict, dict]:
 
 
 @full_float32
-def measure_alignment(rule: LearningRule, act: Activation, loss: Loss, params, state, x, y, key,
+def measure_alignment(rule: LearningRule, arch: Architecture, act: Activation, loss: Loss, params, state, x, y, key,
                       exact_output: bool = True) -> dict:
     """{"layers": {name: (L,)}, "network": {name: scalar}}, NaN where a quantity does not apply.
 
     Per layer: update_angle and update_rel_error (rule's update for W_l vs the true gradient for
-    W_l, same batch and parameters); delta_angle (rule's error signal delta_l vs backprop's);
-    feedback_angle (B_l vs the matrix exact transport would use, W_l^T); feedback_norm_ratio
-    (|B_l| / |W_l|). Whole network: the same update comparison on all weights at once, and
+    W_l, same batch and parameters); delta_angle (rule's error signal delta_l vs backprop's, over all
+    of a_l's units); feedback_angle (B_l vs what exact transport would use: W_l^T, or W_l's kernel for a
+    conv layer, whose transposed convolution backprop runs with W_l's own kernel; for direct feedback
+    D_l vs backprop's linear path from the output to a_l, rules/base.transport_path); feedback_norm_ratio
+    (|B_l| / |that reference|). Whole network: the same update comparison on all weights at once, and
     mean_update_angle: the mean over the hidden layers where the rule's output-layer update is exact
     (`exact_output`, the registry's fact: every rule that sends backprop's output error), else over all layers.
     """
     n_layers = len(params)
     est = (rule.gradient_estimate or rule.estimate)(params, state, x, y, key)
-    true_grads, true_deltas = exact_gradients(params, x, y, act, loss)
+    true_grads, true_deltas = exact_gradients(arch, params, x, y, act, loss)
     layers, network = compare_updates(est.grads, true_grads)
     layers["delta_angle"] = jnp.stack([angle_degrees(d, t) for d, t in zip(est.deltas, true_deltas)])
     fb_angle = fb_ratio = jnp.full((n_layers,), jnp.nan)

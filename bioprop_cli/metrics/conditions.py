@@ -58,6 +58,7 @@ import numpy as np
 
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.network import architecture
 from bioprop_cli.precision import full_float32
 from bioprop_cli.rules import ENERGY, HOLDS, PARTIAL, rule_info
 
@@ -338,11 +339,11 @@ def pc_measurements(config, params, x, y) -> dict:
     from bioprop_cli.studies.pc import make_comparison
 
     pc = config.pc
-    sizes = (x.shape[1],) + tuple(layer["w"].shape[1] for layer in params)
+    network = architecture(config, x.shape[1])
     converged = pc.inference_steps * CONVERGED_INFERENCE_FACTOR
 
     def update(steps):
-        rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), sizes)
+        rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), network)
         est = jax.jit(full_float32(lambda p, x, y: rule.estimate(p, (), x, y, None)))(params, x, y)
         flat = jnp.concatenate([jnp.ravel(g["w"]) for g in est.grads])
         return flat, {k: _f(v) for k, v in est.aux.items()}
@@ -353,14 +354,14 @@ def pc_measurements(config, params, x, y) -> dict:
                  **{f"converged_{k}": v for k, v in diag_converged.items()},
                  "rel_distance_to_converged": _f(jnp.linalg.norm(at_steps - at_converged) / jnp.linalg.norm(at_converged))}
     gammas = ladder(float(pc.output_precision), GAMMA_LADDER_FLOOR)
-    by_gamma = make_comparison(config, sizes, converged)(params, x, y, jnp.asarray(gammas, x.dtype))
+    by_gamma = make_comparison(config, network, converged)(params, x, y, jnp.asarray(gammas, x.dtype))
     gamma_rungs = [{"gamma": g, "rel_error": _f(by_gamma["update_rel_error_all"][i]),
                     "angle": _f(by_gamma["update_angle_all"][i])} for i, g in enumerate(gammas)]
     steps_list = sorted({len(params) - 1, pc.inference_steps, converged})
     gamma = jnp.asarray([pc.output_precision], x.dtype)
     step_rungs = []
     for t in steps_list:
-        m = make_comparison(config, sizes, t)(params, x, y, gamma)
+        m = make_comparison(config, network, t)(params, x, y, gamma)
         step_rungs.append({"steps": t, "rel_error": _f(m["update_rel_error_all"][0]), "angle": _f(m["update_angle_all"][0]),
                            "angle_per_layer": [_f(a) for a in np.asarray(m["update_angle"][0])]})
     return {"inference": inference, "gamma_ladder": gamma_rungs, "steps_ladder": step_rungs}
@@ -657,7 +658,7 @@ def conditions_table(config, rule, params, state, x, y, key, idx=None) -> dict:
         measured, perturbation = ep_measurements(config, rule, params, state, x, y, k_measure, idx)
         rows = _ep_conditions(config, measured, fb_angles, perturbation, n_layers)
     else:
-        measured = jax.jit(make_measure(config, rule))(params, state, x, y, k_measure)
+        measured = jax.jit(make_measure(config, architecture(config, x.shape[1]), rule))(params, state, x, y, k_measure)
         rows = (_pc_conditions(config, params, x, y, measured) if config.rule == PC
                 else _feedforward_conditions(config, fb_angles, n_layers))
     equivalence = gradient_equivalence(measured, info.exact_output)

@@ -28,6 +28,10 @@ class Dense(NamedTuple):
     n_out: int
 
     @property
+    def in_shape(self) -> tuple[int]:
+        return (self.n_in,)
+
+    @property
     def weight_shape(self) -> tuple[int, int]:
         return (self.n_in, self.n_out)
 
@@ -108,6 +112,11 @@ class Architecture(NamedTuple):
         """The shape of each pre-activation a_l (per example)."""
         return tuple(layer.op.out_shape for layer in self.layers)
 
+    @property
+    def n_params(self) -> int:
+        """Weights and biases of all layers."""
+        return sum(math.prod(layer.op.weight_shape) + layer.op.out_shape[-1] for layer in self.layers)
+
     def describe(self) -> str:
         """One line, e.g. '784-256-10' for an MLP, 'conv6@5x5p2-max2-conv16@5x5-max2-120-84-10' for LeNet."""
         if self.is_mlp:
@@ -127,7 +136,12 @@ class Architecture(NamedTuple):
 
 def mlp(input_shape: tuple[int, ...], depth: int, width: int, n_out: int) -> Architecture:
     sizes = (math.prod(input_shape),) + (width,) * depth + (n_out,)
-    return Architecture("mlp", tuple(input_shape), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
+    return dense(sizes)._replace(input_shape=tuple(input_shape))
+
+
+def dense(sizes: tuple[int, ...]) -> Architecture:
+    """The MLP of the given layer sizes (n_0, n_1, ..., n_L), on flat inputs of n_0 features."""
+    return Architecture("mlp", (sizes[0],), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
 
 
 def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, int, int, int, Pool | None]],
@@ -147,7 +161,13 @@ def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, i
 
 def lenet(input_shape: tuple[int, int, int], n_out: int) -> Architecture:
     """LeNet-5 as biotorch's le_net_mnist: conv 6@5x5 (pad 2), max pool 2; conv 16@5x5, max pool 2;
-    dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400)."""
+    dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400).
+
+    biotorch (jsalbert/biotorch, biotorch/models/le_net.py, LeNetMNIST) resizes MNIST to 32x32 and has
+    conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc 84, fc 10, ReLU after
+    every layer but the last. Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same
+    weights, same fans), and padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch
+    interpolates the digit up to 32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)
     return stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
 

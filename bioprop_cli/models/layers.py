@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bioprop_cli.models.arch import Architecture, Conv, Dense, Pool
-from bioprop_cli.models.mlp import init_std, sample
+from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
+from bioprop_cli.models.mlp import Forward, init_std, sample
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -63,3 +63,96 @@ def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float) -
         }
         for k, layer in zip(keys, arch.layers)
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward pass of any architecture, and the pieces every backward pass is made of.
+#
+# Feedback is kept in the layout exact weight transport would use at the layer (`transport`): W^T,
+# (n_out, n_in), for a dense layer (the error row vector is multiplied by it, delta @ W^T), the kernel
+# itself, (k, k, C_in, C_out), for a conv layer (the transposed convolution reads W's own kernel).
+# The vjps below are jax.linear_transpose of the layer's map; for a dense layer they are written out
+# in closed form (h^T delta, delta @ B, y^T x: what the transpose gives, tested), the products the
+# MLP has always computed, so that its numbers stay bit-identical (XLA lays out the transpose's own
+# products differently, which moves reductions over them, e.g. the angles, by float rounding).
+
+
+def transport(op: Dense | Conv, w: jax.Array) -> jax.Array:
+    """What exact weight transport sends errors through, in feedback's layout: W^T (dense), W (conv)."""
+    return w.T if isinstance(op, Dense) else w
+
+
+def as_weight(op: Dense | Conv, fb: jax.Array) -> jax.Array:
+    """Feedback back in the weight's layout (the inverse of `transport`)."""
+    return fb.T if isinstance(op, Dense) else fb
+
+
+def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
+    """The shape of a feedback matrix (kernel) of this layer, in transport's layout."""
+    return op.weight_shape[::-1] if isinstance(op, Dense) else op.weight_shape
+
+
+def _spec(shape, dtype) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+
+
+def weight_vjp(op: Dense | Conv, h: jax.Array, delta: jax.Array) -> dict:
+    """{"w", "b"}: the vjp of pre_activation w.r.t. the weights and the bias at the layer's input h,
+    cotangent delta: h^T delta and the batch sum of delta (dense); the correlation of the input
+    images with delta and its sum over the batch and positions (conv)."""
+    if isinstance(op, Dense):
+        return {"w": as_input(op, h).T @ delta, "b": jnp.sum(delta, axis=0)}
+    n_bias = op.out_shape[-1]
+    w, b = jax.linear_transpose(lambda w, b: linear(op, w, h) + b,
+                                _spec(op.weight_shape, delta.dtype), _spec((n_bias,), delta.dtype))(delta)
+    return {"w": w, "b": b}
+
+
+def send_back(op: Dense | Conv, fb: jax.Array, delta: jax.Array, input_shape: tuple[int, ...]) -> jax.Array:
+    """The error at the layer's input (of `input_shape`, batch first, as the layer below made it):
+    the vjp of linear(op, ., h) w.r.t. h with the feedback fb (transport's layout) in place of W:
+    delta @ fb (dense), the transposed convolution with fb's kernel (conv). fb = transport(op, W)
+    is backprop."""
+    if isinstance(op, Dense):
+        return (delta @ fb).reshape(input_shape)
+    w = as_weight(op, fb)
+    (g,) = jax.linear_transpose(lambda h: linear(op, w, h), _spec(input_shape, delta.dtype))(delta)
+    return g
+
+
+def feedback_vjp(op: Dense | Conv, y: jax.Array, x: jax.Array) -> jax.Array:
+    """The vjp of the feedback path (y -> send_back(op, fb, y)) w.r.t. fb, with input y (output side)
+    and cotangent x (input side): y^T x (dense), the correlation of x's images with y (conv); in
+    transport's layout. The Hebbian product of the feedback synapses' two sides."""
+    if isinstance(op, Dense):
+        return y.T @ as_input(op, x)
+    (fb,) = jax.linear_transpose(lambda fb: send_back(op, fb, y, x.shape), _spec(feedback_shape(op), y.dtype))(x)
+    return fb
+
+
+def through_activation(layer: Layer, act, a: jax.Array, g: jax.Array) -> jax.Array:
+    """dLoss/da_l from g = dLoss/dh_{l+1}: exactly back through the layer's pooling (its vjp at
+    f(a_l)) and activation, as backprop does."""
+    if layer.pool is not None:
+        _, pool_vjp = jax.vjp(lambda z: pool(layer.pool, z), act.f(a))
+        (g,) = pool_vjp(g.reshape(a.shape[:1] + layer.out_shape))
+    return g.reshape(a.shape) * act.df(a)
+
+
+def forward(arch: Architecture, params: list, x: jax.Array, act, perturb: list | None = None) -> Forward:
+    """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)), keeping what a backward pass needs (the
+    inputs h_l as the layer below made them: images after a conv layer).
+
+    `perturb` (one array per layer, added to a_l) exists only so that jax.grad can return the
+    exact deltas dLoss/da_l as the gradient with respect to a zero perturbation.
+    """
+    inputs, pre = [], []
+    h = x
+    for l, (layer, p) in enumerate(zip(arch.layers, params)):
+        inputs.append(h)
+        a = pre_activation(layer.op, p, h)
+        if perturb is not None:
+            a = a + perturb[l]
+        pre.append(a)
+        h = pool(layer.pool, act.f(a))
+    return Forward(inputs, pre)

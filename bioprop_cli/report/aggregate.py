@@ -15,8 +15,10 @@ run left out is named in the findings with the reason.
 
 Runs are grouped by the config keys whose values differ between them, except the keys that only
 name a replicate or a place (`seed`, `experiment`, `results_dir`, `data.data_dir`); `rule` and
-`model.depth` are always grouping keys. Within a group the runs are the seeds: statistics are the
-mean and the population standard deviation over them (None for one seed).
+`model.depth` are always grouping keys, and `model.arch` where some run is a conv net (labels then
+name the architecture, e.g. 'fa lenet', in place of the depth, which conv nets do not use). Within
+a group the runs are the seeds: statistics are the mean and the population standard deviation over
+them (None for one seed).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
 BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
 IGNORED_KEYS = ("seed", "experiment", "results_dir", "data.data_dir")
 ALWAYS_KEYS = ("rule", "model.depth")
+ARCH_KEY, MLP = "model.arch", "mlp"  # runs from before conv nets have no model.arch: MLPs
 STATUSES = ("completed", "diverged", "interrupted")  # the runs that count; the order is the preference among duplicates
 RULE_ORDER = tuple(available_rules())  # the registry's order
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
@@ -366,7 +369,7 @@ def one_per_seed(runs: list[Run], keys: list[str]) -> tuple[list[Run], list[Excl
     by_ident: dict[tuple, list[Run]] = {}
     for run in runs:
         seed = _hashable(run.seed) if run.seed is not None else str(run.path)  # no seed recorded: not a duplicate
-        ident = (tuple(_hashable(run.flat.get(k)) for k in keys), seed)
+        ident = (tuple(_hashable(key_value(run, k)) for k in keys), seed)
         by_ident.setdefault(ident, []).append(run)
     keep, excluded = [], []
     for same in by_ident.values():
@@ -409,15 +412,22 @@ def _sort_value(value: Any) -> tuple:
 
 
 def differing_keys(runs: list[Run]) -> list[str]:
-    """The grouping keys: `rule` and `model.depth` (when present), then, sorted, every other config key
-    whose value differs between the runs (a key missing from some runs differs), except IGNORED_KEYS."""
+    """The grouping keys: `rule` and `model.depth` (when present), `model.arch` where some run is a conv net,
+    then, sorted, every other config key whose value differs between the runs (a key missing from some
+    runs differs), except IGNORED_KEYS."""
     all_keys = set().union(*(r.flat for r in runs)) if runs else set()
+    conv = any(key_value(r, ARCH_KEY) != MLP for r in runs)
     differing = sorted(
         k for k in all_keys
-        if k not in IGNORED_KEYS and k not in ALWAYS_KEYS
+        if k not in IGNORED_KEYS and k not in ALWAYS_KEYS and k != ARCH_KEY
         and len({_hashable(r.flat.get(k)) for r in runs}) > 1
     )
-    return [k for k in ALWAYS_KEYS if k in all_keys] + differing
+    return [k for k in ALWAYS_KEYS if k in all_keys] + ([ARCH_KEY] if conv else []) + differing
+
+
+def key_value(run: Run, key: str) -> Any:
+    """The run's value of a config key (None where its config lacks it; model.arch: mlp)."""
+    return run.flat.get(key, MLP if key == ARCH_KEY else None)
 
 
 def _rule_rank(rule: Any) -> tuple:
@@ -433,13 +443,19 @@ def format_value(value: Any) -> str:
 
 
 def group_label(keys: dict) -> str:
-    """'fa d3 optimizer.lr=0.01': the rule, the depth, then key=value for the other grouping keys."""
+    """'fa d3 optimizer.lr=0.01': the rule, the depth (an MLP's) or the architecture (a conv net's, e.g.
+    'fa lenet'), then key=value for the other grouping keys."""
     parts = []
+    conv = keys.get(ARCH_KEY, MLP) != MLP
     for k, v in keys.items():
         if k == "rule":
             parts.append(str(v))
         elif k == "model.depth":
-            parts.append(f"d{v}")
+            if not conv:
+                parts.append(f"d{v}")
+        elif k == ARCH_KEY:
+            if conv:
+                parts.append(str(v))
         else:
             parts.append(f"{k}={format_value(v)}")
     return " ".join(parts) or "all runs"
@@ -462,7 +478,8 @@ class Group:
 
     @property
     def depth(self) -> Any:
-        return self.keys.get("model.depth")
+        """The MLP's depth; None for a conv net (model.depth does not apply)."""
+        return self.keys.get("model.depth") if self.keys.get(ARCH_KEY, MLP) == MLP else None
 
     @property
     def context(self) -> tuple:
@@ -474,7 +491,7 @@ def group_runs(runs: list[Run], keys: list[str]) -> list[Group]:
     """One group per distinct combination of `keys`; ordered by rule (bp, fa, dfa, ...), depth, then the rest."""
     groups: dict[tuple, Group] = {}
     for run in sorted(runs, key=lambda r: (_sort_value(r.seed), str(r.path))):
-        values = {k: run.flat.get(k) for k in keys}
+        values = {k: key_value(run, k) for k in keys}
         ident = tuple(_hashable(v) for v in values.values())
         groups.setdefault(ident, Group(keys=values, runs=[])).runs.append(run)
 

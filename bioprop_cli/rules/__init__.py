@@ -25,7 +25,7 @@ from bioprop_cli.rules import (
 )
 from bioprop_cli.rules.base import Estimate, LearningRule
 
-FEEDFORWARD = "feedforward"  # an MLP's forward pass, an error sent back; measured against jax.grad of its loss
+FEEDFORWARD = "feedforward"  # a network's forward pass, an error sent back; measured against jax.grad of its loss
 ENERGY = "energy"  # settles to an equilibrium; measured against the implicit gradient at the fixed point
 
 # Condition 5 of the conditions table: does the update read only what its synapse can see?
@@ -35,7 +35,7 @@ HOLDS, PARTIAL = "holds", "partial"
 class RuleInfo(NamedTuple):
     name: str
     title: str  # what the rule is, for help texts and reports
-    make: Callable[..., LearningRule]  # make(config, sizes, n_train) -> LearningRule
+    make: Callable[..., LearningRule]  # make(config, arch, n_train) -> LearningRule (arch: models.arch.Architecture)
     family: str  # FEEDFORWARD or ENERGY
     # How the error reaches a hidden layer: "transpose" (W^T: weight transport, the reference),
     # "chained" (layer to layer through B_l), "direct" (straight from the output through D_l),
@@ -44,7 +44,7 @@ class RuleInfo(NamedTuple):
     # (status, how the update is formed) for condition 5; None for the reference (bp) and for the
     # energy family, whose conditions table grades locality from its own dynamics
     locality: tuple[str, str] | None
-    flops: Callable[..., int]  # flops(sizes, config): matrix-product FLOPs per example and training step
+    flops: Callable[..., int]  # flops(arch, config): matrix-product FLOPs per example and training step
     # Whether the output layer's update is backprop's (the rule sends the loss's own output error):
     # then the mean update angle is taken over the hidden layers only
     exact_output: bool = True
@@ -101,10 +101,10 @@ def rules_help() -> str:
     return ", ".join(RULES)
 
 
-def make_rule(config, sizes: tuple[int, ...], n_train: int = 0) -> LearningRule:
-    """Builds the rule `config.rule` for a network with the given layer sizes (and training-set
-    size, for rules that keep per-example state)."""
-    return rule_info(config.rule).make(config, sizes, n_train)
+def make_rule(config, arch, n_train: int = 0) -> LearningRule:
+    """Builds the rule `config.rule` for the network `arch` (models.arch.Architecture; network.architecture(config))
+    and the training-set size, for rules that keep per-example state."""
+    return rule_info(config.rule).make(config, arch, n_train)
 
 
 __all__ = ["ENERGY", "FEEDFORWARD", "RULES", "Estimate", "LearningRule", "RuleInfo", "available_rules",

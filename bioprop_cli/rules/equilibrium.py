@@ -45,7 +45,12 @@ def require_mse_cost(config, command: str) -> None:
                         "(train and measure the readout network with bioprop train)")
 
 
-def make(config, sizes, n_train: int = 0) -> LearningRule:
+def make(config, arch, n_train: int = 0) -> LearningRule:
+    if not arch.is_mlp:
+        from bioprop_cli.errors import UserError
+
+        raise UserError("config key 'model.arch': ep runs on model.arch mlp only")
+    sizes = arch.sizes
     ep = config.ep
     readout_layer = eqprop.has_readout(config)
 

@@ -1,33 +1,49 @@
 """Matrix-product FLOPs of one training step per example, the figure `bioprop bench` divides by the
-machine's matmul peak. Each rule's registry record names its formula; `sizes` are the layer sizes."""
+machine's matmul peak. Each rule's registry record names its formula; `arch` is the network
+(models/arch.py). One pass through a layer (its forward map, its weight gradient, or the error sent back
+through it) costs 2 n_in n_out for a dense layer and 2 H'W' k^2 C_in C_out for a conv layer (H'W'
+output positions, each a k^2 C_in-long dot product per output channel); pooling and activations are
+not matrix products and are not counted."""
 
 from __future__ import annotations
 
+import math
 
-def _pairs(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    return list(zip(sizes[:-1], sizes[1:]))
-
-
-def _forward_and_weight_gradients(sizes: tuple[int, ...]) -> int:
-    return 2 * sum(2 * a * b for a, b in _pairs(sizes))
+from bioprop_cli.models.arch import Architecture, Conv
 
 
-def chained(sizes: tuple[int, ...], config=None) -> int:
-    """Forward, weight gradients h^T delta, and delta_{l+1} -> delta_l through an (n_{l+1} x n_l)
-    matrix for every layer but the first (bp, fa, usf, frsf, brsf, kp: kp's feedback update is the
-    transpose of W's, no product of its own)."""
-    return _forward_and_weight_gradients(sizes) + sum(2 * a * b for a, b in _pairs(sizes)[1:])
+def layer_pass(op) -> int:
+    """FLOPs of one pass through the layer's linear map, per example."""
+    if isinstance(op, Conv):
+        h, w, _ = op.out_shape
+        return 2 * h * w * op.kernel * op.kernel * op.in_shape[2] * op.channels
+    return 2 * op.n_in * op.n_out
 
 
-def direct(sizes: tuple[int, ...], config=None) -> int:
-    """dfa: the output error e (n_out) goes to every hidden layer straight through D_l."""
-    return _forward_and_weight_gradients(sizes) + sum(2 * sizes[-1] * b for _, b in _pairs(sizes)[:-1])
+def _passes(arch: Architecture) -> list[int]:
+    return [layer_pass(layer.op) for layer in arch.layers]
 
 
-def mirrored(sizes: tuple[int, ...], config=None) -> int:
-    """wm: fa's step plus the mirror phase, which sends noise through every W_l with feedback
-    (x @ W_l) and forms y^T x: two products each."""
-    return chained(sizes) + sum(2 * 2 * a * b for a, b in _pairs(sizes)[1:])
+def _forward_and_weight_gradients(arch: Architecture) -> int:
+    return 2 * sum(_passes(arch))
+
+
+def chained(arch: Architecture, config=None) -> int:
+    """Forward, weight gradients, and delta_{l+1} -> delta_l through B_l (the transposed map) for
+    every layer but the first (bp, fa, usf, frsf, brsf, kp: kp's feedback update is W's, no product of its own)."""
+    return _forward_and_weight_gradients(arch) + sum(_passes(arch)[1:])
+
+
+def direct(arch: Architecture, config=None) -> int:
+    """dfa: the output error e (n_out) goes to every hidden pre-activation straight through D_l."""
+    n_out = arch.sizes[-1]
+    return _forward_and_weight_gradients(arch) + sum(2 * n_out * math.prod(s) for s in arch.pre_shapes[:-1])
+
+
+def mirrored(arch: Architecture, config=None) -> int:
+    """wm: fa's step plus the mirror phase, which sends noise through every layer with feedback
+    (its linear map) and forms the correlation y^T x: two passes each."""
+    return chained(arch) + 2 * sum(_passes(arch)[1:])
 
 
 def settling_steps(config) -> int:
@@ -36,22 +52,27 @@ def settling_steps(config) -> int:
     return ep.free_steps + ep.nudged_steps * (2 if ep.estimator == "symmetric" else 1)
 
 
-def settling(sizes: tuple[int, ...], config) -> int:
+def _pairs(arch: Architecture) -> list[tuple[int, int]]:
+    sizes = arch.sizes
+    return list(zip(sizes[:-1], sizes[1:]))
+
+
+def settling(arch: Architecture, config) -> int:
     """ep: the input drive once, every settling step's layer-to-layer drives (each inner W_l drives
     both its layers), and the contrastive update (x^T d rho_1, two products per inner W_l)."""
-    pairs = _pairs(sizes)
+    pairs = _pairs(arch)
     drive_once = 2 * pairs[0][0] * pairs[0][1]
     per_step = sum(2 * 2 * a * b for a, b in pairs[1:])
     update = drive_once + sum(2 * 2 * a * b for a, b in pairs[1:])
     return drive_once + settling_steps(config) * per_step + update
 
 
-def predictive_coding(sizes: tuple[int, ...], config) -> int:
+def predictive_coding(arch: Architecture, config) -> int:
     """pc: the feedforward pass, each inference step's predictions from the free nodes (the clamped
     input's once, in the feedforward pass) and their errors sent down through W^T, the same once more
     where inference ends (energy and residual), and the weight gradients. fixed_prediction's steps send
     errors only; zero_divergence adds each layer's learning signal at its own step."""
-    pairs = _pairs(sizes)
+    pairs = _pairs(arch)
     forward_flops = sum(2 * a * b for a, b in pairs)
     inner = sum(2 * a * b for a, b in pairs[1:])
     pc = config.pc

@@ -30,10 +30,14 @@ where gradients are small) but not by an exact factor. With adamw, optax's decou
 The alignment measurements (update_angle, delta_angle) compare the error-driven part
 h_l^T delta_l with the exact gradient; the decay term is a regulariser, not an estimate of the
 loss gradient, and is left out of them. feedback_angle is the angle between B_l and W_l^T.
+
+On a conv layer B_l is a kernel of W_l's shape (the transposed convolution's, rules/base.py) and
+"(W_l's update)^T" reads "W_l's update": B_l receives exactly W_l's kernel update.
 """
 
 from __future__ import annotations
 
+from bioprop_cli.models.layers import transport
 from bioprop_cli.rules.base import LearningRule, feedback_rule, model_functions
 from bioprop_cli.rules.feedback_alignment import random_feedback
 
@@ -43,7 +47,7 @@ def with_feedback(params, feedback: list) -> list:
     return [dict(layer) if l == 0 else {**layer, "fb": feedback[l]} for l, layer in enumerate(params)]
 
 
-def learned_feedback_rule(config, sizes) -> LearningRule:
+def learned_feedback_rule(config, arch) -> LearningRule:
     """fa through the matrices stored in params[l]["fb"]; init_params draws them like fa's.
 
     The returned rule's estimate gives fa's update for "w" and "b" and no "fb" entry: kp and wm
@@ -51,28 +55,30 @@ def learned_feedback_rule(config, sizes) -> LearningRule:
     """
     act, loss = model_functions(config)
     rule = feedback_rule(
+        arch,
         act,
         loss,
         init=lambda key, params: (),
         matrices=lambda params, state, key: [None] + [layer["fb"] for layer in params[1:]],
     )
-    return rule._replace(init_params=lambda key, params: with_feedback(params, random_feedback(key, config, sizes)))
+    return rule._replace(init_params=lambda key, params: with_feedback(params, random_feedback(key, config, arch)))
 
 
-def kp_updates(params, grads, decay) -> list:
-    """fa's grads -> kp's: lambda W_l added to W_l's update and (W_l's update)^T to B_l's, l >= 1."""
+def kp_updates(arch, params, grads, decay) -> list:
+    """fa's grads -> kp's: lambda W_l added to W_l's update and transport(W_l's update) to B_l's, l >= 1."""
     out = [dict(grads[0])]
-    for layer, g in zip(params[1:], grads[1:]):
-        out.append({"w": g["w"] + decay * layer["w"], "b": g["b"], "fb": g["w"].T + decay * layer["fb"]})
+    for arch_layer, layer, g in zip(arch.layers[1:], params[1:], grads[1:]):
+        fb = transport(arch_layer.op, g["w"]) + decay * layer["fb"]
+        out.append({"w": g["w"] + decay * layer["w"], "b": g["b"], "fb": fb})
     return out
 
 
-def make(config, sizes, n_train: int = 0) -> LearningRule:
-    base = learned_feedback_rule(config, sizes)
+def make(config, arch, n_train: int = 0) -> LearningRule:
+    base = learned_feedback_rule(config, arch)
     decay = config.feedback.decay
 
     def estimate(params, state, x, y, key, idx=None):
         est = base.estimate(params, state, x, y, key)
-        return est._replace(grads=kp_updates(params, est.grads, decay))
+        return est._replace(grads=kp_updates(arch, params, est.grads, decay))
 
     return base._replace(estimate=estimate, gradient_estimate=base.estimate)

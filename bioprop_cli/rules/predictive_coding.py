@@ -50,6 +50,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bioprop_cli.errors import UserError
 from bioprop_cli.models.mlp import Activation, Forward, Loss, forward
 from bioprop_cli.rules.base import Estimate, LearningRule, model_functions, weight_gradients
 
@@ -185,7 +186,9 @@ def zero_divergence(net: Network, params, fwd: Forward, y, pc) -> Inference:
 VARIANTS = {"standard": standard, "fixed_prediction": fixed_prediction, "zero_divergence": zero_divergence}
 
 
-def make(config, sizes, n_train: int = 0) -> LearningRule:
+def make(config, arch, n_train: int = 0) -> LearningRule:
+    if not arch.is_mlp:
+        raise UserError("config key 'model.arch': pc runs on model.arch mlp only")
     pc = config.pc
     act, loss = model_functions(config)
     net, infer = Network(act, loss, pc.output_precision), VARIANTS[pc.variant]
@@ -195,7 +198,7 @@ def make(config, sizes, n_train: int = 0) -> LearningRule:
         inference = infer(net, params, fwd, y, pc)
         # descent direction of the batch-mean loss; 1/gamma makes it an estimate of the gradient
         deltas = [-d / (x.shape[0] * net.gamma) for d in inference.eps]
-        grads = weight_gradients(fwd._replace(inputs=inference.presynaptic), deltas)
+        grads = weight_gradients(arch, inference.presynaptic, deltas)
         value = loss.value(fwd.logits, y)
         final = jnp.mean(inference.energy)  # it starts at gamma * loss: the hidden errors are 0
         aux = {"energy": final, "energy_decrease": net.gamma * value - final, "inference_residual": inference.residual}

@@ -26,6 +26,14 @@ fa. W_0 has no feedback matrix and learns no mirror. The noise comes from the st
 uniform on [-sqrt(3) sigma, sqrt(3) sigma] (Akrout et al. use a Gaussian: only the mean and
 variance enter E[M_l]), drawn with brsf's counter-based hash, which halves wm's step time on a
 CPU against Gaussian threefry noise.
+
+Through a conv layer the mirror is the same with images: x_l is noise of the layer's input shape
+(batch, H, W, C_in), y_l its convolution with W_l's kernel, and M_l the vjp of the feedback path (the
+transposed convolution) w.r.t. its kernel with input y_l and cotangent x_l, i.e. the correlation of
+x_l and y_l per kernel entry (x^T y generalised; layers.feedback_vjp). Its mean is W_l's kernel times
+batch sigma^2 times the number of output positions each kernel entry meets inside the image (all
+of H'W' without padding, fewer at the border with padding): M_l is divided by that count per entry
+(1 for a dense layer), so that E[M_l] = W_l's kernel.
 """
 
 from __future__ import annotations
@@ -33,34 +41,48 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 
+from bioprop_cli.models.arch import Dense
+from bioprop_cli.models.layers import feedback_vjp, linear
 from bioprop_cli.rules.base import LearningRule
 from bioprop_cli.rules.kolen_pollack import learned_feedback_rule
 from bioprop_cli.rules.sign_symmetric import fast_uniform
 
 
-def mirror_updates(params, key, batch: int, sigma) -> list:
-    """[None, M_1, ..., M_{L-1}]: M_l = y^T x / (batch sigma^2), x zero-mean uniform with
-    variance sigma^2, of shape (batch, n_l), y = x @ W_l; an unbiased estimate of W_l^T."""
+def mirror_updates(arch, params, key, batch: int, sigma) -> list:
+    """[None, M_1, ..., M_{L-1}]: M_l = y^T x / (batch sigma^2 count), x zero-mean uniform with
+    variance sigma^2 of the layer's input shape (batch, n_l), y = x @ W_l (the layer's linear map);
+    an unbiased estimate of W_l^T (of W_l's kernel for a conv layer)."""
     keys = jax.random.split(key, len(params))
     out = [None]
     for l in range(1, len(params)):
-        w = params[l]["w"]
-        u = fast_uniform(keys[l], (batch, w.shape[0])).astype(w.dtype)
+        op, w = arch.layers[l].op, params[l]["w"]
+        u = fast_uniform(keys[l], (batch,) + op.in_shape).astype(w.dtype)
         x = (sigma * math.sqrt(3.0)) * (2.0 * u - 1.0)
-        y = x @ w
-        out.append((y.T @ x) / (batch * sigma**2))
+        y = linear(op, w, x)
+        out.append(feedback_vjp(op, y, x) / (batch * sigma**2 * positions(op, w.dtype)))
     return out
 
 
-def make(config, sizes, n_train: int = 0) -> LearningRule:
-    base = learned_feedback_rule(config, sizes)
+def positions(op, dtype) -> jax.Array | int:
+    """How many products of one example each entry of M_l sums: 1 for a dense layer; for a conv layer
+    the number of output positions whose window puts the kernel entry inside the (unpadded) image,
+    the correlation of an all-ones input with an all-ones output (a constant of the architecture)."""
+    if isinstance(op, Dense):
+        return 1
+    with jax.ensure_compile_time_eval():
+        return feedback_vjp(op, jnp.ones((1,) + op.out_shape, dtype), jnp.ones((1,) + op.in_shape, dtype))
+
+
+def make(config, arch, n_train: int = 0) -> LearningRule:
+    base = learned_feedback_rule(config, arch)
     fb = config.feedback
     decay, sigma, scale = fb.decay, fb.mirror_noise, fb.mirror_lr_scale
 
     def estimate(params, state, x, y, key, idx=None):
         est = base.estimate(params, state, x, y, key)
-        mirror = mirror_updates(params, jax.random.fold_in(key, 0x3A11), x.shape[0], sigma)
+        mirror = mirror_updates(arch, params, jax.random.fold_in(key, 0x3A11), x.shape[0], sigma)
         grads = [dict(est.grads[0])] + [
             {**g, "fb": decay * layer["fb"] - scale * m}
             for g, layer, m in zip(est.grads[1:], params[1:], mirror[1:])

@@ -46,7 +46,7 @@ from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dic
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.alignment import compare_updates
-from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.report.study_figures import plot_condition_knob
 from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, write_json
@@ -203,7 +203,7 @@ class PointMeasurer:
 
     def __call__(self, config: Config) -> dict:
         n_train, n_in = self.splits.x_train.shape
-        sizes = sizes_for(config, n_in)
+        network = architecture(config, n_in)
 
         def reference(cfg, params, state, x, y, key, idx):
             net = eqprop.network(cfg, params, state)
@@ -216,7 +216,7 @@ class PointMeasurer:
         for seed in self.seeds:
             cfg = replace(config, seed=seed)
             keys = derive_keys(seed)
-            rule, params, state = init_state(cfg, sizes, seed, n_train)  # float32: --x64 casts the same network
+            rule, params, state = init_state(cfg, network, seed, n_train)  # float32: --x64 casts the same network
             px, py, idx = seed_probe(self.splits, seed, self.probe_size)
             with float64() if self.x64 else nullcontext():
                 dtype = jnp.float64 if self.x64 else jnp.float32

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.conditions import conditions_table
-from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.runs import read_jsonl, write_new_json
 from bioprop_cli.splits import derive_keys, make_splits, seed_probe
@@ -72,11 +72,11 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
     trained = params is not None
     splits = make_splits(config, dataset)
     n_train, n_in = splits.x_train.shape
-    sizes = sizes_for(config, n_in)
+    network = architecture(config, n_in)
     px, py, idx = seed_probe(splits, config.seed, probe_size)
     # drawn in float32 (--x64: the same network, in float64); the rule state is the one training
     # started from, rebuilt from the seed and the INITIAL params (ep's random feedback takes their norm)
-    rule, initial, state = init_state(config, sizes, config.seed, n_train)
+    rule, initial, state = init_state(config, network, config.seed, n_train)
     if params is None:
         params = initial
     else:
@@ -90,7 +90,7 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
         table = conditions_table(config, rule, params, state, x, y, key, idx)
     table["setup"] = {
         "rule": config.rule,
-        "layer_sizes": list(sizes),
+        "layer_sizes": list(network.sizes),
         "depth": config.model.depth,
         "activation": config.model.activation,
         "loss": config.model.loss,

@@ -21,7 +21,7 @@ from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.jtranspose import run_jtranspose
 from bioprop_cli.models.energy import RHOS
-from bioprop_cli.network import init_state, sizes_for
+from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.report.study_figures import plot_jtranspose
 from bioprop_cli.report.study_tables import as_text, jtranspose_tables
@@ -31,7 +31,7 @@ from bioprop_cli.splits import derive_keys
 
 def network_name(config: Config, dataset) -> str:
     """The layer sizes joined by dashes, e.g. 784-500-10."""
-    return "-".join(str(n) for n in sizes_for(config, dataset.x_train.shape[1]))
+    return "-".join(str(n) for n in architecture(config, dataset.x_train.shape[1]).sizes)
 
 
 def new_folder(config: Config, dataset, x64: bool, out: Path | None) -> Path:
@@ -65,8 +65,8 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
     runs.load_params, from `run_folder`); the records, the summary and the convergence note."""
     precision = "float64" if x64 else "float32"
     m = config.model
-    sizes = sizes_for(config, dataset.x_train.shape[1])
-    _, initial, _ = init_state(config, sizes, config.seed)  # drawn in float32: --x64 casts the same network
+    network = architecture(config, dataset.x_train.shape[1])
+    _, initial, _ = init_state(config, network, config.seed)  # drawn in float32: --x64 casts the same network
     with float64() if x64 else nullcontext():
         dtype = jnp.float64 if x64 else jnp.float32
         params = cast_floats(initial, dtype)
@@ -93,7 +93,7 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
         note += f"; NOT CONVERGED: {', '.join(unsettled)} (raise --max-steps; float32 may not reach a tolerance below ~1e-6)"
     title = f"{network_name(config, dataset)} {m.activation}, {source}, batch {n_batch}, {precision}"
     summary = {
-        "sizes": list(sizes), "activation": m.activation, "source": source, "batch": n_batch, "precision": precision,
+        "sizes": list(network.sizes), "activation": m.activation, "source": source, "batch": n_batch, "precision": precision,
         "betas": betas, "angles": angles, "asymmetry_beta": asym_beta, "converged": bool(converged),
         "max_steps": ep.reference_steps, "tolerance": ep.reference_tolerance, "max_residual": worst,
     }

@@ -29,6 +29,7 @@ from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
 from bioprop_cli.precision import cast_floats, float64, full_float32
 from bioprop_cli.report.study_figures import plot_pc_sweep
+from bioprop_cli.models.arch import Architecture, dense
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.base import model_functions
 from bioprop_cli.runs import append_jsonl, write_json
@@ -47,18 +48,18 @@ def default_steps() -> list[int]:
     return [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
 
 
-def make_comparison(config: Config, sizes: tuple[int, ...], steps: int) -> Callable:
+def make_comparison(config: Config, network: Architecture, steps: int) -> Callable:
     """(params, x, y, gammas (G,)) -> {metric: (G, L) per layer, metric + "_all": (G,) whole network}:
     pc's update at `steps` inference steps against jax.grad, all gammas at once (vmap)."""
     act, loss = model_functions(config)
 
     def at_gamma(params, x, y, gamma):
         pc = replace(config.pc, output_precision=gamma, inference_steps=steps)
-        rule = make_rule(replace(config, pc=pc), sizes)
+        rule = make_rule(replace(config, pc=pc), network)
         estimate = rule.estimate(params, (), x, y, None)
-        exact, _ = exact_gradients(params, x, y, act, loss)
-        layers, network = compare_updates(estimate.grads, exact)
-        return {**layers, **{f"{m}_all": network[m] for m in METRICS}}
+        exact, _ = exact_gradients(network, params, x, y, act, loss)
+        layers, whole = compare_updates(estimate.grads, exact)
+        return {**layers, **{f"{m}_all": whole[m] for m in METRICS}}
 
     return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0))))
 
@@ -68,7 +69,7 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     """This seed's measurements, each the mean over its batches: {"gamma": {metric: (G, L) or (G,)},
     "steps": {metric: (S, L) or (S,)}}."""
     params = cast_floats(params, dtype)
-    sizes = tuple([params[0]["w"].shape[0]] + [layer["w"].shape[1] for layer in params])
+    network = dense(tuple([params[0]["w"].shape[0]] + [layer["w"].shape[1] for layer in params]))
     key = jax.random.fold_in(derive_keys(seed).data, 20_000)
     bs = config.train.batch_size
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
@@ -79,9 +80,9 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
         measured = [compare(params, x, y, gammas_array) for x, y in batches]
         return {k: np.mean([np.asarray(m[k], np.float64) for m in measured], axis=0) for k in measured[0]}
 
-    by_gamma = batch_mean(make_comparison(config, sizes, max(steps_list)), jnp.asarray(gammas, dtype))
+    by_gamma = batch_mean(make_comparison(config, network, max(steps_list)), jnp.asarray(gammas, dtype))
     smallest = jnp.asarray([min(gammas)], dtype)
-    per_steps = [batch_mean(make_comparison(config, sizes, t), smallest) for t in steps_list]
+    per_steps = [batch_mean(make_comparison(config, network, t), smallest) for t in steps_list]
     by_steps = {k: np.concatenate([m[k] for m in per_steps]) for k in per_steps[0]}
     return {"gamma": by_gamma, "steps": by_steps}
 

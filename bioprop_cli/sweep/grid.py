@@ -37,6 +37,7 @@ from bioprop_cli.runs import RunWriter, create_run_dir, folder_lock, write_json,
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
     "depth": ("model.depth", [1, 2, 3, 4, 5, 6, 7]),
+    "arch": ("model.arch", ["mlp", "lenet"]),
     "rule": ("rule", available_rules(FEEDFORWARD)),
     "feedback": ("rule", available_rules(FEEDFORWARD)),
     "lr": ("optimizer.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),

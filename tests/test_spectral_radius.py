@@ -57,9 +57,13 @@ def _plain_power_iteration(params, x, states, rho, iterations=100):
     _, jvp = jax.linearize(lambda s: step(params, s, input_drive(params, x), y, 0.0, rho, EPS), states)
     norm = lambda t: jnp.sqrt(sum(jnp.sum(a**2) for a in t))
     v = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(jax.random.split(jax.random.PRNGKey(0), 2), states)]
-    for _ in range(iterations):
+
+    def power_step(_, carry):
+        v, _ = carry
         jv = jvp(v)
-        growth, v = norm(jv) / norm(v), [a / norm(jv) for a in jv]
+        return [a / norm(jv) for a in jv], norm(jv) / norm(v)
+
+    _, growth = jax.jit(lambda v: jax.lax.fori_loop(0, iterations, power_step, (v, jnp.zeros((), x.dtype))))(v)
     return float(growth)
 
 

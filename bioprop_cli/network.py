@@ -6,16 +6,16 @@ a study measures the network a run with the same config and seed trains.
 
 from __future__ import annotations
 
-from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
-from bioprop_cli.models import arch
+from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.models import arch, layers
 from bioprop_cli.models.mlp import init_params, layer_sizes
 from bioprop_cli.rules import LearningRule, make_rule
 from bioprop_cli.splits import derive_keys
 
 
 def architecture(config) -> arch.Architecture:
-    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs."""
-    return arch.build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
+    """The config's network (model.arch) on its dataset's images, NUM_CLASSES outputs (arch.of_config)."""
+    return arch.of_config(config)
 
 
 def sizes_for(config, n_in: int) -> tuple[int, ...]:
@@ -32,7 +32,10 @@ def init_state(config, sizes: tuple[int, ...], seed, n_train: int = 0) -> tuple[
     keys = derive_keys(seed)
     rule = make_rule(config, sizes, n_train)
     init = config.model.init
-    params = init_params(keys.params, sizes, init.scheme, init.scale)
+    if config.model.arch == "mlp":
+        params = init_params(keys.params, sizes, init.scheme, init.scale)
+    else:  # bridge (h-convep) until init_state takes the architecture (the layer-wise re-foundation)
+        params = layers.init_params(keys.params, architecture(config), init.scheme, init.scale)
     if rule.init_params is not None:
         params = rule.init_params(keys.rule, params)
     return rule, params, rule.init(keys.rule, params)

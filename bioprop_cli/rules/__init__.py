@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
 from bioprop_cli.errors import UserError
+from bioprop_cli.models import arch
 from bioprop_cli.rules import (
     backprop,
     direct_feedback,
@@ -104,7 +105,12 @@ def rules_help() -> str:
 def make_rule(config, sizes: tuple[int, ...], n_train: int = 0) -> LearningRule:
     """Builds the rule `config.rule` for a network with the given layer sizes (and training-set
     size, for rules that keep per-example state)."""
-    return rule_info(config.rule).make(config, sizes, n_train)
+    info = rule_info(config.rule)
+    if info.name == "ep" and not isinstance(sizes, arch.Architecture):
+        # bridge (h-convep) until every rule takes the architecture (the layer-wise re-foundation)
+        sizes = arch.of_config(config) if config.model.arch != "mlp" else arch.Architecture(
+            "mlp", (sizes[0],), tuple(arch.Layer(arch.Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
+    return info.make(config, sizes, n_train)
 
 
 __all__ = ["ENERGY", "FEEDFORWARD", "RULES", "Estimate", "LearningRule", "RuleInfo", "available_rules",

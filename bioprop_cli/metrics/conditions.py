@@ -212,7 +212,7 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         measured, ref = measure_with_references(rule, config, params, state, x, y, key, idx)
         implicit, s_star = ref["implicit"], ref["fixed_point"].states
         net = eqprop.network(config, params, state)
-        drive0 = input_drive(net.running, x)
+        drive0 = input_drive(net.running, x, net.arch)
 
         def estimate(b):  # random-sign at +beta: its bias is one-sided's (or negative's)
             estimator = "one-sided" if ep.estimator == "random-sign" else ep.estimator

@@ -21,7 +21,9 @@ With the cross-entropy readout (model.loss = cross_entropy) the last layer of pa
 outside the dynamics. `network` returns the layers the dynamics train, those they run on (the fixed
 feedback inserted) and the readout; `Network.feedback` (trainable -> running) is what the exact
 references differentiate through, so their gradients are total derivatives with respect to the
-trainable parameters (for sign and mixed feedback, functions of W).
+trainable parameters (for sign and mixed feedback, functions of W). On a conv net (model.arch cnn or
+lenet) `Network.arch` carries the dynamics' layers and every function below runs the conv energy of
+models/conv_energy.py (tied feedback only); the MLP runs with arch None, its code as it was.
 
 The estimate (`free_phase`, `second_phase`, `estimate`): the network settles freely to s^0 (T1 steps,
 from zero or from persistent particles), is nudged towards the target with strength beta (T2 steps

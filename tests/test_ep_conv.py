@@ -238,3 +238,15 @@ def test_train_conv_ep_end_to_end(tmp_path, monkeypatch, fake_dataset):
     # conv 2@5x5 max4 (6x6x2), then the readout: one layer of dynamics and the readout
     assert [r["layer"] for r in lines if r["epoch"] == 0] == [0, 1, "all"]
     assert all(0.0 <= r["update_angle"] <= 180.0 for r in lines if r["layer"] != "all")
+
+
+def test_jtranspose_on_a_conv_net_shift_is_minus_the_error_signal():
+    """The symmetric conv net's nudged state shift is -J^T e (the jtranspose measurement, conv net)."""
+    from bioprop_cli.metrics.jtranspose import run_jtranspose
+
+    with float64():
+        params, x, y = _problem()
+        ep = _converged_config().ep
+        records = run_jtranspose(params, x, y, RHOS["hard_sigmoid"], ep, [1e-4], [45.0], jax.random.PRNGKey(0), ARCH)
+        assert {r["feedback"] for r in records} == {"symmetric"} and len(records) == len(ARCH.layers)
+        assert all(r["angle"] < 0.1 and r["rel_error"] < 1e-2 for r in records), records

@@ -99,6 +99,26 @@ def test_the_energy_is_laborieux_primitive_function_with_the_leak():
         assert jnp.allclose(energy(params, states, x, RHOS["hard_sigmoid"], ARCH), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("in_shape, channels, kernel, stride, padding, pool", [
+    ((9, 9, 2), 3, 3, 2, 1, None),  # stride 2: the dilated transposed convolution
+    ((11, 10, 2), 3, 4, 2, 0, Pool("avg", 2, 2)),  # the stride's floor drops a column
+    ((13, 13, 2), 3, 3, 1, 0, Pool("max", 2, 2)),  # the pooling drops a row and a column
+    ((7, 7, 2), 3, 3, 1, 1, Pool("max", 3, 2)),  # overlapping windows: jax.vjp
+])
+def test_the_written_out_pull_is_the_vjp_of_the_layer(in_shape, channels, kernel, stride, padding, pool):
+    from bioprop_cli.models.arch import Conv
+
+    with float64():
+        layer = Layer(Conv(in_shape, channels, kernel, stride, padding), pool)
+        kw, kh, kr = jax.random.split(jax.random.PRNGKey(0), 3)
+        params = {"w": jax.random.normal(kw, layer.op.weight_shape), "b": 0.1 * jnp.arange(channels, dtype=float)}
+        h = jax.random.uniform(kh, (3, in_shape[0] * in_shape[1] * in_shape[2]))
+        up, pull = jax.vjp(lambda g: conv_energy.layer_map(layer, params, g), h)
+        above = jax.random.uniform(kr, up.shape)
+        written_up, written_down = conv_energy.up_and_down(layer, params, h, above)
+        assert jnp.allclose(written_up, up, rtol=1e-12) and jnp.allclose(written_down, pull(above)[0], rtol=1e-12)
+
+
 def test_the_free_fixed_point_solves_the_fixed_point_equation():
     """s* = clip(dPhi/ds(s*), 0, 1): the hard sigmoid of the primitive function's gradient (Laborieux
     et al.'s update), whatever eps the settling ran with; dPhi/ds taken by jax.grad of the coupling."""

@@ -254,9 +254,9 @@ def _ep_preset(tree: dict) -> dict:
     """Equilibrium propagation: Scellier & Bengio 2017's MNIST network and dynamics (784-500-10,
     hard sigmoid, eps 0.5, T1 = 20, T2 = 4, batch 20, learning rates 0.1 and 0.05 for the two
     layers; the per-layer rates apply to that depth only)."""
-    depth = tree.get("model", {}).get("depth", 1) if isinstance(tree.get("model"), dict) else 1
+    model = tree.get("model", {}) if isinstance(tree.get("model"), dict) else {}
     optimizer = {"name": "sgd", "lr": 0.1, "schedule": {"name": "constant"}}
-    if depth == 1:
+    if model.get("depth", 1) == 1 and model.get("arch", "mlp") == "mlp":
         optimizer["layer_lr"] = [1.0, 0.5]
     return {
         "model": {"depth": 1, "width": 500, "activation": "hard_sigmoid", "loss": "mse",
@@ -504,6 +504,9 @@ def validate(config: Config) -> Config:
     _check(config.pc.output_precision > 0, "pc.output_precision", "> 0", config.pc.output_precision)
     if config.rule == "ep":
         _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
+        _check(m.arch == "mlp" or (e.feedback == "symmetric" and not e.learn_feedback), "ep.feedback",
+               f"symmetric (and ep.learn_feedback false) for rule ep on model.arch {m.arch}: the conv energy's "
+               "feedback is the transposed convolution of W", e.feedback)
     from bioprop_cli.rules import rule_info
 
     rule_info(config.rule).make(config, network, 0)  # a rule that does not run on this architecture says so

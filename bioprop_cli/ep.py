@@ -21,7 +21,9 @@ With the cross-entropy readout (model.loss = cross_entropy) the last layer of pa
 outside the dynamics. `network` returns the layers the dynamics train, those they run on (the fixed
 feedback inserted) and the readout; `Network.feedback` (trainable -> running) is what the exact
 references differentiate through, so their gradients are total derivatives with respect to the
-trainable parameters (for sign and mixed feedback, functions of W).
+trainable parameters (for sign and mixed feedback, functions of W). On a conv net (model.arch cnn or
+lenet) `Network.arch` carries the dynamics' layers and every function below runs the conv energy of
+models/conv_energy.py (tied feedback only); the MLP runs with arch None, its code as it was.
 
 The estimate (`free_phase`, `second_phase`, `estimate`): the network settles freely to s^0 (T1 steps,
 from zero or from persistent particles), is nudged towards the target with strength beta (T2 steps
@@ -79,6 +81,8 @@ import jax
 import jax.numpy as jnp
 
 
+from bioprop_cli.models import arch as architectures
+from bioprop_cli.models.arch import Architecture
 from bioprop_cli.models.energy import (
     RHOS,
     Rho,
@@ -156,6 +160,16 @@ class Network(NamedTuple):
     readout: dict | None  # the cross-entropy readout, or None (mean-squared cost on s_L)
     feedback: Callable | None  # trainable -> running (None: the identity), for the exact references
     rho: Rho
+    arch: Architecture | None = None  # the dynamics' layers of a conv net (models/conv_energy.py); None: the MLP
+
+
+def dynamics_architecture(config) -> Architecture | None:
+    """The layers the dynamics run on when model.arch is a conv net (the readout left out), else None:
+    the MLP runs models/energy.py's own code."""
+    full = architectures.of_config(config)
+    if full.is_mlp:
+        return None
+    return full._replace(layers=full.layers[:-1]) if has_readout(config) else full
 
 
 def network(config, params, state) -> Network:
@@ -164,7 +178,7 @@ def network(config, params, state) -> Network:
     trainable, readout = split_readout(params, has_readout(config))
     feedback = (lambda p: effective_params(ep, p, state)) if separate_feedback(ep) else None
     running = feedback(trainable) if feedback else trainable
-    return Network(trainable, running, readout, feedback, RHOS[config.model.activation])
+    return Network(trainable, running, readout, feedback, RHOS[config.model.activation], dynamics_architecture(config))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,14 +197,15 @@ def start_states(config, net: Network, x, state=(), idx=None) -> list:
     positions in the training split), else zero."""
     if config.ep.persistent and idx is not None:
         return [p[idx] for p in state["particles"]]
-    return zero_states(net.running, x.shape[0], x.dtype)
+    return zero_states(net.running, x.shape[0], x.dtype, net.arch)
 
 
 def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tuple[jax.Array, Settled]:
     """(the clamped input's drive, the free phase settled from `start` for `steps` steps or to `tol`)."""
     ep = config.ep
-    drive0 = input_drive(net.running, x)
-    return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout)
+    drive0 = input_drive(net.running, x, net.arch)
+    return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout,
+                          arch=net.arch)
 
 
 ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled")  # `ep.estimator`: the second state
@@ -216,7 +231,8 @@ def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, step
     weight = cost_weight(ep)
 
     def nudge(start, drive, target, b):  # the force of beta C: weight x the half-squared cost's
-        return settle(net.running, start, drive, target, weight * b, rho, ep.eps, steps, tol, readout=net.readout)
+        return settle(net.running, start, drive, target, weight * b, rho, ep.eps, steps, tol, readout=net.readout,
+                      arch=net.arch)
 
     if symmetric:
         n = y.shape[0]
@@ -224,12 +240,12 @@ def contrast(config, net: Network, x, y, drive0, s0, beta, symmetric: bool, step
         signs = jnp.concatenate([jnp.full((n, 1), beta, y.dtype), jnp.full((n, 1), -beta, y.dtype)])
         both = nudge([twice(s) for s in s0], twice(drive0), twice(y), signs)
         plus, minus = [s[:n] for s in both.states], [s[n:] for s in both.states]
-        grads = hebbian_contrast(plus, minus, x, rho, 1.0 / (2.0 * beta))
+        grads = hebbian_contrast(plus, minus, x, rho, 1.0 / (2.0 * beta), net.running, net.arch)
         shift = [(a - b) / (2.0 * beta) for a, b in zip(plus, minus)]
         settled, tops = both, [plus[-1], minus[-1]]
     else:
         settled = nudge(s0, drive0, y, beta)
-        grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / beta)
+        grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / beta, net.running, net.arch)
         shift = [(a - b) / beta for a, b in zip(settled.states, s0)]
         tops = [settled.states[-1]]
     if net.readout is not None:
@@ -243,8 +259,8 @@ def clamped_contrast(config, net: Network, x, y, drive0, s0, eta, steps: int, to
     at eta = 1 contrastive learning (the module docstring). Mean-squared cost (no readout)."""
     ep, rho = config.ep, net.rho
     clamp = (1.0 - eta) * s0[-1] + eta * y
-    settled = settle(net.running, s0, drive0, y, 0.0, rho, ep.eps, steps, tol, clamp=clamp)
-    grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / eta)
+    settled = settle(net.running, s0, drive0, y, 0.0, rho, ep.eps, steps, tol, clamp=clamp, arch=net.arch)
+    grads = hebbian_contrast(settled.states, s0, x, rho, 1.0 / eta, net.running, net.arch)
     shift = [(a - b) / eta for a, b in zip(settled.states, s0)]
     return Contrast(_with_learned_feedback(config, net, grads), shift, settled.steps, settled.residual)
 
@@ -310,17 +326,18 @@ def _tree_norm(tree) -> jax.Array:
 SMALLEST_BATCH = 16  # free_fixed_point's smallest batch of examples still settling
 
 
-def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float, start=None) -> Settled:
+def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float, start=None,
+                     arch: Architecture | None = None) -> Settled:
     """The free equilibrium, settled from `start` (default zero): each example until its step is below
     `tol`, for at most `max_steps` steps. `residual`: the largest over the batch of the last step.
 
     Examples do not interact, so an example that has converged stops while the others go on, and
     once half the examples have stopped the rest continue as a batch of half the size (and so on
     down to SMALLEST_BATCH): the few slow examples of a probe batch do not cost a whole batch per
-    step. Each example's state is the one it reaches alone, settled to `tol`."""
-    drive0 = input_drive(params, x)
-    y = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
-    states = zero_states(params, x.shape[0], x.dtype) if start is None else start
+    step. Each example's state is the one it reaches alone, settled to `tol`. `arch`: a conv net's layers."""
+    drive0 = input_drive(params, x, arch)
+    states = zero_states(params, x.shape[0], x.dtype, arch) if start is None else start
+    y = jnp.zeros_like(states[-1])
     n = x.shape[0]
     last = jnp.full((n,), jnp.inf, drive0.dtype)  # each example's last step
     moving, t = jnp.ones((n,), bool), jnp.asarray(0, jnp.int32)
@@ -332,14 +349,14 @@ def free_fixed_point(params, x, rho: Rho, eps: float, max_steps: int, tol: float
         take = lambda a: a[at]
         sub_states, sub_last, sub_moving, t = _settle_examples(
             params, [take(s) for s in states], take(drive0), take(y), rho, eps, max_steps, tol, take(last),
-            take(moving), t, smaller)
+            take(moving), t, smaller, arch)
         states = [s.at[at].set(u) for s, u in zip(states, sub_states)]
         last, moving = last.at[at].set(sub_last), moving.at[at].set(sub_moving)
     return Settled(states, t, jnp.max(last))
 
 
 def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps: int, tol: float, last, moving, t,
-                     until: int):
+                     until: int, arch=None):
     """Steps the moving examples (the others keep their state) while more than `until` move and
     fewer than `max_steps` steps were taken; (states, last step per example, moving, steps)."""
 
@@ -349,7 +366,7 @@ def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps:
 
     def body(carry):
         states, last, moving, t = carry
-        new = step(params, states, drive0, y, 0.0, rho, eps)
+        new = step(params, states, drive0, y, 0.0, rho, eps, arch=arch)
         moved = residual(new, states)
         keep = lambda a, b: jnp.where(moving[:, None], a, b)
         return ([keep(a, b) for a, b in zip(new, states)], jnp.where(moving, moved, last), moving & (moved >= tol),
@@ -359,7 +376,7 @@ def _settle_examples(params, states, drive0, y, rho: Rho, eps: float, max_steps:
 
 
 def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
-                  external=None, readout=None):
+                  external=None, readout=None, arch: Architecture | None = None):
     """lambda solving (I - J^T) lambda = g, J = dPhi/ds at the fixed point; returns (lambda, misfit).
 
     The settling map is a step along the vector field v followed by the projection onto [0, 1]:
@@ -374,14 +391,16 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
     below says when it did not.
     `misfit` = |(I - J^T) lambda - g| / |g| tells whether that worked: it stays large where the
     settled state is no fixed point (the free phase has not converged: see its residual).
-    `external`: the extra drive u of the dynamics at that fixed point (models/energy.py), if any.
+    `external`: the extra drive u of the dynamics at that fixed point (models/energy.py), if any;
+    `arch`: a conv net's layers.
     """
+    drive0 = input_drive(params, x, arch)
 
     def phi(s):
-        return step(params, s, input_drive(params, x), y, 0.0, rho, eps, external, readout)
+        return step(params, s, drive0, y, 0.0, rho, eps, external, readout, arch)
 
     _, vjp_states = jax.vjp(phi, fixed_point)
-    mask = free_units(params, fixed_point, input_drive(params, x), y, 0.0, rho, eps, external, readout)
+    mask = free_units(params, fixed_point, drive0, y, 0.0, rho, eps, external, readout, arch)
     tmap = jax.tree_util.tree_map
     apply_mask = lambda v: tmap(jnp.multiply, mask, v)
 
@@ -397,7 +416,7 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
         free_part, _ = jax.scipy.sparse.linalg.bicgstab(operator, rhs, tol=tol, atol=0.0, maxiter=max_iterations)
     else:
         free_part = _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho, eps, max_iterations, tol,
-                                         external, readout)
+                                         external, readout, arch)
     # every unit that the cost sees pinned by the projection: the gradient is exactly zero (and
     # the Krylov solvers would divide 0 by 0)
     nothing_free = _tree_norm(rhs) == 0
@@ -407,7 +426,7 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
 
 
 def _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho: Rho, eps: float, max_iterations: int, tol: float,
-                         external=None, readout=None):
+                         external=None, readout=None, arch=None):
     """The free part of solve_adjoint's symmetric system D (I - J^T) D v = rhs by conjugate gradients,
     per example: the system is block-diagonal (one block per example), so each example runs its own
     recurrence (its own step lengths) and stops once its residual is below tol times its right-hand
@@ -416,8 +435,8 @@ def _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho: Rho, eps: fl
     1e-2 where the per-example one reaches 1e-5 in a fraction of the iterations."""
     tmap = jax.tree_util.tree_map
     masked = lambda v: tmap(jnp.multiply, mask, v)
-    _, vjp_states = jax.vjp(lambda s: step(params, s, input_drive(params, x), y, 0.0, rho, eps, external, readout),
-                            fixed_point)
+    drive0 = input_drive(params, x, arch)
+    _, vjp_states = jax.vjp(lambda s: step(params, s, drive0, y, 0.0, rho, eps, external, readout, arch), fixed_point)
     operator = lambda v: masked(tmap(jnp.subtract, masked(v), vjp_states(masked(v))[0]))
     dot = lambda a, b: sum(jnp.sum(u * v, axis=-1) for u, v in zip(a, b))  # per example
     along = lambda a, b, c: [u + c[:, None] * v for u, v in zip(a, b)]
@@ -444,7 +463,7 @@ def _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho: Rho, eps: fl
 
 
 def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_iterations: int, tol: float = 1e-6,
-                      feedback=None, readout=None):
+                      feedback=None, readout=None, arch: Architecture | None = None):
     """dC/dtheta at the fixed point by implicit differentiation; returns (grads, residual).
 
     Solves the adjoint system (I - J^T) lambda = dC/ds (`solve_adjoint`), then
@@ -452,16 +471,18 @@ def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_itera
     `feedback(params)` (default: the identity) the parameters the dynamics run on, differentiated
     through. With a cross-entropy `readout` R the cost is C(s_top, R) and the gradients get one more
     layer, dC/dR at the fixed point (the readout does not act on the free dynamics). `residual` is
-    the adjoint solve's relative misfit.
+    the adjoint solve's relative misfit. `arch`: a conv net's layers (the same formulas, the settling
+    map being the conv energy's).
     """
     feedback = feedback or _identity
 
     def phi(p, s):
         q = feedback(p)
-        return step(q, s, input_drive(q, x), y, 0.0, rho, eps, readout=readout)
+        return step(q, s, input_drive(q, x, arch), y, 0.0, rho, eps, readout=readout, arch=arch)
 
     g = jax.grad(lambda s: jnp.mean(cost(s, y, readout, rho)))(fixed_point)
-    lam, misfit = solve_adjoint(feedback(params), fixed_point, x, y, g, rho, eps, max_iterations, tol, readout=readout)
+    lam, misfit = solve_adjoint(feedback(params), fixed_point, x, y, g, rho, eps, max_iterations, tol, readout=readout,
+                                arch=arch)
     _, vjp_params = jax.vjp(lambda p: phi(p, fixed_point), params)
     (grads,) = vjp_params(lam)
     if readout is not None:
@@ -469,15 +490,16 @@ def implicit_gradient(params, fixed_point, x, y, rho: Rho, eps: float, max_itera
     return grads, misfit
 
 
-def bptt_gradient(params, x, y, rho: Rho, eps: float, steps: int, feedback=None, readout=None, start=None):
+def bptt_gradient(params, x, y, rho: Rho, eps: float, steps: int, feedback=None, readout=None, start=None,
+                  arch: Architecture | None = None):
     """dC/dtheta through exactly `steps` free steps from `start` (default zero; lax.scan, reverse-mode);
-    `feedback` and `readout` as in implicit_gradient (with a readout, its gradient is the last layer)."""
+    `feedback`, `readout` and `arch` as in implicit_gradient (with a readout, its gradient is the last layer)."""
     feedback = feedback or _identity
 
     def loss(p, r):
         q = feedback(p)
-        initial = zero_states(q, x.shape[0], x.dtype) if start is None else start
-        final = settle_fixed(q, initial, x, y, 0.0, rho, eps, steps, readout=r)
+        initial = zero_states(q, x.shape[0], x.dtype, arch) if start is None else start
+        final = settle_fixed(q, initial, x, y, 0.0, rho, eps, steps, readout=r, arch=arch)
         return jnp.mean(cost(final, y, r, rho))
 
     if readout is None:
@@ -534,7 +556,8 @@ def lanczos_extremes(matvec, start, iterations: int):
     return final[:, 0], final[:, -1], change
 
 
-def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100):
+def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100,
+                               arch: Architecture | None = None):
     """(radius, error): the spectral radius of the settling map's Jacobian J = dPhi/ds at the fixed
     point, the largest over the batch (J is block-diagonal, one block per example), and the
     estimate's convergence check.
@@ -556,9 +579,9 @@ def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key
     (|J^k v|^(1/k) tends to the radius whatever the eigenvalues, Gelfand's formula), with no error
     bound: `error` is NaN.
     """
-    y = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
-    drive0 = input_drive(params, x)
-    _, jvp = jax.linearize(lambda s: step(params, s, drive0, y, 0.0, rho, eps), fixed_point)
+    y = jnp.zeros_like(fixed_point[-1])
+    drive0 = input_drive(params, x, arch)
+    _, jvp = jax.linearize(lambda s: step(params, s, drive0, y, 0.0, rho, eps, arch=arch), fixed_point)
     keys = jax.random.split(key, len(fixed_point))
     v = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, fixed_point)]
 
@@ -575,7 +598,7 @@ def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key
         _, log_sum = jax.lax.fori_loop(0, iterations, averaged, (v, jnp.asarray(0.0, x.dtype)))
         return jnp.exp(log_sum / max(iterations - burn_in, 1)), jnp.asarray(jnp.nan, x.dtype)
 
-    mask = jnp.concatenate(free_units(params, fixed_point, drive0, y, 0.0, rho, eps), axis=-1)
+    mask = jnp.concatenate(free_units(params, fixed_point, drive0, y, 0.0, rho, eps, arch=arch), axis=-1)
     widths = [s.shape[1] for s in fixed_point]
     cuts = [sum(widths[: i + 1]) for i in range(len(widths) - 1)]
     symmetric = lambda flat: mask * jnp.concatenate(jvp(jnp.split(mask * flat, cuts, axis=-1)), axis=-1)
@@ -583,11 +606,12 @@ def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key
     return jnp.max(jnp.maximum(high, -low)), jnp.max(change)
 
 
-def spectral_radius(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100):
+def spectral_radius(params, fixed_point, x, rho: Rho, eps: float, key, iterations: int = 100,
+                    arch: Architecture | None = None):
     """The spectral radius of dPhi/ds at the fixed point, the largest over the batch: below 1 the
     settling dynamics contract towards it. `spectral_radius_with_error`'s estimate (Lanczos for
     symmetric feedback, power iteration for separate feedback)."""
-    return spectral_radius_with_error(params, fixed_point, x, rho, eps, key, iterations)[0]
+    return spectral_radius_with_error(params, fixed_point, x, rho, eps, key, iterations, arch)[0]
 
 
 def implicit_reference(config, net: Network, x, y, start=None) -> tuple[Settled, list, jax.Array]:
@@ -597,9 +621,11 @@ def implicit_reference(config, net: Network, x, y, start=None) -> tuple[Settled,
     (default zero); the gradient, of the cost ep.cost names, is with respect to the trainable params
     (readout last)."""
     ep = config.ep
-    fixed = free_fixed_point(net.running, x, net.rho, ep.eps, ep.reference_steps, ep.reference_tolerance, start)
+    fixed = free_fixed_point(net.running, x, net.rho, ep.eps, ep.reference_steps, ep.reference_tolerance, start,
+                             net.arch)
     grads, misfit = implicit_gradient(net.trainable, fixed.states, x, y, net.rho, ep.eps, ep.adjoint_steps,
-                                      ep.reference_tolerance, feedback=net.feedback, readout=net.readout)
+                                      ep.reference_tolerance, feedback=net.feedback, readout=net.readout,
+                                      arch=net.arch)
     return fixed, _weighted(grads, cost_weight(ep)), misfit
 
 
@@ -618,6 +644,6 @@ def exact_references(config, net: Network, x, y, key, start=None) -> dict:
         "implicit": implicit,
         "adjoint_residual": misfit,
         "bptt": _weighted(bptt_gradient(net.trainable, x, y, net.rho, ep.eps, ep.free_steps, feedback=net.feedback,
-                                        readout=net.readout, start=start), cost_weight(ep)),
-        "spectral_radius": spectral_radius(net.running, fixed.states, x, net.rho, ep.eps, key),
+                                        readout=net.readout, start=start, arch=net.arch), cost_weight(ep)),
+        "spectral_radius": spectral_radius(net.running, fixed.states, x, net.rho, ep.eps, key, arch=net.arch),
     }

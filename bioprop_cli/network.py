@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.models import arch
 from bioprop_cli.models.layers import init_params
@@ -17,18 +17,19 @@ from bioprop_cli.splits import derive_keys
 
 
 def architecture(config, n_in: int | None = None) -> arch.Architecture:
-    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs.
+    """The config's network (model.arch) on its dataset's images (arch.of_config), NUM_CLASSES outputs.
 
     n_in: the number of features of the data the network will read, where known. An MLP reads flat
     inputs of any size (its first layer takes the data's); a conv net reads the dataset's images and
     refuses data of another size."""
-    shape = IMAGE_SHAPES[config.data.dataset]
-    if n_in is not None and n_in != math.prod(shape):
-        if config.model.arch != "mlp":
-            raise UserError(f"config key 'model.arch': {config.model.arch} reads {'x'.join(map(str, shape))} images, "
-                            f"the data has {n_in} features per example")
-        shape = (n_in,)
-    return arch.build(config.model, shape, NUM_CLASSES)
+    network = arch.of_config(config)
+    if n_in is None or n_in == math.prod(network.input_shape):
+        return network
+    if config.model.arch != "mlp":
+        shape = "x".join(map(str, network.input_shape))
+        raise UserError(f"config key 'model.arch': {config.model.arch} reads {shape} images, "
+                        f"the data has {n_in} features per example")
+    return arch.build(config.model, (n_in,), NUM_CLASSES)
 
 
 def init_state(config, network: arch.Architecture, seed, n_train: int = 0) -> tuple[LearningRule, list, object]:

@@ -288,9 +288,9 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         implicit, s_star = ref["implicit"], ref["fixed_point"].states
         net = eqprop.network(config, params, state)
         radius, radius_error = eqprop.spectral_radius_with_error(net.running, s_star, x, net.rho, ep.eps,
-                                                                 jax.random.fold_in(key, 1))
+                                                                 jax.random.fold_in(key, 1), arch=net.arch)
         measured["network"].update(spectral_radius=radius, spectral_radius_error=radius_error)
-        drive0 = input_drive(net.running, x)
+        drive0 = input_drive(net.running, x, net.arch)
         estimator = "one-sided" if ep.estimator == "random-sign" else ep.estimator  # +beta: one-sided's bias
         flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
         rungs = []

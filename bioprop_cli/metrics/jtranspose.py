@@ -57,16 +57,17 @@ DEFAULT_ANGLES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)
 
 
 def fixed_point_function(params, x, rho: Rho, eps: float, max_steps: int, tol: float, adjoint_iterations: int,
-                         adjoint_tol: float) -> Callable:
+                         adjoint_tol: float, arch=None) -> Callable:
     """u -> s*(u): the free fixed point under extra drives u (a list like the states), settled from
-    zero until the step is below `tol`; differentiable by implicit differentiation (custom_vjp)."""
+    zero until the step is below `tol`; differentiable by implicit differentiation (custom_vjp).
+    `arch`: a conv net's layers (models/conv_energy.py), None for the MLP."""
     y0 = jnp.zeros((x.shape[0], params[-1]["w"].shape[1]), x.dtype)
-    drive0 = input_drive(params, x)
-    start = zero_states(params, x.shape[0], x.dtype)
+    drive0 = input_drive(params, x, arch)
+    start = zero_states(params, x.shape[0], x.dtype, arch)
 
     @jax.custom_vjp
     def s_star(u):
-        return settle(params, start, drive0, y0, 0.0, rho, eps, max_steps, tol, external=u).states
+        return settle(params, start, drive0, y0, 0.0, rho, eps, max_steps, tol, external=u, arch=arch).states
 
     def fwd(u):
         s = s_star(u)
@@ -74,22 +75,23 @@ def fixed_point_function(params, x, rho: Rho, eps: float, max_steps: int, tol: f
 
     def bwd(res, s_bar):
         s, u = res
-        lam, _ = solve_adjoint(params, s, x, y0, list(s_bar), rho, eps, adjoint_iterations, adjoint_tol, external=u)
-        _, pull = jax.vjp(lambda uu: step(params, s, drive0, y0, 0.0, rho, eps, uu), u)
+        lam, _ = solve_adjoint(params, s, x, y0, list(s_bar), rho, eps, adjoint_iterations, adjoint_tol, external=u,
+                               arch=arch)
+        _, pull = jax.vjp(lambda uu: step(params, s, drive0, y0, 0.0, rho, eps, uu, arch=arch), u)
         return pull(lam)
 
     s_star.defvjp(fwd, bwd)
     return s_star
 
 
-def adjoint_misfit(params, s0, drive0, y0, e, delta, rho: Rho, eps: float):
+def adjoint_misfit(params, s0, drive0, y0, e, delta, rho: Rho, eps: float, arch=None):
     """|(I - J^T) lambda - g| / |g| of the adjoint solution behind delta (g: e at the output).
 
     dPhi/du = eps D (D: the free units), so delta = eps D lambda: lambda_F = delta/eps on the free
     units and lambda = g + J^T lambda_F, as in ep.solve_adjoint (checked there
     the same way), without solving again."""
     g = [jnp.zeros_like(s) for s in s0[:-1]] + [e]
-    _, vjp_states = jax.vjp(lambda s: step(params, s, drive0, y0, 0.0, rho, eps), s0)
+    _, vjp_states = jax.vjp(lambda s: step(params, s, drive0, y0, 0.0, rho, eps, arch=arch), s0)
     lam = [a + b for a, b in zip(g, vjp_states([d / eps for d in delta])[0])]
     misfit = [a - b - c for a, b, c in zip(lam, vjp_states(lam)[0], g)]
     norm = lambda t: jnp.sqrt(sum(jnp.sum(v**2) for v in t))
@@ -98,7 +100,7 @@ def adjoint_misfit(params, s0, drive0, y0, e, delta, rho: Rho, eps: float):
 
 @functools.lru_cache(maxsize=8)
 def make_error_signals(rho: Rho, eps: float, max_steps: int, tol: float, adjoint_iterations: int,
-                       adjoint_tol: float) -> Callable:
+                       adjoint_tol: float, arch=None) -> Callable:
     """(params, x, y, betas) -> per-beta, per-layer comparison of the shift with -J^T e (jitted).
 
     `params` are those the dynamics run on (params[l]["fb"] = B_l where the feedback is separate).
@@ -108,20 +110,21 @@ def make_error_signals(rho: Rho, eps: float, max_steps: int, tol: float, adjoint
 
     def error_signals(params, x, y, betas):
         n, nb = x.shape[0], betas.shape[0]
-        s_star = fixed_point_function(params, x, rho, eps, max_steps, tol, adjoint_iterations, adjoint_tol)
-        zeros_u = zero_states(params, n, x.dtype)
+        s_star = fixed_point_function(params, x, rho, eps, max_steps, tol, adjoint_iterations, adjoint_tol, arch)
+        zeros_u = zero_states(params, n, x.dtype, arch)
         s0, pull = jax.vjp(s_star, zeros_u)
         e = s0[-1] - y
         (delta,) = pull([jnp.zeros_like(s) for s in s0[:-1]] + [e])  # delta_k = J_k^T e
         reference = [-d for d in delta]
-        drive0 = input_drive(params, x)
+        drive0 = input_drive(params, x, arch)
         y0 = jnp.zeros_like(y)
-        free_residual = jnp.max(residual(step(params, s0, drive0, y0, 0.0, rho, eps), s0))
-        misfit = adjoint_misfit(params, s0, drive0, y0, e, delta, rho, eps)
+        free_residual = jnp.max(residual(step(params, s0, drive0, y0, 0.0, rho, eps, arch=arch), s0))
+        misfit = adjoint_misfit(params, s0, drive0, y0, e, delta, rho, eps, arch)
         # all betas in one settling loop: the batch repeated once per beta, beta as a column
         tile = lambda a: jnp.tile(a, (nb, 1))
         beta_col = jnp.repeat(betas, n)[:, None].astype(x.dtype)
-        nudged = settle(params, [tile(s) for s in s0], tile(drive0), tile(y), beta_col, rho, eps, max_steps, tol)
+        nudged = settle(params, [tile(s) for s in s0], tile(drive0), tile(y), beta_col, rho, eps, max_steps, tol,
+                        arch=arch)
         shifts = [(sb.reshape(nb, n, -1) - s[None]) / betas[:, None, None] for sb, s in zip(nudged.states, s0)]
         angle = jnp.stack([jax.vmap(lambda sh, r=r: angle_degrees(sh, r))(sh) for sh, r in zip(shifts, reference)], 1)
         rel = jnp.stack([jax.vmap(lambda sh, r=r: relative_error(sh, r))(sh) for sh, r in zip(shifts, reference)], 1)
@@ -155,19 +158,23 @@ def feedback_angles(params) -> list[float]:
     return [float(angle_degrees(layer["fb"], layer["w"].T)) if "fb" in layer else 0.0 for layer in params[1:]]
 
 
-def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key) -> list[dict]:
+def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key, arch=None) -> list[dict]:
     """The whole measurement: the symmetric network over `betas`, then every asymmetric network
     (mixed at each angle, sign) over the same betas. One record per (network, beta, layer).
     `params`: the network's own parameters (w, b; a learned "fb" is ignored: the feedback compared
-    here is W^T, the mixed and the sign constructions)."""
+    here is W^T, the mixed and the sign constructions). A conv net (`arch`, models/conv_energy.py)
+    has the symmetric network only: its feedback is the transposed convolution of W."""
     params = [{"w": layer["w"], "b": layer["b"]} for layer in params]
     measure = make_error_signals(rho, ep.eps, ep.reference_steps, ep.reference_tolerance, ep.adjoint_steps,
-                                 ep.reference_tolerance)
+                                 ep.reference_tolerance, arch)
     betas_arr = jnp.asarray(betas, x.dtype)
-    # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
-    # floating-point sums), and one compiled program for every network
-    tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))
-    nets = [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
+    if arch is None:
+        # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
+        # floating-point sums), and one compiled program for every network
+        tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))
+        nets = [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
+    else:
+        nets = [("symmetric", 0.0, params)]
     n_layers = len(params)
     records = []
     for kind, a, net in nets:

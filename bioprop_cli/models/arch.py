@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Literal, NamedTuple
 
+from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
+
 PoolKind = Literal["max", "avg", "none"]
 
 
@@ -189,6 +191,11 @@ def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architectur
     if model_config.arch == "lenet":
         return lenet(input_shape, n_out)
     return cnn(input_shape, model_config.cnn, n_out)
+
+
+def of_config(config) -> Architecture:
+    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs."""
+    return build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
 
 
 def problem(arch: Architecture) -> str | None:

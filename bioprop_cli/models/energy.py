@@ -37,6 +37,11 @@ top layer s_top = s_{L-1} is the last hidden layer, and the prediction is
 so dC/ds_top = rho'(s_top) * ((yhat - y) W_out^T) replaces s_L - y in the nudge; the energy E of
 the hidden layers is unchanged. The functions below take `readout=R` (None: the mean-squared cost
 on s_L, as before, the same code).
+
+Conv nets (model.arch cnn or lenet): the functions below take `arch`, the Architecture of the
+dynamics' layers (None: the MLP above, the same code); the layers' drives, the input's drive, the
+energy and the contrast are then models/conv_energy.py's (the energy of Ernoult et al. 2019 and
+Laborieux et al. 2021, whose dense layers are this module's), the states flat as here.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from bioprop_cli.models import conv_energy
+from bioprop_cli.models.arch import Architecture
 
 Params = list
 States = list  # [s_1, ..., s_L], each (batch, n_k)
@@ -80,7 +88,9 @@ RHOS: dict[str, Rho] = {
 }
 
 
-def zero_states(params: Params, batch: int, dtype=jnp.float32) -> States:
+def zero_states(params: Params, batch: int, dtype=jnp.float32, arch: Architecture | None = None) -> States:
+    if arch is not None:
+        return conv_energy.zero_states(arch, batch, dtype)
     return [jnp.zeros((batch, layer["w"].shape[1]), dtype) for layer in params]
 
 
@@ -95,10 +105,12 @@ def top_down(params: Params, l: int) -> jax.Array:
     return layer["fb"] if "fb" in layer else layer["w"].T
 
 
-def energy(params: Params, states: States, x: jax.Array, rho: Rho) -> jax.Array:
+def energy(params: Params, states: States, x: jax.Array, rho: Rho, arch: Architecture | None = None) -> jax.Array:
     """E per example, shape (batch,). Only the symmetric network has one."""
     if has_separate_feedback(params):
         raise ValueError("a network with separate feedback weights (params[l]['fb']) has no energy")
+    if arch is not None:
+        return conv_energy.energy(arch, params, states, x, rho)
     r = [x] + [rho.f(s) for s in states]
     e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
     for l, layer in enumerate(params):
@@ -130,21 +142,39 @@ def cost_gradient(top: jax.Array, y: jax.Array, readout, rho: Rho) -> jax.Array:
     return rho.df(top) * ((jax.nn.softmax(logits(top, readout, rho)) - y) @ readout["w"].T)
 
 
-def input_drive(params: Params, x: jax.Array) -> jax.Array:
-    """x W_0 + b_0: the clamped input's contribution to layer 1, computed once per batch."""
+def input_drive(params: Params, x: jax.Array, arch: Architecture | None = None) -> jax.Array:
+    """x W_0 + b_0 (conv nets: f_0(x), models/conv_energy.py): the clamped input's contribution to
+    layer 1, computed once per batch."""
+    if arch is not None:
+        return conv_energy.input_drive(arch, params, x)
     return x @ params[0]["w"] + params[0]["b"]
 
 
+def _drive(params: Params, r: States, drive0: jax.Array, k: int) -> jax.Array:
+    """The input s_{k+1} receives from its neighbours' outputs r (r_k = rho(s_k)):
+    rho(s_k) W_k + b_k + rho(s_{k+2}) B_{k+1} (drive0 in place of the first term for k = 0)."""
+    drive = drive0 if k == 0 else r[k - 1] @ params[k]["w"] + params[k]["b"]
+    if k + 1 < len(r):
+        drive = drive + r[k + 1] @ top_down(params, k + 1)
+    return drive
+
+
+def _conv_drives(params: Params, r: States, drive0: jax.Array, arch: Architecture | None) -> list | None:
+    """A conv net's drives of every free layer (models/conv_energy.py); None for the MLP, whose drives
+    the loops below compute layer by layer (interleaved with the step as they always were: the same
+    order of floating-point sums in the reverse pass, bit for bit)."""
+    return None if arch is None else conv_energy.drives(arch, params, r, drive0)
+
+
 def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None,
-                    readout=None) -> States:
+                    readout=None, arch: Architecture | None = None) -> States:
     """dF/ds_k for every free layer, with F = E + beta C; in general -v_k(s), the negative vector
     field (with separate feedback, or an external drive u = `external`, it is no gradient)."""
     r = [rho.f(s) for s in states]
     grads = []
+    conv = _conv_drives(params, r, drive0, arch)
     for k, s in enumerate(states):  # s = s_{k+1}
-        drive = drive0 if k == 0 else r[k - 1] @ params[k]["w"] + params[k]["b"]
-        if k + 1 < len(states):
-            drive = drive + r[k + 1] @ top_down(params, k + 1)
+        drive = _drive(params, r, drive0, k) if conv is None else conv[k]
         grads.append(s - rho.df(s) * drive)
     grads[-1] = grads[-1] + beta * cost_gradient(states[-1], y, readout, rho)
     if external is not None:
@@ -152,7 +182,8 @@ def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, 
     return grads
 
 
-def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None) -> States:
+def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None,
+         arch: Architecture | None = None) -> States:
     """One step of the discretised gradient dynamics (the settling map Phi).
 
     For the hard sigmoid the states stay in [0, 1], where rho(s) = s and rho'(s) = 1, so the step
@@ -161,21 +192,20 @@ def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, 
     and the external drive u go through the same fast path: s <- clip(s + eps v(s), 0, 1).
     """
     if rho.bounded:
-        return _bounded_step(params, states, drive0, y, beta, eps, external, readout)
-    grads = energy_gradient(params, states, drive0, y, beta, rho, external, readout)
+        return _bounded_step(params, states, drive0, y, beta, eps, external, readout, arch)
+    grads = energy_gradient(params, states, drive0, y, beta, rho, external, readout, arch)
     return [s - eps * g for s, g in zip(states, grads)]
 
 
-def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None):
-    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external, readout)]
+def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None):
+    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external, readout, arch)]
 
 
-def _unprojected_step(params, states, drive0, y, beta, eps, external=None, readout=None) -> States:
+def _unprojected_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None) -> States:
     new = []
+    conv = _conv_drives(params, states, drive0, arch)
     for k, s in enumerate(states):
-        drive = drive0 if k == 0 else states[k - 1] @ params[k]["w"] + params[k]["b"]
-        if k + 1 < len(states):
-            drive = drive + states[k + 1] @ top_down(params, k + 1)
+        drive = _drive(params, states, drive0, k) if conv is None else conv[k]
         if k + 1 == len(states):  # on [0, 1] rho(s) = s and rho'(s) = 1
             drive = drive - beta * (s - y if readout is None else (jax.nn.softmax(s @ readout["w"] + readout["b"]) - y) @ readout["w"].T)
         if external is not None:
@@ -184,12 +214,13 @@ def _unprojected_step(params, states, drive0, y, beta, eps, external=None, reado
     return new
 
 
-def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None) -> States:
+def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=None, readout=None,
+               arch: Architecture | None = None) -> States:
     """1 where a unit moves with its input at this state, 0 where the projection onto [0, 1] pins
     it (the rows of the settling map's Jacobian that are not zero)."""
     if not rho.bounded:
         return [jnp.ones_like(s) for s in states]
-    pre = _unprojected_step(params, states, drive0, y, beta, eps, external, readout)
+    pre = _unprojected_step(params, states, drive0, y, beta, eps, external, readout, arch)
     return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) for p in pre]
 
 
@@ -210,7 +241,7 @@ def clamp_output(states: States, clamp) -> States:
 
 
 def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int, tol: float, external=None,
-           readout=None, clamp=None) -> Settled:
+           readout=None, clamp=None, arch: Architecture | None = None) -> Settled:
     """Runs the dynamics until every example's step is below `tol`, or for `max_steps` steps.
 
     With tol = 0 (static) it runs exactly max_steps steps in a loop that measures
@@ -222,7 +253,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     states = clamp_output(states, clamp)
 
     def advance(s):
-        return clamp_output(step(params, s, drive0, y, beta, rho, eps, external, readout), clamp)
+        return clamp_output(step(params, s, drive0, y, beta, rho, eps, external, readout, arch), clamp)
 
     if tol == 0:
 
@@ -247,12 +278,13 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     return Settled(final, steps, res)
 
 
-def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int, readout=None) -> States:
+def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int, readout=None,
+                 arch: Architecture | None = None) -> States:
     """Exactly `steps` steps with lax.scan: differentiable end to end (for BPTT)."""
-    drive0 = input_drive(params, x)
+    drive0 = input_drive(params, x, arch)
 
     def body(s, _):
-        return step(params, s, drive0, y, beta, rho, eps, readout=readout), None
+        return step(params, s, drive0, y, beta, rho, eps, readout=readout, arch=arch), None
 
     final, _ = jax.lax.scan(body, states, None, length=steps)
     return final
@@ -265,13 +297,17 @@ def energy_param_gradient(states: States, x: jax.Array, rho: Rho) -> Params:
     return [{"w": -(r[l].T @ r[l + 1]) / n, "b": -jnp.mean(r[l + 1], axis=0)} for l in range(len(states))]
 
 
-def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale) -> Params:
+def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale, params: Params | None = None,
+             arch: Architecture | None = None) -> Params:
     """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), averaged over the batch.
 
     Equilibrium propagation's local contrastive rule (Scellier & Bengio 2017, eq. 10): with
     dE/dW_l = -rho(s_l)^T rho(s_{l+1}), the difference is a difference of Hebbian products.
-    The clamped input's term is one product, x^T (rho(s_a1) - rho(s_b1)).
+    The clamped input's term is one product, x^T (rho(s_a1) - rho(s_b1)). A conv net's (`arch`)
+    depends on the weights through the pooling's winners: models/conv_energy.py, at `params`.
     """
+    if arch is not None:
+        return conv_energy.contrast(arch, params, states_a, states_b, x, rho, scale)
     ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
     n = x.shape[0]
     c = -scale / n

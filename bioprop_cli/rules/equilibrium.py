@@ -46,19 +46,16 @@ def require_mse_cost(config, command: str) -> None:
 
 
 def make(config, arch, n_train: int = 0) -> LearningRule:
-    if not arch.is_mlp:
-        from bioprop_cli.errors import UserError
-
-        raise UserError("config key 'model.arch': ep runs on model.arch mlp only")
-    sizes = arch.sizes
+    """The rule on the network `arch` (models/arch.py): an MLP, or a conv net (models/conv_energy.py)."""
     ep = config.ep
     readout_layer = eqprop.has_readout(config)
+    dynamics = eqprop.dynamics_architecture(config)
 
     def init(key, params):
         dynamic, _ = split_readout(params, readout_layer)
         state = {}
         if ep.persistent:
-            state["particles"] = zero_states(dynamic, max(n_train, 1))
+            state["particles"] = zero_states(dynamic, max(n_train, 1), arch=dynamics)
         if not ep.learn_feedback:
             state.update(eqprop.feedback_state(ep, key, dynamic))
         return state or ()
@@ -87,7 +84,7 @@ def make(config, arch, n_train: int = 0) -> LearningRule:
 
     def predict(params, state, x):
         net = eqprop.network(config, params, state)
-        y = jnp.zeros((x.shape[0], sizes[-1]), x.dtype)
+        y = jnp.zeros((x.shape[0], arch.sizes[-1]), x.dtype)
         _, free = eqprop.free_phase(config, net, x, y, eqprop.start_states(config, net, x), ep.free_steps, ep.tolerance)
         return output(free.states, net.readout, net.rho)
 

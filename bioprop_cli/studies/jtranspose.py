@@ -21,6 +21,7 @@ from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.jtranspose import run_jtranspose
 from bioprop_cli.models.energy import RHOS
+from bioprop_cli.ep import dynamics_architecture
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.report.study_figures import plot_jtranspose
@@ -30,8 +31,8 @@ from bioprop_cli.splits import derive_keys
 
 
 def network_name(config: Config, dataset) -> str:
-    """The layer sizes joined by dashes, e.g. 784-500-10."""
-    return "-".join(str(n) for n in architecture(config, dataset.x_train.shape[1]).sizes)
+    """The layer sizes joined by dashes, e.g. 784-500-10 (a conv net: its description, models/arch.py)."""
+    return architecture(config, dataset.x_train.shape[1]).describe()
 
 
 def new_folder(config: Config, dataset, x64: bool, out: Path | None) -> Path:
@@ -78,7 +79,7 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
         x = jnp.asarray(dataset.x_train[idx], dtype)
         y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), NUM_CLASSES, dtype=dtype)
         records = run_jtranspose(params, x, y, RHOS[m.activation], config.ep, betas, angles,
-                                 jax.random.fold_in(derive_keys(config.seed).rule, 2))
+                                 jax.random.fold_in(derive_keys(config.seed).rule, 2), dynamics_architecture(config))
     for r in records:
         r["precision"] = precision
     ep = config.ep

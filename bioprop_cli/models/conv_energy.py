@@ -1,0 +1,137 @@
+"""The layered energy of equilibrium propagation on any architecture: conv layers with pooling, then dense.
+
+The convolutional Hopfield network of Ernoult, Grollier, Querlioz, Bengio & Scellier 2019 (NeurIPS,
+"Updates of equilibrium prop match gradients of backprop through time in an RNN with static input",
+sec. 4, the convolutional architecture) and Laborieux, Ernoult, Scellier, Bengio, Grollier & Querlioz
+2021 (Front. Neurosci. 15:633674, sec. 2 and their code, P_CNN.Phi in model_utils.py). Layer l of
+the architecture (models/arch.py) maps the layer below to a drive,
+    f_l(h) = P_l(W_l * h + b_l)      (conv: the convolution, then the pooling P_l, max or average),
+    f_l(h) = h W_l + b_l             (dense),
+and the states s_1 .. s_L are the layers' outputs AFTER the pooling (P_CNN's neurons), kept flat,
+(batch, H*W*C) in channel-last order, as arch.sizes counts them (layers.linear reads them back as
+images). With r_0 = x and r_k = rho(s_k), per example
+
+    E(s) = 1/2 sum_{k>=1} |s_k|^2 - sum_l <r_{l+1}, f_l(r_l)>,
+
+Laborieux et al.'s primitive function Phi = sum_l <s_{l+1}, P(W_l * s_l)> plus the leak that turns
+their update s <- rho(dPhi/ds) into a gradient flow on E: for the hard sigmoid, on [0, 1],
+s <- clip(s - eps dE/ds, 0, 1) = clip((1 - eps) s + eps dPhi/ds, 0, 1), which at eps = 1 is their
+update (their `hard_sigmoid` is clip(x/2, 0, 1): the same dynamics with W and b halved). For dense
+layers E is exactly models/energy.py's MLP energy. The force on s_k is
+
+    dE/ds_k = s_k - rho'(s_k) * (f_{k-1}(r_{k-1}) + J_{f_k}(r_k)^T r_{k+1}),
+
+the bottom-up drive f_{k-1}(r_{k-1}) and the top-down one, the vector-Jacobian product of f_k at r_k
+with r_{k+1}: for a conv layer the transposed convolution of r_{k+1} routed back through the pooling
+(max pooling: to each window's winner; P is piecewise linear, so E is piecewise quadratic in s and
+the force is its gradient wherever the winners are unique). The parameters' gradient of E, the
+quantity EP contrasts, is -d/dtheta <r_{l+1}, f_l(r_l)>: for a dense layer the Hebbian product
+-r_l^T r_{l+1}, for a conv layer its convolutional counterpart (the correlation of r_l with the
+unpooled r_{l+1}), local to the layer.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bioprop_cli.models.arch import Architecture, Conv, Layer, Pool
+from bioprop_cli.models.layers import pool, pre_activation
+
+
+def layer_map(layer: Layer, params: dict, h: jax.Array) -> jax.Array:
+    """f_l(h): the layer's pre-activation, pooled (conv layers), flattened: (batch, n_{l+1})."""
+    return pool(layer.pool, pre_activation(layer.op, params, h)).reshape(h.shape[0], -1)
+
+
+def zero_states(arch: Architecture, batch: int, dtype=jnp.float32) -> list:
+    return [jnp.zeros((batch, n), dtype) for n in arch.sizes[1:]]
+
+
+def input_drive(arch: Architecture, params: list, x: jax.Array) -> jax.Array:
+    """f_0(x): the clamped input's drive of layer 1 (fixed for the batch: the pooling's winners
+    depend on x and W_0 only)."""
+    return layer_map(arch.layers[0], params[0], x)
+
+
+def drives(arch: Architecture, params: list, r: list, drive0: jax.Array) -> list:
+    """dPhi/dr_k for every free layer: f_{k-1}(r_{k-1}) + J_{f_k}(r_k)^T r_{k+1} (the last layer has no
+    top-down term); per layer above the first, its bottom-up drive and its pull (`up_and_down`)."""
+    out = [drive0] + [None] * (len(r) - 1)
+    for l in range(1, len(r)):
+        out[l], down = up_and_down(arch.layers[l], params[l], r[l - 1], r[l])
+        out[l - 1] = out[l - 1] + down
+    return out
+
+
+def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(f_l(h), J_{f_l}(h)^T above), flat. A conv layer's pull is written out: the pooling's
+    vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
+    the flipped kernel (`conv_transpose`). Inside the settling loop XLA's CPU backend runs jax.vjp's
+    input-gradient convolution about ten times slower than this forward one (measured: 145 against
+    19 ms per step of a 5x5 16->32 conv at batch 128; the same outside a loop); overlapping pooling
+    windows (window != stride) take jax.vjp."""
+    op, n = layer.op, h.shape[0]
+    if not isinstance(op, Conv) or (layer.pool is not None and layer.pool.window != layer.pool.stride):
+        up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
+        return up, pull(above)[0]
+    a = pre_activation(op, params, h)
+    pooled = pool(layer.pool, a)
+    back = conv_transpose(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
+    return pooled.reshape(n, -1), back.reshape(n, -1)
+
+
+def unpool(p: Pool | None, a: jax.Array, g: jax.Array) -> jax.Array:
+    """The vector-Jacobian product of non-overlapping pooling (window = stride) at its input a with g:
+    max: g to each window's winner (the first maximum in row-major order, as jax.grad's choice),
+    average: g / window^2 to every position; the rows and columns the pooling drops get zero."""
+    if p is None:
+        return g
+    n, height, width, c = a.shape
+    k, rows, cols = p.window, g.shape[1], g.shape[2]
+    blocks = a[:, :rows * k, :cols * k].reshape(n, rows, k, cols, k, c).transpose(0, 1, 3, 2, 4, 5)
+    blocks = blocks.reshape(n, rows, cols, k * k, c)
+    if p.kind == "max":
+        share = jax.nn.one_hot(jnp.argmax(blocks, axis=3), k * k, axis=3, dtype=g.dtype)
+    else:
+        share = jnp.full((1, 1, 1, k * k, 1), 1.0 / (k * k), g.dtype)
+    spread = (g[:, :, :, None, :] * share).reshape(n, rows, cols, k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    spread = spread.reshape(n, rows * k, cols * k, c)
+    return jnp.pad(spread, ((0, 0), (0, height - rows * k), (0, width - cols * k), (0, 0)))
+
+
+def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
+    """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in): the
+    stride-dilated g, padded by k - 1 - p (and what the stride's floor dropped), convolved with the
+    kernel flipped in space and transposed in channels."""
+    k, s, p = op.kernel, op.stride, op.padding
+    dilated = lambda n: (n - 1) * s + 1
+    pads = [(k - 1 - p, side + p - dilated(n)) for side, n in zip(op.in_shape[:2], g.shape[1:3])]
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=(s, s),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def coupling(arch: Architecture, params: list, r: list, x: jax.Array) -> jax.Array:
+    """sum_l <r_{l+1}, f_l(r_l)> per example (r_0 = x): Phi without the leak."""
+    below = [x] + list(r[:-1])
+    return sum(jnp.sum(layer_map(layer, p, h) * s, axis=-1) for layer, p, h, s in zip(arch.layers, params, below, r))
+
+
+def energy(arch: Architecture, params: list, states: list, x: jax.Array, rho) -> jax.Array:
+    """E per example, shape (batch,) (the module docstring)."""
+    r = [rho.f(s) for s in states]
+    return 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states) - coupling(arch, params, r, x)
+
+
+def contrast(arch: Architecture, params: list, states_a: list, states_b: list, x: jax.Array, rho, scale) -> list:
+    """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), averaged over the batch: for each layer the
+    difference of its local coupling gradients at the two states (Laborieux et al.'s
+    compute_syn_grads, written as one gradient)."""
+    ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
+
+    def difference(p):
+        return -scale * jnp.mean(coupling(arch, p, ra, x) - coupling(arch, p, rb, x))
+
+    return jax.grad(difference)(params)

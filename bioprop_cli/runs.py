@@ -224,9 +224,10 @@ def failed_if_out_of_memory(run_dir: Path):
                         f"is marked failed: {reason}") from None
 
 
-def run_id(rule: str, depth: int, seed: int, now: datetime | None = None) -> str:
+def run_id(rule: str, network: str, seed: int, now: datetime | None = None) -> str:
+    """<UTC time>-<rule>-<network>-s<seed>; network: models.arch.label (d<depth> for an MLP, else the arch)."""
     now = now or datetime.now(timezone.utc)
-    return f"{now:%Y%m%d-%H%M%S}-{rule}-d{depth}-s{seed}"
+    return f"{now:%Y%m%d-%H%M%S}-{rule}-{network}-s{seed}"
 
 
 def create_stamped_dir(results_dir: str | Path, experiment: str, name: str) -> Path:

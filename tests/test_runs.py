@@ -147,12 +147,12 @@ def test_read_jsonl_skips_blank_lines_and_empty_files(tmp_path):
 
 def test_run_id_format_with_a_given_time():
     now = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    assert run_id("fa", 3, 7, now) == "20240102-030405-fa-d3-s7"
+    assert run_id("fa", "d3", 7, now) == "20240102-030405-fa-d3-s7"
 
 
 def test_run_id_uses_the_current_utc_time():
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    name = run_id("brsf", 10, 123)
+    name = run_id("brsf", "d10", 123)
     after = datetime.now(timezone.utc)
     match = re.fullmatch(r"(\d{8}-\d{6})-brsf-d10-s123", name)
     assert match, name
@@ -183,7 +183,7 @@ def test_run_writer_writes_the_four_files(tmp_path):
 
 def test_results_folder_layout(tmp_path):
     """create_run_dir + run_id give <results_dir>/<experiment>/<run-id>/."""
-    name = run_id("dfa", 2, 0, datetime(2025, 6, 7, 8, 9, 10, tzinfo=timezone.utc))
+    name = run_id("dfa", "d2", 0, datetime(2025, 6, 7, 8, 9, 10, tzinfo=timezone.utc))
     path = create_run_dir(tmp_path / "res", "my-exp", name)
     assert path.relative_to(tmp_path) == Path("res/my-exp/20250607-080910-dfa-d2-s0")
 
@@ -252,3 +252,12 @@ def test_train_writes_params_unless_switched_off_or_diverged(tmp_path):
     summary = train(load_config(overrides=base + [("rule", "bp"), ("optimizer.lr", 0.01), ("train.save_params", False)]), data,
                     RunWriter(folders[2]))
     assert summary["status"] == "completed" and not (folders[2] / "params.npz").exists()
+
+
+def test_run_names_carry_the_depth_of_an_mlp_and_the_arch_of_a_conv_net():
+    from bioprop_cli.config import load_config
+    from bioprop_cli.models.arch import label
+
+    assert label(load_config(overrides=[("model.depth", 3)]).model) == "d3"
+    lenet = load_config(overrides=[("model.arch", "lenet"), ("model.depth", 3)]).model
+    assert run_id("fa", label(lenet), 0, datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "20250102-030405-fa-lenet-s0"

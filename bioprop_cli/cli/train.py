@@ -13,6 +13,7 @@ from bioprop_cli.cli.common import (
 )
 from bioprop_cli.config import check_against_data
 from bioprop_cli.datasets import load_dataset
+from bioprop_cli.models.arch import label
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
 from bioprop_cli.train import EpochReport, train as train_run
 
@@ -44,7 +45,7 @@ def train(
     )
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
-    run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, cfg.model.depth, cfg.seed))
+    run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, label(cfg.model), cfg.seed))
     network = f"depth={cfg.model.depth} width={cfg.model.width}" if cfg.model.arch == "mlp" else f"arch={cfg.model.arch}"
     console.print(f"[bold]bioprop train[/] rule={cfg.rule} {network} data={dataset.name} ({dataset.source})")
     bar = Progress(

@@ -198,6 +198,11 @@ def of_config(config) -> Architecture:
     return build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
 
 
+def label(model_config) -> str:
+    """A short name of the network for folder names: d<depth> for the MLP, else the arch (lenet, cnn)."""
+    return f"d{model_config.depth}" if model_config.arch == "mlp" else model_config.arch
+
+
 def problem(arch: Architecture) -> str | None:
     """What makes the architecture impossible (a layer or pooling with no output left), else None."""
     for l, layer in enumerate(arch.layers):

@@ -28,6 +28,7 @@ from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.models.arch import label
 from bioprop_cli.precision import cast_floats, float64, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
 from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl, run_id, write_json
@@ -229,7 +230,7 @@ def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) ->
     """`--train`: one run per beta, all betas trained together (train_group: one vmapped program),
     into folder/runs/; per beta its status, accuracies and curves."""
     points = [replace(config, ep=replace(config.ep, beta=beta)) for beta in betas]
-    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", config.model.depth, config.seed))
+    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", label(config.model), config.seed))
                 for beta in betas]
     summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
     rows = []

@@ -107,7 +107,7 @@ class OptimizerConfig:
     name: OptimizerName = "adam"
     lr: float = 1e-3
     momentum: float = 0.9  # momentum and nesterov only
-    weight_decay: float = 0.0  # adamw only
+    weight_decay: float = 0.0  # adamw: decoupled; every other optimizer: L2, wd * W added to the gradient (as torch's)
     layer_lr: tuple[float, ...] = ()  # per-layer multipliers of the update (one per weight matrix); () = all 1
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 

@@ -39,9 +39,17 @@ def make_optimizer(cfg: OptimizerConfig, steps_per_epoch: int, epochs: int) -> o
         "adagrad": lambda: optax.adagrad(lr),
     }
     optimizer = builders[cfg.name]()
+    if cfg.name != "adamw" and not _is_zero(cfg.weight_decay):
+        # L2 decay added to the gradient before the optimizer, as torch.optim's weight_decay (adamw's is decoupled)
+        optimizer = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optimizer)
     if cfg.layer_lr:
         optimizer = optax.chain(optimizer, scale_by_layer(cfg.layer_lr))
     return optimizer
+
+
+def _is_zero(value) -> bool:
+    """A weight decay known to be 0 (a traced, batched value is not known: it may differ between runs)."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 def scale_by_layer(multipliers) -> optax.GradientTransformation:

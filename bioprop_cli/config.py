@@ -415,10 +415,9 @@ def _check_cnn(c: CNNConfig) -> None:
 
 def _check_architecture(config: Config):
     """The config's network (models.arch.Architecture), refused where a layer has no output left."""
-    from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
-    from bioprop_cli.models.arch import build, problem
+    from bioprop_cli.models.arch import of_config, problem
 
-    network = build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
+    network = of_config(config)
     found = problem(network)
     _check(found is None, "model.cnn" if config.model.arch == "cnn" else "model.arch",
            f"an architecture whose every layer has an output ({found})", config.model.arch)

@@ -29,11 +29,11 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
     from bioprop_cli.train import sigint_flag
 
     with sigint_flag() as interrupted:
-        base, grid, seed_values = _sweep_plan(axis, values, grid_options, seeds, config, sets, flags)
+        base, grid, where, seed_values = _sweep_plan(axis, values, grid_options, seeds, config, sets, flags)
         runner = _executor(executor, address, gpus_per_task)
         if interrupted():
             raise typer.Exit(code=130)
-        folder, manifest = _run_with_status(base, grid, seed_values, runner, interrupted)
+        folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted)
         table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
         for name in ("run", "status", "test acc."):
             table.add_column(name)
@@ -48,12 +48,14 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
 
 
 def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
-    """(base config, grid, seeds) from the axis, --grid, --seeds, the config's `sweep:` section and
-    the run flags; conflicting sources are a UserError."""
+    """(base config, grid, where, seeds) from the axis, --grid, --seeds, the config's `sweep:` section
+    and the run flags; conflicting sources are a UserError. `where` is checked against the final
+    grid by run_sweep."""
     from bioprop_cli.config import keys_overlap, parse_override, read_yaml
     from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section
 
-    file_grid, file_seeds = read_sweep_section(read_yaml(config).get("sweep")) if config is not None else ({}, None)
+    section = read_yaml(config).get("sweep") if config is not None else None
+    file_grid, where, file_seeds = read_sweep_section(section)
     grid: dict[str, list] = {}  # the command line's axes; they replace the file's axis of the same key
     if axis is not None and axis != "seed":
         key, default = AXES[axis]
@@ -70,6 +72,12 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
         for other, source in fixed.items():
             if keys_overlap(key, other):
                 raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
+    for i, entry in enumerate(where):
+        for key in entry["set"]:
+            for other, source in fixed.items():
+                if keys_overlap(key, other):
+                    raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
+                                    "set it in the config file instead, or drop one of the two")
     base = config_from_flags(config, sets, **flags)
     n_seeds = seeds if seeds is not None else (file_seeds or 1)
     if axis == "seed" and values and seeds is not None:
@@ -82,7 +90,7 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
         raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
     if len(set(seed_values)) < len(seed_values):
         raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
-    return base, grid, seed_values
+    return base, grid, where, seed_values
 
 
 def _executor(name: str, address: Optional[str], gpus_per_task: float):
@@ -97,11 +105,11 @@ def _executor(name: str, address: Optional[str], gpus_per_task: float):
     return RayExecutor(address, gpus_per_task)
 
 
-def _run_with_status(base, grid, seed_values, runner, interrupted):
+def _run_with_status(base, grid, where, seed_values, runner, interrupted):
     from bioprop_cli.sweep.grid import run_sweep
 
     with console.status("sweeping...") as status:
-        return run_sweep(base, grid, seed_values, DatasetLoader(), report=lambda m: status.update(f"sweeping: {m}"),
+        return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),
                          executor=runner, interrupted=interrupted)
 
 

@@ -1,8 +1,8 @@
 """`bioprop reproduce`: the published results, run as ordinary sweeps, side by side with ours.
 
 A preset is configs/papers/<name>.yaml: an ordinary experiment (config keys, a `sweep:` section with
-the grid of variants the paper compares and the seeds), plus a `paper:` section that only this module
-reads:
+the grid of variants the paper compares, per-variant overrides (`where`: each rule at its own
+learning rate, say) and the seeds), plus a `paper:` section that only this module reads:
 
     paper:
       title: Scellier & Bengio 2017, 784-500-10   # what the table calls the preset
@@ -74,12 +74,13 @@ class Preset:
     paper: dict
     published: list[dict]
     grid: dict
+    where: list  # the sweep section's per-point overrides (bioprop_cli/sweep/grid.py: read_where)
     seeds: int
 
 
 def load_preset(name: str, folder: Path = PAPERS) -> Preset:
     """The preset's paper section, checked strictly (a bad key is a UserError naming it)."""
-    from bioprop_cli.sweep.grid import axis_key, read_sweep_section
+    from bioprop_cli.sweep.grid import axis_key, check_where, points, read_sweep_section
 
     path = preset_path(name, folder)
     tree = read_yaml(path)
@@ -96,13 +97,14 @@ def load_preset(name: str, folder: Path = PAPERS) -> Preset:
         if entry.get("quantity") not in QUANTITIES:
             raise UserError(f"{path.name}: paper.published[{i}].quantity: expected one of {', '.join(QUANTITIES)}, "
                             f"got {entry.get('quantity')!r}")
-    grid, seeds = read_sweep_section(tree.get("sweep"))
+    grid, where, seeds = read_sweep_section(tree.get("sweep"))
+    check_where(grid, where, points(grid))
     for i, entry in enumerate(published):
-        where = {axis_key(str(k)) for k in (entry.get("where") or {})}
-        if where != set(grid):  # each number belongs to one grid point
+        named = {axis_key(str(k)) for k in (entry.get("where") or {})}
+        if named != set(grid):  # each number belongs to one grid point
             raise UserError(f"{path.name}: paper.published[{i}].where: expected a value for each sweep axis "
-                            f"({', '.join(grid) or 'none'}), got {sorted(where) or 'none'}")
-    return Preset(name, path, paper, published, grid, seeds or 1)
+                            f"({', '.join(grid) or 'none'}), got {sorted(named) or 'none'}")
+    return Preset(name, path, paper, published, grid, where, seeds or 1)
 
 
 def _known(section: Any, keys: tuple, where: str) -> None:
@@ -138,7 +140,8 @@ def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable
     base = base_config(preset, quick, overrides)
     seed_values = [base.seed + k for k in range(seed_count(preset, quick, seeds))]
     t0 = time.perf_counter()
-    folder, manifest = run_sweep(base, preset.grid, seed_values, dataset_loader, report=report, interrupted=interrupted)
+    folder, manifest = run_sweep(base, preset.grid, seed_values, dataset_loader, preset.where, report=report,
+                                 interrupted=interrupted)
     wall = time.perf_counter() - t0
     rows = compare(preset, folder, manifest, quick)
     return {

@@ -1,13 +1,19 @@
 """`bioprop sweep AXIS` / `--grid key=v1,v2`: the Cartesian product of config values, N seeds each.
 
+A config file's `sweep:` section may add `where:`, per-point overrides: a list of
+{when: {AXIS: VALUE, ...}, set: {KEY: VALUE, ...}}; every entry whose `when` matches a point's grid
+values sets its `set` values on top of them (a rule at its own learning rate). Point and run names
+stay made of the grid values alone.
+
 A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
     config.yaml      the base config (every point starts from it)
-    manifest.json    the grid, the seeds, and one entry per (point, seed), named <point>-s<seed>:
+    manifest.json    the grid, the `where` overrides (when there are any), the seeds, and one entry
+                     per (point, seed), named <point>-s<seed>:
                      values, seed, run_dir (THE run of that point and seed), status, test_accuracy,
                      error (failed runs), previous_run_dirs (earlier, unfinished attempts: not results)
     runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
     .lock            held by the process that runs the sweep (runs.folder_lock): one writer at a time
-The sweep's name is derived from the base config, the grid and the seeds, so the same command finds
+The sweep's name is derived from the base config, the grid, the overrides and the seeds, so the same command finds
 the same folder again: completed and diverged runs are kept, interrupted, failed or missing ones
 run (again, into a new folder). A run whose summary says it finished although the manifest does
 not (the process was killed between the two writes) is taken as it is, not trained again. Runs
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import Config, load_config, shape_key, to_dict
+from bioprop_cli.config import Config, keys_overlap, load_config, shape_key, to_dict
 from bioprop_cli.errors import UserError
 from bioprop_cli.rules import FEEDFORWARD, available_rules
 from bioprop_cli.runs import RunWriter, create_run_dir, folder_lock, write_json, write_yaml
@@ -49,13 +55,19 @@ FINISHED = ("completed", "diverged")
 # Where a sweep writes and reads is not what it trains: these keys are no axes (their values would
 # become folder names).
 NOT_AXES = ("results_dir", "experiment", "data.data_dir")
-SECTION_KEYS = ("grid", "seeds")
+SECTION_KEYS = ("grid", "where", "seeds")
+WHERE_KEYS = ("when", "set")
+
+
+def config_key(name: str) -> str:
+    """An axis name (AXES) or config key -> the config key."""
+    return AXES[name][0] if name in AXES else name
 
 
 def axis_key(name: str, source: str = "--grid") -> str:
     """An axis name or config key -> the config key; the seed and the keys of NOT_AXES (or a
     section holding one) are refused (`source` names where the axis came from)."""
-    key = AXES[name][0] if name in AXES else name
+    key = config_key(name)
     if key == "seed":
         raise UserError(f"{source} {name}: the seeds are no grid axis; use --seeds N or `bioprop sweep seed --values S1,S2`")
     refused = [k for k in NOT_AXES if key == k or k.startswith(key + ".")]
@@ -93,16 +105,17 @@ def add_axis(grid: dict[str, list], key: str, values: list, source: str) -> None
     grid[key] = values
 
 
-def read_sweep_section(section: Any) -> tuple[dict[str, list], int | None]:
-    """A config file's `sweep:` section -> (grid, seeds or None). Strict: every problem is a
+def read_sweep_section(section: Any) -> tuple[dict[str, list], list[dict], int | None]:
+    """A config file's `sweep:` section -> (grid, where, seeds or None). Strict: every problem is a
     UserError naming the key."""
     if section is None:
-        return {}, None
+        return {}, [], None
     if not isinstance(section, dict):
-        raise UserError(f"config key 'sweep': expected a mapping with {' and '.join(SECTION_KEYS)}, got {section!r}")
+        raise UserError(f"config key 'sweep': expected a mapping with {', '.join(SECTION_KEYS)}, got {section!r}")
     unknown = [k for k in section if k not in SECTION_KEYS]
     if unknown:
-        raise UserError(f"unknown config key 'sweep.{unknown[0]}'; allowed here: sweep.grid, sweep.seeds")
+        raise UserError(f"unknown config key 'sweep.{unknown[0]}'; allowed here: "
+                        + ", ".join(f"sweep.{k}" for k in SECTION_KEYS))
     seeds = section.get("seeds")
     if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
         raise UserError(f"config key 'sweep.seeds': expected a positive integer (seeds per point), got {seeds!r}")
@@ -115,7 +128,51 @@ def read_sweep_section(section: Any) -> tuple[dict[str, list], int | None]:
         if not values:
             raise UserError(f"config key 'sweep.grid.{name}': expected at least one value, got []")
         add_axis(grid, axis_key(str(name), "config key 'sweep.grid':"), values, "config key 'sweep.grid'")
-    return grid, seeds
+    return grid, read_where(section.get("where")), seeds
+
+
+def read_where(entries: Any) -> list[dict]:
+    """`sweep.where` -> [{"when": {config key: value}, "set": {config key: value}}, ...]. Its shape
+    is checked here; the entries against the grid by check_where (the grid may change on the
+    command line)."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise UserError(f"config key 'sweep.where': expected a list of {{when: {{AXIS: VALUE}}, set: {{KEY: VALUE}}}} "
+                        f"entries, got {entries!r}")
+    return [_where_entry(entry, f"sweep.where[{i}]") for i, entry in enumerate(entries)]
+
+
+def _where_entry(entry: Any, name: str) -> dict:
+    if not isinstance(entry, dict) or sorted(map(str, entry)) != sorted(WHERE_KEYS):
+        raise UserError(f"config key '{name}': expected a mapping with exactly the keys when and set, got {entry!r}")
+    for part in WHERE_KEYS:
+        if not isinstance(entry[part], dict) or not entry[part]:
+            raise UserError(f"config key '{name}.{part}': expected a non-empty mapping of config keys to values, "
+                            f"got {entry[part]!r}")
+    when = _resolved(entry["when"].items(), f"{name}.when", lambda k: axis_key(k, f"config key '{name}.when':"))
+    sets = _tree_overrides({str(k): v for k, v in entry["set"].items()})  # {optimizer: {lr: ..}} sets optimizer.lr only
+    return {"when": when, "set": _resolved(sets, f"{name}.set", lambda k: _set_key(k, f"{name}.set"))}
+
+
+def _resolved(pairs, name: str, resolve: Callable[[str], str]) -> dict:
+    """The (key, value) pairs as a mapping with the keys resolved to config keys; one key named
+    twice (also through an alias) is an error."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        key = resolve(str(k))
+        if key in out:
+            raise UserError(f"config key '{name}': {key} is named twice; give it once")
+        out[key] = v
+    return out
+
+
+def _set_key(name: str, source: str) -> str:
+    key = config_key(name)
+    if key == "seed" or any(keys_overlap(key, k) for k in NOT_AXES):
+        raise UserError(f"config key '{source}.{name}': seed, {', '.join(NOT_AXES)} are set for the whole sweep, "
+                        "not per point; set other config keys here")
+    return key
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -140,13 +197,58 @@ def points(grid: dict[str, list]) -> list[Point]:
     return [Point(tuple(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def point_config(base_tree: dict, point: Point, seed: int) -> Config:
-    """The base config with the point's values and the seed; validated (bad values: UserError)."""
-    overrides = [(k, v) for k, v in point.values] + [("seed", seed)]
+def check_where(grid: dict[str, list], where: list[dict], all_points: list[Point]) -> None:
+    """The entries of `where` against the final grid: `when` names grid axes only, `set` none, every
+    entry matches a point, and no two entries set one key of a point."""
+    for i, entry in enumerate(where):
+        name = f"sweep.where[{i}]"
+        for key in entry["when"]:
+            if key not in grid:
+                raise UserError(f"config key '{name}.when.{key}': not a grid axis; `when` names grid axes "
+                                f"({', '.join(grid) or 'none'})")
+        for key in entry["set"]:
+            axis = next((a for a in grid if keys_overlap(key, a)), None)
+            if axis is not None:
+                raise UserError(f"config key '{name}.set.{key}': {axis} is a grid axis (its values come from the grid); "
+                                "set keys that are no axes")
+        if not any(_matches(point, entry["when"]) for point in all_points):
+            axes = "; ".join(f"{k}: {grid[k]}" for k in entry["when"])
+            raise UserError(f"config key '{name}.when': {entry['when']} matches no point of the grid ({axes})")
+    for point in all_points:
+        point_sets(point, where)
+
+
+def _matches(point: Point, when: dict) -> bool:
+    values = dict(point.values)
+    return all(k in values and values[k] == v for k, v in when.items())
+
+
+def point_sets(point: Point, where: list[dict]) -> list[tuple[str, Any]]:
+    """The `set` values of the entries of `where` that match the point; one key set by two
+    entries is a UserError."""
+    chosen: dict[str, int] = {}  # key -> the entry that sets it
+    out = []
+    for i, entry in enumerate(where):
+        if not _matches(point, entry["when"]):
+            continue
+        for key, value in entry["set"].items():
+            other = next((k for k in chosen if keys_overlap(k, key)), None)
+            if other is not None:
+                raise UserError(f"config key 'sweep.where[{i}].set.{key}': sweep.where[{chosen[other]}] also sets {other} "
+                                f"on point {point.name}; set each key of a point once")
+            chosen[key] = i
+            out.append((key, value))
+    return out
+
+
+def point_config(base_tree: dict, point: Point, seed: int, where: list[dict] = ()) -> Config:
+    """The base config with the point's values, the `where` values that match it and the seed;
+    validated (bad values: UserError)."""
+    overrides = list(point.values) + point_sets(point, where) + [("seed", seed)]
     return load_config(None, _tree_overrides(base_tree) + overrides)
 
 
-def check_points(base_tree: dict, all_points: list[Point], seed: int) -> None:
+def check_points(base_tree: dict, all_points: list[Point], seed: int, where: list[dict] = ()) -> None:
     """Every point is a valid config, a different run and a different folder name (one path
     component: no run folder lands outside the sweep's runs/)."""
     seen: dict[Any, Point] = {}
@@ -154,7 +256,7 @@ def check_points(base_tree: dict, all_points: list[Point], seed: int) -> None:
     for point in all_points:
         if Path(point.name).name != point.name or point.name in (".", ".."):  # _name_part's promise
             raise RuntimeError(f"point name {point.name!r} is not one path component")
-        config = point_config(base_tree, point, seed)
+        config = point_config(base_tree, point, seed, where)
         twin = seen.get(config) or names.get(point.name)
         if twin is not None:
             raise UserError(f"--grid: {dict(twin.values)} and {dict(point.values)} are the same point "
@@ -172,10 +274,13 @@ def _tree_overrides(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def sweep_name(base: Config, grid: dict[str, list], seeds: list[int]) -> str:
-    where = ("results_dir", "experiment")  # where the sweep is written is not what it is
-    content = {k: v for k, v in to_dict(base).items() if k not in where}
-    identity = json.dumps({"base": content, "grid": grid, "seeds": seeds}, sort_keys=True, default=str)
+def sweep_name(base: Config, grid: dict[str, list], seeds: list[int], where: list[dict] = ()) -> str:
+    location = ("results_dir", "experiment")  # where the sweep is written is not what it is
+    content = {k: v for k, v in to_dict(base).items() if k not in location}
+    spec = {"base": content, "grid": grid, "seeds": seeds}
+    if where:  # absent without overrides: the names of the sweeps made before `where` existed stay
+        spec["where"] = where
+    identity = json.dumps(spec, sort_keys=True, default=str)
     axes = "-".join(_name_part(k.split(".")[-1]) for k in grid) or "base"
     return f"sweep-{axes}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
@@ -275,23 +380,25 @@ def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[di
 
 
 def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
-              report: Callable[[str], None] = lambda m: None, executor=None,
+              where: list[dict] = (), report: Callable[[str], None] = lambda m: None, executor=None,
               interrupted: Callable[[], bool] = lambda: False) -> tuple[Path, dict]:
-    """Runs (or resumes) the sweep; returns its folder and manifest. `executor` (default: local,
+    """Runs (or resumes) the sweep (`where`: read_where's per-point overrides); returns its folder
+    and manifest. `executor` (default: local,
     in-process, one group after another) takes the groups and yields (group, summaries); once
     `interrupted()` is true it starts no group and yields only what was running. The folder is
     locked (runs.folder_lock) while the sweep runs."""
     base_tree = to_dict(base)
     all_points = points(grid)
-    check_points(base_tree, all_points, seeds[0])  # before anything is written
-    folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds)
+    check_where(grid, where, all_points)  # before anything is written
+    check_points(base_tree, all_points, seeds[0], where)
+    folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds, where)
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder):
         manifest = load_manifest(folder)
         if manifest is None:
             write_yaml(folder / "config.yaml", base_tree)
-            manifest = {"grid": grid, "seeds": seeds, "runs": {}}
-        pending = _queue(manifest["runs"], all_points, seeds, base_tree, folder, report)
+            manifest = {"grid": grid, **({"where": where} if where else {}), "seeds": seeds, "runs": {}}
+        pending = _queue(manifest["runs"], all_points, seeds, base_tree, where, folder, report)
         write_json(folder / "manifest.json", manifest)
         for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report, interrupted):
             _record(manifest["runs"], group, summaries, folder)
@@ -299,7 +406,8 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loa
     return folder, manifest
 
 
-def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dict, folder: Path, report) -> list:
+def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dict, where: list[dict], folder: Path,
+           report) -> list:
     """Marks every unfinished (point, seed) queued, each with a new run folder; returns them as
     (name, config, run folder)."""
     pending = []
@@ -314,7 +422,7 @@ def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dic
         for s in todo:
             run_dir = create_run_dir(folder, "runs", names[s])
             runs[names[s]] = _requeue(runs.get(names[s]), point, s, run_dir, folder)
-            pending.append((names[s], point_config(base_tree, point, s), run_dir))
+            pending.append((names[s], point_config(base_tree, point, s, where), run_dir))
     return pending
 
 

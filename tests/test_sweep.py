@@ -118,7 +118,7 @@ def test_architectures_and_their_keys_are_grid_axes():
     from bioprop_cli.sweep.grid import check_points, point_config, read_sweep_section
 
     assert parse_grid_option("arch=mlp,lenet") == ("model.arch", ["mlp", "lenet"])
-    grid, _ = read_sweep_section({"grid": {"arch": ["lenet", "cnn"], "model.cnn.channels": [[4, 8], [8, 16]]}})
+    grid, _, _ = read_sweep_section({"grid": {"arch": ["lenet", "cnn"], "model.cnn.channels": [[4, 8], [8, 16]]}})
     ps = points(grid)
     assert [p.name for p in ps][:2] == ["arch-lenet_channels-_4_8_", "arch-lenet_channels-_8_16_"]
     check_points({}, ps[2:], 0)  # two cnn points: different networks, different folders

@@ -3,6 +3,7 @@ validation, and the sweep's identity with and without them."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -149,3 +150,39 @@ def test_where_against_the_command_line(tmp_path, args, word):
     message = stderr_of(result).strip()
     assert result.exit_code == 2 and word in message and "\n" not in message, message
     assert not (tmp_path / "out").exists()
+
+
+PRESET = """\
+rule: fa
+model: {width: 8, depth: 1}
+data: {validation_size: 100}
+train: {batch_size: 50, epochs: 1}
+alignment: {enabled: false}
+sweep:
+  grid: {rule: [bp, fa]}
+  where:
+    - when: {rule: fa}
+      set: {lr: 0.0005}
+paper:
+  title: a preset comparing rules each at its own learning rate
+  published:
+    - {quantity: test_error, where: {rule: fa}, value: 50.0}
+"""
+
+
+def test_a_reproduce_preset_trains_with_its_overrides(tmp_path, fake_dataset):
+    from bioprop_cli.errors import UserError
+    from bioprop_cli.studies import reproduce as study
+
+    (tmp_path / "tiny.yaml").write_text(PRESET)
+    preset = study.load_preset("tiny", tmp_path)
+    assert preset.where == [{"when": {"rule": "fa"}, "set": {"optimizer.lr": 0.0005}}]
+    result = study.run(preset, False, None, lambda cfg: fake_dataset, [("results_dir", str(tmp_path / "out"))])
+    folder = Path(result["sweep_folder"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["where"] == preset.where
+    lrs = {e["values"]["rule"]: load_config(folder / e["run_dir"] / "config.yaml").optimizer.lr for e in manifest["runs"].values()}
+    assert lrs == {"bp": 0.001, "fa": 0.0005}
+    (tmp_path / "tiny.yaml").write_text(PRESET.replace("when: {rule: fa}", "when: {rule: kp}"))
+    with pytest.raises(UserError, match=r"sweep\.where\[0\]\.when.*matches no point"):
+        study.load_preset("tiny", tmp_path)  # checked when the preset is read

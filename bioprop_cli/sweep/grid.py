@@ -9,13 +9,15 @@ A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
     config.yaml      the base config (every point starts from it)
     manifest.json    the grid, the `where` overrides (when there are any), the seeds, and one entry
                      per (point, seed), named <point>-s<seed>:
-                     values, seed, run_dir (THE run of that point and seed), status, test_accuracy,
-                     error (failed runs), previous_run_dirs (earlier, unfinished attempts: not results)
+                     values (the point's grid values), seed, run_dir (THE run of that point and seed),
+                     status, test_accuracy, error (failed runs), previous_run_dirs (earlier,
+                     unfinished attempts: not results)
     runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
     .lock            held by the process that runs the sweep (runs.folder_lock): one writer at a time
-The sweep's name is derived from the base config, the grid, the overrides and the seeds, so the same command finds
-the same folder again: completed and diverged runs are kept, interrupted, failed or missing ones
-run (again, into a new folder). A run whose summary says it finished although the manifest does
+The sweep's name is derived from the base config, the grid, the overrides (none: the name of the
+sweeps made before `where` existed) and the seeds, so the same command finds the same folder
+again: completed and diverged runs are kept, interrupted, failed or missing ones run (again, into
+a new folder). A run whose summary says it finished although the manifest does
 not (the process was killed between the two writes) is taken as it is, not trained again. Runs
 that differ only in their seed and in values that change no array shape (config.BATCHABLE_KEYS:
 learning rate, beta, scales) train together as one vmapped program, compiled once: a sweep over
@@ -201,21 +203,24 @@ def check_where(grid: dict[str, list], where: list[dict], all_points: list[Point
     """The entries of `where` against the final grid: `when` names grid axes only, `set` none, every
     entry matches a point, and no two entries set one key of a point."""
     for i, entry in enumerate(where):
-        name = f"sweep.where[{i}]"
-        for key in entry["when"]:
-            if key not in grid:
-                raise UserError(f"config key '{name}.when.{key}': not a grid axis; `when` names grid axes "
-                                f"({', '.join(grid) or 'none'})")
-        for key in entry["set"]:
-            axis = next((a for a in grid if keys_overlap(key, a)), None)
-            if axis is not None:
-                raise UserError(f"config key '{name}.set.{key}': {axis} is a grid axis (its values come from the grid); "
-                                "set keys that are no axes")
-        if not any(_matches(point, entry["when"]) for point in all_points):
-            axes = "; ".join(f"{k}: {grid[k]}" for k in entry["when"])
-            raise UserError(f"config key '{name}.when': {entry['when']} matches no point of the grid ({axes})")
+        _check_where_entry(grid, entry, f"sweep.where[{i}]", all_points)
     for point in all_points:
         point_sets(point, where)
+
+
+def _check_where_entry(grid: dict[str, list], entry: dict, name: str, all_points: list[Point]) -> None:
+    for key in entry["when"]:
+        if key not in grid:
+            raise UserError(f"config key '{name}.when.{key}': not a grid axis; `when` names grid axes "
+                            f"({', '.join(grid) or 'none'})")
+    for key in entry["set"]:
+        axis = next((a for a in grid if keys_overlap(key, a)), None)
+        if axis is not None:
+            raise UserError(f"config key '{name}.set.{key}': {axis} is a grid axis (its values come from the grid); "
+                            "set keys that are no axes")
+    if not any(_matches(point, entry["when"]) for point in all_points):
+        axes = "; ".join(f"{k}: {grid[k]}" for k in entry["when"])
+        raise UserError(f"config key '{name}.when': {entry['when']} matches no point of the grid ({axes})")
 
 
 def _matches(point: Point, when: dict) -> bool:

@@ -26,13 +26,13 @@ def test_ep_yaml_spells_out_the_ep_defaults():
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_ready_experiments_are_valid_sweeps(path):
-    """Every point of every ready experiment builds a valid config."""
+    """Every point of every ready experiment, with its `where` overrides, builds a valid config."""
     from bioprop_cli.config import read_yaml
-    from bioprop_cli.sweep.grid import AXES, point_config, points
+    from bioprop_cli.sweep.grid import check_points, check_where, points, read_sweep_section
 
     section = read_yaml(path)["sweep"]
-    grid = {AXES[k][0] if k in AXES else k: v for k, v in section["grid"].items()}
+    grid, where, _ = read_sweep_section(section)
     base = to_dict(load_config(path))
-    for point in points(grid):
-        point_config(base, point, 0)
+    check_where(grid, where, points(grid))
+    check_points(base, points(grid), 0, where)
     assert section["seeds"] >= 1

@@ -52,7 +52,7 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     and the run flags; conflicting sources are a UserError. `where` is checked against the final
     grid by run_sweep."""
     from bioprop_cli.config import keys_overlap, parse_override, read_yaml
-    from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section
+    from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section, check_where, points
 
     section = read_yaml(config).get("sweep") if config is not None else None
     file_grid, where, file_seeds = read_sweep_section(section)
@@ -66,6 +66,8 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     grid = {**file_grid, **grid}
     if not grid and axis is None:
         raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
+    for i in check_where(grid, where, points(grid)):
+        console.print(f"sweep.where[{i}] ({where[i]['when']}) matches no point of this grid: not applied", soft_wrap=True)
     fixed = {FLAG_KEYS[name]: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None}
     fixed.update({parse_override(text)[0]: f"--set {text}" for text in sets})
     for key in grid:

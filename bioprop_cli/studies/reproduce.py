@@ -80,7 +80,7 @@ class Preset:
 
 def load_preset(name: str, folder: Path = PAPERS) -> Preset:
     """The preset's paper section, checked strictly (a bad key is a UserError naming it)."""
-    from bioprop_cli.sweep.grid import axis_key, check_where, points, read_sweep_section
+    from bioprop_cli.sweep.grid import axis_key, check_where, points, read_sweep_section, require_matches
 
     path = preset_path(name, folder)
     tree = read_yaml(path)
@@ -99,6 +99,7 @@ def load_preset(name: str, folder: Path = PAPERS) -> Preset:
                             f"got {entry.get('quantity')!r}")
     grid, where, seeds = read_sweep_section(tree.get("sweep"))
     check_where(grid, where, points(grid))
+    require_matches(grid, where)
     for i, entry in enumerate(published):
         named = {axis_key(str(k)) for k in (entry.get("where") or {})}
         if named != set(grid):  # each number belongs to one grid point

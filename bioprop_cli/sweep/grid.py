@@ -199,28 +199,41 @@ def points(grid: dict[str, list]) -> list[Point]:
     return [Point(tuple(zip(keys, combo))) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def check_where(grid: dict[str, list], where: list[dict], all_points: list[Point]) -> None:
-    """The entries of `where` against the final grid: `when` names grid axes only, `set` none, every
-    entry matches a point, and no two entries set one key of a point."""
+def check_where(grid: dict[str, list], where: list[dict], all_points: list[Point]) -> list[int]:
+    """The entries of `where` against the final grid: `when` names grid axes only, `set` none, and
+    no two entries set one key of a point. Returns the entries that match no point (the command
+    line may have narrowed an axis: not applied, not an error; see require_matches)."""
     for i, entry in enumerate(where):
-        _check_where_entry(grid, entry, f"sweep.where[{i}]", all_points)
+        _check_where_entry(grid, entry, f"sweep.where[{i}]")
     for point in all_points:
         point_sets(point, where)
+    return [i for i, entry in enumerate(where) if not any(_matches(point, entry["when"]) for point in all_points)]
 
 
-def _check_where_entry(grid: dict[str, list], entry: dict, name: str, all_points: list[Point]) -> None:
-    for key in entry["when"]:
+def require_matches(grid: dict[str, list], where: list[dict]) -> None:
+    """Every entry of `where` matches a point of `grid` (a grid no command line changes: a reproduce
+    preset's)."""
+    all_points = points(grid)
+    for i, entry in enumerate(where):
+        if not any(_matches(p, entry["when"]) for p in all_points):
+            axes = "; ".join(f"{k}: {grid[k]}" for k in entry["when"])
+            raise UserError(f"config key 'sweep.where[{i}].when': {entry['when']} matches no point of the grid ({axes})")
+
+
+def _check_where_entry(grid: dict[str, list], entry: dict, name: str) -> None:
+    for key, value in entry["when"].items():
         if key not in grid:
             raise UserError(f"config key '{name}.when.{key}': not a grid axis; `when` names grid axes "
                             f"({', '.join(grid) or 'none'})")
+        try:
+            load_config(None, [(key, value)])  # a value no config can take is a typo, not a point left out
+        except UserError as e:
+            raise UserError(f"config key '{name}.when.{key}': {e}") from None
     for key in entry["set"]:
         axis = next((a for a in grid if keys_overlap(key, a)), None)
         if axis is not None:
             raise UserError(f"config key '{name}.set.{key}': {axis} is a grid axis (its values come from the grid); "
                             "set keys that are no axes")
-    if not any(_matches(point, entry["when"]) for point in all_points):
-        axes = "; ".join(f"{k}: {grid[k]}" for k in entry["when"])
-        raise UserError(f"config key '{name}.when': {entry['when']} matches no point of the grid ({axes})")
 
 
 def _matches(point: Point, when: dict) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from bioprop_cli.config import load_config
 from bioprop_cli.models.arch import dense
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 
@@ -71,7 +71,7 @@ def _their_update(weights, biases, x, y, beta, eps, t1, t2):
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_their_step_at_beta_and_alpha_is_ours_at_twice_both(sign):
     with float64():
-        params = init_params(jax.random.PRNGKey(0), SIZES, "glorot_uniform", 1.0)
+        params = init_params(jax.random.PRNGKey(0), dense(SIZES), "glorot_uniform", 1.0)
         params = [{"w": p["w"].astype(jnp.float64) * 3.0, "b": p["b"].astype(jnp.float64) + 0.1} for p in params]
         kx, ky = jax.random.split(jax.random.PRNGKey(1))
         x = jax.random.uniform(kx, (7, SIZES[0]), jnp.float64)

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from bioprop_cli.cli import app
 from bioprop_cli.metrics.jtranspose import asymmetric_networks, fixed_point_function
 from bioprop_cli.models.energy import RHOS, input_drive, step, zero_states
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.arch import dense
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.runs import read_jsonl
 
@@ -19,7 +20,7 @@ def test_implicit_vjp_of_the_fixed_point_is_the_vjp_through_converged_settling()
     """J^T e by implicit differentiation (custom_vjp) = jax.vjp through 300 unrolled settling steps."""
     with float64():
         sizes = (6, 5, 4, 3)
-        params = init_params(jax.random.PRNGKey(0), sizes, "glorot_uniform", 1.0)
+        params = init_params(jax.random.PRNGKey(0), dense(sizes), "glorot_uniform", 1.0)
         params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]
         params = asymmetric_networks(params, jax.random.PRNGKey(1), [60.0])[0][2]  # B != W^T
         x = jax.random.uniform(jax.random.PRNGKey(2), (5, 6), jnp.float64)

@@ -29,7 +29,8 @@ from bioprop_cli.datasets import load_dataset
 from bioprop_cli.metrics.alignment import measure_alignment
 from bioprop_cli.rules.base import model_functions
 from bioprop_cli.splits import make_splits
-from bioprop_cli.studies.beta import fit_slopes, fixed_network, make_batch_estimates
+from bioprop_cli.studies.beta import fit_slopes, make_batch_estimates
+from bioprop_cli.studies.seeds import fixed_network
 from bioprop_cli.train import build_program
 
 PRECISIONS = ("default", "highest", "as_measured")

@@ -16,7 +16,7 @@ from bioprop_cli.ep import (
     spectral_radius,
 )
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, settle, step
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 from bioprop_cli.metrics.measure import make_measure
@@ -25,7 +25,7 @@ SIZES = (6, 5, 4, 3)  # input, two hidden layers, output
 
 
 def _problem(dtype=jnp.float32, scale=1.0, seed=0, batch=7):
-    params = init_params(jax.random.PRNGKey(seed), SIZES, "glorot_uniform", scale)
+    params = init_params(jax.random.PRNGKey(seed), dense(SIZES), "glorot_uniform", scale)
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
     params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]  # nonzero biases: all terms matter
     kx, ky = jax.random.split(jax.random.PRNGKey(seed + 100))

@@ -13,7 +13,7 @@ from bioprop_cli import ep as eqprop
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.models import conv_energy
-from bioprop_cli.models.arch import Architecture, Dense, Layer, Pool, stack
+from bioprop_cli.models.arch import Architecture, Dense, Layer, Pool, dense, stack
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, step
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
@@ -217,9 +217,7 @@ def test_the_conv_path_on_dense_layers_is_the_mlp_path():
 
 def test_mlp_estimate_is_pinned():
     """The MLP's numbers did not move when the conv energy came in (values of the code before it)."""
-    from bioprop_cli.models.mlp import init_params as mlp_init
-
-    params = mlp_init(jax.random.PRNGKey(0), (6, 5, 4, 3), "glorot_uniform", 1.0)
+    params = init_params(jax.random.PRNGKey(0), dense((6, 5, 4, 3)), "glorot_uniform", 1.0)
     params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]
     kx, ky = jax.random.split(jax.random.PRNGKey(100))
     x = jax.random.uniform(kx, (7, 6))

@@ -10,7 +10,7 @@ import pytest
 from bioprop_cli.models.arch import dense
 from bioprop_cli.config import load_config
 from bioprop_cli.studies.conditions import run as measure_conditions
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import make_rule
 from bioprop_cli.metrics.measure import make_measure
 from tests.conftest import make_fake_dataset
@@ -20,7 +20,7 @@ TINY_DATA = [("data.train_limit", 300), ("data.validation_size", 60), ("data.tes
 
 
 def _problem(batch=7):
-    params = init_params(jax.random.PRNGKey(0), SIZES, "glorot_uniform", 1.0)
+    params = init_params(jax.random.PRNGKey(0), dense(SIZES), "glorot_uniform", 1.0)
     params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]
     kx, ky = jax.random.split(jax.random.PRNGKey(100))
     x = jax.random.uniform(kx, (batch, SIZES[0]))

@@ -15,7 +15,7 @@ from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.ep import bptt_gradient, free_fixed_point, implicit_gradient
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, hard_sigmoid, input_drive, step
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 
@@ -23,7 +23,7 @@ SIZES = (6, 5, 4, 3)  # input, two hidden layers of the dynamics, the readout's 
 
 
 def _problem(dtype=jnp.float32, scale=1.0, seed=0, batch=7):
-    params = init_params(jax.random.PRNGKey(seed), SIZES, "glorot_uniform", scale)
+    params = init_params(jax.random.PRNGKey(seed), dense(SIZES), "glorot_uniform", scale)
     params = [{"w": p["w"].astype(dtype), "b": p["b"].astype(dtype) + 0.1} for p in params]
     kx, ky = jax.random.split(jax.random.PRNGKey(seed + 100))
     x = jax.random.uniform(kx, (batch, SIZES[0]), dtype)

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from bioprop_cli.cli import app
 from bioprop_cli.metrics.jtranspose import asymmetric_networks, fixed_point_function
 from bioprop_cli.models.energy import RHOS, input_drive, step, zero_states
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.arch import dense
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.runs import read_jsonl
 
@@ -19,7 +20,7 @@ def test_implicit_vjp_of_the_fixed_point_is_the_vjp_through_converged_settling()
     """J^T e by implicit differentiation (custom_vjp) = jax.vjp through 300 unrolled settling steps."""
     with float64():
         sizes = (6, 5, 4, 3)
-        params = init_params(jax.random.PRNGKey(0), sizes, "glorot_uniform", 1.0)
+        params = init_params(jax.random.PRNGKey(0), dense(sizes), "glorot_uniform", 1.0)
         params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]
         params = asymmetric_networks(params, jax.random.PRNGKey(1), [60.0])[0][2]  # B != W^T
         x = jax.random.uniform(jax.random.PRNGKey(2), (5, 6), jnp.float64)
@@ -93,3 +94,18 @@ def test_x64_measures_the_float32_network_cast(tmp_path, mnist_dir):
         rows = read_jsonl(out / "jtranspose.jsonl")
         norms[bool(flag)] = [r["reference_norm"] for r in rows if r["feedback"] == "symmetric"]
     np.testing.assert_allclose(norms[True], norms[False], rtol=1e-3)  # |J^T e| per layer: a property of the weights
+
+
+def test_a_conv_net_gets_one_line_instead_of_an_empty_asymmetric_table(tmp_path, mnist_dir):
+    """Conv EP has only symmetric feedback: no asymmetric networks are measured, and the output says so."""
+    out = tmp_path / "jt"
+    args = ["jtranspose", "--set", "model.arch=cnn", "--set", "model.cnn.channels=[2,2]", "--batch", "2",
+            "--betas", "0.1", "--max-steps", "20", "--data-dir", mnist_dir, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert {r["feedback"] for r in read_jsonl(out / "jtranspose.jsonl")} == {"symmetric"}
+    line = "no asymmetric table: conv EP has only symmetric feedback (ep.feedback symmetric"
+    for text in (result.output, (out / "table.txt").read_text()):
+        text = " ".join(text.split())  # not the terminal's line breaks
+        assert "symmetric feedback (B = W^T)" in text and line in text
+        assert "feedback B != W^T" not in text

@@ -8,12 +8,12 @@ import optax
 
 from bioprop_cli.config import load_config
 from bioprop_cli.models.arch import dense
-from bioprop_cli.models.mlp import init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.optim import make_optimizer
 from bioprop_cli.rules import make_rule
 
 LR, DECAY, MU = 0.05, 0.1, 0.9
-SIZES = layer_sizes(7, 1, 5, 4)
+SIZES = (7, 5, 4)
 
 
 def test_kp_momentum_gap_is_a_damped_oscillation_not_a_constant_factor():
@@ -22,7 +22,7 @@ def test_kp_momentum_gap_is_a_damped_oscillation_not_a_constant_factor():
                                     ("optimizer.momentum", MU), ("optimizer.lr", LR),
                                     ("optimizer.schedule.name", "constant")])
     kp = make_rule(config, dense(SIZES))
-    params = kp.init_params(jax.random.PRNGKey(1), init_params(jax.random.PRNGKey(0), SIZES, "lecun_normal", 1.0))
+    params = kp.init_params(jax.random.PRNGKey(1), init_params(jax.random.PRNGKey(0), dense(SIZES), "lecun_normal", 1.0))
     opt = make_optimizer(config.optimizer, 10, 1)
     x = jax.random.normal(jax.random.PRNGKey(2), (16, SIZES[0]))
     y = jax.nn.one_hot(jnp.arange(16) % SIZES[-1], SIZES[-1])

@@ -1,5 +1,7 @@
 """The layer primitives against independent references: numpy loops for convolution and pooling,
-and the MLP's own initialisation for dense layers."""
+the initial dense weights drawn by hand with jax.random."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,6 @@ import pytest
 
 from bioprop_cli.models import arch as archs
 from bioprop_cli.models.layers import init_params, pool, pre_activation
-from bioprop_cli.models.mlp import init_params as mlp_init_params
 
 
 def conv_reference(x, w, b, stride, padding):
@@ -48,12 +49,21 @@ def test_pooling_matches_loops(kind):
             np.testing.assert_allclose(out[:, i, j], reduce(x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2], axis=(1, 2)), rtol=1e-6)
 
 
-def test_dense_init_is_the_mlps():
-    a = archs.mlp((28, 28, 1), 2, 16, 10)
-    key = jax.random.PRNGKey(3)
-    for ours, theirs in zip(init_params(key, a, "glorot_uniform", 1.3), mlp_init_params(key, a.sizes, "glorot_uniform", 1.3)):
-        np.testing.assert_array_equal(ours["w"], theirs["w"])
-        np.testing.assert_array_equal(ours["b"], theirs["b"])
+@pytest.mark.parametrize("scheme", ["glorot_uniform", "he_normal"])
+def test_dense_init_is_the_variance_scaling_draw(scheme):
+    """One key per layer split from the key; W_l ~ U(-sqrt(3) std, sqrt(3) std) or std N(0, 1) with
+    std = scale sqrt(2 / (fan_in + fan_out)) (glorot) or scale sqrt(2 / fan_in) (he); zero biases."""
+    sizes, scale, key = (5, 4, 3), 1.3, jax.random.PRNGKey(3)
+    params = init_params(key, archs.dense(sizes), scheme, scale)
+    keys = jax.random.split(key, 2)
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if scheme == "glorot_uniform":
+            limit = math.sqrt(3.0) * scale * math.sqrt(2.0 / (fan_in + fan_out))
+            want = jax.random.uniform(keys[l], (fan_in, fan_out), minval=-limit, maxval=limit)
+        else:
+            want = scale * math.sqrt(2.0 / fan_in) * jax.random.normal(keys[l], (fan_in, fan_out))
+        np.testing.assert_allclose(params[l]["w"], want, rtol=1e-6)
+        np.testing.assert_array_equal(params[l]["b"], np.zeros(fan_out))
 
 
 def test_lenet_shapes_and_conv_init_std():

@@ -17,7 +17,8 @@ from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.optim import make_optimizer
 from bioprop_cli.models.arch import dense
 from bioprop_cli.rules import make_rule
@@ -25,7 +26,7 @@ from bioprop_cli.rules.feedback_alignment import random_feedback
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
 
-SIZES = layer_sizes(7, 2, 5, 4)  # 7 -> 5 -> 5 -> 4: two feedback matrices, B_1 (5x5) and B_2 (4x5)
+SIZES = (7, 5, 5, 4)  # 7 -> 5 -> 5 -> 4: two feedback matrices, B_1 (5x5) and B_2 (4x5)
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
 
 
@@ -42,7 +43,7 @@ def _batch(n=6, n_in=7, n_out=4, seed=1):
 def _setup(rule, *overrides, seed=0, sizes=SIZES):
     config = _config(rule, *overrides)
     r = make_rule(config, dense(sizes))
-    params = init_params(jax.random.PRNGKey(seed), sizes, "lecun_normal", 1.0)
+    params = init_params(jax.random.PRNGKey(seed), dense(sizes), "lecun_normal", 1.0)
     params = r.init_params(jax.random.PRNGKey(seed + 100), params)
     return config, r, params, r.init(jax.random.PRNGKey(seed + 200), params)
 

@@ -8,7 +8,8 @@ import pytest
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.alignment import exact_gradients, measure_alignment
 from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.models.arch import dense
 from bioprop_cli.rules import make_rule
 
@@ -48,12 +49,12 @@ def test_norm_ratio():
     assert float(norm_ratio(jnp.array([3.0, 4.0]), jnp.array([[1.0, 0.0], [0.0, 0.0]]))) == pytest.approx(5.0)
 
 
-SIZES = layer_sizes(9, 3, 6, 10)
+SIZES = (9, 6, 6, 6, 10)
 
 
 def _setup(rule, seed=0):
     config = load_config(overrides=[("rule", rule)])
-    params = init_params(jax.random.PRNGKey(seed), SIZES, "lecun_normal", 1.0)
+    params = init_params(jax.random.PRNGKey(seed), dense(SIZES), "lecun_normal", 1.0)
     r = make_rule(config, dense(SIZES))
     kx, ky = jax.random.split(jax.random.PRNGKey(seed + 1))
     x = jax.random.normal(kx, (16, 9))

@@ -13,7 +13,8 @@ from bioprop_cli.models.arch import dense
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.predictive_coding import Network, energy, node_gradients
@@ -25,8 +26,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _setup(depth=2, n_in=5, width=8, n_out=3, batch=4, seed=0):
-    sizes = layer_sizes(n_in, depth, width, n_out)
-    params = init_params(jax.random.PRNGKey(seed), sizes, "lecun_normal", 1.0)
+    sizes = (n_in,) + (width,) * depth + (n_out,)
+    params = init_params(jax.random.PRNGKey(seed), dense(sizes), "lecun_normal", 1.0)
     kx, ky = jax.random.split(jax.random.PRNGKey(seed + 1))
     x = jax.random.normal(kx, (batch, n_in))
     y = jax.nn.one_hot(jax.random.randint(ky, (batch,), 0, n_out), n_out)

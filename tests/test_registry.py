@@ -6,7 +6,7 @@ import pytest
 from bioprop_cli import rules
 from bioprop_cli.config import load_config
 from bioprop_cli.models.arch import dense
-from bioprop_cli.models.mlp import init_params
+from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import ENERGY, FEEDFORWARD, RULES, available_rules, flops, make_rule
 from bioprop_cli.rules.base import transport_path
 from test_train import run, small_config
@@ -40,7 +40,7 @@ def test_the_recorded_feedback_path_is_the_rules_own(name):
     sizes = (4, 3, 3, 5)
     rule = make_rule(config, dense(sizes))
     key = jax.random.PRNGKey(0)
-    params = init_params(key, sizes, config.model.init.scheme, config.model.init.scale)
+    params = init_params(key, dense(sizes), config.model.init.scheme, config.model.init.scale)
     if rule.init_params is not None:
         params = rule.init_params(key, params)
     feedback = rule.feedback(params, rule.init(key, params), key)

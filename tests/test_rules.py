@@ -7,12 +7,13 @@ import pytest
 
 from bioprop_cli.config import load_config
 from bioprop_cli.models.arch import dense
-from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward, init_params, layer_sizes
+from bioprop_cli.models.layers import init_params
+from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.rules import available_rules, make_rule
 from bioprop_cli.rules.base import chain_deltas, feedback_rule, weight_gradients
 
 jax.config.update("jax_enable_x64", False)
-SIZES = layer_sizes(7, 3, 5, 10)  # 7 -> 5 -> 5 -> 5 -> 10
+SIZES = (7, 5, 5, 5, 10)  # 7 -> 5 -> 5 -> 5 -> 10
 
 
 def _config(rule, **model):
@@ -28,7 +29,7 @@ def _batch(n=6, n_in=7, seed=1):
 
 
 def _params(sizes=SIZES, seed=0):
-    return init_params(jax.random.PRNGKey(seed), sizes, "lecun_normal", 1.0)
+    return init_params(jax.random.PRNGKey(seed), dense(sizes), "lecun_normal", 1.0)
 
 
 def _close(a, b, tol=1e-5):
@@ -93,7 +94,7 @@ def test_fa_uses_its_fixed_random_matrices():
 
 
 def test_fa_feedback_statistics_follow_the_config():
-    sizes = layer_sizes(300, 2, 400, 10)
+    sizes = (300, 400, 400, 10)
     params = _params(sizes)
     for dist in ("normal", "uniform"):
         cfg = load_config(overrides=[("rule", "fa"), ("feedback.distribution", dist), ("feedback.scale", 2.0)])
@@ -104,7 +105,7 @@ def test_fa_feedback_statistics_follow_the_config():
 
 
 def test_dfa_on_one_hidden_layer_is_the_closed_form():
-    sizes = layer_sizes(7, 1, 5, 10)
+    sizes = (7, 5, 10)
     params, (x, y) = _params(sizes), _batch()
     dfa = make_rule(_config("dfa", depth=1), dense(sizes))
     (d,) = dfa.init(jax.random.PRNGKey(4), params)
@@ -247,7 +248,7 @@ def test_brsf_fast_uniform_is_uniform_and_independent_across_steps():
 def test_brsf_magnitudes_have_the_second_moment_of_w(distribution):
     from bioprop_cli.rules.sign_symmetric import redrawn_magnitudes
 
-    sizes = layer_sizes(300, 2, 400, 10)
+    sizes = (300, 400, 400, 10)
     cfg = load_config(overrides=[("rule", "brsf"), ("feedback.distribution", distribution)])
     m = np.asarray(redrawn_magnitudes(jax.random.PRNGKey(0), cfg, dense(sizes))[1])
     std = 1 / np.sqrt(400)  # lecun std of W_1 (fan-in 400)

@@ -52,8 +52,8 @@ def pool(p: Pool | None, h: jax.Array) -> jax.Array:
 
 def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float) -> list:
     """[{"w", "b"}] per layer: weights from the variance-scaling scheme (std = scale * scheme(fan_in,
-    fan_out), the fans of a kernel being k^2 C_in and k^2 C_out), zero biases. For an MLP these are
-    exactly the draws of models.mlp.init_params (same keys, same shapes)."""
+    fan_out), the fans of a kernel being k^2 C_in and k^2 C_out), zero biases. One key per layer,
+    split from `key`."""
     distribution = scheme.split("_")[1]
     keys = jax.random.split(key, len(arch.layers))
     return [

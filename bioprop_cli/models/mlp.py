@@ -71,10 +71,6 @@ INIT_STD: dict[str, Callable[[int, int], float]] = {
 }
 
 
-def layer_sizes(n_in: int, depth: int, width: int, n_out: int) -> tuple[int, ...]:
-    return (n_in,) + (width,) * depth + (n_out,)
-
-
 def init_std(scheme: str, scale: float, fan_in: int, fan_out: int) -> float:
     family = scheme.split("_")[0]
     return scale * INIT_STD[family](fan_in, fan_out)
@@ -86,19 +82,6 @@ def sample(key: jax.Array, shape: tuple[int, ...], std: float, distribution: str
         return std * jax.random.normal(key, shape)
     limit = math.sqrt(3.0) * std
     return jax.random.uniform(key, shape, minval=-limit, maxval=limit)
-
-
-def init_params(key: jax.Array, sizes: tuple[int, ...], scheme: str, scale: float) -> Params:
-    """Weights from the variance-scaling scheme (std = scale * scheme(fan_in, fan_out)); zero biases."""
-    distribution = scheme.split("_")[1]
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        {
-            "w": sample(k, (n_in, n_out), init_std(scheme, scale, n_in, n_out), distribution),
-            "b": jnp.zeros((n_out,)),
-        }
-        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:])
-    ]
 
 
 class Forward(NamedTuple):

@@ -21,8 +21,9 @@ def _fmt(v) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
 
-def jtranspose_tables(records: list[dict], asym_beta: float, title: str) -> list[Table]:
-    """`bioprop jtranspose`: the symmetric network over beta, then the asymmetric ones at asym_beta."""
+def jtranspose_tables(records: list[dict], asym_beta: float, title: str) -> list[Table | str]:
+    """`bioprop jtranspose`: the symmetric network over beta, then the asymmetric ones at asym_beta (a conv
+    net has none, metrics/jtranspose.run_jtranspose: one line says why)."""
     layers = sorted({r["layer"]: r["layer_name"] for r in records}.items())
     settled = lambda rs: max(max(r["free_residual"], r["nudged_residual"]) for r in rs)
     sym = Table(title=f"symmetric feedback (B = W^T): angle(shift, -J^T e) in degrees / relative error, per layer — {title}")
@@ -32,6 +33,9 @@ def jtranspose_tables(records: list[dict], asym_beta: float, title: str) -> list
     for beta in sorted({r["beta"] for r in records}):
         row = {r["layer"]: r for r in records if r["feedback"] == "symmetric" and r["beta"] == beta}
         sym.add_row(f"{beta:g}", *(f"{_fmt(row[k]['angle'])}° / {row[k]['rel_error']:.2g}" for k, _ in layers))
+    if all(r["feedback"] == "symmetric" for r in records):
+        return [sym, "no asymmetric table: conv EP has only symmetric feedback (ep.feedback symmetric: errors go back "
+                     "through the transposed convolution of W)"]
     asym = Table(title=f"feedback B != W^T at beta = {asym_beta:g}: angle(shift, -J^T e) in degrees / relative error")
     asym.add_column("feedback", justify="left")
     asym.add_column("angle(B, W^T)", justify="right")

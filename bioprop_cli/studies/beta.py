@@ -15,7 +15,6 @@ under the nudge) add an O(beta) error to every estimator.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -29,11 +28,12 @@ from bioprop_cli.config import Config
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.arch import label
-from bioprop_cli.precision import cast_floats, float64, full_float32
+from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
 from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl, run_id, write_json
-from bioprop_cli.splits import derive_keys, make_splits
-from bioprop_cli.train import build_program, train_group
+from bioprop_cli.splits import derive_keys
+from bioprop_cli.studies.seeds import measure_seeds
+from bioprop_cli.train import train_group
 
 ESTIMATORS = eqprop.ESTIMATORS
 
@@ -82,22 +82,10 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
 
 
-def fixed_network(config: Config, splits, seed: int, train_epochs: int):
-    """The network the sweep measures: initialised from `seed`, then trained `train_epochs` epochs;
-    (params, rule state)."""
-    config = replace(config, alignment=replace(config.alignment, enabled=False))
-    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1])
-    keys = derive_keys(seed)
-    state = program.init(seed)
-    for epoch in range(train_epochs):
-        state, _ = program.epoch(state, splits.x_train, splits.y_train, splits.x_train[:1], splits.y_train[:1], keys, epoch)
-    return state.params, state.rule_state
-
-
 def seed_statistics(config: Config, splits, seed: int, params, betas: list[float], estimators, n_batches: int,
                     dtype, rule_state=()) -> dict:
     """Per (estimator, beta): sums over this seed's batches, to be pooled across seeds. `rule_state`:
-    the rule's state (ep's fixed feedback; fixed_network gives it)."""
+    the rule's state (ep's fixed feedback; studies/seeds.fixed_network gives it)."""
     params = cast_floats(params, dtype)
     if isinstance(rule_state, dict):  # only the fixed feedback is used: not ep's persistent particles
         rule_state = {k: v for k, v in rule_state.items() if k != "particles"}
@@ -190,24 +178,18 @@ def run(config: Config, dataset, betas: list[float], estimators, n_batches: int,
     """The sweep: per seed, the network (trained in float32 if asked), then the estimates of every
     estimator and beta on `n_batches` batches (in float64 when `x64`); the rows pooled over the seeds,
     the slopes, the summary and the figure's title."""
-    splits = make_splits(config, dataset)
-    per_seed = []
-    for seed in seeds:
-        progress(f"seed {seed}: network")
-        params, rule_state = fixed_network(config, splits, seed, train_epochs)
-        progress(f"seed {seed}: estimates")
-        with float64() if x64 else nullcontext():
-            dtype = jnp.float64 if x64 else jnp.float32
-            per_seed.append(seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype,
-                                            rule_state))
-    rows = summarise(per_seed, betas, estimators)
+    def measure(splits, seed, params, rule_state, dtype):
+        return seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype, rule_state)
+
+    statistics = measure_seeds(config, dataset, seeds, train_epochs, x64, measure, progress)
+    rows = summarise(statistics, betas, estimators)
     slopes = fit_slopes(rows)
     precision = "float64" if x64 else "float32"
     summary = {
         "precision": precision,
         "slopes": slopes,
         "slope_summary": slope_sentence(slopes),
-        "max_free_residual": max(s["free_residual"] for s in per_seed),
+        "max_free_residual": max(s["free_residual"] for s in statistics),
         "seeds": seeds,
         "batches_per_seed": n_batches,
         "train_epochs": train_epochs,

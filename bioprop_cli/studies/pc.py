@@ -15,7 +15,6 @@ it the floor that unconverged inference and rounding leave takes over), is about
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -27,14 +26,14 @@ import numpy as np
 from bioprop_cli.config import Config
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
-from bioprop_cli.precision import cast_floats, float64, full_float32
+from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_pc_sweep
 from bioprop_cli.models.arch import Architecture, dense
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.base import model_functions
 from bioprop_cli.runs import append_jsonl, write_json
-from bioprop_cli.splits import derive_keys, make_splits
-from bioprop_cli.studies.beta import fixed_network
+from bioprop_cli.splits import derive_keys
+from bioprop_cli.studies.seeds import measure_seeds
 
 METRICS = ("update_angle", "update_rel_error")
 
@@ -139,18 +138,14 @@ def run(config: Config, dataset, gammas: list[float], steps_list: list[int], see
     batches (in float64 when `x64`); the rows pooled over the seeds, the slope, the summary and the
     figure's title."""
     gammas, steps_list = sorted(gammas), sorted(steps_list)
-    splits = make_splits(config, dataset)
-    per_seed = []
-    for seed in seeds:
-        progress(f"seed {seed}: network")
-        params, _ = fixed_network(config, splits, seed, train_epochs)
-        progress(f"seed {seed}: measuring")
-        with float64() if x64 else nullcontext():
-            per_seed.append(seed_measurements(config, splits, seed, params, gammas, steps_list, n_batches,
-                                              jnp.float64 if x64 else jnp.float32))
+
+    def measure(splits, seed, params, rule_state, dtype):
+        return seed_measurements(config, splits, seed, params, gammas, steps_list, n_batches, dtype)
+
+    measured = measure_seeds(config, dataset, seeds, train_epochs, x64, measure, progress)
     converged, small = max(steps_list), min(gammas)
-    rows = (summarise(per_seed, "gamma", gammas, {"inference_steps": converged})
-            + summarise(per_seed, "steps", steps_list, {"gamma": small}))
+    rows = (summarise(measured, "gamma", gammas, {"inference_steps": converged})
+            + summarise(measured, "steps", steps_list, {"gamma": small}))
     fit = fit_gamma_slope([r for r in rows if r["sweep"] == "gamma"])
     precision = "float64" if x64 else "float32"
     summary = {

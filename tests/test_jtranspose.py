@@ -109,3 +109,7 @@ def test_a_conv_net_gets_one_line_instead_of_an_empty_asymmetric_table(tmp_path,
         text = " ".join(text.split())  # not the terminal's line breaks
         assert "symmetric feedback (B = W^T)" in text and line in text
         assert "feedback B != W^T" not in text
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(out / "jtranspose.png").shape[:2]
+    assert width < 1.5 * height  # one panel (the symmetric one), no empty asymmetric panel beside it

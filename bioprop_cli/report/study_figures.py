@@ -88,36 +88,45 @@ def plot_condition_knob(rows: list[dict], baseline: dict, path, title: str, xlab
 
 
 def plot_jtranspose(records: list[dict], path, asym_beta: float, title: str) -> None:
-    """Two panels: angle against beta per layer (symmetric feedback); angle against the asymmetry
-    angle a per layer at beta = asym_beta, sign feedback as marked points at its W-to-B angle (`bioprop jtranspose`)."""
+    """Angle against beta per layer (symmetric feedback); where asymmetric networks were measured
+    (not on conv nets), a second panel: angle against the asymmetry angle a per layer at beta =
+    asym_beta, sign feedback as marked points at its W-to-B angle (`bioprop jtranspose`)."""
     layers = sorted({r["layer"] for r in records})
     names = {r["layer"]: r["layer_name"] for r in records}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    asymmetric = any(r["feedback"] != "symmetric" for r in records)
+    fig, axes = plt.subplots(1, 2 if asymmetric else 1, figsize=(11 if asymmetric else 5.5, 4.5), squeeze=False)
+    left = axes[0, 0]
     for c, k in enumerate(layers):
         rs = sorted((r for r in records if r["feedback"] == "symmetric" and r["layer"] == k), key=lambda r: r["beta"])
         left.plot([r["beta"] for r in rs], [r["angle"] for r in rs], marker="o", color=f"C{c}", label=names[k])
-        mixed = sorted((r for r in records if r["feedback"] == "mixed" and r["layer"] == k and r["beta"] == asym_beta),
-                       key=lambda r: r["asymmetry_deg"])
-        right.plot([r["asymmetry_deg"] for r in mixed], [r["angle"] for r in mixed], marker="o", color=f"C{c}",
-                   label=f"{names[k]}, mixed")
-        sign = [r for r in records if r["feedback"] == "sign" and r["layer"] == k and r["beta"] == asym_beta]
-        right.plot([r["asymmetry_deg"] for r in sign], [r["angle"] for r in sign], marker="*", ms=14, ls="none",
-                   color=f"C{c}", markeredgecolor="black", label=f"{names[k]}, sign(W^T)")
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("beta")
     left.set_ylabel("angle(shift, -J^T e) (degrees)")
     left.set_title("symmetric feedback B = W^T")
-    right.set_xlabel("asymmetry: angle(B_l, W_l^T) (degrees)")
-    right.set_ylabel("angle(shift, -J^T e) (degrees)")
-    right.set_title(f"B = cos(a) W^T + sin(a) R, and sign(W^T); beta = {asym_beta:g}")
-    for ax in (left, right):
+    if asymmetric:
+        _plot_asymmetric(axes[0, 1], records, layers, names, asym_beta)
+    for ax in axes[0]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_asymmetric(ax, records: list[dict], layers: list, names: dict, asym_beta: float) -> None:
+    for c, k in enumerate(layers):
+        mixed = sorted((r for r in records if r["feedback"] == "mixed" and r["layer"] == k and r["beta"] == asym_beta),
+                       key=lambda r: r["asymmetry_deg"])
+        ax.plot([r["asymmetry_deg"] for r in mixed], [r["angle"] for r in mixed], marker="o", color=f"C{c}",
+                label=f"{names[k]}, mixed")
+        sign = [r for r in records if r["feedback"] == "sign" and r["layer"] == k and r["beta"] == asym_beta]
+        ax.plot([r["asymmetry_deg"] for r in sign], [r["angle"] for r in sign], marker="*", ms=14, ls="none",
+                color=f"C{c}", markeredgecolor="black", label=f"{names[k]}, sign(W^T)")
+    ax.set_xlabel("asymmetry: angle(B_l, W_l^T) (degrees)")
+    ax.set_ylabel("angle(shift, -J^T e) (degrees)")
+    ax.set_title(f"B = cos(a) W^T + sin(a) R, and sign(W^T); beta = {asym_beta:g}")
 
 
 def plot_pc_sweep(rows: list[dict], summary: dict, path, title: str) -> None:

@@ -78,14 +78,14 @@ def test_axis_command_with_values_and_a_failing_point(tmp_path, mnist_dir):
 
 def test_sweep_section_of_a_config_file(tmp_path, mnist_dir):
     path = tmp_path / "exp.yaml"
-    path.write_text("rule: fa\nsweep:\n  grid:\n    width: [8, 16]\n  seeds: 2\n")
+    path.write_text("rule: fa\nsweep:\n  grid:\n    lr: [0.01, 0.1]\n  seeds: 2\n")  # one program: lr is batched
     assert load_config(path).rule == "fa"  # `bioprop train` ignores the sweep section
     result = CliRunner().invoke(app, ["sweep", "--config", str(path), "--results-dir", str(tmp_path / "out"),
                                       "--data-dir", mnist_dir, *SMALL[:-4], "--set", "alignment.enabled=false"])
     assert result.exit_code == 0, result.output
     (folder,) = (tmp_path / "out" / "default").iterdir()
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["grid"] == {"model.width": [8, 16]} and manifest["seeds"] == [0, 1]
+    assert manifest["grid"] == {"optimizer.lr": [0.01, 0.1]} and manifest["seeds"] == [0, 1]
     assert all(e["status"] == "completed" for e in manifest["runs"].values())
 
 

@@ -624,22 +624,17 @@ def train_losses(folder: Path) -> list[float]:
     return [m["train_loss"] for m in read_jsonl(folder / "metrics.jsonl")]
 
 
-def test_training_sees_augmented_batches(tmp_path):
-    dataset = fake_cifar()
-    plain = train(cifar_config(), dataset, writer(tmp_path / "plain"))
-    augmented = train(cifar_config(**{"data.augment": "crop_flip"}), dataset, writer(tmp_path / "aug"))
-    assert plain["status"] == augmented["status"] == "completed"
-    assert train_losses(tmp_path / "plain")[0] != train_losses(tmp_path / "aug")[0]
-
-
-def test_seeds_trained_together_augment_as_they_do_alone(tmp_path):
-    """vmapped over seeds, each run draws its augmentation from its own keys: its losses are those of its
-    run alone (to the rounding of batched matrix products)."""
+def test_training_sees_augmented_batches_and_seeds_trained_together_augment_as_they_do_alone(tmp_path):
+    """Augmentation changes the batches training sees; vmapped over seeds, each run draws its augmentation
+    from its own keys: its losses are those of its run alone (to the rounding of batched matrix products)."""
     dataset = fake_cifar()
     configs = [cifar_config(seed=s, **{"data.augment": "crop_flip", "data.normalization": "per_channel"})
                for s in (0, 1)]
     together = train_group(configs, dataset, [writer(tmp_path / f"run{s}") for s in (0, 1)])
-    train(configs[1], dataset, writer(tmp_path / "alone"))
+    alone = train(configs[1], dataset, writer(tmp_path / "alone"))
+    plain = train(cifar_config(seed=1, **{"data.normalization": "per_channel"}), dataset, writer(tmp_path / "plain"))
+    assert plain["status"] == alone["status"] == "completed"
+    assert train_losses(tmp_path / "plain")[0] != train_losses(tmp_path / "alone")[0]  # the same run, not augmented
     assert together[1]["runs_trained_together"] == 2
     assert train_losses(tmp_path / "run1") == pytest.approx(train_losses(tmp_path / "alone"), rel=1e-5)
     assert train_losses(tmp_path / "run0") != pytest.approx(train_losses(tmp_path / "run1"), rel=1e-3)

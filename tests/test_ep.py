@@ -93,9 +93,9 @@ def _dense_spectral_radius(params, fixed_states, x, rho, eps):
 def test_free_phase_converges_and_contracts_with_small_weights():
     params, x, y = _problem(scale=0.5)
     rho = RHOS["hard_sigmoid"]
-    fixed = free_fixed_point(params, x, rho, eps=0.5, max_steps=500, tol=1e-6)
+    fixed = jax.jit(lambda p: free_fixed_point(p, x, rho, eps=0.5, max_steps=500, tol=1e-6))(params)
     assert float(fixed.residual) < 1e-6 and int(fixed.steps) < 500
-    radius = float(spectral_radius(params, fixed.states, x, rho, 0.5, jax.random.PRNGKey(0)))
+    radius = float(jax.jit(lambda s: spectral_radius(params, s, x, rho, 0.5, jax.random.PRNGKey(0)))(fixed.states))
     assert radius < 1.0
     assert radius == pytest.approx(_dense_spectral_radius(params, fixed.states, x, rho, 0.5), rel=1e-2)
 
@@ -118,15 +118,17 @@ def test_implicit_gradient_matches_finite_differences_and_converged_bptt(rho_nam
     with float64():
         params, x, y = _problem(jnp.float64, scale=0.5)
         rho = RHOS[rho_name]
-        fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
-        implicit, adjoint_residual = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-12)
+        fixed = jax.jit(lambda p: free_fixed_point(p, x, rho, 0.5, 5000, 1e-13))(params)
+        implicit, adjoint_residual = jax.jit(lambda p, s: implicit_gradient(p, s, x, y, rho, 0.5, 5000, 1e-12))(
+            params, fixed.states)
         assert float(adjoint_residual) < 1e-11
-        bptt = bptt_gradient(params, x, y, rho, 0.5, int(fixed.steps) + 50)
+        bptt = jax.jit(lambda p: bptt_gradient(p, x, y, rho, 0.5, int(fixed.steps) + 50))(params)
         assert _rel(bptt, implicit) < 1e-8
 
+        @jax.jit  # one program for every evaluation of the finite differences
         def loss_at_fixed_point(p):
             s = free_fixed_point(p, x, rho, 0.5, 5000, 1e-13).states
-            return float(jnp.mean(cost(s, y)))
+            return jnp.mean(cost(s, y))
 
         for direction in random_directions(params, jax.random.PRNGKey(5), 3):
             numeric = central_difference(loss_at_fixed_point, params, direction)
@@ -175,11 +177,12 @@ def test_one_sided_bias_is_linear_and_symmetric_bias_quadratic_in_beta():
 def test_random_sign_draws_the_sign_of_beta_per_batch():
     with float64():
         params, x, y = _problem(jnp.float64, scale=0.5)
-        config = _config(estimator="random-sign", beta=0.05, **CONVERGED)
+        rule = make_rule(_config(estimator="random-sign", beta=0.05, **CONVERGED), dense(SIZES))
+        random_sign = jax.jit(rule.estimate)  # compiled once for the eight draws
         plus = _ep_estimate(_config(estimator="one-sided", beta=0.05, **CONVERGED), params, x, y)
         signs = []
         for k in range(8):
-            est = _ep_estimate(config, params, x, y, jax.random.PRNGKey(k))
+            est = random_sign(params, rule.init(jax.random.PRNGKey(k), params), x, y, jax.random.PRNGKey(k))
             sign = 1 if _rel(est.grads, plus.grads) < 1e-9 else -1
             if sign < 0:  # -beta: s^{-beta} from the same free state, the other one-sided estimate
                 assert 1e-6 < _rel(est.grads, plus.grads) < 1.0
@@ -204,7 +207,7 @@ def test_exact_references_and_measurement_fields():
     params, x, y = _problem(scale=0.5)
     config = _config(estimator="symmetric", beta=0.01, free_steps=200, nudged_steps=200)
     rule = make_rule(config, dense(SIZES))
-    m = make_measure(config, dense(SIZES), rule)(params, (), x, y, jax.random.PRNGKey(0))
+    m = jax.jit(make_measure(config, dense(SIZES), rule))(params, (), x, y, jax.random.PRNGKey(0))
     assert set(m["layers"]) >= {"update_angle", "update_rel_error", "bptt_update_angle"}
     net = m["network"]
     for name in ("update_angle", "update_rel_error", "bptt_update_angle", "implicit_vs_bptt_angle", "spectral_radius",

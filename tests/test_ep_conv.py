@@ -124,7 +124,7 @@ def test_the_free_fixed_point_solves_the_fixed_point_equation():
     et al.'s update), whatever eps the settling ran with; dPhi/ds taken by jax.grad of the coupling."""
     with float64():
         params, x, _ = _problem()
-        fixed = eqprop.free_fixed_point(params, x, RHOS["hard_sigmoid"], 0.5, 2000, 1e-12, arch=ARCH)
+        fixed = jax.jit(lambda p: eqprop.free_fixed_point(p, x, RHOS["hard_sigmoid"], 0.5, 2000, 1e-12, arch=ARCH))(params)
         assert float(fixed.residual) < 1e-12
         s = fixed.states
         dphi = jax.grad(lambda r: jnp.sum(conv_energy.coupling(ARCH, params, r, x)))(s)
@@ -142,9 +142,9 @@ def test_implicit_gradient_equals_bptt_and_finite_differences():
         params, x, y = _problem()
         config = _converged_config()
         net = _net(params)
-        fixed, implicit, misfit = eqprop.implicit_reference(config, net, x, y)
+        fixed, implicit, misfit = jax.jit(lambda: eqprop.implicit_reference(config, net, x, y))()
         assert float(misfit) < 1e-9
-        bptt = eqprop.bptt_gradient(params, x, y, net.rho, 0.5, 400, arch=ARCH)
+        bptt = jax.jit(lambda p: eqprop.bptt_gradient(p, x, y, net.rho, 0.5, 400, arch=ARCH))(params)
         assert _rel(bptt, implicit) < 1e-8
 
         @jax.jit
@@ -164,7 +164,7 @@ def test_symmetric_estimate_is_second_order_in_beta_one_sided_first_order():
         params, x, y = _problem(arch=ARCH)
         net = _net(params, "sigmoid")
         config = _converged_config()
-        _, exact, _ = eqprop.implicit_reference(config, net, x, y)
+        _, exact, _ = jax.jit(lambda: eqprop.implicit_reference(config, net, x, y))()
         errors = {}
         for estimator in ("one-sided", "symmetric"):
             cfg = _converged_config(estimator=estimator)
@@ -186,7 +186,7 @@ def test_readout_network_estimate_tends_to_the_implicit_gradient():
         dynamics = arch._replace(layers=arch.layers[:-1])
         net = _net(params[:-1], "sigmoid", dynamics, readout=params[-1])
         config = _converged_config(estimator="symmetric")
-        _, exact, _ = eqprop.implicit_reference(config, net, x, y)
+        _, exact, _ = jax.jit(lambda: eqprop.implicit_reference(config, net, x, y))()
         grads = jax.jit(lambda: eqprop.estimate(config, net, x, y, jax.random.PRNGKey(0),
                                                 eqprop.start_states(config, net, x), 0.01)[1].grads)()
         assert len(grads) == 3 and _rel(grads, exact) < 1e-3

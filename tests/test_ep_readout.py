@@ -78,15 +78,17 @@ def test_implicit_gradient_with_readout_matches_finite_differences_and_bptt(rho_
     with float64():
         dynamic, readout, x, y = _problem(jnp.float64, scale=0.5)
         rho = RHOS[rho_name]
-        fixed = free_fixed_point(dynamic, x, rho, 0.5, 5000, 1e-13)
-        implicit, misfit = implicit_gradient(dynamic, fixed.states, x, y, rho, 0.5, 5000, 1e-12, readout=readout)
+        fixed = jax.jit(lambda p: free_fixed_point(p, x, rho, 0.5, 5000, 1e-13))(dynamic)
+        implicit, misfit = jax.jit(lambda p, s, r: implicit_gradient(p, s, x, y, rho, 0.5, 5000, 1e-12, readout=r))(
+            dynamic, fixed.states, readout)
         assert len(implicit) == 3 and float(misfit) < 1e-11
-        bptt = bptt_gradient(dynamic, x, y, rho, 0.5, int(fixed.steps) + 50, readout=readout)
+        bptt = jax.jit(lambda p, r: bptt_gradient(p, x, y, rho, 0.5, int(fixed.steps) + 50, readout=r))(dynamic, readout)
         assert _rel(bptt, implicit) < 1e-8
 
+        @jax.jit  # one program for every evaluation of the finite differences
         def loss(params):
             s = free_fixed_point(params[:-1], x, rho, 0.5, 5000, 1e-13).states
-            return float(jnp.mean(cost(s, y, params[-1], rho)))
+            return jnp.mean(cost(s, y, params[-1], rho))
 
         params = dynamic + [readout]
         for d in random_directions(params, jax.random.PRNGKey(5), 2):

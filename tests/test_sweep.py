@@ -25,18 +25,20 @@ def only_sweep_folder(tmp_path):
 
 
 def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mnist_dir):
-    result = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    # rule changes the program, lr does not: 2 x 2 points x 2 seeds train as two programs of four runs
+    grid = ["--grid", "lr=0.01,0.1", "--grid", "rule=bp,fa", "--seeds", "2"]
+    result = sweep(grid, tmp_path, mnist_dir)
     assert result.exit_code == 0, result.output
     folder, manifest = only_sweep_folder(tmp_path)
-    assert manifest["grid"] == {"model.depth": [1, 2], "rule": ["bp", "fa"]} and manifest["seeds"] == [0, 1]
-    assert sorted(manifest["runs"]) == sorted(f"depth-{d}_rule-{r}-s{s}" for d in (1, 2) for r in ("bp", "fa") for s in (0, 1))
+    assert manifest["grid"] == {"optimizer.lr": [0.01, 0.1], "rule": ["bp", "fa"]} and manifest["seeds"] == [0, 1]
+    assert sorted(manifest["runs"]) == sorted(f"lr-{lr}_rule-{r}-s{s}" for lr in (0.01, 0.1) for r in ("bp", "fa") for s in (0, 1))
     for name, entry in manifest["runs"].items():
         assert entry["status"] == "completed"
         run = folder / entry["run_dir"]
         config = load_config(run / "config.yaml")
-        assert (config.model.depth, config.rule, config.seed) == (entry["values"]["model.depth"], entry["values"]["rule"], entry["seed"])
+        assert (config.optimizer.lr, config.rule, config.seed) == (entry["values"]["optimizer.lr"], entry["values"]["rule"], entry["seed"])
         summary = json.loads((run / "summary.json").read_text())
-        assert summary["runs_trained_together"] == 2 and summary["test_accuracy"] == entry["test_accuracy"]
+        assert summary["runs_trained_together"] == 4 and summary["test_accuracy"] == entry["test_accuracy"]
         assert len(read_jsonl(run / "metrics.jsonl")) == 1
     # the report over the sweep
     report = CliRunner().invoke(app, ["compare", str(folder), "--target", "0.3"])
@@ -47,21 +49,21 @@ def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mni
     assert oct((folder / "report" / "report.md").stat().st_mode & 0o777) == "0o644"
     # the same command again: nothing to do, nothing new written
     runs_before = sorted(p.name for p in (folder / "runs").iterdir())
-    again = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    again = sweep(grid, tmp_path, mnist_dir)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (folder / "runs").iterdir()) == runs_before
     # an interrupted point is trained again, into a new folder; the old one stays, named as a
     # previous attempt: the manifest names one run per (point, seed)
-    manifest["runs"]["depth-2_rule-fa-s1"]["status"] = "interrupted"
+    manifest["runs"]["lr-0.1_rule-fa-s1"]["status"] = "interrupted"
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    summary_path = folder / "runs" / "depth-2_rule-fa-s1" / "summary.json"
+    summary_path = folder / "runs" / "lr-0.1_rule-fa-s1" / "summary.json"
     summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "status": "interrupted"}))
-    third = sweep(["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2"], tmp_path, mnist_dir)
+    third = sweep(grid, tmp_path, mnist_dir)
     assert third.exit_code == 0, third.output
     _, manifest = only_sweep_folder(tmp_path)
-    assert manifest["runs"]["depth-2_rule-fa-s1"]["status"] == "completed"
-    assert manifest["runs"]["depth-2_rule-fa-s1"]["run_dir"].endswith("depth-2_rule-fa-s1-1")
-    assert manifest["runs"]["depth-2_rule-fa-s1"]["previous_run_dirs"] == ["runs/depth-2_rule-fa-s1"]
+    assert manifest["runs"]["lr-0.1_rule-fa-s1"]["status"] == "completed"
+    assert manifest["runs"]["lr-0.1_rule-fa-s1"]["run_dir"].endswith("lr-0.1_rule-fa-s1-1")
+    assert manifest["runs"]["lr-0.1_rule-fa-s1"]["previous_run_dirs"] == ["runs/lr-0.1_rule-fa-s1"]
     assert len(list((folder / "runs").iterdir())) == len(runs_before) + 1
 
 
@@ -76,14 +78,14 @@ def test_axis_command_with_values_and_a_failing_point(tmp_path, mnist_dir):
 
 def test_sweep_section_of_a_config_file(tmp_path, mnist_dir):
     path = tmp_path / "exp.yaml"
-    path.write_text("rule: fa\nsweep:\n  grid:\n    width: [8, 16]\n  seeds: 2\n")
+    path.write_text("rule: fa\nsweep:\n  grid:\n    lr: [0.01, 0.1]\n  seeds: 2\n")  # one program: lr is batched
     assert load_config(path).rule == "fa"  # `bioprop train` ignores the sweep section
     result = CliRunner().invoke(app, ["sweep", "--config", str(path), "--results-dir", str(tmp_path / "out"),
                                       "--data-dir", mnist_dir, *SMALL[:-4], "--set", "alignment.enabled=false"])
     assert result.exit_code == 0, result.output
     (folder,) = (tmp_path / "out" / "default").iterdir()
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["grid"] == {"model.width": [8, 16]} and manifest["seeds"] == [0, 1]
+    assert manifest["grid"] == {"optimizer.lr": [0.01, 0.1]} and manifest["seeds"] == [0, 1]
     assert all(e["status"] == "completed" for e in manifest["runs"].values())
 
 

@@ -17,8 +17,8 @@ Runs are grouped by the config keys whose values differ between them, except the
 name a replicate or a place (`seed`, `experiment`, `results_dir`, `data.data_dir`); `rule` and
 `model.depth` are always grouping keys, and `model.arch` where some run is a conv net (labels then
 name the architecture, e.g. 'fa lenet', in place of the depth, which conv nets do not use). Within
-a group the runs are the seeds: statistics are the mean and the population standard deviation over
-them (None for one seed).
+a group the runs are the seeds: statistics are the mean and the sample standard deviation over
+them (n - 1 in the denominator; None for one seed).
 """
 
 from __future__ import annotations
@@ -510,11 +510,12 @@ def _finite(values: Iterable[Any]) -> list[float]:
 
 
 def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], int]:
-    """Mean and population std of the finite numbers among `values` (std None for fewer than two), and their count."""
+    """Mean and sample std (n - 1 in the denominator, as `statistics.stdev`) of the finite numbers among
+    `values` (std None for fewer than two), and their count: the one "mean ± std over seeds" of every report."""
     xs = _finite(values)
     if not xs:
         return None, None, 0
-    return statistics.fmean(xs), (statistics.pstdev(xs) if len(xs) > 1 else None), len(xs)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None), len(xs)
 
 
 def _int_layer(record: dict) -> bool:

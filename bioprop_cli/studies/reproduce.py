@@ -32,7 +32,6 @@ over seeds, and the verdicts are pure functions of the numbers (tested on hand-m
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Callable
 
 from bioprop_cli.config import Config, load_config, read_yaml
 from bioprop_cli.errors import UserError
+from bioprop_cli.report.aggregate import mean_std
 
 PAPERS = Path(__file__).resolve().parents[2] / "configs" / "papers"
 
@@ -190,8 +190,7 @@ def compare(preset: Preset, folder: Path, manifest: dict, quick: bool) -> list[d
         runs = [e for e in manifest["runs"].values() if _matches(e.get("values", {}), entry.get("where") or {})]
         values = [v for v in (measure(folder / e["run_dir"], quantity, entry.get("layer")) for e in runs
                               if e.get("status") == "completed" and "run_dir" in e) if v is not None]
-        mean = statistics.fmean(values) if values else None
-        std = statistics.stdev(values) if len(values) > 1 else None  # one seed: no spread
+        mean, std, _ = mean_std(values)
         published = entry.get("value")
         tolerance, tolerance_source = allowed_difference(entry, preset.paper.get("tolerance"))
         unit, untrained = QUANTITIES[quantity]

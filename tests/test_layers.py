@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bioprop_cli.models import arch as archs
+from bioprop_cli.models import layers
 from bioprop_cli.models.layers import init_params, pool, pre_activation
 
 
@@ -35,6 +36,28 @@ def test_conv_pre_activation_matches_loops(stride, padding):
     out = np.asarray(pre_activation(op, {"w": w, "b": b}, jnp.asarray(x)))
     assert out.shape[1:] == op.out_shape
     np.testing.assert_allclose(out, conv_reference(x.reshape(2, 7, 6, 3), w, b, stride, padding), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_shape,kernel,stride,padding", [((7, 6, 3), 3, 1, 0), ((7, 6, 3), 3, 2, 1),
+                                                          ((8, 8, 2), 5, 2, 2), ((9, 7, 1), 5, 3, 0)])
+def test_conv_vjps_written_as_forward_convolutions_equal_jax_vjp(in_shape, kernel, stride, padding):
+    """The kernel gradient, the error sent back (the transposed convolution with the feedback kernel)
+    and the feedback's own gradient equal jax.vjp of the convolution, strides that do not divide the
+    input included (the positions the stride's floor drops get no error)."""
+    op = archs.Conv(in_shape, 4, kernel, stride, padding)
+    kx, kw, kd, kb = jax.random.split(jax.random.PRNGKey(3), 4)
+    h = jax.random.normal(kx, (2,) + in_shape)
+    w, fb = jax.random.normal(kw, op.weight_shape), jax.random.normal(kb, op.weight_shape)
+    delta = jax.random.normal(kd, (2,) + op.out_shape)
+    _, by_w = jax.vjp(lambda w: layers.linear(op, w, h), w)
+    _, by_h = jax.vjp(lambda h: layers.linear(op, fb, h), h)
+    _, by_fb = jax.vjp(lambda k: jnp.vdot(layers.send_back(op, k, delta, h.shape), h), fb)
+    grads = layers.weight_vjp(op, h, delta)
+    np.testing.assert_allclose(grads["w"], by_w(delta)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads["b"], delta.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.send_back(op, layers.transport(op, fb), delta, h.shape), by_h(delta)[0],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.feedback_vjp(op, delta, h), by_fb(1.0)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from bioprop_cli.models.arch import Architecture, Conv, Layer, Pool
-from bioprop_cli.models.layers import pool, pre_activation
+from bioprop_cli.models.layers import conv_transpose, pool, pre_activation
 
 
 def layer_map(layer: Layer, params: dict, h: jax.Array) -> jax.Array:
@@ -99,18 +98,6 @@ def unpool(p: Pool | None, a: jax.Array, g: jax.Array) -> jax.Array:
     spread = (g[:, :, :, None, :] * share).reshape(n, rows, cols, k, k, c).transpose(0, 1, 3, 2, 4, 5)
     spread = spread.reshape(n, rows * k, cols * k, c)
     return jnp.pad(spread, ((0, 0), (0, height - rows * k), (0, width - cols * k), (0, 0)))
-
-
-def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
-    """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in): the
-    stride-dilated g, padded by k - 1 - p (and what the stride's floor dropped), convolved with the
-    kernel flipped in space and transposed in channels."""
-    k, s, p = op.kernel, op.stride, op.padding
-    dilated = lambda n: (n - 1) * s + 1
-    pads = [(k - 1 - p, side + p - dilated(n)) for side, n in zip(op.in_shape[:2], g.shape[1:3])]
-    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=(s, s),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def coupling(arch: Architecture, params: list, r: list, x: jax.Array) -> jax.Array:

@@ -71,10 +71,9 @@ def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float) -
 # Feedback is kept in the layout exact weight transport would use at the layer (`transport`): W^T,
 # (n_out, n_in), for a dense layer (the error row vector is multiplied by it, delta @ W^T), the kernel
 # itself, (k, k, C_in, C_out), for a conv layer (the transposed convolution reads W's own kernel).
-# The vjps below are jax.linear_transpose of the layer's map; for a dense layer they are written out
-# in closed form (h^T delta, delta @ B, y^T x: what the transpose gives, tested), the products the
-# MLP has always computed, so that its numbers stay bit-identical (XLA lays out the transpose's own
-# products differently, which moves reductions over them, e.g. the angles, by float rounding).
+# The vjps below are the transposes of the layer's linear map, written out: for a dense layer in closed
+# form (h^T delta, delta @ B, y^T x), the products the MLP has always computed, so that its numbers stay
+# bit-identical; for a conv layer as forward convolutions (below). Tested against jax.grad.
 
 
 def transport(op: Dense | Conv, w: jax.Array) -> jax.Array:
@@ -92,8 +91,33 @@ def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
     return op.weight_shape[::-1] if isinstance(op, Dense) else op.weight_shape
 
 
-def _spec(shape, dtype) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), dtype)
+# A conv layer's two vjps are written as forward convolutions (NHWC, HWIO): inside a compiled loop
+# (the epoch's scan) XLA's CPU backend runs the convolutions jax.linear_transpose makes 5 to 17 times
+# slower than outside one, and these forward ones at full speed (measured on LeNet's layers at batch
+# 128; jax-ml/jax issue 12868). Tested against jax.grad.
+def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
+    """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in): the
+    stride-dilated g, padded by k - 1 - p (and what the stride's floor dropped), convolved with the
+    kernel flipped in space and transposed in channels."""
+    k, s, p = op.kernel, op.stride, op.padding
+    dilated = lambda n: (n - 1) * s + 1
+    pads = [(k - 1 - p, side + p - dilated(n)) for side, n in zip(op.in_shape[:2], g.shape[1:3])]
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=(s, s),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_weight_gradient(op: Conv, h: jax.Array, delta: jax.Array) -> jax.Array:
+    """The kernel gradient of the convolution (stride s, padding p) at input h with cotangent delta
+    (batch, H', W', C_out): dW[i, j, c, o] = sum over the batch and output positions (y, x) of
+    h_padded[y s + i, x s + j, c] delta[y, x, o], a forward convolution of h's channels (as a batch)
+    with delta (the batch contracted, the output positions dilated by s) cut to k x k."""
+    k, s, p = op.kernel, op.stride, op.padding
+    images = jnp.transpose(as_input(op, h), (3, 1, 2, 0))  # (C_in, H, W, batch)
+    kernel = jnp.transpose(delta, (1, 2, 0, 3))  # (H', W', batch, C_out)
+    out = lax.conv_general_dilated(images, kernel, (1, 1), ((p, p), (p, p)), rhs_dilation=(s, s),
+                                   dimension_numbers=_DIMENSIONS)
+    return jnp.transpose(out[:, :k, :k, :], (1, 2, 0, 3))
 
 
 def weight_vjp(op: Dense | Conv, h: jax.Array, delta: jax.Array) -> dict:
@@ -102,10 +126,8 @@ def weight_vjp(op: Dense | Conv, h: jax.Array, delta: jax.Array) -> dict:
     images with delta and its sum over the batch and positions (conv)."""
     if isinstance(op, Dense):
         return {"w": as_input(op, h).T @ delta, "b": jnp.sum(delta, axis=0)}
-    n_bias = op.out_shape[-1]
-    w, b = jax.linear_transpose(lambda w, b: linear(op, w, h) + b,
-                                _spec(op.weight_shape, delta.dtype), _spec((n_bias,), delta.dtype))(delta)
-    return {"w": w, "b": b}
+    delta = delta.reshape((delta.shape[0],) + tuple(op.out_shape))
+    return {"w": conv_weight_gradient(op, h, delta), "b": jnp.sum(delta, axis=(0, 1, 2))}
 
 
 def send_back(op: Dense | Conv, fb: jax.Array, delta: jax.Array, input_shape: tuple[int, ...]) -> jax.Array:
@@ -115,9 +137,8 @@ def send_back(op: Dense | Conv, fb: jax.Array, delta: jax.Array, input_shape: tu
     is backprop."""
     if isinstance(op, Dense):
         return (delta @ fb).reshape(input_shape)
-    w = as_weight(op, fb)
-    (g,) = jax.linear_transpose(lambda h: linear(op, w, h), _spec(input_shape, delta.dtype))(delta)
-    return g
+    delta = delta.reshape((delta.shape[0],) + tuple(op.out_shape))
+    return conv_transpose(op, as_weight(op, fb), delta).reshape(input_shape)
 
 
 def feedback_vjp(op: Dense | Conv, y: jax.Array, x: jax.Array) -> jax.Array:
@@ -126,8 +147,7 @@ def feedback_vjp(op: Dense | Conv, y: jax.Array, x: jax.Array) -> jax.Array:
     transport's layout. The Hebbian product of the feedback synapses' two sides."""
     if isinstance(op, Dense):
         return y.T @ as_input(op, x)
-    (fb,) = jax.linear_transpose(lambda fb: send_back(op, fb, y, x.shape), _spec(feedback_shape(op), y.dtype))(x)
-    return fb
+    return conv_weight_gradient(op, x, y.reshape((y.shape[0],) + tuple(op.out_shape)))  # transport's layout is W's
 
 
 def through_activation(layer: Layer, act, a: jax.Array, g: jax.Array) -> jax.Array:

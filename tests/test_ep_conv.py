@@ -72,6 +72,18 @@ def test_the_force_is_jax_grad_of_the_conv_energy(rho_name):
             assert _rel(moved, expected) < 1e-12
 
 
+def test_the_written_out_contrast_is_jax_grad_of_the_energy_difference():
+    """conv_energy.contrast (max and average pooling, a dense readout) against jax.grad of
+    scale * mean(E(s_a) - E(s_b)) with respect to the parameters."""
+    with float64():
+        params, x, _ = _problem()
+        rho, scale = RHOS["hard_sigmoid"], 2.5
+        states_a, states_b = _states(jax.random.PRNGKey(4)), _states(jax.random.PRNGKey(5))
+        difference = lambda p: scale * jnp.mean(energy(p, states_a, x, rho, ARCH) - energy(p, states_b, x, rho, ARCH))
+        written = conv_energy.contrast(ARCH, params, states_a, states_b, x, rho, scale)
+        assert _rel(written, jax.grad(difference)(params)) < 1e-12
+
+
 def test_the_energy_is_laborieux_primitive_function_with_the_leak():
     """E = 1/2 |s|^2 - sum_l <s_{l+1}, P(W_l * s_l + b_l)> on [0, 1], written here with an explicit
     convolution loop over positions and an explicit pooling, independent of models/layers.py."""

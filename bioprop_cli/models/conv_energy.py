@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli.models.arch import Architecture, Conv, Layer, Pool
-from bioprop_cli.models.layers import conv_transpose, pool, pre_activation
+from bioprop_cli.models.layers import conv_transpose, pool, pre_activation, weight_vjp
 
 
 def layer_map(layer: Layer, params: dict, h: jax.Array) -> jax.Array:
@@ -115,10 +115,25 @@ def energy(arch: Architecture, params: list, states: list, x: jax.Array, rho) ->
 def contrast(arch: Architecture, params: list, states_a: list, states_b: list, x: jax.Array, rho, scale) -> list:
     """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), averaged over the batch: for each layer the
     difference of its local coupling gradients at the two states (Laborieux et al.'s
-    compute_syn_grads, written as one gradient)."""
+    compute_syn_grads). A conv layer's is written out (the pooling's vjp, then the kernel gradient as
+    a forward convolution: layers.weight_vjp), as XLA's CPU backend runs jax.grad's kernel-gradient
+    convolution several times slower inside the training loop; tested against jax.grad."""
     ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
+    below_a, below_b = [x] + ra[:-1], [x] + rb[:-1]
+    factor = -scale / x.shape[0]
+    out = []
+    for layer, p, ha, sa, hb, sb in zip(arch.layers, params, below_a, ra, below_b, rb):
+        ga, gb = coupling_gradient(layer, p, ha, sa), coupling_gradient(layer, p, hb, sb)
+        out.append(jax.tree_util.tree_map(lambda u, v: factor * (u - v), ga, gb))
+    return out
 
-    def difference(p):
-        return -scale * jnp.mean(coupling(arch, p, ra, x) - coupling(arch, p, rb, x))
 
-    return jax.grad(difference)(params)
+def coupling_gradient(layer: Layer, params: dict, h: jax.Array, s: jax.Array) -> dict:
+    """{"w", "b"}: the gradient of sum over the batch of <s, f_l(h)> with respect to the layer's
+    parameters."""
+    op = layer.op
+    if not isinstance(op, Conv) or (layer.pool is not None and layer.pool.window != layer.pool.stride):
+        _, pull = jax.vjp(lambda q: layer_map(layer, q, h), params)
+        return pull(s)[0]
+    a = pre_activation(op, params, h)
+    return weight_vjp(op, h, unpool(layer.pool, a, s.reshape(pool(layer.pool, a).shape)))

@@ -73,14 +73,20 @@ def _their_update(weights, biases, x, y, beta, eps, t1, t2):
     return new_w, new_b, free
 
 
+def _problem():
+    """float64 parameters (scaled so that the units leave zero), 7 inputs and one-hot targets."""
+    params = init_params(jax.random.PRNGKey(0), dense(SIZES), "glorot_uniform", 1.0)
+    params = [{"w": p["w"].astype(jnp.float64) * 3.0, "b": p["b"].astype(jnp.float64) + 0.1} for p in params]
+    kx, ky = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.uniform(kx, (7, SIZES[0]), jnp.float64)
+    y = jax.nn.one_hot(jax.random.randint(ky, (7,), 0, SIZES[-1]), SIZES[-1], dtype=jnp.float64)
+    return params, x, y
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_their_step_at_beta_and_alpha_is_ours_at_twice_both(sign):
     with float64():
-        params = init_params(jax.random.PRNGKey(0), dense(SIZES), "glorot_uniform", 1.0)
-        params = [{"w": p["w"].astype(jnp.float64) * 3.0, "b": p["b"].astype(jnp.float64) + 0.1} for p in params]
-        kx, ky = jax.random.split(jax.random.PRNGKey(1))
-        x = jax.random.uniform(kx, (7, SIZES[0]), jnp.float64)
-        y = jax.nn.one_hot(jax.random.randint(ky, (7,), 0, SIZES[-1]), SIZES[-1], dtype=jnp.float64)
+        params, x, y = _problem()
         beta, eps, t1, t2 = 0.7, 0.5, 12, 5
         weights = [p["w"] for p in params]
         biases = [jnp.full((SIZES[0],), 0.3)] + [p["b"] for p in params]  # their input bias: no effect
@@ -111,11 +117,7 @@ def test_the_paper_preset_is_the_doc_runs_settings_in_our_units():
     short = [("ep.free_steps", 12), ("ep.nudged_steps", 5), ("ep.persistent", False)]
     ours = [("ep.beta", 2.0), ("ep.cost", "half_squared"), ("optimizer.lr", 1.0), ("optimizer.layer_lr", [0.8, 0.2, 0.02])]
     with float64():
-        params = init_params(jax.random.PRNGKey(0), dense(SIZES), "glorot_uniform", 1.0)
-        params = [{"w": p["w"].astype(jnp.float64) * 3.0, "b": p["b"].astype(jnp.float64) + 0.1} for p in params]
-        kx, ky = jax.random.split(jax.random.PRNGKey(1))
-        x = jax.random.uniform(kx, (7, SIZES[0]), jnp.float64)
-        y = jax.nn.one_hot(jax.random.randint(ky, (7,), 0, SIZES[-1]), SIZES[-1], dtype=jnp.float64)
+        params, x, y = _problem()
         updates = []
         for overrides in (short, short + ours):
             config = load_config(PRESET, overrides)

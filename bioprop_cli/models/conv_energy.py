@@ -64,6 +64,12 @@ def drives(arch: Architecture, params: list, r: list, drive0: jax.Array) -> list
     return out
 
 
+def written_out(layer: Layer) -> bool:
+    """Whether the layer's vjps are written out (a conv layer with no pooling or non-overlapping
+    pooling: `unpool`, `conv_transpose`, `weight_vjp`) rather than taken by jax.vjp."""
+    return isinstance(layer.op, Conv) and (layer.pool is None or layer.pool.window == layer.pool.stride)
+
+
 def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(f_l(h), J_{f_l}(h)^T above), flat. A conv layer's pull is written out: the pooling's
     vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
@@ -72,7 +78,7 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     19 ms per step of a 5x5 16->32 conv at batch 128; the same outside a loop); overlapping pooling
     windows (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
-    if not isinstance(op, Conv) or (layer.pool is not None and layer.pool.window != layer.pool.stride):
+    if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
         return up, pull(above)[0]
     a = pre_activation(op, params, h)
@@ -132,7 +138,7 @@ def coupling_gradient(layer: Layer, params: dict, h: jax.Array, s: jax.Array) ->
     """{"w", "b"}: the gradient of sum over the batch of <s, f_l(h)> with respect to the layer's
     parameters."""
     op = layer.op
-    if not isinstance(op, Conv) or (layer.pool is not None and layer.pool.window != layer.pool.stride):
+    if not written_out(layer):
         _, pull = jax.vjp(lambda q: layer_map(layer, q, h), params)
         return pull(s)[0]
     a = pre_activation(op, params, h)

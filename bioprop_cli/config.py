@@ -19,10 +19,13 @@ from typing import Any, Callable, Literal
 import yaml
 
 from bioprop_cli.data import DATASETS
-from bioprop_cli.ep import COSTS, ESTIMATORS
+from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS
 from bioprop_cli.errors import UserError
 
-Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
+# unit_slope_sigmoid, half_slope_hard_sigmoid: Laborieux et al. 2021's mysig and my_hard_sig, rule ep only
+# (bioprop_cli/models/energy.py)
+Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid", "unit_slope_sigmoid", "half_slope_hard_sigmoid"]
+EP_ONLY_ACTIVATIONS = ("unit_slope_sigmoid", "half_slope_hard_sigmoid")
 Loss = Literal["cross_entropy", "mse"]
 InitScheme = Literal[
     "lecun_normal", "lecun_uniform", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform"
@@ -36,6 +39,7 @@ ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "st
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
+EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
 PoolKind = Literal["max", "avg", "none"]
@@ -160,7 +164,10 @@ class EPConfig:
     # half_squared: C = 1/2 |y - s_L|^2; squared: |y - s_L|^2, Scellier & Bengio's code (their nudge and
     # update are twice half_squared's at the same beta and learning rates); model.loss mse only
     cost: EPCost = "half_squared"
-    eps: float = 0.5  # step size of the discretised dynamics s <- s - eps dF/ds
+    # gradient: s <- s - eps dF/ds (Scellier & Bengio 2017); primitive: s <- (1 - eps) s + eps rho(dPhi/ds), the
+    # state being the neurons' output, Laborieux et al. 2021's code at eps 1 (models/energy.py primitive_dynamics)
+    dynamics: EPDynamics = "gradient"
+    eps: float = 0.5  # step size of the discretised dynamics
     free_steps: int = 20  # T1
     nudged_steps: int = 4  # T2
     tolerance: float = 0.0  # a phase stops early once every example moves less than this (0: never)
@@ -502,10 +509,18 @@ def validate(config: Config) -> Config:
     _check(0 < config.pc.inference_lr <= 1, "pc.inference_lr", "in (0, 1]", config.pc.inference_lr)
     _check(config.pc.output_precision > 0, "pc.output_precision", "> 0", config.pc.output_precision)
     if config.rule == "ep":
-        _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
+        _check(m.activation != "relu", "model.activation",
+               "hard_sigmoid, sigmoid, tanh, unit_slope_sigmoid or half_slope_hard_sigmoid for rule ep", m.activation)
+        _check(m.activation != "half_slope_hard_sigmoid" or e.dynamics == "primitive", "model.activation",
+               "not half_slope_hard_sigmoid with ep.dynamics gradient (its states would leave [0, 1]; use primitive)",
+               m.activation)
         _check(m.arch == "mlp" or (e.feedback == "symmetric" and not e.learn_feedback), "ep.feedback",
                f"symmetric (and ep.learn_feedback false) for rule ep on model.arch {m.arch}: the conv energy's "
                "feedback is the transposed convolution of W", e.feedback)
+    else:
+        _check(m.activation not in EP_ONLY_ACTIVATIONS, "model.activation",
+               f"tanh, relu, sigmoid or hard_sigmoid for rule {config.rule} ({m.activation} is rule ep's only)",
+               m.activation)
     from bioprop_cli.rules import rule_info
 
     rule_info(config.rule).make(config, network, 0)  # a rule that does not run on this architecture says so

@@ -30,6 +30,7 @@ Loss = Literal["cross_entropy", "mse"]
 InitScheme = Literal[
     "lecun_normal", "lecun_uniform", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform"
 ]
+BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
 Normalization = Literal["none", "per_channel"]  # bioprop_cli/splits.py
@@ -49,6 +50,7 @@ PoolKind = Literal["max", "avg", "none"]
 class InitConfig:
     scheme: InitScheme = "lecun_normal"
     scale: float = 1.0  # multiplies the scheme's standard deviation
+    bias: BiasInit = "zeros"  # fan_in_uniform: U(-1/sqrt(fan_in), +1/sqrt(fan_in)), torch.nn.Linear's and Conv2d's default
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from bioprop_cli.data import DATASETS
+from bioprop_cli.data import DATASETS, IMAGE_SHAPES
 from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS
 from bioprop_cli.errors import UserError
 
@@ -33,8 +33,9 @@ InitScheme = Literal[
 BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
-Normalization = Literal["none", "per_channel"]  # bioprop_cli/splits.py
+Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
+CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
@@ -128,10 +129,14 @@ class DataConfig:
     # per_channel: subtract each colour channel's mean and divide by its standard deviation, both taken over the
     # training split only (not validation or test), from every split (splits.make_splits)
     normalization: Normalization = "none"
+    # given: (x - channel_mean) / channel_std with these values, one per colour channel (e.g. a paper's constants)
+    channel_mean: tuple[float, ...] = ()
+    channel_std: tuple[float, ...] = ()
     # crop_flip: each training example of each step zero-padded by 4 pixels, a random window of the image's size,
     # and mirrored left-right with probability 1/2; on the device, from the step's key (augment.py). Never the
     # evaluation or the measurements.
     augment: Augmentation = "none"
+    crop_padding: CropPadding = "zeros"  # crop_flip's padding: zeros, or edge (border pixels repeated, torchvision's 'edge')
 
 
 @dataclass(frozen=True)
@@ -474,6 +479,14 @@ def validate(config: Config) -> Config:
     _check(d.validation_size >= 0, "data.validation_size", ">= 0", d.validation_size)
     _check(d.train_limit is None or d.train_limit >= 1, "data.train_limit", ">= 1 or null", d.train_limit)
     _check(d.test_limit is None or d.test_limit >= 1, "data.test_limit", ">= 1 or null", d.test_limit)
+    channels = IMAGE_SHAPES[d.dataset][-1]
+    for key in ("channel_mean", "channel_std"):
+        value = list(getattr(d, key))
+        _check(len(value) == (channels if d.normalization == "given" else 0), f"data.{key}",
+               f"one value per channel ({channels} for {d.dataset}) with data.normalization given, else empty", value)
+    _check(all(v > 0 for v in d.channel_std), "data.channel_std", "positive", list(d.channel_std))
+    _check(d.crop_padding == "zeros" or d.augment == "crop_flip", "data.crop_padding",
+           "zeros unless data.augment is crop_flip (it pads the random crop)", d.crop_padding)
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)

@@ -38,6 +38,7 @@ Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
 CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
+ScheduleEvery = Literal["step", "epoch"]
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
@@ -107,6 +108,11 @@ class ScheduleConfig:
     decay_rate: float = 0.1  # exponential: factor reached at the end of training; step: factor per boundary
     boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is multiplied by decay_rate
     final_fraction: float = 0.0  # cosine / warmup_cosine: final lr as a fraction of lr
+    # cosine, as torch's CosineAnnealingLR(T_max, eta_min): the epochs it takes to reach its final rate, then held
+    # (null: the whole run), and that final rate itself, the same for every layer (null: lr * final_fraction)
+    period_epochs: float | None = None
+    final_lr: float | None = None
+    every: ScheduleEvery = "step"  # how often the rate changes: every step, or once per epoch (torch's per-epoch step)
 
 
 @dataclass(frozen=True)
@@ -476,6 +482,14 @@ def validate(config: Config) -> Config:
     _check(0 < s.decay_rate <= 1, "optimizer.schedule.decay_rate", "in (0, 1]", s.decay_rate)
     _check(0 <= s.final_fraction <= 1, "optimizer.schedule.final_fraction", "in [0, 1]", s.final_fraction)
     _check(all(b > 0 for b in s.boundaries), "optimizer.schedule.boundaries", "positive epochs", list(s.boundaries))
+    for key in ("period_epochs", "final_lr"):
+        _check(getattr(s, key) is None or s.name == "cosine", f"optimizer.schedule.{key}",
+               "null unless optimizer.schedule.name is cosine", getattr(s, key))
+    _check(s.period_epochs is None or s.period_epochs > 0, "optimizer.schedule.period_epochs", "> 0 or null",
+           s.period_epochs)
+    rates = [o.lr * m for m in o.layer_lr] or [o.lr]
+    _check(s.final_lr is None or (0 <= s.final_lr <= min(rates) and s.final_fraction == 0), "optimizer.schedule.final_lr",
+           f"null or in [0, {min(rates):g}] (the smallest layer's rate), with final_fraction 0", s.final_lr)
     _check(d.validation_size >= 0, "data.validation_size", ">= 0", d.validation_size)
     _check(d.train_limit is None or d.train_limit >= 1, "data.train_limit", ">= 1 or null", d.train_limit)
     _check(d.test_limit is None or d.test_limit >= 1, "data.test_limit", ">= 1 or null", d.test_limit)

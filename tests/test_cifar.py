@@ -677,3 +677,19 @@ def test_the_example_config():
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "cifar10_mlp.yaml")
     assert (config.data.dataset, config.data.normalization, config.data.augment) == ("cifar10", "per_channel",
                                                                                       "crop_flip")
+
+
+def test_the_laborieux_config_trains_in_their_units(tmp_path):
+    """configs/experiments/ep_cnn_cifar10_laborieux.yaml (their neurons, readout, init, constants, edge crops, the
+    per-layer cosine stepped per epoch) runs end to end, at toy widths and settling lengths, on the fake images."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "ep_cnn_cifar10_laborieux.yaml"
+    small = {"model.cnn.channels": [4, 4, 4, 4], "ep.free_steps": 4, "ep.nudged_steps": 2, "train.epochs": 2,
+             "train.batch_size": 20, "train.eval_batch_size": 40, "alignment.enabled": False,
+             "data.validation_size": 40, "results_dir": str(tmp_path)}
+    config = load_config(path, list(small.items()))
+    assert (config.ep.dynamics, config.model.activation, config.data.crop_padding) == ("primitive",
+                                                                                       "half_slope_hard_sigmoid", "edge")
+    summary = train(config, fake_cifar(), writer(tmp_path / "run"))
+    assert summary["status"] == "completed"
+    losses = train_losses(tmp_path / "run")
+    assert len(losses) == 2 and all(np.isfinite(losses))

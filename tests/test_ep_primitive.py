@@ -222,3 +222,37 @@ def test_the_paper_preset_is_their_network():
     assert (config.model.activation, config.ep.dynamics, config.ep.eps) == ("unit_slope_sigmoid", "primitive", 1.0)
     assert (config.ep.estimator, config.ep.beta, config.ep.free_steps, config.ep.nudged_steps) == ("one-sided", 0.1,
                                                                                                  30, 10)
+
+
+def test_jtranspose_refuses_the_primitive_dynamics(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from bioprop_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["jtranspose", "--set", "ep.dynamics=primitive"])
+    assert result.exit_code == 2, result.output
+    assert "ep.dynamics" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_spectral_radius_of_the_primitive_map_is_its_jacobian_s():
+    """Power iteration (the primitive map's J = diag(rho') d^2Phi/ds^2 is not symmetric) against the dense
+    eigenvalues of jax.jacobian of the step, per example, at the free fixed point."""
+    with float64():
+        params, x, _ = _problem(scale=2.0)
+        net = primitive_dynamics(RHOS["unit_slope_sigmoid"])
+        fixed = eqprop.free_fixed_point(params, x, net, 1.0, 3000, 1e-14).states
+        drive0, y = input_drive(params, x), jnp.zeros((BATCH, SIZES[-1]), jnp.float64)
+        shapes = [s.shape for s in fixed]
+        cuts = np.cumsum([np.prod(sh) for sh in shapes])[:-1]
+
+        def flat_step(flat):  # the whole batch's J, block-diagonal: its spectrum is the union of the examples'
+            states = [part.reshape(sh) for part, sh in zip(jnp.split(flat, cuts), shapes)]
+            return jnp.concatenate([s.ravel() for s in step(params, states, drive0, y, 0.0, net, 1.0)])
+
+        jacobian = jax.jacobian(flat_step)(jnp.concatenate([s.ravel() for s in fixed]))
+        radii = [float(jnp.max(jnp.abs(jnp.linalg.eigvals(jacobian))))]
+        radius, error = eqprop.spectral_radius_with_error(params, fixed, x, net, 1.0, jax.random.PRNGKey(0), 400)
+        assert np.isnan(float(error)) and 0.05 < max(radii) < 1
+        assert float(radius) == pytest.approx(max(radii), rel=1e-3)

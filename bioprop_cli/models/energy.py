@@ -38,6 +38,11 @@ so dC/ds_top = rho'(s_top) * ((yhat - y) W_out^T) replaces s_L - y in the nudge;
 the hidden layers is unchanged. The functions below take `readout=R` (None: the mean-squared cost
 on s_L, as before, the same code).
 
+Laborieux et al.'s primitive dynamics (ep.dynamics primitive, `primitive_dynamics`): the state is the
+neurons' output and every layer moves to rho(dPhi/ds - beta dC/ds), Phi = sum_l <s_{l+1}, f_l(s_l)>;
+a Rho whose `update` is set carries it (its f is the identity, so the drives, the contrast and the
+readout above read the states themselves); its energy is sum G(s) - Phi, G' = rho^{-1}.
+
 Conv nets (model.arch cnn or lenet): the functions below take `arch`, the Architecture of the
 dynamics' layers (None: the MLP above, the same code); the layers' drives, the input's drive, the
 energy and the contrast are then models/conv_energy.py's (the energy of Ernoult et al. 2019 and
@@ -124,7 +129,6 @@ RHOS: dict[str, Rho] = {
     "tanh": Rho(jnp.tanh, lambda s: 1.0 - jnp.tanh(s) ** 2, False,
                 lambda s: s * jnp.arctanh(s) + 0.5 * jnp.log1p(-s**2)),
 }
-GRADIENT_DYNAMICS_RHOS = ("hard_sigmoid", "sigmoid", "unit_slope_sigmoid", "tanh")  # half_slope_hard_sigmoid: primitive only
 
 
 def primitive_dynamics(rho: Rho) -> Rho:

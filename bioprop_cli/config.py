@@ -541,7 +541,8 @@ def validate(config: Config) -> Config:
         _check(m.activation != "relu", "model.activation",
                "hard_sigmoid, sigmoid, tanh, unit_slope_sigmoid or half_slope_hard_sigmoid for rule ep", m.activation)
         _check(m.activation != "half_slope_hard_sigmoid" or e.dynamics == "primitive", "model.activation",
-               "not half_slope_hard_sigmoid with ep.dynamics gradient (its states would leave [0, 1]; use primitive)",
+               "hard_sigmoid, sigmoid, tanh or unit_slope_sigmoid with ep.dynamics gradient (half_slope_hard_sigmoid "
+               "runs under ep.dynamics primitive only: its states would leave [0, 1])",
                m.activation)
         _check(m.arch == "mlp" or (e.feedback == "symmetric" and not e.learn_feedback), "ep.feedback",
                f"symmetric (and ep.learn_feedback false) for rule ep on model.arch {m.arch}: the conv energy's "

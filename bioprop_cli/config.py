@@ -18,24 +18,31 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from bioprop_cli.data import DATASETS
-from bioprop_cli.ep import COSTS, ESTIMATORS
+from bioprop_cli.data import DATASETS, IMAGE_SHAPES
+from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS
 from bioprop_cli.errors import UserError
 
-Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid"]
+# unit_slope_sigmoid, half_slope_hard_sigmoid: Laborieux et al. 2021's mysig and my_hard_sig, rule ep only
+# (bioprop_cli/models/energy.py)
+Activation = Literal["tanh", "relu", "sigmoid", "hard_sigmoid", "unit_slope_sigmoid", "half_slope_hard_sigmoid"]
+EP_ONLY_ACTIVATIONS = ("unit_slope_sigmoid", "half_slope_hard_sigmoid")
 Loss = Literal["cross_entropy", "mse"]
 InitScheme = Literal[
     "lecun_normal", "lecun_uniform", "glorot_normal", "glorot_uniform", "he_normal", "he_uniform"
 ]
+BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
-Normalization = Literal["none", "per_channel"]  # bioprop_cli/splits.py
+Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
+CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
+ScheduleEvery = Literal["step", "epoch"]
 Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
+EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
 PoolKind = Literal["max", "avg", "none"]
@@ -45,6 +52,7 @@ PoolKind = Literal["max", "avg", "none"]
 class InitConfig:
     scheme: InitScheme = "lecun_normal"
     scale: float = 1.0  # multiplies the scheme's standard deviation
+    bias: BiasInit = "zeros"  # fan_in_uniform: U(-1/sqrt(fan_in), +1/sqrt(fan_in)), torch.nn.Linear's and Conv2d's default
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,11 @@ class ScheduleConfig:
     decay_rate: float = 0.1  # exponential: factor reached at the end of training; step: factor per boundary
     boundaries: tuple[float, ...] = ()  # step: epochs at which the rate is multiplied by decay_rate
     final_fraction: float = 0.0  # cosine / warmup_cosine: final lr as a fraction of lr
+    # cosine, as torch's CosineAnnealingLR(T_max, eta_min): the epochs it takes to reach its final rate, then held
+    # (null: the whole run), and that final rate itself, the same for every layer (null: lr * final_fraction)
+    period_epochs: float | None = None
+    final_lr: float | None = None
+    every: ScheduleEvery = "step"  # how often the rate changes: every step, or once per epoch (torch's per-epoch step)
 
 
 @dataclass(frozen=True)
@@ -122,10 +135,14 @@ class DataConfig:
     # per_channel: subtract each colour channel's mean and divide by its standard deviation, both taken over the
     # training split only (not validation or test), from every split (splits.make_splits)
     normalization: Normalization = "none"
+    # given: (x - channel_mean) / channel_std with these values, one per colour channel (e.g. a paper's constants)
+    channel_mean: tuple[float, ...] = ()
+    channel_std: tuple[float, ...] = ()
     # crop_flip: each training example of each step zero-padded by 4 pixels, a random window of the image's size,
     # and mirrored left-right with probability 1/2; on the device, from the step's key (augment.py). Never the
     # evaluation or the measurements.
     augment: Augmentation = "none"
+    crop_padding: CropPadding = "zeros"  # crop_flip's padding: zeros, or edge (border pixels repeated, torchvision's 'edge')
 
 
 @dataclass(frozen=True)
@@ -160,7 +177,10 @@ class EPConfig:
     # half_squared: C = 1/2 |y - s_L|^2; squared: |y - s_L|^2, Scellier & Bengio's code (their nudge and
     # update are twice half_squared's at the same beta and learning rates); model.loss mse only
     cost: EPCost = "half_squared"
-    eps: float = 0.5  # step size of the discretised dynamics s <- s - eps dF/ds
+    # gradient: s <- s - eps dF/ds (Scellier & Bengio 2017); primitive: s <- (1 - eps) s + eps rho(dPhi/ds), the
+    # state being the neurons' output, Laborieux et al. 2021's code at eps 1 (models/energy.py primitive_dynamics)
+    dynamics: EPDynamics = "gradient"
+    eps: float = 0.5  # step size of the discretised dynamics
     free_steps: int = 20  # T1
     nudged_steps: int = 4  # T2
     tolerance: float = 0.0  # a phase stops early once every example moves less than this (0: never)
@@ -462,9 +482,25 @@ def validate(config: Config) -> Config:
     _check(0 < s.decay_rate <= 1, "optimizer.schedule.decay_rate", "in (0, 1]", s.decay_rate)
     _check(0 <= s.final_fraction <= 1, "optimizer.schedule.final_fraction", "in [0, 1]", s.final_fraction)
     _check(all(b > 0 for b in s.boundaries), "optimizer.schedule.boundaries", "positive epochs", list(s.boundaries))
+    for key in ("period_epochs", "final_lr"):
+        _check(getattr(s, key) is None or s.name == "cosine", f"optimizer.schedule.{key}",
+               "null unless optimizer.schedule.name is cosine", getattr(s, key))
+    _check(s.period_epochs is None or s.period_epochs > 0, "optimizer.schedule.period_epochs", "> 0 or null",
+           s.period_epochs)
+    rates = [o.lr * m for m in o.layer_lr] or [o.lr]
+    _check(s.final_lr is None or (0 <= s.final_lr <= min(rates) and s.final_fraction == 0), "optimizer.schedule.final_lr",
+           f"null or in [0, {min(rates):g}] (the smallest layer's rate), with final_fraction 0", s.final_lr)
     _check(d.validation_size >= 0, "data.validation_size", ">= 0", d.validation_size)
     _check(d.train_limit is None or d.train_limit >= 1, "data.train_limit", ">= 1 or null", d.train_limit)
     _check(d.test_limit is None or d.test_limit >= 1, "data.test_limit", ">= 1 or null", d.test_limit)
+    channels = IMAGE_SHAPES[d.dataset][-1]
+    for key in ("channel_mean", "channel_std"):
+        value = list(getattr(d, key))
+        _check(len(value) == (channels if d.normalization == "given" else 0), f"data.{key}",
+               f"one value per channel ({channels} for {d.dataset}) with data.normalization given, else empty", value)
+    _check(all(v > 0 for v in d.channel_std), "data.channel_std", "positive", list(d.channel_std))
+    _check(d.crop_padding == "zeros" or d.augment == "crop_flip", "data.crop_padding",
+           "zeros unless data.augment is crop_flip (it pads the random crop)", d.crop_padding)
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
@@ -502,10 +538,19 @@ def validate(config: Config) -> Config:
     _check(0 < config.pc.inference_lr <= 1, "pc.inference_lr", "in (0, 1]", config.pc.inference_lr)
     _check(config.pc.output_precision > 0, "pc.output_precision", "> 0", config.pc.output_precision)
     if config.rule == "ep":
-        _check(m.activation != "relu", "model.activation", "hard_sigmoid, sigmoid or tanh for rule ep", m.activation)
+        _check(m.activation != "relu", "model.activation",
+               "hard_sigmoid, sigmoid, tanh, unit_slope_sigmoid or half_slope_hard_sigmoid for rule ep", m.activation)
+        _check(m.activation != "half_slope_hard_sigmoid" or e.dynamics == "primitive", "model.activation",
+               "hard_sigmoid, sigmoid, tanh or unit_slope_sigmoid with ep.dynamics gradient (half_slope_hard_sigmoid "
+               "runs under ep.dynamics primitive only: its states would leave [0, 1])",
+               m.activation)
         _check(m.arch == "mlp" or (e.feedback == "symmetric" and not e.learn_feedback), "ep.feedback",
                f"symmetric (and ep.learn_feedback false) for rule ep on model.arch {m.arch}: the conv energy's "
                "feedback is the transposed convolution of W", e.feedback)
+    else:
+        _check(m.activation not in EP_ONLY_ACTIVATIONS, "model.activation",
+               f"tanh, relu, sigmoid or hard_sigmoid for rule {config.rule} ({m.activation} is rule ep's only)",
+               m.activation)
     from bioprop_cli.rules import rule_info
 
     rule_info(config.rule).make(config, network, 0)  # a rule that does not run on this architecture says so

@@ -90,9 +90,9 @@ from bioprop_cli.models.energy import (
     contrast as hebbian_contrast,
     cost,
     free_units,
-    has_separate_feedback,
     input_drive,
     mixed_feedback,
+    primitive_dynamics,
     random_feedback,
     residual,
     settle,
@@ -100,6 +100,7 @@ from bioprop_cli.models.energy import (
     sign_feedback,
     split_readout,
     step,
+    symmetric_jacobian,
     with_feedback,
     zero_states,
 )
@@ -178,7 +179,17 @@ def network(config, params, state) -> Network:
     trainable, readout = split_readout(params, has_readout(config))
     feedback = (lambda p: effective_params(ep, p, state)) if separate_feedback(ep) else None
     running = feedback(trainable) if feedback else trainable
-    return Network(trainable, running, readout, feedback, RHOS[config.model.activation], dynamics_architecture(config))
+    return Network(trainable, running, readout, feedback, neuron_model(config), dynamics_architecture(config))
+
+
+DYNAMICS = ("gradient", "primitive")  # `ep.dynamics` (models/energy.py)
+
+
+def neuron_model(config) -> Rho:
+    """model.activation under `ep.dynamics`: gradient, s <- s - eps dF/ds (Scellier & Bengio 2017);
+    primitive, s <- rho(dPhi/ds) (Laborieux et al. 2021; energy.primitive_dynamics)."""
+    rho = RHOS[config.model.activation]
+    return primitive_dynamics(rho) if config.ep.dynamics == "primitive" else rho
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,8 +394,8 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
     J = D (I + eps dv/ds), with D the 0/1 diagonal of units the projection leaves free. On the free
     units the system is -eps (dv/ds)_FF^T lambda_F = g_F; the pinned units follow,
     lambda = g + J^T lambda_F. With symmetric weights -dv/ds = H, the Hessian of E (symmetric,
-    positive definite at a stable minimum): conjugate gradients. With separate feedback dv/ds is not
-    symmetric: BiCGSTAB (Van der Vorst 1992), which needs no symmetry and compiles to a smaller
+    positive definite at a stable minimum): conjugate gradients. With separate feedback, or the
+    primitive dynamics (J = diag(rho') d^2Phi/ds^2, models/energy.py), it is not symmetric: BiCGSTAB (Van der Vorst 1992), which needs no symmetry and compiles to a smaller
     program than jax's GMRES (about 3 s against 6 s of CPU here); when the dynamics contract, the
     free block of I - J^T has its eigenvalues in the disc of radius rho(J) < 1 around 1, and it
     reached misfits of 1e-13 (float64) and 1e-6 (float32) on the networks tested; the misfit
@@ -412,7 +423,7 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
 
     rhs = apply_mask(g)
     operator = lambda v: apply_mask(adjoint_operator(apply_mask(v)))
-    if has_separate_feedback(params):
+    if not symmetric_jacobian(params, rho):
         free_part, _ = jax.scipy.sparse.linalg.bicgstab(operator, rhs, tol=tol, atol=0.0, maxiter=max_iterations)
     else:
         free_part = _conjugate_gradients(params, fixed_point, x, y, mask, rhs, rho, eps, max_iterations, tol,
@@ -574,7 +585,9 @@ def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key
     short on a nearly marginal network (0.9915 for 0.9966 at 784-500-10, 0.993 for 1.003 at
     784-500-500-10 at initialisation, 64 and 16 probe examples: its top eigenvalues crowd
     together); Lanczos does not (tested against the dense eigenvalues).
-    Separate feedback: J is not symmetric and may have complex eigenvalues; the estimate is the
+    Separate feedback (J is not symmetric and may have complex eigenvalues) and the primitive
+    dynamics (models/energy.py; J = (1 - eps) I + eps diag(rho') d^2Phi/ds^2 has real eigenvalues,
+    but is not symmetric): the estimate is the
     geometric mean of the power iteration's growth over the second half of the iterations
     (|J^k v|^(1/k) tends to the radius whatever the eigenvalues, Gelfand's formula), with no error
     bound: `error` is NaN.
@@ -585,7 +598,7 @@ def spectral_radius_with_error(params, fixed_point, x, rho: Rho, eps: float, key
     keys = jax.random.split(key, len(fixed_point))
     v = [jax.random.normal(k, s.shape, s.dtype) for k, s in zip(keys, fixed_point)]
 
-    if has_separate_feedback(params):
+    if not symmetric_jacobian(params, rho):
         burn_in = iterations // 2
 
         def averaged(i, carry):

@@ -42,7 +42,7 @@ def init_state(config, network: arch.Architecture, seed, n_train: int = 0) -> tu
     keys = derive_keys(seed)
     rule = make_rule(config, network, n_train)
     init = config.model.init
-    params = init_params(keys.params, network, init.scheme, init.scale)
+    params = init_params(keys.params, network, init.scheme, init.scale, init.bias)
     if rule.init_params is not None:
         params = rule.init_params(keys.rule, params)
     return rule, params, rule.init(keys.rule, params)

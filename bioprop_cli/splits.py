@@ -54,16 +54,20 @@ def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
 
 def make_splits(config: Config, dataset) -> Splits:
     """Training split, validation split (held out from the end of the training set), test split; each
-    normalised with the training split's statistics when `data.normalization` is per_channel."""
+    normalised with the training split's statistics when `data.normalization` is per_channel, with
+    data.channel_mean and data.channel_std when it is given."""
     d = config.data
     n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
     n_train = check_against_data(config, len(dataset.x_train))
     x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
     n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
     x_test = dataset.x_test[:n_test]
-    if d.normalization == "per_channel":
+    if d.normalization != "none":
         channels = IMAGE_SHAPES[d.dataset][-1]
-        mean, std = channel_statistics(x[:n_train], channels)
+        if d.normalization == "given":
+            mean, std = np.asarray(d.channel_mean, np.float64), np.asarray(d.channel_std, np.float64)
+        else:
+            mean, std = channel_statistics(x[:n_train], channels)
         x, x_test = normalise(x, mean, std), normalise(x_test, mean, std)
     chunk = config.train.eval_batch_size
     val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))

@@ -71,7 +71,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
-    augment = make_augment(config.data.augment, config.data.dataset)  # None: the examples as they are
+    d = config.data
+    augment = make_augment(d.augment, d.dataset, d.crop_padding)  # None: the examples as they are
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""

@@ -557,6 +557,28 @@ def test_per_channel_normalisation_uses_the_training_split_only():
     assert np.abs(per_channel(splits.x_test)[0]).max() > 1e-3  # another split's own statistics are not used
 
 
+def test_given_normalisation_uses_the_given_constants():
+    """Laborieux et al.'s Normalize(mean=(0.4914, 0.4822, 0.4465), std=(3*0.2023, 3*0.1994, 3*0.2010)) on every split."""
+    mean, std = (0.4914, 0.4822, 0.4465), (3 * 0.2023, 3 * 0.1994, 3 * 0.2010)
+    dataset = fake_cifar()
+    splits = make_splits(cifar_config(**{"data.normalization": "given", "data.channel_mean": list(mean),
+                                         "data.channel_std": list(std)}), dataset)
+    for got, raw in ((splits.x_train, dataset.x_train[:80]), (splits.x_test, dataset.x_test)):
+        np.testing.assert_allclose(np.asarray(got).reshape(-1, 3), (raw.reshape(-1, 3) - mean) / std, rtol=1e-5,
+                                   atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"data.normalization": "given", "data.channel_mean": [0.5], "data.channel_std": [1, 1, 1]}, "data.channel_mean"),
+    ({"data.normalization": "given", "data.channel_mean": [0, 0, 0], "data.channel_std": [1, 0, 1]}, "data.channel_std"),
+    ({"data.channel_mean": [0.5, 0.5, 0.5]}, "data.channel_mean"),
+    ({"data.crop_padding": "edge"}, "data.crop_padding"),
+])
+def test_normalisation_constants_and_crop_padding_are_checked(overrides, key):
+    with pytest.raises(UserError, match=key):
+        cifar_config(**overrides)
+
+
 def test_no_normalisation_leaves_the_pixels_as_they_are():
     dataset = fake_cifar()
     splits = make_splits(cifar_config(), dataset)
@@ -572,9 +594,10 @@ def distinct_images(n: int = 256) -> np.ndarray:
     return (np.random.default_rng(3).random((n, 32 * 32 * 3), dtype=np.float32) * 0.9 + 0.1).astype(np.float32)
 
 
-def identify(original: np.ndarray, augmented: np.ndarray) -> list[tuple[int, int, bool]]:
-    """Each (row offset, column offset, flipped) into the zero-padded image that reproduces `augmented` exactly."""
-    padded = np.pad(original.reshape(SHAPE), ((PAD, PAD), (PAD, PAD), (0, 0)))
+def identify(original: np.ndarray, augmented: np.ndarray, mode: str = "constant") -> list[tuple[int, int, bool]]:
+    """Each (row offset, column offset, flipped) into the zero-padded image (np.pad's `mode`) that reproduces
+    `augmented` exactly."""
+    padded = np.pad(original.reshape(SHAPE), ((PAD, PAD), (PAD, PAD), (0, 0)), mode=mode)
     out = augmented.reshape(SHAPE)
     windows = {(dy, dx): padded[dy:dy + 32, dx:dx + 32] for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1)}
     return [(dy, dx, flip) for (dy, dx), window in windows.items() for flip in (False, True)
@@ -597,6 +620,16 @@ def test_crop_flip_is_a_shifted_window_of_the_zero_padded_image_maybe_mirrored()
     top_left = out[[d == (0, 0, False) for d in draws]].reshape(-1, *SHAPE)  # the window at the padding's corner
     assert len(top_left) and np.all(top_left[:, :PAD] == 0) and np.all(top_left[:, :, :PAD] == 0)
     assert np.all(top_left[:, PAD:, PAD:] > 0)
+
+
+def test_edge_padding_crops_from_the_image_with_its_border_pixels_repeated():
+    """data.crop_padding edge: torchvision's RandomCrop(padding=4, padding_mode='edge'), Laborieux et al.'s."""
+    x = distinct_images(64)
+    out = np.asarray(crop_flip(jax.random.PRNGKey(0), x, SHAPE, "edge"))
+    draws = [identify(original, augmented, mode="edge") for original, augmented in zip(x, out)]
+    assert all(len(d) == 1 for d in draws) and not np.any(out == 0)
+    assert any(d[0][:2] != (PAD, PAD) for d in draws)
+    assert not all(len(identify(original, augmented)) for original, augmented in zip(x, out))  # not zero padding
 
 
 def test_a_flip_is_exactly_a_mirror():
@@ -644,3 +677,19 @@ def test_the_example_config():
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "cifar10_mlp.yaml")
     assert (config.data.dataset, config.data.normalization, config.data.augment) == ("cifar10", "per_channel",
                                                                                       "crop_flip")
+
+
+def test_the_laborieux_config_trains_in_their_units(tmp_path):
+    """configs/experiments/ep_cnn_cifar10_laborieux.yaml (their neurons, readout, init, constants, edge crops, the
+    per-layer cosine stepped per epoch) runs end to end, at toy widths and settling lengths, on the fake images."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "ep_cnn_cifar10_laborieux.yaml"
+    small = {"model.cnn.channels": [4, 4, 4, 4], "ep.free_steps": 4, "ep.nudged_steps": 2, "train.epochs": 2,
+             "train.batch_size": 20, "train.eval_batch_size": 40, "alignment.enabled": False,
+             "data.validation_size": 40, "results_dir": str(tmp_path)}
+    config = load_config(path, list(small.items()))
+    assert (config.ep.dynamics, config.model.activation, config.data.crop_padding) == ("primitive",
+                                                                                       "half_slope_hard_sigmoid", "edge")
+    summary = train(config, fake_cifar(), writer(tmp_path / "run"))
+    assert summary["status"] == "completed"
+    losses = train_losses(tmp_path / "run")
+    assert len(losses) == 2 and all(np.isfinite(losses))

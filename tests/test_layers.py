@@ -96,3 +96,18 @@ def test_lenet_shapes_and_conv_init_std():
     assert params[0]["w"].shape == (5, 5, 1, 6) and params[1]["b"].shape == (16,)
     # he: std = sqrt(2 / fan_in), fan_in of a kernel = k^2 C_in = 150 for the second conv layer
     assert abs(float(jnp.std(params[1]["w"])) - (2 / 150) ** 0.5) < 0.01
+
+
+def test_fan_in_uniform_biases_are_torch_s_default_and_leave_the_weights_alone():
+    """model.init.bias fan_in_uniform: U(-1/sqrt(fan_in), +1/sqrt(fan_in)) per layer (a conv kernel's fan_in is
+    k^2 C_in), the weights as with zero biases."""
+    network = archs.stack("cnn", (8, 8, 3), [(64, 3, 1, 1, None)], (), 500)
+    zero = init_params(jax.random.PRNGKey(0), network, "lecun_uniform", 1.0)
+    torch_like = init_params(jax.random.PRNGKey(0), network, "lecun_uniform", 1.0, bias="fan_in_uniform")
+    for a, b, fan_in in zip(zero, torch_like, (3 * 3 * 3, 8 * 8 * 64)):
+        np.testing.assert_array_equal(a["w"], b["w"])
+        assert not np.any(a["b"])
+        bound = 1 / math.sqrt(fan_in)
+        assert float(jnp.max(jnp.abs(b["b"]))) <= bound
+        assert float(jnp.max(jnp.abs(b["b"]))) > 0.8 * bound  # spread over the interval
+        assert float(jnp.std(b["b"])) == pytest.approx(bound / math.sqrt(3), rel=0.25)

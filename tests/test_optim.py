@@ -49,3 +49,38 @@ def test_no_weight_decay_changes_nothing_and_some_changes_the_update(name):
         np.testing.assert_array_equal(a, b)
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), decayed, plain)
     assert max(jax.tree_util.tree_leaves(moved)) > 1e-4
+
+
+@pytest.mark.parametrize("every", ["step", "epoch"])
+@pytest.mark.parametrize("rates", [(), (1.0, 0.5)])
+def test_cosine_with_period_and_final_lr_is_torchs_cosine_annealing(every, rates):
+    """CosineAnnealingLR(T_max, eta_min) per layer group: eta_min + (lr_l - eta_min)(1 + cos(pi t / T_max)) / 2 up
+    to T_max, then eta_min (Laborieux et al. step it per epoch and stop at T_max); t in steps or in whole epochs."""
+    lr, floor, spe, period = 0.2, 0.01, 3, 2.0
+    cfg = load_config(overrides=[("model.depth", 1), ("optimizer.name", "sgd"), ("optimizer.lr", lr),
+                                 ("optimizer.layer_lr", list(rates)), ("optimizer.schedule.name", "cosine"),
+                                 ("optimizer.schedule.period_epochs", period), ("optimizer.schedule.final_lr", floor),
+                                 ("optimizer.schedule.every", every)]).optimizer
+    opt = make_optimizer(cfg, steps_per_epoch=spe, epochs=4)
+    ones = jax.tree_util.tree_map(jnp.ones_like, PARAMS)
+    state = opt.init(PARAMS)
+    for step in range(4 * spe):
+        updates, state = opt.update(ones, state, PARAMS)
+        t = step if every == "step" else (step // spe) * spe
+        for layer, m in zip(updates, rates or (1.0, 1.0)):
+            expected = floor + (lr * m - floor) * (1 + np.cos(np.pi * min(t, period * spe) / (period * spe))) / 2
+            for u in jax.tree_util.tree_leaves(layer):
+                np.testing.assert_allclose(u, -expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ([("optimizer.schedule.name", "constant"), ("optimizer.schedule.final_lr", 0.0)], "optimizer.schedule.final_lr"),
+    ([("optimizer.schedule.period_epochs", 0.0)], "optimizer.schedule.period_epochs"),
+    ([("optimizer.lr", 0.1), ("optimizer.schedule.final_lr", 0.2)], "optimizer.schedule.final_lr"),
+    ([("optimizer.schedule.final_lr", 0.0), ("optimizer.schedule.final_fraction", 0.1)], "optimizer.schedule.final_lr"),
+])
+def test_cosine_period_and_final_lr_are_checked(overrides, key):
+    from bioprop_cli.errors import UserError
+
+    with pytest.raises(UserError, match=key):
+        load_config(overrides=[("optimizer.schedule.name", "cosine"), *overrides])

@@ -99,6 +99,8 @@ def jtranspose(
     require_mse_cost(cfg, "bioprop jtranspose")
     if cfg.model.activation not in ("hard_sigmoid", "sigmoid", "tanh"):
         raise UserError(f"config key 'model.activation': must be hard_sigmoid, sigmoid or tanh, got {cfg.model.activation!r}")
+    if cfg.ep.dynamics != "gradient":
+        raise UserError(f"config key 'ep.dynamics': bioprop jtranspose measures the gradient dynamics only, got {cfg.ep.dynamics!r}")
 
     from bioprop_cli.datasets import load_dataset
 

@@ -16,7 +16,8 @@ images). With r_0 = x and r_k = rho(s_k), per example
 Laborieux et al.'s primitive function Phi = sum_l <s_{l+1}, P(W_l * s_l)> plus the leak that turns
 their update s <- rho(dPhi/ds) into a gradient flow on E: for the hard sigmoid, on [0, 1],
 s <- clip(s - eps dE/ds, 0, 1) = clip((1 - eps) s + eps dPhi/ds, 0, 1), which at eps = 1 is their
-update (their `hard_sigmoid` is clip(x/2, 0, 1): the same dynamics with W and b halved). For dense
+update with their `hard_sigmoid`, clip(x, 0, 1) (their `my_hard_sig`, clip(x/2, 0, 1), and any other rho
+run as theirs under ep.dynamics primitive: models/energy.py primitive_dynamics). For dense
 layers E is exactly models/energy.py's MLP energy. The force on s_k is
 
     dE/ds_k = s_k - rho'(s_k) * (f_{k-1}(r_{k-1}) + J_{f_k}(r_k)^T r_{k+1}),

@@ -38,6 +38,11 @@ so dC/ds_top = rho'(s_top) * ((yhat - y) W_out^T) replaces s_L - y in the nudge;
 the hidden layers is unchanged. The functions below take `readout=R` (None: the mean-squared cost
 on s_L, as before, the same code).
 
+Laborieux et al.'s primitive dynamics (ep.dynamics primitive, `primitive_dynamics`): the state is the
+neurons' output and every layer moves to rho(dPhi/ds - beta dC/ds), Phi = sum_l <s_{l+1}, f_l(s_l)>;
+a Rho whose `update` is set carries it (its f is the identity, so the drives, the contrast and the
+readout above read the states themselves); its energy is sum G(s) - Phi, G' = rho^{-1}.
+
 Conv nets (model.arch cnn or lenet): the functions below take `arch`, the Architecture of the
 dynamics' layers (None: the MLP above, the same code); the layers' drives, the input's drive, the
 energy and the contrast are then models/conv_energy.py's (the energy of Ernoult et al. 2019 and
@@ -75,17 +80,69 @@ def _hard_sigmoid_jvp(primals, tangents):
     return hard_sigmoid(s), ds * ((s >= 0.0) & (s <= 1.0)).astype(s.dtype)
 
 
+@jax.custom_jvp
+def half_slope_hard_sigmoid(s):
+    """rho(s) = clip(s/2, 0, 1), Laborieux et al. 2021's `my_hard_sig` (their model_utils.py,
+    (1 + hardtanh(x - 1)) / 2), with rho' = 1/2 on the closed interval [0, 2] (as hard_sigmoid's)."""
+    return jnp.clip(0.5 * s, 0.0, 1.0)
+
+
+@half_slope_hard_sigmoid.defjvp
+def _half_slope_hard_sigmoid_jvp(primals, tangents):
+    (s,), (ds,) = primals, tangents
+    return half_slope_hard_sigmoid(s), ds * 0.5 * ((s >= 0.0) & (s <= 2.0)).astype(s.dtype)
+
+
+def unit_slope_sigmoid(s):
+    """rho(s) = 1 / (1 + exp(-4 (s - 1/2))), Laborieux et al. 2021's `mysig` (their model_utils.py
+    `my_sigmoid`): the logistic sigmoid centred at 1/2 with slope 1 there, like hard_sigmoid."""
+    return jax.nn.sigmoid(4.0 * (s - 0.5))
+
+
+def _binary_entropy_part(s):
+    """s log s + (1 - s) log(1 - s), the primitive of logit(s) (0 at s = 0 and 1)."""
+    return jax.scipy.special.xlogy(s, s) + jax.scipy.special.xlogy(1.0 - s, 1.0 - s)
+
+
 class Rho(NamedTuple):
     f: Callable
     df: Callable
     bounded: bool  # project the state onto [0, 1] after every step
+    # G, the primitive of rho's inverse on rho's range (G' = rho^{-1}; for the hard sigmoids on
+    # [0, 1]): the leak of the primitive dynamics' energy E = sum G(s) - Phi (see `primitive_dynamics`)
+    inverse_primitive: Callable | None = None
+    # the primitive dynamics s <- rho(dPhi/ds): the activation rho; f is then the identity (the state is
+    # the neuron's output). None: the gradient dynamics above.
+    update: "Rho | None" = None
 
 
 RHOS: dict[str, Rho] = {
-    "hard_sigmoid": Rho(hard_sigmoid, lambda s: ((s >= 0.0) & (s <= 1.0)).astype(s.dtype), True),
-    "sigmoid": Rho(jax.nn.sigmoid, lambda s: jax.nn.sigmoid(s) * (1.0 - jax.nn.sigmoid(s)), False),
-    "tanh": Rho(jnp.tanh, lambda s: 1.0 - jnp.tanh(s) ** 2, False),
+    "hard_sigmoid": Rho(hard_sigmoid, lambda s: ((s >= 0.0) & (s <= 1.0)).astype(s.dtype), True,
+                        lambda s: 0.5 * s**2),
+    "half_slope_hard_sigmoid": Rho(half_slope_hard_sigmoid, lambda s: 0.5 * ((s >= 0.0) & (s <= 2.0)).astype(s.dtype),
+                                   True, lambda s: s**2),
+    "sigmoid": Rho(jax.nn.sigmoid, lambda s: jax.nn.sigmoid(s) * (1.0 - jax.nn.sigmoid(s)), False,
+                   _binary_entropy_part),
+    "unit_slope_sigmoid": Rho(unit_slope_sigmoid,
+                              lambda s: 4.0 * unit_slope_sigmoid(s) * (1.0 - unit_slope_sigmoid(s)), False,
+                              lambda s: 0.5 * s + 0.25 * _binary_entropy_part(s)),
+    "tanh": Rho(jnp.tanh, lambda s: 1.0 - jnp.tanh(s) ** 2, False,
+                lambda s: s * jnp.arctanh(s) + 0.5 * jnp.log1p(-s**2)),
 }
+
+
+def primitive_dynamics(rho: Rho) -> Rho:
+    """The primitive-function dynamics of Laborieux, Ernoult, Scellier, Bengio, Grollier & Querlioz
+    2021 (their code's P_MLP / P_CNN `forward`): the state s IS the neurons' output, the layers see
+    s itself (Phi = sum_l <s_{l+1}, s_l W_l + b_l>, f the identity below), and a step maps every
+    layer at once (synchronously) to s <- (1 - eps) s + eps rho(dPhi/ds - beta dC/ds), at eps = 1
+    their update. Its fixed points s = rho(dPhi/ds - beta dC/ds) are the stationary points of
+        E(s) = sum_k G(s_k) - Phi(s),   G' = rho^{-1},
+    (for a hard sigmoid: E's minima on the box [0, 1], its KKT points), with F = E + beta C:
+    Phi's parameters enter E through -Phi only, so EP's contrast is -dPhi/dtheta, their
+    compute_syn_grads (tested against the implicit gradient). The output layer is squashed too
+    (their mean-squared network; the cross-entropy readout reads s_top W_out + b_out)."""
+    return Rho(lambda s: s, jnp.ones_like, False, update=rho)
 
 
 def zero_states(params: Params, batch: int, dtype=jnp.float32, arch: Architecture | None = None) -> States:
@@ -109,6 +166,9 @@ def energy(params: Params, states: States, x: jax.Array, rho: Rho, arch: Archite
     """E per example, shape (batch,). Only the symmetric network has one."""
     if has_separate_feedback(params):
         raise ValueError("a network with separate feedback weights (params[l]['fb']) has no energy")
+    if rho.update is not None:  # primitive dynamics: sum G(s) - Phi = (1/2 |s|^2 - Phi) + sum (G(s) - s^2/2)
+        leak = sum(jnp.sum(rho.update.inverse_primitive(s) - 0.5 * s**2, axis=-1) for s in states)
+        return leak + energy(params, states, x, rho._replace(update=None), arch)
     if arch is not None:
         return conv_energy.energy(arch, params, states, x, rho)
     r = [x] + [rho.f(s) for s in states]
@@ -169,7 +229,13 @@ def _conv_drives(params: Params, r: States, drive0: jax.Array, arch: Architectur
 def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None,
                     readout=None, arch: Architecture | None = None) -> States:
     """dF/ds_k for every free layer, with F = E + beta C; in general -v_k(s), the negative vector
-    field (with separate feedback, or an external drive u = `external`, it is no gradient)."""
+    field (with separate feedback, or an external drive u = `external`, it is no gradient). For the
+    primitive dynamics (`primitive_dynamics`) -v_k = s_k - rho(dPhi/ds_k - beta dC/ds_k) - u_k: zero
+    where dF/ds is, but not dF/ds."""
+    if rho.update is not None:
+        grads = [s - rho.update.f(u) for s, u in zip(states, _primitive_drives(params, states, drive0, y, beta, rho,
+                                                                                 readout, arch))]
+        return grads if external is None else [g - u for g, u in zip(grads, external)]
     r = [rho.f(s) for s in states]
     grads = []
     conv = _conv_drives(params, r, drive0, arch)
@@ -193,8 +259,30 @@ def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, 
     """
     if rho.bounded:
         return _bounded_step(params, states, drive0, y, beta, eps, external, readout, arch)
+    if rho.update is not None:  # (1 - eps) s + eps (rho(dPhi/ds - beta dC/ds) + u): at eps = 1 exactly rho(...)
+        drives = _primitive_drives(params, states, drive0, y, beta, rho, readout, arch)
+        pulls = [rho.update.f(u) for u in drives]
+        if external is not None:
+            pulls = [p + u for p, u in zip(pulls, external)]
+        return [(1.0 - eps) * s + eps * p for s, p in zip(states, pulls)]
     grads = energy_gradient(params, states, drive0, y, beta, rho, external, readout, arch)
     return [s - eps * g for s, g in zip(states, grads)]
+
+
+def _primitive_drives(params, states, drive0, y, beta, rho: Rho, readout=None, arch=None) -> States:
+    """dPhi/ds_k - beta dC/ds_k for every free layer, the layers seeing the states themselves."""
+    conv = _conv_drives(params, states, drive0, arch)
+    drives = [_drive(params, states, drive0, k) if conv is None else conv[k] for k in range(len(states))]
+    drives[-1] = drives[-1] - beta * cost_gradient(states[-1], y, readout, rho)
+    return drives
+
+
+def symmetric_jacobian(params: Params, rho: Rho) -> bool:
+    """Whether the settling map's Jacobian restricted to the free units is symmetric (the adjoint
+    solve may use conjugate gradients, the spectral radius Lanczos): tied feedback and the gradient
+    dynamics. The primitive dynamics' J = diag(rho'(u)) d^2Phi/ds^2 is not (for a smooth rho); its
+    eigenvalues are real (it is similar to a symmetric matrix), but the solvers treat it as general."""
+    return not has_separate_feedback(params) and rho.update is None
 
 
 def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None):

@@ -9,6 +9,8 @@ its input flattened, a conv layer reads it as images, so both accept whatever th
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -50,19 +52,30 @@ def pool(p: Pool | None, h: jax.Array) -> jax.Array:
     return lax.reduce_window(h, 0.0, lax.add, window, strides, "VALID") / (p.window * p.window)
 
 
-def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float) -> list:
+def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float, bias: str = "zeros") -> list:
     """[{"w", "b"}] per layer: weights from the variance-scaling scheme (std = scale * scheme(fan_in,
-    fan_out), the fans of a kernel being k^2 C_in and k^2 C_out), zero biases. One key per layer,
-    split from `key`."""
+    fan_out), the fans of a kernel being k^2 C_in and k^2 C_out); biases zero, or with `bias`
+    fan_in_uniform U(-1/sqrt(fan_in), +1/sqrt(fan_in)) (torch.nn.Linear's and Conv2d's default, from a
+    key of their own: the weights do not change). One key per layer, split from `key`."""
     distribution = scheme.split("_")[1]
     keys = jax.random.split(key, len(arch.layers))
     return [
         {
             "w": sample(k, layer.op.weight_shape, init_std(scheme, scale, *layer.op.fans), distribution),
-            "b": jnp.zeros((layer.op.out_shape[-1],)),
+            "b": initial_bias(jax.random.fold_in(k, BIAS_STREAM), layer.op.out_shape[-1], layer.op.fans[0], bias),
         }
         for k, layer in zip(keys, arch.layers)
     ]
+
+
+BIAS_STREAM = 0xB1A5  # folded into a layer's key for its biases (`model.init.bias`)
+
+
+def initial_bias(key: jax.Array, n: int, fan_in: int, bias: str) -> jax.Array:
+    if bias == "zeros":
+        return jnp.zeros((n,))
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, (n,), minval=-bound, maxval=bound)
 
 
 # ----------------------------------------------------------------------------------------------

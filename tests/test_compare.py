@@ -34,7 +34,7 @@ def app() -> typer.Typer:
 
 
 def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: int = 0, accs=(0.9, 0.95, 0.97),
-              walls=None, final=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
+              walls=None, final=None, val=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
               examples_per_s: float = 1000.0, update_angles=None, feedback=None, angle_curve=None, lr: float = 0.001,
               experiment: str = "exp", in_epoch: bool = False, batch_size: int = 128) -> Path:
     """One run folder. update_angles: {layer: final angle}; feedback: {layer: angle or None} (all epochs);
@@ -76,6 +76,7 @@ def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: 
     summary = {
         "status": status, "rule": rule, "depth": depth, "seed": seed, "steps_per_epoch": SPE,
         "test_accuracy": accs[-1] if final is None else final,
+        "val_accuracy": accs[-1] if val is None else val,
         "best_val_accuracy": max(accs) if best_val is None else best_val,
         "wall_time_s": wall_time, "examples_per_s": examples_per_s,
     }
@@ -250,11 +251,37 @@ def test_hyperparameter_axes_slices_and_tuned_best(tmp_path):
     assert best[()]["bp"].keys["optimizer.lr"] == 0.1 and best[()]["bp"].keys["train.batch_size"] == 32
     assert best[()]["fa"].keys["optimizer.lr"] == 1.0 and best[()]["fa"].keys["train.batch_size"] == 128
     text = "\n".join(c.findings)
-    assert "optimizer.lr (train.batch_size=32): best value per rule: bp at 0.1 (95.00%), fa at 1 (92.00%)." in text
+    assert ("optimizer.lr (train.batch_size=32): best value per rule on validation accuracy (test accuracy there): "
+            "bp at 0.1 (95.00%), fa at 1 (92.00%).") in text
     assert "largest value swept" in text  # fa's optimum is at the edge of the lr grid
-    assert "train.batch_size (optimizer.lr=0.1): best value per rule: bp at 32 (95.00%), fa at 128 (88.00%)." in text
+    assert ("train.batch_size (optimizer.lr=0.1): best value per rule on validation accuracy (test accuracy there): "
+            "bp at 32 (95.00%), fa at 128 (88.00%).") in text
     assert "Gap to bp's best (points; negative = better than bp): fa 2.00." in text
     assert "Depth 2" not in text  # one depth with swept axes: the axis findings replace the depth lines
+
+
+def test_best_values_and_settings_are_chosen_on_validation_not_test_accuracy(tmp_path):
+    """fa at lr 1 has the higher test accuracy (0.95 against 0.93) but the lower validation accuracy
+    (0.90 against 0.92): every best value, tuned setting and table picks lr 0.1 and reports its test
+    accuracy, 0.93. Without a validation accuracy nothing is chosen, and the findings say why."""
+    for lr, val, test in ((0.1, 0.92, 0.93), (1.0, 0.90, 0.95)):
+        for seed in (0, 1):
+            write_run(tmp_path / "runs", f"fa-lr{lr}-s{seed}", rule="fa", seed=seed, lr=lr, accs=(0.5, test), val=val)
+    c = aggregate([tmp_path / "runs"])
+    (s,) = axis_slices(c.groups, "optimizer.lr")
+    assert s.best_value("fa") == (0.1, pytest.approx(0.93))
+    assert tuned_best(c.groups, c.axes)[()]["fa"].keys["optimizer.lr"] == 0.1
+    assert "fa 93.00% (optimizer.lr=0.1)" in "\n".join(c.findings)
+    tuned = [t for t in all_tables(c) if t.title.startswith("Each rule at its best setting")]
+    assert [t.rows for t in tuned] == [[["fa", "0.1", "92.00 ± 0.00%", "93.00 ± 0.00%", "-"]]]
+    axis_rows = [t.rows for t in all_tables(c) if t.title.startswith("Final test accuracy by rule and optimizer.lr")]
+    assert axis_rows == [[["fa", "93.00 ± 0.00%", "95.00 ± 0.00%", "0.1"]]]
+    for run in (tmp_path / "runs").iterdir():
+        _set_summary(run, val_accuracy=None)
+    c = aggregate([tmp_path / "runs"])
+    assert s.best_value("fa") is not None and axis_slices(c.groups, "optimizer.lr")[0].best_value("fa") is None
+    assert tuned_best(c.groups, c.axes) == {}
+    assert "no validation accuracy" in "\n".join(c.findings)
 
 
 def test_a_setting_where_a_seed_diverged_is_never_the_best(tmp_path):
@@ -321,7 +348,7 @@ def test_cli_report_for_a_hyperparameter_sweep(tmp_path):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     md = (out / "report.md").read_text()
     assert "### Final test accuracy by rule and optimizer.lr (train.batch_size=32)" in md
-    assert "| fa | 1 | 128 | 93.00 ± 0.14% | 2.00 |" in md  # tuned table (sample std of 92.9, 93.1): fa's best setting, 2 points below bp's best
+    assert "| fa | 1 | 128 | 93.00 ± 0.14% | 93.00 ± 0.14% | 2.00 |" in md  # tuned table (val. = test in this grid) (sample std of 92.9, 93.1): fa's best setting, 2 points below bp's best
     assert "breaking depth" not in md  # one depth: no depth table
     assert not (out / "accuracy_vs_depth.png").exists()
 

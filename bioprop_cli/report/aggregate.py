@@ -183,7 +183,8 @@ KINDS = {
     "a list": lambda v: isinstance(v, list),
 }
 SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
-                  **{k: "a number or null" for k in ("test_accuracy", "best_val_accuracy", "wall_time_s", "examples_per_s")}}
+                  **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "best_val_accuracy", "wall_time_s",
+                                                     "examples_per_s")}}
 METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null",
                   **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "train_loss", "wall_time_s",
                                                      "mean_update_angle")}}
@@ -545,6 +546,7 @@ def group_stats(group: Group, target: float) -> dict:
     runs = group.runs
     s = [r.summary for r in runs]
     test_mean, test_std, test_n = mean_std(x.get("test_accuracy") for x in s)
+    final_val_mean, final_val_std, _ = mean_std(x.get("val_accuracy") for x in s)
     val_mean, val_std, _ = mean_std(x.get("best_val_accuracy") for x in s)
     statuses = [x.get("status", "unknown") for x in s]
     status_counts = {k: statuses.count(k) for k in STATUSES}
@@ -560,6 +562,8 @@ def group_stats(group: Group, target: float) -> dict:
         "test_accuracy_mean": test_mean,
         "test_accuracy_std": test_std,
         "test_accuracy_n": test_n,
+        "val_accuracy_mean": final_val_mean,  # the last epoch's, like test_accuracy: what hyperparameters are chosen on
+        "val_accuracy_std": final_val_std,
         "best_val_accuracy_mean": val_mean,
         "best_val_accuracy_std": val_std,
         "status": status_counts,

@@ -5,7 +5,9 @@ no files written.
 For an axis K the groups are sliced by every other grouping key except the rule (the depth only when
 it differs), so that within a slice each rule has one mean final test accuracy per value of K. The
 "tuned" comparison picks, per rule, the best group over all the axes at once (per depth and per any
-non-numeric key), the fair way to rank rules whose best learning rates differ.
+non-numeric key), the fair way to rank rules whose best learning rates differ. Every best value and
+best setting is chosen on the mean final VALIDATION accuracy and reported with the test accuracy
+there: choosing on the test set would report the maximum of noisy estimates as the rule's accuracy.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ def stable(group: Group) -> bool:
     """No seed of the group diverged. A diverged run's summary keeps the accuracy of its last finite
     epoch, so an unstable setting could otherwise look best; the best-value findings skip it."""
     return diverged(group) == 0
+
+
+def selection_accuracy(group: Group) -> Optional[float]:
+    """What a setting is chosen on: the mean final validation accuracy (None without a validation set,
+    or where a seed diverged)."""
+    val, test = group.stats.get("val_accuracy_mean"), group.stats.get("test_accuracy_mean")
+    return val if stable(group) and test is not None else None
+
+
+def unselectable(groups: list[Group]) -> bool:
+    """Some stable group has a test accuracy but no validation accuracy (data.validation_size 0)."""
+    return any(stable(g) and g.stats.get("test_accuracy_mean") is not None and g.stats.get("val_accuracy_mean") is None
+               for g in groups)
 
 
 def axis_keys(groups: list[Group], keys: list[str]) -> list[str]:
@@ -67,14 +82,14 @@ class AxisSlice:
         return None if g is None else g.stats.get("test_accuracy_mean")
 
     def best_value(self, rule: Any) -> Optional[tuple[Any, float]]:
-        """(axis value, mean final test accuracy) with the highest accuracy for `rule` among the values
-        where no seed diverged; None without any."""
-        scored = [(acc, v) for v in self.values if (acc := self.accuracy(rule, v)) is not None
-                  and stable(self.by_rule[rule][v])]
+        """(axis value, mean final test accuracy there) for the value with the highest mean final
+        validation accuracy for `rule` among those where no seed diverged; None without any."""
+        scored = [(val, v) for v in self.values if v in self.by_rule.get(rule, {})
+                  and (val := selection_accuracy(self.by_rule[rule][v])) is not None]
         if not scored:
             return None
-        acc, v = max(scored, key=lambda t: (t[0], -_sort_value(t[1])[1]))  # ties: the smaller value
-        return v, acc
+        _, v = max(scored, key=lambda t: (t[0], -_sort_value(t[1])[1]))  # ties: the smaller value
+        return v, self.accuracy(rule, v)
 
 
 def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
@@ -95,17 +110,18 @@ def axis_slices(groups: list[Group], key: str) -> list[AxisSlice]:
 
 
 def tuned_best(groups: list[Group], axes: list[str]) -> dict[tuple, dict[Any, Group]]:
-    """{context: {rule: the group with the highest mean final test accuracy, none of whose seeds diverged}}; the context is every
-    grouping key except the rule and the axes (so the depth, where it varies, and non-numeric keys)."""
+    """{context: {rule: the group with the highest mean final validation accuracy, none of whose seeds diverged}}; the context
+    is every grouping key except the rule and the axes (so the depth, where it varies, and non-numeric keys). Groups
+    without a validation accuracy are never chosen."""
     fixed = _fixed_keys(groups, axes)
     out: dict[tuple, dict] = {}
     for g in groups:
-        acc = g.stats.get("test_accuracy_mean")
-        if acc is None or not stable(g):
+        val = selection_accuracy(g)
+        if val is None:
             continue
         context = _context(g, fixed)
         best = out.setdefault(context, {})
-        if g.rule not in best or acc > best[g.rule].stats["test_accuracy_mean"]:
+        if g.rule not in best or val > selection_accuracy(best[g.rule]):
             best[g.rule] = g
     return {c: {r: by_rule[r] for r in sorted(by_rule, key=_rule_rank)} for c, by_rule in out.items()}
 
@@ -138,10 +154,10 @@ def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") ->
             if len(best) > 1 and len(chosen) == 1:
                 v = chosen.pop()
                 per_rule = ", ".join(f"{r} {_pct(acc)}" for r, (_, acc) in best.items())
-                line = f"{key}{where}: every rule is best at {key}={format_value(v)} ({per_rule})."
+                line = f"{key}{where}: every rule is best at {key}={format_value(v)} on validation accuracy (test: {per_rule})."
             else:
                 per_rule = ", ".join(f"{r} at {format_value(v)} ({_pct(acc)})" for r, (v, acc) in best.items())
-                line = f"{key}{where}: best value per rule: {per_rule}."
+                line = f"{key}{where}: best value per rule on validation accuracy (test accuracy there): {per_rule}."
             unstable = [f"{r} at {format_value(v)} ({diverged(g)} of {g.stats['n_runs']})" for r, by_value in s.by_rule.items()
                         for v, g in by_value.items() if not stable(g)]
             if unstable:
@@ -149,11 +165,14 @@ def axis_findings(groups: list[Group], axes: list[str], baseline: str = "bp") ->
             lines.append(line + _edge_note(s.values, [v for v, _ in best.values()]))
     if not axes:
         return lines
+    if unselectable(groups):
+        lines.append("Some settings have no validation accuracy (data.validation_size 0): they are never chosen as a best "
+                     "value or setting (a choice on the test set would overstate the chosen accuracy).")
     for context, by_rule in tuned_best(groups, axes).items():
         where = f" ({context_label(context)})" if context else ""
         ranked = sorted(by_rule.items(), key=lambda t: -t[1].stats["test_accuracy_mean"])
         parts = ", ".join(f"{r} {_pct(g.stats['test_accuracy_mean'])} ({setting_label(g, axes)})" for r, g in ranked)
-        line = f"Each rule at its best setting{where}: {parts}."
+        line = f"Each rule at its best setting on validation accuracy{where}, test accuracy there: {parts}."
         base = by_rule.get(baseline)
         others = [(r, g) for r, g in by_rule.items() if r != baseline]
         if base is not None and others:

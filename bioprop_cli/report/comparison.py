@@ -71,6 +71,8 @@ def group_table(comparison: Comparison) -> list[dict]:
             "seeds": " ".join(str(x) for x in s["seeds"]),
             "test_accuracy_mean": s["test_accuracy_mean"],
             "test_accuracy_std": s["test_accuracy_std"],
+            "val_accuracy_mean": s["val_accuracy_mean"],
+            "val_accuracy_std": s["val_accuracy_std"],
             "best_val_accuracy_mean": s["best_val_accuracy_mean"],
             "best_val_accuracy_std": s["best_val_accuracy_std"],
             **{f"n_{k}": v for k, v in s["status"].items()},

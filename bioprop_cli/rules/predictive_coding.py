@@ -1,4 +1,16 @@
-"""pc: predictive coding (Whittington & Bogacz 2017, Neural Computation 29:1229).
+"""pc: predictive coding (Whittington & Bogacz 2017, Neural Computation 29:1229), in the formulation of
+Millidge, Tschantz & Buckley 2022 (their code, BerenMillidge/PredictiveCodingBackprop layers.py
+FCLayer: f(x W)): a layer predicts the next as f(x_l W_l + b_l), the nonlinearity after the weights,
+so that the feedforward pass is the MLP's. Whittington & Bogacz 2017 predict W f(x) + b (the
+nonlinearity on the predicting node, before the weights): a different energy, with different
+equilibria. jpc's `make_mlp` (thebuckleylab/jpc, jpc/_utils.py) built f(W z) layers until May 2025
+and builds W phi(z) ones since (nn.Lambda(act) before nn.Linear, for its muPC scalings).
+
+The default output precision differs from both libraries: gamma = `pc.output_precision` = 0.1
+weights the output energy ten times below each hidden layer's, where jpc (`pc_energy_fn`,
+output_energy_scaling None = 1) and pcx (`ce_energy`, no factor) weight every layer's energy
+equally. `--set pc.output_precision=1` is their weighting (docs/results.md, Predictive coding,
+compares the two).
 
 The MLP of models/mlp.py read as a hierarchy of value nodes x_0 = input (clamped), x_1 .. x_{L-1}
 (hidden, free), each predicting the next: mu_{l+1} = f(a_l), a_l = x_l W_l + b_l, the last

@@ -16,8 +16,8 @@ learning rate, say) and the seeds), plus a `paper:` section that only this modul
           spread: 0.1                          # the paper's own spread (std over its runs), if given
           tolerance: 0.3                       # this entry's, instead of the preset's
           source: Fig. 3                       # table or figure
-          checked: false                       # the value was not read from the paper itself (default true):
-                                               # the verdict says so
+          checked: false                       # not checked against the paper or the authors' published files
+                                               # (default true; `note` says why): the verdict says so
           note: ...                            # how the number was read, what it is not
       quick:                                   # `--quick`: a short version that checks the direction
         seeds: 1

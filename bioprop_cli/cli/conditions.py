@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, stored_params,
+    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_file, config_from_flags, console, stored_params,
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
@@ -79,6 +79,7 @@ def conditions(
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.studies import conditions as study
 
+    config = config_file(config)
     if run is not None and config is not None:
         raise UserError("give --run RUN_FOLDER or --config FILE, not both")
     if run is not None:

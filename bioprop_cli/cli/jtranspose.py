@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, stored_params,
+    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, config_file, console, refuse_other_rule, refuse_unused_model_keys,
+    stored_params,
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
@@ -50,9 +51,14 @@ def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], f
         if not (run / "config.yaml").is_file():
             raise UserError(f"--run {run}: not a run folder (no config.yaml)")
         config = run / "config.yaml"
+    refuse_other_rule(sets, "ep", "jtranspose")
     overrides = [parse_override(s) for s in sets] + [("rule", "ep")]
     overrides += [(key, value) for key, value in flags.items() if value is not None]
-    return load_config(config, overrides)
+    cfg = load_config(config, overrides)
+    flag_names = {"model.depth": "--depth", "model.width": "--width"}
+    refuse_unused_model_keys(cfg, [(key, flag_names[key]) for key in flag_names if flags.get(key) is not None]
+                             + [(parse_override(text)[0], f"--set {text}") for text in sets])
+    return cfg
 
 
 def jtranspose(
@@ -90,7 +96,7 @@ def jtranspose(
         raise UserError(f"--asymmetry-beta: must be one of the betas ({', '.join(f'{b:g}' for b in beta_list)}), got {asym_beta!r}")
     flags = {"model.depth": depth, "model.width": width, "model.activation": activation, "seed": seed,
              "data.data_dir": data_dir}
-    cfg = _load_config(run, config, set_, flags)
+    cfg = _load_config(run, config_file(config), set_, flags)
     from dataclasses import replace
 
     cfg = replace(cfg, ep=replace(cfg.ep, reference_steps=n_steps))  # the budget of this command's settling

@@ -129,6 +129,22 @@ def refuse_other_rule(sets: list[str], rule: str, command: str) -> None:
             raise UserError(f"--set {text}: {command} studies rule {rule} only; drop it")
 
 
+def run_config_file(run: Path) -> Path:
+    """--run's config.yaml, checked alone first: a damaged one is a UserError naming the file and the key
+    (not only the key, as it would be once merged with the command's flags)."""
+    if not run.is_dir():
+        raise UserError(f"--run {run}: not a folder")
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--run {run}: no config.yaml (not a run folder)")
+    try:
+        load_config(path)
+    except UserError as e:
+        message = str(e)
+        raise UserError(message if str(path) in message else f"{path}: {message}") from None
+    return path
+
+
 def stored_params(run: Optional[Path]):
     """`--run`'s trained parameters (params.npz, runs.load_params), said on the console; None without
     --run, or where the run stored none (then a note says a fresh network of its config is used)."""

@@ -14,7 +14,7 @@ import typer
 
 from bioprop_cli.cli.common import (
     X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, config_file, console, refuse_other_rule, refuse_unused_model_keys,
-    stored_params,
+    run_config_file, stored_params,
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
@@ -48,9 +48,7 @@ def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], f
     if run is not None:
         if config is not None:
             raise UserError("--run and --config: give one (the run's config.yaml is its config)")
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"--run {run}: not a run folder (no config.yaml)")
-        config = run / "config.yaml"
+        config = run_config_file(run)
     refuse_other_rule(sets, "ep", "jtranspose")
     overrides = [parse_override(s) for s in sets] + [("rule", "ep")]
     overrides += [(key, value) for key, value in flags.items() if value is not None]

@@ -29,13 +29,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
 from bioprop_cli.errors import UserError
 from bioprop_cli.rules import available_rules
-from bioprop_cli.runs import process_alive, read_jsonl
+from bioprop_cli.runs import process_alive
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
 BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
@@ -133,33 +133,60 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_json(path: Path) -> dict:
+def _text(path: Path) -> str:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON ({e.__class__.__name__})") from None
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text (UTF-8) file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__})") from None
+
+
+def _json_error(e: json.JSONDecodeError, text: str) -> str:
+    return "empty" if not text.strip() else f"line {e.lineno}, column {e.colno}: not JSON ({e.msg})"
+
+
+def _read_json(path: Path) -> dict:
+    text = _text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {_json_error(e, text)}") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object, got {_short(value)}")
     return value
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        value = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not readable as YAML ({e.__class__.__name__})") from None
+        value = yaml.safe_load(_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UserError(f"{path}: {where}not valid YAML") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a mapping of config keys")
+        raise UserError(f"{path}: expected a mapping of config keys, got {_short(value)}")
     return value
 
 
-def _read_lines(path: Path) -> list[dict]:
+def _read_lines(path: Path, check: Callable[[Any, str], None]) -> list[dict]:
+    """A JSON-lines file's records (a last line without its newline is a record being written: left out),
+    each checked as read by `check(record, "FILE: line N")`: a damaged line is a UserError naming the file,
+    the line and the key."""
     if not path.is_file():
         return []
-    try:
-        return read_jsonl(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON lines ({e.__class__.__name__})") from None
+    records = []
+    for i, line in enumerate(_text(path).split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {i}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        check(record, where)
+        records.append(record)
+    return records
 
 
 # --- checking what was read: the wrong type is a UserError naming the file, never a silent gap ---
@@ -212,9 +239,8 @@ def _check_fields(record: Any, fields: dict, where: str) -> None:
             raise UserError(f"{where}: '{key}' must be {kind}, got {_short(record[key])}")
 
 
-def _check_lines(path: Path, lines: list, fields: dict) -> None:
-    for i, record in enumerate(lines, start=1):
-        _check_fields(record, fields, f"{path}: line {i}")
+def _fields(fields: dict) -> Callable[[Any, str], None]:
+    return lambda record, where: _check_fields(record, fields, where)
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,12 +270,11 @@ def _check_config(path: Path, flat: dict) -> None:
             raise UserError(f"{path}: '{key}' must be {kind}, got {_short(value)}")
 
 
-def _check_alignment(path: Path, lines: list) -> None:
-    _check_lines(path, lines, ALIGNMENT_FIELDS)
-    for i, record in enumerate(lines, start=1):
-        layer = record.get("layer")
-        if "layer" in record and not (_is_int(layer) or layer == "all"):
-            raise UserError(f"{path}: line {i}: 'layer' must be an integer or \"all\", got {_short(layer)}")
+def check_alignment_record(record: Any, where: str) -> None:
+    _check_fields(record, ALIGNMENT_FIELDS, where)
+    layer = record.get("layer")
+    if "layer" in record and not (_is_int(layer) or layer == "all"):
+        raise UserError(f"{where}: 'layer' must be an integer or \"all\", got {_short(layer)}")
 
 
 def load_run(path: Path) -> Run:
@@ -259,20 +284,20 @@ def load_run(path: Path) -> Run:
     _check_config(path / "config.yaml", flat)
     summary = _read_json(path / "summary.json")
     _check_fields(summary, SUMMARY_FIELDS, str(path / "summary.json"))
-    metrics = _read_lines(path / "metrics.jsonl")
-    _check_lines(path / "metrics.jsonl", metrics, METRICS_FIELDS)
-    alignment = _read_lines(path / "alignment.jsonl")
-    _check_alignment(path / "alignment.jsonl", alignment)
+    metrics = _read_lines(path / "metrics.jsonl", _fields(METRICS_FIELDS))
+    alignment = _read_lines(path / "alignment.jsonl", check_alignment_record)
     return Run(path=path, config=config, flat=flat, summary=summary, metrics=metrics, alignment=alignment)
 
 
-def _check_beta_sweep(sweep: BetaSweep) -> None:
-    rows_path, summary_path = sweep.path / "beta_sweep.jsonl", sweep.path / "summary.json"
-    _check_lines(rows_path, sweep.rows, BETA_ROW_FIELDS)
-    for i, row in enumerate(sweep.rows, start=1):
-        beta = row.get("beta")
-        if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
-            raise UserError(f"{rows_path}: line {i}: 'beta' must be a positive finite number, got {_short(beta)}")
+def _check_beta_row(row: Any, where: str) -> None:
+    _check_fields(row, BETA_ROW_FIELDS, where)
+    beta = row.get("beta")
+    if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
+        raise UserError(f"{where}: 'beta' must be a positive finite number, got {_short(beta)}")
+
+
+def _check_beta_summary(sweep: BetaSweep) -> None:
+    summary_path = sweep.path / "summary.json"
     slopes = sweep.summary.get("slopes")
     if slopes is not None and not isinstance(slopes, dict):
         raise UserError(f"{summary_path}: 'slopes' must be an object (estimator -> fit), got {_short(slopes)}")
@@ -288,8 +313,8 @@ def load_beta_sweep(path: Path) -> BetaSweep:
     path = Path(path)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
     sweep = BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
-                      rows=_read_lines(path / "beta_sweep.jsonl"))
-    _check_beta_sweep(sweep)
+                      rows=_read_lines(path / "beta_sweep.jsonl", _check_beta_row))
+    _check_beta_summary(sweep)
     return sweep
 
 

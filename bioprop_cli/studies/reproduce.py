@@ -310,7 +310,7 @@ def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
     """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement.
     A damaged file is a UserError naming it, the line and the key (report/aggregate.py's checks)."""
     from bioprop_cli.report.aggregate import (
-        SUMMARY_FIELDS, _check_alignment, _check_fields, _read_json, _read_lines,
+        SUMMARY_FIELDS, _check_fields, _read_json, _read_lines, check_alignment_record,
     )
 
     if quantity in ("test_error", "val_error"):
@@ -322,8 +322,7 @@ def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
         acc = summary.get("test_accuracy" if quantity == "test_error" else "val_accuracy")
         return None if acc is None else 100.0 * (1.0 - acc)
     path = run_dir / "alignment.jsonl"
-    records = _read_lines(path)
-    _check_alignment(path, records)
+    records = _read_lines(path, check_alignment_record)
     wanted = "all" if layer is None else layer
     mine = [r for r in records if r.get("layer") == wanted and r.get(quantity) is not None]
     if not mine:

@@ -97,6 +97,8 @@ CODED = ["--set", "ep.estimator=coupled", "--set", "model.loss=mse"]
     (["sweep", "beta", "--values", "1e-320,0.1"], ["--values", "float32's normal range"]),
     (["sweep", "beta", "--values", "0.5,2", *CODED], ["--values 2", "ep.beta", "coupled"]),
     (["sweep", "beta", "--train", "--values", "0.5,2", *CODED], ["--values 2", "ep.beta", "coupled"]),
+    (["sweep", "condition", "--knobs", "beta", "--beta", "0.1,1e-320"], ["--beta", "normal float32"]),
+    (["jtranspose", "--betas", "1e39"], ["--betas", "float32's normal range"]),
     (["sweep", "pc", "--set", "rule=bp"], ["--set rule=bp", "sweep pc studies rule pc only"]),
     (["sweep", "beta", "--set", "rule=bp"], ["--set rule=bp", "rule ep only"]),
     (["sweep", "condition", "--set", "rule=fa"], ["--set rule=fa", "rule ep only"]),

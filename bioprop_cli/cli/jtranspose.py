@@ -88,6 +88,11 @@ def jtranspose(
     n_batch = _positive_int(batch, "--batch")
     n_steps = _positive_int(max_steps, "--max-steps")
     beta_list = _numbers(betas, "--betas", 0.0, math.inf, True) if betas else list(DEFAULT_BETAS)
+    from bioprop_cli.precision import float32_normal_problem
+
+    for beta in beta_list:
+        if float32_normal_problem(beta):
+            raise UserError(f"--betas: {float32_normal_problem(beta)}")
     angle_list = _numbers(angles, "--angles", 0.0, 180.0, False) if angles else list(DEFAULT_ANGLES)
     asym_beta = min(beta_list) if asymmetry_beta is None else asymmetry_beta
     if asym_beta not in beta_list:

@@ -168,13 +168,10 @@ for _axis in ("depth", "rule", "feedback", "seed", "lr", "batch-size", "width", 
 app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_callback=True))
 
 
-# A study parameter enters the network's float32 arithmetic: it must be a positive normal float32 number
-# (1e308 would be inf there, 1e-320 zero).
-FLOAT32_TINY, FLOAT32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38
-
-
 def _floats(text: str, name: str) -> list[float]:
     import math
+
+    from bioprop_cli.precision import float32_normal_problem
 
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -182,10 +179,9 @@ def _floats(text: str, name: str) -> list[float]:
         raise UserError(f"{name}: expected comma-separated numbers, got {text!r}") from None
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise UserError(f"{name}: expected positive finite numbers, got {text!r}")
-    bad = [v for v in values if not FLOAT32_TINY <= v <= FLOAT32_MAX]
-    if bad:
-        raise UserError(f"{name}: {bad[0]:g} is outside float32's normal range [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], "
-                        "which the network computes in")
+    problems = [float32_normal_problem(v) for v in values if float32_normal_problem(v)]
+    if problems:
+        raise UserError(f"{name}: {problems[0]}")
     return sorted(set(values))
 
 

@@ -109,13 +109,20 @@ CODED = ["--set", "ep.estimator=coupled", "--set", "model.loss=mse"]
     (["train", "--set", "model.cnn.pool_window=3"], ["--set model.cnn.pool_window=3", "model.arch cnn only"]),
     (["sweep", "depth", "--values", "1,2", "--set", "model.arch=lenet"], ["sweep axis model.depth", "model.arch lenet"]),
     (["sweep", "beta", "--train", "--depth", "2", "--set", "model.arch=lenet"], ["--depth", "model.arch lenet"]),
+    (["sweep", "beta", "--train", "--estimators", "symmetric"], ["--estimators", "--train trains one model per beta"]),
+    (["sweep", "beta", "--train", "--x64"], ["--x64", "a setting of the gradient sweep"]),
+    (["sweep", "beta", "--epochs", "3"], ["--epochs", "the training epochs of --train"]),
+    (["sweep", "condition", "--no-train", "--train-epochs", "2"], ["--train-epochs", "--no-train trains nothing"]),
+    (["sweep", "--grid", "optimizer.lr=0.1", "depth"], ["--grid", "give it after the axis (bioprop sweep depth"]),
+    (["sweep", "depth", "--gpus-per-task", "1"], ["--gpus-per-task", "--executor ray"]),
+    (["bench", "--synthetic", "--data-dir", "somewhere"], ["--data-dir", "--synthetic reads no data"]),
     (["train", "--config", "configs/fa.yaml", "--config", "configs/bp.yaml"],
      ["'--config'", "given 2 times", "configs/fa.yaml, configs/bp.yaml"]),
     (["sweep", "lr", "-c", "configs/fa.yaml", "-c", "configs/bp.yaml"], ["'--config'", "given 2 times"]),
 ])
 def test_bad_study_parameters_and_unused_flags_are_refused_before_anything_is_written(tmp_path, args, fragments):
-    result = CliRunner().invoke(app, [*args, *(["--results-dir", str(tmp_path / "r")] if args[0] != "jtranspose" else [])],
-                                prog_name="bioprop")
+    results_dir = ["--results-dir", str(tmp_path / "r")] if args[0] not in ("jtranspose", "bench") else []
+    result = CliRunner().invoke(app, [*args, *results_dir], prog_name="bioprop")
     assert_user_error(result, *fragments)
     assert not (tmp_path / "r").exists()
 

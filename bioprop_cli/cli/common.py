@@ -121,6 +121,14 @@ def refuse_unused_model_keys(config: Config, given: list[tuple[str, str]]) -> No
             raise UserError(f"{source}: {key} is read by model.arch cnn only (this network is model.arch {arch}); drop it")
 
 
+def refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
+    """A flag the user gave (not its default) that this invocation would not use is a UserError naming it."""
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            raise UserError(f"--{name.replace('_', '-')}: {why}")
+
+
 def refuse_other_rule(sets: list[str], rule: str, command: str) -> None:
     """A command that studies one rule (sweep beta: ep) refuses --set rule=ANOTHER instead of ignoring it."""
     for text in sets:

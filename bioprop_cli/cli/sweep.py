@@ -11,7 +11,7 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import (
     FLAG_KEYS, X64, BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed,
-    Sets, Width, config_file, config_from_flags, console, refuse_other_rule, refuse_unused_model_keys,
+    Sets, Width, config_file, config_from_flags, console, refuse_given, refuse_other_rule, refuse_unused_model_keys,
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
@@ -149,11 +149,15 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
     ) -> None:
-        if as_group_callback and ctx.invoked_subcommand is not None:
-            return  # `bioprop sweep AXIS ...`: the subcommand does the work
+        if as_group_callback and ctx.invoked_subcommand is not None:  # `bioprop sweep AXIS ...`: the subcommand's work
+            refuse_given(ctx, list(ctx.params), f"give it after the axis (bioprop sweep {ctx.invoked_subcommand} "
+                         "--OPTION ...), where the sweep reads it")
+            return
         if as_group_callback and not grid and config is None:
             console.print(ctx.get_help())
             raise typer.Exit(code=2)
+        if executor == "local":
+            refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
         flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                      experiment=experiment, results_dir=results_dir, data_dir=data_dir)
         _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task)
@@ -200,6 +204,7 @@ def _check_study_values(cfg, key: str, values: list[float], name: str) -> None:
 @app.command("beta")
 @user_errors_exit_2
 def beta(
+    ctx: typer.Context,
     values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
     estimators: str = typer.Option("one-sided,symmetric,random-sign", help="Estimators to compare."),
     batches: int = typer.Option(10, min=1, help="Minibatches per seed (K)."),
@@ -222,6 +227,11 @@ def beta(
     from bioprop_cli.studies.beta import ESTIMATORS, default_betas
 
     refuse_other_rule(set_, "ep", "sweep beta")
+    if train:
+        refuse_given(ctx, ["estimators", "batches", "seeds", "train_epochs", "x64"],
+                     "a setting of the gradient sweep; --train trains one model per beta with ep.estimator: drop it")
+    else:
+        refuse_given(ctx, ["epochs"], "the training epochs of --train; the gradient sweep trains --train-epochs: drop it")
     cfg = config_from_flags(
         config_file(config), ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
         seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
@@ -293,6 +303,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
 @app.command("condition")
 @user_errors_exit_2
 def condition(
+    ctx: typer.Context,
     knobs: str = typer.Option("t1,asymmetry,feedback,beta,t2", help="Knobs to vary, one at a time: t1 (1: convergence), asymmetry (2: energy function), feedback (4: consistency), beta (6: small perturbation), t2 (7: architecture)."),
     t1: Optional[str] = typer.Option(None, "--t1", help="Free-phase steps T1 (default 1,2,5,10,20,50 and the base's)."),
     asymmetry: Optional[str] = typer.Option(None, "--asymmetry", help="Feedback angles to W^T in degrees, ep.feedback=mixed (default 0,30,60,90)."),
@@ -319,6 +330,8 @@ def condition(
     from bioprop_cli.studies.condition import BASE, KNOBS, parse_knob_values, parse_knobs
 
     refuse_other_rule(set_, "ep", "sweep condition")
+    if not train:
+        refuse_given(ctx, ["train_epochs"], "--no-train trains nothing; drop it")
     chosen = parse_knobs(knobs)
     given = {"t1": t1, "asymmetry": asymmetry, "feedback": feedback, "beta": beta_values, "t2": t2}
     for name, text in given.items():

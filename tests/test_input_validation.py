@@ -164,12 +164,31 @@ def _list_for_a_depth(run):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 
+def _percent_accuracy(run):
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "test_accuracy": 97.5}))
+
+
+def _huge_feedback_angle(run):
+    lines = (run / "alignment.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    lines[1] = json.dumps({**record, "feedback_angle": 1e308})
+    (run / "alignment.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _nan_depth(run):
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("depth: 2", "depth: .nan"))
+
+
 @pytest.mark.parametrize("damage, fragments", [
+    (_percent_accuracy, ["summary.json", "'test_accuracy' must be an accuracy in [0, 1]", "97.5"]),
+    (_huge_feedback_angle, ["alignment.jsonl: line 2", "'feedback_angle' must be an angle in [0, 180]"]),
+    (_nan_depth, ["config.yaml", "'model.depth' must be a finite number", "nan"]),
     (_empty_summary, ["summary.json: empty"]),
     (_truncated_metrics_line, ["metrics.jsonl: line 3: not JSON"]),
-    (_blank_line_then_a_string_accuracy, ["metrics.jsonl: line 4", "'test_accuracy' must be a number", "'abc'"]),
+    (_blank_line_then_a_string_accuracy, ["metrics.jsonl: line 4", "'test_accuracy' must be an accuracy in [0, 1]", "'abc'"]),
     (_config_not_yaml, ["config.yaml: line", "not valid YAML"]),
-    (_list_for_a_depth, ["config.yaml", "'model.depth' must be a number", "[1, 2]"]),
+    (_list_for_a_depth, ["config.yaml", "'model.depth' must be a finite number", "[1, 2]"]),
 ])
 def test_compare_names_the_damaged_file_line_and_key(tmp_path, damage, fragments):
     run = write_run(tmp_path / "runs", "bp", accs=(0.9, 0.95))

@@ -204,22 +204,32 @@ def _optional(check):
     return lambda value: value is None or check(value)
 
 
+def _within(low: float, high: float):
+    """A number in [low, high], or NaN (what a diverged run records)."""
+    return lambda v: _is_number(v) and (math.isnan(v) or low <= v <= high)
+
+
 KINDS = {
     "an integer": _is_int,
     "a number": _is_number,
     "an integer or null": _optional(_is_int),
     "a number or null": _optional(_is_number),
+    "a finite number": lambda v: _is_number(v) and math.isfinite(v),
+    "an accuracy in [0, 1] or null": _optional(_within(0.0, 1.0)),
+    "an angle in [0, 180] degrees or null": _optional(_within(0.0, 180.0)),
     "a string": lambda v: isinstance(v, str),
     "true or false": lambda v: isinstance(v, bool),
     "a list": lambda v: isinstance(v, list),
 }
+ACCURACY, ANGLE = "an accuracy in [0, 1] or null", "an angle in [0, 180] degrees or null"
 SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
-                  **{k: "a number or null" for k in ("test_accuracy", "best_val_accuracy", "wall_time_s", "examples_per_s")}}
-METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null",
-                  **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "train_loss", "wall_time_s",
-                                                     "mean_update_angle")}}
+                  "test_accuracy": ACCURACY, "best_val_accuracy": ACCURACY,
+                  **{k: "a number or null" for k in ("wall_time_s", "examples_per_s")}}
+METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null", "test_accuracy": ACCURACY,
+                  "val_accuracy": ACCURACY, "mean_update_angle": ANGLE,
+                  **{k: "a number or null" for k in ("train_loss", "wall_time_s")}}
 ALIGNMENT_FIELDS = {"epoch": "an integer or null", "step": "an integer or null",
-                    **{k: "a number or null" for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
+                    **{k: ANGLE for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
 BETA_ROW_FIELDS = {"estimator": "a string", **{k: "a number or null" for k in (
     "bias", "std", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std", "angle_mean")}}
 SLOPE_FIELDS = {"slope": "a number or null", "sweet_spot": "a number or null"}
@@ -252,7 +262,7 @@ def _config_kinds() -> dict:
         if isinstance(default, bool):
             return "true or false"
         if _is_number(default):
-            return "a number"
+            return "a finite number"
         if isinstance(default, str):
             return "a string"
         if isinstance(default, (list, tuple)):

@@ -84,6 +84,20 @@ def test_a_quick_setting_that_is_no_config_key_names_the_preset(tmp_path):
         study.base_config(preset, quick=True)
 
 
+def test_reproduce_names_a_damaged_run_summary(tmp_path):
+    """reproduce reads its sweep's run folders like compare does: a damaged summary.json is one line naming
+    the file and the key (it was a TypeError after training)."""
+    preset = study.load_preset("lillicrap-2016")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "completed", "test_accuracy": "abc"}))
+    runs = {"rule-fa-s0": {"values": {"rule": "fa"}, "seed": 0, "run_dir": "r", "status": "completed"}}
+    with pytest.raises(UserError, match=r"r/summary\.json: 'test_accuracy' must be an accuracy in \[0, 1\] or null, got 'abc'"):
+        study.compare(preset, tmp_path, {"runs": runs}, quick=False)
+    (tmp_path / "r" / "summary.json").write_text(json.dumps({"status": "completed", "wall_time_s": [1]}))
+    with pytest.raises(UserError, match=r"'wall_time_s' must be a number or null"):
+        study.training_wall_time(tmp_path, {"runs": runs})
+
+
 # --- commands: study parameters, flags used or refused, --config once -------------------------------
 
 

@@ -230,14 +230,16 @@ def training_wall_time(folder: Path, manifest: dict) -> float | None:
 
 
 def _summary(folder: Path, entry: dict) -> dict | None:
-    import json
+    """The run's summary.json, checked (a damaged one is a UserError naming it and the key); None if absent."""
+    from bioprop_cli.report.aggregate import SUMMARY_FIELDS, _check_fields, _read_json
 
-    if "run_dir" not in entry:
+    path = folder / entry["run_dir"] / "summary.json" if isinstance(entry.get("run_dir"), str) else None
+    if path is None or not path.is_file():
         return None
-    try:
-        return json.loads((folder / entry["run_dir"] / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    summary = _read_json(path)
+    _check_fields(summary, SUMMARY_FIELDS | {"val_accuracy": "an accuracy in [0, 1] or null",
+                                             "runs_trained_together": "an integer or null"}, str(path))
+    return summary
 
 
 def compare(preset: Preset, folder: Path, manifest: dict, quick: bool) -> list[dict]:
@@ -309,16 +311,12 @@ def quick_verdict(published, mean, untrained: float, progress: float) -> str:
 def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
     """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement.
     A damaged file is a UserError naming it, the line and the key (report/aggregate.py's checks)."""
-    from bioprop_cli.report.aggregate import (
-        SUMMARY_FIELDS, _check_fields, _read_json, _read_lines, check_alignment_record,
-    )
+    from bioprop_cli.report.aggregate import _read_lines, check_alignment_record
 
     if quantity in ("test_error", "val_error"):
-        path = run_dir / "summary.json"
-        if not path.is_file():
+        summary = _summary(run_dir.parent, {"run_dir": run_dir.name})
+        if summary is None:
             return None
-        summary = _read_json(path)
-        _check_fields(summary, SUMMARY_FIELDS | {"val_accuracy": "a number or null"}, str(path))
         acc = summary.get("test_accuracy" if quantity == "test_error" else "val_accuracy")
         return None if acc is None else 100.0 * (1.0 - acc)
     path = run_dir / "alignment.jsonl"

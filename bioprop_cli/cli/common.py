@@ -56,7 +56,7 @@ def config_file(files: Optional[List[Path]]) -> Optional[Path]:
 # A list, so that a second --config is seen (click keeps only the last value of a single-valued option):
 # each command takes its one file with config_file().
 ConfigFile = Annotated[Optional[List[Path]], typer.Option(
-    "--config", "-c", callback=refuse_second_config, help="YAML config file (keys as in configs/default.yaml); once.")]
+    "--config", "-c", metavar="FILE", callback=refuse_second_config, help="YAML config file (keys as in configs/default.yaml); once.")]
 Sets = Annotated[List[str], typer.Option("--set", "-s", help="Any config key: --set optimizer.name=sgd (repeatable).")]
 Rule = Annotated[Optional[str], typer.Option(help=f"Learning rule: {rules_help()}.")]
 Depth = Annotated[Optional[int], typer.Option(help="Number of HIDDEN layers (depth + 1 weight matrices).")]

@@ -308,7 +308,7 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if tp is type(None):
         return "null"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
@@ -354,6 +354,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
     elif tp is str:
         if isinstance(value, str):
+            return value
+    elif tp is dict:  # a free mapping (a preset's `where:`), its keys checked by its reader
+        if isinstance(value, dict):
             return value
     raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
 

@@ -10,6 +10,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# A study parameter (a beta, a gamma) enters the network's float32 arithmetic: it must be a positive normal
+# float32 number there (1e308 would be inf, 1e-320 zero).
+FLOAT32_TINY, FLOAT32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+
+
+def float32_normal_problem(value: float) -> str | None:
+    """Why a positive study parameter is not a normal float32 number, or None."""
+    if FLOAT32_TINY <= value <= FLOAT32_MAX:
+        return None
+    return f"{value:g} is outside float32's normal range [{FLOAT32_TINY:.3g}, {FLOAT32_MAX:.3g}], which the network computes in"
 
 
 def float64():

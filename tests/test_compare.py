@@ -69,7 +69,7 @@ def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: 
                 lines.append({"epoch": e, "step": step, "layer": l,
                               "update_angle": update_angles[l] if at_end else 99.0,
                               # in-epoch measurements carry a wrong feedback angle: they must be ignored
-                              "feedback_angle": None if fb is None else (fb + e if step == e * SPE else 1000.0),
+                              "feedback_angle": None if fb is None else (fb + e if step == e * SPE else 179.0),
                               "update_rel_error": 0.1, "delta_angle": 1.0, "feedback_norm_ratio": 1.0})
             lines.append({"epoch": e, "step": step, "layer": "all", "update_angle": 50.0, "mean_update_angle": angle_curve[e]})
     (path / "alignment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -186,7 +186,7 @@ def test_target_curves_and_angles(tmp_path):
 
     run0 = load_run(tmp_path / "s0")
     assert update_angle_by_epoch(run0) == {0: 90.0, 1: 70.0, 2: 60.0, 3: 50.0}  # epoch 0 from layer "all"
-    # epoch-end measurements only (the in-epoch ones carry 1000), layer 0's null skipped: mean of (30 + e, 20 + e)
+    # epoch-end measurements only (the in-epoch ones carry 179), layer 0's null skipped: mean of (30 + e, 20 + e)
     assert feedback_angle_by_epoch(run0) == {e: pytest.approx(25.0 + e) for e in range(4)}
     ang = g.curves["update_angle"]
     assert ang["x"] == [0, 1, 2, 3] and ang["mean"][0] == pytest.approx(88.0) and ang["std"][0] == pytest.approx(2.0)
@@ -587,9 +587,9 @@ def _null_beta(run: Path) -> None:  # what `sweep beta --values nan` used to lea
 @pytest.mark.parametrize("damage, fragments", [
     (_metrics_line_42, ["metrics.jsonl: line 3", "expected a JSON object", "42"]),
     (_string_epoch, ["metrics.jsonl: line 1", "'epoch' must be an integer", "'one'"]),
-    (_string_accuracy, ["metrics.jsonl: line 1", "'test_accuracy' must be a number"]),
-    (_string_final_accuracy, ["summary.json", "'test_accuracy' must be a number", "'high'"]),
-    (_list_for_a_scalar, ["config.yaml", "'model.width' must be a number", "[32, 64]"]),
+    (_string_accuracy, ["metrics.jsonl: line 1", "'test_accuracy' must be an accuracy in [0, 1]"]),
+    (_string_final_accuracy, ["summary.json", "'test_accuracy' must be an accuracy in [0, 1]", "'high'"]),
+    (_list_for_a_scalar, ["config.yaml", "'model.width' must be a finite number", "[32, 64]"]),
     (_string_layer, ["alignment.jsonl", "'layer' must be an integer", "'first'"]),
     (_string_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "'small'"]),
     (_null_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "None"]),

@@ -62,9 +62,10 @@ def test_full_verdict_on_hand_made_numbers():
     assert study.full_verdict(None, 2.5, 0.3) == "no published number"
     assert study.full_verdict(2.1, None, 0.3) == "no result"
     # the allowed difference: the larger of the paper's spread and the stated tolerance
-    assert study.allowed_difference({"spread": 0.5}, 0.3) == (0.5, "paper's spread")
-    assert study.allowed_difference({"spread": 0.1, "tolerance": 0.2}, 0.3) == (0.2, "stated tolerance")
-    assert study.allowed_difference({}, 0.3) == (0.3, "stated tolerance")
+    assert study.allowed_difference(0.5, 0.3) == (0.5, "paper's spread")
+    assert study.allowed_difference(0.1, 0.2) == (0.2, "stated tolerance")
+    assert study.allowed_difference(None, 0.3) == (0.3, "stated tolerance")
+    assert study.allowed_difference(None, None) == (None, "none")
 
 
 def test_quick_verdict_checks_the_direction_only():

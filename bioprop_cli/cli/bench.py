@@ -8,12 +8,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from bioprop_cli.cli.common import DataDir, Sets, console, user_errors_exit_2
+from bioprop_cli.cli.common import DataDir, Sets, console, refuse_given, user_errors_exit_2
 from bioprop_cli.config import parse_override
 
 
 @user_errors_exit_2
 def bench(
+    ctx: typer.Context,
     rules: Optional[str] = typer.Option(None, help="Comma-separated rules (default: all)."),
     repeats: int = typer.Option(3, min=1, help="Timed epochs per rule; the best is reported."),
     data_dir: DataDir = None,
@@ -26,6 +27,8 @@ def bench(
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import check_new_file
 
+    if synthetic:
+        refuse_given(ctx, ["data_dir"], "--synthetic reads no data; drop it")
     if json_out is not None:
         check_new_file(json_out, "--json")  # before the benchmark, not after minutes of it
 

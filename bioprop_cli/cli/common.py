@@ -40,7 +40,23 @@ def user_errors_exit_2(command: Callable) -> Callable:
 
 # The run flags, declared once and used by every command that builds a config. Each is a shortcut
 # for the config key FLAG_KEYS names; a command's own defaults come from its base config.
-ConfigFile = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (keys as in configs/default.yaml).")]
+def refuse_second_config(files: Optional[List[Path]]) -> Optional[List[Path]]:
+    """--config twice is refused (a usage error naming both); the files are not merged."""
+    if files and len(files) > 1:
+        raise typer.BadParameter(f"given {len(files)} times ({', '.join(map(str, files))}); give one file "
+                                 "and change single keys with --set KEY=VALUE")
+    return files
+
+
+def config_file(files: Optional[List[Path]]) -> Optional[Path]:
+    """The one --config file (refuse_second_config has refused a second), or None."""
+    return files[0] if files else None
+
+
+# A list, so that a second --config is seen (click keeps only the last value of a single-valued option):
+# each command takes its one file with config_file().
+ConfigFile = Annotated[Optional[List[Path]], typer.Option(
+    "--config", "-c", metavar="FILE", callback=refuse_second_config, help="YAML config file (keys as in configs/default.yaml); once.")]
 Sets = Annotated[List[str], typer.Option("--set", "-s", help="Any config key: --set optimizer.name=sgd (repeatable).")]
 Rule = Annotated[Optional[str], typer.Option(help=f"Learning rule: {rules_help()}.")]
 Depth = Annotated[Optional[int], typer.Option(help="Number of HIDDEN layers (depth + 1 weight matrices).")]
@@ -82,7 +98,59 @@ def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any
             if set_key != flag_key and keys_overlap(flag_key, set_key):
                 flag = next(n for n, k in FLAG_KEYS.items() if k == flag_key).replace("_", "-")
                 raise UserError(f"--{flag} and --set {text} both set {flag_key}; give one of the two")
-    return load_config(config_path, overrides + named)
+    config = load_config(config_path, overrides + named)
+    refuse_unused_model_keys(config, [(k, f"--{n.replace('_', '-')}") for n, k in FLAG_KEYS.items()
+                                      if flags.get(n) is not None]
+                             + [(k, f"--set {text}") for text, (k, _) in zip(sets, overrides)])
+    return config
+
+
+# Config keys that only an MLP reads: given for a conv net, they would be silently ignored.
+MLP_ONLY_KEYS = ("model.depth", "model.width")
+
+
+def refuse_unused_model_keys(config: Config, given: list[tuple[str, str]]) -> None:
+    """A flag or --set (`given`: (config key, how it was given)) of a key this config's network does not read
+    is a UserError: --depth and --width are for model.arch mlp, model.cnn.* for model.arch cnn."""
+    arch = config.model.arch
+    inside = lambda key, section: key == section or key.startswith(section + ".")
+    for key, source in given:
+        if arch != "mlp" and any(inside(key, k) for k in MLP_ONLY_KEYS):
+            raise UserError(f"{source}: model.arch {arch} has no {key} (it is for model.arch mlp); drop it")
+        if arch != "cnn" and inside(key, "model.cnn"):
+            raise UserError(f"{source}: {key} is read by model.arch cnn only (this network is model.arch {arch}); drop it")
+
+
+def refuse_given(ctx: typer.Context, names: list[str], why: str) -> None:
+    """A flag the user gave (not its default) that this invocation would not use is a UserError naming it."""
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            raise UserError(f"--{name.replace('_', '-')}: {why}")
+
+
+def refuse_other_rule(sets: list[str], rule: str, command: str) -> None:
+    """A command that studies one rule (sweep beta: ep) refuses --set rule=ANOTHER instead of ignoring it."""
+    for text in sets:
+        key, value = parse_override(text)
+        if key == "rule" and value != rule:
+            raise UserError(f"--set {text}: {command} studies rule {rule} only; drop it")
+
+
+def run_config_file(run: Path) -> Path:
+    """--run's config.yaml, checked alone first: a damaged one is a UserError naming the file and the key
+    (not only the key, as it would be once merged with the command's flags)."""
+    if not run.is_dir():
+        raise UserError(f"--run {run}: not a folder")
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"--run {run}: no config.yaml (not a run folder)")
+    try:
+        load_config(path)
+    except UserError as e:
+        message = str(e)
+        raise UserError(message if str(path) in message else f"{path}: {message}") from None
+    return path
 
 
 def stored_params(run: Optional[Path]):

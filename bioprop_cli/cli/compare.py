@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
@@ -60,7 +61,7 @@ def compare(
     paths: List[Path] = typer.Argument(..., help="Run folders, sweep folders, or any folders above them (searched recursively)."),
     target: float = typer.Option(0.97, help="Test accuracy to reach (a fraction in (0, 1]): epochs and seconds to get there."),
     margin: float = typer.Option(0.01, help="A rule breaks at the first depth where it is more than this below the baseline (0.01 = 1 point)."),
-    baseline: Optional[str] = typer.Option(None, help="The rule the others are measured against: breaking depths and gaps [default: bp]."),
+    baseline: Optional[str] = typer.Option(None, help=escape("The rule the others are measured against: breaking depths and gaps [default: bp].")),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: <first PATH>/report; never overwritten: -1, -2, ... instead)."),
     format: Optional[str] = typer.Option(None, "--format", help="Also write the group table as csv (groups.csv) or json (groups.json)."),
 ) -> None:

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_from_flags, console, stored_params,
-    user_errors_exit_2,
+    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_file, config_from_flags, console,
+    run_config_file, stored_params, user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 
@@ -79,14 +79,11 @@ def conditions(
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.studies import conditions as study
 
+    config = config_file(config)
     if run is not None and config is not None:
         raise UserError("give --run RUN_FOLDER or --config FILE, not both")
     if run is not None:
-        if not run.is_dir():
-            raise UserError(f"--run {run}: not a folder")
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"--run {run}: no config.yaml (not a run folder)")
-        config = run / "config.yaml"
+        config = run_config_file(run)
     if out is not None:
         from bioprop_cli.runs import check_folder
 

@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, console, stored_params,
+    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, config_file, console, refuse_other_rule, refuse_unused_model_keys,
+    run_config_file, stored_params,
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
@@ -47,12 +48,15 @@ def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], f
     if run is not None:
         if config is not None:
             raise UserError("--run and --config: give one (the run's config.yaml is its config)")
-        if not (run / "config.yaml").is_file():
-            raise UserError(f"--run {run}: not a run folder (no config.yaml)")
-        config = run / "config.yaml"
+        config = run_config_file(run)
+    refuse_other_rule(sets, "ep", "jtranspose")
     overrides = [parse_override(s) for s in sets] + [("rule", "ep")]
     overrides += [(key, value) for key, value in flags.items() if value is not None]
-    return load_config(config, overrides)
+    cfg = load_config(config, overrides)
+    flag_names = {"model.depth": "--depth", "model.width": "--width"}
+    refuse_unused_model_keys(cfg, [(key, flag_names[key]) for key in flag_names if flags.get(key) is not None]
+                             + [(parse_override(text)[0], f"--set {text}") for text in sets])
+    return cfg
 
 
 def jtranspose(
@@ -84,13 +88,18 @@ def jtranspose(
     n_batch = _positive_int(batch, "--batch")
     n_steps = _positive_int(max_steps, "--max-steps")
     beta_list = _numbers(betas, "--betas", 0.0, math.inf, True) if betas else list(DEFAULT_BETAS)
+    from bioprop_cli.precision import float32_normal_problem
+
+    for beta in beta_list:
+        if float32_normal_problem(beta):
+            raise UserError(f"--betas: {float32_normal_problem(beta)}")
     angle_list = _numbers(angles, "--angles", 0.0, 180.0, False) if angles else list(DEFAULT_ANGLES)
     asym_beta = min(beta_list) if asymmetry_beta is None else asymmetry_beta
     if asym_beta not in beta_list:
         raise UserError(f"--asymmetry-beta: must be one of the betas ({', '.join(f'{b:g}' for b in beta_list)}), got {asym_beta!r}")
     flags = {"model.depth": depth, "model.width": width, "model.activation": activation, "seed": seed,
              "data.data_dir": data_dir}
-    cfg = _load_config(run, config, set_, flags)
+    cfg = _load_config(run, config_file(config), set_, flags)
     from dataclasses import replace
 
     cfg = replace(cfg, ep=replace(cfg.ep, reference_steps=n_steps))  # the budget of this command's settling

@@ -65,5 +65,5 @@ def _print_list(study) -> None:
         table.add_column(name)
     for name in study.preset_names():
         preset = study.load_preset(name)
-        table.add_row(name, preset.paper.get("title", ""), str(len(preset.published)))
+        table.add_row(name, preset.paper.title or "", str(len(preset.published)))
     console.print(table)

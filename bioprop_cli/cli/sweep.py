@@ -11,7 +11,8 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import (
     FLAG_KEYS, X64, BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed,
-    Sets, Width, config_from_flags, console, user_errors_exit_2,
+    Sets, Width, config_file, config_from_flags, console, refuse_given, refuse_other_rule, refuse_unused_model_keys,
+    user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 
@@ -81,6 +82,8 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
                     raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
                                     "set it in the config file instead, or drop one of the two")
     base = config_from_flags(config, sets, **flags)
+    refuse_unused_model_keys(base, [(key, f"sweep axis {key}") for key in grid]
+                             + [(key, f"sweep.where[{i}]") for i, entry in enumerate(where) for key in entry["set"]])
     n_seeds = seeds if seeds is not None else (file_seeds or 1)
     if axis == "seed" and values and seeds is not None:
         raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
@@ -146,14 +149,18 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
     ) -> None:
-        if as_group_callback and ctx.invoked_subcommand is not None:
-            return  # `bioprop sweep AXIS ...`: the subcommand does the work
+        if as_group_callback and ctx.invoked_subcommand is not None:  # `bioprop sweep AXIS ...`: the subcommand's work
+            refuse_given(ctx, list(ctx.params), f"give it after the axis (bioprop sweep {ctx.invoked_subcommand} "
+                         "--OPTION ...), where the sweep reads it")
+            return
         if as_group_callback and not grid and config is None:
             console.print(ctx.get_help())
             raise typer.Exit(code=2)
+        if executor == "local":
+            refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
         flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                      experiment=experiment, results_dir=results_dir, data_dir=data_dir)
-        _grid_sweep(axis, values, grid, seeds, config, set_, flags, executor, address, gpus_per_task)
+        _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task)
 
     command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
     return user_errors_exit_2(command)
@@ -168,18 +175,36 @@ app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_call
 def _floats(text: str, name: str) -> list[float]:
     import math
 
+    from bioprop_cli.precision import float32_normal_problem
+
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{name}: expected comma-separated numbers, got {text!r}") from None
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise UserError(f"{name}: expected positive finite numbers, got {text!r}")
+    problems = [float32_normal_problem(v) for v in values if float32_normal_problem(v)]
+    if problems:
+        raise UserError(f"{name}: {problems[0]}")
     return sorted(set(values))
+
+
+def _check_study_values(cfg, key: str, values: list[float], name: str) -> None:
+    """Each value at `key` makes a valid config (the config's own range checks, e.g. ep.beta <= 1 for the
+    coupled estimator); the extremes are checked, the checks being ranges."""
+    from bioprop_cli.config import validate, with_values
+
+    for value in (min(values), max(values)):
+        try:
+            validate(with_values(cfg, {key: value}))
+        except UserError as e:
+            raise UserError(f"{name} {value:g}: {e}") from None
 
 
 @app.command("beta")
 @user_errors_exit_2
 def beta(
+    ctx: typer.Context,
     values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
     estimators: str = typer.Option("one-sided,symmetric,random-sign", help="Estimators to compare."),
     batches: int = typer.Option(10, min=1, help="Minibatches per seed (K)."),
@@ -201,11 +226,18 @@ def beta(
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
     from bioprop_cli.studies.beta import ESTIMATORS, default_betas
 
+    refuse_other_rule(set_, "ep", "sweep beta")
+    if train:
+        refuse_given(ctx, ["estimators", "batches", "seeds", "train_epochs", "x64"],
+                     "a setting of the gradient sweep; --train trains one model per beta with ep.estimator: drop it")
+    else:
+        refuse_given(ctx, ["epochs"], "the training epochs of --train; the gradient sweep trains --train-epochs: drop it")
     cfg = config_from_flags(
-        config, ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
+        config_file(config), ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
         seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
     )
     betas = _floats(values, "--values") if values else default_betas()
+    _check_study_values(cfg, "ep.beta", betas, "--values")
     chosen = [e.strip() for e in estimators.split(",") if e.strip()]
     unknown = [e for e in chosen if e not in ESTIMATORS]
     if unknown or not chosen:
@@ -271,6 +303,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
 @app.command("condition")
 @user_errors_exit_2
 def condition(
+    ctx: typer.Context,
     knobs: str = typer.Option("t1,asymmetry,feedback,beta,t2", help="Knobs to vary, one at a time: t1 (1: convergence), asymmetry (2: energy function), feedback (4: consistency), beta (6: small perturbation), t2 (7: architecture)."),
     t1: Optional[str] = typer.Option(None, "--t1", help="Free-phase steps T1 (default 1,2,5,10,20,50 and the base's)."),
     asymmetry: Optional[str] = typer.Option(None, "--asymmetry", help="Feedback angles to W^T in degrees, ep.feedback=mixed (default 0,30,60,90)."),
@@ -296,11 +329,15 @@ def condition(
     """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
     from bioprop_cli.studies.condition import BASE, KNOBS, parse_knob_values, parse_knobs
 
+    refuse_other_rule(set_, "ep", "sweep condition")
+    if not train:
+        refuse_given(ctx, ["train_epochs"], "--no-train trains nothing; drop it")
     chosen = parse_knobs(knobs)
     given = {"t1": t1, "asymmetry": asymmetry, "feedback": feedback, "beta": beta_values, "t2": t2}
     for name, text in given.items():
         if text is not None and name not in chosen:
             raise UserError(f"--{name}: knob {name} is not among --knobs {','.join(chosen)}")
+    config = config_file(config)
     base_sets = [] if config is not None else [f"{k}={v}" for k, v in BASE]
     limit = [f"data.train_limit={train_limit}"] if train_limit is not None else []
     cfg = config_from_flags(
@@ -395,12 +432,15 @@ def pc(
     from bioprop_cli.studies import open_folder
     from bioprop_cli.studies import pc as study
 
+    refuse_other_rule(set_, "pc", "sweep pc")
     cfg = config_from_flags(
-        config, ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
+        config_file(config), ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
         experiment=experiment or "pc-sweep", results_dir=results_dir, data_dir=data_dir,
     )
     gamma_values = _floats(gammas, "--gammas") if gammas else study.default_gammas()
     step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
+    _check_study_values(cfg, "pc.output_precision", gamma_values, "--gammas")
+    _check_study_values(cfg, "pc.inference_steps", step_values, "--steps")
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))
     seed_list = list(range(cfg.seed, cfg.seed + seeds))

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import (
     BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed, Sets, Width,
-    config_from_flags, console, user_errors_exit_2,
+    config_file, config_from_flags, console, user_errors_exit_2,
 )
 from bioprop_cli.config import check_against_data
 from bioprop_cli.datasets import load_dataset
@@ -40,7 +40,7 @@ def train(
 ) -> None:
     """Train one network with one learning rule and log accuracy and alignment with backprop."""
     cfg = config_from_flags(
-        config, set_, rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size,
+        config_file(config), set_, rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size,
         seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
     )
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)

@@ -29,13 +29,13 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
 from bioprop_cli.errors import UserError
 from bioprop_cli.rules import available_rules
-from bioprop_cli.runs import process_alive, read_jsonl
+from bioprop_cli.runs import process_alive
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl")
 BETA_SWEEP_FILES = ("beta_sweep.jsonl", "summary.json")
@@ -47,6 +47,10 @@ RULE_ORDER = tuple(available_rules())  # the registry's order
 # a difference counts as "more than the margin" only beyond round-off (0.98 - 0.97 is 0.010000000000000009)
 MARGIN_TOLERANCE = 1e-9
 MAX_LISTED = 8  # findings name at most this many groups in one sentence
+# A group whose mean validation accuracy (test accuracy where the runs hold out no validation set) rose by more
+# than this in its last epoch is still learning: its final accuracy, and a breaking depth read from it, may move
+# with more epochs. 0.002 = 0.2 percentage points, 10 of MNIST's 5,000 validation examples.
+STILL_RISING = 0.002
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -129,33 +133,60 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_json(path: Path) -> dict:
+def _text(path: Path) -> str:
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON ({e.__class__.__name__})") from None
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text (UTF-8) file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__})") from None
+
+
+def _json_error(e: json.JSONDecodeError, text: str) -> str:
+    return "empty" if not text.strip() else f"line {e.lineno}, column {e.colno}: not JSON ({e.msg})"
+
+
+def _read_json(path: Path) -> dict:
+    text = _text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {_json_error(e, text)}") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object, got {_short(value)}")
     return value
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        value = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"{path}: not readable as YAML ({e.__class__.__name__})") from None
+        value = yaml.safe_load(_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UserError(f"{path}: {where}not valid YAML") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a mapping of config keys")
+        raise UserError(f"{path}: expected a mapping of config keys, got {_short(value)}")
     return value
 
 
-def _read_lines(path: Path) -> list[dict]:
+def _read_lines(path: Path, check: Callable[[Any, str], None]) -> list[dict]:
+    """A JSON-lines file's records (a last line without its newline is a record being written: left out),
+    each checked as read by `check(record, "FILE: line N")`: a damaged line is a UserError naming the file,
+    the line and the key."""
     if not path.is_file():
         return []
-    try:
-        return read_jsonl(path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not readable as JSON lines ({e.__class__.__name__})") from None
+    records = []
+    for i, line in enumerate(_text(path).split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {i}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        check(record, where)
+        records.append(record)
+    return records
 
 
 # --- checking what was read: the wrong type is a UserError naming the file, never a silent gap ---
@@ -173,23 +204,40 @@ def _optional(check):
     return lambda value: value is None or check(value)
 
 
+def _within(low: float, high: float):
+    """A number in [low, high], or NaN (what a diverged run records)."""
+    return lambda v: _is_number(v) and (math.isnan(v) or low <= v <= high)
+
+
 KINDS = {
     "an integer": _is_int,
     "a number": _is_number,
     "an integer or null": _optional(_is_int),
     "a number or null": _optional(_is_number),
+    "a finite number": lambda v: _is_number(v) and math.isfinite(v),
+    "an accuracy in [0, 1] or null": _optional(_within(0.0, 1.0)),
+    "an angle in [0, 180] degrees or null": _optional(_within(0.0, 180.0)),
     "a string": lambda v: isinstance(v, str),
     "true or false": lambda v: isinstance(v, bool),
     "a list": lambda v: isinstance(v, list),
 }
+ACCURACY, ANGLE = "an accuracy in [0, 1] or null", "an angle in [0, 180] degrees or null"
 SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
+<<<<<<< HEAD
                   **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "best_val_accuracy", "wall_time_s",
                                                      "examples_per_s")}}
 METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null",
                   **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "train_loss", "wall_time_s",
                                                      "mean_update_angle")}}
+=======
+                  "test_accuracy": ACCURACY, "best_val_accuracy": ACCURACY,
+                  **{k: "a number or null" for k in ("wall_time_s", "examples_per_s")}}
+METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null", "test_accuracy": ACCURACY,
+                  "val_accuracy": ACCURACY, "mean_update_angle": ANGLE,
+                  **{k: "a number or null" for k in ("train_loss", "wall_time_s")}}
+>>>>>>> h-validate
 ALIGNMENT_FIELDS = {"epoch": "an integer or null", "step": "an integer or null",
-                    **{k: "a number or null" for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
+                    **{k: ANGLE for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
 BETA_ROW_FIELDS = {"estimator": "a string", **{k: "a number or null" for k in (
     "bias", "std", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std", "angle_mean")}}
 SLOPE_FIELDS = {"slope": "a number or null", "sweet_spot": "a number or null"}
@@ -209,9 +257,8 @@ def _check_fields(record: Any, fields: dict, where: str) -> None:
             raise UserError(f"{where}: '{key}' must be {kind}, got {_short(record[key])}")
 
 
-def _check_lines(path: Path, lines: list, fields: dict) -> None:
-    for i, record in enumerate(lines, start=1):
-        _check_fields(record, fields, f"{path}: line {i}")
+def _fields(fields: dict) -> Callable[[Any, str], None]:
+    return lambda record, where: _check_fields(record, fields, where)
 
 
 @functools.lru_cache(maxsize=1)
@@ -223,7 +270,7 @@ def _config_kinds() -> dict:
         if isinstance(default, bool):
             return "true or false"
         if _is_number(default):
-            return "a number"
+            return "a finite number"
         if isinstance(default, str):
             return "a string"
         if isinstance(default, (list, tuple)):
@@ -241,12 +288,11 @@ def _check_config(path: Path, flat: dict) -> None:
             raise UserError(f"{path}: '{key}' must be {kind}, got {_short(value)}")
 
 
-def _check_alignment(path: Path, lines: list) -> None:
-    _check_lines(path, lines, ALIGNMENT_FIELDS)
-    for i, record in enumerate(lines, start=1):
-        layer = record.get("layer")
-        if "layer" in record and not (_is_int(layer) or layer == "all"):
-            raise UserError(f"{path}: line {i}: 'layer' must be an integer or \"all\", got {_short(layer)}")
+def check_alignment_record(record: Any, where: str) -> None:
+    _check_fields(record, ALIGNMENT_FIELDS, where)
+    layer = record.get("layer")
+    if "layer" in record and not (_is_int(layer) or layer == "all"):
+        raise UserError(f"{where}: 'layer' must be an integer or \"all\", got {_short(layer)}")
 
 
 def load_run(path: Path) -> Run:
@@ -256,20 +302,20 @@ def load_run(path: Path) -> Run:
     _check_config(path / "config.yaml", flat)
     summary = _read_json(path / "summary.json")
     _check_fields(summary, SUMMARY_FIELDS, str(path / "summary.json"))
-    metrics = _read_lines(path / "metrics.jsonl")
-    _check_lines(path / "metrics.jsonl", metrics, METRICS_FIELDS)
-    alignment = _read_lines(path / "alignment.jsonl")
-    _check_alignment(path / "alignment.jsonl", alignment)
+    metrics = _read_lines(path / "metrics.jsonl", _fields(METRICS_FIELDS))
+    alignment = _read_lines(path / "alignment.jsonl", check_alignment_record)
     return Run(path=path, config=config, flat=flat, summary=summary, metrics=metrics, alignment=alignment)
 
 
-def _check_beta_sweep(sweep: BetaSweep) -> None:
-    rows_path, summary_path = sweep.path / "beta_sweep.jsonl", sweep.path / "summary.json"
-    _check_lines(rows_path, sweep.rows, BETA_ROW_FIELDS)
-    for i, row in enumerate(sweep.rows, start=1):
-        beta = row.get("beta")
-        if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
-            raise UserError(f"{rows_path}: line {i}: 'beta' must be a positive finite number, got {_short(beta)}")
+def _check_beta_row(row: Any, where: str) -> None:
+    _check_fields(row, BETA_ROW_FIELDS, where)
+    beta = row.get("beta")
+    if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
+        raise UserError(f"{where}: 'beta' must be a positive finite number, got {_short(beta)}")
+
+
+def _check_beta_summary(sweep: BetaSweep) -> None:
+    summary_path = sweep.path / "summary.json"
     slopes = sweep.summary.get("slopes")
     if slopes is not None and not isinstance(slopes, dict):
         raise UserError(f"{summary_path}: 'slopes' must be an object (estimator -> fit), got {_short(slopes)}")
@@ -285,8 +331,8 @@ def load_beta_sweep(path: Path) -> BetaSweep:
     path = Path(path)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
     sweep = BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
-                      rows=_read_lines(path / "beta_sweep.jsonl"))
-    _check_beta_sweep(sweep)
+                      rows=_read_lines(path / "beta_sweep.jsonl", _check_beta_row))
+    _check_beta_summary(sweep)
     return sweep
 
 
@@ -575,7 +621,19 @@ def group_stats(group: Group, target: float) -> dict:
         "epochs_to_target_mean": mean_std(e for e, _ in hit)[0],
         "seconds_to_target_mean": mean_std(t for _, t in hit)[0],
         "runs": [str(r.path) for r in runs],
+        **last_epoch_rise(runs),
     }
+
+
+def last_epoch_rise(runs: list[Run]) -> dict:
+    """How much the runs' mean validation accuracy (test accuracy without a validation set) rose from the
+    next-to-last epoch to the last: {"last_epoch_rise", "last_epoch_rise_of", "still_rising" (> STILL_RISING)}."""
+    for key in ("val_accuracy", "test_accuracy"):
+        curve = _curve([{m["epoch"]: m[key] for m in r.metrics if "epoch" in m and _finite([m.get(key)])} for r in runs])
+        if len(curve["x"]) >= 2:
+            rise = curve["mean"][-1] - curve["mean"][-2]
+            return {"last_epoch_rise": rise, "last_epoch_rise_of": key, "still_rising": rise > STILL_RISING}
+    return {"last_epoch_rise": None, "last_epoch_rise_of": None, "still_rising": False}
 
 
 # --- curves -----------------------------------------------------------------------------------
@@ -683,6 +741,16 @@ def breaking_depths(groups: list[Group], margin: float = 0.01, baseline: str = "
     return out
 
 
+def _rising_warning(groups: list[Group], context: tuple, rules: tuple, depth: Any) -> str:
+    """' Warning: ...' when a group a breaking depth is read from (either rule, at that depth) was still rising."""
+    rising = [g.label for g in groups if g.context == context and g.rule in rules and g.depth == depth
+              and g.stats.get("still_rising")]
+    if not rising:
+        return ""
+    return (f" Warning: {' and '.join(rising)} still rose more than {100 * STILL_RISING:.2f} points in the last epoch; "
+            "this breaking depth may move with more epochs.")
+
+
 def context_label(context: tuple) -> str:
     return ", ".join(f"{k}={v if isinstance(v, str) else format_value(v)}" for k, v in context)
 
@@ -736,7 +804,14 @@ def findings(groups: list[Group], sweeps: list[BetaSweep], target: float, margin
             else:
                 gap = 100 * (base[d] - by_rule[rule][d])
                 lines.append(f"{rule}{where} breaks at depth {d}: {_pct(by_rule[rule][d])} against {baseline}'s "
-                             f"{_pct(base[d])} ({gap:.2f} points below, margin {100 * margin:.2f}).")
+                             f"{_pct(base[d])} ({gap:.2f} points below, margin {100 * margin:.2f})."
+                             + _rising_warning(groups, context, (rule, baseline), d))
+    rising = [f"{g.label} (+{100 * g.stats['last_epoch_rise']:.2f})" for g in groups if g.stats.get("still_rising")]
+    if rising:
+        listed = ", ".join(rising[:MAX_LISTED]) + (f" and {len(rising) - MAX_LISTED} more" if len(rising) > MAX_LISTED else "")
+        lines.append(f"Warning: still rising at the last epoch (mean validation accuracy, else test accuracy, up more "
+                     f"than {100 * STILL_RISING:.2f} points in it; points in brackets): {listed}. Their final accuracies "
+                     f"may change with more epochs.")
     reached = [g for g in groups if g.stats.get("target_reached")]
     if groups:
         if reached:

@@ -83,6 +83,9 @@ def group_table(comparison: Comparison) -> list[dict]:
             "epochs_to_target_mean": s["epochs_to_target_mean"],
             "seconds_to_target_mean": s["seconds_to_target_mean"],
             **{f"update_angle_layer_{l}": s["final_update_angle"].get(l) for l in layers},
+            "last_epoch_rise": s["last_epoch_rise"],
+            "last_epoch_rise_of": s["last_epoch_rise_of"],
+            "still_rising": s["still_rising"],
         })
         rows.append(row)
     return rows

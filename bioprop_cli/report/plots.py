@@ -28,13 +28,30 @@ def _colours(n: int) -> list:
 
 def rule_colours(rules: list) -> dict:
     """One colour per rule, the same in every figure: the known rules by their place in RULE_ORDER
-    (bp blue, fa orange, dfa green, usf red, ...), other names after them."""
+    (bp blue, fa orange, dfa green, usf red, ...) from one palette whatever else is plotted; names the
+    registry does not know (runs of another bioprop version) after them, from a second palette."""
     ranked = sorted(rules, key=_rule_rank)
-    known = [r for r in ranked if r in RULE_ORDER]
-    other = [r for r in ranked if r not in RULE_ORDER]
-    palette = _colours(len(RULE_ORDER) + len(other))
-    out = {r: palette[RULE_ORDER.index(r)] for r in known}
-    out.update({r: palette[len(RULE_ORDER) + i] for i, r in enumerate(other)})
+    palette = _colours(len(RULE_ORDER))
+    out = {r: palette[RULE_ORDER.index(r)] for r in ranked if r in RULE_ORDER}
+    other = plt.get_cmap("Dark2")
+    out.update({r: other(i % other.N) for i, r in enumerate(r for r in ranked if r not in RULE_ORDER)})
+    return out
+
+
+# Lines of one rule in one axes (groups that differ in another key) keep the rule's colour and differ in these.
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def rule_styles(items: list) -> list[tuple]:
+    """(colour, line style, marker) for each (rule, anything) of `items`, in order: the rule's colour
+    (rule_colours), and the k-th line of one rule the k-th line style and marker."""
+    colour = rule_colours(sorted({rule for rule, _ in items}, key=_rule_rank))
+    seen: dict = {}
+    out = []
+    for rule, _ in items:
+        k = seen[rule] = seen.get(rule, -1) + 1
+        out.append((colour[rule], LINE_STYLES[k % len(LINE_STYLES)], MARKERS[k % len(MARKERS)]))
     return out
 
 
@@ -70,7 +87,7 @@ def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, 
     if single:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         axes = [ax]
-        colour_of = dict(zip((id(g) for g in panels[0][1]), _colours(len(panels[0][1]))))
+        style_of = dict(zip((id(g) for g in panels[0][1]), rule_styles([(g.rule, g) for g in panels[0][1]])))
     else:
         ncols = min(3, len(panels))
         nrows = math.ceil(len(panels) / ncols)
@@ -81,7 +98,7 @@ def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, 
             ax.set_visible(False)
         rules = sorted({g.rule for _, gs in panels for g in gs}, key=_rule_rank)
         by_rule = rule_colours(rules)
-        colour_of = {id(g): by_rule[g.rule] for _, gs in panels for g in gs}
+        style_of = {id(g): (by_rule[g.rule], "-", "o") for _, gs in panels for g in gs}
     labelled = set()
     for ax, (panel_title, gs) in zip(axes, panels):
         for g in gs:
@@ -91,8 +108,8 @@ def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, 
             std = [scale * s if s is not None else math.nan for s in c["std"]]
             n = max(g.stats.get("n_runs", 1), 1)
             label = f"{g.label} (n={n})" if single else str(g.rule)
-            colour = colour_of[id(g)]
-            ax.plot(x, mean, color=colour, marker="o", ms=3, label=None if label in labelled else label)
+            colour, line_style, marker = style_of[id(g)]
+            ax.plot(x, mean, color=colour, ls=line_style, marker=marker, ms=3, label=None if label in labelled else label)
             if not single:
                 labelled.add(label)
             if any(not math.isnan(s) for s in std):
@@ -158,12 +175,13 @@ def plot_accuracy_vs_depth(comparison: Comparison, path: Path) -> Optional[Path]
     std = {(g.context, g.rule, g.depth): g.stats.get("test_accuracy_std") for g in comparison.groups}
     lines = [(context, rule) for context, by_rule in table.items() for rule in sorted(by_rule, key=_rule_rank)]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for colour, (context, rule) in zip(_colours(len(lines)), lines):
+    for (colour, line_style, marker), (context, rule) in zip(rule_styles([(rule, c) for c, rule in lines]), lines):
         acc = table[context][rule]
         ds = sorted(acc, key=_sort_value)
         label = f"{rule}" + (f" ({context_label(context)})" if context else "")
         err = [100 * (std.get((context, rule, d)) or 0.0) for d in ds]
-        ax.errorbar(ds, [100 * acc[d] for d in ds], yerr=err, color=colour, marker="o", ms=4, capsize=2, label=label)
+        ax.errorbar(ds, [100 * acc[d] for d in ds], yerr=err, color=colour, ls=line_style, marker=marker, ms=4, capsize=2,
+                    label=label)
         broken = comparison.breaking.get(context, {}).get(rule)
         if broken is not None:
             ax.axvline(broken, color=colour, ls=":", lw=1.5)

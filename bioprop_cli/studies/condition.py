@@ -47,7 +47,7 @@ from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.alignment import compare_updates
 from bioprop_cli.network import architecture, init_state
-from bioprop_cli.precision import cast_floats, float64
+from bioprop_cli.precision import cast_floats, float32_normal_problem, float64
 from bioprop_cli.report.study_figures import plot_condition_knob
 from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, write_json
 from bioprop_cli.splits import derive_keys, make_splits, seed_probe
@@ -117,7 +117,7 @@ def _angle(text: str) -> float:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not (value > 0 and math.isfinite(value)):
+    if not (value > 0 and math.isfinite(value)) or float32_normal_problem(value):
         raise ValueError
     return value
 
@@ -155,7 +155,7 @@ def parse_knob_values(name: str, text: str) -> list:
     try:
         values = [knob.parse(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
-        what = {"t1": "integers >= 1", "t2": "integers >= 1", "beta": "positive numbers",
+        what = {"t1": "integers >= 1", "t2": "integers >= 1", "beta": "positive normal float32 numbers (1.18e-38 to 3.4e38)",
                 "asymmetry": "angles in degrees in [0, 180]", "feedback": "symmetric, sign, random or mixed"}[name]
         raise UserError(f"--{name}: expected comma-separated {what}, got {text!r}") from None
     if not values:

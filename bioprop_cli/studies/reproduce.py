@@ -7,6 +7,7 @@ learning rate, say) and the seeds), plus a `paper:` section that only this modul
     paper:
       title: Scellier & Bengio 2017, 784-500-10   # what the table calls the preset
       source: the paper (journal, year)
+      checked: ..., reason: ...                # optional, as in an entry (below)
       tolerance: 0.5                           # default allowed |ours - published|, in the quantity's unit
       published:                               # one entry per number the paper reports
         - quantity: val_error                  # QUANTITIES below
@@ -18,6 +19,7 @@ learning rate, say) and the seeds), plus a `paper:` section that only this modul
           source: Fig. 3                       # table or figure
           checked: false                       # not checked against the paper or the authors' published files
                                                # (default true; `note` says why): the verdict says so
+          reason: ...                          # why the number is what it is (optional text)
           note: ...                            # how the number was read, what it is not
       quick:                                   # `--quick`: a short version that checks the direction
         seeds: 1
@@ -31,13 +33,14 @@ over seeds, and the verdicts are pure functions of the numbers (tested on hand-m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from bioprop_cli.config import Config, load_config, read_yaml
+from bioprop_cli.config import Config, _build, _check, load_config, read_yaml
 from bioprop_cli.errors import UserError
 from bioprop_cli.report.aggregate import mean_std
 
@@ -51,9 +54,43 @@ QUANTITIES: dict[str, tuple[str, float]] = {
     "delta_angle": ("°", 90.0),  # the rule's error signal against backprop's, per layer
     "update_angle": ("°", 90.0),  # the rule's weight update against the exact gradient (layer, or "all")
 }
-PUBLISHED_KEYS = ("quantity", "where", "layer", "value", "spread", "tolerance", "source", "checked", "note")
-PAPER_KEYS = ("title", "source", "code", "tolerance", "published", "quick")
-QUICK_KEYS = ("seeds", "set", "progress")
+Quantity = Literal[tuple(QUANTITIES)]
+PER_LAYER = ("feedback_angle", "delta_angle", "update_angle")
+
+
+@dataclass(frozen=True)
+class PublishedNumber:
+    """One number the paper reports (paper.published[i]); see the module docstring."""
+
+    quantity: Quantity
+    where: dict = field(default_factory=dict)
+    layer: int | str | None = None  # per-layer quantities: a layer index, or "all"
+    value: float | None = None
+    spread: float | None = None
+    tolerance: float | None = None
+    source: str | None = None
+    checked: bool | str = True  # false: not read from the paper itself; text: how it was checked
+    reason: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    seeds: int = 1
+    set: dict = field(default_factory=dict)
+    progress: float = 0.5
+
+
+@dataclass(frozen=True)
+class PaperSection:
+    title: str | None = None
+    source: str | None = None
+    code: str | None = None
+    checked: bool | str | None = None
+    reason: str | None = None
+    tolerance: float | None = None
+    published: tuple[PublishedNumber, ...] = ()
+    quick: QuickSettings = field(default_factory=QuickSettings)
 
 
 def preset_names(folder: Path = PAPERS) -> list[str]:
@@ -71,66 +108,88 @@ def preset_path(name: str, folder: Path = PAPERS) -> Path:
 class Preset:
     name: str
     path: Path
-    paper: dict
-    published: list[dict]
+    paper: PaperSection
     grid: dict
     where: list  # the sweep section's per-point overrides (bioprop_cli/sweep/grid.py: read_where)
     seeds: int
 
+    @property
+    def published(self) -> tuple[PublishedNumber, ...]:
+        return self.paper.published
+
 
 def load_preset(name: str, folder: Path = PAPERS) -> Preset:
-    """The preset's paper section, checked strictly (a bad key is a UserError naming it)."""
+    """The preset, checked by the config's typed loader: a bad key or value is a UserError naming the
+    file and the key (`paper.published[0].value`), before anything runs."""
     from bioprop_cli.sweep.grid import axis_key, check_where, points, read_sweep_section, require_matches
 
     path = preset_path(name, folder)
     tree = read_yaml(path)
-    paper = tree.get("paper")
-    if not isinstance(paper, dict):
-        raise UserError(f"{path.name}: expected a 'paper:' section")
-    _known(paper, PAPER_KEYS, "paper")
-    _known(paper.get("quick") or {}, QUICK_KEYS, "paper.quick")
-    published = paper.get("published") or []
-    if not published:
-        raise UserError(f"{path.name}: 'paper.published' lists no number")
-    for i, entry in enumerate(published):
-        _known(entry, PUBLISHED_KEYS, f"paper.published[{i}]")
-        if entry.get("quantity") not in QUANTITIES:
-            raise UserError(f"{path.name}: paper.published[{i}].quantity: expected one of {', '.join(QUANTITIES)}, "
-                            f"got {entry.get('quantity')!r}")
-    grid, where, seeds = read_sweep_section(tree.get("sweep"))
-    check_where(grid, where, points(grid))
-    require_matches(grid, where)
-    for i, entry in enumerate(published):
-        named = {axis_key(str(k)) for k in (entry.get("where") or {})}
-        if named != set(grid):  # each number belongs to one grid point
-            raise UserError(f"{path.name}: paper.published[{i}].where: expected a value for each sweep axis "
-                            f"({', '.join(grid) or 'none'}), got {sorted(named) or 'none'}")
-    return Preset(name, path, paper, published, grid, where, seeds or 1)
+    try:
+        paper = read_paper(tree.get("paper"))
+        grid, where, seeds = read_sweep_section(tree.get("sweep"))
+        check_where(grid, where, points(grid))
+        require_matches(grid, where)
+        for i, entry in enumerate(paper.published):
+            named = {axis_key(str(k)) for k in entry.where}
+            if named != set(grid):  # each number belongs to one grid point
+                raise UserError(f"config key 'paper.published[{i}].where': expected a value for each sweep axis "
+                                f"({', '.join(grid) or 'none'}), got {sorted(named) or 'none'}")
+    except UserError as e:
+        raise UserError(f"{path.name}: {e}") from None
+    return Preset(name, path, paper, grid, where, seeds or 1)
 
 
-def _known(section: Any, keys: tuple, where: str) -> None:
+def read_paper(section: Any) -> PaperSection:
+    """The `paper:` section, typed (config._build) and range-checked."""
     if not isinstance(section, dict):
-        raise UserError(f"config key '{where}': expected a mapping, got {section!r}")
-    unknown = [k for k in section if k not in keys]
-    if unknown:
-        raise UserError(f"unknown config key '{where}.{unknown[0]}'; allowed here: {', '.join(keys)}")
+        raise UserError(f"config key 'paper': expected a mapping (title, source, tolerance, published, quick), "
+                        f"got {section!r}")
+    published = section.get("published")
+    if not isinstance(published, list) or not published:
+        raise UserError(f"config key 'paper.published': expected a list of the paper's numbers, got {published!r}")
+    numbers = tuple(_build(PublishedNumber, entry, f"paper.published[{i}].") if isinstance(entry, dict)
+                    else _not_a_mapping(f"paper.published[{i}]", entry) for i, entry in enumerate(published))
+    quick = section.get("quick") or {}
+    if not isinstance(quick, dict):
+        _not_a_mapping("paper.quick", quick)
+    paper = _build(PaperSection, {**section, "published": (), "quick": quick}, "paper.")
+    paper = dataclasses.replace(paper, published=numbers)
+    _check(paper.tolerance is None or paper.tolerance >= 0, "paper.tolerance", ">= 0 or null", paper.tolerance)
+    _check(paper.quick.seeds >= 1, "paper.quick.seeds", ">= 1", paper.quick.seeds)
+    _check(0 <= paper.quick.progress <= 1, "paper.quick.progress",
+           "in [0, 1] (the fraction of the way from an untrained network to the published number)", paper.quick.progress)
+    for i, n in enumerate(numbers):
+        key = f"paper.published[{i}]"
+        _check(n.spread is None or n.spread >= 0, f"{key}.spread", ">= 0 or null", n.spread)
+        _check(n.tolerance is None or n.tolerance >= 0, f"{key}.tolerance", ">= 0 or null", n.tolerance)
+        if n.quantity in PER_LAYER:
+            _check(n.layer is None or n.layer == "all" or (isinstance(n.layer, int) and n.layer >= 0),
+                   f"{key}.layer", "a layer index >= 0, \"all\" or null", n.layer)
+        else:
+            _check(n.layer is None, f"{key}.layer", f"null ({n.quantity} is not per layer)", n.layer)
+    return paper
+
+
+def _not_a_mapping(key: str, value: Any):
+    raise UserError(f"config key '{key}': expected a mapping, got {value!r}")
 
 
 def base_config(preset: Preset, quick: bool, overrides: list[tuple[str, Any]] = ()) -> Config:
     """The preset's config, with the quick block's settings under --quick, then `overrides`
     (results_dir, data.data_dir). Its experiment: reproduce-<name>[-quick]."""
-    sets = []
-    if quick:
-        for key, value in ((preset.paper.get("quick") or {}).get("set") or {}).items():
-            sets.append((str(key), value))
+    sets = [(str(key), value) for key, value in preset.paper.quick.set.items()] if quick else []
     experiment = f"reproduce-{preset.name}" + ("-quick" if quick else "")
-    return load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+    try:
+        return load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+    except UserError as e:
+        raise UserError(f"{preset.path.name}{' (its quick settings)' if quick else ''}: {e}") from None
 
 
 def seed_count(preset: Preset, quick: bool, seeds: int | None) -> int:
     if seeds is not None:
         return seeds
-    return int((preset.paper.get("quick") or {}).get("seeds", 1)) if quick else preset.seeds
+    return preset.paper.quick.seeds if quick else preset.seeds
 
 
 def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable, overrides=(),
@@ -147,9 +206,9 @@ def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable
     rows = compare(preset, folder, manifest, quick)
     return {
         "preset": preset.name,
-        "title": preset.paper.get("title", preset.name),
-        "paper": preset.paper.get("source"),
-        "code": preset.paper.get("code"),
+        "title": preset.paper.title or preset.name,
+        "paper": preset.paper.source,
+        "code": preset.paper.code,
         "mode": "quick" if quick else "full",
         "seeds": seed_values,
         "sweep_folder": str(folder),
@@ -171,37 +230,39 @@ def training_wall_time(folder: Path, manifest: dict) -> float | None:
 
 
 def _summary(folder: Path, entry: dict) -> dict | None:
-    import json
+    """The run's summary.json, checked (a damaged one is a UserError naming it and the key); None if absent."""
+    from bioprop_cli.report.aggregate import SUMMARY_FIELDS, _check_fields, _read_json
 
-    if "run_dir" not in entry:
+    path = folder / entry["run_dir"] / "summary.json" if isinstance(entry.get("run_dir"), str) else None
+    if path is None or not path.is_file():
         return None
-    try:
-        return json.loads((folder / entry["run_dir"] / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    summary = _read_json(path)
+    _check_fields(summary, SUMMARY_FIELDS | {"val_accuracy": "an accuracy in [0, 1] or null",
+                                             "runs_trained_together": "an integer or null"}, str(path))
+    return summary
 
 
 def compare(preset: Preset, folder: Path, manifest: dict, quick: bool) -> list[dict]:
     """One row per published number: ours per seed, mean, std, difference and verdict."""
-    quick_progress = float((preset.paper.get("quick") or {}).get("progress", 0.5))
     rows = []
     for entry in preset.published:
-        quantity = entry["quantity"]
-        runs = [e for e in manifest["runs"].values() if _matches(e.get("values", {}), entry.get("where") or {})]
-        values = [v for v in (measure(folder / e["run_dir"], quantity, entry.get("layer")) for e in runs
+        quantity = entry.quantity
+        runs = [e for e in manifest["runs"].values() if _matches(e.get("values", {}), entry.where)]
+        values = [v for v in (measure(folder / e["run_dir"], quantity, entry.layer) for e in runs
                               if e.get("status") == "completed" and "run_dir" in e) if v is not None]
         mean, std, _ = mean_std(values)
-        published = entry.get("value")
-        tolerance, tolerance_source = allowed_difference(entry, preset.paper.get("tolerance"))
+        published = entry.value
+        tolerance = entry.tolerance if entry.tolerance is not None else preset.paper.tolerance
+        tolerance, tolerance_source = allowed_difference(entry.spread, tolerance)
         unit, untrained = QUANTITIES[quantity]
-        verdict = (quick_verdict(published, mean, untrained, quick_progress) if quick
+        verdict = (quick_verdict(published, mean, untrained, preset.paper.quick.progress) if quick
                    else full_verdict(published, mean, tolerance))
-        if published is not None and entry.get("checked") is False:
+        if published is not None and entry.checked is False:
             verdict += " (published number unchecked)"
         rows.append({
-            "quantity": quantity, "unit": unit, "where": entry.get("where") or {}, "layer": entry.get("layer"),
-            "published": published, "spread": entry.get("spread"), "source": entry.get("source"),
-            "checked": entry.get("checked", True), "note": entry.get("note"), "ours": values, "mean": mean, "std": std,
+            "quantity": quantity, "unit": unit, "where": entry.where, "layer": entry.layer,
+            "published": published, "spread": entry.spread, "source": entry.source,
+            "checked": entry.checked, "reason": entry.reason, "note": entry.note, "ours": values, "mean": mean, "std": std,
             "difference": None if mean is None or published is None else mean - published,
             "tolerance": tolerance, "tolerance_source": tolerance_source, "verdict": verdict,
             "runs": len(runs), "runs_completed": sum(e.get("status") == "completed" for e in runs),
@@ -215,10 +276,8 @@ def _matches(values: dict, where: dict) -> bool:
     return all(values.get(axis_key(str(k))) == v for k, v in where.items())
 
 
-def allowed_difference(entry: dict, preset_tolerance) -> tuple[float | None, str]:
+def allowed_difference(spread: float | None, tolerance: float | None) -> tuple[float | None, str]:
     """The larger of the paper's spread and the stated tolerance (the entry's, else the preset's)."""
-    tolerance = entry.get("tolerance", preset_tolerance)
-    spread = entry.get("spread")
     options = [(float(spread), "paper's spread")] if spread is not None else []
     options += [(float(tolerance), "stated tolerance")] if tolerance is not None else []
     if not options:
@@ -250,20 +309,18 @@ def quick_verdict(published, mean, untrained: float, progress: float) -> str:
 
 
 def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
-    """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement."""
-    import json
-
-    from bioprop_cli.runs import read_jsonl
+    """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement.
+    A damaged file is a UserError naming it, the line and the key (report/aggregate.py's checks)."""
+    from bioprop_cli.report.aggregate import _read_lines, check_alignment_record
 
     if quantity in ("test_error", "val_error"):
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-        except (OSError, ValueError):
+        summary = _summary(run_dir.parent, {"run_dir": run_dir.name})
+        if summary is None:
             return None
         acc = summary.get("test_accuracy" if quantity == "test_error" else "val_accuracy")
         return None if acc is None else 100.0 * (1.0 - acc)
     path = run_dir / "alignment.jsonl"
-    records = read_jsonl(path) if path.exists() else []
+    records = _read_lines(path, check_alignment_record)
     wanted = "all" if layer is None else layer
     mine = [r for r in records if r.get("layer") == wanted and r.get(quantity) is not None]
     if not mine:

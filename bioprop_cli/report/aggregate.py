@@ -223,19 +223,11 @@ KINDS = {
 }
 ACCURACY, ANGLE = "an accuracy in [0, 1] or null", "an angle in [0, 180] degrees or null"
 SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
-<<<<<<< HEAD
-                  **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "best_val_accuracy", "wall_time_s",
-                                                     "examples_per_s")}}
-METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null",
-                  **{k: "a number or null" for k in ("test_accuracy", "val_accuracy", "train_loss", "wall_time_s",
-                                                     "mean_update_angle")}}
-=======
-                  "test_accuracy": ACCURACY, "best_val_accuracy": ACCURACY,
+                  "test_accuracy": ACCURACY, "val_accuracy": ACCURACY, "best_val_accuracy": ACCURACY,
                   **{k: "a number or null" for k in ("wall_time_s", "examples_per_s")}}
 METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null", "test_accuracy": ACCURACY,
                   "val_accuracy": ACCURACY, "mean_update_angle": ANGLE,
                   **{k: "a number or null" for k in ("train_loss", "wall_time_s")}}
->>>>>>> h-validate
 ALIGNMENT_FIELDS = {"epoch": "an integer or null", "step": "an integer or null",
                     **{k: ANGLE for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
 BETA_ROW_FIELDS = {"estimator": "a string", **{k: "a number or null" for k in (

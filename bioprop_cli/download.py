@@ -6,16 +6,20 @@ Each file is fetched from the dataset's published locations in turn (``SOURCES``
 verified with the checks of ``bioprop_cli.data`` (MD5 of the uncompressed content, shape, label range) or, for
 CIFAR-10's binary archive, ``bioprop_cli.cifar`` (the archive's published MD5, its members), and only then renamed
 to its name. The temporary ``.part`` file is removed on every way out (an error, a stall, a checksum mismatch,
-Ctrl-C); only a process killed outright (SIGKILL) leaves one, which no loader reads. A mirror that sends nothing
+Ctrl-C, which stops a download at once); only a process killed outright (SIGTERM, SIGKILL) leaves one, which no
+loader reads. A mirror that sends nothing
 for ``Patience.read_timeout_s``, or less than ``Patience.min_rate_bytes_per_s`` on average over
 ``Patience.rate_window_s``, is given up for the next. Files already present are not fetched again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -162,13 +166,31 @@ def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None, patienc
         return folder
     mirrors = mirrors_for(dataset)
     make_folder(folder, dataset, missing)
-    with download_progress() as progress:
+    with ctrl_c_raises(), download_progress() as progress:
         for position, file_name in enumerate(missing):
             used = fetch_file(dataset, file_name, mirrors, folder, progress, patience,
                               still_missing=missing[position:])
             mirrors.remove(used)
             mirrors.insert(0, used)  # the next file tries first the mirror that answered
     return folder
+
+
+@contextlib.contextmanager
+def ctrl_c_raises():
+    """Inside the block Ctrl-C raises KeyboardInterrupt wherever the main thread is, a read from a stalled mirror
+    included, whatever SIGINT handler the command runs under (one that only sets a flag for safe points would let
+    a download run on, and a second Ctrl-C that ends the process at once would leave its .part file): the
+    download stops, atomic_file removes its .part file, the command exits 130. The handler in force comes back
+    after. Where SIGINT is ignored, or outside the main thread, nothing changes."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def make_folder(folder: Path, dataset: str, missing: list[str]) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
@@ -38,6 +39,7 @@ class FileServer:
         self.files = dict(files)
         self.cut_short: set[str] = set()
         self.trickle: dict[str, float] = {}
+        self.after_first_byte: Callable[[], object] = lambda: None  # of a trickle
         self.stopping = threading.Event()
         self.requests: list[str] = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
@@ -69,6 +71,8 @@ class FileServer:
                         self.wfile.flush()
                     except OSError:  # the client gave up
                         return
+                    if position == 0:
+                        outer.after_first_byte()
                     if outer.stopping.wait(seconds_per_byte):
                         return
 
@@ -305,6 +309,24 @@ def test_an_interrupt_inside_the_download_loop_leaves_no_partial_file(monkeypatc
     monkeypatch.setattr(download, "check_rate", interrupt)  # called after the first chunk, with a window of 0 s
     with pytest.raises(KeyboardInterrupt):
         download.fetch_dataset("mnist", patience=download.Patience(rate_window_s=0))
+    assert files_in(cache / "mnist") == []
+
+
+def test_ctrl_c_stops_a_stalled_download_under_a_handler_that_only_sets_a_flag(serve, cache, mnist_gz):
+    """A command's SIGINT handler may only set a flag for safe points; a download waiting on a stalled mirror
+    must stop at the first Ctrl-C all the same, remove its .part file, and give the command its handler back."""
+    pressed = []
+    flag_only = lambda signum, frame: pressed.append(signum)
+    server = serve(mnist_gz)
+    server.trickle[f"mnist/{GZ_FILES[0]}"] = 3600  # one byte, then nothing
+    server.after_first_byte = lambda: os.kill(os.getpid(), signal.SIGINT)
+    before = signal.signal(signal.SIGINT, flag_only)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            download.fetch_dataset("mnist", patience=download.Patience(read_timeout_s=60))
+        assert signal.getsignal(signal.SIGINT) is flag_only and pressed == []
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert files_in(cache / "mnist") == []
 
 

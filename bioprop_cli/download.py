@@ -135,20 +135,23 @@ def mirrors_for(dataset: str) -> list[str]:
 
 def check_mirror_url(base: str) -> None:
     """Raises UserError unless `base` is an http(s) URL with a host or a file:// URL of a local folder."""
-    parts = urllib.parse.urlsplit(base)
-    remote = parts.scheme in ("http", "https") and bool(parts.hostname) and port_is_a_number(parts)
-    local = parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/")
-    if not (remote or local) or any(c.isspace() for c in base):
+    if not is_mirror_url(base):
         raise UserError(f"{DOWNLOAD_URL_ENV_VAR}={base!r} is not a mirror URL: allowed are http://HOST/PATH, "
                         "https://HOST/PATH or file:///FOLDER (serving <dataset>/<file>, say "
                         "BASE/mnist/train-images-idx3-ubyte.gz)")
 
 
-def port_is_a_number(parts: urllib.parse.SplitResult) -> bool:
-    try:
-        return parts.port is None or parts.port >= 0
-    except ValueError:  # raised by .port for http://host:abc/
+def is_mirror_url(base: str) -> bool:
+    if any(c.isspace() or not c.isprintable() for c in base):
         return False
+    try:
+        parts = urllib.parse.urlsplit(base)
+        port_ok = parts.port is None or parts.port >= 0  # .port raises ValueError for http://host:abc/
+    except ValueError:  # urlsplit's, for http://[::1
+        return False
+    if parts.scheme == "file":
+        return parts.netloc in ("", "localhost") and parts.path.startswith("/")
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
 
 
 def missing_files(dataset: str, folder: Path) -> list[str]:

@@ -263,8 +263,9 @@ def test_a_file_mirror_with_a_corrupt_or_missing_file(monkeypatch, cache, mnist_
 
 
 @pytest.mark.parametrize("url", ["not a url", "127.0.0.1:8000/data", "/srv/mirror", "ftp://example.org/pub",
-                                 "http://", "https:///mnist", "http://127.0.0.1:port/", "file://otherhost/srv",
-                                 "http://exa mple.org/"])
+                                 "http://", "https:///mnist", "http://127.0.0.1:port/", "http://127.0.0.1:99999/",
+                                 "http://[::1/", "file://otherhost/srv", "file:", "http://exa mple.org/",
+                                 "http://example.org/\tx"])
 def test_a_download_url_that_is_not_a_mirror_is_one_line(monkeypatch, tmp_path, url):
     monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", url)
     line = cli_error(CliRunner().invoke(app, ["data", "fetch", "--to", str(tmp_path / "d")]))
@@ -274,8 +275,8 @@ def test_a_download_url_that_is_not_a_mirror_is_one_line(monkeypatch, tmp_path, 
 
 
 def test_the_accepted_download_urls():
-    for url in ["http://127.0.0.1:8000", "https://mirror.example.org/datasets/", "file:///srv/mirror",
-                "file://localhost/srv/mirror/"]:
+    for url in ["http://127.0.0.1:8000", "https://mirror.example.org/datasets/", "http://[::1]:8000/",
+                "file:///srv/mirror", "file://localhost/srv/mirror/"]:
         download.check_mirror_url(url)
 
 

@@ -6,8 +6,8 @@ Each file is fetched from the dataset's published locations in turn (``SOURCES``
 verified with the checks of ``bioprop_cli.data`` (MD5 of the uncompressed content, shape, label range) or, for
 CIFAR-10's binary archive, ``bioprop_cli.cifar`` (the archive's published MD5, its members), and only then renamed
 to its name. The temporary ``.part`` file is removed on every way out (an error, a stall, a checksum mismatch,
-Ctrl-C, which stops a download at once); only a process killed outright (SIGTERM, SIGKILL) leaves one, which no
-loader reads. A mirror that sends nothing
+Ctrl-C, SIGTERM or SIGHUP, which stop a download at once); only a process killed outright (SIGKILL) leaves one,
+which no loader reads. A mirror that sends nothing
 for ``Patience.read_timeout_s``, or less than ``Patience.min_rate_bytes_per_s`` on average over
 ``Patience.rate_window_s``, is given up for the next. Files already present are not fetched again.
 """
@@ -169,7 +169,7 @@ def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None, patienc
         return folder
     mirrors = mirrors_for(dataset)
     make_folder(folder, dataset, missing)
-    with ctrl_c_raises(), download_progress() as progress:
+    with stopped_at_once(), download_progress() as progress:
         for position, file_name in enumerate(missing):
             used = fetch_file(dataset, file_name, mirrors, folder, progress, patience,
                               still_missing=missing[position:])
@@ -179,21 +179,42 @@ def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None, patienc
 
 
 @contextlib.contextmanager
-def ctrl_c_raises():
-    """Inside the block Ctrl-C raises KeyboardInterrupt wherever the main thread is, a read from a stalled mirror
-    included, whatever SIGINT handler the command runs under (one that only sets a flag for safe points would let
-    a download run on, and a second Ctrl-C that ends the process at once would leave its .part file): the
-    download stops, atomic_file removes its .part file, the command exits 130. The handler in force comes back
-    after. Where SIGINT is ignored, or outside the main thread, nothing changes."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+def stopped_at_once():
+    """Inside the block Ctrl-C raises KeyboardInterrupt, and SIGTERM or SIGHUP (`kill`, a job's time limit, a
+    closed terminal) SystemExit(128 + the signal), wherever the main thread is, a read from a stalled mirror
+    included, whatever handler the command runs under (one that only sets a flag for safe points would let a
+    download run on; a second Ctrl-C that ends the process at once, or the default SIGTERM, would leave its .part
+    file): the download stops and atomic_file removes its .part file. The handlers in force come back after.
+    A signal that is ignored stays ignored; outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop = StopOnce()
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StopOnce:
+    """A handler whose first signal raises and whose later ones (an impatient second Ctrl-C, the SIGHUP of a
+    terminal closed after it) are dropped, so that none cuts the removal of the .part file short."""
+
+    def __init__(self):
+        self.stopping = False
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)  # the exit code a shell reports for a process the signal ended
 
 
 def make_folder(folder: Path, dataset: str, missing: list[str]) -> None:

@@ -321,14 +321,26 @@ def test_ctrl_c_stops_a_stalled_download_under_a_handler_that_only_sets_a_flag(s
     server = serve(mnist_gz)
     server.trickle[f"mnist/{GZ_FILES[0]}"] = 3600  # one byte, then nothing
     server.after_first_byte = lambda: os.kill(os.getpid(), signal.SIGINT)
-    before = signal.signal(signal.SIGINT, flag_only)
+    before, sigterm_before = signal.signal(signal.SIGINT, flag_only), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(KeyboardInterrupt):
             download.fetch_dataset("mnist", patience=download.Patience(read_timeout_s=60))
         assert signal.getsignal(signal.SIGINT) is flag_only and pressed == []
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
     finally:
         signal.signal(signal.SIGINT, before)
     assert files_in(cache / "mnist") == []
+
+
+def test_only_the_first_signal_stops_a_download():
+    """A second signal must not cut the removal of the .part file short."""
+    stop = download.StopOnce()
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)
+    assert stop(signal.SIGINT, None) is None and stop(signal.SIGTERM, None) is None
+    with pytest.raises(SystemExit) as excinfo:
+        download.StopOnce()(signal.SIGTERM, None)
+    assert excinfo.value.code == 143
 
 
 # `python -m bioprop_cli` with Python's own SIGINT handler even where the test runner ignores SIGINT
@@ -336,7 +348,9 @@ LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.defaul
           "sys.argv[0] = 'bioprop'; runpy.run_module('bioprop_cli', run_name='__main__')")
 
 
-def test_ctrl_c_during_data_fetch_exits_130_and_leaves_no_partial_file(serve, cache, mnist_gz, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_during_data_fetch_exits_128_plus_the_signal_and_leaves_no_partial_file(
+        serve, cache, mnist_gz, tmp_path, signum):
     server = serve(mnist_gz)
     server.trickle[f"mnist/{GZ_FILES[0]}"] = 0.05
     folder = tmp_path / "d"
@@ -346,8 +360,8 @@ def test_ctrl_c_during_data_fetch_exits_130_and_leaves_no_partial_file(serve, ca
     while not (server.requests and any(name.endswith(".part") for name in files_in(folder))):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
     assert b"Traceback" not in proc.stderr.read()
     assert files_in(folder) == []
 

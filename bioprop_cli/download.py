@@ -7,9 +7,9 @@ verified with the checks of ``bioprop_cli.data`` (MD5 of the uncompressed conten
 CIFAR-10's binary archive, ``bioprop_cli.cifar`` (the archive's published MD5, its members), and only then renamed
 to its name. The temporary ``.part`` file is removed on every way out (an error, a stall, a checksum mismatch,
 Ctrl-C, SIGTERM or SIGHUP, which stop a download at once); only a process killed outright (SIGKILL) leaves one,
-which no loader reads. A mirror that sends nothing
-for ``Patience.read_timeout_s``, or less than ``Patience.min_rate_bytes_per_s`` on average over
-``Patience.rate_window_s``, is given up for the next. Files already present are not fetched again.
+which no loader reads. A mirror that sends nothing for ``Patience.read_timeout_s``, or less than
+``Patience.min_rate_bytes_per_s`` on average over a ``Patience.rate_window_s`` window, is given up for the next.
+Files already present are not fetched again.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ CHUNK_BYTES = 1 << 16
 class Patience:
     """How long a mirror may keep a download waiting before it is given up for the next."""
     read_timeout_s: float = READ_TIMEOUT_S  # no byte at all for this long
-    min_rate_bytes_per_s: float = MIN_RATE_BYTES_PER_S  # averaged over each successive window of
-    rate_window_s: float = RATE_WINDOW_S
+    min_rate_bytes_per_s: float = MIN_RATE_BYTES_PER_S  # on average over each successive window of
+    rate_window_s: float = RATE_WINDOW_S  # seconds
 
 
 class SlowDownload(Exception):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
@@ -27,11 +32,15 @@ TRAIN_LABELS_GZ = "train-labels-idx1-ubyte.gz"
 
 class FileServer:
     """Serves `files` (URL path -> bytes) on 127.0.0.1; counts requests; `cut_short` paths announce their full
-    length but send only half of it before closing the connection (a server that dies half-way)."""
+    length but send only half of it before closing the connection (a server that dies half-way); `trickle` paths
+    (path -> seconds) send one byte, then wait that long before the next, until the file ends or the server stops."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
         self.cut_short: set[str] = set()
+        self.trickle: dict[str, float] = {}
+        self.after_first_byte: Callable[[], object] = lambda: None  # of a trickle
+        self.stopping = threading.Event()
         self.requests: list[str] = []
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -50,7 +59,22 @@ class FileServer:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if self.path.lstrip("/") in outer.trickle:
+                    self.send_slowly(body, outer.trickle[self.path.lstrip("/")])
+                    return
                 self.wfile.write(body[: len(body) // 2] if self.path.lstrip("/") in outer.cut_short else body)
+
+            def send_slowly(self, body: bytes, seconds_per_byte: float):
+                for position in range(len(body)):
+                    try:
+                        self.wfile.write(body[position:position + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                    if position == 0:
+                        outer.after_first_byte()
+                    if outer.stopping.wait(seconds_per_byte):
+                        return
 
             def log_message(self, *args):
                 pass
@@ -62,6 +86,7 @@ class FileServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -211,6 +236,136 @@ def test_every_idx_dataset_has_a_fallback_mirror():
         assert len(source.mirrors) >= (1 if name == "cifar10" else 2) and all(m.endswith("/") for m in source.mirrors)
 
 
+# --- what a mirror may be, and mirrors that stall or trickle ---------------------------------------------------
+
+
+def test_a_file_mirror_is_read_and_verified(monkeypatch, cache, mnist_gz, tmp_path):
+    mirror = tmp_path / "mirror"
+    write_mnist_folder(mnist_gz, mirror / "mnist", skip="")
+    monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", (mirror / "x").as_uri().removesuffix("x"))  # file:///.../mirror/
+    download.fetch_dataset("mnist")
+    assert all((cache / "mnist" / name).read_bytes() == mnist_gz[name] for name in GZ_FILES)
+    assert files_in(cache / "mnist") == sorted(GZ_FILES)
+
+
+def test_a_file_mirror_with_a_corrupt_or_missing_file(monkeypatch, cache, mnist_gz, tmp_path):
+    folder = write_mnist_folder(mnist_gz, tmp_path / "mirror" / "mnist", skip=GZ_FILES[0])
+    (folder / TRAIN_LABELS_GZ).write_bytes(altered_labels(mnist_gz))
+    monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", f"file://{tmp_path / 'mirror'}")
+    with pytest.raises(UserError) as excinfo:
+        download.fetch_dataset("mnist")
+    assert f"file://{folder / GZ_FILES[0]}: no such file" in one_line(str(excinfo.value))
+    (folder / GZ_FILES[0]).write_bytes(mnist_gz[GZ_FILES[0]])
+    with pytest.raises(UserError) as excinfo:
+        download.fetch_dataset("mnist")
+    assert f"file://{folder / TRAIN_LABELS_GZ}: MD5 of the uncompressed content" in one_line(str(excinfo.value))
+    assert files_in(cache / "mnist") == [GZ_FILES[0]]  # the intact file kept, no .part
+
+
+@pytest.mark.parametrize("url", ["not a url", "127.0.0.1:8000/data", "/srv/mirror", "ftp://example.org/pub",
+                                 "http://", "https:///mnist", "http://127.0.0.1:port/", "http://127.0.0.1:99999/",
+                                 "http://[::1/", "file://otherhost/srv", "file:", "http://exa mple.org/",
+                                 "http://example.org/\tx"])
+def test_a_download_url_that_is_not_a_mirror_is_one_line(monkeypatch, tmp_path, url):
+    monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", url)
+    line = cli_error(CliRunner().invoke(app, ["data", "fetch", "--to", str(tmp_path / "d")]))
+    assert f"BIOPROP_DOWNLOAD_URL={url!r} is not a mirror URL" in line
+    assert "http://HOST/PATH, https://HOST/PATH or file:///FOLDER" in line
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_accepted_download_urls():
+    for url in ["http://127.0.0.1:8000", "https://mirror.example.org/datasets/", "http://[::1]:8000/",
+                "file:///srv/mirror", "file://localhost/srv/mirror/"]:
+        download.check_mirror_url(url)
+
+
+def test_a_trickling_mirror_is_given_up_with_how_far_it_got(serve, cache, mnist_gz):
+    server = serve(mnist_gz)
+    server.trickle[f"mnist/{GZ_FILES[0]}"] = 0.01
+    patience = download.Patience(read_timeout_s=10, min_rate_bytes_per_s=1e6, rate_window_s=0.2)
+    with pytest.raises(UserError) as excinfo:
+        download.fetch_dataset("mnist", patience=patience)
+    message = one_line(str(excinfo.value))
+    assert f"{server.url}/mnist/{GZ_FILES[0]}: too slow: " in message
+    assert "bytes/s, " in message and " bytes in all), below the minimum 1e+06 bytes/s averaged over 0.2 s" in message
+    assert files_in(cache / "mnist") == []
+
+
+def test_a_stalled_mirror_is_given_up_after_the_read_timeout(serve, cache, mnist_gz):
+    server = serve(mnist_gz)
+    server.trickle[f"mnist/{GZ_FILES[0]}"] = 3600  # one byte, then nothing
+    with pytest.raises(UserError) as excinfo:
+        download.fetch_dataset("mnist", patience=download.Patience(read_timeout_s=0.2))
+    assert f"{server.url}/mnist/{GZ_FILES[0]}: no data for 0.2 s after 1 bytes" in one_line(str(excinfo.value))
+    assert files_in(cache / "mnist") == []
+
+
+def test_an_interrupt_inside_the_download_loop_leaves_no_partial_file(monkeypatch, serve, cache, mnist_gz):
+    serve(mnist_gz)
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "check_rate", interrupt)  # called after the first chunk, with a window of 0 s
+    with pytest.raises(KeyboardInterrupt):
+        download.fetch_dataset("mnist", patience=download.Patience(rate_window_s=0))
+    assert files_in(cache / "mnist") == []
+
+
+def test_ctrl_c_stops_a_stalled_download_under_a_handler_that_only_sets_a_flag(serve, cache, mnist_gz):
+    """A command's SIGINT handler may only set a flag for safe points; a download waiting on a stalled mirror
+    must stop at the first Ctrl-C all the same, remove its .part file, and give the command its handler back."""
+    pressed = []
+    flag_only = lambda signum, frame: pressed.append(signum)
+    server = serve(mnist_gz)
+    server.trickle[f"mnist/{GZ_FILES[0]}"] = 3600  # one byte, then nothing
+    server.after_first_byte = lambda: os.kill(os.getpid(), signal.SIGINT)
+    before, sigterm_before = signal.signal(signal.SIGINT, flag_only), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            download.fetch_dataset("mnist", patience=download.Patience(read_timeout_s=60))
+        assert signal.getsignal(signal.SIGINT) is flag_only and pressed == []
+        assert signal.getsignal(signal.SIGTERM) is sigterm_before
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert files_in(cache / "mnist") == []
+
+
+def test_only_the_first_signal_stops_a_download():
+    """A second signal must not cut the removal of the .part file short."""
+    stop = download.StopOnce()
+    with pytest.raises(KeyboardInterrupt):
+        stop(signal.SIGINT, None)
+    assert stop(signal.SIGINT, None) is None and stop(signal.SIGTERM, None) is None
+    with pytest.raises(SystemExit) as excinfo:
+        download.StopOnce()(signal.SIGTERM, None)
+    assert excinfo.value.code == 143
+
+
+# `python -m bioprop_cli` with Python's own SIGINT handler even where the test runner ignores SIGINT
+LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+          "sys.argv[0] = 'bioprop'; runpy.run_module('bioprop_cli', run_name='__main__')")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_kill_during_data_fetch_exits_128_plus_the_signal_and_leaves_no_partial_file(
+        serve, cache, mnist_gz, tmp_path, signum):
+    server = serve(mnist_gz)
+    server.trickle[f"mnist/{GZ_FILES[0]}"] = 0.05
+    folder = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "data", "fetch", "--to", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while not (server.requests and any(name.endswith(".part") for name in files_in(folder))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    assert b"Traceback" not in proc.stderr.read()
+    assert files_in(folder) == []
+
+
 # --- the CLI -----------------------------------------------------------------------------------------------------
 
 
@@ -272,7 +427,7 @@ def test_data_fetch_unknown_dataset(tmp_path):
 
 
 def write_mnist_folder(mnist_gz: dict[str, bytes], folder: Path, skip: str) -> Path:
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for name, body in mnist_gz.items():
         if name != skip:
             (folder / name).write_bytes(body)

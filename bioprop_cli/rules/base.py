@@ -171,9 +171,10 @@ def feedback_rule(
 def direct_matrix(arch: Architecture, l: int, target: str, d: jax.Array) -> jax.Array:
     """D_l as the (n_out, units) matrix it applies to e: itself, or for pooled_conv's kernel the
     projections of the output's unit vectors."""
-    if target != "pooled_conv" or projection_conv(arch, l, d.shape[-1]) is None:
+    n_out = arch.sizes[-1]
+    if target != "pooled_conv" or projection_conv(arch, l, n_out) is None:
         return d
-    return direct_projection(arch, l, target, d, jnp.eye(d.shape[-1], dtype=d.dtype))
+    return direct_projection(arch, l, target, d, jnp.eye(n_out, dtype=d.dtype))
 
 
 def transport_path(arch: Architecture, params: Params, l: int, pooled_output: bool = False) -> jax.Array:

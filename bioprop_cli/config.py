@@ -32,6 +32,7 @@ InitScheme = Literal[
 ]
 BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
+DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/direct_feedback.py
 Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
 Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
@@ -88,6 +89,12 @@ class FeedbackConfig:
 
     distribution: Distribution = "uniform"  # as in Lillicrap et al. 2016 and Nøkland 2016
     scale: float = 1.0  # relative to the matching forward layer's init std (see README)
+    # dfa on a conv layer: where D_l delivers the output error. pooled: a dense D_l onto the layer's output
+    # after its pooling, then exactly back through the pooling and f' (Nøkland's ErrorFeedback after
+    # SpatialMaxPooling); pooled_conv: the same place, through a kernel on the error tiled over the next
+    # conv layer's output grid (biotorch's dfa Conv2d); pre_pool: a dense D_l onto the pre-activation,
+    # bypassing the pooling. The same for dense layers (no pooling).
+    dfa_target: DFATarget = "pooled"
     # kp: weight decay lambda added to the updates of W_l AND B_l (l >= 1), so that W_l^T - B_l
     # shrinks by (1 - lr lambda) per SGD step; wm: decay of B_l only (Delta B = eta x y^T - lambda B).
     # 0.003: 784-256-10 MNIST, adam 1e-3, 20 epochs: B within 4 degrees of W^T at fa's accuracy

@@ -16,7 +16,7 @@ from bioprop_cli.models.arch import Pool
 from bioprop_cli.models.layers import feedback_vjp, forward, init_params, linear, send_back, transport, weight_vjp
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, init_std
 from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.base import transport_path
+from bioprop_cli.rules.base import direct_projection, transport_path
 from bioprop_cli.rules.weight_mirror import mirror_updates, positions
 
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
@@ -199,21 +199,43 @@ def test_kp_with_b_equal_to_w_stays_backprop():
             _close(params[l]["fb"], transport(ARCH.layers[l].op, params[l]["w"]), 1e-6)
 
 
-def test_dfa_on_a_conv_net_is_the_closed_form():
-    """One pooled conv layer then the output: delta_0 = reshape(e @ D_0) * f'(a_0) (D reaches every
-    pre-activation unit, pooling bypassed), update = the correlation of the images with delta_0."""
+def _conv_valid(images, w):
+    """The VALID stride-1 convolution (cross-correlation) of NHWC images with an HWIO kernel, in float64."""
+    k = w.shape[0]
+    windows = np.lib.stride_tricks.sliding_window_view(images, (k, k), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+    return np.einsum("nijuvc,uvco->nijo", windows, np.asarray(w, np.float64))
+
+
+def _max_pool_2x2_vjp(h, g):
+    """The error g at 2x2 max pooling's output sent to the maximum of each window of h (zero elsewhere)."""
+    n, rows, cols, c = h.shape
+    windows = h.reshape(n, rows // 2, 2, cols // 2, 2, c)
+    at_max = windows == windows.max(axis=(2, 4), keepdims=True)
+    return (at_max * g.reshape(n, rows // 2, 1, cols // 2, 1, c)).reshape(h.shape)
+
+
+@pytest.mark.parametrize("target", ["pooled", "pooled_conv", "pre_pool"])
+def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
+    """One pooled conv layer then the output. pooled (Nøkland's ErrorFeedback after the pooling; and
+    biotorch's, whose layer above is dense: pooled_conv alike): delta_0 = pool_vjp(e @ D_0) * f'(a_0),
+    the error only at each window's maximum; pre_pool: delta_0 = reshape(e @ D_0) * f'(a_0) at every
+    unit. The update is the correlation of the images with delta_0."""
     arch = archs.stack("cnn", (6, 6, 1), [(2, 3, 1, 0, Pool("max", 2, 2))], (), 10)
-    dfa = make_rule(_config("dfa"), arch)
+    dfa = make_rule(_config("dfa", ("feedback.dfa_target", target)), arch)
     params, (x, y) = _params(arch), _batch(arch)
     (d,) = dfa.init(jax.random.PRNGKey(4), params)
-    assert d.shape == (10, 4 * 4 * 2)
+    assert d.shape == (10, (4 * 4 if target == "pre_pool" else 2 * 2) * 2)
     images = np.asarray(x, np.float64).reshape(4, 6, 6, 1)
-    a0 = np.einsum("nijuvc,uvco->nijo", np.lib.stride_tricks.sliding_window_view(images, (3, 3), axis=(1, 2))
-                   .transpose(0, 1, 2, 4, 5, 3), np.asarray(params[0]["w"], np.float64))
+    a0 = _conv_valid(images, params[0]["w"])
     h1 = np.tanh(a0).reshape(4, 2, 2, 2, 2, 2).max(axis=(2, 4))  # 2x2 max pooling of 4x4x2
     z = h1.reshape(4, -1) @ np.asarray(params[1]["w"], np.float64)
     e = (np.exp(z) / np.exp(z).sum(1, keepdims=True) - np.asarray(y)) / 4
-    delta0 = (e @ np.asarray(d, np.float64)).reshape(4, 4, 4, 2) * (1 - np.tanh(a0) ** 2)
+    projected = e @ np.asarray(d, np.float64)
+    if target == "pre_pool":
+        delta0 = projected.reshape(4, 4, 4, 2) * (1 - np.tanh(a0) ** 2)
+    else:
+        delta0 = _max_pool_2x2_vjp(np.tanh(a0), projected) * (1 - np.tanh(a0) ** 2)
+        assert np.count_nonzero(delta0) <= delta0.size // 4  # one unit of each 2x2 window
     est = dfa.estimate(params, [d], x, y, None)
     assert [dl.shape for dl in est.deltas] == [(4, 4, 4, 2), (4, 10)]
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
@@ -221,9 +243,42 @@ def test_dfa_on_a_conv_net_is_the_closed_form():
     np.testing.assert_allclose(est.grads[1]["w"], h1.reshape(4, -1).T @ e, rtol=1e-4, atol=1e-6)
 
 
-def test_dfa_reference_is_the_linearised_backprop_path():
-    """transport_path on a conv net: the Jacobian from a_l to the logits of the network with identity
-    activations and average pooling, computed here independently by jax.jacfwd."""
+def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
+    """A pooled conv layer below a conv layer (kernel 3, padding 1): biotorch's D_0 is a kernel
+    K (3, 3, C_0, n_out), and the error at layer 0's pooled output is the transposed convolution of e
+    tiled over the upper layer's output grid, g[y, x, c] = sum over output positions (i, j) and offsets
+    (u, v) with i + u - 1 = y, j + v - 1 = x of e_o K[u, v, c, o]; then back through the pooling and f'."""
+    arch = archs.stack("cnn", (8, 8, 1), [(2, 3, 1, 1, Pool("max", 2, 2)), (3, 3, 1, 1, None)], (), 10)
+    dfa = make_rule(_config("dfa", ("feedback.dfa_target", "pooled_conv")), arch)
+    params, (x, y) = _params(arch), _batch(arch)
+    kernel, d1 = dfa.init(jax.random.PRNGKey(4), params)
+    assert kernel.shape == (3, 3, 2, 10) and d1.shape == (10, 4 * 4 * 3)
+    padded = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    a0 = _conv_valid(padded(np.asarray(x, np.float64).reshape(4, 8, 8, 1)), params[0]["w"])
+    h1 = np.tanh(a0).reshape(4, 4, 2, 4, 2, 2).max(axis=(2, 4))
+    a1 = _conv_valid(padded(h1), params[1]["w"])
+    z = np.tanh(a1).reshape(4, -1) @ np.asarray(params[2]["w"], np.float64)
+    e = (np.exp(z) / np.exp(z).sum(1, keepdims=True) - np.asarray(y)) / 4
+    k = np.asarray(kernel, np.float64)
+    g = np.zeros((4, 6, 6, 2))  # h_1 padded by 1 on each side
+    for i in range(4):
+        for j in range(4):
+            for u in range(3):
+                for v in range(3):
+                    g[:, i + u, j + v, :] += e @ k[u, v].T
+    g = g[:, 1:-1, 1:-1, :]
+    delta0 = _max_pool_2x2_vjp(np.tanh(a0), g) * (1 - np.tanh(a0) ** 2)
+    delta1 = (e @ np.asarray(d1, np.float64)).reshape(4, 4, 4, 3) * (1 - np.tanh(a1) ** 2)
+    est = dfa.estimate(params, [kernel, d1], x, y, None)
+    np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(est.deltas[1], delta1, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("pooled_output", [False, True])
+def test_dfa_reference_is_the_linearised_backprop_path(pooled_output):
+    """transport_path on a conv net: the Jacobian from a_l (pooled_output: from h_{l+1}, after layer
+    l's pooling) to the logits of the network with identity activations and average pooling, computed
+    here independently by jax.jacfwd."""
     params = _params()
 
     def linear_net(a, l):
@@ -232,14 +287,15 @@ def test_dfa_reference_is_the_linearised_backprop_path():
             layer = ARCH.layers[k]
             if k > l:
                 h = linear(layer.op, params[k]["w"], h)
-            if layer.pool is not None:
+            if layer.pool is not None and not (pooled_output and k == l):
                 h = jax.lax.reduce_window(h, 0.0, jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") / 4
         return linear(ARCH.layers[-1].op, params[-1]["w"], h)
 
     for l in range(len(ARCH.layers) - 1):
-        shape = (1,) + ARCH.pre_shapes[l]
+        shape = (1,) + (ARCH.layers[l].out_shape if pooled_output else ARCH.pre_shapes[l])
         jac = jax.jacfwd(lambda a: linear_net(a, l)[0])(jnp.zeros(shape))
-        np.testing.assert_allclose(transport_path(ARCH, params, l), jac.reshape(10, -1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(transport_path(ARCH, params, l, pooled_output), jac.reshape(10, -1),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_wm_mirror_is_the_noise_correlation_normalised_per_kernel_entry():
@@ -295,11 +351,19 @@ def test_fa_conv_feedback_angles_are_those_of_b_and_the_kernels():
     assert float(layers["update_angle"][-1]) < 0.05 and float(layers["update_angle"][0]) > 1.0
 
 
-def test_dfa_conv_feedback_is_compared_with_the_linearised_path():
-    _, params, state, m = _measure("dfa")
+@pytest.mark.parametrize("target", ["pooled", "pooled_conv", "pre_pool"])
+def test_dfa_conv_feedback_is_compared_with_the_linearised_path(target):
+    """D_l (pooled_conv's kernel as the matrix of its projection, e.g. a kernel under layer 1's conv) against
+    backprop's linear path to where D_l delivers the error: the pooled output, or the pre-activation."""
+    _, params, state, m = _measure("dfa", ("feedback.dfa_target", target))
     for l in range(len(ARCH.layers) - 1):
-        want = float(angle_degrees(state[l], transport_path(ARCH, params, l)))
+        d = state[l]
+        if d.ndim == 4:
+            d = jax.jacfwd(lambda e: direct_projection(ARCH, l, target, state[l], e))(jnp.zeros((1, 10)))
+            d = d.reshape(-1, 10).T
+        want = float(angle_degrees(d, transport_path(ARCH, params, l, target != "pre_pool")))
         assert float(m["layers"]["feedback_angle"][l]) == pytest.approx(want, abs=1e-3)
+    assert (state[0].ndim == 4) == (target == "pooled_conv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,5 +430,9 @@ def test_conv_flops_by_hand():
     passes = [2 * 28 * 28 * 25 * 1 * 6, 2 * 10 * 10 * 25 * 6 * 16, 2 * 400 * 120, 2 * 120 * 84, 2 * 84 * 10]
     assert [flops.layer_pass(layer.op) for layer in lenet.layers] == passes
     assert flops.chained(lenet) == 2 * sum(passes) + sum(passes[1:])  # no error sent below the first layer
-    assert flops.direct(lenet) == 2 * sum(passes) + 2 * 10 * (28 * 28 * 6 + 10 * 10 * 16 + 120 + 84)
+    assert flops.direct(lenet) == 2 * sum(passes) + 2 * 10 * (14 * 14 * 6 + 5 * 5 * 16 + 120 + 84)  # pooled
+    pre_pool, pooled_conv = (load_config(overrides=[("feedback.dfa_target", t)]) for t in ("pre_pool", "pooled_conv"))
+    assert flops.direct(lenet, pre_pool) == 2 * sum(passes) + 2 * 10 * (28 * 28 * 6 + 10 * 10 * 16 + 120 + 84)
+    # pooled_conv: conv 16's 10 x 10 grid, its 5 x 5 kernel over 6 channels, 10 error channels
+    assert flops.direct(lenet, pooled_conv) == 2 * sum(passes) + 2 * 10 * 10 * 25 * 6 * 10 + 2 * 10 * (5 * 5 * 16 + 120 + 84)
     assert flops.mirrored(lenet) == flops.chained(lenet) + 2 * sum(passes[1:])

@@ -15,17 +15,19 @@ for a dense layer). The error sent below is the rule's choice of feedback B_l in
 linear map w.r.t. its input (dense: delta_l @ B_l; conv: the transposed convolution with B_l's
 kernel; B_l = transport(W_l) is backprop); pooling, flattening and the activation of the layer below
 then pass it back exactly (their vjp at a_{l-1}). Direct feedback instead projects the output
-error e straight to each hidden pre-activation: delta_l = reshape(e @ D_l) * f'(a_l).
+error e straight to each hidden layer's output (then back exactly through its pooling and activation),
+or to its pre-activation (feedback.dfa_target): delta_l = reshape(e @ D_l) * f'(a_l) for a dense layer.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.models.arch import Architecture, Pool
+from bioprop_cli.models.arch import Architecture, Conv, Pool
 from bioprop_cli.models.layers import forward, pool, send_back, through_activation, transport, weight_vjp
 from bioprop_cli.models.mlp import Activation, Loss, Params
 
@@ -80,14 +82,48 @@ def chain_deltas(arch: Architecture, fwd, e: jax.Array, feedback: list, act: Act
     return deltas
 
 
-def direct_deltas(arch: Architecture, fwd, e: jax.Array, feedback: list, act: Activation) -> list:
-    """Direct feedback (Nøkland 2016): delta_l = reshape(e @ D_l) * f'(a_l) for every hidden layer l.
+def projection_conv(arch: Architecture, l: int, n_out: int) -> Conv | None:
+    """dfa_target pooled_conv's projection for hidden layer l: the convolution of the layer above (its
+    kernel, stride and padding, on layer l's output) with n_out output channels, whose transposed
+    convolution takes the error tiled over that layer's output grid to layer l's output (biotorch's dfa
+    Conv2d: its weight_backward (n_out, C_in, k, k) on the loss gradient repeated over H' x W'). None
+    where the layer above is dense: then D_l is dense, as in Nøkland's placement."""
+    above = arch.layers[l + 1].op
+    return above._replace(channels=n_out) if isinstance(above, Conv) else None
 
-    D_l reaches the pre-activation a_l itself: for a pooled conv layer every unit of a_l gets its
-    projected error (also those max pooling discards), gated by f'(a_l) only; the pooling is bypassed
-    like the layers above.
+
+def direct_feedback_shape(arch: Architecture, l: int, n_out: int, target: str) -> tuple[int, ...]:
+    """The shape of D_l: (n_out, units of a_l) for pre_pool, (n_out, units of h_{l+1}) for pooled (the
+    same for a layer without pooling), pooled_conv's kernel (k, k, C_l, n_out) below a conv layer."""
+    conv = projection_conv(arch, l, n_out) if target == "pooled_conv" else None
+    if conv is not None:
+        return conv.weight_shape
+    units = arch.pre_shapes[l] if target == "pre_pool" else arch.layers[l].out_shape
+    return (n_out, math.prod(units))
+
+
+def direct_projection(arch: Architecture, l: int, target: str, d: jax.Array, e: jax.Array) -> jax.Array:
+    """The output error e (batch, n_out) through D_l, flat: e @ D_l, or for pooled_conv's kernel the
+    transposed convolution of e tiled over the next conv layer's output positions."""
+    conv = projection_conv(arch, l, e.shape[-1]) if target == "pooled_conv" else None
+    if conv is None:
+        return e @ d
+    tiled = jnp.broadcast_to(e[:, None, None, :], e.shape[:1] + conv.out_shape)
+    return send_back(conv, d, tiled, e.shape[:1] + conv.in_shape).reshape(e.shape[0], -1)
+
+
+def direct_deltas(arch: Architecture, fwd, e: jax.Array, feedback: list, act: Activation, target: str) -> list:
+    """Direct feedback (Nøkland 2016) to every hidden layer l. pooled, pooled_conv: D_l reaches the
+    layer's output h_{l+1} = pool(f(a_l)), and the error passes back exactly through the pooling and the
+    activation, delta_l = pool_vjp(e D_l) * f'(a_l) (max pooling: only each window's maximum); pre_pool:
+    D_l reaches a_l itself, delta_l = reshape(e @ D_l) * f'(a_l), every unit of a_l (also those max
+    pooling discards). A layer without pooling gets reshape(e @ D_l) * f'(a_l) either way.
     """
-    hidden = [(e @ feedback[l]).reshape(a.shape) * act.df(a) for l, a in enumerate(fwd.pre[:-1])]
+    hidden = []
+    for l, a in enumerate(fwd.pre[:-1]):
+        g = direct_projection(arch, l, target, feedback[l], e)
+        hidden.append(g.reshape(a.shape) * act.df(a) if target == "pre_pool"
+                      else through_activation(arch.layers[l], act, a, g))
     return hidden + [e]
 
 
@@ -97,27 +133,33 @@ def feedback_rule(
     loss: Loss,
     init: Callable[[jax.Array, Params], Any],
     matrices: Callable[[Params, Any, jax.Array], list],
-    direct: bool = False,
+    direct: str | None = None,
     separate_feedback: bool = True,
 ) -> LearningRule:
     """A rule defined by the feedback its backward pass uses (`matrices(params, state, key)`).
 
+    direct: None for the layer-to-layer chain, else direct feedback's target (feedback.dfa_target).
     separate_feedback=False (backprop) means the feedback is transport(W) itself: nothing to compare.
     """
-    propagate = direct_deltas if direct else chain_deltas
+
+    def propagate(fwd, e, feedback):
+        if direct is None:
+            return chain_deltas(arch, fwd, e, feedback, act)
+        return direct_deltas(arch, fwd, e, feedback, act, direct)
 
     def estimate(params, state, x, y, key, idx=None):
         fwd = forward(arch, params, x, act)
         e = loss.error(fwd.logits, y)
-        deltas = propagate(arch, fwd, e, matrices(params, state, key), act)
+        deltas = propagate(fwd, e, matrices(params, state, key))
         return Estimate(weight_gradients(arch, fwd.inputs, deltas), state, deltas, loss.value(fwd.logits, y), fwd.logits)
 
     def feedback(params, state, key):
         if not separate_feedback:
             return {}
         mats = matrices(params, state, key)
-        if direct:
-            return {l: (mats[l], transport_path(arch, params, l)) for l in range(len(params) - 1)}
+        if direct is not None:
+            return {l: (direct_matrix(arch, l, direct, mats[l]), transport_path(arch, params, l, direct != "pre_pool"))
+                    for l in range(len(params) - 1)}
         return {l: (mats[l], transport(arch.layers[l].op, params[l]["w"])) for l in range(1, len(params))}
 
     def predict(params, state, x):
@@ -126,9 +168,19 @@ def feedback_rule(
     return LearningRule(init, estimate, feedback, predict)
 
 
-def transport_path(arch: Architecture, params: Params, l: int) -> jax.Array:
-    """The linear part of backprop's path from the output to the pre-activation a_l, as an
-    (n_out, prod(a_l's shape)) matrix; direct feedback's D_l is compared with it.
+def direct_matrix(arch: Architecture, l: int, target: str, d: jax.Array) -> jax.Array:
+    """D_l as the (n_out, units) matrix it applies to e: itself, or for pooled_conv's kernel the
+    projections of the output's unit vectors."""
+    n_out = arch.sizes[-1]
+    if target != "pooled_conv" or projection_conv(arch, l, n_out) is None:
+        return d
+    return direct_projection(arch, l, target, d, jnp.eye(n_out, dtype=d.dtype))
+
+
+def transport_path(arch: Architecture, params: Params, l: int, pooled_output: bool = False) -> jax.Array:
+    """The linear part of backprop's path from the output to the pre-activation a_l (pooled_output:
+    to the layer's output h_{l+1}, after its pooling), as an (n_out, units) matrix; direct feedback's D_l
+    is compared with it where D_l delivers the error.
 
     For an MLP W_{L-1}^T ... W_{l+1}^T (W_{L-1}^T itself for the last hidden layer). For a conv net
     the output's unit vectors go back through every layer above l with its transported weights, the
@@ -141,7 +193,7 @@ def transport_path(arch: Architecture, params: Params, l: int) -> jax.Array:
     for k in range(len(arch.layers) - 1, l, -1):
         op, below = arch.layers[k].op, arch.layers[k - 1]
         g = send_back(op, transport(op, params[k]["w"]), g, (n_out,) + below.out_shape)
-        if below.pool is not None:
+        if below.pool is not None and not (pooled_output and k == l + 1):
             g = _average_pool_back(below, g)
     return g.reshape(n_out, -1)
 

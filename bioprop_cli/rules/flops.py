@@ -35,9 +35,24 @@ def chained(arch: Architecture, config=None) -> int:
 
 
 def direct(arch: Architecture, config=None) -> int:
-    """dfa: the output error e (n_out) goes to every hidden pre-activation straight through D_l."""
+    """dfa: the output error e (n_out) goes to every hidden layer straight through D_l: 2 n_out units per
+    example onto the layer's pooled output (pooled) or its pre-activation (pre_pool), or for pooled_conv
+    below a conv layer one pass of that layer's convolution with n_out channels. config None: the default
+    feedback.dfa_target."""
+    from bioprop_cli.config import FeedbackConfig
+    from bioprop_cli.rules.base import projection_conv
+
+    target = (config.feedback if config is not None else FeedbackConfig()).dfa_target
     n_out = arch.sizes[-1]
-    return _forward_and_weight_gradients(arch) + sum(2 * n_out * math.prod(s) for s in arch.pre_shapes[:-1])
+
+    def projection(l: int) -> int:
+        conv = projection_conv(arch, l, n_out) if target == "pooled_conv" else None
+        if conv is not None:
+            return layer_pass(conv)
+        units = arch.pre_shapes[l] if target == "pre_pool" else arch.layers[l].out_shape
+        return 2 * n_out * math.prod(units)
+
+    return _forward_and_weight_gradients(arch) + sum(projection(l) for l in range(len(arch.layers) - 1))
 
 
 def mirrored(arch: Architecture, config=None) -> int:

@@ -28,6 +28,7 @@ from bioprop_cli.models.layers import forward
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.splits import derive_keys, make_splits, probe_batch
 from bioprop_cli.train import build_program
 
@@ -103,6 +104,7 @@ def measure_matmul_peak(shapes: list[tuple[int, int, int]], repeats: int = 5) ->
 def _best_time(fn: Callable, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        check_interrupt()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

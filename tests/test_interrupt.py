@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bioprop_cli.runs import RunWriter, read_jsonl
-from bioprop_cli.train import sigint_flag
+from bioprop_cli.interrupt import sigint_flag
 
 needs_mnist = pytest.mark.skipif(not os.environ.get("BIOPROP_DATA_DIR"), reason="needs MNIST in BIOPROP_DATA_DIR")
 SMALL = ["--width", "16", "--set", "data.train_limit=1500", "--set", "data.validation_size=300",

@@ -24,7 +24,7 @@ def reproduce(
     """Run published experiments (network, data, rule settings, budget of the paper) and compare with the paper's numbers."""
     from bioprop_cli.report.reproduce_table import reproduce_table
     from bioprop_cli.studies import reproduce as study
-    from bioprop_cli.train import sigint_flag
+    from bioprop_cli.interrupt import sigint_flag
 
     if list_:
         _print_list(study)

@@ -26,7 +26,7 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
                 sets: list[str], flags: dict, executor: str = "local", address: Optional[str] = None,
                 gpus_per_task: float = 0.0) -> None:
     """Shared by every axis command and the bare `bioprop sweep --grid ...`. Ctrl-C: exit code 130."""
-    from bioprop_cli.train import sigint_flag
+    from bioprop_cli.interrupt import sigint_flag
 
     with sigint_flag() as interrupted:
         base, grid, where, seed_values = _sweep_plan(axis, values, grid_options, seeds, config, sets, flags)

@@ -15,7 +15,7 @@ from bioprop_cli.config import parse_override
 @user_errors_exit_2
 def bench(
     rules: Optional[str] = typer.Option(None, help="Comma-separated rules (default: all)."),
-    repeats: int = typer.Option(3, min=1, help="Timed epochs per rule; the best is reported."),
+    repeats: int = typer.Option(3, min=1, max=100, help="Timed epochs per rule; the best is reported."),
     data_dir: DataDir = None,
     synthetic: bool = typer.Option(False, help="Use random arrays of MNIST's shapes instead of MNIST."),
     set_: Sets = [],

@@ -78,9 +78,9 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
 
     def batch_mean(compare, gammas_array):
         measured = []
-        for x, y in batches:
+        for x, y in batches:  # each batch waited for: Ctrl-C leaves no computation running
             check_interrupt()
-            measured.append(compare(params, x, y, gammas_array))
+            measured.append(jax.device_get(compare(params, x, y, gammas_array)))
         return {k: np.mean([np.asarray(m[k], np.float64) for m in measured], axis=0) for k in measured[0]}
 
     by_gamma = batch_mean(make_comparison(config, network, max(steps_list)), jnp.asarray(gammas, dtype))

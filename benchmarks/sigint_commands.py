@@ -27,6 +27,7 @@ from pathlib import Path
 
 SMALL = ["--set", "data.train_limit=1500", "--set", "data.validation_size=300", "--set", "data.test_limit=300"]
 COMMANDS = {
+    "train": ["train", "--rule", "fa", "--depth", "1", "--epochs", "3", "--width", "16", "--no-progress", *SMALL],
     "sweep": ["sweep", "--grid", "depth=1,2", "--epochs", "3", "--width", "16", "--set", "alignment.probe_size=32", *SMALL],
     "reproduce": ["reproduce", "--quick", "lillicrap-2016"],
     "sweep-beta-train": ["sweep", "beta", "--train", "--values", "0.1,0.5", "--epochs", "2", "--width", "16", *SMALL],
@@ -62,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--window", type=float, default=15.0, help="seconds after the start within which SIGINT lands")
-    parser.add_argument("--commands", default=",".join(COMMANDS))
+    parser.add_argument("--commands", default="sweep,reproduce,sweep-beta-train,conditions,bench")
     parser.add_argument("--double", action="store_true", help="a second SIGINT 50 ms after the first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", default="/tmp/sigint-commands")

@@ -60,9 +60,26 @@ def exit_now() -> None:
 
 
 def install() -> None:
-    """The process's handler, for the console entry point: first thing, before JAX is imported."""
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, SigintFlag(exit_on_second=True))
+    """The process's handler, for the console entry point: first thing, before JAX is imported.
+    Python runs a signal handler only when the main thread next executes Python code, which waits
+    for a compilation or a compiled epoch to return (tens of seconds, measured); so the second
+    Ctrl-C is also watched from a thread woken by the C-level handler (signal.set_wakeup_fd)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGINT, SigintFlag(exit_on_second=True))
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    threading.Thread(target=_exit_on_second_sigint, args=(read_end,), name="bioprop-sigint", daemon=True).start()
+
+
+def _exit_on_second_sigint(read_end: int) -> None:
+    """Reads the signal numbers the C-level handler writes; the second SIGINT ends the process."""
+    seen = 0
+    while True:
+        seen += os.read(read_end, 64).count(signal.SIGINT)
+        if seen > 1:
+            exit_now()
 
 
 def interrupted() -> bool:

@@ -96,7 +96,9 @@ def main() -> None:
                     proc.send_signal(signal.SIGINT)
             sent = time.perf_counter()
             rc = proc.wait(timeout=600)
-            wrong = problems(rc, proc.stderr.read().decode(), folder, args.double)
+            stderr = proc.stderr.read().decode()
+            (folder / "stderr.txt").write_text(stderr)
+            wrong = problems(rc, stderr, folder, args.double)
             tally[f"exit {rc}" + (" (broke a rule)" if wrong else "")] += 1
             broken += bool(wrong)
             print(f"{name} try {i:2d}: SIGINT {delay:5.2f} s after start -> exit {rc} "

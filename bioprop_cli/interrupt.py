@@ -88,6 +88,17 @@ def interrupted() -> bool:
     return isinstance(handler, SigintFlag) and handler.is_set()
 
 
+def exit_code(code: int | str | None) -> int | str | None:
+    """The command's exit code once it is over: 130 if Ctrl-C was pressed. SIGINT gets its default
+    action first, so a Ctrl-C in the last moments (after this read, while the interpreter shuts down)
+    ends the process by the signal itself, which a shell reports as 130: never a lost Ctrl-C, exit 0."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not isinstance(handler, SigintFlag):
+        return code
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return EXIT_CODE if handler.is_set() else code
+
+
 def check() -> None:
     """A safe point: raise Interrupted if Ctrl-C was pressed."""
     if interrupted():

@@ -19,6 +19,4 @@ def main() -> None:
         code = interrupt.EXIT_CODE
     except SystemExit as e:
         code = e.code
-    if interrupt.interrupted():  # also when the command ran to its end: the user's Ctrl-C is the answer
-        code = interrupt.EXIT_CODE
-    sys.exit(code)
+    sys.exit(interrupt.exit_code(code))  # 130 after a Ctrl-C, even if the command ran to its end

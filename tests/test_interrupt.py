@@ -102,6 +102,19 @@ def test_the_handler_only_sets_a_flag_and_the_second_ctrl_c_raises(sigint_as_in_
         assert not interrupted() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+def test_the_exit_code_is_130_after_a_ctrl_c_and_a_later_one_is_never_lost(sigint_as_in_a_terminal):
+    """Once the command is over: 130 if Ctrl-C was pressed (even if the command ran to its end), and
+    from then on SIGINT has its default action (the process ends by the signal, a shell's 130)."""
+    from bioprop_cli.interrupt import exit_code
+
+    with sigint_flag():
+        assert exit_code(0) == 0 and signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    with sigint_flag():
+        signal.raise_signal(signal.SIGINT)
+        assert exit_code(0) == 130 and exit_code(2) == 2  # handler gone: nothing more to read
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp_path, fake_dataset, sigint_as_in_a_terminal):
     from bioprop_cli.config import load_config
     from bioprop_cli.train import train_group

@@ -9,9 +9,9 @@ started: start-up and imports, compilation, measurement and training are all hit
 ended before its signal was due is not a try: it is drawn again (and counted). `--double` sends a
 second SIGINT 50 ms after the first. A try keeps every rule when:
 - the exit code is 130 (not 139, a crash; not 0, a swallowed Ctrl-C; not 1, a traceback); a
-  signal that lands in the interpreter's own start-up, before any of bioprop's code runs, kills
-  the process by SIGINT with nothing printed (returncode -2, which a shell reports as 130):
-  allowed, and tallied apart;
+  signal that lands in the interpreter's own start-up (before any of bioprop's code runs) or after
+  the command ended (launch.py gives SIGINT its default action back) kills the process by SIGINT
+  with nothing printed (returncode -2, which a shell reports as 130): allowed, and tallied apart;
 - stderr says none of "Traceback", "Exception ignored", "Fatal Python error";
 - no summary.json under its results folder says `running` (a run left behind); not checked with
   --double, whose second Ctrl-C exits at once without recording.

@@ -28,6 +28,7 @@ from bioprop_cli.models.layers import forward
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.splits import derive_keys, make_splits, probe_batch
 from bioprop_cli.train import build_program
 
@@ -86,6 +87,7 @@ def peak_shapes(network: set[tuple[int, int, int]]) -> list[tuple[int, int, int]
 def measure_matmul_gflops(m: int, k: int, n: int, repeats: int = 5) -> float:
     """Best float32 GFLOP/s of (m x k) @ (k x n) products: one compiled call runs `count` of them
     on distinct inputs (lax.map), as a training epoch's scan does."""
+    check_interrupt()
     flops = 2 * m * k * n
     count = max(1, min(PEAK_MAX_PRODUCTS_PER_CALL, PEAK_FLOPS_PER_CALL // flops))
     a = jax.random.normal(jax.random.PRNGKey(0), (count, m, k), jnp.float32)
@@ -103,6 +105,7 @@ def measure_matmul_peak(shapes: list[tuple[int, int, int]], repeats: int = 5) ->
 def _best_time(fn: Callable, repeats: int) -> float:
     times = []
     for _ in range(repeats):
+        check_interrupt()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -134,6 +137,7 @@ def reference_epoch(config: Config, arch: Architecture, steps_per_epoch: int) ->
 
 def compile_rule(config: Config, splits) -> dict:
     """Compiles the rule's epoch and measurement; returns what timing them needs."""
+    check_interrupt()
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1])
     keys = derive_keys(config.seed)
@@ -161,6 +165,7 @@ def compile_rule(config: Config, splits) -> dict:
 
 
 def compile_reference(config: Config, splits, arch: Architecture, steps_per_epoch: int) -> dict:
+    check_interrupt()
     epoch, optimizer = reference_epoch(config, arch, steps_per_epoch)
     program = build_program(config, *splits.x_train.shape)
     params = program.init(config.seed).params

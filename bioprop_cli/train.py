@@ -15,11 +15,8 @@ several devices are present, spreads the runs over them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import platform
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -33,6 +30,7 @@ from bioprop_cli import __version__
 from bioprop_cli.augment import augmentation_key, make_augment
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
 from bioprop_cli.models.arch import Architecture
@@ -415,46 +413,6 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         if log.config.train.save_params and log.status != "diverged" and mine is not None and _finite(mine):
             log.writer.params(mine)
     return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
-
-
-class _SigintFlag:
-    """A SIGINT handler that only counts: raising from a handler is unreliable, since Python drops
-    an exception raised while a finaliser or weakref callback runs ("Exception ignored in ..."), and
-    JAX runs many. The second Ctrl-C raises KeyboardInterrupt, for a user who will not wait."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, signum, frame):
-        self.count += 1
-        if self.count > 1:
-            raise KeyboardInterrupt
-
-    def is_set(self) -> bool:
-        return self.count > 0
-
-
-@contextlib.contextmanager
-def sigint_flag():
-    """Inside the block Ctrl-C (SIGINT) only sets a flag, read with the yielded function; the code
-    checks it at its boundaries (between epochs, after compilation, between a sweep's groups) and
-    records 'interrupted'. Nested blocks share the outermost flag, so a sweep that holds one sees the
-    Ctrl-C that stopped a group. Outside the main thread (where handlers cannot be set), and where
-    SIGINT is ignored (a background job of a script), the flag stays off. The previous handler comes
-    back when the outermost block ends."""
-    current = signal.getsignal(signal.SIGINT)
-    if isinstance(current, _SigintFlag):
-        yield current.is_set
-        return
-    if threading.current_thread() is not threading.main_thread() or current is signal.SIG_IGN:
-        yield lambda: False  # no handler can be set here, or whoever started us wants Ctrl-C ignored
-        return
-    flag = _SigintFlag()
-    signal.signal(signal.SIGINT, flag)
-    try:
-        yield flag.is_set
-    finally:
-        signal.signal(signal.SIGINT, current)
 
 
 def _finite(tree) -> bool:

@@ -18,7 +18,7 @@ _NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8
 class OneLineErrors(TyperGroup):
     """Click's usage errors (a bad flag value, an unknown flag, a missing argument) as one line on stderr
     naming the command, exit code 2, instead of typer's boxed panel. Everything else (--help, the exit
-    codes of the commands, 130 for Ctrl-C) is click's own."""
+    codes of the commands) is click's own; a Ctrl-C goes on to launch.py (exit code 130)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -30,7 +30,9 @@ class OneLineErrors(TyperGroup):
             ctx = getattr(e, "ctx", None)
             print_error(f"{ctx.command_path}: {e.format_message()}" if ctx is not None else e.format_message())
             code = e.exit_code
-        except typer.Abort:
+        except typer.Abort as e:
+            if isinstance(e.__cause__, KeyboardInterrupt):  # click's word for Ctrl-C: launch exits 130
+                raise e.__cause__ from None
             print_error("aborted")
             code = 1
         code = code if isinstance(code, int) else 0

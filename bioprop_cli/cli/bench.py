@@ -16,7 +16,7 @@ from bioprop_cli.config import parse_override
 def bench(
     ctx: typer.Context,
     rules: Optional[str] = typer.Option(None, help="Comma-separated rules (default: all)."),
-    repeats: int = typer.Option(3, min=1, help="Timed epochs per rule; the best is reported."),
+    repeats: int = typer.Option(3, min=1, max=100, help="Timed epochs per rule; the best is reported."),
     data_dir: DataDir = None,
     synthetic: bool = typer.Option(False, help="Use random arrays of MNIST's shapes instead of MNIST."),
     set_: Sets = [],

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import DataDir, ResultsDir, console, user_errors_exit_2
+from bioprop_cli.cli.sweep import MAX_SEEDS
 
 
 @user_errors_exit_2
@@ -17,14 +18,14 @@ def reproduce(
     list_: bool = typer.Option(False, "--list", help="List the presets and exit."),
     quick: bool = typer.Option(False, "--quick", help="A short version of each (a subset, 1-2 epochs): checks the code "
                                "path and the direction of the effect, never 'reproduced'."),
-    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per variant (default: the preset's; trained together)."),
+    seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per variant (default: the preset's; trained together)."),
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run published experiments (network, data, rule settings, budget of the paper) and compare with the paper's numbers."""
+    from bioprop_cli.interrupt import sigint_flag
     from bioprop_cli.report.reproduce_table import reproduce_table
     from bioprop_cli.studies import reproduce as study
-    from bioprop_cli.train import sigint_flag
 
     if list_:
         _print_list(study)

@@ -16,6 +16,14 @@ from bioprop_cli.cli.common import (
 )
 from bioprop_cli.errors import UserError
 
+# Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
+# where Ctrl-C waits for it to return; these keep every such call, and every study, finite.
+MAX_SEEDS = 100
+MAX_BATCHES = 1_000
+MAX_EPOCHS = 1_000
+MAX_POINTS = 100  # values of one swept parameter
+MAX_STEPS = 10_000  # inference or settling steps of one phase
+
 app = typer.Typer(
     help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition, pc), "
     "`bioprop sweep --grid KEY=V1,V2 ...`, `bioprop sweep beta` (equilibrium propagation's nudging strength) "
@@ -27,7 +35,7 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
                 sets: list[str], flags: dict, executor: str = "local", address: Optional[str] = None,
                 gpus_per_task: float = 0.0) -> None:
     """Shared by every axis command and the bare `bioprop sweep --grid ...`. Ctrl-C: exit code 130."""
-    from bioprop_cli.train import sigint_flag
+    from bioprop_cli.interrupt import sigint_flag
 
     with sigint_flag() as interrupted:
         base, grid, where, seed_values = _sweep_plan(axis, values, grid_options, seeds, config, sets, flags)
@@ -132,7 +140,7 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         ctx: typer.Context,
         values: Optional[str] = typer.Option(None, help="Comma-separated values of the axis (default: its usual grid)."),
         grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
-        seeds: Optional[int] = typer.Option(None, min=1, help="Seeds per point (trained together, vmapped); default 1."),
+        seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together, vmapped); default 1."),
         config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
         rule: Rule = None,
         depth: Depth = None,
@@ -172,6 +180,12 @@ for _axis in ("depth", "rule", "feedback", "seed", "lr", "batch-size", "width", 
 app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_callback=True))
 
 
+def _at_most(values: list, limit: int, name: str, what: str) -> list:
+    if len(values) > limit:
+        raise UserError(f"{name}: at most {limit} {what}, got {len(values)}")
+    return values
+
+
 def _floats(text: str, name: str) -> list[float]:
     import math
 
@@ -207,9 +221,9 @@ def beta(
     ctx: typer.Context,
     values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
     estimators: str = typer.Option("one-sided,symmetric,random-sign", help="Estimators to compare."),
-    batches: int = typer.Option(10, min=1, help="Minibatches per seed (K)."),
-    seeds: int = typer.Option(3, min=1, help="Number of seeds (networks and batch draws)."),
-    train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
+    batches: int = typer.Option(10, min=1, max=MAX_BATCHES, help="Minibatches per seed (K)."),
+    seeds: int = typer.Option(3, min=1, max=MAX_SEEDS, help="Number of seeds (networks and batch draws)."),
+    train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,  # round-off sets the variance at tiny beta
     train: bool = typer.Option(False, "--train", help="Instead: train one model per beta (all betas as one vmapped program) and compare accuracy and convergence."),
     config: ConfigFile = None,  # rule ep is implied
@@ -237,6 +251,7 @@ def beta(
         seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
     )
     betas = _floats(values, "--values") if values else default_betas()
+    _at_most(betas, MAX_POINTS, "--values", "betas")
     _check_study_values(cfg, "ep.beta", betas, "--values")
     chosen = [e.strip() for e in estimators.split(",") if e.strip()]
     unknown = [e for e in chosen if e not in ESTIMATORS]
@@ -310,9 +325,9 @@ def condition(
     feedback: Optional[str] = typer.Option(None, "--feedback", help="ep.feedback values (default symmetric,sign,random)."),
     beta_values: Optional[str] = typer.Option(None, "--beta", help="Betas (default 0.001,0.01,0.1,1)."),
     t2: Optional[str] = typer.Option(None, "--t2", help="Nudged-phase steps T2 (default 1 .. L, L+2 and the base's)."),
-    seeds: int = typer.Option(1, min=1, help="Seeds per value (measured each, trained together)."),
+    seeds: int = typer.Option(1, min=1, max=MAX_SEEDS, help="Seeds per value (measured each, trained together)."),
     train: bool = typer.Option(True, "--train/--no-train", help="Train every value briefly and report its test accuracy."),
-    train_epochs: int = typer.Option(1, min=1, help="Epochs of the short training."),
+    train_epochs: int = typer.Option(1, min=1, max=MAX_EPOCHS, help="Epochs of the short training."),
     train_limit: Optional[int] = typer.Option(None, help="Training examples (data.train_limit; base: 5000, of which 500 validate)."),
     probe_size: int = typer.Option(256, min=1, help="Probe examples for the angle measurements."),
     x64: X64 = False,  # training stays float32
@@ -345,6 +360,11 @@ def condition(
         seed=seed, experiment=experiment or "condition-sweep", results_dir=results_dir, data_dir=data_dir,
     )
     values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
+    for name in ("t1", "t2"):
+        if given[name] and max(values[name]) > MAX_STEPS:
+            raise UserError(f"--{name}: expected whole numbers from 1 to {MAX_STEPS:,}, got {given[name]!r}")
+    for name in chosen:
+        _at_most(values[name], MAX_POINTS, f"--{name}", "values")
     from functools import partial
 
     from bioprop_cli.config import check_against_data
@@ -402,9 +422,9 @@ def _step_counts(text: str, name: str) -> list[int]:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"{name}: expected comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{name}: expected whole numbers >= 1, got {text!r}")
-    return sorted(set(values))
+    if not values or min(values) < 1 or max(values) > MAX_STEPS:
+        raise UserError(f"{name}: expected whole numbers from 1 to {MAX_STEPS:,}, got {text!r}")
+    return _at_most(sorted(set(values)), MAX_POINTS, name, "step counts")
 
 
 @app.command("pc")
@@ -412,9 +432,9 @@ def _step_counts(text: str, name: str) -> list[int]:
 def pc(
     gammas: Optional[str] = typer.Option(None, help="Comma-separated output precisions gamma (default: 1e-3 .. 1, two per decade)."),
     steps: Optional[str] = typer.Option(None, help="Comma-separated inference step counts (default: 1 .. 1000); the largest is the gamma grid's."),
-    batches: int = typer.Option(5, min=1, help="Minibatches per seed."),
-    seeds: int = typer.Option(2, min=1, help="Number of seeds (networks and batch draws)."),
-    train_epochs: int = typer.Option(0, min=0, help="Train the network this many epochs before measuring (0: at initialisation)."),
+    batches: int = typer.Option(5, min=1, max=MAX_BATCHES, help="Minibatches per seed."),
+    seeds: int = typer.Option(2, min=1, max=MAX_SEEDS, help="Number of seeds (networks and batch draws)."),
+    train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,
     config: ConfigFile = None,  # rule pc is implied
     depth: Depth = None,
@@ -437,7 +457,7 @@ def pc(
         config_file(config), ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
         experiment=experiment or "pc-sweep", results_dir=results_dir, data_dir=data_dir,
     )
-    gamma_values = _floats(gammas, "--gammas") if gammas else study.default_gammas()
+    gamma_values = _at_most(_floats(gammas, "--gammas"), MAX_POINTS, "--gammas", "gammas") if gammas else study.default_gammas()
     step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
     _check_study_values(cfg, "pc.output_precision", gamma_values, "--gammas")
     _check_study_values(cfg, "pc.inference_steps", step_values, "--steps")

@@ -26,6 +26,7 @@ import numpy as np
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.arch import label
 from bioprop_cli.precision import cast_floats, full_float32
@@ -98,6 +99,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     sums = {e: {"d": 0.0, "d2": np.zeros(len(betas)), "angle": [], "exact_norm": []} for e in estimators}
     residuals = []
     for b, idx in enumerate(order):
+        check_interrupt()
         x = jnp.asarray(splits.x_train[idx], dtype)
         y = jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
@@ -215,6 +217,7 @@ def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) ->
     run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", label(config.model), config.seed))
                 for beta in betas]
     summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
+    check_interrupt()  # the runs recorded `interrupted`
     rows = []
     for beta, run_dir, summary in zip(betas, run_dirs, summaries):
         metrics = read_jsonl(run_dir / "metrics.jsonl")

@@ -45,6 +45,7 @@ from bioprop_cli import ep as eqprop
 from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dict, validate
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float32_normal_problem, float64
@@ -214,6 +215,7 @@ class PointMeasurer:
         per_seed = []
         estimate = None
         for seed in self.seeds:
+            check_interrupt()
             cfg = replace(config, seed=seed)
             keys = derive_keys(seed)
             rule, params, state = init_state(cfg, network, seed, n_train)  # float32: --x64 casts the same network
@@ -279,6 +281,7 @@ def train_points(points: list[tuple[Any, Config]], dataset, seeds: list[int], ep
                 dirs.append(create_run_dir(folder, "runs", f"{knob}-{_value_label(value) if value is not None else 'base'}-s{s}"))
         try:
             summaries = train_group(configs, dataset, [RunWriter(d) for d in dirs])
+            check_interrupt()  # the runs recorded `interrupted`; the points after them do not start
         except ValueError:  # a training loop that cannot batch these values: one point at a time
             if len(group) == 1:
                 raise

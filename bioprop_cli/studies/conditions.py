@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.conditions import conditions_table
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
@@ -87,7 +88,9 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
         x = jnp.asarray(px, dtype)
         y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
         key = jax.random.fold_in(derive_keys(config.seed).probe, 7)
+        check_interrupt()  # one compiled measurement: Ctrl-C is seen before and after it
         table = conditions_table(config, rule, params, state, x, y, key, idx)
+        check_interrupt()
     table["setup"] = {
         "rule": config.rule,
         "layer_sizes": list(network.sizes),

@@ -25,6 +25,7 @@ import numpy as np
 
 from bioprop_cli.config import Config
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_pc_sweep
@@ -76,7 +77,10 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
                 jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)) for idx in order]
 
     def batch_mean(compare, gammas_array):
-        measured = [compare(params, x, y, gammas_array) for x, y in batches]
+        measured = []
+        for x, y in batches:  # each batch waited for: Ctrl-C leaves no computation running
+            check_interrupt()
+            measured.append(jax.device_get(compare(params, x, y, gammas_array)))
         return {k: np.mean([np.asarray(m[k], np.float64) for m in measured], axis=0) for k in measured[0]}
 
     by_gamma = batch_mean(make_comparison(config, network, max(steps_list)), jnp.asarray(gammas, dtype))

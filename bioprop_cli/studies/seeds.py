@@ -11,6 +11,7 @@ from typing import Callable
 import jax.numpy as jnp
 
 from bioprop_cli.config import Config
+from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.precision import float64
 from bioprop_cli.splits import derive_keys, make_splits
 from bioprop_cli.train import build_program
@@ -35,6 +36,7 @@ def measure_seeds(config: Config, dataset, seeds: list[int], train_epochs: int, 
     splits = make_splits(config, dataset)
     measured = []
     for seed in seeds:
+        check_interrupt()
         progress(f"seed {seed}: network")
         params, rule_state = fixed_network(config, splits, seed, train_epochs)
         progress(f"seed {seed}: measuring")

@@ -36,8 +36,9 @@ def free_bytes(path: str | os.PathLike) -> int | None:
 class DiskFull(UserError):
     """A write that found no space left: one line naming the path and the bytes it needed."""
 
-    def __init__(self, path: str | os.PathLike, needed: int | None = None, what: str = "cannot write"):
-        free = free_bytes(path)
+    def __init__(self, path: str | os.PathLike, needed: int | None = None, what: str = "cannot write",
+                 free: int | None = None):
+        free = free_bytes(path) if free is None else free
         needs = f"needs {needed:,} bytes" if needed is not None else "needs more space"
         has = f", {free:,} bytes free" if free is not None else ""
         super().__init__(f"{path}: {what}: no space left on the device ({needs}{has}); free some space and run "

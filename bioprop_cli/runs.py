@@ -412,7 +412,8 @@ class RunWriter:
         """DiskFull unless the file system has room for params.npz (`params_bytes`, the arrays' bytes)."""
         free = free_bytes(self.path)
         if free is not None and free < params_bytes:
-            raise DiskFull(self.path / "params.npz", params_bytes, what="no room for the parameters at the end of the run")
+            raise DiskFull(self.path / "params.npz", params_bytes, what="no room for the parameters at the end of the run",
+                           free=free)
 
     def params(self, params) -> None:
         """params.npz: the run's parameters (a list of per-layer dicts), keys '<layer>.<name>'."""

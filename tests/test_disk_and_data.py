@@ -84,6 +84,16 @@ def test_a_run_whose_disk_fills_mid_run_is_marked_failed_with_the_reason(tmp_pat
     assert not (run / "metrics.jsonl").exists() and not (run / "params.npz").exists()
 
 
+def test_a_full_disk_under_any_write_of_a_command_is_one_line(tmp_path, monkeypatch):
+    def cache_write_fails(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "entry"))
+
+    monkeypatch.setattr(cli_train, "load_dataset", cache_write_fails)
+    result = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path), "--no-progress", *SMALL])
+    assert_user_error(result, str(tmp_path / "cache" / "entry"), "no space left")
+    assert not (tmp_path / "default").exists()
+
+
 def test_no_room_for_the_parameters_is_refused_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: make_fake_dataset())
     monkeypatch.setattr(runs, "free_bytes", lambda path: 1000)  # the first layer alone is 784 x 8 x 4 bytes

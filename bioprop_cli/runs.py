@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from bioprop_cli.errors import UserError
+from bioprop_cli.errors import DiskFull, UserError, free_bytes, is_disk_full
 
 
 def _clean(value: Any) -> Any:
@@ -44,41 +45,106 @@ def _clean(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "w", suffix: str = ".tmp", publish: Callable | None = None):
+def atomic_file(path: Path, mode: str = "w", suffix: str = ".tmp", publish: Callable | None = None,
+                size: int | None = None):
     """A file object whose content becomes `path` in one step once the block completes: it is written to a
     hidden temporary file beside `path`, flushed to disk, made readable by all, then `publish(temporary,
-    path)` (default: a rename) puts it in place. If the block raises, nothing is left behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    path)` (default: a rename) puts it in place. If the block raises, nothing is left behind. A full disk
+    is a DiskFull naming `path` and `size`, the bytes it needed (where the caller knows them)."""
+    tmp = None
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        (publish or os.replace)(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # a no-op once renamed
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
+            (publish or os.replace)(tmp, path)
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)  # a no-op once renamed
+    except OSError as e:
+        if is_disk_full(e):  # after the unlink: the free space it reports is the space there is
+            raise DiskFull(path, size) from None
+        raise
 
 
 def write_atomic(path: Path, text: str) -> None:
-    with atomic_file(path) as f:
-        f.write(text)
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path, "wb", size=len(data)) as f:
+        f.write(data)
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    write_atomic(path, _json_text(obj))
+
+
+def write_status(path: Path, obj: Any) -> None:
+    """write_json for a status record (summary.json, manifest.json) that must say how a run ended even on
+    a full disk: when the atomic write finds no space, the file is rewritten in place if its new content
+    fits in the blocks the old one already holds (a write there allocates nothing, so it cannot fail for
+    want of space: never half-written); otherwise the DiskFull stands."""
+    try:
+        write_json(path, obj)
+        return
+    except DiskFull:
+        data = _json_text(obj).encode()
+        try:
+            allocated = os.stat(path).st_blocks * 512
+        except OSError:
+            allocated = 0
+        if len(data) > allocated:
+            raise
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_yaml(path: Path, obj: Any) -> None:
     write_atomic(path, yaml.safe_dump(obj, sort_keys=False))
 
 
-def write_params(path: Path, params) -> None:
-    """Writes a parameter pytree (a list of per-layer dicts of arrays) as an .npz file with keys
-    '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), atomically, each array in its own dtype."""
+def save_figure(figure, path: Path, dpi: int) -> None:
+    """A matplotlib figure as PNG at `path`, atomically (a full disk: DiskFull, no half-written image)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def params_bytes(params) -> bytes:
+    """A parameter pytree (a list of per-layer dicts of arrays) as the bytes of an .npz file with keys
+    '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), each array in its own dtype."""
     arrays = {f"{l}.{name}": np.asarray(value) for l, layer in enumerate(params) for name, value in layer.items()}
-    with atomic_file(path, "wb") as f:
-        np.savez(f, **arrays)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_params(path: Path, params) -> None:
+    """params.npz (params_bytes), atomically."""
+    write_bytes_atomic(path, params_bytes(params))
+
+
+def make_folder(path: Path) -> None:
+    """mkdir -p; a full disk is a DiskFull naming the folder."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path, what="cannot create the folder") from None
+        raise
 
 
 def write_new_json(folder: Path, stem: str, obj: Any) -> Path:
@@ -96,8 +162,9 @@ def write_new_json(folder: Path, stem: str, obj: Any) -> Path:
                 continue
         raise UserError(f"{folder}: no free name for {stem}.json")
 
-    with atomic_file(folder / f"{stem}.json", publish=link_to_a_free_name) as f:
-        f.write(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    data = _json_text(obj).encode()
+    with atomic_file(folder / f"{stem}.json", "wb", publish=link_to_a_free_name, size=len(data)) as f:
+        f.write(data)
     return published[0]
 
 
@@ -133,13 +200,27 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> None:
     text = "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in records)
     if not text:
         return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    data = text.encode()
     try:
-        data = text.encode()
-        written = os.write(fd, data)
-        while written < len(data):  # regular files write everything at once; this is for safety
-            written += os.write(fd, data[written:])
-        os.fsync(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path, len(data)) from None
+        raise
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            while written < len(data):  # regular files write everything at once; this is for safety
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            os.ftruncate(fd, size)  # no partial line: the file ends where it ended before
+            if size == 0:
+                Path(path).unlink(missing_ok=True)
+            raise DiskFull(path, len(data)) from None
     finally:
         os.close(fd)
 
@@ -207,19 +288,42 @@ def out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
 
 
+def mark_failed(run_dir: Path, reason: str) -> bool:
+    """Records the run as `failed` with `reason` (summary.json: status, error; write_status, so a full
+    disk does not stop it where the summary already has its room). False where it could not be written."""
+    summary_path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    try:
+        write_status(summary_path, {**summary, "status": "failed", "error": reason})
+    except (DiskFull, OSError):
+        return False
+    return True
+
+
+def disk_full_reason(error: DiskFull) -> str:
+    return f"disk full: {error}"
+
+
 @contextlib.contextmanager
-def failed_if_out_of_memory(run_dir: Path):
-    """A run that runs out of memory is recorded as `failed` (summary.json: status, error), not left
-    `running`, and reported as a UserError naming its folder; other errors pass through."""
+def failed_if_out_of_resources(run_dir: Path):
+    """A run that runs out of memory or disk space is recorded as `failed` (summary.json: status, error),
+    not left `running`, and reported as a UserError naming its folder (and, for the disk, the path and
+    the bytes the write needed); other errors pass through."""
     try:
         yield
+    except DiskFull as e:
+        marked = mark_failed(run_dir, disk_full_reason(e))
+        state = "is marked failed" if marked else "could not even be marked failed"
+        raise UserError(f"{e}; the run {run_dir} {state}") from None
     except Exception as e:
         if not out_of_memory(e):
             raise
         reason = " ".join(str(e).split())[:200] or e.__class__.__name__
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        write_json(summary_path, {**summary, "status": "failed", "error": f"out of memory: {reason}"})
+        mark_failed(run_dir, f"out of memory: {reason}")
         raise UserError(f"out of memory (reduce model.width, model.depth or train.batch_size); the run {run_dir} "
                         f"is marked failed: {reason}") from None
 
@@ -249,6 +353,8 @@ def create_run_dir(results_dir: str | Path, experiment: str, name: str) -> Path:
             except FileExistsError:
                 continue
     except OSError as e:  # FileExistsError above is a name taken; anything else is the place itself
+        if is_disk_full(e):
+            raise DiskFull(parent, what="cannot create a run folder there") from None
         raise UserError(f"results folder {parent}: cannot create a folder there ({e.strerror or e})") from None
     raise RuntimeError(f"could not create a new run folder under {parent}")
 
@@ -259,7 +365,12 @@ def folder_lock(folder: Path):
     A second holder, in this process or another, gets a UserError naming the PID. The operating
     system releases the lock when its holder dies, even by kill -9: a stale .lock blocks nothing."""
     path = Path(folder) / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull(path, what="cannot create the lock file") from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -267,8 +378,13 @@ def folder_lock(folder: Path):
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise UserError(f"{folder} is in use by another bioprop process (PID {holder}); "
                             "wait for it to finish or stop it, then run the command again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(path, what="cannot write the lock file") from None
+            raise
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -291,6 +407,13 @@ class RunWriter:
 
     def summary(self, summary: dict) -> None:
         write_json(self.path / "summary.json", summary)
+
+    def reserve(self, params_bytes: int) -> None:
+        """DiskFull unless the file system has room for params.npz (`params_bytes`, the arrays' bytes)."""
+        free = free_bytes(self.path)
+        if free is not None and free < params_bytes:
+            raise DiskFull(self.path / "params.npz", params_bytes, what="no room for the parameters at the end of the run",
+                           free=free)
 
     def params(self, params) -> None:
         """params.npz: the run's parameters (a list of per-layer dicts), keys '<layer>.<name>'."""

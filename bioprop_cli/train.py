@@ -365,6 +365,10 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     try:
         with sigint_flag() as interrupted:  # the flag of train_group's handler
             state = batched.init(seeds, hyper)
+            params_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state.params)) // len(configs)
+            for log in logs:  # the size of params.npz is known now: room for it, or a DiskFull before training
+                if log.config.train.save_params:
+                    log.writer.reserve(params_bytes)
             if sharding is not None:  # every array of the state carries the run axis first
                 state, probe_x, probe_y, probe_idx = jax.device_put((state, probe_x, probe_y, probe_idx), sharding)
             epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)

@@ -67,13 +67,12 @@ def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mni
     assert len(list((folder / "runs").iterdir())) == len(runs_before) + 1
 
 
-def test_axis_command_with_values_and_a_failing_point(tmp_path, mnist_dir):
+def test_a_point_too_big_for_the_data_is_refused_before_anything_is_written(tmp_path, mnist_dir):
+    """The data are checked against every point as `bioprop train` checks them: one line, exit 2, no folder."""
     result = sweep(["batch-size", "--values", "100000,64"], tmp_path, mnist_dir)
-    assert result.exit_code == 0, result.output
-    _, manifest = only_sweep_folder(tmp_path)
-    failed = manifest["runs"]["batch_size-100000-s0"]
-    assert failed["status"] == "failed" and "train.batch_size" in failed["error"] and "run_dir" not in failed
-    assert manifest["runs"]["batch_size-64-s0"]["status"] == "completed"
+    assert result.exit_code == 2, result.output
+    assert "train.batch_size" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "default").exists()
 
 
 def test_sweep_section_of_a_config_file(tmp_path, mnist_dir):

@@ -107,14 +107,15 @@ def small_base(tmp_path, **extra):
     return load_config(overrides=overrides + list(extra.items()))
 
 
-def test_a_run_finished_before_a_kill_is_kept_not_trained_again(tmp_path, fake_dataset):
+def test_a_run_finished_before_a_kill_is_kept_not_trained_again(tmp_path, fake_dataset, monkeypatch):
     """kill -9 between a run's final summary and the manifest's update: the resumed sweep takes the
     run as finished; the manifest names one run per (point, seed)."""
     base, grid = small_base(tmp_path), {"model.depth": [1]}
     folder, manifest = run_sweep(base, grid, [0], lambda cfg: fake_dataset)
     entry = manifest["runs"]["depth-1-s0"]
     (folder / "manifest.json").write_text(json.dumps({**manifest, "runs": {"depth-1-s0": {**entry, "status": "queued"}}}))
-    _, again = run_sweep(base, grid, [0], lambda cfg: pytest.fail("trained again"))
+    monkeypatch.setattr("bioprop_cli.train.train_group", lambda *args: pytest.fail("trained again"))
+    _, again = run_sweep(base, grid, [0], lambda cfg: fake_dataset)  # the data are checked, nothing trained
     assert again["runs"]["depth-1-s0"] == entry
     assert [p.name for p in (folder / "runs").iterdir()] == ["depth-1-s0"]
 
@@ -127,10 +128,11 @@ def test_after_ctrl_c_between_groups_no_group_starts_and_the_rest_stay_queued(tm
         loads.append(cfg.model.depth)
         return fake_dataset
 
-    _, manifest = run_sweep(base, grid, [0], loader, interrupted=lambda: bool(loads))  # set once the first group began
+    said = []  # set once the first group began
+    _, manifest = run_sweep(base, grid, [0], loader, report=said.append, interrupted=lambda: bool(said))
     statuses = {name: entry["status"] for name, entry in manifest["runs"].items()}
     assert statuses == {"depth-1-s0": "completed", "depth-2-s0": "queued", "depth-3-s0": "queued"}
-    assert loads == [1]
+    assert loads == [1]  # loaded once, to check it against every point before anything is written
 
 
 HOLD = "import sys, time; from bioprop_cli.runs import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"

@@ -96,14 +96,15 @@ def _name_before_where(base, grid, seeds) -> str:
     return f"sweep-depth-rule-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
 
-def test_the_name_changes_with_where_only(tmp_path):
+def test_the_name_changes_with_where_only(tmp_path, fake_dataset, monkeypatch):
     base, grid = small_base(tmp_path), {"model.depth": [1], "rule": ["bp", "fa"]}
     fa_slow = [{"when": {"rule": "fa"}, "set": {"optimizer.lr": 0.0001}}]
     fa_slower = [{"when": {"rule": "fa"}, "set": {"optimizer.lr": 0.00001}}]
     assert sweep_name(base, grid, seeds=[0]) == sweep_name(base, grid, [0], []) == _name_before_where(base, grid, [0])
     names = {sweep_name(base, grid, [0]), sweep_name(base, grid, [0], fa_slow), sweep_name(base, grid, [0], fa_slower)}
     assert len(names) == 3 and all(n.startswith("sweep-depth-rule-") for n in names)
-    folder, manifest = run_sweep(base, grid, [0], lambda cfg: pytest.fail("trained"), interrupted=lambda: True)
+    monkeypatch.setattr("bioprop_cli.train.train_group", lambda *args: pytest.fail("trained"))
+    folder, manifest = run_sweep(base, grid, [0], lambda cfg: fake_dataset, interrupted=lambda: True)
     assert folder.name == _name_before_where(base, grid, [0]) and "where" not in manifest
     assert "where" not in json.loads((folder / "manifest.json").read_text())
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bioprop_cli.config import Config, keys_overlap, load_config, parse_override
-from bioprop_cli.errors import UserError
+from bioprop_cli.errors import UserError, is_disk_full
 from bioprop_cli.rules import rules_help
 
 # soft_wrap: rich never breaks or cuts a printed line (a path must stay copyable); the terminal wraps it
@@ -25,7 +25,7 @@ def print_error(message: str) -> None:
 
 
 def user_errors_exit_2(command: Callable) -> Callable:
-    """Bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Bad input, and a full disk, become one line on stderr and exit code 2, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,6 +33,11 @@ def user_errors_exit_2(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except UserError as e:
             print_error(str(e))
+            raise typer.Exit(code=UserError.exit_code) from None
+        except OSError as e:  # a full disk under a write that is not bioprop's own (runs.py's say more)
+            if not is_disk_full(e):
+                raise
+            print_error(f"{e.filename or 'a write'}: no space left on the device; free some space and run the command again")
             raise typer.Exit(code=UserError.exit_code) from None
 
     return wrapper

@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
 from bioprop_cli.errors import UserError
-from bioprop_cli.runs import check_folder
+from bioprop_cli.runs import check_folder, make_folder
 
 FORMATS = ("csv", "json")
 
@@ -92,7 +92,7 @@ def compare(
     folder = report_dir(requested)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
 
     n_runs = sum(g.stats["n_runs"] for g in comparison.groups)
     left_out = f" ({len(comparison.excluded)} more not counted: see the findings)" if comparison.excluded else ""

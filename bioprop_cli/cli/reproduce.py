@@ -34,15 +34,18 @@ def reproduce(
     presets = [study.load_preset(name) for name in chosen]  # unknown names: exit 2 before anything runs
     overrides = [("results_dir", results_dir)] if results_dir is not None else []
     overrides += [("data.data_dir", data_dir)] if data_dir is not None else []
-    for preset in presets:  # every config is valid before the first run starts
+    for preset in presets:  # every config is valid, and its data there, before the first run starts
         study.base_config(preset, quick, overrides)
+    load = DatasetCache()
+    for preset in presets:
+        study.check_data(preset, quick, overrides, load)
     results = []
     with sigint_flag() as interrupted:
         for preset in presets:
             if interrupted():
                 break
             with console.status(f"{preset.name}: training...") as status:
-                result = study.run(preset, quick, seeds, _load_dataset, overrides,
+                result = study.run(preset, quick, seeds, load, overrides,
                                    report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted)
             path = study.write(result, Path(result["sweep_folder"]))
             console.print(f"{preset.name}: {result['wall_time_s']:.0f} s, written {path}", highlight=False)
@@ -58,6 +61,19 @@ def _load_dataset(cfg):
     from bioprop_cli.datasets import load_dataset
 
     return load_dataset(cfg.data.dataset, cfg.data.data_dir)
+
+
+class DatasetCache:
+    """_load_dataset, each (dataset, data folder) read once per command."""
+
+    def __init__(self):
+        self.loaded = {}
+
+    def __call__(self, cfg):
+        where = (cfg.data.dataset, cfg.data.data_dir)
+        if where not in self.loaded:
+            self.loaded[where] = _load_dataset(cfg)
+        return self.loaded[where]
 
 
 def _print_list(study) -> None:

@@ -14,7 +14,7 @@ from bioprop_cli.cli.common import (
 from bioprop_cli.config import check_against_data
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.models.arch import label
-from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_memory, run_id
+from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_resources, run_id
 from bioprop_cli.train import EpochReport, train as train_run
 
 
@@ -69,7 +69,7 @@ def train(
         if not progress:
             console.print(f"epoch {r['epoch']}: {status}")
 
-    with bar, failed_if_out_of_memory(run_dir):
+    with bar, failed_if_out_of_resources(run_dir):
         summary = train_run(cfg, dataset, RunWriter(run_dir), on_epoch)
     console.print(summary_table(summary))
     console.print(f"run folder: {run_dir}", highlight=False)  # on its own line, never wrapped: to be copied

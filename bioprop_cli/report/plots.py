@@ -19,6 +19,7 @@ from bioprop_cli.report.aggregate import (  # noqa: E402
 from bioprop_cli.report.axes import axis_slices, curve_panels, stable  # noqa: E402
 from bioprop_cli.report.comparison import Comparison  # noqa: E402
 from bioprop_cli.report.study_figures import plot_beta_bias  # noqa: E402
+from bioprop_cli.runs import save_figure  # noqa: E402
 
 
 def _colours(n: int) -> list:
@@ -67,7 +68,7 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: b
     if legend:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
     return Path(path)
 
@@ -135,7 +136,7 @@ def _band_plot(panels: Panels, curve: str, path: Path, ylabel: str, title: str, 
     order = sorted(range(len(labels)), key=lambda k: _rule_rank(labels[k]))
     fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside right center", fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
     return Path(path)
 
@@ -267,7 +268,7 @@ def plot_accuracy_vs_axis(comparison: Comparison, key: str, path: Path) -> Optio
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"Final test accuracy against {key} (mean ± std over seeds; ×: some seeds diverged)")
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
     return Path(path)
 

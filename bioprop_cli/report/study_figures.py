@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bioprop_cli.runs import save_figure  # noqa: E402
+
 
 def plot_beta_bias(rows: list[dict], slopes: dict, path, title: str) -> None:
     """Log-log plot: bias (solid) and std (dashed) against beta, one colour per estimator,
@@ -30,7 +32,7 @@ def plot_beta_bias(rows: list[dict], slopes: dict, path, title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
 
 
@@ -44,7 +46,7 @@ def plot_beta_training(rows: list[dict], path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
 
 
@@ -83,7 +85,7 @@ def plot_condition_knob(rows: list[dict], baseline: dict, path, title: str, xlab
         bottom.set_xscale("log")
     bottom.set_xlabel(xlabel)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, 110)
     plt.close(fig)
 
 
@@ -111,7 +113,7 @@ def plot_jtranspose(records: list[dict], path, asym_beta: float, title: str) -> 
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)
 
 
@@ -159,5 +161,5 @@ def plot_pc_sweep(rows: list[dict], summary: dict, path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, 120)
     plt.close(fig)

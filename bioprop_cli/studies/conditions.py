@@ -25,7 +25,7 @@ from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.conditions import conditions_table
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
-from bioprop_cli.runs import read_jsonl, write_new_json
+from bioprop_cli.runs import make_folder, read_jsonl, write_new_json
 from bioprop_cli.splits import derive_keys, make_splits, seed_probe
 
 
@@ -120,5 +120,5 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
 
 def write(result: dict, folder: Path) -> Path:
     """conditions.json in `folder` (created if needed), or the next free name; returns the path written."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     return write_new_json(folder, "conditions", result)

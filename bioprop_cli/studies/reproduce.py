@@ -192,6 +192,17 @@ def seed_count(preset: Preset, quick: bool, seeds: int | None) -> int:
     return preset.paper.quick.seeds if quick else preset.seeds
 
 
+def check_data(preset: Preset, quick: bool, overrides, dataset_loader: Callable) -> None:
+    """The preset's data, loaded and checked against each of its points (sweep.grid.load_checked_data):
+    a missing or truncated data folder is a UserError before anything is written."""
+    from bioprop_cli.config import to_dict
+    from bioprop_cli.sweep.grid import load_checked_data, point_config, points
+
+    base = base_config(preset, quick, overrides)
+    tree = to_dict(base)
+    load_checked_data([point_config(tree, p, base.seed, preset.where) for p in points(preset.grid)], dataset_loader)
+
+
 def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable, overrides=(),
         report: Callable[[str], None] = lambda m: None, interrupted: Callable[[], bool] = lambda: False) -> dict:
     """Trains the preset (a sweep: grid x seeds, resumable) and compares it with the published numbers."""

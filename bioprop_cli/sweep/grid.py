@@ -21,9 +21,11 @@ a new folder). A run whose summary says it finished although the manifest does
 not (the process was killed between the two writes) is taken as it is, not trained again. Runs
 that differ only in their seed and in values that change no array shape (config.BATCHABLE_KEYS:
 learning rate, beta, scales) train together as one vmapped program, compiled once: a sweep over
-4 learning rates x 4 seeds is one program of 16 runs. Every point's config is validated before
-anything is written; a point that fails at run time (for example a batch larger than the data) is
-recorded as failed and the sweep goes on. Ctrl-C stops at the next boundary: the group in training
+4 learning rates x 4 seeds is one program of 16 runs. Every point's config is validated, and the data
+loaded and checked against it (as `bioprop train` does: missing or truncated files, a batch larger
+than the data), before anything is written: bad input is one UserError, no folder. A point that
+fails at run time is recorded as failed and the sweep goes on; a full disk marks the group in
+training failed (its summaries and the manifest say why) and stops the sweep with a UserError. Ctrl-C stops at the next boundary: the group in training
 is recorded as interrupted, the groups not started stay queued.
 """
 
@@ -37,10 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import Config, keys_overlap, load_config, shape_key, to_dict
-from bioprop_cli.errors import UserError
+from bioprop_cli.config import Config, check_against_data, keys_overlap, load_config, shape_key, to_dict
+from bioprop_cli.errors import DiskFull, UserError
 from bioprop_cli.rules import FEEDFORWARD, available_rules
-from bioprop_cli.runs import RunWriter, create_run_dir, folder_lock, write_json, write_yaml
+from bioprop_cli.runs import (
+    RunWriter, check_folder, create_run_dir, disk_full_reason, folder_lock, make_folder, mark_failed, write_json,
+    write_status, write_yaml,
+)
 
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
@@ -393,6 +398,11 @@ def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[di
     try:
         dataset = dataset if dataset is not None else dataset_loader(group.configs[0])
         return train_group(list(group.configs), dataset, [RunWriter(d) for d in group.run_dirs])
+    except DiskFull as e:  # each run says so in its summary (not left `running`); run_sweep stops
+        reason = disk_full_reason(e)
+        for run_dir in group.run_dirs:
+            mark_failed(run_dir, reason)
+        return [{"status": "failed", "error": reason, "disk_full": str(e)} for _ in group.configs]
     except UserError as e:
         return [{"status": "failed", "error": str(e)} for _ in group.configs]
 
@@ -409,8 +419,10 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loa
     all_points = points(grid)
     check_where(grid, where, all_points)  # before anything is written
     check_points(base_tree, all_points, seeds[0], where)
+    datasets = load_checked_data([point_config(base_tree, p, seeds[0], where) for p in all_points], dataset_loader)
     folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds, where)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_folder(folder, "sweep folder")
+    make_folder(folder)
     with folder_lock(folder):
         manifest = load_manifest(folder)
         if manifest is None:
@@ -418,10 +430,29 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loa
             manifest = {"grid": grid, **({"where": where} if where else {}), "seeds": seeds, "runs": {}}
         pending = _queue(manifest["runs"], all_points, seeds, base_tree, where, folder, report)
         write_json(folder / "manifest.json", manifest)
-        for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report, interrupted):
+        runner = executor or LocalExecutor(datasets)
+        for group, summaries in runner(group_runs(pending), dataset_loader, report, interrupted):
             _record(manifest["runs"], group, summaries, folder)
+            full = next((s["disk_full"] for s in summaries if "disk_full" in s), None)
+            if full is not None:  # the next group would fail the same way: stop, say where
+                write_status(folder / "manifest.json", manifest)
+                raise UserError(f"{full}; the sweep stopped, its group {group.label} is marked failed in "
+                                f"{folder / 'manifest.json'} (the same command resumes it)")
             write_json(folder / "manifest.json", manifest)
     return folder, manifest
+
+
+def load_checked_data(configs: list[Config], dataset_loader: Callable) -> dict[tuple, Any]:
+    """Each dataset the configs train on, loaded once and checked against every config that uses it
+    (config.check_against_data, as `bioprop train` does): missing, truncated or too small data is a
+    UserError before the sweep's folder exists. Returns {(dataset, data_dir): dataset}."""
+    datasets: dict[tuple, Any] = {}
+    for config in configs:
+        where = (config.data.dataset, config.data.data_dir)
+        if where not in datasets:
+            datasets[where] = dataset_loader(config)
+        check_against_data(config, len(datasets[where].x_train))
+    return datasets
 
 
 def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dict, where: list[dict], folder: Path,
@@ -458,10 +489,14 @@ def _record(runs: dict, group: Group, summaries: list[dict], folder: Path) -> No
 
 
 class LocalExecutor:
-    """In-process, one group after another; each dataset is loaded once."""
+    """In-process, one group after another; each dataset is loaded once (`datasets`: those loaded
+    already, load_checked_data's)."""
+
+    def __init__(self, datasets: dict[tuple, Any] | None = None):
+        self.datasets = dict(datasets or {})
 
     def __call__(self, groups, dataset_loader, report, interrupted=lambda: False):
-        datasets: dict[tuple, Any] = {}
+        datasets = self.datasets
         for group in groups:
             if interrupted():
                 return

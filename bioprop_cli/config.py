@@ -19,7 +19,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from bioprop_cli.data import DATASETS, IMAGE_SHAPES
-from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS
+from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
 from bioprop_cli.errors import UserError
 
 # unit_slope_sigmoid, half_slope_hard_sigmoid: Laborieux et al. 2021's mysig and my_hard_sig, rule ep only
@@ -44,6 +44,7 @@ Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implement
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py
+EPOutputLayer = Literal[OUTPUT_LAYERS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
 PoolKind = Literal["max", "avg", "none"]
@@ -187,6 +188,9 @@ class EPConfig:
     # gradient: s <- s - eps dF/ds (Scellier & Bengio 2017); primitive: s <- (1 - eps) s + eps rho(dPhi/ds), the
     # state being the neurons' output, Laborieux et al. 2021's code at eps 1 (models/energy.py primitive_dynamics)
     dynamics: EPDynamics = "gradient"
+    # clipped: the output layer has the hidden layers' rho (the hard sigmoid clips it to [0, 1]); linear: rho =
+    # identity and an unbounded state on the output layer only (Scellier et al. 2023's DCHN; models/energy.py)
+    output_layer: EPOutputLayer = "clipped"
     eps: float = 0.5  # step size of the discretised dynamics
     free_steps: int = 20  # T1
     nudged_steps: int = 4  # T2
@@ -533,6 +537,9 @@ def validate(config: Config) -> Config:
     _check(e.estimator not in ("clamped", "coupled") or m.loss == "mse", "ep.estimator",
            "one-sided, negative, symmetric or random-sign with model.loss cross_entropy (clamped and coupled clamp "
            "the output layer, which the readout network does not have)", e.estimator)
+    _check(e.output_layer == "clipped" or (m.loss == "mse" and e.dynamics == "gradient"), "ep.output_layer",
+           "clipped with model.loss cross_entropy or ep.dynamics primitive (linear makes the mean-squared network's "
+           "output layer s_L linear; the readout network's top layer is hidden)", e.output_layer)
     _check(e.cost == "half_squared" or (m.loss == "mse" and e.estimator not in ("clamped", "coupled")), "ep.cost",
            "half_squared with model.loss cross_entropy or the clamped second phases (squared weights the nudging "
            "of the mean-squared cost)", e.cost)

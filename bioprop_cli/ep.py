@@ -102,6 +102,7 @@ from bioprop_cli.models.energy import (
     step,
     symmetric_jacobian,
     with_feedback,
+    with_linear_output,
     zero_states,
 )
 from bioprop_cli.precision import full_float32
@@ -183,13 +184,20 @@ def network(config, params, state) -> Network:
 
 
 DYNAMICS = ("gradient", "primitive")  # `ep.dynamics` (models/energy.py)
+# `ep.output_layer`: clipped (the output layer has the hidden layers' rho; the hard sigmoid clips it to
+# [0, 1]) | linear (rho = identity and an unbounded state on the output layer only, Scellier et al.
+# 2023's deep Hopfield networks; models/energy.py)
+OUTPUT_LAYERS = ("clipped", "linear")
 
 
 def neuron_model(config) -> Rho:
     """model.activation under `ep.dynamics`: gradient, s <- s - eps dF/ds (Scellier & Bengio 2017);
-    primitive, s <- rho(dPhi/ds) (Laborieux et al. 2021; energy.primitive_dynamics)."""
+    primitive, s <- rho(dPhi/ds) (Laborieux et al. 2021; energy.primitive_dynamics); with
+    `ep.output_layer` linear the output layer's rho is the identity (energy.with_linear_output)."""
     rho = RHOS[config.model.activation]
-    return primitive_dynamics(rho) if config.ep.dynamics == "primitive" else rho
+    if config.ep.dynamics == "primitive":
+        return primitive_dynamics(rho)
+    return with_linear_output(rho) if config.ep.output_layer == "linear" else rho
 
 
 # ----------------------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def coupling(arch: Architecture, params: list, r: list, x: jax.Array) -> jax.Arr
 
 def energy(arch: Architecture, params: list, states: list, x: jax.Array, rho) -> jax.Array:
     """E per example, shape (batch,) (the module docstring)."""
-    r = [rho.f(s) for s in states]
+    r = rho.outputs(states)
     return 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states) - coupling(arch, params, r, x)
 
 
@@ -125,7 +125,7 @@ def contrast(arch: Architecture, params: list, states_a: list, states_b: list, x
     compute_syn_grads). A conv layer's is written out (the pooling's vjp, then the kernel gradient as
     a forward convolution: layers.weight_vjp), as XLA's CPU backend runs jax.grad's kernel-gradient
     convolution several times slower inside the training loop; tested against jax.grad."""
-    ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
+    ra, rb = rho.outputs(states_a), rho.outputs(states_b)
     below_a, below_b = [x] + ra[:-1], [x] + rb[:-1]
     factor = -scale / x.shape[0]
     out = []

@@ -43,6 +43,17 @@ neurons' output and every layer moves to rho(dPhi/ds - beta dC/ds), Phi = sum_l 
 a Rho whose `update` is set carries it (its f is the identity, so the drives, the contrast and the
 readout above read the states themselves); its energy is sum G(s) - Phi, G' = rho^{-1}.
 
+A linear output layer (ep.output_layer linear; `Rho.linear_output`): rho(s_L) = s_L and rho'(s_L) = 1
+on the output layer only, its state unbounded (the projection onto [0, 1] skips it), as the output
+layer of Scellier, Ernoult, Kendall & Kumar 2023's deep (convolutional) Hopfield networks (NeurIPS,
+"Energy-based learning algorithms for analog computing: a comparative study"; their code's
+LinearLayer). E keeps its form with r_L = s_L: its output part 1/2 |s_L|^2 - rho(s_{L-1}) W s_L - b s_L
+is quadratic in s_L, so with the mean-squared cost the output's fixed point is
+s_L = (rho(s_{L-1}) W_{L-1} + b_{L-1} + beta y) / (1 + beta) for any sign of beta > -1 (with a hard
+sigmoid output, one-hot targets sit on the edge of [0, 1] and the projection cuts the push of a
+negative beta). `Rho.layers` is the one place that decides each layer's rho; the energy, the step,
+the contrast and, through them, the exact references follow it.
+
 Conv nets (model.arch cnn or lenet): the functions below take `arch`, the Architecture of the
 dynamics' layers (None: the MLP above, the same code); the layers' drives, the input's drive, the
 energy and the contrast are then models/conv_energy.py's (the energy of Ernoult et al. 2019 and
@@ -114,6 +125,19 @@ class Rho(NamedTuple):
     # the primitive dynamics s <- rho(dPhi/ds): the activation rho; f is then the identity (the state is
     # the neuron's output). None: the gradient dynamics above.
     update: "Rho | None" = None
+    # the output layer s_L is linear: rho = identity there, its state unbounded (not projected), as the
+    # output layer of Scellier, Ernoult, Kendall & Kumar 2023's deep (convolutional) Hopfield networks
+    # (their code's LinearLayer); False: the output layer has the hidden layers' rho (`ep.output_layer`)
+    linear_output: bool = False
+
+    def layers(self, n: int) -> list["Rho"]:
+        """Each free layer's rho, layers 1 .. n (the one place that decides it): this one, the last
+        the identity when linear_output."""
+        return [LINEAR if self.linear_output and k == n - 1 else self for k in range(n)]
+
+    def outputs(self, states: list) -> list:
+        """rho_k(s_k) for every free layer."""
+        return [r.f(s) for r, s in zip(self.layers(len(states)), states)]
 
 
 RHOS: dict[str, Rho] = {
@@ -129,6 +153,14 @@ RHOS: dict[str, Rho] = {
     "tanh": Rho(jnp.tanh, lambda s: 1.0 - jnp.tanh(s) ** 2, False,
                 lambda s: s * jnp.arctanh(s) + 0.5 * jnp.log1p(-s**2)),
 }
+
+
+LINEAR = Rho(lambda s: s, jnp.ones_like, False, lambda s: 0.5 * s**2)  # the identity: a linear layer
+
+
+def with_linear_output(rho: Rho) -> Rho:
+    """rho on the hidden layers, the identity on the output layer (`Rho.linear_output`)."""
+    return rho._replace(linear_output=True)
 
 
 def primitive_dynamics(rho: Rho) -> Rho:
@@ -171,7 +203,7 @@ def energy(params: Params, states: States, x: jax.Array, rho: Rho, arch: Archite
         return leak + energy(params, states, x, rho._replace(update=None), arch)
     if arch is not None:
         return conv_energy.energy(arch, params, states, x, rho)
-    r = [x] + [rho.f(s) for s in states]
+    r = [x] + rho.outputs(states)
     e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
     for l, layer in enumerate(params):
         e -= jnp.sum((r[l] @ layer["w"]) * r[l + 1], axis=-1) + r[l + 1] @ layer["b"]
@@ -236,12 +268,12 @@ def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, 
         grads = [s - rho.update.f(u) for s, u in zip(states, _primitive_drives(params, states, drive0, y, beta, rho,
                                                                                  readout, arch))]
         return grads if external is None else [g - u for g, u in zip(grads, external)]
-    r = [rho.f(s) for s in states]
+    r = rho.outputs(states)
     grads = []
     conv = _conv_drives(params, r, drive0, arch)
-    for k, s in enumerate(states):  # s = s_{k+1}
+    for k, (s, rho_k) in enumerate(zip(states, rho.layers(len(states)))):  # s = s_{k+1}
         drive = _drive(params, r, drive0, k) if conv is None else conv[k]
-        grads.append(s - rho.df(s) * drive)
+        grads.append(s - rho_k.df(s) * drive)
     grads[-1] = grads[-1] + beta * cost_gradient(states[-1], y, readout, rho)
     if external is not None:
         grads = [g - u for g, u in zip(grads, external)]
@@ -258,7 +290,7 @@ def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, 
     and the external drive u go through the same fast path: s <- clip(s + eps v(s), 0, 1).
     """
     if rho.bounded:
-        return _bounded_step(params, states, drive0, y, beta, eps, external, readout, arch)
+        return _bounded_step(params, states, drive0, y, beta, eps, external, readout, arch, rho.linear_output)
     if rho.update is not None:  # (1 - eps) s + eps (rho(dPhi/ds - beta dC/ds) + u): at eps = 1 exactly rho(...)
         drives = _primitive_drives(params, states, drive0, y, beta, rho, readout, arch)
         pulls = [rho.update.f(u) for u in drives]
@@ -285,8 +317,13 @@ def symmetric_jacobian(params: Params, rho: Rho) -> bool:
     return not has_separate_feedback(params) and rho.update is None
 
 
-def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None):
-    return [hard_sigmoid(pre) for pre in _unprojected_step(params, states, drive0, y, beta, eps, external, readout, arch)]
+def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None, linear_output=False):
+    """The hard sigmoid's step: every layer projected onto [0, 1], a linear output layer not (there too
+    rho(s) = s and rho'(s) = 1, so the unprojected step is the general one)."""
+    new = _unprojected_step(params, states, drive0, y, beta, eps, external, readout, arch)
+    if linear_output:
+        return [hard_sigmoid(pre) for pre in new[:-1]] + [new[-1]]
+    return [hard_sigmoid(pre) for pre in new]
 
 
 def _unprojected_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None) -> States:
@@ -309,7 +346,8 @@ def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=N
     if not rho.bounded:
         return [jnp.ones_like(s) for s in states]
     pre = _unprojected_step(params, states, drive0, y, beta, eps, external, readout, arch)
-    return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) for p in pre]
+    return [((p >= 0.0) & (p <= 1.0)).astype(p.dtype) if r.bounded else jnp.ones_like(p)
+            for p, r in zip(pre, rho.layers(len(pre)))]
 
 
 def residual(new: States, old: States) -> jax.Array:
@@ -380,7 +418,7 @@ def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int, r
 
 def energy_param_gradient(states: States, x: jax.Array, rho: Rho) -> Params:
     """dE/dtheta averaged over the batch: dE/dW_l = -rho(s_l)^T rho(s_{l+1}) / batch, dE/db_l = -mean rho(s_{l+1})."""
-    r = [x] + [rho.f(s) for s in states]
+    r = [x] + rho.outputs(states)
     n = x.shape[0]
     return [{"w": -(r[l].T @ r[l + 1]) / n, "b": -jnp.mean(r[l + 1], axis=0)} for l in range(len(states))]
 
@@ -396,7 +434,7 @@ def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale, 
     """
     if arch is not None:
         return conv_energy.contrast(arch, params, states_a, states_b, x, rho, scale)
-    ra, rb = [rho.f(s) for s in states_a], [rho.f(s) for s in states_b]
+    ra, rb = rho.outputs(states_a), rho.outputs(states_b)
     n = x.shape[0]
     c = -scale / n
     grads = [{"w": c * (x.T @ (ra[0] - rb[0])), "b": c * jnp.sum(ra[0] - rb[0], axis=0)}]

@@ -20,8 +20,7 @@ from bioprop_cli.config import Config, to_dict
 from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.jtranspose import run_jtranspose
-from bioprop_cli.models.energy import RHOS
-from bioprop_cli.ep import dynamics_architecture
+from bioprop_cli.ep import dynamics_architecture, neuron_model
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.report.study_figures import plot_jtranspose
@@ -78,7 +77,7 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
         idx = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), n_batch, replace=False))
         x = jnp.asarray(dataset.x_train[idx], dtype)
         y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), NUM_CLASSES, dtype=dtype)
-        records = run_jtranspose(params, x, y, RHOS[m.activation], config.ep, betas, angles,
+        records = run_jtranspose(params, x, y, neuron_model(config), config.ep, betas, angles,
                                  jax.random.fold_in(derive_keys(config.seed).rule, 2), dynamics_architecture(config))
     for r in records:
         r["precision"] = precision

@@ -256,3 +256,21 @@ def test_the_spectral_radius_of_the_primitive_map_is_its_jacobian_s():
         radius, error = eqprop.spectral_radius_with_error(params, fixed, x, net, 1.0, jax.random.PRNGKey(0), 400)
         assert np.isnan(float(error)) and 0.05 < max(radii) < 1
         assert float(radius) == pytest.approx(max(radii), rel=1e-3)
+
+
+def test_the_half_slope_hard_sigmoid_fixed_point_is_a_kkt_point_of_sum_g_minus_phi_on_the_box():
+    """my_hard_sig: G(s) = s^2 on [0, 1] (piecewise: E is minimised on the box). At the settled nudged
+    state dF/ds = 0 on the units strictly inside, dF/ds >= 0 at 0 and <= 0 at 1 (units present in each case)."""
+    with float64():
+        params, x, y = _problem(scale=2.0)
+        net = primitive_dynamics(RHOS["half_slope_hard_sigmoid"])
+        beta = 0.3
+        settled = eqprop.settle(params, eqprop.zero_states(params, BATCH, jnp.float64), input_drive(params, x), y,
+                                beta, net, 1.0, 3000, 1e-14)
+        assert float(settled.residual) < 1e-13
+        grads = jax.grad(lambda s: jnp.sum(energy(params, s, x, net) + beta * cost(s, y)))(settled.states)
+        s, g = jnp.concatenate([a.ravel() for a in settled.states]), jnp.concatenate([a.ravel() for a in grads])
+        inner, low, high = (s > 0) & (s < 1), s == 0, s == 1
+        assert int(inner.sum()) > 0 and int(low.sum()) > 0 and int(high.sum()) > 0
+        assert float(jnp.max(jnp.abs(jnp.where(inner, g, 0.0)))) < 1e-12
+        assert float(jnp.min(jnp.where(low, g, jnp.inf))) > 0 and float(jnp.max(jnp.where(high, g, -jnp.inf))) < 0

@@ -430,7 +430,7 @@ def test_conv_flops_by_hand():
     passes = [2 * 28 * 28 * 25 * 1 * 6, 2 * 10 * 10 * 25 * 6 * 16, 2 * 400 * 120, 2 * 120 * 84, 2 * 84 * 10]
     assert [flops.layer_pass(layer.op) for layer in lenet.layers] == passes
     assert flops.chained(lenet) == 2 * sum(passes) + sum(passes[1:])  # no error sent below the first layer
-    assert flops.direct(lenet) == 2 * sum(passes) + 2 * 10 * (14 * 14 * 6 + 5 * 5 * 16 + 120 + 84)  # pooled
+    assert flops.direct(lenet, load_config()) == 2 * sum(passes) + 2 * 10 * (14 * 14 * 6 + 5 * 5 * 16 + 120 + 84)  # pooled
     pre_pool, pooled_conv = (load_config(overrides=[("feedback.dfa_target", t)]) for t in ("pre_pool", "pooled_conv"))
     assert flops.direct(lenet, pre_pool) == 2 * sum(passes) + 2 * 10 * (28 * 28 * 6 + 10 * 10 * 16 + 120 + 84)
     # pooled_conv: conv 16's 10 x 10 grid, its 5 x 5 kernel over 6 channels, 10 error channels

@@ -217,8 +217,9 @@ COMMANDS = {
 
 def self_interrupted(args, tmp_path, times=1):
     results = [] if args[0] in ("bench", "conditions") else ["--results-dir", str(tmp_path)]
+    env = {**os.environ, "BIOPROP_DATA_DIR": os.path.abspath(os.environ["BIOPROP_DATA_DIR"])}  # cwd is tmp_path
     return subprocess.run([sys.executable, "-c", SELF_SIGINT.format(times=times), *args, *results], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 @needs_mnist

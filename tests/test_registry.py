@@ -18,7 +18,7 @@ ARCH = dense(SIZES)
 def test_flop_formulas_by_hand():
     forward_and_weight_gradients = 2 * (2 * (12 + 6 + 10))  # 112
     assert flops.chained(ARCH) == forward_and_weight_gradients + 2 * (6 + 10)  # 144: delta through W_2^T, W_1^T
-    assert flops.direct(ARCH) == forward_and_weight_gradients + 2 * (5 * 3 + 5 * 2)  # 162: e (5) to each hidden layer
+    assert flops.direct(ARCH, load_config()) == forward_and_weight_gradients + 2 * (5 * 3 + 5 * 2)  # 162: e (5) to each hidden layer
     assert flops.mirrored(ARCH) == 144 + 2 * 2 * (6 + 10)  # 208: noise through W_1, W_2 and y^T x
     ep = load_config(overrides=[("rule", "ep"), ("ep.free_steps", 7), ("ep.nudged_steps", 3), ("ep.estimator", "symmetric")])
     assert flops.settling_steps(ep) == 7 + 2 * 3

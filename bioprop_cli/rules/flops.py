@@ -34,15 +34,13 @@ def chained(arch: Architecture, config=None) -> int:
     return _forward_and_weight_gradients(arch) + sum(_passes(arch)[1:])
 
 
-def direct(arch: Architecture, config=None) -> int:
+def direct(arch: Architecture, config) -> int:
     """dfa: the output error e (n_out) goes to every hidden layer straight through D_l: 2 n_out units per
     example onto the layer's pooled output (pooled) or its pre-activation (pre_pool), or for pooled_conv
-    below a conv layer one pass of that layer's convolution with n_out channels. config None: the default
-    feedback.dfa_target."""
-    from bioprop_cli.config import FeedbackConfig
+    below a conv layer one pass of that layer's convolution with n_out channels (config.feedback.dfa_target)."""
     from bioprop_cli.rules.base import projection_conv
 
-    target = (config.feedback if config is not None else FeedbackConfig()).dfa_target
+    target = config.feedback.dfa_target
     n_out = arch.sizes[-1]
 
     def projection(l: int) -> int:

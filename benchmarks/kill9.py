@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from random_moment import alive_at_random_moment
+
 SMALL = ["--set", "data.train_limit=2000", "--set", "data.validation_size=500", "--set", "data.test_limit=500",
          "--set", "alignment.probe_size=32"]
 COMMANDS = {
@@ -106,14 +108,10 @@ def main() -> None:
 
     tally, failures, early = Counter(), 0, 0
     for i in range(args.tries):
-        while True:
-            folder = root / f"try-{i:02d}-{early}"
-            proc = subprocess.Popen(command(args.what, folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            delay = rng.uniform(0, span)
-            time.sleep(delay)
-            if proc.poll() is None:
-                break
-            early += 1
+        proc, folder, delay, redraws = alive_at_random_moment(
+            lambda r: (subprocess.Popen(command(args.what, root / f"try-{i:02d}-{r}"), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL), root / f"try-{i:02d}-{r}"), rng, span)
+        early += redraws
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         manifests = list(folder.glob("*/*/manifest.json"))

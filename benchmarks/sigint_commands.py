@@ -28,6 +28,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from random_moment import alive_at_random_moment
+
 SMALL = ["--set", "data.train_limit=1500", "--set", "data.validation_size=300", "--set", "data.test_limit=300"]
 COMMANDS = {
     "train": ["train", "--rule", "fa", "--depth", "1", "--epochs", "3", "--width", "16", "--no-progress", *SMALL],
@@ -80,15 +82,10 @@ def main() -> None:
     for name in args.commands.split(","):
         tally, late, broken = Counter(), 0, 0
         for i in range(args.tries):
-            while True:
-                folder = root / name / f"try-{i:02d}-{late}"
-                began = time.perf_counter()
-                proc = start(COMMANDS[name], folder)
-                delay = rng.uniform(0, args.window)
-                time.sleep(max(0.0, began + delay - time.perf_counter()))
-                if proc.poll() is None:
-                    break
-                late += 1
+            proc, folder, delay, redraws = alive_at_random_moment(
+                lambda r: (start(COMMANDS[name], root / name / f"try-{i:02d}-{r}"), root / name / f"try-{i:02d}-{r}"),
+                rng, args.window)
+            late += redraws
             proc.send_signal(signal.SIGINT)
             if args.double:
                 time.sleep(0.05)

@@ -25,6 +25,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from random_moment import alive_at_random_moment
+
 SWEEP = ["sweep", "--grid", "depth=1,2,3", "--epochs", "3", "--width", "16", "--set", "data.train_limit=3000",
          "--set", "data.validation_size=500", "--set", "data.test_limit=500", "--set", "alignment.probe_size=32"]
 ORDER = {"completed": 0, "interrupted": 1, "queued": 2}
@@ -83,15 +85,9 @@ def main() -> None:
 
     tally, failures, late = Counter(), 0, 0
     for i in range(args.tries):
-        while True:  # a sweep that ended before its signal was due is drawn again (and counted)
-            folder = root / f"try-{i:02d}-{late}"
-            proc = start(folder)
-            wait_for_manifest(proc, folder)
-            delay = rng.uniform(0, span)
-            time.sleep(delay)
-            if proc.poll() is None:
-                break
-            late += 1
+        proc, folder, delay, redraws = alive_at_random_moment(
+            lambda r: (start(root / f"try-{i:02d}-{r}"), root / f"try-{i:02d}-{r}"), rng, span, wait_for_manifest)
+        late += redraws
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=300)
         statuses, wrong = problems(rc, proc.stderr.read().decode(), folder)

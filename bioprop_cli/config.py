@@ -284,14 +284,20 @@ def get_value(config: Config, key: str) -> Any:
 def _ep_preset(tree: dict) -> dict:
     """Equilibrium propagation: Scellier & Bengio 2017's MNIST network and dynamics (784-500-10,
     hard sigmoid, eps 0.5, T1 = 20, T2 = 4, batch 20, learning rates 0.1 and 0.05 for the two
-    layers; the per-layer rates apply to that depth only)."""
+    layers; the per-layer rates apply to that depth only).
+
+    With a linear output layer (ep.output_layer linear) the weights start at half the scheme's scale,
+    Scellier et al. 2023's gain 0.5 for their deep Hopfield networks (energy-based-learning,
+    papers/ebl-algorithms/comparative-study.py, `--gain 0.5`): at full scale the unbounded output
+    makes the output layer's rate unstable (docs/contrastive.md)."""
     model = tree.get("model", {}) if isinstance(tree.get("model"), dict) else {}
+    ep = tree.get("ep", {}) if isinstance(tree.get("ep"), dict) else {}
     optimizer = {"name": "sgd", "lr": 0.1, "schedule": {"name": "constant"}}
     if model.get("depth", 1) == 1 and model.get("arch", "mlp") == "mlp":
         optimizer["layer_lr"] = [1.0, 0.5]
+    init = {"scheme": "glorot_uniform"} | ({"scale": 0.5} if ep.get("output_layer") == "linear" else {})
     return {
-        "model": {"depth": 1, "width": 500, "activation": "hard_sigmoid", "loss": "mse",
-                  "init": {"scheme": "glorot_uniform"}},
+        "model": {"depth": 1, "width": 500, "activation": "hard_sigmoid", "loss": "mse", "init": init},
         "optimizer": optimizer,
         "train": {"epochs": 25, "batch_size": 20},
     }

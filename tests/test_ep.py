@@ -244,6 +244,11 @@ def test_ep_preset_and_validation():
     c = load_config(overrides=[("rule", "ep")])
     assert (c.model.depth, c.model.width, c.model.activation, c.model.loss) == (1, 500, "hard_sigmoid", "mse")
     assert c.optimizer.layer_lr == (1.0, 0.5) and c.optimizer.name == "sgd"
+    assert c.model.init.scale == 1.0 and c.ep.output_layer == "clipped"
+    linear = load_config(overrides=[("rule", "ep"), ("ep.output_layer", "linear")])
+    assert linear.model.init.scale == 0.5  # Scellier et al. 2023's gain: a linear output diverges at 1.0
+    chosen = load_config(overrides=[("rule", "ep"), ("ep.output_layer", "linear"), ("model.init.scale", 0.8)])
+    assert chosen.model.init.scale == 0.8
     deeper = load_config(overrides=[("rule", "ep"), ("model.depth", 2)])
     assert deeper.optimizer.layer_lr == ()  # the per-layer rates of the preset are for depth 1
     same_sizes_bp = load_config(overrides=[("rule", "bp"), ("model.depth", 1), ("model.width", 500)])

@@ -60,16 +60,18 @@ def feedback_arrays(rule: Rule, params, state, key, mask=None):
 
 def estimate(rule: Rule, model, loss, params, state, key, x, y, mask=None, probes=None):
     """(loss, the rule's estimate of the loss gradient (like params), the gradient w.r.t. fb (the Hebbian
-    products, like kernels; None for direct feedback), the error at each feedback layer's output (like
-    kernels; None unless `probes`)). probes: zeros of each feedback layer's output shape, added to the
-    outputs so that their gradients are the errors the outputs receive (`bioprop.measure`)."""
+    products, like kernels; None for direct feedback), the errors at the probes (None unless `probes`)).
+
+    probes: a pair of pytrees like kernels, zeros of each feedback layer's output shape and of its tap's
+    shape (None where the model taps nothing), added there so that their gradients are the errors those
+    points receive (`bioprop.measure`)."""
     fb = feedback_arrays(rule, params, state, key, mask)
 
     def received(fb, probes, e=None):
         leaf = (lambda f: f) if e is None else (lambda d: Direct(d, e))
         if probes is None:
             return jax.tree_util.tree_map(leaf, fb)
-        return jax.tree_util.tree_map(lambda f, p: Measured(leaf(f), p), fb, probes)
+        return jax.tree_util.tree_map(lambda f, p, t: Measured(leaf(f), p, t), fb, *probes)
 
     if not rule.direct:
         value, (grads, hebbian, signals) = jax.value_and_grad(

@@ -15,6 +15,8 @@ The report is a dict of plain pytrees of scalars (jit-able):
                 gradient (kp's and wm's decay and mirror terms, regularisers, left out) against jax.grad;
     "signal":   the same three, like kernels: the error each feedback layer's output receives (dLoss/d output;
                 for a dense layer under an MLP, delta_l = dLoss/da_l) under the rule against backprop's;
+    "tap":      the same three, like kernels (None where the model taps nothing): the error at each tap
+                (under dfa e @ D, delivered there) against backprop's at the same point;
     "feedback": {"angle", "norm_ratio"}, like kernels: B against transport(W) (chained rules only: direct
                 feedback's D has no single W to compare with, and the key is absent).
 """
@@ -51,11 +53,15 @@ def compare(estimated, exact, metrics=(("angle", angle_degrees), ("relative_erro
 
 def measure(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> dict:
     """The rule's update, error signals and feedback against backprop's on the batch (x, y)."""
-    probes = jax.tree_util.tree_map(lambda s, w: jnp.zeros(s.out_shape, w.dtype),
-                                    sites(model, params, x, mask), kernels(params, mask))
-    value, grads, _, signals = estimate(rule, model, loss, params, state, key, x, y, mask, probes)
-    _, exact, _, exact_signals = estimate(bp(), model, loss, params, (), key, x, y, mask, probes)
-    report = {"loss": value, "update": compare(grads, exact), "signal": compare(signals, exact_signals)}
+    where, weights = sites(model, params, x, mask), kernels(params, mask)
+    outputs = jax.tree_util.tree_map(lambda s, w: jnp.zeros(s.out_shape, w.dtype), where, weights)
+    taps = jax.tree_util.tree_map(lambda s, w: None if s.tap_shape is None else jnp.zeros(s.tap_shape, w.dtype),
+                                  where, weights)
+    value, grads, _, (signals, tapped) = estimate(rule, model, loss, params, state, key, x, y, mask, (outputs, taps))
+    _, exact, _, (exact_signals, exact_tapped) = estimate(bp(), model, loss, params, (), key, x, y, mask,
+                                                          (outputs, taps))
+    report = {"loss": value, "update": compare(grads, exact), "signal": compare(signals, exact_signals),
+              "tap": compare(tapped, exact_tapped)}
     if not rule.direct:
         fb = feedback_arrays(rule, params, state, key, mask)
         tied = jax.tree_util.tree_map(transport, kernels(params, mask))

@@ -51,17 +51,17 @@ def compare(estimated, exact, metrics=(("angle", angle_degrees), ("relative_erro
     return {name: jax.tree_util.tree_map(f, estimated, exact) for name, f in metrics}
 
 
-def measure(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> dict:
-    """The rule's update, error signals and feedback against backprop's on the batch (x, y)."""
+def measure(rule: Rule, model, loss, params, state, key, x, y, mask=None, has_aux: bool = False) -> dict:
+    """The rule's update, error signals and feedback against backprop's on the batch (x, y) (has_aux: the
+    model returns (output, aux), as for `update`)."""
     where, weights = sites(model, params, x, mask), kernels(params, mask)
     outputs = jax.tree_util.tree_map(lambda s, w: jnp.zeros(s.out_shape, w.dtype), where, weights)
     taps = jax.tree_util.tree_map(lambda s, w: None if s.tap_shape is None else jnp.zeros(s.tap_shape, w.dtype),
                                   where, weights)
-    value, grads, _, (signals, tapped) = estimate(rule, model, loss, params, state, key, x, y, mask, (outputs, taps))
-    _, exact, _, (exact_signals, exact_tapped) = estimate(bp(), model, loss, params, (), key, x, y, mask,
-                                                          (outputs, taps))
-    report = {"loss": value, "update": compare(grads, exact), "signal": compare(signals, exact_signals),
-              "tap": compare(tapped, exact_tapped)}
+    rule_s = estimate(rule, model, loss, params, state, key, x, y, mask, (outputs, taps), has_aux)
+    exact = estimate(bp(), model, loss, params, (), key, x, y, mask, (outputs, taps), has_aux)
+    report = {"loss": rule_s.loss, "update": compare(rule_s.grads, exact.grads),
+              "signal": compare(rule_s.signals[0], exact.signals[0]), "tap": compare(rule_s.signals[1], exact.signals[1])}
     if not rule.direct:
         fb = feedback_arrays(rule, params, state, key, mask)
         tied = jax.tree_util.tree_map(transport, kernels(params, mask))

@@ -35,3 +35,11 @@ def test_the_new_rule_without_noise_is_backprop():
            for rule in (example.noisy_transport(0.0), bioprop.rule("bp"))]
     for u, v in zip(jax.tree_util.tree_leaves(ups[0].grads), jax.tree_util.tree_leaves(ups[1].grads)):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+
+
+def test_the_quick_start_in_docs_library_md_runs(capsys):
+    text = (EXAMPLES.parent / "docs" / "library.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/library.md", "exec"), {})
+    angle = float(capsys.readouterr().out.strip())
+    assert 0.0 < angle < 90.0  # fa's conv update, measured against jax.grad

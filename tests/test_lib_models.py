@@ -186,3 +186,14 @@ def test_a_model_s_aux_comes_back_with_the_update(name):
     _close(up.grads, plain.grads, 0)
     report = bioprop.measure(rule, with_stats, loss, params, state, None, x, y, has_aux=True)
     assert float(report["update"]["angle"]["head"]["w"]) < 0.05  # the output layer's update is exact
+
+
+def test_a_weight_with_feedback_that_reaches_no_bioprop_layer_is_refused_by_name():
+    params = resnet_params(jax.random.PRNGKey(0))
+    x, _ = batch(jax.random.PRNGKey(1), (N, 8, 8, 2))
+    half = resnet(bioprop.conv, plain_dense)  # the head multiplies by its weight directly
+    with pytest.raises(ValueError, match=r"\['head'\]\['w'\]"):
+        bioprop.init(bioprop.rule("fa"), jax.random.PRNGKey(2), half, params, x)
+    mask = jax.tree_util.tree_map(lambda _: True, params) | {"head": {"w": False, "b": False}}
+    state = bioprop.init(bioprop.rule("fa"), jax.random.PRNGKey(2), half, params, x, mask)
+    assert state["head"]["w"] is None and state["stem"]["w"].shape == (3, 3, 2, 4)

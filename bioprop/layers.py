@@ -194,13 +194,14 @@ class Site:
 
 @dataclass(eq=False)
 class Measured:
-    """A feedback leaf with zero arrays added to the layer's output (and to its tap's array, where the
-    model taps it), so that the gradients with respect to them are the errors those points receive
-    (bioprop.measure)."""
+    """A feedback leaf with zero arrays added to the layer's output, to its tap's array (where the model
+    taps it) and to its input, so that the gradients with respect to them are the errors those points
+    receive (bioprop.measure). None: no probe there."""
 
     fb: Any
-    probe: jax.Array
+    probe: jax.Array | None = None
     tap_probe: jax.Array | None = None
+    in_probe: jax.Array | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +256,8 @@ def _apply(kind, spec, x, w, b, fb):
         fb.counter[0] += 1
         return out if b is None else out + b
     if isinstance(fb, Measured):
-        return _apply(kind, spec, x, w, b, fb.fb) + fb.probe
+        out = _apply(kind, spec, x if fb.in_probe is None else x + fb.in_probe, w, b, fb.fb)
+        return out if fb.probe is None else out + fb.probe
     if isinstance(fb, Direct):
         return _layer(kind, spec, fb.tapped, x, w, b, None, fb.d, fb.e)
     return _layer(kind, spec, False, x, w, b, fb, None, None)

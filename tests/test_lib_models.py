@@ -197,3 +197,28 @@ def test_a_weight_with_feedback_that_reaches_no_bioprop_layer_is_refused_by_name
     mask = jax.tree_util.tree_map(lambda _: True, params) | {"head": {"w": False, "b": False}}
     state = bioprop.init(bioprop.rule("fa"), jax.random.PRNGKey(2), half, params, x, mask)
     assert state["head"]["w"] is None and state["stem"]["w"].shape == (3, 3, 2, 4)
+
+
+def test_measure_compares_dfa_s_d_with_backprop_s_mean_jacobian():
+    """Two hidden layers: D of the output layer (delivered to h_2) against W_3^T; D of the middle layer
+    (delivered to h_1) against the batch mean of W_3^T diag(f'(a_2)) W_2^T."""
+    k = jax.random.split(jax.random.PRNGKey(9), 3)
+    params = [{"w": _normal(k[0], (5, 7)), "b": jnp.zeros(7)}, {"w": _normal(k[1], (7, 6)), "b": jnp.zeros(6)},
+              {"w": _normal(k[2], (6, 3)), "b": jnp.zeros(3)}]
+
+    def model(p, fb, x):
+        for l in range(2):
+            x = jnp.tanh(bioprop.dense(x, p[l]["w"], p[l]["b"], fb[l]["w"]))
+        return bioprop.dense(x, p[2]["w"], p[2]["b"], fb[2]["w"])
+
+    x, y = batch(jax.random.PRNGKey(10), (N, 5))
+    rule = bioprop.rule("dfa")
+    state = bioprop.init(rule, jax.random.PRNGKey(11), model, params, x)
+    report = jax.jit(lambda p, s: bioprop.measure(rule, model, loss, p, s, None, x, y))(params, state)
+    w2, w3 = params[1]["w"], params[2]["w"]
+    np.testing.assert_allclose(report["feedback"]["angle"][2]["w"], _degrees(state[2]["w"], w3.T), atol=1e-3)
+    slope = 1 - jnp.tanh(jnp.tanh(x @ params[0]["w"]) @ w2) ** 2  # f'(a_2), (batch, 6)
+    jacobian = jnp.mean(jnp.einsum("ok,bk,ik->boi", w3.T, slope, w2), axis=0)  # W_3^T diag(f'(a_2)) W_2^T
+    np.testing.assert_allclose(report["feedback"]["angle"][1]["w"], _degrees(state[1]["w"], jacobian), atol=1e-3)
+    np.testing.assert_allclose(report["feedback"]["norm_ratio"][1]["w"],
+                               np.linalg.norm(state[1]["w"]) / np.linalg.norm(jacobian), rtol=1e-4)

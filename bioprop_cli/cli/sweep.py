@@ -61,7 +61,7 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     and the run flags; conflicting sources are a UserError. `where` is checked against the final
     grid by run_sweep."""
     from bioprop_cli.config import keys_overlap, parse_override, read_yaml
-    from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section, check_where, points
+    from bioprop_cli.experiment.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section, check_where, points
 
     section = read_yaml(config).get("sweep") if config is not None else None
     file_grid, where, file_seeds = read_sweep_section(section)
@@ -113,13 +113,13 @@ def _executor(name: str, address: Optional[str], gpus_per_task: float):
         if address is not None:
             raise UserError("--address: a Ray cluster address needs --executor ray")
         return None
-    from bioprop_cli.sweep.ray_executor import RayExecutor
+    from bioprop_cli.experiment.ray_executor import RayExecutor
 
     return RayExecutor(address, gpus_per_task)
 
 
 def _run_with_status(base, grid, where, seed_values, runner, interrupted):
-    from bioprop_cli.sweep.grid import run_sweep
+    from bioprop_cli.experiment.grid import run_sweep
 
     with console.status("sweeping...") as status:
         return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),

@@ -296,9 +296,8 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
 
 def _train_per_beta(cfg, dataset, betas) -> None:
     from bioprop_cli.studies import beta as study
-    from bioprop_cli.studies import open_folder
 
-    folder = open_folder(cfg, "beta-train")
+    folder = study.train_folder(cfg, betas)
     console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}")
     result = study.train_per_beta(cfg, dataset, betas, folder)
     study.write_training(result, folder)
@@ -371,14 +370,13 @@ def condition(
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.rules.equilibrium import require_mse_cost
     from bioprop_cli.studies import condition as study
-    from bioprop_cli.studies import open_folder
 
     require_mse_cost(cfg, "bioprop sweep condition")
     study.plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
-    folder = open_folder(cfg, f"condition-{'float64' if x64 else 'float32'}")
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    folder = study.folder_for(cfg, values, seed_list, min(probe_size, n_train), x64, train_epochs if train else None)
     n_points = 1 + sum(len(v) for v in values.values())
     console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
                   f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",

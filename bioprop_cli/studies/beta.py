@@ -15,6 +15,7 @@ under the nudge) add an O(beta) error to every estimator.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -24,17 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import Config
+from bioprop_cli.config import Config, to_dict
 from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
+from bioprop_cli.interrupt import interrupted
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.models.arch import label
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
-from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl, run_id, write_json
+from bioprop_cli.runs import append_jsonl, read_jsonl, write_json, write_jsonl
 from bioprop_cli.splits import derive_keys
 from bioprop_cli.studies.seeds import measure_seeds
-from bioprop_cli.train import train_group
 
 ESTIMATORS = eqprop.ESTIMATORS
 
@@ -210,32 +211,51 @@ def write(result: dict, folder: Path) -> None:
     plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])
 
 
+def train_folder(config: Config, betas: list[float]) -> Path:
+    """RESULTS_DIR/EXPERIMENT/beta-train-<hash of the config and the betas>: the same command finds
+    the same folder again (and resumes it)."""
+    content = {k: v for k, v in to_dict(config).items() if k not in ("results_dir", "experiment")}
+    return Path(config.results_dir) / config.experiment / identity_name("beta-train", {"base": content, "betas": betas})
+
+
 def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) -> dict:
-    """`--train`: one run per beta, all betas trained together (train_group: one vmapped program),
-    into folder/runs/; per beta its status, accuracies and curves."""
-    points = [replace(config, ep=replace(config.ep, beta=beta)) for beta in betas]
-    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", label(config.model), config.seed))
-                for beta in betas]
-    summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
+    """`--train`: one run per beta, all betas trained together (one vmapped program) through the
+    runner (experiment/runner.py: a rerun trains only the runs that did not finish), into
+    folder/runs/; per beta its status, accuracies and curves."""
+    specs = [RunSpec(f"beta-{beta:g}-s{config.seed}", replace(config, ep=replace(config.ep, beta=beta)), {"ep.beta": beta})
+             for beta in betas]
+    with open_experiment(folder, {"betas": betas}, to_dict(config), what="beta sweep") as experiment:
+        entries = experiment.train(specs, lambda cfg: dataset, interrupted=interrupted)
     check_interrupt()  # the runs recorded `interrupted`
     rows = []
-    for beta, run_dir, summary in zip(betas, run_dirs, summaries):
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+    for beta, entry in zip(betas, entries):
+        run_dir = folder / entry["run_dir"] if "run_dir" in entry else None
+        summary = _read_summary(run_dir)
+        metrics = read_jsonl(run_dir / "metrics.jsonl") if run_dir and (run_dir / "metrics.jsonl").exists() else []
         rows.append({
             "beta": beta,
-            "status": summary["status"],
-            "test_accuracy": summary.get("test_accuracy"),
+            "status": entry["status"],
+            "test_accuracy": entry.get("test_accuracy"),
             "best_val_accuracy": summary.get("best_val_accuracy"),
             "train_loss": [m["train_loss"] for m in metrics],
             "val_accuracy": [m.get("val_accuracy") for m in metrics],
-            "run_dir": str(run_dir),
+            "run_dir": str(run_dir) if run_dir else None,
         })
     return {"betas": betas, "estimator": config.ep.estimator, "rows": rows}
 
 
+def _read_summary(run_dir: Path | None) -> dict:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (TypeError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def write_training(result: dict, folder: Path) -> None:
-    """beta_train.jsonl (one row per beta), summary.json, beta_train.png."""
-    append_jsonl(folder / "beta_train.jsonl", result["rows"])
+    """beta_train.jsonl (one row per beta: the runs as they stand, rewritten whole on a rerun),
+    summary.json, beta_train.png."""
+    write_jsonl(folder / "beta_train.jsonl", result["rows"])
     write_json(folder / "summary.json", result)
     plot_beta_training(result["rows"], folder / "beta_train.png")
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, to_dict
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.interrupt import interrupted
@@ -101,8 +101,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     residuals = []
     for b, idx in enumerate(order):
         check_interrupt()
-        x = jnp.asarray(splits.x_train[idx], dtype)
-        y = jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)
+        x, y = batch(splits.x_train[idx], splits.y_train[idx], dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():

@@ -33,28 +33,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, _build, _set_path, to_dict, validate
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.runner import Experiment, RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.interrupt import interrupted
 from bioprop_cli.metrics.alignment import compare_updates
-from bioprop_cli.network import architecture, init_state
-from bioprop_cli.precision import cast_floats, float32_normal_problem, float64
+from bioprop_cli.experiment.probe import seed_network_probe
+from bioprop_cli.precision import float32_normal_problem
 from bioprop_cli.report.study_figures import plot_condition_knob
 from bioprop_cli.runs import append_jsonl, read_jsonl, write_json
-from bioprop_cli.splits import derive_keys, make_splits, seed_probe
+from bioprop_cli.splits import make_splits
 
 # The all-conditions-hold setup (used when no --config is given; --set and the flags go on top).
 # Sigmoid rho (smooth: no kinks), spectral radius ~0.56 at initialisation, so 100 free steps
@@ -205,9 +202,6 @@ class PointMeasurer:
         self.references: dict[str, tuple] = {}
 
     def __call__(self, config: Config) -> dict:
-        n_train, n_in = self.splits.x_train.shape
-        network = architecture(config, n_in)
-
         def reference(cfg, params, state, x, y, key, idx):
             net = eqprop.network(cfg, params, state)
             ref = eqprop.exact_references(cfg, net, x, y, key, eqprop.start_states(cfg, net, x, state, idx))
@@ -219,22 +213,15 @@ class PointMeasurer:
         for seed in self.seeds:
             check_interrupt()
             cfg = replace(config, seed=seed)
-            keys = derive_keys(seed)
-            rule, params, state = init_state(cfg, network, seed, n_train)  # float32: --x64 casts the same network
-            px, py, idx = seed_probe(self.splits, seed, self.probe_size)
-            with float64() if self.x64 else nullcontext():
-                dtype = jnp.float64 if self.x64 else jnp.float32
-                params, state = cast_floats(params, dtype), cast_floats(state, dtype)
-                x = jnp.asarray(px, dtype)
-                y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
-                key = jax.random.fold_in(keys.probe, 7)
+            with seed_network_probe(cfg, self.splits, seed, self.probe_size, self.x64) as probe:
+                params, state, x, y, key, idx = probe.params, probe.state, probe.x, probe.y, probe.key, probe.idx
                 ref_key = _reference_key(cfg, seed)
                 if ref_key not in self.references:
                     implicit, diag = jax.jit(lambda *a, cfg=cfg: reference(cfg, *a))(params, state, x, y, key, idx)
                     self.references[ref_key] = (implicit, {k: float(v) for k, v in diag.items()})
                 implicit, diag = self.references[ref_key]
                 if estimate is None:
-                    estimate = jax.jit(lambda p, s, x, y, k, i, rule=rule: rule.estimate(p, s, x, y, k, idx=i))
+                    estimate = jax.jit(lambda p, s, x, y, k, i, rule=probe.rule: rule.estimate(p, s, x, y, k, idx=i))
                 est = estimate(params, state, x, y, key, idx)
                 layers, network = compare_updates(est.grads, implicit)
             aux = {k: float(v) for k, v in (est.aux or {}).items()}

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
+from bioprop_cli.experiment.probe import batch
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_pc_sweep
 from bioprop_cli.models.arch import Architecture, dense
@@ -73,8 +73,7 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     key = jax.random.fold_in(derive_keys(seed).data, 20_000)
     bs = config.train.batch_size
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
-    batches = [(jnp.asarray(splits.x_train[idx], dtype),
-                jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)) for idx in order]
+    batches = [batch(splits.x_train[idx], splits.y_train[idx], dtype) for idx in order]
 
     def batch_mean(compare, gammas_array):
         measured = []

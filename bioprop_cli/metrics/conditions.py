@@ -39,7 +39,7 @@ Predictive coding (rule pc) has its own table (`_pc_conditions`), measured on th
 code: the inference's convergence (the update at pc.inference_steps against the update after
 CONVERGED_INFERENCE_FACTOR times as many steps, with the inference residual and the energy's
 decrease), the small perturbation through the output precision gamma (pc -> bp as gamma -> 0:
-studies/pc.py's comparison, the update against jax.grad at gamma, gamma/10, ...), the inference
+metrics/predictive_coding.py's comparison, the update against jax.grad at gamma, gamma/10, ...), the inference
 steps against the depth (the error needs one step per layer; Z-IL exactly L - 1, Song et al.
 2020), and locality from the registry.
 
@@ -327,7 +327,7 @@ def _ladder_text(rungs: list[dict], knob: str = "beta") -> str:
 
 def pc_measurements(config, params, x, y) -> dict:
     """pc's own conditions, measured on the rule's code (rules/predictive_coding.py) and on
-    `bioprop sweep pc`'s comparison with jax.grad (studies/pc.make_comparison):
+    `bioprop sweep pc`'s comparison with jax.grad (metrics/predictive_coding.make_comparison):
     inference: the update and diagnostics at pc.inference_steps and at CONVERGED_INFERENCE_FACTOR
     times as many steps (the configured output precision), and their relative distance;
     gamma: the update against jax.grad at gamma, gamma/10, ... to GAMMA_LADDER_FLOOR, inference
@@ -336,7 +336,7 @@ def pc_measurements(config, params, x, y) -> dict:
     from dataclasses import replace
 
     from bioprop_cli.rules import make_rule
-    from bioprop_cli.studies.pc import make_comparison
+    from bioprop_cli.metrics.predictive_coding import make_comparison
 
     pc = config.pc
     network = architecture(config, x.shape[1])

@@ -15,6 +15,7 @@ from bioprop_cli.cli.common import (
     user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.grid import AXES
 
 # Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
 # where Ctrl-C waits for it to return; these keep every such call, and every study, finite.
@@ -24,10 +25,12 @@ MAX_EPOCHS = 1_000
 MAX_POINTS = 100  # values of one swept parameter
 MAX_STEPS = 10_000  # inference or settling steps of one phase
 
+AXIS_COMMANDS = (*AXES, "seed")  # `bioprop sweep AXIS`: the axes of experiment/grid.py, and the seeds
+
 app = typer.Typer(
-    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition, pc), "
-    "`bioprop sweep --grid KEY=V1,V2 ...`, `bioprop sweep beta` (equilibrium propagation's nudging strength) "
-    "and `bioprop sweep pc` (predictive coding against the exact gradient).",
+    help=f"Sweeps: `bioprop sweep AXIS` ({', '.join(AXIS_COMMANDS)}), `bioprop sweep --grid KEY=V1,V2 ...`, "
+    "`bioprop sweep beta` (equilibrium propagation's nudging strength), `bioprop sweep condition` (one condition "
+    "of gradient equivalence broken at a time) and `bioprop sweep pc` (predictive coding against the exact gradient).",
 )
 
 
@@ -61,7 +64,7 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     and the run flags; conflicting sources are a UserError. `where` is checked against the final
     grid by run_sweep."""
     from bioprop_cli.config import keys_overlap, parse_override, read_yaml
-    from bioprop_cli.experiment.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section, check_where, points
+    from bioprop_cli.experiment.grid import add_axis, check_where, parse_grid_option, parse_values, points, read_sweep_section
 
     section = read_yaml(config).get("sweep") if config is not None else None
     file_grid, where, file_seeds = read_sweep_section(section)
@@ -74,7 +77,7 @@ def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
         add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
     grid = {**file_grid, **grid}
     if not grid and axis is None:
-        raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
+        raise UserError(f"nothing to sweep: name an AXIS ({', '.join(AXIS_COMMANDS)}) or give --grid KEY=V1,V2")
     for i in check_where(grid, where, points(grid)):
         console.print(f"sweep.where[{i}] ({where[i]['when']}) matches no point of this grid: not applied", soft_wrap=True)
     fixed = {FLAG_KEYS[name]: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None}
@@ -174,7 +177,7 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
     return user_errors_exit_2(command)
 
 
-for _axis in ("depth", "rule", "feedback", "seed", "lr", "batch-size", "width", "init-scale"):
+for _axis in AXIS_COMMANDS:
     app.command(_axis)(_make_axis_command(_axis))
 # `bioprop sweep --grid depth=1,2 --grid rule=bp,fa`: no AXIS, the grid options alone
 app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_callback=True))

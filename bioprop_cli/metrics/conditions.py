@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bioprop_cli.metrics import alignment
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.network import architecture
@@ -219,7 +220,7 @@ def equivalence_status(angles: list, rel_errors: list) -> str:
 
 def feedback_angles(rule, params, state, key) -> dict[int, float]:
     """{layer: angle in degrees between B_l and the matrix exact transport would use there}."""
-    return {int(l): _f(angle_degrees(b, ref)) for l, (b, ref) in rule.feedback(params, state, key).items()}
+    return {l: _f(angle) for l, (angle, _) in alignment.feedback_angles(rule, params, state, key).items()}
 
 
 def gradient_equivalence(measured: dict, exact_output: bool) -> dict:
@@ -292,7 +293,7 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         measured["network"].update(spectral_radius=radius, spectral_radius_error=radius_error)
         drive0 = input_drive(net.running, x, net.arch)
         estimator = "one-sided" if ep.estimator == "random-sign" else ep.estimator  # +beta: one-sided's bias
-        flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+        flat = alignment.flat_weights
         rungs = []
         for b in betas:
             nudged = eqprop.second_phase(config, net, x, y, drive0, s_star, b, key, ep.reference_steps,
@@ -345,8 +346,7 @@ def pc_measurements(config, params, x, y) -> dict:
     def update(steps):
         rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), network)
         est = jax.jit(full_float32(lambda p, x, y: rule.estimate(p, (), x, y, None)))(params, x, y)
-        flat = jnp.concatenate([jnp.ravel(g["w"]) for g in est.grads])
-        return flat, {k: _f(v) for k, v in est.aux.items()}
+        return alignment.flat_weights(est.grads), {k: _f(v) for k, v in est.aux.items()}
 
     at_steps, diag = update(pc.inference_steps)
     at_converged, diag_converged = update(converged)

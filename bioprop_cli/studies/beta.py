@@ -30,6 +30,7 @@ from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.interrupt import interrupted
+from bioprop_cli.metrics.alignment import flat_weights
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
@@ -46,17 +47,10 @@ def default_betas() -> list[float]:
     return sorted(set(round(b, 12) for b in logspaced + [k / 1000 for k in range(1, 10)]))
 
 
-def _flat(params) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(params)])
-
-
-def _weights_and_biases(grads) -> list:
-    return [{"w": g["w"], "b": g["b"]} for g in grads]  # a learned "fb" is not compared here
-
-
 def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str, ...]) -> Callable:
     """(params, rule state, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)},
-    free-phase residual), over the weights and biases.
+    free-phase residual), over the weights (metrics/alignment.flat_weights, as every whole-network
+    comparison).
 
     The estimate is the training rule's (bioprop_cli/ep.py: the free phase from zero, then the
     estimator's nudged phase(s)), on the network the rule runs (its fixed feedback from the rule
@@ -75,11 +69,11 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
         def at(beta, beta_key, estimator):
             nudged = eqprop.second_phase(config, net, x, y, drive0, free.states, beta, beta_key, ep.nudged_steps,
                                          ep.tolerance, estimator)
-            return _flat(_weights_and_biases(nudged.grads))
+            return flat_weights(nudged.grads)
 
         keys = jax.random.split(key, betas.shape[0])
         out = {e: jax.vmap(lambda b, k, e=e: at(b, k, e))(betas, keys) for e in estimators}
-        return _flat(_weights_and_biases(exact)), out, free.residual
+        return flat_weights(exact), out, free.residual
 
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
 

@@ -10,9 +10,8 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    FLAG_KEYS, X64, BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed,
-    Sets, Width, config_file, config_from_flags, console, refuse_given, refuse_other_rule, refuse_unused_model_keys,
-    user_errors_exit_2,
+    FLAG_KEYS, RUN_FLAGS, X64, ConfigFile, Sets, config_file, config_from_flags, console, refuse_given,
+    refuse_other_rule, refuse_unused_model_keys, run_flags, user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.grid import AXES
@@ -145,20 +144,12 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
         seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together, vmapped); default 1."),
         config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
-        rule: Rule = None,
-        depth: Depth = None,
-        width: Width = None,
-        epochs: Epochs = None,
-        lr: LearningRate = None,
-        batch_size: BatchSize = None,
-        seed: Seed = None,
-        experiment: Experiment = None,
-        results_dir: ResultsDir = None,
-        data_dir: DataDir = None,
         set_: Sets = [],
         executor: str = typer.Option("local", help="local (in-process, one group after another) or ray."),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
+        *,
+        flags: dict,
     ) -> None:
         if as_group_callback and ctx.invoked_subcommand is not None:  # `bioprop sweep AXIS ...`: the subcommand's work
             refuse_given(ctx, list(ctx.params), f"give it after the axis (bioprop sweep {ctx.invoked_subcommand} "
@@ -169,12 +160,10 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
             raise typer.Exit(code=2)
         if executor == "local":
             refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
-        flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                     experiment=experiment, results_dir=results_dir, data_dir=data_dir)
         _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task)
 
     command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
-    return user_errors_exit_2(command)
+    return user_errors_exit_2(run_flags(*RUN_FLAGS)(command))
 
 
 for _axis in AXIS_COMMANDS:
@@ -220,6 +209,7 @@ def _check_study_values(cfg, key: str, values: list[float], name: str) -> None:
 
 @app.command("beta")
 @user_errors_exit_2
+@run_flags("depth", "width", "epochs", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def beta(
     ctx: typer.Context,
     values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
@@ -229,16 +219,10 @@ def beta(
     train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,  # round-off sets the variance at tiny beta
     train: bool = typer.Option(False, "--train", help="Instead: train one model per beta (all betas as one vmapped program) and compare accuracy and convergence."),
-    config: ConfigFile = None,  # rule ep is implied
-    depth: Depth = None,
-    width: Width = None,
-    epochs: Epochs = None,  # with --train
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: beta-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
+    config: ConfigFile = None,  # rule ep is implied; run flags: --epochs with --train, --experiment default beta-sweep
     set_: Sets = [],
+    *,
+    flags: dict,
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
     from bioprop_cli.studies.beta import ESTIMATORS, default_betas
@@ -249,10 +233,8 @@ def beta(
                      "a setting of the gradient sweep; --train trains one model per beta with ep.estimator: drop it")
     else:
         refuse_given(ctx, ["epochs"], "the training epochs of --train; the gradient sweep trains --train-epochs: drop it")
-    cfg = config_from_flags(
-        config_file(config), ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
-        seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config_file(config), ["rule=ep"] + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "beta-sweep"})
     betas = _floats(values, "--values") if values else default_betas()
     _at_most(betas, MAX_POINTS, "--values", "betas")
     _check_study_values(cfg, "ep.beta", betas, "--values")
@@ -319,6 +301,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
 
 @app.command("condition")
 @user_errors_exit_2
+@run_flags("depth", "width", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def condition(
     ctx: typer.Context,
     knobs: str = typer.Option("t1,asymmetry,feedback,beta,t2", help="Knobs to vary, one at a time: t1 (1: convergence), asymmetry (2: energy function), feedback (4: consistency), beta (6: small perturbation), t2 (7: architecture)."),
@@ -334,14 +317,9 @@ def condition(
     probe_size: int = typer.Option(256, min=1, help="Probe examples for the angle measurements."),
     x64: X64 = False,  # training stays float32
     config: ConfigFile = None,  # the base instead of the built-in all-conditions-hold setup (rule ep is implied)
-    depth: Depth = None,  # base: 2
-    width: Width = None,  # base: 64
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: condition-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
-    set_: Sets = [],
+    set_: Sets = [],  # run flags: base depth 2, width 64; --experiment default condition-sweep
+    *,
+    flags: dict,
 ) -> None:
     """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
     from bioprop_cli.studies.condition import BASE, KNOBS, parse_knob_values, parse_knobs
@@ -357,10 +335,8 @@ def condition(
     config = config_file(config)
     base_sets = [] if config is not None else [f"{k}={v}" for k, v in BASE]
     limit = [f"data.train_limit={train_limit}"] if train_limit is not None else []
-    cfg = config_from_flags(
-        config, ["rule=ep"] + base_sets + limit + list(set_), depth=depth, width=width, batch_size=batch_size,
-        seed=seed, experiment=experiment or "condition-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config, ["rule=ep"] + base_sets + limit + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "condition-sweep"})
     values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
     for name in ("t1", "t2"):
         if given[name] and max(values[name]) > MAX_STEPS:
@@ -430,6 +406,7 @@ def _step_counts(text: str, name: str) -> list[int]:
 
 @app.command("pc")
 @user_errors_exit_2
+@run_flags("depth", "width", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def pc(
     gammas: Optional[str] = typer.Option(None, help="Comma-separated output precisions gamma (default: 1e-3 .. 1, two per decade)."),
     steps: Optional[str] = typer.Option(None, help="Comma-separated inference step counts (default: 1 .. 1000); the largest is the gamma grid's."),
@@ -437,15 +414,10 @@ def pc(
     seeds: int = typer.Option(2, min=1, max=MAX_SEEDS, help="Number of seeds (networks and batch draws)."),
     train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,
-    config: ConfigFile = None,  # rule pc is implied
-    depth: Depth = None,
-    width: Width = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: pc-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
+    config: ConfigFile = None,  # rule pc is implied; --experiment default pc-sweep
     set_: Sets = [],
+    *,
+    flags: dict,
 ) -> None:
     """Angle and relative error of predictive coding's update against the exact gradient, over gamma and inference steps."""
     from bioprop_cli.config import check_against_data
@@ -454,10 +426,8 @@ def pc(
     from bioprop_cli.studies import pc as study
 
     refuse_other_rule(set_, "pc", "sweep pc")
-    cfg = config_from_flags(
-        config_file(config), ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
-        experiment=experiment or "pc-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config_file(config), ["rule=pc"] + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "pc-sweep"})
     gamma_values = _at_most(_floats(gammas, "--gammas"), MAX_POINTS, "--gammas", "gammas") if gammas else study.default_gammas()
     step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
     _check_study_values(cfg, "pc.output_precision", gamma_values, "--gammas")

@@ -3,7 +3,7 @@
 
 The network is drawn in float32 from the seed (network.init_state: the one a run with that config
 and seed trains) or trained from it (studies/seeds.py); `--x64` casts that float32 network to
-float64, the same weights in higher precision, and measures with JAX's 64-bit mode on (`precision`).
+float64, the same weights in higher precision, and measures with JAX's 64-bit mode on (`measuring`).
 The probe batch is the one training draws from the seed (splits.seed_probe), its labels one-hot in
 the measuring dtype (`batch`); the measurement's key is the seed's probe key folded with 7.
 """
@@ -24,7 +24,7 @@ from bioprop_cli.splits import derive_keys, seed_probe
 
 
 @contextlib.contextmanager
-def precision(x64: bool) -> Iterator[Any]:
+def measuring(x64: bool) -> Iterator[Any]:
     """The measuring dtype: float64 with JAX's 64-bit mode on inside the block (`x64`), else float32."""
     if not x64:
         yield jnp.float32
@@ -57,7 +57,7 @@ def seed_network_probe(config, splits, seed: int, probe_size: int, x64: bool, pa
     """The config's network initialised from `seed` (or `params`, e.g. a run's trained ones, checked
     against the initial ones by `check`, with the rule state as training started it: ep's random
     feedback takes the INITIAL params' norm) and its probe of `probe_size` training examples, both
-    drawn in float32, then cast to the measuring dtype; measure inside the block (`precision(x64)`)."""
+    drawn in float32, then cast to the measuring dtype; measure inside the block (`measuring(x64)`)."""
     n_train, n_in = splits.x_train.shape
     rule, initial, state = init_state(config, architecture(config, n_in), seed, n_train)
     if params is None:
@@ -65,7 +65,7 @@ def seed_network_probe(config, splits, seed: int, probe_size: int, x64: bool, pa
     else:
         check(params, initial)
     px, py, idx = seed_probe(splits, seed, probe_size)
-    with precision(x64) as dtype:
+    with measuring(x64) as dtype:
         x, y = batch(px, py, dtype)
         yield Probe(rule, cast_floats(params, dtype), cast_floats(state, dtype), x, y, idx,
                     jax.random.fold_in(derive_keys(seed).probe, 7))

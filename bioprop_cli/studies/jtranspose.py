@@ -17,7 +17,7 @@ import numpy as np
 
 from bioprop_cli.config import Config, to_dict
 from bioprop_cli.errors import UserError
-from bioprop_cli.experiment.probe import batch, precision
+from bioprop_cli.experiment.probe import batch, measuring
 from bioprop_cli.metrics.jtranspose import run_jtranspose
 from bioprop_cli.ep import dynamics_architecture, neuron_model
 from bioprop_cli.network import architecture, init_state
@@ -66,7 +66,7 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
     m = config.model
     network = architecture(config, dataset.x_train.shape[1])
     _, initial, _ = init_state(config, network, config.seed)  # drawn in float32: --x64 casts the same network
-    with precision(x64) as dtype:
+    with measuring(x64) as dtype:
         params = cast_floats(initial, dtype)
         if stored is not None:
             params, source = _with_stored(params, stored, run_folder, dtype), f"trained parameters of {run_folder}"

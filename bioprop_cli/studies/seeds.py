@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Callable
 
 from bioprop_cli.config import Config
-from bioprop_cli.experiment.probe import precision
+from bioprop_cli.experiment.probe import measuring
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.splits import derive_keys, make_splits
 from bioprop_cli.train import build_program
@@ -37,6 +37,6 @@ def measure_seeds(config: Config, dataset, seeds: list[int], train_epochs: int, 
         progress(f"seed {seed}: network")
         params, rule_state = fixed_network(config, splits, seed, train_epochs)
         progress(f"seed {seed}: measuring")
-        with precision(x64) as dtype:
+        with measuring(x64) as dtype:
             measured.append(measure(splits, seed, params, rule_state, dtype))
     return measured

@@ -74,9 +74,9 @@ def jtranspose(
         config = run_config_file(run)
     refuse_other_rule(set_, "ep", "jtranspose")
     cfg = config_from_flags(config, ["rule=ep"] + list(set_), activation=activation, **flags)
-    from dataclasses import replace
+    from bioprop_cli.config import derive
 
-    cfg = replace(cfg, ep=replace(cfg.ep, reference_steps=max_steps))  # the budget of this command's settling
+    cfg = derive(cfg, {"ep.reference_steps": max_steps})  # the budget of this command's settling
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
     require_mse_cost(cfg, "bioprop jtranspose")

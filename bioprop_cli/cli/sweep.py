@@ -198,11 +198,11 @@ def _floats(text: str, name: str) -> list[float]:
 def _check_study_values(cfg, key: str, values: list[float], name: str) -> None:
     """Each value at `key` makes a valid config (the config's own range checks, e.g. ep.beta <= 1 for the
     coupled estimator); the extremes are checked, the checks being ranges."""
-    from bioprop_cli.config import validate, with_values
+    from bioprop_cli.config import derive
 
     for value in (min(values), max(values)):
         try:
-            validate(with_values(cfg, {key: value}))
+            derive(cfg, {key: value})
         except UserError as e:
             raise UserError(f"{name} {value:g}: {e}") from None
 

@@ -16,7 +16,6 @@ under the nudge) add an O(beta) error to every estimator.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import Config, to_dict
+from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
@@ -215,7 +214,7 @@ def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) ->
     """`--train`: one run per beta, all betas trained together (one vmapped program) through the
     runner (experiment/runner.py: a rerun trains only the runs that did not finish), into
     folder/runs/; per beta its status, accuracies and curves."""
-    specs = [RunSpec(f"beta-{beta:g}-s{config.seed}", replace(config, ep=replace(config.ep, beta=beta)), {"ep.beta": beta})
+    specs = [RunSpec(f"beta-{beta:g}-s{config.seed}", derive(config, {"ep.beta": beta}), {"ep.beta": beta})
              for beta in betas]
     with open_experiment(folder, {"betas": betas}, to_dict(config), what="beta sweep") as experiment:
         entries = experiment.train(specs, lambda cfg: dataset, interrupted=interrupted)

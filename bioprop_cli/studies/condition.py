@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +40,7 @@ import jax
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import Config, _build, _set_path, to_dict, validate
+from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.runner import Experiment, RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
@@ -163,14 +162,6 @@ def parse_knob_values(name: str, text: str) -> list:
     return list(dict.fromkeys(values))
 
 
-def with_overrides(config: Config, overrides: dict) -> Config:
-    """`config` with dotted keys replaced, validated (a UserError names a bad or unknown key)."""
-    tree = to_dict(config)
-    for key, value in overrides.items():
-        _set_path(tree, key, value)
-    return validate(_build(Config, tree))
-
-
 def _value_label(v) -> str:
     return v if isinstance(v, str) else f"{v:g}"
 
@@ -212,7 +203,7 @@ class PointMeasurer:
         estimate = None
         for seed in self.seeds:
             check_interrupt()
-            cfg = replace(config, seed=seed)
+            cfg = derive(config, {"seed": seed})
             with seed_network_probe(cfg, self.splits, seed, self.probe_size, self.x64) as probe:
                 params, state, x, y, key, idx = probe.params, probe.state, probe.x, probe.y, probe.key, probe.idx
                 ref_key = _reference_key(cfg, seed)
@@ -260,8 +251,7 @@ def train_points(points: list[tuple[Any, Config]], seeds: list[int], epochs: int
     values, config.BATCHABLE_KEYS, e.g. ep.beta, train together as one vmapped program). Returns,
     per point, the mean test accuracy (a diverged run counts as chance) and the run folders."""
     specs = [RunSpec(f"{knob}-{_value_label(value) if value is not None else 'base'}-s{s}",
-                     replace(cfg, seed=s, train=replace(cfg.train, epochs=epochs),
-                             alignment=replace(cfg.alignment, enabled=False)),
+                     derive(cfg, {"seed": s, "train.epochs": epochs, "alignment.enabled": False}),
                      {"knob": knob, "value": value})
              for value, cfg in points for s in seeds]
     entries = experiment.train(specs, dataset_loader, interrupted=interrupted)
@@ -291,7 +281,7 @@ def plan_points(base: Config, knobs: dict[str, list]) -> dict[str, list]:
         points = []
         for v in values:
             try:
-                points.append((v, with_overrides(base, knob.overrides(v))))
+                points.append((v, derive(base, knob.overrides(v))))
             except UserError as e:
                 raise UserError(f"knob {name} = {_value_label(v)}: {e}") from None
         plan[name] = points

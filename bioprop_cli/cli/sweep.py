@@ -14,7 +14,7 @@ from bioprop_cli.cli.common import (
     refuse_other_rule, refuse_unused_model_keys, run_flags, user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
-from bioprop_cli.experiment.grid import AXES
+from bioprop_cli.experiment.grid import AXIS_COMMANDS
 
 # Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
 # where Ctrl-C waits for it to return; these keep every such call, and every study, finite.
@@ -24,7 +24,6 @@ MAX_EPOCHS = 1_000
 MAX_POINTS = 100  # values of one swept parameter
 MAX_STEPS = 10_000  # inference or settling steps of one phase
 
-AXIS_COMMANDS = (*AXES, "seed")  # `bioprop sweep AXIS`: the axes of experiment/grid.py, and the seeds
 
 app = typer.Typer(
     help=f"Sweeps: `bioprop sweep AXIS` ({', '.join(AXIS_COMMANDS)}), `bioprop sweep --grid KEY=V1,V2 ...`, "
@@ -60,52 +59,21 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
 
 def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     """(base config, grid, where, seeds) from the axis, --grid, --seeds, the config's `sweep:` section
-    and the run flags; conflicting sources are a UserError. `where` is checked against the final
-    grid by run_sweep."""
-    from bioprop_cli.config import keys_overlap, parse_override, read_yaml
-    from bioprop_cli.experiment.grid import add_axis, check_where, parse_grid_option, parse_values, points, read_sweep_section
+    and the run flags (experiment/grid.py: plan_grid, refuse_fixed_axes, plan_seeds)."""
+    from bioprop_cli.config import parse_override, read_yaml
+    from bioprop_cli.experiment.grid import check_where, plan_grid, plan_seeds, points, read_sweep_section, refuse_fixed_axes
 
-    section = read_yaml(config).get("sweep") if config is not None else None
-    file_grid, where, file_seeds = read_sweep_section(section)
-    grid: dict[str, list] = {}  # the command line's axes; they replace the file's axis of the same key
-    if axis is not None and axis != "seed":
-        key, default = AXES[axis]
-        add_axis(grid, key, parse_values(values) if values else default, f"sweep {axis}")
-    for text in grid_options:
-        key, vals = parse_grid_option(text)
-        add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
-    grid = {**file_grid, **grid}
-    if not grid and axis is None:
-        raise UserError(f"nothing to sweep: name an AXIS ({', '.join(AXIS_COMMANDS)}) or give --grid KEY=V1,V2")
+    file_grid, where, file_seeds = read_sweep_section(read_yaml(config).get("sweep") if config is not None else None)
+    grid = plan_grid(axis, values, grid_options, file_grid)
     for i in check_where(grid, where, points(grid)):
         console.print(f"sweep.where[{i}] ({where[i]['when']}) matches no point of this grid: not applied", soft_wrap=True)
     fixed = {FLAG_KEYS[name]: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None}
     fixed.update({parse_override(text)[0]: f"--set {text}" for text in sets})
-    for key in grid:
-        for other, source in fixed.items():
-            if keys_overlap(key, other):
-                raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
-    for i, entry in enumerate(where):
-        for key in entry["set"]:
-            for other, source in fixed.items():
-                if keys_overlap(key, other):
-                    raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
-                                    "set it in the config file instead, or drop one of the two")
+    refuse_fixed_axes(grid, where, fixed)
     base = config_from_flags(config, sets, **flags)
     refuse_unused_model_keys(base, [(key, f"sweep axis {key}") for key in grid]
                              + [(key, f"sweep.where[{i}]") for i, entry in enumerate(where) for key in entry["set"]])
-    n_seeds = seeds if seeds is not None else (file_seeds or 1)
-    if axis == "seed" and values and seeds is not None:
-        raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
-    if axis == "seed":
-        seed_values = parse_values(values) if values else list(range(n_seeds))
-    else:
-        seed_values = [base.seed + k for k in range(n_seeds)]
-    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seed_values):
-        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
-    if len(set(seed_values)) < len(seed_values):
-        raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
-    return base, grid, where, seed_values
+    return base, grid, where, plan_seeds(axis, values, seeds, file_seeds, base.seed)
 
 
 def _executor(name: str, address: Optional[str], gpus_per_task: float):

@@ -38,6 +38,7 @@ AXES: dict[str, tuple[str, list]] = {
     "width": ("model.width", [64, 128, 256, 512]),
     "init-scale": ("model.init.scale", [0.25, 0.5, 1.0, 2.0]),
 }
+AXIS_COMMANDS = (*AXES, "seed")  # `bioprop sweep AXIS`: the axes, and the seeds
 # Where a sweep writes and reads is not what it trains: these keys are no axes (their values would
 # become folder names).
 NOT_AXES = ("results_dir", "experiment", "data.data_dir")
@@ -74,6 +75,54 @@ def parse_values(text: str, name: str = "--values") -> list:
     if not values:
         raise UserError(f"{name}: expected comma-separated values, got {text!r}")
     return values
+
+
+def plan_grid(axis: str | None, values: str | None, grid_options: list[str], file_grid: dict[str, list]) -> dict[str, list]:
+    """The grid of `bioprop sweep [AXIS] [--values V1,V2] [--grid KEY=V1,V2 ...]`: the command line's axes
+    replace the config file's (`file_grid`) axis of the same key; nothing to sweep is a UserError."""
+    grid: dict[str, list] = {}
+    if axis is not None and axis != "seed":
+        key, default = AXES[axis]
+        add_axis(grid, key, parse_values(values) if values else default, f"sweep {axis}")
+    for text in grid_options:
+        key, vals = parse_grid_option(text)
+        add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
+    grid = {**file_grid, **grid}
+    if not grid and axis is None:
+        raise UserError(f"nothing to sweep: name an AXIS ({', '.join(AXIS_COMMANDS)}) or give --grid KEY=V1,V2")
+    return grid
+
+
+def refuse_fixed_axes(grid: dict[str, list], where: list[dict], fixed: dict[str, str]) -> None:
+    """A key fixed for the whole sweep (`fixed`: config key -> the flag or --set that fixed it) that is
+    also a grid axis, or set per point by `where`, is a UserError naming both."""
+    for key in grid:
+        for other, source in fixed.items():
+            if keys_overlap(key, other):
+                raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
+    for i, entry in enumerate(where):
+        for key in entry["set"]:
+            for other, source in fixed.items():
+                if keys_overlap(key, other):
+                    raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
+                                    "set it in the config file instead, or drop one of the two")
+
+
+def plan_seeds(axis: str | None, values: str | None, seeds: int | None, file_seeds: int | None, base_seed: int) -> list[int]:
+    """The seeds of every point: `sweep seed --values S1,S2` names them, else --seeds (or the file's
+    sweep.seeds, else 1) seeds from the base config's seed (`sweep seed`: from 0)."""
+    if axis == "seed" and values and seeds is not None:
+        raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
+    n_seeds = seeds if seeds is not None else (file_seeds or 1)
+    if axis == "seed":
+        seed_values = parse_values(values) if values else list(range(n_seeds))
+    else:
+        seed_values = [base_seed + k for k in range(n_seeds)]
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seed_values):
+        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
+    if len(set(seed_values)) < len(seed_values):
+        raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
+    return seed_values
 
 
 def parse_grid_option(text: str) -> tuple[str, list]:

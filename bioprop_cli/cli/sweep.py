@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from bioprop_cli.cli.common import (
     FLAG_KEYS, RUN_FLAGS, X64, ConfigFile, Sets, config_file, config_from_flags, console, refuse_given,
@@ -15,6 +14,7 @@ from bioprop_cli.cli.common import (
 )
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.grid import AXIS_COMMANDS
+from bioprop_cli.report.study_tables import beta_table, beta_training_table, condition_tables, pc_table, sweep_table
 
 # Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
 # where Ctrl-C waits for it to return; these keep every such call, and every study, finite.
@@ -44,13 +44,7 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         if interrupted():
             raise typer.Exit(code=130)
         folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted)
-        table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
-        for name in ("run", "status", "test acc."):
-            table.add_column(name)
-        for name, entry in manifest["runs"].items():
-            acc = entry.get("test_accuracy")
-            table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
-        console.print(table)
+        console.print(sweep_table(folder, manifest))
         console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
         if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
             console.print("interrupted: run the same command again to train what is left")
@@ -235,13 +229,7 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
                            progress=lambda m: status.update(f"measuring: {m}"))
     study.write(result, folder)
     summary = result["summary"]
-    table = Table(title=result["title"])
-    for name in ("estimator", "beta", "bias", "std", "angle (°)"):
-        table.add_column(name, justify="left" if name == "estimator" else "right")
-    for r in result["rows"]:
-        angle = "-" if r["angle_mean"] is None else f"{r['angle_mean']:.2f}"
-        table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", angle)
-    console.print(table)
+    console.print(beta_table(result))
     console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
     console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {summary['max_free_residual']:.2e}")
     console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
@@ -255,13 +243,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
     result = study.train_per_beta(cfg, dataset, betas, folder)
     study.write_training(result, folder)
     rows = result["rows"]
-    table = Table(title=f"EP trained per beta ({cfg.ep.estimator}, {cfg.train.epochs} epochs)")
-    for name in ("beta", "status", "test acc.", "best val acc.", "final train loss"):
-        table.add_column(name, justify="right")
-    for r in rows:
-        table.add_row(f"{r['beta']:g}", r["status"], f"{r['test_accuracy'] or float('nan'):.4f}",
-                      f"{r['best_val_accuracy'] or float('nan'):.4f}", f"{r['train_loss'][-1]:.4f}" if r["train_loss"] else "-")
-    console.print(table)
+    console.print(beta_training_table(result, cfg.ep.estimator, cfg.train.epochs))
     console.print(f"written: {folder}")
     if any(r["status"] == "interrupted" for r in rows):
         raise typer.Exit(code=130)
@@ -335,28 +317,8 @@ def condition(
     study.write(result, folder)
     rows, summary = result["rows"], result["summary"]
 
-    table = Table(title=f"EP update vs implicit gradient, one condition broken at a time ({summary['precision']}, probe {summary['probe_size']})")
-    n_layers = len(rows[0]["angle_per_layer"])
-    for name in ("knob", "cond.", "value", *(f"angle L{l} (°)" for l in range(n_layers)), "angle all (°)", "rel. err. all",
-                 "free resid.", "test acc."):
-        table.add_column(name, justify="left" if name in ("knob", "value") else "right")
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)
-    for r in rows:
-        table.add_row(r["knob"], "-" if r["condition"] is None else str(r["condition"]),
-                      "base" if r["value"] is None else (r["value"] if isinstance(r["value"], str) else f"{r['value']:g}"),
-                      *(fmt(a, ".2f") for a in r["angle_per_layer"]), fmt(r["update_angle"], ".2f"),
-                      fmt(r["update_rel_error"], ".2e"), fmt(r["free_residual"], ".1e"),
-                      fmt(None if r["test_accuracy"] is None else 100 * r["test_accuracy"], ".2f"))
-    console.print(table)
-    cost = Table(title="cost of breaking each condition (max over the knob's values, relative to the baseline)")
-    for name in ("knob", "condition", "angle cost (°)", "at", "accuracy cost (points)", "at"):
-        cost.add_column(name, justify="left" if name in ("knob", "condition") else "right")
-    for name, c in summary["costs"].items():
-        cost.add_row(name, f"({c['condition']}) {c['condition_name']}", fmt(c.get("angle_cost_deg"), "+.2f"),
-                     "-" if c.get("angle_worst_value") is None else str(c["angle_worst_value"]),
-                     fmt(c.get("accuracy_cost_pp"), "+.2f"),
-                     "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
-    console.print(cost)
+    for table in condition_tables(rows, summary):
+        console.print(table)
     if summary["sentence"]:
         console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
     console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)
@@ -410,15 +372,6 @@ def pc(
         result = study.run(cfg, dataset, gamma_values, step_values, seed_list, batches, x64, train_epochs,
                            progress=lambda m: status.update(f"measuring: {m}"))
     study.write(result, folder)
-    table = Table(title=result["title"])
-    n_layers = len(result["rows"][0]["update_angle_per_layer_mean"])
-    for name in ("gamma", "steps", "rel.err.", "±seeds", "angle°", *(f"L{l}°" for l in range(n_layers))):
-        table.add_column(name, justify="right")
-    angle = lambda a: "-" if a is None else f"{a:.2f}"  # a zero update has no angle
-    for r in result["rows"]:
-        table.add_row(f"{r['gamma']:.3g}", str(r["inference_steps"]), f"{r['update_rel_error_mean']:.2e}",
-                      f"{r['update_rel_error_std']:.0e}", angle(r["update_angle_mean"]),
-                      *(angle(a) for a in r["update_angle_per_layer_mean"]))
-    console.print(table)
+    console.print(pc_table(result))
     console.print(f"log-log slope against gamma: {result['summary']['slope_summary']}", highlight=False)
     console.print(f"written: {folder}/pc_sweep.jsonl, pc_sweep.png, summary.json", highlight=False)

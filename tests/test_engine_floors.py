@@ -53,3 +53,16 @@ def test_a_floor_imports_nothing_above_it(floor, above):
     offenders = [str(p.relative_to(PACKAGE)) for p in (PACKAGE / floor).glob("*.py")
                  if any(name == above or name.startswith(above + ".") for name in imports_of(p))]
     assert offenders == []
+
+
+def test_ep_settling_flops_count_a_conv_layer_by_its_convolution():
+    """One home for a layer's FLOPs (rules/flops.layer_pass): ep's settling count on LeNet takes the
+    first layer's convolution (2 x 28 x 28 x 25 x 1 x 6), not a dense 784 x 4704 product."""
+    from bioprop_cli.models import arch as archs
+    from bioprop_cli.rules import flops
+
+    lenet = archs.lenet((28, 28, 1), 10)
+    passes = [2 * 28 * 28 * 25 * 1 * 6, 2 * 10 * 10 * 25 * 6 * 16, 2 * 400 * 120, 2 * 120 * 84, 2 * 84 * 10]
+    ep = load_config(overrides=[("rule", "ep"), ("ep.free_steps", 7), ("ep.nudged_steps", 3), ("ep.estimator", "symmetric")])
+    inner = sum(passes[1:])
+    assert flops.settling(lenet, ep) == passes[0] + 13 * 2 * inner + passes[0] + 2 * inner

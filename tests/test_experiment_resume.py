@@ -143,9 +143,11 @@ def test_sweep_beta_train_killed_resumes_and_a_finished_one_trains_nothing(tmp_p
     folder = only("beta-sweep/beta-train-*", tmp_path / "killed")
     result = invoke(args, tmp_path / "killed")
     assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
     assert groups == [["beta-0.1-s0-1", "beta-0.5-s0-1"]]
     reference = invoke(args, tmp_path / "reference")
     assert reference.exit_code == 0, reference.output
+    assert "resuming" not in reference.output
     reference_folder = only("beta-sweep/beta-train-*", tmp_path / "reference")
     assert folder.name == reference_folder.name  # the folder is named by what it trains
 
@@ -172,6 +174,7 @@ def test_sweep_condition_killed_resumes_without_retraining(tmp_path, fake_data, 
     finished = stamps(folder / "runs" / "baseline-base-s0")
     result = invoke(args, tmp_path / "killed")
     assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
     assert groups == [["beta-0.01-s0-1", "beta-0.1-s0-1"]]
     assert stamps(folder / "runs" / "baseline-base-s0") == finished
     reference = invoke(args, tmp_path / "reference")

@@ -14,6 +14,7 @@ from bioprop_cli.cli.common import (
 )
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.grid import AXIS_COMMANDS
+from bioprop_cli.experiment.runner import resuming
 from bioprop_cli.report.study_tables import beta_table, beta_training_table, condition_tables, pc_table, sweep_table
 
 # Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
@@ -239,7 +240,8 @@ def _train_per_beta(cfg, dataset, betas) -> None:
     from bioprop_cli.studies import beta as study
 
     folder = study.train_folder(cfg, betas)
-    console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}")
+    console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}"
+                  + (" (resuming: finished runs are kept)" if resuming(folder) else ""), highlight=False)
     result = study.train_per_beta(cfg, dataset, betas, folder)
     study.write_training(result, folder)
     rows = result["rows"]
@@ -308,8 +310,8 @@ def condition(
     folder = study.folder_for(cfg, values, seed_list, min(probe_size, n_train), x64, train_epochs if train else None)
     n_points = 1 + sum(len(v) for v in values.values())
     console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
-                  f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",
-                  highlight=False)
+                  f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}"
+                  + (" (resuming: finished runs and measured knobs are kept)" if resuming(folder) else ""), highlight=False)
     with console.status("sweeping...") as status:
         result = study.run(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
                            train_epochs if train else None, folder,

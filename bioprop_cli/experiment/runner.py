@@ -64,6 +64,11 @@ class RunSpec:
     values: dict = field(default_factory=dict)
 
 
+def resuming(folder: Path) -> bool:
+    """Whether `folder` holds an experiment begun before (its manifest): the same command resumes it."""
+    return (Path(folder) / "manifest.json").is_file()
+
+
 def load_manifest(folder: Path) -> dict | None:
     """The folder's manifest, None if there is none yet; an unreadable one is a UserError."""
     path = folder / "manifest.json"

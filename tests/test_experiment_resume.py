@@ -98,6 +98,7 @@ def test_sweep_killed_resumes_without_retraining(tmp_path, fake_data, groups):
     finished = stamps(folder / "runs" / "depth-1-s0")
     result = invoke(args, tmp_path / "killed")
     assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
     assert groups == [["depth-2-s0-1"]]  # the killed run anew; depth 1 not trained again
     assert stamps(folder / "runs" / "depth-1-s0") == finished
     reference = invoke(args, tmp_path / "reference")

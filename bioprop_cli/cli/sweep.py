@@ -44,6 +44,11 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         runner = _executor(executor, address, gpus_per_task)
         if interrupted():
             raise typer.Exit(code=130)
+        from bioprop_cli.experiment.grid import sweep_name
+
+        begun = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seed_values, where)
+        if resuming(begun):
+            console.print(f"resuming {begun}: finished runs are kept", soft_wrap=True, highlight=False)
         folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted)
         console.print(sweep_table(folder, manifest))
         console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)

@@ -255,9 +255,19 @@ BATCHABLE_KEYS = (
 )
 
 
+def derive(config: Config, values: dict[str, Any]) -> Config:
+    """`config` with the values at dotted keys replaced, typed and validated as a loaded config is (a
+    bad value or key is a UserError naming it): the one way to derive a config from another. The
+    rule presets are not applied again (the config is resolved already)."""
+    tree = to_dict(config)
+    for key, value in values.items():
+        _set_path(tree, key, value)
+    return validate(_build(Config, tree))
+
+
 def with_values(config: Config, values: dict[str, Any]) -> Config:
     """`config` with the values at dotted keys replaced, NOT validated: the values may be traced
-    arrays (for validated changes use load_config with overrides)."""
+    arrays, inside training's compiled program (every other change: derive)."""
     for key, value in values.items():
         config = _replace_path(config, key.split("."), value)
     return config

@@ -225,6 +225,11 @@ def append_jsonl(path: Path, records: Iterable[dict]) -> None:
         os.close(fd)
 
 
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    """The whole file at once, atomically: one JSON object a line (NaN and infinities as null)."""
+    write_atomic(path, "".join(json.dumps(_clean(r), allow_nan=False) + "\n" for r in records))
+
+
 def read_jsonl(path: Path) -> list[dict]:
     text = Path(path).read_text()
     lines = text.split("\n")

@@ -28,7 +28,7 @@ def test_ep_yaml_spells_out_the_ep_defaults():
 def test_ready_experiments_are_valid_sweeps(path):
     """Every point of every ready experiment, with its `where` overrides, builds a valid config."""
     from bioprop_cli.config import read_yaml
-    from bioprop_cli.sweep.grid import check_points, check_where, points, read_sweep_section
+    from bioprop_cli.experiment.grid import check_points, check_where, points, read_sweep_section
 
     section = read_yaml(path)["sweep"]
     grid, where, _ = read_sweep_section(section)

@@ -21,7 +21,7 @@ import bioprop_cli.runs as runs
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config, to_dict
 from bioprop_cli.errors import DiskFull, UserError
-from bioprop_cli.sweep.grid import run_sweep, sweep_name
+from bioprop_cli.experiment.grid import run_sweep, sweep_name
 from conftest import make_fake_dataset
 from test_cli import assert_user_error
 
@@ -202,7 +202,7 @@ KILLED_SWEEP = textwrap.dedent("""
     from conftest import make_fake_dataset
     import bioprop_cli.runs as runs
     from bioprop_cli.config import load_config
-    from bioprop_cli.sweep.grid import run_sweep
+    from bioprop_cli.experiment.grid import run_sweep
 
     append = runs.append_jsonl
 

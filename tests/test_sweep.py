@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.runs import read_jsonl
-from bioprop_cli.sweep.grid import parse_grid_option, parse_values, points
+from bioprop_cli.experiment.grid import parse_grid_option, parse_values, points
 
 SMALL = ["--set", "data.train_limit=1500", "--set", "data.validation_size=300", "--set", "data.test_limit=300",
          "--epochs", "1", "--width", "16", "--set", "alignment.probe_size=32"]
@@ -116,7 +116,7 @@ def test_parsing_and_points():
 
 
 def test_architectures_and_their_keys_are_grid_axes():
-    from bioprop_cli.sweep.grid import check_points, point_config, read_sweep_section
+    from bioprop_cli.experiment.grid import check_points, point_config, read_sweep_section
 
     assert parse_grid_option("arch=mlp,lenet") == ("model.arch", ["mlp", "lenet"])
     grid, _, _ = read_sweep_section({"grid": {"arch": ["lenet", "cnn"], "model.cnn.channels": [[4, 8], [8, 16]]}})
@@ -131,7 +131,7 @@ def test_architectures_and_their_keys_are_grid_axes():
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (pip install 'bioprop[ray]')")
 def test_ray_executor_writes_what_the_local_executor_writes(tmp_path, mnist_dir):
     """... on a local Ray instance that listens on the loopback interface only."""
-    from bioprop_cli.sweep.ray_executor import RayExecutor
+    from bioprop_cli.experiment.ray_executor import RayExecutor
 
     args = ["--grid", "depth=1", "--seeds", "2", "--data-dir", mnist_dir, *SMALL]
     local = CliRunner().invoke(app, ["sweep", *args, "--results-dir", str(tmp_path / "local")])
@@ -171,7 +171,7 @@ def test_ray_executor_without_ray_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_runs_of_one_shape_are_grouped_across_points():
-    from bioprop_cli.sweep.grid import group_runs
+    from bioprop_cli.experiment.runner import group_runs
 
     runs = [(f"lr{lr}-d{d}-s{s}", load_config(overrides=[("optimizer.lr", lr), ("model.depth", d), ("seed", s)]), None)
             for d in (1, 2) for lr in (0.01, 0.1) for s in (0, 1)]

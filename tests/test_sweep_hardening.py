@@ -16,7 +16,7 @@ from bioprop_cli.cli.common import config_from_flags
 from bioprop_cli.config import load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import folder_lock
-from bioprop_cli.sweep.grid import Point, run_sweep, sweep_name
+from bioprop_cli.experiment.grid import Point, run_sweep, sweep_name
 
 def stderr_of(result):
     return result.stderr if hasattr(result, "stderr") else result.output
@@ -154,8 +154,8 @@ def test_the_lock_names_its_holder_and_a_killed_holder_blocks_nothing(tmp_path):
 
 
 def test_runs_of_a_cancelled_ray_task_are_queued_or_interrupted_as_their_folders_say(tmp_path):
-    from bioprop_cli.sweep.grid import Group
-    from bioprop_cli.sweep.ray_executor import stopped_runs
+    from bioprop_cli.experiment.runner import Group
+    from bioprop_cli.experiment.ray_executor import stopped_runs
 
     dirs = [tmp_path / name for name in ("never", "running", "interrupted", "completed")]
     for d in dirs:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config, to_dict
 from bioprop_cli.runs import read_jsonl
-from bioprop_cli.sweep.grid import read_sweep_section, run_sweep, sweep_name
+from bioprop_cli.experiment.grid import read_sweep_section, run_sweep, sweep_name
 
 FAST = {"model.width": 8, "model.depth": 1, "data.validation_size": 100, "train.batch_size": 50, "train.epochs": 1,
         "alignment.enabled": False}

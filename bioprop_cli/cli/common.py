@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -89,7 +90,37 @@ FLAG_KEYS = {
     "results_dir": "results_dir",
     "data_dir": "data.data_dir",
     "experiment": "experiment",
+    "activation": "model.activation",  # jtranspose's
 }
+
+
+RUN_FLAGS: dict[str, Any] = {
+    "rule": Rule, "depth": Depth, "width": Width, "epochs": Epochs, "lr": LearningRate, "batch_size": BatchSize,
+    "seed": Seed, "experiment": Experiment, "results_dir": ResultsDir, "data_dir": DataDir,
+}
+
+
+def run_flags(*names: str) -> Callable:
+    """A command's run flags (RUN_FLAGS, declared once), added to its options after `config`: the
+    command takes them as one keyword argument, `flags` ({name: value, None where not given})."""
+    unknown = [n for n in names if n not in RUN_FLAGS]
+    if unknown:
+        raise ValueError(f"no run flag {unknown[0]!r}; known: {', '.join(RUN_FLAGS)}")
+
+    def decorate(command: Callable) -> Callable:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "flags"]
+        added = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=RUN_FLAGS[n])
+                 for n in names]
+        at = next((i + 1 for i, p in enumerate(own) if p.name == "config"), len(own))
+
+        @functools.wraps(command)
+        def with_flags(*args, **kwargs):
+            return command(*args, flags={n: kwargs.pop(n, None) for n in names}, **kwargs)
+
+        with_flags.__signature__ = inspect.Signature(own[:at] + added + own[at:])
+        return with_flags
+
+    return decorate
 
 
 def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any) -> Config:

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, Rule, RunFolder, Seed, Sets, Width, config_file, config_from_flags, console,
-    run_config_file, stored_params, user_errors_exit_2,
+    X64, ConfigFile, RunFolder, Sets, config_file, config_from_flags, console, run_config_file, run_flags, stored_params,
+    user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 
@@ -61,18 +61,16 @@ def equivalence_rich_table(result: dict) -> Table:
 
 
 @user_errors_exit_2
+@run_flags("rule", "depth", "width", "seed", "data_dir")
 def conditions(
     run: RunFolder = None,  # conditions.json goes there
     config: ConfigFile = None,
-    rule: Rule = None,
-    depth: Depth = None,
-    width: Width = None,
-    seed: Seed = None,
-    data_dir: DataDir = None,
     set_: Sets = [],
     probe_size: int = typer.Option(256, min=1, help="Training examples in the probe batch."),
     x64: X64 = False,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for conditions.json (default: the --run folder; else nothing is written)."),
+    *,
+    flags: dict,
 ) -> None:
     """Which of the seven conditions that make a local rule's update equal backprop's hold for this rule and setup, measured."""
     from bioprop_cli.config import check_against_data
@@ -88,7 +86,7 @@ def conditions(
         from bioprop_cli.runs import check_folder
 
         check_folder(out, "--out")
-    cfg = config_from_flags(config, set_, rule=rule, depth=depth, width=width, seed=seed, data_dir=data_dir)
+    cfg = config_from_flags(config, set_, **flags)
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
     require_mse_cost(cfg, "bioprop conditions")

@@ -13,9 +13,8 @@ from typing import Optional
 import typer
 
 from bioprop_cli.cli.common import (
-    X64, ConfigFile, DataDir, Depth, RunFolder, Seed, Sets, Width, config_file, console, refuse_other_rule, refuse_unused_model_keys,
-    run_config_file, stored_params,
-    user_errors_exit_2,
+    X64, ConfigFile, RunFolder, Sets, config_file, config_from_flags, console, refuse_other_rule, run_config_file,
+    run_flags, stored_params, user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
 
@@ -32,50 +31,23 @@ def _numbers(text: str, name: str, low: float, high: float, low_open: bool) -> l
     return sorted(set(values))
 
 
-def _positive_int(text: str, flag: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"{flag}: expected a positive integer, got {text!r}")
-    return value
-
-
-def _load_config(run: Optional[Path], config: Optional[Path], sets: list[str], flags: dict):
-    from bioprop_cli.config import load_config, parse_override
-
-    if run is not None:
-        if config is not None:
-            raise UserError("--run and --config: give one (the run's config.yaml is its config)")
-        config = run_config_file(run)
-    refuse_other_rule(sets, "ep", "jtranspose")
-    overrides = [parse_override(s) for s in sets] + [("rule", "ep")]
-    overrides += [(key, value) for key, value in flags.items() if value is not None]
-    cfg = load_config(config, overrides)
-    flag_names = {"model.depth": "--depth", "model.width": "--width"}
-    refuse_unused_model_keys(cfg, [(key, flag_names[key]) for key in flag_names if flags.get(key) is not None]
-                             + [(parse_override(text)[0], f"--set {text}") for text in sets])
-    return cfg
-
-
+@user_errors_exit_2
+@run_flags("depth", "width", "seed", "data_dir")
 def jtranspose(
     run: RunFolder = None,
     config: ConfigFile = None,  # rule ep is implied
-    depth: Depth = None,
-    width: Width = None,
     activation: Optional[str] = typer.Option(None, help="hard_sigmoid (EP default), sigmoid or tanh."),
-    seed: Seed = None,
-    batch: str = typer.Option("100", help="Number of MNIST training images in the input batch."),
+    batch: int = typer.Option(100, min=1, help="Number of MNIST training images in the input batch."),
     betas: Optional[str] = typer.Option(None, help="Comma-separated nudging strengths (default 1e-3 .. 1, log-spaced)."),
     angles: Optional[str] = typer.Option(None, help="Asymmetry angles a in degrees (default 0,15,...,90)."),
     asymmetry_beta: Optional[float] = typer.Option(None, help="The beta of the asymmetry table and panel (default: the smallest)."),
-    max_steps: str = typer.Option("20000", help="Settling budget of every phase; each stops once its step is below "
+    max_steps: int = typer.Option(20000, min=1, help="Settling budget of every phase; each stops once its step is below "
                                   "ep.reference_tolerance (a fresh 784-500-10 network needs ~3000: spectral radius 0.994)."),
     x64: X64 = False,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default RESULTS_DIR/jtranspose/<time>-...; never overwritten)."),
-    data_dir: DataDir = None,
     set_: Sets = [],
+    *,
+    flags: dict,
 ) -> None:
     """The nudged network's state shift (s^beta - s^0)/beta against backprop's error signal J^T e, per layer,
     for symmetric feedback over beta and for feedback B = cos(a) W^T + sin(a) R and sign(W^T)."""
@@ -85,8 +57,6 @@ def jtranspose(
         from bioprop_cli.runs import check_folder
 
         check_folder(out, "--out", file_ok=True)
-    n_batch = _positive_int(batch, "--batch")
-    n_steps = _positive_int(max_steps, "--max-steps")
     beta_list = _numbers(betas, "--betas", 0.0, math.inf, True) if betas else list(DEFAULT_BETAS)
     from bioprop_cli.precision import float32_normal_problem
 
@@ -97,12 +67,16 @@ def jtranspose(
     asym_beta = min(beta_list) if asymmetry_beta is None else asymmetry_beta
     if asym_beta not in beta_list:
         raise UserError(f"--asymmetry-beta: must be one of the betas ({', '.join(f'{b:g}' for b in beta_list)}), got {asym_beta!r}")
-    flags = {"model.depth": depth, "model.width": width, "model.activation": activation, "seed": seed,
-             "data.data_dir": data_dir}
-    cfg = _load_config(run, config_file(config), set_, flags)
-    from dataclasses import replace
+    config = config_file(config)
+    if run is not None:
+        if config is not None:
+            raise UserError("--run and --config: give one (the run's config.yaml is its config)")
+        config = run_config_file(run)
+    refuse_other_rule(set_, "ep", "jtranspose")
+    cfg = config_from_flags(config, ["rule=ep"] + list(set_), activation=activation, **flags)
+    from bioprop_cli.config import derive
 
-    cfg = replace(cfg, ep=replace(cfg.ep, reference_steps=n_steps))  # the budget of this command's settling
+    cfg = derive(cfg, {"ep.reference_steps": max_steps})  # the budget of this command's settling
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
     require_mse_cost(cfg, "bioprop jtranspose")
@@ -114,9 +88,9 @@ def jtranspose(
     from bioprop_cli.datasets import load_dataset
 
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    if n_batch > len(dataset.x_train):
-        raise UserError(f"--batch: at most the {len(dataset.x_train)} training images, got {n_batch}")
-    _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out)
+    if batch > len(dataset.x_train):
+        raise UserError(f"--batch: at most the {len(dataset.x_train)} training images, got {batch}")
+    _measure(cfg, dataset, run, batch, beta_list, angle_list, asym_beta, x64, out)
 
 
 def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out) -> None:
@@ -139,5 +113,3 @@ def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, 
     console.print(result["note"], style=None if result["summary"]["converged"] else "yellow")
     console.print(f"written: {folder}/table.txt, jtranspose.jsonl, jtranspose.png, summary.json")
 
-
-jtranspose = user_errors_exit_2(jtranspose)

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    FLAG_KEYS, X64, BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed,
-    Sets, Width, config_file, config_from_flags, console, refuse_given, refuse_other_rule, refuse_unused_model_keys,
-    user_errors_exit_2,
+    FLAG_KEYS, RUN_FLAGS, X64, ConfigFile, Sets, config_file, config_from_flags, console, refuse_given,
+    refuse_other_rule, refuse_unused_model_keys, run_flags, user_errors_exit_2,
 )
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.grid import AXIS_COMMANDS
+from bioprop_cli.experiment.runner import resuming
+from bioprop_cli.report.study_tables import beta_table, beta_training_table, condition_tables, pc_table, sweep_table
 
 # Upper bounds of the loop lengths the study flags set: a measurement runs inside one compiled call,
 # where Ctrl-C waits for it to return; these keep every such call, and every study, finite.
@@ -24,10 +25,11 @@ MAX_EPOCHS = 1_000
 MAX_POINTS = 100  # values of one swept parameter
 MAX_STEPS = 10_000  # inference or settling steps of one phase
 
+
 app = typer.Typer(
-    help="Sweeps: `bioprop sweep AXIS` (depth, rule, feedback, seed, lr, batch-size, width, init-scale, beta, condition, pc), "
-    "`bioprop sweep --grid KEY=V1,V2 ...`, `bioprop sweep beta` (equilibrium propagation's nudging strength) "
-    "and `bioprop sweep pc` (predictive coding against the exact gradient).",
+    help=f"Sweeps: `bioprop sweep AXIS` ({', '.join(AXIS_COMMANDS)}), `bioprop sweep --grid KEY=V1,V2 ...`, "
+    "`bioprop sweep beta` (equilibrium propagation's nudging strength), `bioprop sweep condition` (one condition "
+    "of gradient equivalence broken at a time) and `bioprop sweep pc` (predictive coding against the exact gradient).",
 )
 
 
@@ -42,14 +44,13 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         runner = _executor(executor, address, gpus_per_task)
         if interrupted():
             raise typer.Exit(code=130)
+        from bioprop_cli.experiment.grid import sweep_name
+
+        begun = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seed_values, where)
+        if resuming(begun):
+            console.print(f"resuming {begun}: finished runs are kept", soft_wrap=True, highlight=False)
         folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted)
-        table = Table(title=f"sweep {folder.name}: {len(manifest['runs'])} runs")
-        for name in ("run", "status", "test acc."):
-            table.add_column(name)
-        for name, entry in manifest["runs"].items():
-            acc = entry.get("test_accuracy")
-            table.add_row(name, entry["status"] + (f" ({entry['error']})" if entry.get("error") else ""), "-" if acc is None else f"{acc:.4f}")
-        console.print(table)
+        console.print(sweep_table(folder, manifest))
         console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
         if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
             console.print("interrupted: run the same command again to train what is left")
@@ -58,52 +59,21 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
 
 def _sweep_plan(axis, values, grid_options, seeds, config, sets, flags):
     """(base config, grid, where, seeds) from the axis, --grid, --seeds, the config's `sweep:` section
-    and the run flags; conflicting sources are a UserError. `where` is checked against the final
-    grid by run_sweep."""
-    from bioprop_cli.config import keys_overlap, parse_override, read_yaml
-    from bioprop_cli.sweep.grid import AXES, add_axis, parse_grid_option, parse_values, read_sweep_section, check_where, points
+    and the run flags (experiment/grid.py: plan_grid, refuse_fixed_axes, plan_seeds)."""
+    from bioprop_cli.config import parse_override, read_yaml
+    from bioprop_cli.experiment.grid import check_where, plan_grid, plan_seeds, points, read_sweep_section, refuse_fixed_axes
 
-    section = read_yaml(config).get("sweep") if config is not None else None
-    file_grid, where, file_seeds = read_sweep_section(section)
-    grid: dict[str, list] = {}  # the command line's axes; they replace the file's axis of the same key
-    if axis is not None and axis != "seed":
-        key, default = AXES[axis]
-        add_axis(grid, key, parse_values(values) if values else default, f"sweep {axis}")
-    for text in grid_options:
-        key, vals = parse_grid_option(text)
-        add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
-    grid = {**file_grid, **grid}
-    if not grid and axis is None:
-        raise UserError("nothing to sweep: name an AXIS (depth, rule, seed, lr, ...) or give --grid KEY=V1,V2")
+    file_grid, where, file_seeds = read_sweep_section(read_yaml(config).get("sweep") if config is not None else None)
+    grid = plan_grid(axis, values, grid_options, file_grid)
     for i in check_where(grid, where, points(grid)):
         console.print(f"sweep.where[{i}] ({where[i]['when']}) matches no point of this grid: not applied", soft_wrap=True)
     fixed = {FLAG_KEYS[name]: "--" + name.replace("_", "-") for name, value in flags.items() if value is not None}
     fixed.update({parse_override(text)[0]: f"--set {text}" for text in sets})
-    for key in grid:
-        for other, source in fixed.items():
-            if keys_overlap(key, other):
-                raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
-    for i, entry in enumerate(where):
-        for key in entry["set"]:
-            for other, source in fixed.items():
-                if keys_overlap(key, other):
-                    raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
-                                    "set it in the config file instead, or drop one of the two")
+    refuse_fixed_axes(grid, where, fixed)
     base = config_from_flags(config, sets, **flags)
     refuse_unused_model_keys(base, [(key, f"sweep axis {key}") for key in grid]
                              + [(key, f"sweep.where[{i}]") for i, entry in enumerate(where) for key in entry["set"]])
-    n_seeds = seeds if seeds is not None else (file_seeds or 1)
-    if axis == "seed" and values and seeds is not None:
-        raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
-    if axis == "seed":
-        seed_values = parse_values(values) if values else list(range(n_seeds))
-    else:
-        seed_values = [base.seed + k for k in range(n_seeds)]
-    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seed_values):
-        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
-    if len(set(seed_values)) < len(seed_values):
-        raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
-    return base, grid, where, seed_values
+    return base, grid, where, plan_seeds(axis, values, seeds, file_seeds, base.seed)
 
 
 def _executor(name: str, address: Optional[str], gpus_per_task: float):
@@ -113,13 +83,13 @@ def _executor(name: str, address: Optional[str], gpus_per_task: float):
         if address is not None:
             raise UserError("--address: a Ray cluster address needs --executor ray")
         return None
-    from bioprop_cli.sweep.ray_executor import RayExecutor
+    from bioprop_cli.experiment.ray_executor import RayExecutor
 
     return RayExecutor(address, gpus_per_task)
 
 
 def _run_with_status(base, grid, where, seed_values, runner, interrupted):
-    from bioprop_cli.sweep.grid import run_sweep
+    from bioprop_cli.experiment.grid import run_sweep
 
     with console.status("sweeping...") as status:
         return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),
@@ -142,20 +112,12 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
         seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together, vmapped); default 1."),
         config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
-        rule: Rule = None,
-        depth: Depth = None,
-        width: Width = None,
-        epochs: Epochs = None,
-        lr: LearningRate = None,
-        batch_size: BatchSize = None,
-        seed: Seed = None,
-        experiment: Experiment = None,
-        results_dir: ResultsDir = None,
-        data_dir: DataDir = None,
         set_: Sets = [],
         executor: str = typer.Option("local", help="local (in-process, one group after another) or ray."),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
+        *,
+        flags: dict,
     ) -> None:
         if as_group_callback and ctx.invoked_subcommand is not None:  # `bioprop sweep AXIS ...`: the subcommand's work
             refuse_given(ctx, list(ctx.params), f"give it after the axis (bioprop sweep {ctx.invoked_subcommand} "
@@ -166,15 +128,13 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
             raise typer.Exit(code=2)
         if executor == "local":
             refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
-        flags = dict(rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                     experiment=experiment, results_dir=results_dir, data_dir=data_dir)
         _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task)
 
     command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
-    return user_errors_exit_2(command)
+    return user_errors_exit_2(run_flags(*RUN_FLAGS)(command))
 
 
-for _axis in ("depth", "rule", "feedback", "seed", "lr", "batch-size", "width", "init-scale"):
+for _axis in AXIS_COMMANDS:
     app.command(_axis)(_make_axis_command(_axis))
 # `bioprop sweep --grid depth=1,2 --grid rule=bp,fa`: no AXIS, the grid options alone
 app.callback(invoke_without_command=True)(_make_axis_command(None, as_group_callback=True))
@@ -206,17 +166,18 @@ def _floats(text: str, name: str) -> list[float]:
 def _check_study_values(cfg, key: str, values: list[float], name: str) -> None:
     """Each value at `key` makes a valid config (the config's own range checks, e.g. ep.beta <= 1 for the
     coupled estimator); the extremes are checked, the checks being ranges."""
-    from bioprop_cli.config import validate, with_values
+    from bioprop_cli.config import derive
 
     for value in (min(values), max(values)):
         try:
-            validate(with_values(cfg, {key: value}))
+            derive(cfg, {key: value})
         except UserError as e:
             raise UserError(f"{name} {value:g}: {e}") from None
 
 
 @app.command("beta")
 @user_errors_exit_2
+@run_flags("depth", "width", "epochs", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def beta(
     ctx: typer.Context,
     values: Optional[str] = typer.Option(None, help="Comma-separated betas (default: 1e-4 .. 1 log-spaced, plus 0.001 .. 0.009)."),
@@ -226,16 +187,10 @@ def beta(
     train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,  # round-off sets the variance at tiny beta
     train: bool = typer.Option(False, "--train", help="Instead: train one model per beta (all betas as one vmapped program) and compare accuracy and convergence."),
-    config: ConfigFile = None,  # rule ep is implied
-    depth: Depth = None,
-    width: Width = None,
-    epochs: Epochs = None,  # with --train
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: beta-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
+    config: ConfigFile = None,  # rule ep is implied; run flags: --epochs with --train, --experiment default beta-sweep
     set_: Sets = [],
+    *,
+    flags: dict,
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
     from bioprop_cli.studies.beta import ESTIMATORS, default_betas
@@ -246,10 +201,8 @@ def beta(
                      "a setting of the gradient sweep; --train trains one model per beta with ep.estimator: drop it")
     else:
         refuse_given(ctx, ["epochs"], "the training epochs of --train; the gradient sweep trains --train-epochs: drop it")
-    cfg = config_from_flags(
-        config_file(config), ["rule=ep"] + list(set_), depth=depth, width=width, epochs=epochs, batch_size=batch_size,
-        seed=seed, experiment=experiment or "beta-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config_file(config), ["rule=ep"] + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "beta-sweep"})
     betas = _floats(values, "--values") if values else default_betas()
     _at_most(betas, MAX_POINTS, "--values", "betas")
     _check_study_values(cfg, "ep.beta", betas, "--values")
@@ -282,13 +235,7 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
                            progress=lambda m: status.update(f"measuring: {m}"))
     study.write(result, folder)
     summary = result["summary"]
-    table = Table(title=result["title"])
-    for name in ("estimator", "beta", "bias", "std", "angle (°)"):
-        table.add_column(name, justify="left" if name == "estimator" else "right")
-    for r in result["rows"]:
-        angle = "-" if r["angle_mean"] is None else f"{r['angle_mean']:.2f}"
-        table.add_row(r["estimator"], f"{r['beta']:g}", f"{r['bias']:.3e}", f"{r['std']:.3e}", angle)
-    console.print(table)
+    console.print(beta_table(result))
     console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
     console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {summary['max_free_residual']:.2e}")
     console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
@@ -296,20 +243,14 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
 
 def _train_per_beta(cfg, dataset, betas) -> None:
     from bioprop_cli.studies import beta as study
-    from bioprop_cli.studies import open_folder
 
-    folder = open_folder(cfg, "beta-train")
-    console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}")
+    folder = study.train_folder(cfg, betas)
+    console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}"
+                  + (" (resuming: finished runs are kept)" if resuming(folder) else ""), highlight=False)
     result = study.train_per_beta(cfg, dataset, betas, folder)
     study.write_training(result, folder)
     rows = result["rows"]
-    table = Table(title=f"EP trained per beta ({cfg.ep.estimator}, {cfg.train.epochs} epochs)")
-    for name in ("beta", "status", "test acc.", "best val acc.", "final train loss"):
-        table.add_column(name, justify="right")
-    for r in rows:
-        table.add_row(f"{r['beta']:g}", r["status"], f"{r['test_accuracy'] or float('nan'):.4f}",
-                      f"{r['best_val_accuracy'] or float('nan'):.4f}", f"{r['train_loss'][-1]:.4f}" if r["train_loss"] else "-")
-    console.print(table)
+    console.print(beta_training_table(result, cfg.ep.estimator, cfg.train.epochs))
     console.print(f"written: {folder}")
     if any(r["status"] == "interrupted" for r in rows):
         raise typer.Exit(code=130)
@@ -317,6 +258,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
 
 @app.command("condition")
 @user_errors_exit_2
+@run_flags("depth", "width", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def condition(
     ctx: typer.Context,
     knobs: str = typer.Option("t1,asymmetry,feedback,beta,t2", help="Knobs to vary, one at a time: t1 (1: convergence), asymmetry (2: energy function), feedback (4: consistency), beta (6: small perturbation), t2 (7: architecture)."),
@@ -332,14 +274,9 @@ def condition(
     probe_size: int = typer.Option(256, min=1, help="Probe examples for the angle measurements."),
     x64: X64 = False,  # training stays float32
     config: ConfigFile = None,  # the base instead of the built-in all-conditions-hold setup (rule ep is implied)
-    depth: Depth = None,  # base: 2
-    width: Width = None,  # base: 64
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: condition-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
-    set_: Sets = [],
+    set_: Sets = [],  # run flags: base depth 2, width 64; --experiment default condition-sweep
+    *,
+    flags: dict,
 ) -> None:
     """Break one condition of gradient equivalence at a time (EP): angle to the exact gradient and accuracy per knob value."""
     from bioprop_cli.studies.condition import BASE, KNOBS, parse_knob_values, parse_knobs
@@ -355,10 +292,8 @@ def condition(
     config = config_file(config)
     base_sets = [] if config is not None else [f"{k}={v}" for k, v in BASE]
     limit = [f"data.train_limit={train_limit}"] if train_limit is not None else []
-    cfg = config_from_flags(
-        config, ["rule=ep"] + base_sets + limit + list(set_), depth=depth, width=width, batch_size=batch_size,
-        seed=seed, experiment=experiment or "condition-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config, ["rule=ep"] + base_sets + limit + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "condition-sweep"})
     values = {name: parse_knob_values(name, given[name]) if given[name] else KNOBS[name].defaults(cfg) for name in chosen}
     for name in ("t1", "t2"):
         if given[name] and max(values[name]) > MAX_STEPS:
@@ -371,18 +306,17 @@ def condition(
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.rules.equilibrium import require_mse_cost
     from bioprop_cli.studies import condition as study
-    from bioprop_cli.studies import open_folder
 
     require_mse_cost(cfg, "bioprop sweep condition")
     study.plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     n_train = check_against_data(cfg, len(dataset.x_train))
-    folder = open_folder(cfg, f"condition-{'float64' if x64 else 'float32'}")
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    folder = study.folder_for(cfg, values, seed_list, min(probe_size, n_train), x64, train_epochs if train else None)
     n_points = 1 + sum(len(v) for v in values.values())
     console.print(f"[bold]bioprop sweep condition[/] {n_points} points x {seeds} seed(s), "
-                  f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}",
-                  highlight=False)
+                  f"{'training ' + str(train_epochs) + ' epoch(s) on ' + str(n_train) + ' examples' if train else 'no training'} -> {folder}"
+                  + (" (resuming: finished runs and measured knobs are kept)" if resuming(folder) else ""), highlight=False)
     with console.status("sweeping...") as status:
         result = study.run(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
                            train_epochs if train else None, folder,
@@ -390,28 +324,8 @@ def condition(
     study.write(result, folder)
     rows, summary = result["rows"], result["summary"]
 
-    table = Table(title=f"EP update vs implicit gradient, one condition broken at a time ({summary['precision']}, probe {summary['probe_size']})")
-    n_layers = len(rows[0]["angle_per_layer"])
-    for name in ("knob", "cond.", "value", *(f"angle L{l} (°)" for l in range(n_layers)), "angle all (°)", "rel. err. all",
-                 "free resid.", "test acc."):
-        table.add_column(name, justify="left" if name in ("knob", "value") else "right")
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)
-    for r in rows:
-        table.add_row(r["knob"], "-" if r["condition"] is None else str(r["condition"]),
-                      "base" if r["value"] is None else (r["value"] if isinstance(r["value"], str) else f"{r['value']:g}"),
-                      *(fmt(a, ".2f") for a in r["angle_per_layer"]), fmt(r["update_angle"], ".2f"),
-                      fmt(r["update_rel_error"], ".2e"), fmt(r["free_residual"], ".1e"),
-                      fmt(None if r["test_accuracy"] is None else 100 * r["test_accuracy"], ".2f"))
-    console.print(table)
-    cost = Table(title="cost of breaking each condition (max over the knob's values, relative to the baseline)")
-    for name in ("knob", "condition", "angle cost (°)", "at", "accuracy cost (points)", "at"):
-        cost.add_column(name, justify="left" if name in ("knob", "condition") else "right")
-    for name, c in summary["costs"].items():
-        cost.add_row(name, f"({c['condition']}) {c['condition_name']}", fmt(c.get("angle_cost_deg"), "+.2f"),
-                     "-" if c.get("angle_worst_value") is None else str(c["angle_worst_value"]),
-                     fmt(c.get("accuracy_cost_pp"), "+.2f"),
-                     "-" if c.get("accuracy_worst_value") is None else str(c["accuracy_worst_value"]))
-    console.print(cost)
+    for table in condition_tables(rows, summary):
+        console.print(table)
     if summary["sentence"]:
         console.print(f"[bold]summary:[/] {summary['sentence']}", highlight=False)
     console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)
@@ -429,6 +343,7 @@ def _step_counts(text: str, name: str) -> list[int]:
 
 @app.command("pc")
 @user_errors_exit_2
+@run_flags("depth", "width", "batch_size", "seed", "experiment", "results_dir", "data_dir")
 def pc(
     gammas: Optional[str] = typer.Option(None, help="Comma-separated output precisions gamma (default: 1e-3 .. 1, two per decade)."),
     steps: Optional[str] = typer.Option(None, help="Comma-separated inference step counts (default: 1 .. 1000); the largest is the gamma grid's."),
@@ -436,15 +351,10 @@ def pc(
     seeds: int = typer.Option(2, min=1, max=MAX_SEEDS, help="Number of seeds (networks and batch draws)."),
     train_epochs: int = typer.Option(0, min=0, max=MAX_EPOCHS, help="Train the network this many epochs before measuring (0: at initialisation)."),
     x64: X64 = False,
-    config: ConfigFile = None,  # rule pc is implied
-    depth: Depth = None,
-    width: Width = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,  # default: pc-sweep
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
+    config: ConfigFile = None,  # rule pc is implied; --experiment default pc-sweep
     set_: Sets = [],
+    *,
+    flags: dict,
 ) -> None:
     """Angle and relative error of predictive coding's update against the exact gradient, over gamma and inference steps."""
     from bioprop_cli.config import check_against_data
@@ -453,10 +363,8 @@ def pc(
     from bioprop_cli.studies import pc as study
 
     refuse_other_rule(set_, "pc", "sweep pc")
-    cfg = config_from_flags(
-        config_file(config), ["rule=pc"] + list(set_), depth=depth, width=width, batch_size=batch_size, seed=seed,
-        experiment=experiment or "pc-sweep", results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config_file(config), ["rule=pc"] + list(set_),
+                            **{**flags, "experiment": flags["experiment"] or "pc-sweep"})
     gamma_values = _at_most(_floats(gammas, "--gammas"), MAX_POINTS, "--gammas", "gammas") if gammas else study.default_gammas()
     step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
     _check_study_values(cfg, "pc.output_precision", gamma_values, "--gammas")
@@ -471,15 +379,6 @@ def pc(
         result = study.run(cfg, dataset, gamma_values, step_values, seed_list, batches, x64, train_epochs,
                            progress=lambda m: status.update(f"measuring: {m}"))
     study.write(result, folder)
-    table = Table(title=result["title"])
-    n_layers = len(result["rows"][0]["update_angle_per_layer_mean"])
-    for name in ("gamma", "steps", "rel.err.", "±seeds", "angle°", *(f"L{l}°" for l in range(n_layers))):
-        table.add_column(name, justify="right")
-    angle = lambda a: "-" if a is None else f"{a:.2f}"  # a zero update has no angle
-    for r in result["rows"]:
-        table.add_row(f"{r['gamma']:.3g}", str(r["inference_steps"]), f"{r['update_rel_error_mean']:.2e}",
-                      f"{r['update_rel_error_std']:.0e}", angle(r["update_angle_mean"]),
-                      *(angle(a) for a in r["update_angle_per_layer_mean"]))
-    console.print(table)
+    console.print(pc_table(result))
     console.print(f"log-log slope against gamma: {result['summary']['slope_summary']}", highlight=False)
     console.print(f"written: {folder}/pc_sweep.jsonl, pc_sweep.png, summary.json", highlight=False)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bioprop_cli.cli.common import (
-    BatchSize, ConfigFile, DataDir, Depth, Epochs, Experiment, LearningRate, ResultsDir, Rule, Seed, Sets, Width,
-    config_file, config_from_flags, console, user_errors_exit_2,
+    RUN_FLAGS, ConfigFile, Sets, config_file, config_from_flags, console, run_flags, user_errors_exit_2,
 )
 from bioprop_cli.config import check_against_data
 from bioprop_cli.datasets import load_dataset
@@ -23,26 +21,16 @@ def _fmt(value, spec: str) -> str:
 
 
 @user_errors_exit_2
+@run_flags(*RUN_FLAGS)
 def train(
     config: ConfigFile = None,
-    rule: Rule = None,
-    depth: Depth = None,
-    width: Width = None,
-    epochs: Epochs = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    seed: Seed = None,
-    experiment: Experiment = None,
-    results_dir: ResultsDir = None,
-    data_dir: DataDir = None,
     set_: Sets = [],
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    *,
+    flags: dict,
 ) -> None:
     """Train one network with one learning rule and log accuracy and alignment with backprop."""
-    cfg = config_from_flags(
-        config_file(config), set_, rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size,
-        seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
-    )
+    cfg = config_from_flags(config_file(config), set_, **flags)
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, label(cfg.model), cfg.seed))

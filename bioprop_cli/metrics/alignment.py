@@ -35,9 +35,32 @@ def relative_error(estimate, exact):
     return jnp.linalg.norm(jnp.ravel(estimate - exact)) / jnp.linalg.norm(jnp.ravel(exact))
 
 
+def flat_weights(params: Params) -> jax.Array:
+    """The whole network's weights as one vector: every layer's w, flattened and concatenated (biases
+    and a learned "fb" left out). Every whole-network angle and relative error is taken on it."""
+    return jnp.concatenate([jnp.ravel(p["w"]) for p in params])
+
+
+def feedback_angles(rule: LearningRule, params, state, key) -> dict[int, tuple]:
+    """{layer: (angle in degrees, norm ratio)} of each feedback matrix B_l against what exact
+    transport would use there (rule.feedback's reference)."""
+    return {int(l): (angle_degrees(b, reference), norm_ratio(b, reference))
+            for l, (b, reference) in rule.feedback(params, state, key).items()}
+
+
+def feedback_per_layer(rule: LearningRule, params, state, key) -> dict:
+    """{"feedback_angle": (L,), "feedback_norm_ratio": (L,)}: feedback_angles as arrays over the
+    layers, NaN where a layer has no feedback matrix (its transport is exact)."""
+    angle = ratio = jnp.full((len(params),), jnp.nan)
+    for l, (a, r) in feedback_angles(rule, params, state, key).items():
+        angle, ratio = angle.at[l].set(a), ratio.at[l].set(r)
+    return {"feedback_angle": angle, "feedback_norm_ratio": ratio}
+
+
 def compare_updates(grads: Params, exact: Params) -> tuple[dict, dict]:
-    """Per-layer and whole-network angle and relative error of weight updates against the exact gradient."""
-    flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+    """Per-layer and whole-network (flat_weights) angle and relative error of weight updates against
+    the exact gradient."""
+    flat = flat_weights
     layers = {
         "update_angle": jnp.stack([angle_degrees(g["w"], t["w"]) for g, t in zip(grads, exact)]),
         "update_rel_error": jnp.stack([relative_error(g["w"], t["w"]) for g, t in zip(grads, exact)]),
@@ -63,16 +86,11 @@ def measure_alignment(rule: LearningRule, arch: Architecture, act: Activation, l
     mean_update_angle: the mean over the hidden layers where the rule's output-layer update is exact
     (`exact_output`, the registry's fact: every rule that sends backprop's output error), else over all layers.
     """
-    n_layers = len(params)
     est = (rule.gradient_estimate or rule.estimate)(params, state, x, y, key)
     true_grads, true_deltas = exact_gradients(arch, params, x, y, act, loss)
     layers, network = compare_updates(est.grads, true_grads)
     layers["delta_angle"] = jnp.stack([angle_degrees(d, t) for d, t in zip(est.deltas, true_deltas)])
-    fb_angle = fb_ratio = jnp.full((n_layers,), jnp.nan)
-    for l, (b, reference) in rule.feedback(params, state, key).items():
-        fb_angle = fb_angle.at[l].set(angle_degrees(b, reference))
-        fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
-    layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
+    layers.update(feedback_per_layer(rule, params, state, key))
     network["mean_update_angle"] = jnp.mean(layers["update_angle"][:-1] if exact_output else layers["update_angle"])
     network.update(est.aux or {})  # the rule's own diagnostics (pc: energy, residual)
     return {"layers": layers, "network": network}

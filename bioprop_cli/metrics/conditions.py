@@ -39,7 +39,7 @@ Predictive coding (rule pc) has its own table (`_pc_conditions`), measured on th
 code: the inference's convergence (the update at pc.inference_steps against the update after
 CONVERGED_INFERENCE_FACTOR times as many steps, with the inference residual and the energy's
 decrease), the small perturbation through the output precision gamma (pc -> bp as gamma -> 0:
-studies/pc.py's comparison, the update against jax.grad at gamma, gamma/10, ...), the inference
+metrics/predictive_coding.py's comparison, the update against jax.grad at gamma, gamma/10, ...), the inference
 steps against the depth (the error needs one step per layer; Z-IL exactly L - 1, Song et al.
 2020), and locality from the registry.
 
@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bioprop_cli.metrics import alignment
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.network import architecture
@@ -219,7 +220,7 @@ def equivalence_status(angles: list, rel_errors: list) -> str:
 
 def feedback_angles(rule, params, state, key) -> dict[int, float]:
     """{layer: angle in degrees between B_l and the matrix exact transport would use there}."""
-    return {int(l): _f(angle_degrees(b, ref)) for l, (b, ref) in rule.feedback(params, state, key).items()}
+    return {l: _f(angle) for l, (angle, _) in alignment.feedback_angles(rule, params, state, key).items()}
 
 
 def gradient_equivalence(measured: dict, exact_output: bool) -> dict:
@@ -292,7 +293,7 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         measured["network"].update(spectral_radius=radius, spectral_radius_error=radius_error)
         drive0 = input_drive(net.running, x, net.arch)
         estimator = "one-sided" if ep.estimator == "random-sign" else ep.estimator  # +beta: one-sided's bias
-        flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+        flat = alignment.flat_weights
         rungs = []
         for b in betas:
             nudged = eqprop.second_phase(config, net, x, y, drive0, s_star, b, key, ep.reference_steps,
@@ -327,7 +328,7 @@ def _ladder_text(rungs: list[dict], knob: str = "beta") -> str:
 
 def pc_measurements(config, params, x, y) -> dict:
     """pc's own conditions, measured on the rule's code (rules/predictive_coding.py) and on
-    `bioprop sweep pc`'s comparison with jax.grad (studies/pc.make_comparison):
+    `bioprop sweep pc`'s comparison with jax.grad (metrics/predictive_coding.make_comparison):
     inference: the update and diagnostics at pc.inference_steps and at CONVERGED_INFERENCE_FACTOR
     times as many steps (the configured output precision), and their relative distance;
     gamma: the update against jax.grad at gamma, gamma/10, ... to GAMMA_LADDER_FLOOR, inference
@@ -336,7 +337,7 @@ def pc_measurements(config, params, x, y) -> dict:
     from dataclasses import replace
 
     from bioprop_cli.rules import make_rule
-    from bioprop_cli.studies.pc import make_comparison
+    from bioprop_cli.metrics.predictive_coding import make_comparison
 
     pc = config.pc
     network = architecture(config, x.shape[1])
@@ -345,8 +346,7 @@ def pc_measurements(config, params, x, y) -> dict:
     def update(steps):
         rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), network)
         est = jax.jit(full_float32(lambda p, x, y: rule.estimate(p, (), x, y, None)))(params, x, y)
-        flat = jnp.concatenate([jnp.ravel(g["w"]) for g in est.grads])
-        return flat, {k: _f(v) for k, v in est.aux.items()}
+        return alignment.flat_weights(est.grads), {k: _f(v) for k, v in est.aux.items()}
 
     at_steps, diag = update(pc.inference_steps)
     at_converged, diag_converged = update(converged)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.metrics.alignment import compare_updates
-from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
+from bioprop_cli.metrics.alignment import compare_updates, feedback_per_layer, flat_weights
+from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.precision import full_float32
 
 
@@ -33,13 +33,9 @@ def measure_with_references(rule, config, params, state, x, y, key, idx=None) ->
     ref = eqprop.exact_references(config, net, x, y, k_radius, eqprop.start_states(config, net, x, state, idx))
     layers, network = compare_updates(est.grads, ref["implicit"])
     # W-to-B angle per layer (NaN where B is W^T: always for the symmetric network, and layer 0)
-    fb_angle = fb_ratio = jnp.full((len(params),), jnp.nan)
-    for l, (b, reference) in rule.feedback(params, state, k_estimate).items():
-        fb_angle = fb_angle.at[l].set(angle_degrees(b, reference))
-        fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
-    layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
+    layers.update(feedback_per_layer(rule, params, state, k_estimate))
     layers["bptt_update_angle"] = jnp.stack([angle_degrees(g["w"], t["w"]) for g, t in zip(est.grads, ref["bptt"])])
-    flat = lambda ps: jnp.concatenate([jnp.ravel(p["w"]) for p in ps])
+    flat = flat_weights
     network.update(
         mean_update_angle=jnp.mean(layers["update_angle"]),
         bptt_update_angle=angle_degrees(flat(est.grads), flat(ref["bptt"])),

@@ -65,18 +65,14 @@ def settling_steps(config) -> int:
     return ep.free_steps + ep.nudged_steps * (2 if ep.estimator == "symmetric" else 1)
 
 
-def _pairs(arch: Architecture) -> list[tuple[int, int]]:
-    sizes = arch.sizes
-    return list(zip(sizes[:-1], sizes[1:]))
-
-
 def settling(arch: Architecture, config) -> int:
-    """ep: the input drive once, every settling step's layer-to-layer drives (each inner W_l drives
-    both its layers), and the contrastive update (x^T d rho_1, two products per inner W_l)."""
-    pairs = _pairs(arch)
-    drive_once = 2 * pairs[0][0] * pairs[0][1]
-    per_step = sum(2 * 2 * a * b for a, b in pairs[1:])
-    update = drive_once + sum(2 * 2 * a * b for a, b in pairs[1:])
+    """ep: the input drive once, every settling step's layer-to-layer drives (each inner layer's map
+    drives both its layers: its pass and its transpose), and the contrastive update (x^T d rho_1,
+    two passes per inner layer); each pass as layer_pass counts it (a conv layer's convolution)."""
+    passes = _passes(arch)
+    drive_once = passes[0]
+    per_step = sum(2 * p for p in passes[1:])
+    update = drive_once + sum(2 * p for p in passes[1:])
     return drive_once + settling_steps(config) * per_step + update
 
 
@@ -85,14 +81,14 @@ def predictive_coding(arch: Architecture, config) -> int:
     input's once, in the feedforward pass) and their errors sent down through W^T, the same once more
     where inference ends (energy and residual), and the weight gradients. fixed_prediction's steps send
     errors only; zero_divergence adds each layer's learning signal at its own step."""
-    pairs = _pairs(arch)
-    forward_flops = sum(2 * a * b for a, b in pairs)
-    inner = sum(2 * a * b for a, b in pairs[1:])
+    passes = _passes(arch)
+    forward_flops = sum(passes)
+    inner = sum(passes[1:])
     pc = config.pc
     if pc.variant == "fixed_prediction":
         inference = (pc.inference_steps + 2) * inner
     elif pc.variant == "zero_divergence":
-        inference = len(pairs) * 2 * inner + inner  # L-1 steps, then the end
+        inference = len(passes) * 2 * inner + inner  # L-1 steps, then the end
     else:
         inference = (pc.inference_steps + 1) * 2 * inner
     return 2 * forward_flops + inference

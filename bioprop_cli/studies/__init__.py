@@ -7,14 +7,15 @@
     pc.py          `bioprop sweep pc`: predictive coding's update against the exact gradient over gamma and inference steps
 
 Each module has `run(config, dataset, ...) -> result`: the computation (and, where the study trains,
-the training, whose run folders the trainer writes), no printing and no other file; and
+the training, through the runner: experiment/runner.py, in a folder named by what it trains, resumed
+by the same command), no printing and no other file; and
 `write(result, folder)`: the study's files, atomically (bioprop_cli/runs.py), its figures drawn by
 bioprop_cli/report/study_figures.py. The CLI modules parse the flags, call these, and print.
 
 What is a metric and what is a study: bioprop_cli/metrics/ holds pure functions of arrays (a network,
 a batch) to numbers, and the thresholds that grade a number (metrics/conditions.py: each condition's
 measurement, its status and the table of the seven); a study draws the network and the data from a
-config and a seed (network.init_state, splits.py), chooses the precision, loops over seeds, points
+config and a seed (experiment/probe.py: the network at a seed, its probe, in a precision), chooses the precision, loops over seeds, points
 or runs, pools the numbers, and decides what is written.
 """
 

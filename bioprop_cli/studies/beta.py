@@ -15,7 +15,7 @@ under the nudge) add an O(beta) error to every estimator.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -24,17 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import Config
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.config import Config, derive, to_dict
+from bioprop_cli.experiment.probe import batch
+from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
+from bioprop_cli.interrupt import interrupted
+from bioprop_cli.metrics.alignment import flat_weights
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.models.arch import label
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
-from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, read_jsonl, run_id, write_json
+from bioprop_cli.runs import append_jsonl, read_jsonl, write_json, write_jsonl
 from bioprop_cli.splits import derive_keys
 from bioprop_cli.studies.seeds import measure_seeds
-from bioprop_cli.train import train_group
 
 ESTIMATORS = eqprop.ESTIMATORS
 
@@ -45,17 +46,10 @@ def default_betas() -> list[float]:
     return sorted(set(round(b, 12) for b in logspaced + [k / 1000 for k in range(1, 10)]))
 
 
-def _flat(params) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(params)])
-
-
-def _weights_and_biases(grads) -> list:
-    return [{"w": g["w"], "b": g["b"]} for g in grads]  # a learned "fb" is not compared here
-
-
 def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str, ...]) -> Callable:
     """(params, rule state, x, y, key) -> (exact gradient (P,), {estimator: estimates (n_betas, P)},
-    free-phase residual), over the weights and biases.
+    free-phase residual), over the weights (metrics/alignment.flat_weights, as every whole-network
+    comparison).
 
     The estimate is the training rule's (bioprop_cli/ep.py: the free phase from zero, then the
     estimator's nudged phase(s)), on the network the rule runs (its fixed feedback from the rule
@@ -74,11 +68,11 @@ def make_batch_estimates(config: Config, betas: jax.Array, estimators: tuple[str
         def at(beta, beta_key, estimator):
             nudged = eqprop.second_phase(config, net, x, y, drive0, free.states, beta, beta_key, ep.nudged_steps,
                                          ep.tolerance, estimator)
-            return _flat(_weights_and_biases(nudged.grads))
+            return flat_weights(nudged.grads)
 
         keys = jax.random.split(key, betas.shape[0])
         out = {e: jax.vmap(lambda b, k, e=e: at(b, k, e))(betas, keys) for e in estimators}
-        return _flat(_weights_and_biases(exact)), out, free.residual
+        return flat_weights(exact), out, free.residual
 
     return jax.jit(full_float32(batch_estimates))  # a measurement: at full float32 (precision.py)
 
@@ -100,8 +94,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     residuals = []
     for b, idx in enumerate(order):
         check_interrupt()
-        x = jnp.asarray(splits.x_train[idx], dtype)
-        y = jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)
+        x, y = batch(splits.x_train[idx], splits.y_train[idx], dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():
@@ -210,32 +203,51 @@ def write(result: dict, folder: Path) -> None:
     plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])
 
 
+def train_folder(config: Config, betas: list[float]) -> Path:
+    """RESULTS_DIR/EXPERIMENT/beta-train-<hash of the config and the betas>: the same command finds
+    the same folder again (and resumes it)."""
+    content = {k: v for k, v in to_dict(config).items() if k not in ("results_dir", "experiment")}
+    return Path(config.results_dir) / config.experiment / identity_name("beta-train", {"base": content, "betas": betas})
+
+
 def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) -> dict:
-    """`--train`: one run per beta, all betas trained together (train_group: one vmapped program),
-    into folder/runs/; per beta its status, accuracies and curves."""
-    points = [replace(config, ep=replace(config.ep, beta=beta)) for beta in betas]
-    run_dirs = [create_run_dir(folder, "runs", f"beta-{beta:g}-" + run_id("ep", label(config.model), config.seed))
-                for beta in betas]
-    summaries = train_group(points, dataset, [RunWriter(d) for d in run_dirs])
+    """`--train`: one run per beta, all betas trained together (one vmapped program) through the
+    runner (experiment/runner.py: a rerun trains only the runs that did not finish), into
+    folder/runs/; per beta its status, accuracies and curves."""
+    specs = [RunSpec(f"beta-{beta:g}-s{config.seed}", derive(config, {"ep.beta": beta}), {"ep.beta": beta})
+             for beta in betas]
+    with open_experiment(folder, {"betas": betas}, to_dict(config), what="beta sweep") as experiment:
+        entries = experiment.train(specs, lambda cfg: dataset, interrupted=interrupted)
     check_interrupt()  # the runs recorded `interrupted`
     rows = []
-    for beta, run_dir, summary in zip(betas, run_dirs, summaries):
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+    for beta, entry in zip(betas, entries):
+        run_dir = folder / entry["run_dir"] if "run_dir" in entry else None
+        summary = _read_summary(run_dir)
+        metrics = read_jsonl(run_dir / "metrics.jsonl") if run_dir and (run_dir / "metrics.jsonl").exists() else []
         rows.append({
             "beta": beta,
-            "status": summary["status"],
-            "test_accuracy": summary.get("test_accuracy"),
+            "status": entry["status"],
+            "test_accuracy": entry.get("test_accuracy"),
             "best_val_accuracy": summary.get("best_val_accuracy"),
             "train_loss": [m["train_loss"] for m in metrics],
             "val_accuracy": [m.get("val_accuracy") for m in metrics],
-            "run_dir": str(run_dir),
+            "run_dir": str(run_dir) if run_dir else None,
         })
     return {"betas": betas, "estimator": config.ep.estimator, "rows": rows}
 
 
+def _read_summary(run_dir: Path | None) -> dict:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (TypeError, OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def write_training(result: dict, folder: Path) -> None:
-    """beta_train.jsonl (one row per beta), summary.json, beta_train.png."""
-    append_jsonl(folder / "beta_train.jsonl", result["rows"])
+    """beta_train.jsonl (one row per beta: the runs as they stand, rewritten whole on a rerun),
+    summary.json, beta_train.png."""
+    write_jsonl(folder / "beta_train.jsonl", result["rows"])
     write_json(folder / "summary.json", result)
     plot_beta_training(result["rows"], folder / "beta_train.png")
 

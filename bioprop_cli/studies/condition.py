@@ -14,7 +14,8 @@ nudging, T2 well above the depth), then vary ONE knob, keeping the others at the
 For every value: (a) on a probe batch at initialisation, the angle and relative error of the EP
 update to the exact gradient (implicit differentiation at the free fixed point, ep.exact_references),
 per layer and for the whole network, mean over seeds; (b) optionally, the test accuracy after a
-short training (train.train_group: the seeds of a value train together).
+short training (through the runner, experiment/runner.py: the seeds of a value train together; a rerun
+of an interrupted sweep trains only what did not finish).
 
 Cost of violating a condition, relative to the baseline (the base config itself, measured once):
     angle cost(knob)    = max over the knob's values v of [theta(v) - theta(base)], theta the
@@ -32,27 +33,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli import ep as eqprop
-from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dict, validate
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.runner import Experiment, RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
+from bioprop_cli.interrupt import interrupted
 from bioprop_cli.metrics.alignment import compare_updates
-from bioprop_cli.network import architecture, init_state
-from bioprop_cli.precision import cast_floats, float32_normal_problem, float64
+from bioprop_cli.experiment.probe import seed_network_probe
+from bioprop_cli.precision import float32_normal_problem
 from bioprop_cli.report.study_figures import plot_condition_knob
-from bioprop_cli.runs import RunWriter, append_jsonl, create_run_dir, write_json
-from bioprop_cli.splits import derive_keys, make_splits, seed_probe
-from bioprop_cli.train import train_group
+from bioprop_cli.runs import append_jsonl, read_jsonl, write_json
+from bioprop_cli.splits import make_splits
 
 # The all-conditions-hold setup (used when no --config is given; --set and the flags go on top).
 # Sigmoid rho (smooth: no kinks), spectral radius ~0.56 at initialisation, so 100 free steps
@@ -164,14 +162,6 @@ def parse_knob_values(name: str, text: str) -> list:
     return list(dict.fromkeys(values))
 
 
-def with_overrides(config: Config, overrides: dict) -> Config:
-    """`config` with dotted keys replaced, validated (a UserError names a bad or unknown key)."""
-    tree = to_dict(config)
-    for key, value in overrides.items():
-        _set_path(tree, key, value)
-    return validate(_build(Config, tree))
-
-
 def _value_label(v) -> str:
     return v if isinstance(v, str) else f"{v:g}"
 
@@ -203,9 +193,6 @@ class PointMeasurer:
         self.references: dict[str, tuple] = {}
 
     def __call__(self, config: Config) -> dict:
-        n_train, n_in = self.splits.x_train.shape
-        network = architecture(config, n_in)
-
         def reference(cfg, params, state, x, y, key, idx):
             net = eqprop.network(cfg, params, state)
             ref = eqprop.exact_references(cfg, net, x, y, key, eqprop.start_states(cfg, net, x, state, idx))
@@ -216,23 +203,16 @@ class PointMeasurer:
         estimate = None
         for seed in self.seeds:
             check_interrupt()
-            cfg = replace(config, seed=seed)
-            keys = derive_keys(seed)
-            rule, params, state = init_state(cfg, network, seed, n_train)  # float32: --x64 casts the same network
-            px, py, idx = seed_probe(self.splits, seed, self.probe_size)
-            with float64() if self.x64 else nullcontext():
-                dtype = jnp.float64 if self.x64 else jnp.float32
-                params, state = cast_floats(params, dtype), cast_floats(state, dtype)
-                x = jnp.asarray(px, dtype)
-                y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
-                key = jax.random.fold_in(keys.probe, 7)
+            cfg = derive(config, {"seed": seed})
+            with seed_network_probe(cfg, self.splits, seed, self.probe_size, self.x64) as probe:
+                params, state, x, y, key, idx = probe.params, probe.state, probe.x, probe.y, probe.key, probe.idx
                 ref_key = _reference_key(cfg, seed)
                 if ref_key not in self.references:
                     implicit, diag = jax.jit(lambda *a, cfg=cfg: reference(cfg, *a))(params, state, x, y, key, idx)
                     self.references[ref_key] = (implicit, {k: float(v) for k, v in diag.items()})
                 implicit, diag = self.references[ref_key]
                 if estimate is None:
-                    estimate = jax.jit(lambda p, s, x, y, k, i, rule=rule: rule.estimate(p, s, x, y, k, idx=i))
+                    estimate = jax.jit(lambda p, s, x, y, k, i, rule=probe.rule: rule.estimate(p, s, x, y, k, idx=i))
                 est = estimate(params, state, x, y, key, idx)
                 layers, network = compare_updates(est.grads, implicit)
             aux = {k: float(v) for k, v in (est.aux or {}).items()}
@@ -264,38 +244,28 @@ class PointMeasurer:
         }
 
 
-def train_points(points: list[tuple[Any, Config]], dataset, seeds: list[int], epochs: int, folder, knob: str) -> list[dict]:
-    """Trains every (value, config) point's seeds; the points of a knob whose config keys are all
-    batchable (config.BATCHABLE_KEYS, e.g. ep.beta) train together as one vmapped program, the
-    others one point (its seeds together) at a time. Returns, per point, the mean test accuracy
-    (a diverged run counts as chance) and the run folders."""
-    keys = set(KNOBS[knob].overrides(points[0][0])) if knob in KNOBS else set()
-    groups = [points] if keys and keys <= set(BATCHABLE_KEYS) else [[p] for p in points]
+def train_points(points: list[tuple[Any, Config]], seeds: list[int], epochs: int, experiment: Experiment,
+                 dataset_loader, knob: str) -> list[dict]:
+    """Trains every (value, config) point's seeds through the runner (experiment/runner.py: runs
+    that finished before are not trained again; the points whose configs differ only in batchable
+    values, config.BATCHABLE_KEYS, e.g. ep.beta, train together as one vmapped program). Returns,
+    per point, the mean test accuracy (a diverged run counts as chance) and the run folders."""
+    specs = [RunSpec(f"{knob}-{_value_label(value) if value is not None else 'base'}-s{s}",
+                     derive(cfg, {"seed": s, "train.epochs": epochs, "alignment.enabled": False}),
+                     {"knob": knob, "value": value})
+             for value, cfg in points for s in seeds]
+    entries = experiment.train(specs, dataset_loader, interrupted=interrupted)
+    check_interrupt()  # the runs recorded `interrupted`; the points after them do not start
     results = []
-    for group in groups:
-        configs, dirs = [], []
-        for value, cfg in group:
-            for s in seeds:
-                configs.append(replace(cfg, seed=s, train=replace(cfg.train, epochs=epochs),
-                                       alignment=replace(cfg.alignment, enabled=False)))
-                dirs.append(create_run_dir(folder, "runs", f"{knob}-{_value_label(value) if value is not None else 'base'}-s{s}"))
-        try:
-            summaries = train_group(configs, dataset, [RunWriter(d) for d in dirs])
-            check_interrupt()  # the runs recorded `interrupted`; the points after them do not start
-        except ValueError:  # a training loop that cannot batch these values: one point at a time
-            if len(group) == 1:
-                raise
-            results += train_points(group, dataset, seeds, epochs, folder, knob="")
-            continue
-        for i in range(len(group)):
-            mine = summaries[i * len(seeds):(i + 1) * len(seeds)]
-            accs = [m.get("test_accuracy") if m["status"] == "completed" else None for m in mine]
-            results.append({
-                "test_accuracy": float(np.mean([CHANCE_ACCURACY if a is None else a for a in accs])),
-                "test_accuracy_per_seed": accs,
-                "status": [m["status"] for m in mine],
-                "run_dirs": [str(d) for d in dirs[i * len(seeds):(i + 1) * len(seeds)]],
-            })
+    for i in range(len(points)):
+        mine = entries[i * len(seeds):(i + 1) * len(seeds)]
+        accs = [m.get("test_accuracy") if m["status"] == "completed" else None for m in mine]
+        results.append({
+            "test_accuracy": float(np.mean([CHANCE_ACCURACY if a is None else a for a in accs])),
+            "test_accuracy_per_seed": accs,
+            "status": [m["status"] for m in mine],
+            "run_dirs": [str(experiment.folder / m["run_dir"]) if "run_dir" in m else None for m in mine],
+        })
     return results
 
 
@@ -311,25 +281,50 @@ def plan_points(base: Config, knobs: dict[str, list]) -> dict[str, list]:
         points = []
         for v in values:
             try:
-                points.append((v, with_overrides(base, knob.overrides(v))))
+                points.append((v, derive(base, knob.overrides(v))))
             except UserError as e:
                 raise UserError(f"knob {name} = {_value_label(v)}: {e}") from None
         plan[name] = points
     return plan
 
 
+def folder_for(base: Config, knobs: dict[str, list], seeds: list[int], probe_size: int, x64: bool,
+               train_epochs: int | None) -> Path:
+    """RESULTS_DIR/EXPERIMENT/condition-<precision>-<hash of what the sweep measures and trains>: the
+    same command finds the same folder again (and resumes it)."""
+    content = {k: v for k, v in to_dict(base).items() if k not in ("results_dir", "experiment")}
+    spec = {"base": content, "knobs": knobs, "seeds": seeds, "probe_size": probe_size, "x64": x64,
+            "train_epochs": train_epochs or 0}
+    return Path(base.results_dir) / base.experiment / identity_name(f"condition-{'float64' if x64 else 'float32'}", spec)
+
+
 def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_size: int, x64: bool,
         train_epochs: int | None, folder: Path, report: Callable[[str], None] = lambda m: None,
         on_row: Callable[[dict], None] = lambda r: None) -> dict:
     """knobs: {knob name: values}; train_epochs None: no training (else the runs train into
-    folder/runs/). Each row goes to `on_row` once measured (and trained). Returns the rows (baseline
-    first), the summary (summary.json) and the precision."""
+    folder/runs/, through the runner: folder is an experiment folder, locked while the sweep runs).
+    Each row goes to `on_row` once measured (and trained). A knob whose rows are in
+    folder/condition_sweep.jsonl already (a rerun of an interrupted sweep) takes them from there:
+    nothing measured or trained again. Returns the rows (baseline first), the summary (summary.json)
+    and the precision."""
+    header = {"knobs": knobs, "seeds": seeds, "probe_size": probe_size, "x64": x64, "train_epochs": train_epochs or 0}
+    with open_experiment(folder, header, to_dict(base), what="condition sweep") as experiment:
+        return _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment, report, on_row)
+
+
+def _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment: Experiment, report, on_row) -> dict:
     splits = make_splits(base, dataset)
     measure = PointMeasurer(splits, seeds, probe_size, x64)
     rows = []
+    done = read_rows(experiment.folder)
 
     def run_knob(name: str, points: list[tuple[Any, Config]]) -> None:
         condition = KNOBS[name].condition if name in KNOBS else None
+        earlier = [next((r for r in done if r["knob"] == name and r["value"] == value), None) for value, _ in points]
+        if all(earlier):
+            report(f"{name}: done")
+            rows.extend(earlier)
+            return
         measured = []
         for value, cfg in points:
             report(f"{name} = {_value_label(value) if value is not None else 'base'}: measuring")
@@ -337,7 +332,7 @@ def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_s
         trained = [{"test_accuracy": None}] * len(points)
         if train_epochs:
             report(f"{name}: training {len(points)} point(s) x {len(seeds)} seed(s)")
-            trained = train_points(points, dataset, seeds, train_epochs, folder, name)
+            trained = train_points(points, seeds, train_epochs, experiment, lambda cfg: dataset, name)
         for (value, cfg), m, t in zip(points, measured, trained):
             row = {"knob": name, "condition": condition, "value": value,
                    "overrides": KNOBS[name].overrides(value) if name in KNOBS else {}, **m, **t}
@@ -359,6 +354,12 @@ def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_s
 
 def figure_name(knob: str) -> str:
     return f"condition_{knob}.png"
+
+
+def read_rows(folder: Path) -> list[dict]:
+    """The rows measured (and trained) so far: condition_sweep.jsonl, [] if there is none."""
+    path = folder / "condition_sweep.jsonl"
+    return read_jsonl(path) if path.exists() else []
 
 
 def write_row(folder: Path, row: dict) -> None:

@@ -3,8 +3,7 @@
 The network is the one the config and seed initialise (network.init_state), or a run's trained
 parameters with the rule state as that run started training (fa's B and ep's random feedback from
 the seed and the INITIAL weights); the probe batch is the one training draws from the seed
-(splits.seed_probe). `--x64` casts the float32 network to float64 (the same weights, in higher
-precision). The measurements and the grading are bioprop_cli/metrics/conditions.py.
+(splits.seed_probe); `--x64` casts the float32 network to float64 (experiment/probe.py). The measurements and the grading are bioprop_cli/metrics/conditions.py.
 
 conditions.json is never overwritten: the next free name conditions-2.json, conditions-3.json, ...
 is taken instead (runs.write_new_json: created exclusively, atomically).
@@ -13,20 +12,15 @@ is taken instead (runs.write_new_json: created exclusively, atomically).
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.conditions import conditions_table
-from bioprop_cli.network import architecture, init_state
-from bioprop_cli.precision import cast_floats, float64
+from bioprop_cli.experiment.probe import seed_network_probe
+from bioprop_cli.network import architecture
 from bioprop_cli.runs import make_folder, read_jsonl, write_new_json
-from bioprop_cli.splits import derive_keys, make_splits, seed_probe
+from bioprop_cli.splits import make_splits
 
 
 def check_params(params, expected, source: str) -> None:
@@ -72,25 +66,14 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
     t0 = time.perf_counter()
     trained = params is not None
     splits = make_splits(config, dataset)
-    n_train, n_in = splits.x_train.shape
-    network = architecture(config, n_in)
-    px, py, idx = seed_probe(splits, config.seed, probe_size)
-    # drawn in float32 (--x64: the same network, in float64); the rule state is the one training
-    # started from, rebuilt from the seed and the INITIAL params (ep's random feedback takes their norm)
-    rule, initial, state = init_state(config, network, config.seed, n_train)
-    if params is None:
-        params = initial
-    else:
-        check_params(params, initial, source)
-    with float64() if x64 else nullcontext():
-        dtype = jnp.float64 if x64 else jnp.float32
-        params, state = cast_floats(params, dtype), cast_floats(state, dtype)
-        x = jnp.asarray(px, dtype)
-        y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
-        key = jax.random.fold_in(derive_keys(config.seed).probe, 7)
+    network = architecture(config, splits.x_train.shape[1])
+    # the rule state is the one training started from, rebuilt from the seed and the INITIAL params
+    with seed_network_probe(config, splits, config.seed, probe_size, x64, params,
+                            lambda params, initial: check_params(params, initial, source)) as probe:
         check_interrupt()  # one compiled measurement: Ctrl-C is seen before and after it
-        table = conditions_table(config, rule, params, state, x, y, key, idx)
+        table = conditions_table(config, probe.rule, probe.params, probe.state, probe.x, probe.y, probe.key, probe.idx)
         check_interrupt()
+    x = probe.x
     table["setup"] = {
         "rule": config.rule,
         "layer_sizes": list(network.sizes),

@@ -9,7 +9,6 @@ table.txt (the tables as printed), summary.json.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 
 import jax
@@ -17,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config, to_dict
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.probe import batch, measuring
 from bioprop_cli.metrics.jtranspose import run_jtranspose
 from bioprop_cli.ep import dynamics_architecture, neuron_model
 from bioprop_cli.network import architecture, init_state
-from bioprop_cli.precision import cast_floats, float64
+from bioprop_cli.precision import cast_floats
 from bioprop_cli.report.study_figures import plot_jtranspose
 from bioprop_cli.report.study_tables import as_text, jtranspose_tables
 from bioprop_cli.runs import append_jsonl, create_run_dir, create_stamped_dir, write_atomic, write_json, write_yaml
@@ -67,16 +66,14 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
     m = config.model
     network = architecture(config, dataset.x_train.shape[1])
     _, initial, _ = init_state(config, network, config.seed)  # drawn in float32: --x64 casts the same network
-    with float64() if x64 else nullcontext():
-        dtype = jnp.float64 if x64 else jnp.float32
+    with measuring(x64) as dtype:
         params = cast_floats(initial, dtype)
         if stored is not None:
             params, source = _with_stored(params, stored, run_folder, dtype), f"trained parameters of {run_folder}"
         else:
             source = "fresh network" if run_folder is None else "fresh network of the run's config (the run stored no parameters)"
         idx = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), n_batch, replace=False))
-        x = jnp.asarray(dataset.x_train[idx], dtype)
-        y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), NUM_CLASSES, dtype=dtype)
+        x, y = batch(dataset.x_train[idx], dataset.y_train[idx], dtype)
         records = run_jtranspose(params, x, y, neuron_model(config), config.ep, betas, angles,
                                  jax.random.fold_in(derive_keys(config.seed).rule, 2), dynamics_architecture(config))
     for r in records:

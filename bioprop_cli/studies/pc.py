@@ -15,7 +15,6 @@ it the floor that unconverged inference and rounding leave takes over), is about
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,20 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.interrupt import check as check_interrupt
-from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
-from bioprop_cli.precision import cast_floats, full_float32
+from bioprop_cli.metrics.predictive_coding import METRICS, make_comparison
+from bioprop_cli.experiment.probe import batch
+from bioprop_cli.precision import cast_floats
 from bioprop_cli.report.study_figures import plot_pc_sweep
-from bioprop_cli.models.arch import Architecture, dense
-from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.base import model_functions
+from bioprop_cli.models.arch import dense
 from bioprop_cli.runs import append_jsonl, write_json
 from bioprop_cli.splits import derive_keys
 from bioprop_cli.studies.seeds import measure_seeds
-
-METRICS = ("update_angle", "update_rel_error")
-
 
 def default_gammas() -> list[float]:
     """1e-3 to 1, two per decade."""
@@ -46,22 +40,6 @@ def default_gammas() -> list[float]:
 
 def default_steps() -> list[int]:
     return [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
-
-
-def make_comparison(config: Config, network: Architecture, steps: int) -> Callable:
-    """(params, x, y, gammas (G,)) -> {metric: (G, L) per layer, metric + "_all": (G,) whole network}:
-    pc's update at `steps` inference steps against jax.grad, all gammas at once (vmap)."""
-    act, loss = model_functions(config)
-
-    def at_gamma(params, x, y, gamma):
-        pc = replace(config.pc, output_precision=gamma, inference_steps=steps)
-        rule = make_rule(replace(config, pc=pc), network)
-        estimate = rule.estimate(params, (), x, y, None)
-        exact, _ = exact_gradients(network, params, x, y, act, loss)
-        layers, whole = compare_updates(estimate.grads, exact)
-        return {**layers, **{f"{m}_all": whole[m] for m in METRICS}}
-
-    return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0))))
 
 
 def seed_measurements(config: Config, splits, seed: int, params, gammas: list[float], steps_list: list[int],
@@ -73,8 +51,7 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     key = jax.random.fold_in(derive_keys(seed).data, 20_000)
     bs = config.train.batch_size
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
-    batches = [(jnp.asarray(splits.x_train[idx], dtype),
-                jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)) for idx in order]
+    batches = [batch(splits.x_train[idx], splits.y_train[idx], dtype) for idx in order]
 
     def batch_mean(compare, gammas_array):
         measured = []

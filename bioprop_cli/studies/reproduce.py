@@ -26,7 +26,7 @@ learning rate, say) and the seeds), plus a `paper:` section that only this modul
         set: {train.epochs: 1, data.train_limit: 3000}
         progress: 0.5                          # see quick_verdict
 
-`run` trains the grid x seeds through the sweep machinery (bioprop_cli/sweep/grid.py: resumable, one
+`run` trains the grid x seeds through the sweep machinery (bioprop_cli/experiment/grid.py and runner.py: resumable, one
 folder, runs of one shape trained together), `compare` reads each run folder's numbers and pools them
 over seeds, and the verdicts are pure functions of the numbers (tested on hand-made ones).
 """
@@ -110,7 +110,7 @@ class Preset:
     path: Path
     paper: PaperSection
     grid: dict
-    where: list  # the sweep section's per-point overrides (bioprop_cli/sweep/grid.py: read_where)
+    where: list  # the sweep section's per-point overrides (bioprop_cli/experiment/grid.py: read_where)
     seeds: int
 
     @property
@@ -121,7 +121,7 @@ class Preset:
 def load_preset(name: str, folder: Path = PAPERS) -> Preset:
     """The preset, checked by the config's typed loader: a bad key or value is a UserError naming the
     file and the key (`paper.published[0].value`), before anything runs."""
-    from bioprop_cli.sweep.grid import axis_key, check_where, points, read_sweep_section, require_matches
+    from bioprop_cli.experiment.grid import axis_key, check_where, points, read_sweep_section, require_matches
 
     path = preset_path(name, folder)
     tree = read_yaml(path)
@@ -193,10 +193,11 @@ def seed_count(preset: Preset, quick: bool, seeds: int | None) -> int:
 
 
 def check_data(preset: Preset, quick: bool, overrides, dataset_loader: Callable) -> None:
-    """The preset's data, loaded and checked against each of its points (sweep.grid.load_checked_data):
+    """The preset's data, loaded and checked against each of its points (experiment.runner.load_checked_data):
     a missing or truncated data folder is a UserError before anything is written."""
     from bioprop_cli.config import to_dict
-    from bioprop_cli.sweep.grid import load_checked_data, point_config, points
+    from bioprop_cli.experiment.grid import point_config, points
+    from bioprop_cli.experiment.runner import load_checked_data
 
     base = base_config(preset, quick, overrides)
     tree = to_dict(base)
@@ -206,7 +207,7 @@ def check_data(preset: Preset, quick: bool, overrides, dataset_loader: Callable)
 def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable, overrides=(),
         report: Callable[[str], None] = lambda m: None, interrupted: Callable[[], bool] = lambda: False) -> dict:
     """Trains the preset (a sweep: grid x seeds, resumable) and compares it with the published numbers."""
-    from bioprop_cli.sweep.grid import run_sweep
+    from bioprop_cli.experiment.grid import run_sweep
 
     base = base_config(preset, quick, overrides)
     seed_values = [base.seed + k for k in range(seed_count(preset, quick, seeds))]
@@ -282,7 +283,7 @@ def compare(preset: Preset, folder: Path, manifest: dict, quick: bool) -> list[d
 
 
 def _matches(values: dict, where: dict) -> bool:
-    from bioprop_cli.sweep.grid import axis_key
+    from bioprop_cli.experiment.grid import axis_key
 
     return all(values.get(axis_key(str(k))) == v for k, v in where.items())
 

@@ -4,15 +4,12 @@ when asked)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import replace
 from typing import Callable
 
-import jax.numpy as jnp
-
 from bioprop_cli.config import Config
+from bioprop_cli.experiment.probe import measuring
 from bioprop_cli.interrupt import check as check_interrupt
-from bioprop_cli.precision import float64
 from bioprop_cli.splits import derive_keys, make_splits
 from bioprop_cli.train import build_program
 
@@ -40,6 +37,6 @@ def measure_seeds(config: Config, dataset, seeds: list[int], train_epochs: int, 
         progress(f"seed {seed}: network")
         params, rule_state = fixed_network(config, splits, seed, train_epochs)
         progress(f"seed {seed}: measuring")
-        with float64() if x64 else nullcontext():
-            measured.append(measure(splits, seed, params, rule_state, jnp.float64 if x64 else jnp.float32))
+        with measuring(x64) as dtype:
+            measured.append(measure(splits, seed, params, rule_state, dtype))
     return measured

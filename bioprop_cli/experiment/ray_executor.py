@@ -64,7 +64,7 @@ class RayExecutor:
         """Yields (group, summaries) as groups finish. After Ctrl-C (`interrupted()`), the running
         tasks are asked to stop (their runs end 'interrupted' at the next epoch) and the tasks not
         started are cancelled (their runs stay queued)."""
-        from bioprop_cli.sweep.grid import train_point
+        from bioprop_cli.experiment.runner import train_point
 
         with self.session() as ray:
             task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus)(train_point)

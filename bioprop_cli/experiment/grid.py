@@ -5,47 +5,27 @@ A config file's `sweep:` section may add `where:`, per-point overrides: a list o
 values sets its `set` values on top of them (a rule at its own learning rate). Point and run names
 stay made of the grid values alone.
 
-A sweep folder <results_dir>/<experiment>/<sweep-name>/ holds
-    config.yaml      the base config (every point starts from it)
-    manifest.json    the grid, the `where` overrides (when there are any), the seeds, and one entry
-                     per (point, seed), named <point>-s<seed>:
-                     values (the point's grid values), seed, run_dir (THE run of that point and seed),
-                     status, test_accuracy, error (failed runs), previous_run_dirs (earlier,
-                     unfinished attempts: not results)
-    runs/<point>-s<seed>/   ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
-    .lock            held by the process that runs the sweep (runs.folder_lock): one writer at a time
-The sweep's name is derived from the base config, the grid, the overrides (none: the name of the
-sweeps made before `where` existed) and the seeds, so the same command finds the same folder
-again: completed and diverged runs are kept, interrupted, failed or missing ones run (again, into
-a new folder). A run whose summary says it finished although the manifest does
-not (the process was killed between the two writes) is taken as it is, not trained again. Runs
-that differ only in their seed and in values that change no array shape (config.BATCHABLE_KEYS:
-learning rate, beta, scales) train together as one vmapped program, compiled once: a sweep over
-4 learning rates x 4 seeds is one program of 16 runs. Every point's config is validated, and the data
-loaded and checked against it (as `bioprop train` does: missing or truncated files, a batch larger
-than the data), before anything is written: bad input is one UserError, no folder. A point that
-fails at run time is recorded as failed and the sweep goes on; a full disk marks the group in
-training failed (its summaries and the manifest say why) and stops the sweep with a UserError. Ctrl-C stops at the next boundary: the group in training
-is recorded as interrupted, the groups not started stay queued.
+A sweep folder is <results_dir>/<experiment>/<sweep-name>/, an experiment folder of the runner
+(experiment/runner.py: config.yaml, manifest.json, runs/<point>-s<seed>/, .lock; resumable); its
+manifest's header holds the grid, the `where` overrides (when there are any) and the seeds, and each
+run's `values` are its point's grid values. The sweep's name is derived from the base config, the
+grid, the overrides (none: the name of the sweeps made before `where` existed) and the seeds, so the
+same command finds the same folder again. Every point's config is validated, and the data loaded and
+checked against it (as `bioprop train` does: missing or truncated files, a batch larger than the
+data), before anything is written: bad input is one UserError, no folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from bioprop_cli.config import Config, check_against_data, keys_overlap, load_config, shape_key, to_dict
-from bioprop_cli.errors import DiskFull, UserError
+from bioprop_cli.config import Config, keys_overlap, load_config, to_dict
+from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.runner import LocalExecutor, RunSpec, identity_name, load_checked_data, name_part, open_experiment
 from bioprop_cli.rules import FEEDFORWARD, available_rules
-from bioprop_cli.runs import (
-    RunWriter, check_folder, create_run_dir, disk_full_reason, folder_lock, make_folder, mark_failed, write_json,
-    write_status, write_yaml,
-)
 
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
@@ -58,7 +38,7 @@ AXES: dict[str, tuple[str, list]] = {
     "width": ("model.width", [64, 128, 256, 512]),
     "init-scale": ("model.init.scale", [0.25, 0.5, 1.0, 2.0]),
 }
-FINISHED = ("completed", "diverged")
+AXIS_COMMANDS = (*AXES, "seed")  # `bioprop sweep AXIS`: the axes, and the seeds
 # Where a sweep writes and reads is not what it trains: these keys are no axes (their values would
 # become folder names).
 NOT_AXES = ("results_dir", "experiment", "data.data_dir")
@@ -95,6 +75,54 @@ def parse_values(text: str, name: str = "--values") -> list:
     if not values:
         raise UserError(f"{name}: expected comma-separated values, got {text!r}")
     return values
+
+
+def plan_grid(axis: str | None, values: str | None, grid_options: list[str], file_grid: dict[str, list]) -> dict[str, list]:
+    """The grid of `bioprop sweep [AXIS] [--values V1,V2] [--grid KEY=V1,V2 ...]`: the command line's axes
+    replace the config file's (`file_grid`) axis of the same key; nothing to sweep is a UserError."""
+    grid: dict[str, list] = {}
+    if axis is not None and axis != "seed":
+        key, default = AXES[axis]
+        add_axis(grid, key, parse_values(values) if values else default, f"sweep {axis}")
+    for text in grid_options:
+        key, vals = parse_grid_option(text)
+        add_axis(grid, key, vals, f"--grid {text.partition('=')[0].strip()}")
+    grid = {**file_grid, **grid}
+    if not grid and axis is None:
+        raise UserError(f"nothing to sweep: name an AXIS ({', '.join(AXIS_COMMANDS)}) or give --grid KEY=V1,V2")
+    return grid
+
+
+def refuse_fixed_axes(grid: dict[str, list], where: list[dict], fixed: dict[str, str]) -> None:
+    """A key fixed for the whole sweep (`fixed`: config key -> the flag or --set that fixed it) that is
+    also a grid axis, or set per point by `where`, is a UserError naming both."""
+    for key in grid:
+        for other, source in fixed.items():
+            if keys_overlap(key, other):
+                raise UserError(f"{source}: {key} is a sweep axis (its values come from the grid); drop one of the two")
+    for i, entry in enumerate(where):
+        for key in entry["set"]:
+            for other, source in fixed.items():
+                if keys_overlap(key, other):
+                    raise UserError(f"{source}: sweep.where[{i}] sets {key} on the points it matches; "
+                                    "set it in the config file instead, or drop one of the two")
+
+
+def plan_seeds(axis: str | None, values: str | None, seeds: int | None, file_seeds: int | None, base_seed: int) -> list[int]:
+    """The seeds of every point: `sweep seed --values S1,S2` names them, else --seeds (or the file's
+    sweep.seeds, else 1) seeds from the base config's seed (`sweep seed`: from 0)."""
+    if axis == "seed" and values and seeds is not None:
+        raise UserError("--seeds: `sweep seed --values` already names the seeds; give one of the two")
+    n_seeds = seeds if seeds is not None else (file_seeds or 1)
+    if axis == "seed":
+        seed_values = parse_values(values) if values else list(range(n_seeds))
+    else:
+        seed_values = [base_seed + k for k in range(n_seeds)]
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in seed_values):
+        raise UserError(f"seeds: expected non-negative integers, got {seed_values}")
+    if len(set(seed_values)) < len(seed_values):
+        raise UserError(f"seeds: {seed_values} names a seed twice; give each seed once")
+    return seed_values
 
 
 def parse_grid_option(text: str) -> tuple[str, list]:
@@ -182,21 +210,13 @@ def _set_key(name: str, source: str) -> str:
     return key
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-
-
-def _name_part(value: Any) -> str:
-    """A value as part of a folder name: one path component, whatever the value."""
-    return _UNSAFE.sub("_", str(value)).lstrip(".") or "_"
-
-
 @dataclass(frozen=True)
 class Point:
     values: tuple[tuple[str, Any], ...]  # (config key, value) in grid order
 
     @property
     def name(self) -> str:
-        return "_".join(f"{_name_part(k.split('.')[-1])}-{_name_part(v)}" for k, v in self.values) or "base"
+        return "_".join(f"{name_part(k.split('.')[-1])}-{name_part(v)}" for k, v in self.values) or "base"
 
 
 def points(grid: dict[str, list]) -> list[Point]:
@@ -303,209 +323,25 @@ def sweep_name(base: Config, grid: dict[str, list], seeds: list[int], where: lis
     spec = {"base": content, "grid": grid, "seeds": seeds}
     if where:  # absent without overrides: the names of the sweeps made before `where` existed stay
         spec["where"] = where
-    identity = json.dumps(spec, sort_keys=True, default=str)
-    axes = "-".join(_name_part(k.split(".")[-1]) for k in grid) or "base"
-    return f"sweep-{axes}-{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
-
-
-def load_manifest(folder: Path) -> dict | None:
-    """The sweep's manifest, None if there is none yet; an unreadable one is a UserError."""
-    path = folder / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-        problem = _manifest_problem(manifest)
-    except OSError as e:
-        problem = f"unreadable: {e.strerror or e}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        problem = f"not JSON: {e}"
-    if problem:
-        raise UserError(f"{path}: not a sweep manifest ({problem}); move it aside to start this sweep afresh "
-                        "(its run folders stay where they are)")
-    return manifest
-
-
-def _manifest_problem(manifest: Any) -> str | None:
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
-        return "expected an object with 'runs'"
-    for name, entry in manifest["runs"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
-            return f"run {name!r} has no status"
-        if not isinstance(entry.get("run_dir", ""), str):
-            return f"run {name!r}: run_dir is not a string"
-        if not isinstance(entry.get("previous_run_dirs", []), list):
-            return f"run {name!r}: previous_run_dirs is not a list"
-    return None
-
-
-def _finished_summary(run_dir: Path) -> dict | None:
-    """The run's summary.json if it says the run finished (completed or diverged), else None."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return summary if isinstance(summary, dict) and summary.get("status") in FINISHED else None
-
-
-def _settle(entry: dict, folder: Path) -> None:
-    """An entry that the manifest does not show finished, whose run folder says it finished (the
-    process died between the two writes), takes the run's status: it is not trained again."""
-    if entry["status"] in FINISHED or "run_dir" not in entry:
-        return
-    summary = _finished_summary(folder / entry["run_dir"])
-    if summary is not None:
-        entry["status"], entry["test_accuracy"] = summary["status"], summary.get("test_accuracy")
-
-
-def _requeue(entry: dict | None, point: Point, seed: int, run_dir: Path, folder: Path) -> dict:
-    """The (point, seed) entry pointing at a new run folder; the earlier unfinished attempt is kept
-    in previous_run_dirs (its folder stays, it is no result)."""
-    previous = list((entry or {}).get("previous_run_dirs", []))
-    if entry and entry.get("run_dir"):
-        previous.append(entry["run_dir"])
-    new = {"values": dict(point.values), "seed": seed, "run_dir": str(run_dir.relative_to(folder)), "status": "queued"}
-    return {**new, "previous_run_dirs": previous} if previous else new
-
-
-@dataclass(frozen=True)
-class Group:
-    """Pending runs of the same shapes: trained together (one vmapped program), one task for an
-    executor. names[i] is run i's manifest entry (<point>-s<seed>)."""
-
-    names: tuple[str, ...]
-    configs: tuple[Config, ...]
-    run_dirs: tuple[Path, ...]
-
-    @property
-    def label(self) -> str:
-        points = list(dict.fromkeys(name.rsplit("-s", 1)[0] for name in self.names))
-        return f"{points[0]} (+{len(points) - 1} points)" if len(points) > 1 else points[0]
-
-
-def group_runs(runs: list[tuple[str, Config, Path]]) -> list[Group]:
-    """Groups (name, config, run folder) by shape, in order of first appearance."""
-    by_shape: dict[Config, list] = {}
-    for run in runs:
-        by_shape.setdefault(shape_key(run[1]), []).append(run)
-    return [Group(*map(tuple, zip(*members))) for members in by_shape.values()]
-
-
-def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[dict]:
-    """Trains a group; a data-dependent failure becomes status 'failed' (the sweep goes on)."""
-    from bioprop_cli.train import train_group
-
-    try:
-        dataset = dataset if dataset is not None else dataset_loader(group.configs[0])
-        return train_group(list(group.configs), dataset, [RunWriter(d) for d in group.run_dirs])
-    except DiskFull as e:  # each run says so in its summary (not left `running`); run_sweep stops
-        reason = disk_full_reason(e)
-        for run_dir in group.run_dirs:
-            mark_failed(run_dir, reason)
-        return [{"status": "failed", "error": reason, "disk_full": str(e)} for _ in group.configs]
-    except UserError as e:
-        return [{"status": "failed", "error": str(e)} for _ in group.configs]
+    axes = "-".join(name_part(k.split(".")[-1]) for k in grid) or "base"
+    return identity_name(f"sweep-{axes}", spec)
 
 
 def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
               where: list[dict] = (), report: Callable[[str], None] = lambda m: None, executor=None,
               interrupted: Callable[[], bool] = lambda: False) -> tuple[Path, dict]:
-    """Runs (or resumes) the sweep (`where`: read_where's per-point overrides); returns its folder
-    and manifest. `executor` (default: local,
-    in-process, one group after another) takes the groups and yields (group, summaries); once
-    `interrupted()` is true it starts no group and yields only what was running. The folder is
-    locked (runs.folder_lock) while the sweep runs."""
+    """Runs (or resumes) the sweep through the runner (experiment/runner.py); `where`: read_where's
+    per-point overrides; returns its folder and manifest. Every point is checked, and its data, before
+    anything is written."""
     base_tree = to_dict(base)
     all_points = points(grid)
     check_where(grid, where, all_points)  # before anything is written
     check_points(base_tree, all_points, seeds[0], where)
     datasets = load_checked_data([point_config(base_tree, p, seeds[0], where) for p in all_points], dataset_loader)
     folder = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seeds, where)
-    check_folder(folder, "sweep folder")
-    make_folder(folder)
-    with folder_lock(folder):
-        manifest = load_manifest(folder)
-        if manifest is None:
-            write_yaml(folder / "config.yaml", base_tree)
-            manifest = {"grid": grid, **({"where": where} if where else {}), "seeds": seeds, "runs": {}}
-        pending = _queue(manifest["runs"], all_points, seeds, base_tree, where, folder, report)
-        write_json(folder / "manifest.json", manifest)
-        runner = executor or LocalExecutor(datasets)
-        for group, summaries in runner(group_runs(pending), dataset_loader, report, interrupted):
-            _record(manifest["runs"], group, summaries, folder)
-            full = next((s["disk_full"] for s in summaries if "disk_full" in s), None)
-            if full is not None:  # the next group would fail the same way: stop, say where
-                write_status(folder / "manifest.json", manifest)
-                raise UserError(f"{full}; the sweep stopped, its group {group.label} is marked failed in "
-                                f"{folder / 'manifest.json'} (the same command resumes it)")
-            write_json(folder / "manifest.json", manifest)
-    return folder, manifest
-
-
-def load_checked_data(configs: list[Config], dataset_loader: Callable) -> dict[tuple, Any]:
-    """Each dataset the configs train on, loaded once and checked against every config that uses it
-    (config.check_against_data, as `bioprop train` does): missing, truncated or too small data is a
-    UserError before the sweep's folder exists. Returns {(dataset, data_dir): dataset}."""
-    datasets: dict[tuple, Any] = {}
-    for config in configs:
-        where = (config.data.dataset, config.data.data_dir)
-        if where not in datasets:
-            datasets[where] = dataset_loader(config)
-        check_against_data(config, len(datasets[where].x_train))
-    return datasets
-
-
-def _queue(runs: dict, all_points: list[Point], seeds: list[int], base_tree: dict, where: list[dict], folder: Path,
-           report) -> list:
-    """Marks every unfinished (point, seed) queued, each with a new run folder; returns them as
-    (name, config, run folder)."""
-    pending = []
-    for point in all_points:
-        names = {s: f"{point.name}-s{s}" for s in seeds}
-        for name in names.values():
-            if name in runs:
-                _settle(runs[name], folder)
-        todo = [s for s, name in names.items() if runs.get(name, {}).get("status") not in FINISHED]
-        if not todo:
-            report(f"{point.name}: done")
-        for s in todo:
-            run_dir = create_run_dir(folder, "runs", names[s])
-            runs[names[s]] = _requeue(runs.get(names[s]), point, s, run_dir, folder)
-            pending.append((names[s], point_config(base_tree, point, s, where), run_dir))
-    return pending
-
-
-def _record(runs: dict, group: Group, summaries: list[dict], folder: Path) -> None:
-    for name, summary in zip(group.names, summaries):
-        entry = runs[name]
-        entry["status"] = summary["status"]
-        entry["test_accuracy"] = summary.get("test_accuracy")
-        if "error" in summary:
-            entry["error"] = summary["error"]
-            run_dir = folder / entry["run_dir"]
-            if run_dir.is_dir() and not any(run_dir.iterdir()):
-                run_dir.rmdir()  # failed before it wrote anything
-                del entry["run_dir"]
-
-
-class LocalExecutor:
-    """In-process, one group after another; each dataset is loaded once (`datasets`: those loaded
-    already, load_checked_data's)."""
-
-    def __init__(self, datasets: dict[tuple, Any] | None = None):
-        self.datasets = dict(datasets or {})
-
-    def __call__(self, groups, dataset_loader, report, interrupted=lambda: False):
-        datasets = self.datasets
-        for group in groups:
-            if interrupted():
-                return
-            report(f"{group.label}: training {len(group.configs)} runs together")
-            data = group.configs[0].data
-            where = (data.dataset, data.data_dir)
-            if where not in datasets:
-                try:
-                    datasets[where] = dataset_loader(group.configs[0])
-                except UserError:
-                    datasets[where] = None  # train_point records the failure
-            yield group, train_point(group, dataset_loader, datasets[where])
+    header = {"grid": grid, **({"where": where} if where else {}), "seeds": seeds}
+    specs = [RunSpec(f"{p.name}-s{s}", point_config(base_tree, p, s, where), dict(p.values))
+             for p in all_points for s in seeds]
+    with open_experiment(folder, header, base_tree) as experiment:
+        experiment.train(specs, dataset_loader, executor or LocalExecutor(datasets), report, interrupted)
+    return folder, experiment.manifest

@@ -14,12 +14,9 @@ Files already present are not fetched again.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import os
-import signal
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -36,6 +33,7 @@ from rich.progress import (
 )
 
 from bioprop_cli import cifar
+from bioprop_cli.interrupt import stopped_at_once
 from bioprop_cli.data import (
     CIFAR10_ARCHIVE,
     IDX_FILE_NAMES,
@@ -176,45 +174,6 @@ def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None, patienc
             mirrors.remove(used)
             mirrors.insert(0, used)  # the next file tries first the mirror that answered
     return folder
-
-
-@contextlib.contextmanager
-def stopped_at_once():
-    """Inside the block Ctrl-C raises KeyboardInterrupt, and SIGTERM or SIGHUP (`kill`, a job's time limit, a
-    closed terminal) SystemExit(128 + the signal), wherever the main thread is, a read from a stalled mirror
-    included, whatever handler the command runs under (one that only sets a flag for safe points would let a
-    download run on; a second Ctrl-C that ends the process at once, or the default SIGTERM, would leave its .part
-    file): the download stops and atomic_file removes its .part file. The handlers in force come back after.
-    A signal that is ignored stays ignored; outside the main thread nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    stop = StopOnce()
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if signum is not None and signal.getsignal(signum) not in (signal.SIG_IGN, None):
-            previous[signum] = signal.signal(signum, stop)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-class StopOnce:
-    """A handler whose first signal raises and whose later ones (an impatient second Ctrl-C, the SIGHUP of a
-    terminal closed after it) are dropped, so that none cuts the removal of the .part file short."""
-
-    def __init__(self):
-        self.stopping = False
-
-    def __call__(self, signum: int, frame) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)  # the exit code a shell reports for a process the signal ended
 
 
 def make_folder(folder: Path, dataset: str, missing: list[str]) -> None:

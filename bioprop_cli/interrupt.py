@@ -9,6 +9,9 @@ goes on and exits 0; raised while XLA compiles or runs on its own threads, the i
 and shuts down under them (the studies' exit 139). The second Ctrl-C is for a user who will not wait:
 exit 130 at once (os._exit after flushing the standard streams), nothing recorded, no traceback.
 
+A download is different: it must stop at once wherever it is (a read from a stalled mirror included), so
+inside `stopped_at_once()` Ctrl-C raises and SIGTERM or SIGHUP exit, and the partial file is removed.
+
 In-process use (a notebook, the tests) gets the same flag from `sigint_flag()`, whose second Ctrl-C
 raises KeyboardInterrupt instead of ending the interpreter. Where SIGINT is ignored (a background
 job of a script), it stays ignored; outside the main thread no handler can be set and the flag
@@ -124,3 +127,42 @@ def sigint_flag():
         yield flag.is_set
     finally:
         signal.signal(signal.SIGINT, current)
+
+
+@contextlib.contextmanager
+def stopped_at_once():
+    """Inside the block Ctrl-C raises KeyboardInterrupt, and SIGTERM or SIGHUP (`kill`, a job's time limit, a
+    closed terminal) SystemExit(128 + the signal), wherever the main thread is, a read from a stalled mirror
+    included, whatever handler the command runs under (one that only sets a flag for safe points would let a
+    download run on; a second Ctrl-C that ends the process at once, or the default SIGTERM, would leave its .part
+    file): the download stops and atomic_file removes its .part file. The handlers in force come back after.
+    A signal that is ignored stays ignored; outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stop = StopOnce()
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) not in (signal.SIG_IGN, None):
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class StopOnce:
+    """A handler whose first signal raises and whose later ones (an impatient second Ctrl-C, the SIGHUP of a
+    terminal closed after it) are dropped, so that none cuts the removal of the .part file short."""
+
+    def __init__(self):
+        self.stopping = False
+
+    def __call__(self, signum: int, frame) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)  # the exit code a shell reports for a process the signal ended

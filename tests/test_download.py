@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bioprop_cli import data, download
+from bioprop_cli import data, download, interrupt
 from bioprop_cli.cli import app
 from bioprop_cli.data import IDX_FILE_NAMES
 from bioprop_cli.datasets import load_dataset
@@ -334,12 +334,12 @@ def test_ctrl_c_stops_a_stalled_download_under_a_handler_that_only_sets_a_flag(s
 
 def test_only_the_first_signal_stops_a_download():
     """A second signal must not cut the removal of the .part file short."""
-    stop = download.StopOnce()
+    stop = interrupt.StopOnce()
     with pytest.raises(KeyboardInterrupt):
         stop(signal.SIGINT, None)
     assert stop(signal.SIGINT, None) is None and stop(signal.SIGTERM, None) is None
     with pytest.raises(SystemExit) as excinfo:
-        download.StopOnce()(signal.SIGTERM, None)
+        interrupt.StopOnce()(signal.SIGTERM, None)
     assert excinfo.value.code == 143
 
 

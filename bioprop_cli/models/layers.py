@@ -105,9 +105,9 @@ def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
 
 
 # A conv layer's two vjps are written as forward convolutions (NHWC, HWIO): inside a compiled loop
-# (the epoch's scan) XLA's CPU backend runs the convolutions jax.linear_transpose makes 5 to 17 times
-# slower than outside one, and these forward ones at full speed (measured on LeNet's layers at batch
-# 128; jax-ml/jax issue 12868). Tested against jax.grad.
+# (the epoch's scan) XLA's CPU backend runs the convolutions jax.linear_transpose makes several times
+# slower than outside one, and these forward ones at full speed (jax-ml/jax issue 12868; measured:
+# docs/implementation-notes.md). Tested against jax.grad.
 def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
     """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in): the
     stride-dilated g, padded by k - 1 - p (and what the stride's floor dropped), convolved with the

@@ -14,11 +14,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 # (tests/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.
 os.environ["COLUMNS"] = "120"
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from bioprop_cli.data import Dataset
+from helpers import make_fake_dataset
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -46,19 +46,6 @@ def mnist_dir() -> str:
     if missing:
         pytest.skip(f"BIOPROP_DATA_DIR={path} lacks {', '.join(missing)}")
     return str(folder)
-
-
-def make_fake_dataset(n_train: int = 600, n_test: int = 100, seed: int = 0) -> Dataset:
-    """A tiny MNIST-shaped dataset in memory (random pixels, random labels)."""
-    rng = np.random.default_rng(seed)
-    return Dataset(
-        name="mnist",
-        x_train=rng.random((n_train, 784), dtype=np.float32),
-        y_train=rng.integers(0, 10, n_train).astype(np.int32),
-        x_test=rng.random((n_test, 784), dtype=np.float32),
-        y_test=rng.integers(0, 10, n_test).astype(np.int32),
-        source="fake dataset (tests)",
-    )
 
 
 @pytest.fixture

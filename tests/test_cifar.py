@@ -28,8 +28,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.splits import make_splits
 from bioprop_cli.train import train, train_group
-from test_cli import assert_nothing_written, assert_user_error
-from test_download import FileServer
+from helpers import REPO_ROOT, assert_nothing_written, assert_user_error, FileServer
 
 RECORDS = 10  # per batch file in the generated folders: one image of each class in the test batch
 SMALL = Layout(records_per_batch=RECORDS)
@@ -674,7 +673,7 @@ def test_training_sees_augmented_batches_and_seeds_trained_together_augment_as_t
 
 
 def test_the_example_config():
-    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "cifar10_mlp.yaml")
+    config = load_config(REPO_ROOT / "configs" / "cifar10_mlp.yaml")
     assert (config.data.dataset, config.data.normalization, config.data.augment) == ("cifar10", "per_channel",
                                                                                       "crop_flip")
 
@@ -682,7 +681,7 @@ def test_the_example_config():
 def test_the_laborieux_config_trains_in_their_units(tmp_path):
     """configs/experiments/ep_cnn_cifar10_laborieux.yaml (their neurons, readout, init, constants, edge crops, the
     per-layer cosine stepped per epoch) runs end to end, at toy widths and settling lengths, on the fake images."""
-    path = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "ep_cnn_cifar10_laborieux.yaml"
+    path = REPO_ROOT / "configs" / "experiments" / "ep_cnn_cifar10_laborieux.yaml"
     small = {"model.cnn.channels": [4, 4, 4, 4], "ep.free_steps": 4, "ep.nudged_steps": 2, "train.epochs": 2,
              "train.batch_size": 20, "train.eval_batch_size": 40, "alignment.enabled": False,
              "data.validation_size": 40, "results_dir": str(tmp_path)}

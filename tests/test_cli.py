@@ -20,6 +20,7 @@ from bioprop_cli.cli.common import config_from_flags
 from bioprop_cli.config import Config, load_config
 from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import read_jsonl
+from helpers import assert_nothing_written, assert_user_error, stderr_of
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 ALL_RULES = tuple(available_rules())
@@ -48,33 +49,6 @@ FA_FLAGS = [
 
 # --- helpers ----------------------------------------------------------------------------------
 
-
-def stderr_of(result) -> str:
-    """What the command wrote to stderr; falls back to the mixed output where the runner does not separate it."""
-    try:
-        text = result.stderr
-    except (ValueError, AttributeError):  # older click: stderr not captured separately
-        text = None
-    return text if text else result.output
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2, one 'error:' line naming `fragments`, no traceback; returns the line."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an unhandled exception
-    text = stderr_of(result)
-    assert "Traceback" not in result.output and "Traceback" not in text
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line, got: {text!r}"
-    line = lines[0]
-    assert line.startswith("error:"), line
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
-
-
-def assert_nothing_written(results_dir: Path) -> None:
-    assert not results_dir.exists() or list(results_dir.iterdir()) == [], list(results_dir.rglob("*"))
 
 
 def run_folders(results_dir: Path) -> list[Path]:

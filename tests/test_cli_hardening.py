@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import bioprop_cli.cli.common as common
 import bioprop_cli.cli.train as cli_train
 from bioprop_cli.cli import app
-from test_cli import assert_user_error, stderr_of
+from helpers import assert_user_error, stderr_of
 
 
 def files_under(folder) -> list:
@@ -100,7 +100,7 @@ def test_experiment_under_a_file_is_refused(place):
     ["jtranspose", "--out", "{place}/file/sub"],
 ])
 def test_out_under_a_file(place, args):
-    from test_compare import write_run
+    from helpers import write_run
 
     runs = place / "runs"
     write_run(runs, "bp")
@@ -177,7 +177,7 @@ def test_conditions_refuses_integer_parameters(tmp_path, monkeypatch, fake_datas
 
 def test_printed_paths_are_never_wrapped(tmp_path, monkeypatch, fake_dataset):
     """A console 40 columns wide: the run folder and the report folder are printed whole, on one line."""
-    from test_compare import write_run
+    from helpers import write_run
 
     monkeypatch.setattr(common.console, "width", 40)
     monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)

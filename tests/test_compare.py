@@ -9,11 +9,9 @@ import math
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from bioprop_cli.cli.compare import compare
 from bioprop_cli.report.axes import axis_slices, curve_panels, tuned_best
 from bioprop_cli.report.aggregate import (
     breaking_depths, differing_keys, feedback_angle_by_epoch, find_folders, load_run, update_angle_by_epoch,
@@ -21,76 +19,10 @@ from bioprop_cli.report.aggregate import (
 from bioprop_cli.report.comparison import aggregate
 from bioprop_cli.report.plots import _collapse_floor, plot_accuracy_vs_axis
 from bioprop_cli.report.render import all_tables
+from helpers import compare_app, write_depth_grid, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SPE = 10  # steps per epoch of the synthetic runs
 
-
-def app() -> typer.Typer:
-    a = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    a.command("compare")(compare)
-    a.command("noop", hidden=True)(lambda: None)  # two commands: the app keeps the "compare" name
-    return a
-
-
-def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: int = 0, accs=(0.9, 0.95, 0.97),
-              walls=None, final=None, val=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
-              examples_per_s: float = 1000.0, update_angles=None, feedback=None, angle_curve=None, lr: float = 0.001,
-              experiment: str = "exp", in_epoch: bool = False, batch_size: int = 128) -> Path:
-    """One run folder. update_angles: {layer: final angle}; feedback: {layer: angle or None} (all epochs);
-    angle_curve: mean_update_angle per epoch 0..E (epoch 0 goes to alignment.jsonl's layer "all")."""
-    path = root / name
-    path.mkdir(parents=True)
-    config = {
-        "rule": rule, "experiment": experiment, "seed": seed, "results_dir": str(root / f"res-{seed}"),
-        "model": {"depth": depth, "width": 32, "activation": "tanh"},
-        "optimizer": {"name": "adam", "lr": lr, "layer_lr": []},
-        "data": {"dataset": "mnist", "data_dir": f"/data/{seed}"},
-        "train": {"epochs": len(accs), "batch_size": batch_size},
-    }
-    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    walls = walls or [10.0 * (e + 1) for e in range(len(accs))]
-    angle_curve = angle_curve or [80.0 - 5 * e for e in range(len(accs) + 1)]
-    metrics = [
-        {"epoch": e + 1, "step": (e + 1) * SPE, "test_accuracy": a, "val_accuracy": a, "wall_time_s": w,
-         "mean_update_angle": angle_curve[e + 1]}
-        for e, (a, w) in enumerate(zip(accs, walls))
-    ]
-    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    update_angles = update_angles or {l: 10.0 * l for l in range(depth + 1)}
-    feedback = feedback or {l: None for l in range(depth + 1)}
-    lines = []
-    for e in range(len(accs) + 1):
-        steps = [e * SPE] + ([e * SPE + 5] if in_epoch and e < len(accs) else [])
-        for step in steps:
-            at_end = e == len(accs) and step == e * SPE
-            for l in range(depth + 1):
-                fb = feedback[l]
-                lines.append({"epoch": e, "step": step, "layer": l,
-                              "update_angle": update_angles[l] if at_end else 99.0,
-                              # in-epoch measurements carry a wrong feedback angle: they must be ignored
-                              "feedback_angle": None if fb is None else (fb + e if step == e * SPE else 179.0),
-                              "update_rel_error": 0.1, "delta_angle": 1.0, "feedback_norm_ratio": 1.0})
-            lines.append({"epoch": e, "step": step, "layer": "all", "update_angle": 50.0, "mean_update_angle": angle_curve[e]})
-    (path / "alignment.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    summary = {
-        "status": status, "rule": rule, "depth": depth, "seed": seed, "steps_per_epoch": SPE,
-        "test_accuracy": accs[-1] if final is None else final,
-        "val_accuracy": accs[-1] if val is None else val,
-        "best_val_accuracy": max(accs) if best_val is None else best_val,
-        "wall_time_s": wall_time, "examples_per_s": examples_per_s,
-    }
-    (path / "summary.json").write_text(json.dumps(summary))
-    return path
-
-
-def write_depth_grid(root: Path) -> None:
-    """bp 0.98 at depths 1..4; fa 0.975, 0.97, 0.95, 0.90: fa breaks at depth 3 with margin 0.01."""
-    for d in range(1, 5):
-        write_run(root, f"bp-d{d}", rule="bp", depth=d, final=0.98, accs=(0.9, 0.98))
-    for d, acc in zip(range(1, 5), (0.975, 0.97, 0.95, 0.90)):
-        write_run(root, f"fa-d{d}", rule="fa", depth=d, final=acc, accs=(0.9, acc),
-                  feedback={l: (None if l == 0 else 40.0 + l) for l in range(d + 1)})
 
 
 def write_beta_sweep(root: Path) -> Path:
@@ -331,17 +263,17 @@ def test_baseline_other_than_bp(tmp_path):
     c = aggregate([tmp_path / "runs"], baseline="fa")
     assert c.breaking == {(): {"bp": None}}
     assert "bp does not break: within 1.00 points of fa" in "\n".join(c.findings)
-    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs"), "--baseline", "fa", "--out", str(tmp_path / "rep")])
+    result = CliRunner().invoke(compare_app(), ["compare", str(tmp_path / "runs"), "--baseline", "fa", "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert "points below fa" in (tmp_path / "rep" / "report.md").read_text()
-    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs"), "--baseline", "kp", "--out", str(tmp_path / "rep2")])
+    result = CliRunner().invoke(compare_app(), ["compare", str(tmp_path / "runs"), "--baseline", "kp", "--out", str(tmp_path / "rep2")])
     assert_user_error(result, "--baseline: no 'kp' runs")
     assert not (tmp_path / "rep2").exists()
 
 
 def test_cli_report_for_a_hyperparameter_sweep(tmp_path):
     write_lr_batch_grid(tmp_path / "runs")
-    result = CliRunner(env={"COLUMNS": "200"}).invoke(app(), ["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(compare_app(), ["compare", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     out = tmp_path / "rep"
     for name in ("accuracy_vs_optimizer_lr.png", "accuracy_vs_train_batch_size.png"):
@@ -370,7 +302,7 @@ def test_cli_writes_the_report_and_never_overwrites(tmp_path):
     write_run(root, "fa-d3-s1", rule="fa", depth=3, seed=1, final=0.95, accs=(0.9, 0.95),
               feedback={0: None, 1: 40.0, 2: 41.0, 3: 42.0})
     runner = CliRunner()
-    result = runner.invoke(app(), ["compare", str(root), "--target", "0.97", "--format", "csv"])
+    result = runner.invoke(compare_app(), ["compare", str(root), "--target", "0.97", "--format", "csv"])
     assert result.exit_code == 0, result.output
     assert "fa breaks at depth 3" in result.output
     out = root / "report"
@@ -389,7 +321,7 @@ def test_cli_writes_the_report_and_never_overwrites(tmp_path):
     assert fa3["n_runs"] == "2" and float(fa3["test_accuracy_mean"]) == pytest.approx(0.95)
 
     # a second report goes to report-1, with json, and says so
-    result = runner.invoke(app(), ["compare", str(root), "--format", "JSON"])
+    result = runner.invoke(compare_app(), ["compare", str(root), "--format", "JSON"])
     assert result.exit_code == 0, result.output
     assert "report-1" in result.output and "already holds a report" in result.output
     assert (root / "report" / "report.md").read_text() == md
@@ -402,7 +334,7 @@ def test_cli_with_out_and_beta_sweep(tmp_path):
     write_beta_sweep(tmp_path / "r")
     write_run(tmp_path / "r", "bp", rule="bp")
     out = tmp_path / "elsewhere" / "rep"
-    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "r"), "--out", str(out)])
+    result = CliRunner().invoke(compare_app(), ["compare", str(tmp_path / "r"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "beta_sweep_0.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "slope 1.02" in (out / "report.md").read_text()
@@ -426,7 +358,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, fragment):
     write_run(root, "bp", rule="bp")
     empty.mkdir()
     names = {"missing": tmp_path / "missing", "empty": empty, "root": root}
-    result = CliRunner().invoke(app(), ["compare", *(a.format(**names) for a in args)])
+    result = CliRunner().invoke(compare_app(), ["compare", *(a.format(**names) for a in args)])
     assert_user_error(result, fragment)
     assert not (root / "report").exists()
 
@@ -531,7 +463,7 @@ def test_a_running_run_is_never_a_result(tmp_path, pid, reason):
     assert [(e.path.name, e.reason) for e in c.excluded] == [("killed", reason)]
     text = "\n".join(c.findings)
     assert ("stale, not counted" if reason == "stale" else "still running, not counted") in text
-    result = CliRunner().invoke(app(), ["compare", str(root), "--out", str(tmp_path / "rep")])
+    result = CliRunner().invoke(compare_app(), ["compare", str(root), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert "1 more not counted" in result.output and str(root / "killed") in result.output
     assert str(root / "killed") in (tmp_path / "rep" / "report.md").read_text()
@@ -539,7 +471,7 @@ def test_a_running_run_is_never_a_result(tmp_path, pid, reason):
 
 def test_only_unfinished_runs_is_a_one_line_error(tmp_path):
     write_run(tmp_path / "runs", "killed", status="running")
-    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs")])
+    result = CliRunner().invoke(compare_app(), ["compare", str(tmp_path / "runs")])
     assert_user_error(result, "no finished runs")
     assert not (tmp_path / "runs" / "report").exists()
 
@@ -597,7 +529,7 @@ def _null_beta(run: Path) -> None:  # what `sweep beta --values nan` used to lea
 def test_malformed_files_are_a_one_line_error_naming_the_file(tmp_path, damage, fragments):
     run = write_run(tmp_path / "runs", "bp", accs=(0.9, 0.95))
     damage(run)
-    result = CliRunner().invoke(app(), ["compare", str(tmp_path / "runs")])
+    result = CliRunner().invoke(compare_app(), ["compare", str(tmp_path / "runs")])
     assert_user_error(result, fragments[0])
     for fragment in fragments[1:]:
         assert fragment in stderr_of(result)
@@ -607,7 +539,7 @@ def test_malformed_files_are_a_one_line_error_naming_the_file(tmp_path, damage, 
 def test_a_corrupt_manifest_is_a_one_line_error(tmp_path):
     sweep = write_resumed_sweep(tmp_path)
     (sweep / "manifest.json").write_text(json.dumps({"runs": [1, 2]}))
-    assert_user_error(CliRunner().invoke(app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")
+    assert_user_error(CliRunner().invoke(compare_app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")
 
 
 def test_conv_runs_are_labelled_by_their_architecture_not_a_depth(tmp_path):

@@ -10,15 +10,9 @@ from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.studies.conditions import run as measure_conditions
 from bioprop_cli.runs import read_jsonl
-from tests.conftest import make_fake_dataset
+from helpers import CONDITIONS_TINY_DATA, CONVERGED_EP, make_fake_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY_DATA = [("data.train_limit", 400), ("data.validation_size", 100), ("data.test_limit", 100)]
-# A small EP network where every condition holds: smooth rho, contracting dynamics settled for
-# far longer than they need, T2 >> L = 3, symmetric nudging at a small beta.
-CONVERGED_EP = [("rule", "ep"), ("model.depth", 2), ("model.width", 4), ("model.activation", "sigmoid"),
-                ("ep.estimator", "symmetric"), ("ep.beta", 1e-3), ("ep.free_steps", 150), ("ep.nudged_steps", 150),
-                ("ep.reference_tolerance", 1e-10), ("ep.reference_steps", 2000), *TINY_DATA]
 
 
 def _status(table, number):
@@ -160,7 +154,7 @@ def test_gradient_equivalence_is_graded_on_the_worst_hidden_layer():
 
 def test_fa_at_initialisation_fails_gradient_equivalence(dataset):
     table = measure_conditions(load_config(overrides=[("rule", "fa"), ("model.depth", 2), ("model.width", 128),
-                                                      *TINY_DATA]), dataset, 64)
+                                                      *CONDITIONS_TINY_DATA]), dataset, 64)
     eq = table["gradient_equivalence"]
     hidden = [r["update_angle"] for r in eq["layers"][:-1]]
     assert eq["status"] == "fails" and max(hidden) >= 80, eq
@@ -199,7 +193,7 @@ def test_small_perturbation_prints_a_beta_ladder(dataset):
 
 
 def test_pc_has_its_own_conditions_table(dataset):
-    pc = [("rule", "pc"), ("model.depth", 2), ("model.width", 16), *TINY_DATA]
+    pc = [("rule", "pc"), ("model.depth", 2), ("model.width", 16), *CONDITIONS_TINY_DATA]
     standard = measure_conditions(load_config(overrides=pc), dataset, 16)
     rows = {r["condition"]: r for r in standard["conditions"]}
     assert rows[1]["values"]["converged_steps"] == 200 and rows[1]["values"]["inference_residual"] > 0

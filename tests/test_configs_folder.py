@@ -1,14 +1,14 @@
 """The shipped configs load, and configs/default.yaml documents the real defaults."""
 
-from pathlib import Path
 
 import pytest
 import yaml
 
 from bioprop_cli.config import Config, load_config, to_dict
 from bioprop_cli.rules import available_rules
+from helpers import REPO_ROOT
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO_ROOT / "configs"
 
 
 def test_default_yaml_lists_every_key_with_its_default():

@@ -381,7 +381,7 @@ SMALL_CNN = [("model.arch", "cnn"), ("model.cnn.channels", [2]), ("model.cnn.ker
 def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     from bioprop_cli.runs import RunWriter, read_jsonl
     from bioprop_cli.train import train
-    from conftest import make_fake_dataset
+    from helpers import make_fake_dataset
 
     config = load_config(overrides=[("rule", rule), ("train.epochs", 1), ("train.batch_size", 50),
                                     ("data.validation_size", 50), ("alignment.probe_size", 16)] + network)

@@ -22,8 +22,7 @@ from bioprop_cli.cli import app
 from bioprop_cli.config import load_config, to_dict
 from bioprop_cli.errors import DiskFull, UserError
 from bioprop_cli.sweep.grid import run_sweep, sweep_name
-from conftest import make_fake_dataset
-from test_cli import assert_user_error
+from helpers import HELPERS_DIR, assert_user_error, make_fake_dataset
 
 SMALL = ["--set", "data.train_limit=600", "--set", "data.validation_size=100", "--set", "data.test_limit=100",
          "--batch-size", "50", "--width", "8", "--set", "alignment.probe_size=16"]
@@ -199,7 +198,7 @@ def test_on_a_real_full_file_system_commands_say_one_line(tmp_path, monkeypatch)
 KILLED_SWEEP = textwrap.dedent("""
     import os, signal, sys
     sys.path[:0] = [{tests!r}]
-    from conftest import make_fake_dataset
+    from helpers import make_fake_dataset
     import bioprop_cli.runs as runs
     from bioprop_cli.config import load_config
     from bioprop_cli.sweep.grid import run_sweep
@@ -223,7 +222,7 @@ def test_a_sweep_killed_mid_run_finishes_on_rerun_with_the_results_of_an_uninter
     base = [("model.width", 8), ("data.train_limit", 600), ("data.validation_size", 100), ("data.test_limit", 100),
             ("train.batch_size", 50), ("train.epochs", 2), ("alignment.probe_size", 16)]
     script = tmp_path / "killed.py"
-    script.write_text(KILLED_SWEEP.format(tests=str(Path(__file__).parent), base=base))
+    script.write_text(KILLED_SWEEP.format(tests=str(HELPERS_DIR), base=base))
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "killed"), "depth-2-s0"], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert killed.returncode == -9, killed.stderr

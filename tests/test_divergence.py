@@ -10,7 +10,7 @@ from bioprop_cli.config import load_config
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.train import divergence_reason, train_group
-from test_train import clusters, run, small_config
+from helpers import clusters, run, small_config
 
 
 def test_reason_by_hand():

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,70 +22,11 @@ from bioprop_cli.cli import app
 from bioprop_cli.data import IDX_FILE_NAMES
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.errors import UserError
+from helpers import FileServer
 
 GZ_FILES = tuple(f"{name}.gz" for name in IDX_FILE_NAMES)
 TRAIN_LABELS_GZ = "train-labels-idx1-ubyte.gz"
 
-
-class FileServer:
-    """Serves `files` (URL path -> bytes) on 127.0.0.1; counts requests; `cut_short` paths announce their full
-    length but send only half of it before closing the connection (a server that dies half-way); `trickle` paths
-    (path -> seconds) send one byte, then wait that long before the next, until the file ends or the server stops."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = dict(files)
-        self.cut_short: set[str] = set()
-        self.trickle: dict[str, float] = {}
-        self.after_first_byte: Callable[[], object] = lambda: None  # of a trickle
-        self.stopping = threading.Event()
-        self.requests: list[str] = []
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def handler(self):
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append(self.path)
-                body = outer.files.get(self.path.lstrip("/"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.path.lstrip("/") in outer.trickle:
-                    self.send_slowly(body, outer.trickle[self.path.lstrip("/")])
-                    return
-                self.wfile.write(body[: len(body) // 2] if self.path.lstrip("/") in outer.cut_short else body)
-
-            def send_slowly(self, body: bytes, seconds_per_byte: float):
-                for position in range(len(body)):
-                    try:
-                        self.wfile.write(body[position:position + 1])
-                        self.wfile.flush()
-                    except OSError:  # the client gave up
-                        return
-                    if position == 0:
-                        outer.after_first_byte()
-                    if outer.stopping.wait(seconds_per_byte):
-                        return
-
-            def log_message(self, *args):
-                pass
-
-        return Handler
-
-    def __enter__(self) -> FileServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def closed_port_url() -> str:

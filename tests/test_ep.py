@@ -16,35 +16,16 @@ from bioprop_cli.ep import (
     spectral_radius,
 )
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, settle, step
-from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
 from bioprop_cli.metrics.measure import make_measure
-
-SIZES = (6, 5, 4, 3)  # input, two hidden layers, output
-
-
-def _problem(dtype=jnp.float32, scale=1.0, seed=0, batch=7):
-    params = init_params(jax.random.PRNGKey(seed), dense(SIZES), "glorot_uniform", scale)
-    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-    params = [{"w": p["w"], "b": p["b"] + 0.1} for p in params]  # nonzero biases: all terms matter
-    kx, ky = jax.random.split(jax.random.PRNGKey(seed + 100))
-    x = jax.random.uniform(kx, (batch, SIZES[0]), dtype)
-    y = jax.nn.one_hot(jax.random.randint(ky, (batch,), 0, SIZES[-1]), SIZES[-1], dtype=dtype)
-    return params, x, y
+from helpers import CONVERGED, SIZES, _ep_estimate, _flat, _problem, _rel
 
 
 def _config(**ep):
     overrides = [("rule", "ep"), ("model.depth", 2)] + [(f"ep.{k}", v) for k, v in ep.items()]
     return load_config(overrides=overrides)
 
-
-def _flat(grads):
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(grads)])
-
-
-def _rel(a, b):
-    return float(jnp.linalg.norm(_flat(a) - _flat(b)) / jnp.linalg.norm(_flat(b)))
 
 
 @pytest.mark.parametrize("rho_name", ["hard_sigmoid", "sigmoid", "tanh"])
@@ -135,13 +116,6 @@ def test_implicit_gradient_matches_finite_differences_and_converged_bptt(rho_nam
             analytic = float(jnp.vdot(_flat(implicit), _flat(direction)))
             assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-10)
 
-
-def _ep_estimate(config, params, x, y, key=jax.random.PRNGKey(0)):
-    rule = make_rule(config, dense(SIZES))
-    return rule.estimate(params, rule.init(key, params), x, y, key)
-
-
-CONVERGED = dict(free_steps=5000, nudged_steps=5000, tolerance=1e-13, eps=0.5)
 
 
 @pytest.mark.parametrize("rho_name", ["sigmoid", "hard_sigmoid"])

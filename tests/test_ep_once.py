@@ -13,7 +13,7 @@ from bioprop_cli.studies.conditions import run as measure_conditions
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import make_rule
 from bioprop_cli.metrics.measure import make_measure
-from tests.conftest import make_fake_dataset
+from helpers import _flat_weights, make_fake_dataset
 
 SIZES = (6, 5, 4, 3)
 TINY_DATA = [("data.train_limit", 300), ("data.validation_size", 60), ("data.test_limit", 60)]
@@ -31,10 +31,6 @@ def _problem(batch=7):
 def _config(**ep):
     return load_config(overrides=[("rule", "ep"), ("model.depth", 2)] + [(f"ep.{k}", v) for k, v in ep.items()])
 
-
-def _flat_weights(grads):
-    """Weights and biases flattened in pytree order, as the beta sweep flattens them."""
-    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves([{"w": g["w"], "b": g["b"]} for g in grads])])
 
 
 @pytest.mark.parametrize("estimator", ["one-sided", "symmetric"])

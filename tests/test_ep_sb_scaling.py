@@ -9,7 +9,6 @@ E = 1/2 sum_k rho(s_k).rho(s_k) - sum_k b_k.rho(s_k) - sum_l rho(s_l) W_l rho(s_
 layer included, its bias b_0 too) and C = sum (s_L - y)^2; s <- clip(s - eps dF/ds, 0, 1) on the free
 layers; the update W <- W - (alpha / beta) d/dW [mean E(s^beta) - mean E(s^0)] at fixed states."""
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +20,10 @@ from bioprop_cli.models.arch import dense
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
 from bioprop_cli.rules import make_rule
+from helpers import REPO_ROOT
 
 SIZES = (6, 5, 4, 3)
-PRESET = Path(__file__).parent.parent / "configs" / "papers" / "scellier-bengio-2017-2h.yaml"
+PRESET = REPO_ROOT / "configs" / "papers" / "scellier-bengio-2017-2h.yaml"
 ALPHAS = (0.4, 0.1, 0.01)
 
 

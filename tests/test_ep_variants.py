@@ -16,8 +16,7 @@ from bioprop_cli.config import load_config
 from bioprop_cli.ep import ESTIMATORS, free_fixed_point, implicit_gradient, solve_adjoint
 from bioprop_cli.models.energy import RHOS, energy, input_drive, step
 from bioprop_cli.precision import float64
-from test_cli import assert_nothing_written, assert_user_error
-from test_ep import CONVERGED, SIZES, _ep_estimate, _flat, _problem, _rel
+from helpers import CONVERGED, SIZES, _ep_estimate, _flat, _problem, _rel, assert_nothing_written, assert_user_error
 
 
 def _config(activation="hard_sigmoid", **ep):
@@ -119,7 +118,7 @@ def test_the_clamped_update_vanishes_where_the_free_output_is_the_target():
 @pytest.mark.parametrize("estimator", ["negative", "clamped", "coupled"])
 def test_sweep_beta_estimates_the_new_variants_as_training_does(estimator):
     from bioprop_cli.studies.beta import make_batch_estimates
-    from tests.test_ep_once import _flat_weights
+    from helpers import _flat_weights
 
     params, x, y = _problem(scale=0.5)
     config = _config(estimator=estimator, beta=0.3, free_steps=12, nudged_steps=5, reference_steps=50)
@@ -176,8 +175,7 @@ def test_sweep_beta_lists_every_estimator_when_one_is_unknown(runner, tmp_path):
 ])
 def test_the_conditions_table_measures_each_variant(estimator, phases):
     from bioprop_cli.studies.conditions import run as measure_conditions
-    from conftest import make_fake_dataset
-    from test_conditions import CONVERGED_EP
+    from helpers import CONVERGED_EP, make_fake_dataset
 
     table = measure_conditions(load_config(overrides=CONVERGED_EP + [("ep.estimator", estimator)]),
                                make_fake_dataset(n_train=400, n_test=100), 8)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from helpers import REPO_ROOT
 
 PACKAGE = "bioprop_cli"
-ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+ROOT = REPO_ROOT / PACKAGE
 
 
 def module_files() -> dict[str, Path]:

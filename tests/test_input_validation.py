@@ -14,9 +14,7 @@ from typer.testing import CliRunner
 from bioprop_cli.cli import app
 from bioprop_cli.errors import UserError
 from bioprop_cli.studies import reproduce as study
-from test_cli import assert_user_error
-from test_compare import app as compare_app
-from test_compare import write_depth_grid, write_run
+from helpers import assert_user_error, compare_app, write_depth_grid, write_run
 
 PRESET = study.PAPERS / "lillicrap-2016.yaml"
 

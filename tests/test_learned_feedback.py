@@ -25,6 +25,7 @@ from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.feedback_alignment import random_feedback
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
+from helpers import REPO_ROOT
 
 SIZES = (7, 5, 5, 4)  # 7 -> 5 -> 5 -> 4: two feedback matrices, B_1 (5x5) and B_2 (4x5)
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
@@ -247,7 +248,5 @@ def test_cli_run_logs_a_falling_feedback_angle(rule, mnist_dir, tmp_path):
 
 @pytest.mark.parametrize("rule", ["kp", "wm"])
 def test_shipped_config_selects_the_rule_with_the_default_feedback_knobs(rule):
-    from pathlib import Path
-
-    config = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{rule}.yaml")
+    config = load_config(REPO_ROOT / "configs" / f"{rule}.yaml")
     assert config.rule == rule and config.feedback == load_config().feedback

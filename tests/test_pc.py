@@ -1,7 +1,6 @@
 """Predictive coding (rule pc): the energy's gradient, the exact variants against jax.grad, the
 standard variant's approach to backprop, and training through the CLI."""
 
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +19,9 @@ from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.predictive_coding import Network, energy, node_gradients
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
-from tests.test_cli import assert_nothing_written, assert_user_error
+from helpers import REPO_ROOT, assert_nothing_written, assert_user_error
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = REPO_ROOT / "configs"
 
 
 def _setup(depth=2, n_in=5, width=8, n_out=3, batch=4, seed=0):

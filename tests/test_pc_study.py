@@ -10,8 +10,7 @@ from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.studies import pc as study
-from tests.conftest import make_fake_dataset
-from tests.test_cli import assert_nothing_written, assert_user_error
+from helpers import assert_nothing_written, assert_user_error, make_fake_dataset
 
 TINY = [("rule", "pc"), ("model.depth", 2), ("model.width", 12), ("train.batch_size", 16),
         ("data.validation_size", 100), ("model.loss", "cross_entropy")]

@@ -9,7 +9,7 @@ from bioprop_cli.models.arch import dense
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import ENERGY, FEEDFORWARD, RULES, available_rules, flops, make_rule
 from bioprop_cli.rules.base import transport_path
-from test_train import run, small_config
+from helpers import run, small_config
 
 SIZES = (4, 3, 2, 5)  # products: 4x3, 3x2, 2x5
 ARCH = dense(SIZES)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import make_fake_dataset
+from helpers import make_fake_dataset
 
 from bioprop_cli.cli import app
 from bioprop_cli.errors import UserError

@@ -232,7 +232,7 @@ def test_train_writes_params_unless_switched_off_or_diverged(tmp_path):
     from bioprop_cli.config import load_config
     from bioprop_cli.runs import load_params
     from bioprop_cli.train import train, train_group
-    from tests.conftest import make_fake_dataset
+    from helpers import make_fake_dataset
 
     data = make_fake_dataset(n_train=150, n_test=50)
     base = [("rule", "kp"), ("model.depth", 1), ("model.width", 4), ("train.epochs", 1), ("train.batch_size", 25),

@@ -1,49 +1,13 @@
 """The training loop on small generated data: learning, determinism, divergence, interruption."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from bioprop_cli.config import load_config
 from bioprop_cli.rules import FEEDFORWARD, available_rules
 from bioprop_cli.runs import RunWriter, read_jsonl
-from bioprop_cli.train import train
+from helpers import HELPERS_DIR, clusters, run, small_config
 
-
-def clusters(n_train=1200, n_test=300, dim=20, seed=0):
-    """Ten separable Gaussian clusters: every rule should learn them quickly."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(10, dim)).astype(np.float32)
-
-    def draw(n):
-        y = rng.integers(0, 10, n).astype(np.int32)
-        return (centers[y] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32), y
-
-    (x_train, y_train), (x_test, y_test) = draw(n_train), draw(n_test)
-    return SimpleNamespace(name="clusters", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
-
-
-def small_config(**overrides):
-    base = {
-        "model.width": 16,
-        "train.epochs": 3,
-        "train.batch_size": 50,
-        "data.validation_size": 200,
-        "alignment.probe_size": 64,
-        "optimizer.lr": 0.01,
-        "optimizer.schedule.name": "constant",
-    }
-    base.update(overrides)
-    return load_config(overrides=list(base.items()))
-
-
-def run(tmp_path, config, dataset=None, on_epoch=lambda r: None):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    summary = train(config, dataset or clusters(), RunWriter(tmp_path), on_epoch)
-    metrics = read_jsonl(tmp_path / "metrics.jsonl")
-    alignment = read_jsonl(tmp_path / "alignment.jsonl") if (tmp_path / "alignment.jsonl").exists() else []
-    return summary, metrics, alignment
 
 
 TIMING = ("epoch_time_s", "wall_time_s")
@@ -199,7 +163,7 @@ SHARDED_GROUP = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from test_train import clusters, small_config
+from helpers import clusters, small_config
 from bioprop_cli.runs import RunWriter
 from bioprop_cli.train import train_group
 out = Path(sys.argv[1])
@@ -217,13 +181,12 @@ def test_runs_are_spread_over_several_devices(tmp_path):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     from bioprop_cli.train import train_group
 
     flags = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SHARDED_GROUP, str(tmp_path / "sharded"), str(Path(__file__).parent)],
+    done = subprocess.run([sys.executable, "-c", SHARDED_GROUP, str(tmp_path / "sharded"), str(HELPERS_DIR)],
                           env=env, capture_output=True, text=True, check=True)
     sharded = json.loads(done.stdout.strip().splitlines()[-1])
     assert [s["devices_used"] for s in sharded] == [2, 2]

@@ -379,13 +379,20 @@ SMALL_CNN = [("model.arch", "cnn"), ("model.cnn.channels", [2]), ("model.cnn.ker
 # (dfa's direct matrices, wm's learned feedback among the parameters). Each run costs its compilation.
 @pytest.mark.parametrize("rule,network", [("fa", [("model.arch", "lenet")]), ("dfa", SMALL_CNN), ("wm", SMALL_CNN)])
 def test_conv_nets_train_end_to_end(tmp_path, rule, network):
-    from bioprop_cli.runs import RunWriter, read_jsonl
+    """The run's files against a recomputation from its stored parameters: the test accuracy of the
+    saved network, and the last update angles of the rule's estimate against jax.grad on the probe
+    batch (numpy's arccos, eagerly: no second compilation of the measurement)."""
+    from bioprop_cli.network import architecture, init_state
+    from bioprop_cli.rules.base import model_functions
+    from bioprop_cli.runs import RunWriter, load_params, read_jsonl
+    from bioprop_cli.splits import make_splits, seed_probe
     from bioprop_cli.train import train
     from helpers import make_fake_dataset
 
     config = load_config(overrides=[("rule", rule), ("train.epochs", 1), ("train.batch_size", 50),
                                     ("data.validation_size", 50), ("alignment.probe_size", 16)] + network)
-    summary = train(config, make_fake_dataset(n_train=150, n_test=50), RunWriter(tmp_path))
+    dataset = make_fake_dataset(n_train=150, n_test=50)
+    summary = train(config, dataset, RunWriter(tmp_path))
     lenet = config.model.arch == "lenet"
     assert summary["status"] == "completed"
     assert summary["architecture"] == ("conv6@5x5p2-max2-conv16@5x5-max2-120-84-10" if lenet else "conv2@3x3-max2-8-10")
@@ -393,8 +400,23 @@ def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     alignment = read_jsonl(tmp_path / "alignment.jsonl")
     per_layer = [a for a in alignment if a["epoch"] == 1 and a["layer"] != "all"]
     assert [a["layer"] for a in per_layer] == list(range(5 if lenet else 3))
-    assert all(math.isfinite(a["update_angle"]) and math.isfinite(a["delta_angle"]) for a in per_layer)
     assert all(math.isfinite(a["feedback_angle"]) for a in (per_layer[:-1] if rule == "dfa" else per_layer[1:]))
+
+    splits = make_splits(config, dataset)
+    network_ = architecture(config, splits.x_train.shape[1])
+    rule_, _, state = init_state(config, network_, config.seed, splits.x_train.shape[0])
+    params = load_params(tmp_path)
+    act, loss = model_functions(config)
+    predicted = np.argmax(np.asarray(forward(network_, params, splits.x_test, act).logits), axis=1)
+    assert summary["test_accuracy"] == pytest.approx(float(np.mean(predicted == np.asarray(splits.y_test))), abs=1e-6)
+    x, labels, _ = seed_probe(splits, config.seed, config.alignment.probe_size)
+    y = jax.nn.one_hot(labels, 10)
+    estimate = (rule_.gradient_estimate or rule_.estimate)(params, state, x, y, jax.random.PRNGKey(0)).grads
+    exact = jax.grad(lambda p: loss.value(forward(network_, p, x, act).logits, y))(params)
+    for logged, mine, theirs in zip(per_layer, estimate, exact):
+        u, v = np.ravel(mine["w"]).astype(np.float64), np.ravel(theirs["w"]).astype(np.float64)
+        angle = np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))
+        assert logged["update_angle"] == pytest.approx(angle, abs=0.05), (logged["layer"], logged["update_angle"], angle)
 
 
 def test_rules_that_run_on_mlps_only_refuse_conv_nets():

@@ -136,7 +136,8 @@ def test_train_metrics_one_line_per_epoch(fa_run):
         assert m["step"] == m["epoch"] * summary["steps_per_epoch"]
         assert m["lr"] == pytest.approx(LR)
         assert m["epoch_time_s"] > 0 and m["wall_time_s"] >= m["epoch_time_s"]
-        assert 0.0 <= m["mean_update_angle"] <= 180.0
+        hidden = [r["update_angle"] for r in fa_run.alignment if r["epoch"] == m["epoch"] and r["layer"] in range(DEPTH)]
+        assert m["mean_update_angle"] == pytest.approx(sum(hidden) / DEPTH, rel=1e-5)  # fa's output layer is exact
     assert metrics[-1]["wall_time_s"] > metrics[0]["wall_time_s"]
     # learning happened: well above chance (0.1), and the training loss went down
     assert metrics[-1]["test_accuracy"] > 0.5, metrics[-1]

@@ -28,6 +28,29 @@ IDX_FILES = (
 )
 
 
+def pytest_configure(config) -> None:
+    """JAX's persistent compilation cache for the session: every compiled program is kept in pytest's
+    cache folder (.pytest_cache/d/jax-compilation-cache), so a program compiled again (by another test,
+    the other xdist worker, a test's subprocess, or the next session) is read back instead of
+    recompiled. The environment carries it to subprocesses; a JAX_COMPILATION_CACHE_DIR already set
+    wins, and `-p no:cacheprovider` turns it off. Eviction (a size bound) makes JAX lock the folder,
+    so the workers' reads and writes never see half a file."""
+    cache = getattr(config, "cache", None)
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": str(cache.mkdir("jax-compilation-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the suite's programs each compile in well under 1 s
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**30),
+    }
+    os.environ.update(settings)
+    import jax  # imported already (helpers); nothing has been compiled yet
+
+    for name, value in settings.items():
+        jax.config.update(name.lower(), int(value) if name.endswith("SIZE") else
+                          float(value) if name.endswith("SECS") else value)
+
+
 @pytest.fixture(autouse=True)
 def no_downloads(monkeypatch, tmp_path_factory) -> None:
     """No test reads the user's download cache or reaches beyond this machine: an empty cache, a closed local port."""

@@ -216,6 +216,7 @@ KILLED_SWEEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 def test_a_sweep_killed_mid_run_finishes_on_rerun_with_the_results_of_an_uninterrupted_one(tmp_path):
     """kill -9 in the second group, right after its first metrics line (the first group finished):
     the same sweep again trains the second group only, and every number equals a sweep never killed."""

@@ -286,6 +286,7 @@ LAUNCH = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.defaul
           "sys.argv[0] = 'bioprop'; runpy.run_module('bioprop_cli', run_name='__main__')")
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_kill_during_data_fetch_exits_128_plus_the_signal_and_leaves_no_partial_file(
         serve, cache, mnist_gz, tmp_path, signum):

@@ -43,6 +43,7 @@ def summary_of(path):
         return {}
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 def test_sigint_after_some_epochs_records_status_interrupted(tmp_path):
     proc = bioprop("train", "--rule", "fa", "--depth", "1", "--epochs", "1000", "--results-dir", str(tmp_path),
@@ -61,6 +62,7 @@ def test_sigint_after_some_epochs_records_status_interrupted(tmp_path):
     assert b"Traceback" not in proc.stderr.read()
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 def test_sigint_while_compiling_does_not_leave_the_run_running(tmp_path):
     """Sent as soon as the run folder says `running` (before the first epoch: compilation)."""
@@ -135,6 +137,7 @@ def test_ctrl_c_before_training_ends_every_run_interrupted_after_compilation(tmp
         assert not (folder / "metrics.jsonl").exists() and not (folder / "alignment.jsonl").exists()
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
     from typer.testing import CliRunner
@@ -157,6 +160,7 @@ def test_a_second_sweep_is_refused_and_ctrl_c_leaves_the_rest_queued(tmp_path):
     assert summary["status"] == "interrupted" and 1 <= summary["epochs_completed"] < 1000
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 def test_ctrl_c_while_importing_exits_130_without_traceback():
     """A Ctrl-C that lands while the CLI's modules import (JAX takes seconds) is made deterministic
     here by an import hook that raises KeyboardInterrupt at `import jax`."""
@@ -222,6 +226,7 @@ def self_interrupted(args, tmp_path, times=1):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_a_real_ctrl_c_ends_every_command_with_130_and_records_interrupted(command, tmp_path):
@@ -238,6 +243,7 @@ def test_a_real_ctrl_c_ends_every_command_with_130_and_records_interrupted(comma
     assert written == []
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 def test_a_second_ctrl_c_exits_130_at_once_without_a_traceback(tmp_path):
     """Two Ctrl-C in a row (as a user who will not wait): the second ends the process before the
@@ -248,6 +254,7 @@ def test_a_second_ctrl_c_exits_130_at_once_without_a_traceback(tmp_path):
     assert not list(tmp_path.rglob("summary.json"))
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @needs_mnist
 def test_ctrl_c_at_start_up_is_never_swallowed(tmp_path):
     """A real SIGINT while the CLI's modules import (sent when `jax` is imported): the import goes

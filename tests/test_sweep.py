@@ -128,6 +128,7 @@ def test_architectures_and_their_keys_are_grid_axes():
     assert all(c.model.arch == "cnn" for c in configs)
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs ray (pip install 'bioprop[ray]')")
 def test_ray_executor_writes_what_the_local_executor_writes(tmp_path, mnist_dir):
     """... on a local Ray instance that listens on the loopback interface only."""

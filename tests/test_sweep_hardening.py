@@ -138,6 +138,7 @@ def test_after_ctrl_c_between_groups_no_group_starts_and_the_rest_stay_queued(tm
 HOLD = "import sys, time; from bioprop_cli.runs import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)"
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 def test_the_lock_names_its_holder_and_a_killed_holder_blocks_nothing(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

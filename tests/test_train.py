@@ -175,6 +175,7 @@ print(json.dumps(train_group(configs, clusters(), [RunWriter(d) for d in dirs]))
 """
 
 
+@pytest.mark.slow  # a subprocess per try (signals, kill -9, Ray, forced devices): CI runs -m slow
 def test_runs_are_spread_over_several_devices(tmp_path):
     """Two (forced) host devices: the run axis is sharded, one run per device, same numbers."""
     import json

@@ -89,7 +89,7 @@ class FeedbackConfig:
     wm (Akrout et al. 2019; see bioprop_cli/rules/)."""
 
     distribution: Distribution = "uniform"  # as in Lillicrap et al. 2016 and Nøkland 2016
-    scale: float = 1.0  # relative to the matching forward layer's init std (see README)
+    scale: float = 1.0  # relative to the matching forward layer's init std (see docs/rules.md)
     # dfa on a conv layer: where D_l delivers the output error. pooled: a dense D_l onto the layer's output
     # after its pooling, then exactly back through the pooling and f' (Nøkland's ErrorFeedback after
     # SpatialMaxPooling); pooled_conv: the same place, through a kernel on the error tiled over the next
@@ -98,8 +98,7 @@ class FeedbackConfig:
     dfa_target: DFATarget = "pooled"
     # kp: weight decay lambda added to the updates of W_l AND B_l (l >= 1), so that W_l^T - B_l
     # shrinks by (1 - lr lambda) per SGD step; wm: decay of B_l only (Delta B = eta x y^T - lambda B).
-    # 0.003: 784-256-10 MNIST, adam 1e-3, 20 epochs: B within 4 degrees of W^T at fa's accuracy
-    # (0.01: 0.1 degrees but -0.6% accuracy; 0.001: 12 degrees).
+    # 0.003 trades kp's alignment against accuracy (measured: docs/implementation-notes.md).
     decay: float = 0.003
     # wm: std sigma of the noise injected into each layer's input in the mirror phase (the mirror
     # update y^T x / (batch sigma^2) is normalised by sigma^2, so sigma changes only its rounding).
@@ -161,7 +160,8 @@ class TrainConfig:
     save_params: bool = True  # write the final parameters to params.npz (not for a diverged run)
     # A run diverges when an epoch's mean training loss exceeds this multiple of its initial loss
     # (the first step's, at the initial parameters), or any loss is non-finite; null: non-finite only.
-    # Generous on purpose: runs that recovered were seen at 50x their initial loss for a whole epoch (README).
+    # Generous on purpose: runs that recover can sit far above their initial loss for a whole epoch
+    # (measured: docs/implementation-notes.md).
     divergence_factor: float | None = 1000.0
 
 
@@ -213,13 +213,12 @@ class PCConfig:
     """Predictive coding (rule pc; bioprop_cli/rules/predictive_coding.py): inference of the value nodes."""
 
     inference_steps: int = 20  # gradient steps on the energy before the weights learn
-    # step size of x <- x - inference_lr dF/dx. 784-256-256-10 MNIST, adam 1e-3, 20 epochs,
-    # output_precision 0.1: 0.1 trains stably (98.1% and 98.0% test, seeds 0 and 1); at 0.2 the
-    # inference of some examples diverges as the weights grow (97.9%, and 97.2% after a collapse)
+    # step size of x <- x - inference_lr dF/dx: 0.1 trains stably; at 0.2 the inference of some
+    # examples diverges as the weights grow (measured: docs/implementation-notes.md)
     inference_lr: float = 0.1
     # gamma, the output layer's precision (1/Sigma_L of Whittington & Bogacz 2017): the output
     # energy is gamma * loss and the update is divided by gamma; standard pc -> backprop as gamma -> 0.
-    # 0.1 (at inference_lr 0.1; gamma 1 there: 97.5%, whole-network update angle 69 degrees against 46)
+    # 0.1: more accurate and closer to the gradient than jpc's and pcx's 1 (docs/implementation-notes.md)
     output_precision: float = 0.1
     # standard | fixed_prediction (predictions held at the feedforward pass) | zero_divergence
     # (Z-IL: rate 1, W_l learns at step L-1-l; fixes its own steps and rate)

@@ -404,10 +404,9 @@ def solve_adjoint(params, fixed_point, x, y, g, rho: Rho, eps: float, max_iterat
     lambda = g + J^T lambda_F. With symmetric weights -dv/ds = H, the Hessian of E (symmetric,
     positive definite at a stable minimum): conjugate gradients. With separate feedback, or the
     primitive dynamics (J = diag(rho') d^2Phi/ds^2, models/energy.py), it is not symmetric: BiCGSTAB (Van der Vorst 1992), which needs no symmetry and compiles to a smaller
-    program than jax's GMRES (about 3 s against 6 s of CPU here); when the dynamics contract, the
+    program than jax's GMRES (measured: docs/implementation-notes.md); when the dynamics contract, the
     free block of I - J^T has its eigenvalues in the disc of radius rho(J) < 1 around 1, and it
-    reached misfits of 1e-13 (float64) and 1e-6 (float32) on the networks tested; the misfit
-    below says when it did not.
+    converges to rounding on the networks tested; the misfit below says when it did not.
     `misfit` = |(I - J^T) lambda - g| / |g| tells whether that worked: it stays large where the
     settled state is no fixed point (the free phase has not converged: see its residual).
     `external`: the extra drive u of the dynamics at that fixed point (models/energy.py), if any;

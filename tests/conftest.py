@@ -14,11 +14,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 # (tests/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.
 os.environ["COLUMNS"] = "120"
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from bioprop_cli.data import Dataset
+from helpers import make_fake_dataset
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -26,6 +26,29 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+def pytest_configure(config) -> None:
+    """JAX's persistent compilation cache for the session: every compiled program is kept in pytest's
+    cache folder (.pytest_cache/d/jax-compilation-cache), so a program compiled again (by another test,
+    the other xdist worker, a test's subprocess, or the next session) is read back instead of
+    recompiled. The environment carries it to subprocesses; a JAX_COMPILATION_CACHE_DIR already set
+    wins, and `-p no:cacheprovider` turns it off. Eviction (a size bound) makes JAX lock the folder,
+    so the workers' reads and writes never see half a file."""
+    cache = getattr(config, "cache", None)
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": str(cache.mkdir("jax-compilation-cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the suite's programs each compile in well under 1 s
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**30),
+    }
+    os.environ.update(settings)
+    import jax  # imported already (helpers); nothing has been compiled yet
+
+    for name, value in settings.items():
+        jax.config.update(name.lower(), int(value) if name.endswith("SIZE") else
+                          float(value) if name.endswith("SECS") else value)
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +69,6 @@ def mnist_dir() -> str:
     if missing:
         pytest.skip(f"BIOPROP_DATA_DIR={path} lacks {', '.join(missing)}")
     return str(folder)
-
-
-def make_fake_dataset(n_train: int = 600, n_test: int = 100, seed: int = 0) -> Dataset:
-    """A tiny MNIST-shaped dataset in memory (random pixels, random labels)."""
-    rng = np.random.default_rng(seed)
-    return Dataset(
-        name="mnist",
-        x_train=rng.random((n_train, 784), dtype=np.float32),
-        y_train=rng.integers(0, 10, n_train).astype(np.int32),
-        x_test=rng.random((n_test, 784), dtype=np.float32),
-        y_test=rng.integers(0, 10, n_test).astype(np.int32),
-        source="fake dataset (tests)",
-    )
 
 
 @pytest.fixture

@@ -32,8 +32,7 @@ whose update the rule changes: the hidden layers where the output layer's update
 (the registry's `exact_output`), else every layer; on the WORST of them, because a rule is only
 as equivalent to backprop as its worst layer (a mean, or the whole-network angle that the exact
 output layer dominates, hides a layer whose update is unrelated to its gradient: fa at
-initialisation, 784-256x3-10, 88.9 / 92.1 / 90.1 degrees in its hidden layers, 79.1 degrees for
-the whole network). The whole-network numbers are reported beside.
+initialisation, measured in docs/implementation-notes.md). The whole-network numbers are reported beside.
 
 Predictive coding (rule pc) has its own table (`_pc_conditions`), measured on the rule's own
 code: the inference's convergence (the update at pc.inference_steps against the update after
@@ -100,7 +99,7 @@ EQUIVALENCE_ANGLE_HOLDS = 1.0
 EQUIVALENCE_REL_ERROR_HOLDS = 0.05
 # Angle below this in every graded layer: a descent direction, better than chance ("partial");
 # at or above: "fails". Not 90: an update unrelated to the gradient lies at 90 degrees give or
-# take a few on a probe batch (fa at initialisation: 88.9 to 92.1 degrees), and must not count.
+# take a few on a probe batch (fa at initialisation: docs/implementation-notes.md), and must not count.
 EQUIVALENCE_ANGLE_PARTIAL = 80.0
 # pc (1): the update after CONVERGED_INFERENCE_FACTOR x pc.inference_steps steps is the converged
 # reference; the configured one's relative distance to it is graded with the (6) thresholds.

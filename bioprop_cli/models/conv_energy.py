@@ -75,9 +75,8 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     """(f_l(h), J_{f_l}(h)^T above), flat. A conv layer's pull is written out: the pooling's
     vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
     the flipped kernel (`conv_transpose`). Inside the settling loop XLA's CPU backend runs jax.vjp's
-    input-gradient convolution about ten times slower than this forward one (measured: 145 against
-    19 ms per step of a 5x5 16->32 conv at batch 128; the same outside a loop); overlapping pooling
-    windows (window != stride) take jax.vjp."""
+    input-gradient convolution several times slower than this forward one (measured:
+    docs/implementation-notes.md); overlapping pooling windows (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
     if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)

@@ -106,8 +106,9 @@ def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
     return op.weight_shape[::-1] if isinstance(op, Dense) else op.weight_shape
 
 
-# A conv layer's two vjps are written as forward convolutions (the library's primitives, bioprop/layers.py:
-# XLA's CPU backend runs linear_transpose's convolutions 5 to 17 times slower inside a scan). Tested against jax.grad.
+# A conv layer's two vjps are written as forward convolutions (the library's primitives, bioprop/layers.py):
+# XLA's CPU backend runs linear_transpose's convolutions several times slower inside a scan (jax-ml/jax issue
+# 12868; measured: docs/implementation-notes.md). Tested against jax.grad.
 def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
     """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in)."""
     s, p = op.stride, op.padding

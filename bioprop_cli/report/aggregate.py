@@ -1,7 +1,7 @@
 """Loads run folders and beta sweeps below some paths and aggregates them. Pure: no printing, no writing.
 
 A run folder holds `summary.json`, `config.yaml` and `metrics.jsonl` (and usually `alignment.jsonl`);
-a beta-sweep folder holds `beta_sweep.jsonl` and `summary.json` (see the README's "Results layout").
+a beta-sweep folder holds `beta_sweep.jsonl` and `summary.json` (see docs/outputs.md).
 Every file is checked as it is read: a value of the wrong type (a metrics line that is not an object,
 a string epoch or accuracy, a list where the config has a number, a beta that is not a positive
 number) is a UserError naming the file and the value, never a run silently left out.

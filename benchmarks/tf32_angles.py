@@ -9,7 +9,7 @@ measurement, which must equal "highest"):
   (784-256x5-10 tanh, the bench's network, on a probe batch of MNIST);
 - fa with its random B: the whole-network update angle (~90 degrees at initialisation);
 - ep, symmetric nudging, sigmoid, phases settled to a tolerance: the slope of log(relative bias)
-  against log(beta), about 2 (bioprop_cli/sweep/beta.py's fit).
+  against log(beta), about 2 (bioprop_cli/studies/beta.py's fit).
 On a CPU the three agree (its float32 product is full precision); the script runs there too.
 """
 

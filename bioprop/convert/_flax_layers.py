@@ -1,17 +1,14 @@
-"""Flax's Dense / DenseGeneral / Conv computed by bioprop's feedback layers, shared by the linen and nnx
+"""Flax's Conv computed by bioprop's feedback layers, shared by the linen and nnx
 converters: the same forward as Flax's own (dtype promotion, leading batch axes, padding modes), the backward
 the rule's (the weight update the exact local vjp, the error below sent through the feedback B)."""
 
 from __future__ import annotations
 
-import math
-
+import jax
 import jax.numpy as jnp
-from jax import lax
 from flax.linen.linear import canonicalize_padding
 
 import bioprop
-from bioprop.convert._common import Layer
 
 _PAD_MODES = {"CIRCULAR": "wrap", "REFLECT": "reflect"}
 
@@ -41,22 +38,9 @@ def conv_unsupported(module, custom_conv) -> str | None:
     return None
 
 
-def dense_forward(x, kernel, bias, fb):
-    """x (..., n_in) @ kernel (n_in, n_out) + bias through bioprop.dense (which reads (batch, n_in))."""
-    y = bioprop.dense(x.reshape(-1, x.shape[-1]), kernel, bias, fb)
-    return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
-
-
-def dense_general_forward(module, x, kernel, bias, fb):
-    """linen's DenseGeneral (batch_dims=()) as one dense layer: its contracted axes moved last and flattened,
-    its kernel (in dims..., features...) read as (prod in, prod features)."""
-    axes = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
-    axes = tuple(sorted(a % x.ndim for a in axes))
-    kept = tuple(a for a in range(x.ndim) if a not in axes)
-    features = kernel.shape[len(axes):]
-    flat = jnp.transpose(x, kept + axes).reshape(-1, math.prod(kernel.shape[:len(axes)]))
-    y = bioprop.dense(flat, kernel.reshape(flat.shape[-1], -1), None if bias is None else bias.reshape(-1), fb)
-    return y.reshape(tuple(x.shape[a] for a in kept) + features)
+def cast(fb, dtype):
+    """A feedback array in the layer's compute dtype (a Site, Direct or None as it is)."""
+    return fb.astype(dtype) if isinstance(fb, jax.Array) else fb
 
 
 def conv_forward(module, x, kernel, bias, fb):
@@ -71,13 +55,3 @@ def conv_forward(module, x, kernel, bias, fb):
     y = bioprop.conv(x, kernel, bias, fb, stride=_pair(module.strides), padding=padding,
                      dilation=_pair(module.kernel_dilation), groups=module.feature_group_count)
     return y.reshape(batch_shape + y.shape[1:])
-
-
-def layer(kind: str, kernel, x_in, y_out) -> Layer:
-    """The converted layer's description from one call (inputs as the feedback layer reads them)."""
-    if kind == "dense":
-        n_in = kernel.shape[0]
-        return Layer("dense", (n_in, kernel.shape[1]), (math.prod(x_in.shape) // n_in, n_in),
-                     (math.prod(y_out.shape) // kernel.shape[1], kernel.shape[1]))
-    batch = math.prod(x_in.shape[:-3])
-    return Layer("conv", tuple(kernel.shape), (batch,) + tuple(x_in.shape[-3:]), (batch,) + tuple(y_out.shape[-3:]))

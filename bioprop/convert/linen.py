@@ -1,147 +1,130 @@
-"""Flax linen models run with a feedback rule: every nn.Dense, nn.DenseGeneral and nn.Conv call is intercepted
-(flax.linen.intercept_methods) and computed by bioprop's feedback layers with the layer's own parameters, so the
-user's model, its variables (params, batch_stats, any mutable collection) and its apply(...) stay as they are.
+"""Flax linen models run with a feedback rule: every nn.Dense, nn.Conv (and nn.DenseGeneral with a 2-d kernel)
+call is intercepted (flax.linen.intercept_methods) and computed by bioprop's feedback layers with the layer's own
+parameters, so the model, its variables (params, batch_stats, any mutable collection) and apply(...) stay the user's.
 
-    converted, state = bioprop.convert.linen.convert(model, variables, rule, key, x_example, train=True,
+    converted, state = bioprop.convert.linen.convert(model, variables, bioprop.rule("fa"), key, x, train=True,
                                                      mutable=["batch_stats"])
-    y, updates = converted.apply(variables, state, x, key=step_key, train=True, mutable=["batch_stats"])
+    fb = converted.feedback(variables["params"], state, key)        # like bioprop.kernels(params)
+    (y, updates) = converted.apply(variables, fb, x, train=True, mutable=["batch_stats"])
 
-`state` is the rule's feedback state (its own pytree, `rule.init(key, kernels)`); each apply draws the feedback
-`rule.feedback(kernels, state, key)` for the kernels {layer path: kernel} it is given. A layer holding a weight
-that is not Dense/DenseGeneral/Conv (nn.Einsum, nn.ConvTranspose, nn.Embed, a custom module with a 'kernel') is
-refused in one line naming its path, unless `exact=` lists it: then it stays backprop, by the user's choice.
+`converted.model(...)` is the same as bioprop's `model(params, fb, x)` for bioprop.update / bioprop.measure, with
+`converted.mask` as their mask. A layer holding a weight that is not Dense/Conv (nn.Einsum, nn.ConvTranspose,
+nn.Embed, a custom module with a 'kernel') is refused in one line naming its path, unless `exact=` lists it: then
+it stays backprop, by the user's choice.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+import bioprop
 from bioprop.convert import _flax_layers as fl
-from bioprop.convert._common import Layer, UnconvertibleLayer, check_exact, refuse, rule_feedback
+from bioprop.convert._common import UnconvertibleLayer, check_exact, refuse
 
-_KINDS = {nn.Dense: "dense", nn.DenseGeneral: "dense_general", nn.Conv: "conv"}
+_KINDS = {nn.Dense: "dense", nn.DenseGeneral: "dense", nn.Conv: "conv"}
 
 
-def _unsupported(module) -> str | None:
-    kind = _KINDS[type(module)]
-    if kind == "conv":
+def _unsupported(module, kernel) -> str | None:
+    """Why this Dense/DenseGeneral/Conv cannot run through bioprop's layer (None: it can)."""
+    if _KINDS[type(module)] == "conv":
         custom = module.conv_general_dilated is not None or module.conv_general_dilated_cls is not None
         return fl.conv_unsupported(module, custom)
     if module.dot_general is not None or module.dot_general_cls is not None:
         return "a custom dot_general"
-    if kind == "dense_general" and module.batch_dims:
-        return "batch_dims"
+    if isinstance(module, nn.DenseGeneral) and (module.batch_dims or kernel.ndim != 2):
+        return "a DenseGeneral over several axes or with batch_dims"
     return None
 
 
-def _params_of(module) -> tuple[jax.Array, jax.Array | None]:
-    kernel = nn.meta.unbox(module.get_variable("params", "kernel"))
-    bias = module.get_variable("params", "bias")
-    return kernel, None if bias is None else nn.meta.unbox(bias)
+def _at(tree, path: tuple[str, ...]):
+    for name in path:
+        tree = tree[name]
+    return tree
 
 
-def _as_bioprop_kernel(kind: str, kernel: jax.Array, axes: int = 1) -> jax.Array:
-    """The kernel in bioprop's layout: DenseGeneral's (in dims..., features...) as (prod in, prod features)."""
-    if kind == "dense_general":
-        return kernel.reshape(math.prod(kernel.shape[:axes]), -1)
-    return kernel
-
-
-def _n_axes(module) -> int:
-    return 1 if isinstance(module.axis, int) else len(module.axis)
-
-
-def _intercept(feedback: dict | None, layers: dict | None, types: dict | None, exact: tuple):
-    """The interceptor computing converted layers. Discovery (feedback None): zeros as B, and every module's
-    type and every converted layer's description recorded in `types` and `layers`."""
+def _intercept(feedback, exact: tuple, types: dict | None = None):
+    """The interceptor running converted layers with feedback[module path]["kernel"]. Discovery (types given):
+    every module's type recorded in `types`, a bioprop.Site as each layer's feedback."""
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         path = "/".join(module.path)
         if types is not None:
-            types.setdefault(path, type(module).__name__)
+            types.setdefault(path, type(module))
         kind = _KINDS.get(type(module))
         if kind is None or context.method_name != "__call__" or path in exact:
             return next_fun(*args, **kwargs)
-        reason = _unsupported(module)
+        kernel = nn.meta.unbox(module.get_variable("params", "kernel"))
+        reason = _unsupported(module, kernel)
         if reason is not None:
             raise UnconvertibleLayer(f"cannot convert {type(module).__name__} at '{path}' ({reason}); "
                                      f"leave it exact with exact=('{path}',)")
+        bias = nn.meta.unbox(module.get_variable("params", "bias")) if module.use_bias else None
         x = args[0] if args else kwargs["inputs"]
-        kernel, bias = _params_of(module)
         x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
-        flat = _as_bioprop_kernel(kind, kernel, _n_axes(module) if kind == "dense_general" else 1)
-        b = jnp.zeros(flat.shape[::-1] if kind != "conv" else flat.shape, x.dtype) if feedback is None else feedback[path].astype(x.dtype)
+        fb = bioprop.Site() if types is not None else fl.cast(_at(feedback, module.path)["kernel"], x.dtype)
         if kind == "dense":
-            y = fl.dense_forward(x, kernel, bias, b)
-        elif kind == "dense_general":
-            y = fl.dense_general_forward(module, x, kernel, bias, b)
-        else:
-            y = fl.conv_forward(module, x, kernel, bias, b)
-        if layers is not None:
-            layers.setdefault(path, fl.layer("conv" if kind == "conv" else "dense", flat, x, y))
-        return y
+            return bioprop.dense(x, kernel, bias, fb)
+        return fl.conv_forward(module, x, kernel, bias, fb)
 
     return interceptor
 
 
 class Converted:
-    """A linen model whose Dense/DenseGeneral/Conv layers run the rule. `layers`: {path: Layer}."""
+    """A linen model whose Dense/Conv layers run a rule. `paths`: the converted layers ('Block_0/Conv_0', ...);
+    `mask`: True at their kernels, like the params (bioprop.kernels(params, mask)); `exact`: layers left exact."""
 
-    def __init__(self, model: nn.Module, rule, layers: dict[str, Layer], kinds: dict[str, str], exact: tuple):
-        self.model, self.rule, self.layers, self._kinds, self.exact = model, rule, layers, kinds, exact
+    def __init__(self, model: nn.Module, rule: bioprop.Rule, paths: tuple[str, ...], mask, exact: tuple[str, ...]):
+        self.module, self.rule, self.paths, self.mask, self.exact = model, rule, paths, mask, exact
 
-    def kernels(self, params) -> dict[str, jax.Array]:
-        """{path: kernel} in bioprop's layout, read from the model's params (differentiable)."""
-        out = {}
-        for path, kind in self._kinds.items():
-            node = nn.meta.unbox(params)
-            for name in path.split("/"):
-                node = node[name]
-            kernel = node["kernel"]
-            out[path] = kernel.reshape(self.layers[path].kernel_shape) if kind == "dense_general" else kernel
-        return out
+    def apply(self, variables, fb, *args, **kwargs) -> Any:
+        """module.apply(variables, *args, **kwargs) with each converted layer's error sent through fb's leaf
+        (fb like bioprop.kernels(variables["params"], self.mask))."""
+        with nn.intercept_methods(_intercept(fb, self.exact)):
+            return self.module.apply(variables, *args, **kwargs)
 
-    def feedback(self, params, state, key) -> dict[str, jax.Array]:
-        """{path: B} the rule sends each layer's error through (not differentiated)."""
-        return rule_feedback(self.rule, self.kernels(params), state, key)
+    def model(self, others: dict | None = None, *args, **kwargs) -> Callable:
+        """bioprop's model(params, fb, x) -> self.apply({"params": params, **others}, fb, x, *args, **kwargs):
+        `others` the collections besides params (batch_stats), args and kwargs the rest of the call."""
+        others = dict(others or {})
+        return lambda params, fb, x: self.apply({**others, "params": params}, fb, x, *args, **kwargs)
 
-    def apply(self, variables, state, *args, key: jax.Array | None = None, **kwargs) -> Any:
-        """model.apply(variables, *args, **kwargs) with the rule's feedback drawn from `state` and `key`."""
-        return self.apply_feedback(variables, self.feedback(variables["params"], state, key), *args, **kwargs)
-
-    def apply_feedback(self, variables, feedback: dict[str, jax.Array], *args, **kwargs) -> Any:
-        """model.apply with the given feedback {path: B} (B: W^T's layout for a dense layer, W's for a conv)."""
-        with nn.intercept_methods(_intercept(feedback, None, None, self.exact)):
-            return self.model.apply(variables, *args, **kwargs)
+    def feedback(self, params, state, key) -> Any:
+        """The rule's feedback for every converted layer (bioprop.feedback_arrays with this mask)."""
+        return bioprop.feedback_arrays(self.rule, params, state, key, self.mask)
 
 
-def convert(model: nn.Module, variables, rule, key: jax.Array, *args, exact: Iterable[str] = (), **kwargs):
-    """(Converted, the rule's initial feedback state). `args`, `kwargs`: one example call of model.apply
-    (traced abstractly to find the layers; nothing is computed)."""
-    types: dict[str, str] = {}
-    layers: dict[str, Layer] = {}
-    weights = _weights(variables.get("params", {}))
+def convert(module: nn.Module, variables, rule: bioprop.Rule | str, key: jax.Array, x, *args,
+            exact: Iterable[str] = (), **kwargs) -> tuple[Converted, Any]:
+    """(Converted, the rule's initial feedback state drawn from key). x, args, kwargs: one example call of
+    module.apply(variables, x, *args, **kwargs), traced abstractly to find the layers (nothing is computed)."""
+    rule = bioprop.rule(rule) if isinstance(rule, str) else rule
+    params = nn.meta.unbox(variables["params"])
+    weights = _weights(params)
     exact = check_exact(exact, weights)
-    with nn.intercept_methods(_intercept(None, layers, types, exact)):
-        jax.eval_shape(lambda v: model.apply(v, *args, **kwargs), variables)
+    types: dict[str, type] = {}
+    with nn.intercept_methods(_intercept(None, exact, types)):
+        jax.eval_shape(lambda v: module.apply(v, x, *args, **kwargs), variables)
+    paths = tuple(p for p, cls in types.items() if cls in _KINDS and p in weights and p not in exact)
     for path, shape in weights.items():
-        if path not in layers and path not in exact:
-            raise refuse(types.get(path, "a module"), path, shape)
-    kinds = {path: ("dense_general" if types[path] == "DenseGeneral" else layers[path].kind) for path in layers}
-    converted = Converted(model, rule, layers, kinds, exact)
-    return converted, rule.init(key, converted.kernels(variables["params"]))
+        if path not in paths and path not in exact:
+            raise refuse(types[path].__name__ if path in types else "a module", path, shape)
+    mask = jax.tree_util.tree_map_with_path(
+        lambda keys, _: keys[-1].key == "kernel" and "/".join(k.key for k in keys[:-1]) in paths, params)
+    converted = Converted(module, rule, paths, mask, exact)
+    others = {k: v for k, v in variables.items() if k != "params"}
+    state = bioprop.init(rule, key, converted.model(others, *args, **kwargs), params, x, mask)
+    return converted, state
 
 
 def _weights(params) -> dict[str, tuple[int, ...]]:
     """{module path: shape} of every parameter with two or more axes (a weight), by the module holding it."""
     out = {}
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(nn.meta.unbox(params))[0]:
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         if jnp.ndim(leaf) >= 2:
             out.setdefault("/".join(k.key for k in keys[:-1]), tuple(jnp.shape(leaf)))
     return out

@@ -33,7 +33,7 @@ def conv_unsupported(module, custom_conv) -> str | None:
         return "a kernel mask"
     if custom_conv:
         return "a custom conv_general_dilated"
-    if canonicalize_padding(module.padding, 2) == "CAUSAL":
+    if isinstance(module.padding, str) and module.padding.upper() == "CAUSAL":
         return "CAUSAL padding"
     return None
 
@@ -48,7 +48,9 @@ def conv_forward(module, x, kernel, bias, fb):
     batch_shape = x.shape[:-3]
     x = x.reshape((-1,) + x.shape[-3:])
     padding = canonicalize_padding(module.padding, 2)
-    if padding in _PAD_MODES:  # padded by hand as Flax does, then a VALID convolution
+    if not isinstance(padding, str):
+        padding = tuple(tuple(pair) for pair in padding)
+    elif padding in _PAD_MODES:  # padded by hand as Flax does, then a VALID convolution
         dilated = [(k - 1) * d + 1 for k, d in zip(_kernel_size(module), _pair(module.kernel_dilation))]
         pads = [(0, 0)] + [((k - 1) // 2, k // 2) for k in dilated] + [(0, 0)]
         x, padding = jnp.pad(x, pads, mode=_PAD_MODES[padding]), "VALID"

@@ -271,3 +271,136 @@ def test_kp_learns_its_feedback_through_the_converter(framework):
     _close({k: mine[k]["w"] for k in WEIGHTS}, {k: by_hand[k]["w"] + decay * w[k] for k in WEIGHTS})
     _close(case.plain_feedback(up.feedback_grads),
            {k: bioprop.transport(by_hand[k]["w"]) + decay * b[k] for k in WEIGHTS})
+
+
+# ---------------------------------------------------------------------------------------------- running statistics
+
+
+def test_batchnorm_statistics_update_as_in_the_unconverted_model():
+    case = Linen("fa")
+    fb = case.converted.feedback(case.params, case.state, jax.random.PRNGKey(3))
+    _, mine = case.converted.apply(case.variables, fb, X, mutable=["batch_stats"])
+    _, theirs = LinenNet().apply(case.variables, X, mutable=["batch_stats"])
+    _close(mine, theirs)
+    assert not np.allclose(mine["batch_stats"]["bn"]["mean"], case.variables["batch_stats"]["bn"]["mean"])
+
+    case = Nnx("fa")
+    fb = case.converted.feedback(case.params, case.state, jax.random.PRNGKey(3))
+    _, rest = case.converted.apply(case.params, case.converted.rest, fb, X)
+    module = case.converted.original(case.params, case.converted.rest)
+    module(X)
+    _close(nnx.to_pure_dict(rest), nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param))))
+
+
+# ---------------------------------------------------------------------------------------------- direct feedback
+
+
+class LinenMlp(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3, name="out", **F64)(nn.relu(nn.Dense(6, name="hidden", **F64)(x)))
+
+
+class EqxMlp(eqx.Module):
+    hidden: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2 = jax.random.split(key)
+        self.hidden, self.out = eqx.nn.Linear(5, 6, key=k1), eqx.nn.Linear(6, 3, key=k2)
+
+    def __call__(self, x):
+        return self.out(jax.nn.relu(self.hidden(x)))
+
+
+def _dfa_closed_form(x, w0, b0, w1, b1, d):
+    """Nøkland's dfa on one hidden layer: e = dloss/dz, delta = (e D) * relu'(a); dW0 = x^T delta, dW1 = h^T e."""
+    a = x @ w0 + b0
+    h = jax.nn.relu(a)
+    e = jax.grad(loss)(h @ w1 + b1, Y)
+    delta = (e @ d) * (a > 0)
+    return x.T @ delta, delta.sum(0), h.T @ e, e.sum(0)
+
+
+def test_dfa_through_the_linen_converter_is_the_closed_form():
+    x = X.reshape(4, -1)[:, :5]
+    variables = LinenMlp().init(jax.random.PRNGKey(0), x)
+    converted, state = bio_linen.convert(LinenMlp(), variables, "dfa", jax.random.PRNGKey(2), x, exact=())
+    p = variables["params"]
+    up = bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3), x, Y, converted.mask)
+    d = state["out"]["kernel"]  # D at the output layer's input: the hidden layer's output (n_out, 6)
+    assert d.shape == (3, 6)
+    expected = _dfa_closed_form(x, p["hidden"]["kernel"], p["hidden"]["bias"], p["out"]["kernel"], p["out"]["bias"], d)
+    g = up.grads
+    _close((g["hidden"]["kernel"], g["hidden"]["bias"], g["out"]["kernel"], g["out"]["bias"]), expected)
+
+
+def test_dfa_through_the_equinox_converter_under_vmap_is_the_closed_form():
+    x = X.reshape(4, -1)[:, :5]
+    module = EqxMlp(jax.random.PRNGKey(0))
+    forward = lambda m, x: jax.vmap(m, axis_name="batch")(x)
+    converted, state = bio_eqx.convert(module, "dfa", jax.random.PRNGKey(2), x, forward, axis_name="batch")
+    p = converted.params
+    up = bioprop.update(converted.rule, converted.model(forward), loss, p, state, jax.random.PRNGKey(3), x, Y,
+                        converted.mask)
+    expected = _dfa_closed_form(x, p.hidden.kernel, p.hidden.bias, p.out.kernel, p.out.bias, state.out.kernel)
+    g = up.grads
+    _close((g.hidden.kernel, g.hidden.bias, g.out.kernel, g.out.bias), expected)
+    with pytest.raises(UnconvertibleLayer, match="axis_name"):
+        unnamed, state = bio_eqx.convert(module, "dfa", jax.random.PRNGKey(2), x, forward)
+        bioprop.update(unnamed.rule, unnamed.model(forward), loss, unnamed.params, state, jax.random.PRNGKey(3),
+                       x, Y, unnamed.mask)
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+class LinenEinsum(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Einsum((5, 4), "bi,ij->bj", name="mix", **F64)(x)
+        return nn.Dense(3, name="out", **F64)(h)
+
+
+def _one_line(error) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_an_unconvertible_weight_layer_is_refused_in_one_line_naming_it():
+    x = X.reshape(4, -1)[:, :5]
+    variables = LinenEinsum().init(jax.random.PRNGKey(0), x)
+    with pytest.raises(UnconvertibleLayer) as error:
+        bio_linen.convert(LinenEinsum(), variables, "fa", jax.random.PRNGKey(2), x)
+    assert "Einsum at 'mix'" in _one_line(error)
+
+    class NnxEmbed(nnx.Module):
+        def __init__(self, rngs):
+            self.embed, self.out = nnx.Embed(10, 4, rngs=rngs), nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, tokens):
+            return self.out(self.embed(tokens))
+
+    with pytest.raises(UnconvertibleLayer) as error:
+        bio_nnx.convert(NnxEmbed(nnx.Rngs(0)), "fa", jax.random.PRNGKey(2), jnp.arange(4))
+    assert "Embed at 'embed'" in _one_line(error)
+
+    decoder = [eqx.nn.ConvTranspose2d(2, 2, 3, key=jax.random.PRNGKey(0)), eqx.nn.Conv2d(2, 1, 3, key=jax.random.PRNGKey(1))]
+    with pytest.raises(UnconvertibleLayer) as error:
+        bio_eqx.convert(decoder, "fa", jax.random.PRNGKey(2), jnp.ones((1, 2, 6, 6)),
+                        lambda m, x: jax.vmap(lambda v: m[1](m[0](v)))(x))
+    assert "ConvTranspose2d at '0'" in _one_line(error)
+
+
+def test_a_layer_left_exact_by_name_is_backprop_and_a_misspelt_name_is_refused():
+    x = X.reshape(4, -1)[:, :5]
+    variables = LinenEinsum().init(jax.random.PRNGKey(0), x)
+    converted, state = bio_linen.convert(LinenEinsum(), variables, "bp", jax.random.PRNGKey(2), x, exact=("mix",))
+    assert converted.paths == ("out",)
+    p = variables["params"]
+    up = bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3), x, Y, converted.mask)
+    _close(up.grads, jax.grad(lambda p: loss(LinenEinsum().apply({"params": p}, x), Y))(p))
+    with pytest.raises(UnconvertibleLayer) as error:
+        bio_linen.convert(LinenEinsum(), variables, "bp", jax.random.PRNGKey(2), x, exact=("mixer",))
+    assert "exact=('mixer',)" in _one_line(error)

@@ -31,7 +31,8 @@ See docs/library.md.
 
 from bioprop.core import Update, estimate, feedback_arrays, init, kernels, sites, update
 from bioprop.layers import Direct, Site, conv, dense, tap, transport
+from bioprop.measure import angle_degrees, measure
 from bioprop.rules import RULES, Rule, rule
 
-__all__ = ["RULES", "Direct", "Rule", "Site", "Update", "conv", "dense", "estimate", "feedback_arrays", "init",
-           "kernels", "rule", "sites", "tap", "transport", "update"]
+__all__ = ["RULES", "Direct", "Rule", "Site", "Update", "angle_degrees", "conv", "dense", "estimate", "feedback_arrays", "init",
+           "kernels", "measure", "rule", "sites", "tap", "transport", "update"]

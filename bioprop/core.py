@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bioprop.layers import Direct, Site
+from bioprop.layers import Direct, Measured, Site
 from bioprop.rules import Rule
 
 _is_none = lambda v: v is None
@@ -58,21 +58,27 @@ def feedback_arrays(rule: Rule, params, state, key, mask=None):
     return rule.feedback(kernels(params, mask), state, key)
 
 
-def estimate(rule: Rule, model, loss, params, state, key, x, y, mask=None, wrap=None):
-    """(loss, the rule's estimate of the loss gradient, the gradient w.r.t. fb (the Hebbian products;
-    None for direct feedback)). wrap(fb) turns each fb leaf into what the layers receive (measure's probes)."""
+def estimate(rule: Rule, model, loss, params, state, key, x, y, mask=None, probes=None):
+    """(loss, the rule's estimate of the loss gradient (like params), the gradient w.r.t. fb (the Hebbian
+    products, like kernels; None for direct feedback), the error at each feedback layer's output (like
+    kernels; None unless `probes`)). probes: zeros of each feedback layer's output shape, added to the
+    outputs so that their gradients are the errors the outputs receive (`bioprop.measure`)."""
     fb = feedback_arrays(rule, params, state, key, mask)
-    wrap = wrap or (lambda f: f)
+
+    def received(fb, probes, e=None):
+        leaf = (lambda f: f) if e is None else (lambda d: Direct(d, e))
+        if probes is None:
+            return jax.tree_util.tree_map(leaf, fb)
+        return jax.tree_util.tree_map(lambda f, p: Measured(leaf(f), p), fb, probes)
+
     if not rule.direct:
-        value, (grads, hebbian) = jax.value_and_grad(
-            lambda p, f: loss(model(p, wrap(f), x), y), argnums=(0, 1))(params, fb)
-        return value, grads, hebbian
+        value, (grads, hebbian, signals) = jax.value_and_grad(
+            lambda p, f, q: loss(model(p, received(f, q), x), y), argnums=(0, 1, 2))(params, fb, probes)
+        return value, grads, hebbian, signals
     silent = jax.tree_util.tree_map(lambda d: None, fb)
-    out = model(params, silent, x)
-    value, e = jax.value_and_grad(loss)(out, y)
-    direct = lambda f: jax.tree_util.tree_map(lambda d: Direct(d, e), f)
-    grads = jax.grad(lambda p: loss(model(p, wrap(direct(fb)), x), y))(params)
-    return value, grads, None
+    value, e = jax.value_and_grad(loss)(model(params, silent, x), y)
+    grads, signals = jax.grad(lambda p, q: loss(model(p, received(fb, q, e), x), y), argnums=(0, 1))(params, probes)
+    return value, grads, None, signals
 
 
 def update(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> Update:
@@ -81,7 +87,7 @@ def update(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> Upda
     model(params, fb, x) -> output, loss(output, y) -> scalar; key: this step's key (brsf's magnitudes,
     wm's noise); mask: which 2-d / 4-d weights get feedback (`kernels`). The grads are descent directions:
     apply both with one optimizer, e.g. optax on the pair (params, state)."""
-    value, grads, hebbian = estimate(rule, model, loss, params, state, key, x, y, mask)
+    value, grads, hebbian, _ = estimate(rule, model, loss, params, state, key, x, y, mask)
     if rule.learn is None:
         return Update(value, grads, jax.tree_util.tree_map(jnp.zeros_like, state))
     where = sites(model, params, x, mask) if rule.needs_sites else None

@@ -273,6 +273,27 @@ def test_kp_learns_its_feedback_through_the_converter(framework):
            {k: bioprop.transport(by_hand[k]["w"]) + decay * b[k] for k in WEIGHTS})
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_measure_on_a_converted_model_gives_the_angles_to_jax_grad_of_the_unconverted_model(framework):
+    case = FRAMEWORKS[framework]("fa")
+    report = bioprop.measure(case.converted.rule, case.model, loss, case.params, case.state, jax.random.PRNGKey(3),
+                             X, Y, case.converted.mask)
+    mine, exact = case.originals(_update(case).grads), _exact_grads(case)
+    expected = jax.tree_util.tree_leaves(jax.tree_util.tree_map(_angle, mine, exact))
+    reported = jax.tree_util.tree_leaves(report["update"]["angle"])
+    # the conv bias before BatchNorm has a zero gradient (rounding noise in both): its angle means nothing
+    defined = [float(jnp.linalg.norm(v)) > 1e-12 for v in jax.tree_util.tree_leaves(exact)]
+    assert defined.count(False) == 1
+    _close([r for r, d in zip(reported, defined) if d], [e for e, d in zip(expected, defined) if d], tol=1e-8)
+    assert max(reported) > 10.0  # fa's update is not backprop's (the output layer's is: angle 0)
+
+
+def _angle(u, v):
+    """The angle between two arrays in degrees, by arccos (the measurement computes it otherwise)."""
+    u, v = jnp.ravel(u), jnp.ravel(v)
+    return jnp.degrees(jnp.arccos(jnp.clip(u @ v / (jnp.linalg.norm(u) * jnp.linalg.norm(v)), -1.0, 1.0)))
+
+
 # ---------------------------------------------------------------------------------------------- running statistics
 
 

@@ -25,12 +25,15 @@ import jax.numpy as jnp
 from jax import lax
 
 import bioprop
+from bioprop.layers import Measured
 from bioprop.convert._common import UnconvertibleLayer, check_exact, refuse
 
 
 def _per_example(fb, axis_name):
     """Under jax.vmap each example sends back its own output error's projection: Direct's row of e for this
     example, found by the vmapped axis's index."""
+    if isinstance(fb, Measured):  # bioprop.measure's probe around the feedback
+        return Measured(_per_example(fb.fb, axis_name), fb.probe)
     if not isinstance(fb, bioprop.Direct):
         return fb
     if axis_name is None:

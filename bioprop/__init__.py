@@ -17,8 +17,8 @@ Write the model with bioprop's feedback layers, each given its weight's feedback
     opt = optax.adam(1e-3); opt_state = opt.init((params, state))
     for x, y in batches:
         key, step = jax.random.split(key)
-        loss_value, grads, fb_grads = bioprop.update(rule, model, loss, params, state, step, x, y)
-        updates, opt_state = opt.update((grads, fb_grads), opt_state, (params, state))
+        up = bioprop.update(rule, model, loss, params, state, step, x, y)   # up.loss, up.grads, up.feedback_grads
+        updates, opt_state = opt.update((up.grads, up.feedback_grads), opt_state, (params, state))
         params, state = optax.apply_updates((params, state), updates)
 
 The forward pass is the model's own. In the backward pass each feedback layer updates its weights by the
@@ -29,10 +29,10 @@ Direct feedback (dfa) projects the output error e to every feedback layer's inpu
 See docs/library.md.
 """
 
-from bioprop.core import Update, estimate, feedback_arrays, init, kernels, sites, update
+from bioprop.core import Estimate, Update, estimate, feedback_arrays, init, kernels, sites, update
 from bioprop.layers import Direct, Site, conv, dense, tap, transport
 from bioprop.measure import angle_degrees, measure
 from bioprop.rules import RULES, Rule, rule
 
-__all__ = ["RULES", "Direct", "Rule", "Site", "Update", "angle_degrees", "conv", "dense", "estimate", "feedback_arrays", "init",
+__all__ = ["RULES", "Direct", "Estimate", "Rule", "Site", "Update", "angle_degrees", "conv", "dense", "estimate", "feedback_arrays", "init",
            "kernels", "measure", "rule", "sites", "tap", "transport", "update"]

@@ -51,6 +51,15 @@ class Update(NamedTuple):
     loss: jax.Array  # the batch's loss at params
     grads: Any  # the rule's update of params (a descent direction, like jax.grad), structured like params
     feedback_grads: Any  # the update of the feedback state (kp, wm learn it; zeros for the others)
+    aux: Any = None  # what the model returned beside its output (has_aux: e.g. batch norm's statistics)
+
+
+class Estimate(NamedTuple):
+    loss: jax.Array
+    grads: Any  # the rule's estimate of the loss gradient, like params
+    hebbian: Any  # the gradient w.r.t. fb (transport(dW) of each feedback layer), like kernels; None for dfa
+    signals: Any  # the errors at `probes`, or None
+    aux: Any = None
 
 
 def feedback_arrays(rule: Rule, params, state, key, mask=None):
@@ -58,40 +67,52 @@ def feedback_arrays(rule: Rule, params, state, key, mask=None):
     return rule.feedback(kernels(params, mask), state, key)
 
 
-def estimate(rule: Rule, model, loss, params, state, key, x, y, mask=None, probes=None):
-    """(loss, the rule's estimate of the loss gradient (like params), the gradient w.r.t. fb (the Hebbian
-    products, like kernels; None for direct feedback), the error at each feedback layer's output (like
-    kernels; None unless `probes`)). probes: zeros of each feedback layer's output shape, added to the
-    outputs so that their gradients are the errors the outputs receive (`bioprop.measure`)."""
+def estimate(rule: Rule, model, loss, params, state, key, x, y, mask=None, probes=None,
+             has_aux: bool = False) -> Estimate:
+    """The rule's estimate of the loss gradient, without kp's and wm's feedback learning.
+
+    probes: a pair of pytrees like kernels, zeros of each feedback layer's output shape and of its tap's
+    shape (None where the model taps nothing), added there so that their gradients are the errors those
+    points receive (`bioprop.measure`). has_aux: the model returns (output, aux)."""
     fb = feedback_arrays(rule, params, state, key, mask)
 
     def received(fb, probes, e=None):
         leaf = (lambda f: f) if e is None else (lambda d: Direct(d, e))
         if probes is None:
             return jax.tree_util.tree_map(leaf, fb)
-        return jax.tree_util.tree_map(lambda f, p: Measured(leaf(f), p), fb, probes)
+        return jax.tree_util.tree_map(lambda f, p, t: Measured(leaf(f), p, t), fb, *probes)
+
+    def run(p, fb):
+        return model(p, fb, x) if has_aux else (model(p, fb, x), None)
+
+    def objective(p, fb):
+        out, aux = run(p, fb)
+        return loss(out, y), aux
 
     if not rule.direct:
-        value, (grads, hebbian, signals) = jax.value_and_grad(
-            lambda p, f, q: loss(model(p, received(f, q), x), y), argnums=(0, 1, 2))(params, fb, probes)
-        return value, grads, hebbian, signals
-    silent = jax.tree_util.tree_map(lambda d: None, fb)
-    value, e = jax.value_and_grad(loss)(model(params, silent, x), y)
-    grads, signals = jax.grad(lambda p, q: loss(model(p, received(fb, q, e), x), y), argnums=(0, 1))(params, probes)
-    return value, grads, None, signals
+        (value, aux), (grads, hebbian, signals) = jax.value_and_grad(
+            lambda p, f, q: objective(p, received(f, q)), argnums=(0, 1, 2), has_aux=True)(params, fb, probes)
+        return Estimate(value, grads, hebbian, signals, aux)
+    out, _ = run(params, jax.tree_util.tree_map(lambda d: None, fb))
+    value, e = jax.value_and_grad(loss)(out, y)
+    (grads, signals), aux = jax.grad(lambda p, q: objective(p, received(fb, q, e)), argnums=(0, 1),
+                                     has_aux=True)(params, probes)
+    return Estimate(value, grads, None, signals, aux)
 
 
-def update(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> Update:
+def update(rule: Rule, model, loss, params, state, key, x, y, mask=None, has_aux: bool = False) -> Update:
     """The rule's update for params and for its feedback state on the batch (x, y).
 
-    model(params, fb, x) -> output, loss(output, y) -> scalar; key: this step's key (brsf's magnitudes,
-    wm's noise); mask: which 2-d / 4-d weights get feedback (`kernels`). The grads are descent directions:
-    apply both with one optimizer, e.g. optax on the pair (params, state)."""
-    value, grads, hebbian, _ = estimate(rule, model, loss, params, state, key, x, y, mask)
+    model(params, fb, x) -> output (has_aux: (output, aux), aux returned in the Update), loss(output, y)
+    -> scalar; key: this step's key (brsf's magnitudes, wm's noise); mask: which 2-d / 4-d weights get
+    feedback (`kernels`). The grads are descent directions: apply both with one optimizer, e.g. optax on
+    the pair (params, state)."""
+    est = estimate(rule, model, loss, params, state, key, x, y, mask, has_aux=has_aux)
     if rule.learn is None:
-        return Update(value, grads, jax.tree_util.tree_map(jnp.zeros_like, state))
+        return Update(est.loss, est.grads, jax.tree_util.tree_map(jnp.zeros_like, state), est.aux)
     where = sites(model, params, x, mask) if rule.needs_sites else None
-    extra, state_grads = rule.learn(kernels(params, mask), state, hebbian, key, where)
+    extra, state_grads = rule.learn(kernels(params, mask), state, est.hebbian, key, where)
+    grads = est.grads
     if extra is not None:
         grads = jax.tree_util.tree_map(lambda e, g: g if e is None else g + e, extra, grads, is_leaf=_is_none)
-    return Update(value, grads, state_grads)
+    return Update(est.loss, grads, state_grads, est.aux)

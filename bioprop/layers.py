@@ -194,11 +194,13 @@ class Site:
 
 @dataclass(eq=False)
 class Measured:
-    """A feedback leaf with a zero array added to the layer's output, so that the gradient with
-    respect to it is the error the layer's output receives (bioprop.measure)."""
+    """A feedback leaf with zero arrays added to the layer's output (and to its tap's array, where the
+    model taps it), so that the gradients with respect to them are the errors those points receive
+    (bioprop.measure)."""
 
     fb: Any
     probe: jax.Array
+    tap_probe: jax.Array | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def tap(h: jax.Array, fb) -> jax.Array:
     array computed before (below) that layer, e.g. before the pooling that feeds it (dfa_target
     pre_pool). Under every other rule it does nothing."""
     if isinstance(fb, Measured):
-        fb = fb.fb
+        h, fb = h if fb.tap_probe is None else h + fb.tap_probe, fb.fb
     if isinstance(fb, Site):
         fb.tap_shape = tuple(h.shape)
         return h

@@ -15,6 +15,8 @@ The report is a dict of plain pytrees of scalars (jit-able):
                 gradient (kp's and wm's decay and mirror terms, regularisers, left out) against jax.grad;
     "signal":   the same three, like kernels: the error each feedback layer's output receives (dLoss/d output;
                 for a dense layer under an MLP, delta_l = dLoss/da_l) under the rule against backprop's;
+    "tap":      the same three, like kernels (None where the model taps nothing): the error at each tap
+                (under dfa e @ D, delivered there) against backprop's at the same point;
     "feedback": {"angle", "norm_ratio"}, like kernels: B against transport(W) (chained rules only: direct
                 feedback's D has no single W to compare with, and the key is absent).
 """
@@ -49,13 +51,17 @@ def compare(estimated, exact, metrics=(("angle", angle_degrees), ("relative_erro
     return {name: jax.tree_util.tree_map(f, estimated, exact) for name, f in metrics}
 
 
-def measure(rule: Rule, model, loss, params, state, key, x, y, mask=None) -> dict:
-    """The rule's update, error signals and feedback against backprop's on the batch (x, y)."""
-    probes = jax.tree_util.tree_map(lambda s, w: jnp.zeros(s.out_shape, w.dtype),
-                                    sites(model, params, x, mask), kernels(params, mask))
-    value, grads, _, signals = estimate(rule, model, loss, params, state, key, x, y, mask, probes)
-    _, exact, _, exact_signals = estimate(bp(), model, loss, params, (), key, x, y, mask, probes)
-    report = {"loss": value, "update": compare(grads, exact), "signal": compare(signals, exact_signals)}
+def measure(rule: Rule, model, loss, params, state, key, x, y, mask=None, has_aux: bool = False) -> dict:
+    """The rule's update, error signals and feedback against backprop's on the batch (x, y) (has_aux: the
+    model returns (output, aux), as for `update`)."""
+    where, weights = sites(model, params, x, mask), kernels(params, mask)
+    outputs = jax.tree_util.tree_map(lambda s, w: jnp.zeros(s.out_shape, w.dtype), where, weights)
+    taps = jax.tree_util.tree_map(lambda s, w: None if s.tap_shape is None else jnp.zeros(s.tap_shape, w.dtype),
+                                  where, weights)
+    rule_s = estimate(rule, model, loss, params, state, key, x, y, mask, (outputs, taps), has_aux)
+    exact = estimate(bp(), model, loss, params, (), key, x, y, mask, (outputs, taps), has_aux)
+    report = {"loss": rule_s.loss, "update": compare(rule_s.grads, exact.grads),
+              "signal": compare(rule_s.signals[0], exact.signals[0]), "tap": compare(rule_s.signals[1], exact.signals[1])}
     if not rule.direct:
         fb = feedback_arrays(rule, params, state, key, mask)
         tied = jax.tree_util.tree_map(transport, kernels(params, mask))

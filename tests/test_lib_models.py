@@ -169,3 +169,20 @@ def test_measure_signal_is_the_error_at_each_layer_output():
     fa_delta = (e @ state[2]["w"]) * (1 - jnp.tanh(a[1]) ** 2)
     bp_delta = (e @ params[2]["w"].T) * (1 - jnp.tanh(a[1]) ** 2)
     np.testing.assert_allclose(report["signal"]["angle"][1]["w"], _degrees(fa_delta, bp_delta), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa"])
+def test_a_model_s_aux_comes_back_with_the_update(name):
+    """has_aux: the model returns (output, aux), e.g. batch norm's batch statistics for running averages."""
+    params = resnet_params(jax.random.PRNGKey(0))
+    x, y = batch(jax.random.PRNGKey(1), (N, 8, 8, 2))
+    model = resnet(bioprop.conv, bioprop.dense)
+    with_stats = lambda p, fb, x: (model(p, fb, x), {"mean": jnp.mean(x, axis=(0, 1, 2))})
+    rule = bioprop.rule(name)
+    state = bioprop.init(rule, jax.random.PRNGKey(2), with_stats, params, x)
+    up = bioprop.update(rule, with_stats, loss, params, state, None, x, y, has_aux=True)
+    plain = bioprop.update(rule, model, loss, params, state, None, x, y)
+    np.testing.assert_array_equal(up.aux["mean"], jnp.mean(x, axis=(0, 1, 2)))
+    _close(up.grads, plain.grads, 0)
+    report = bioprop.measure(rule, with_stats, loss, params, state, None, x, y, has_aux=True)
+    assert float(report["update"]["angle"]["head"]["w"]) < 0.05  # the output layer's update is exact

@@ -191,3 +191,22 @@ def test_wm_learns_its_feedback_toward_w():
         target = 0.5 * (lib_state[l]["w"] - params[l]["w"].T)
         cos = jnp.vdot(step, target) / (jnp.linalg.norm(step) * jnp.linalg.norm(target))
         assert float(cos) > 0.9
+
+
+def test_measure_compares_the_error_delivered_at_a_tap_with_backprop_s():
+    """dfa pre_pool on LeNet: at each tap (f(a_l), before the pooling) the rule delivers e @ D; backprop's
+    error there is dLoss/da_l / f'(a_l)."""
+    from bioprop_cli.metrics.alignment import exact_gradients
+    from bioprop_cli.models.layers import forward
+
+    config, arch, cli, params, state, x, y = setup("dfa", LENET, ("feedback.dfa_target", "pre_pool"))
+    report = bioprop.measure(bioprop.rule("dfa"), cli_model(arch, pre_pool=True), loss, plain(params),
+                             library_state("dfa", params, state), None, x, y, MASK(params))
+    fwd = forward(arch, plain(params), x, ACT)
+    e = LOSS.error(fwd.logits, y)
+    _, deltas = exact_gradients(arch, plain(params), x, y, ACT, LOSS)
+    for l in range(len(params) - 1):
+        exact = deltas[l] / ACT.df(fwd.pre[l])
+        np.testing.assert_allclose(report["tap"]["angle"][l + 1]["w"], bioprop.angle_degrees(e @ state[l], exact),
+                                   atol=1e-3)
+    assert report["tap"]["angle"][0]["w"] is None

@@ -40,8 +40,9 @@ def _unsupported(module, kernel) -> str | None:
     return None
 
 
-def _at(tree, path: tuple[str, ...]):
-    for name in path:
+def at(tree, path: str | tuple[str, ...]):
+    """The subtree of a params-like tree (params, grads, fb, a measure report) at a layer's path ('Block_0/Conv_0')."""
+    for name in path.split("/") if isinstance(path, str) else path:
         tree = tree[name]
     return tree
 
@@ -66,7 +67,7 @@ def _intercept(feedback, exact: tuple, types: dict | None = None):
         bias = nn.meta.unbox(module.get_variable("params", "bias")) if module.use_bias else None
         x = args[0] if args else kwargs["inputs"]
         x, kernel, bias = module.promote_dtype(x, kernel, bias, dtype=module.dtype)
-        fb = bioprop.Site() if types is not None else fl.cast(_at(feedback, module.path)["kernel"], x.dtype)
+        fb = bioprop.Site() if types is not None else fl.cast(at(feedback, module.path)["kernel"], x.dtype)
         if kind == "dense":
             return bioprop.dense(x, kernel, bias, fb)
         return fl.conv_forward(module, x, kernel, bias, fb)

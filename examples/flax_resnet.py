@@ -68,7 +68,7 @@ def train(rule_name, steps=30, batch=32, seed=0):
         params, state, stats, opt_state, value = step(params, state, stats, opt_state, k, xb, yb)
         losses.append(float(value))
     report = bioprop.measure(converted.rule, model(stats), loss, params, state, key, xb, yb, converted.mask, has_aux=True)
-    return losses[0], losses[-1], {p: float(bio_linen.at(report["update"]["angle"], p)["kernel"]) for p in converted.paths}
+    return losses[0], losses[-1], {p: float(a["kernel"]) for p, a in converted.layers(report["update"]["angle"]).items()}
 
 
 def main(steps=30, rules=("fa", "usf", "kp")):

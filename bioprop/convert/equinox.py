@@ -142,6 +142,10 @@ class Converted:
         """bioprop's model(params, fb, x) = forward(self.assemble(params, fb), x)."""
         return lambda params, fb, x: forward(self.assemble(params, fb), x)
 
+    def layers(self, tree) -> dict[str, Any]:
+        """{path: the node of a params-like tree (params, grads, fb, a measure report) at that layer}."""
+        return {name: _get(tree, path) for name, path in zip(self.paths, self._paths)}
+
     def feedback(self, params, state, key) -> Any:
         """The rule's feedback for every converted layer (bioprop.feedback_arrays with this mask)."""
         return bioprop.feedback_arrays(self.rule, params, state, key, self.mask)

@@ -94,6 +94,10 @@ class Converted:
         others = dict(others or {})
         return lambda params, fb, x: self.apply({**others, "params": params}, fb, x, *args, **kwargs)
 
+    def layers(self, tree) -> dict[str, Any]:
+        """{path: the subtree of a params-like tree (params, grads, fb, a measure report) at that layer}."""
+        return {path: at(tree, path) for path in self.paths}
+
     def feedback(self, params, state, key) -> Any:
         """The rule's feedback for every converted layer (bioprop.feedback_arrays with this mask)."""
         return bioprop.feedback_arrays(self.rule, params, state, key, self.mask)

@@ -108,6 +108,16 @@ class Converted:
         """bioprop's model(params, fb, x) -> (y, rest after the call)."""
         return lambda params, fb, x: self.apply(params, rest, fb, x, *args, **kwargs)
 
+    def layers(self, tree) -> dict[str, Any]:
+        """{path: the subtree of a params-like State (params, grads, fb, a measure report) at that layer}."""
+        out = {}
+        for name, path in zip(self.paths, self._paths):
+            node = tree
+            for part in path:
+                node = node[part]
+            out[name] = node
+        return out
+
     def feedback(self, params, state, key) -> Any:
         """The rule's feedback for every converted layer (bioprop.feedback_arrays with this mask)."""
         return bioprop.feedback_arrays(self.rule, params, state, key, self.mask)

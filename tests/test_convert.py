@@ -439,3 +439,22 @@ def test_a_layer_left_exact_by_name_is_backprop_and_a_misspelt_name_is_refused()
     with pytest.raises(UnconvertibleLayer) as error:
         bio_linen.convert(LinenEinsum(), variables, "bp", jax.random.PRNGKey(2), x, exact=("mixer",))
     assert "exact=('mixer',)" in _one_line(error)
+
+
+class LinenConvOptions(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(4, (3, 3), padding="CIRCULAR", kernel_dilation=2, name="dilated", **F64)(x)
+        h = nn.Conv(4, (3, 3), strides=(2, 1), padding="SAME", feature_group_count=2, name="grouped", **F64)(
+            jnp.tanh(h)[None])  # an extra leading axis, (1, 4, 8, 8, 4)
+        return nn.Dense(3, name="out", **F64)(jnp.tanh(h)).mean((0, 2, 3))
+
+
+def test_bp_through_dilated_grouped_circular_convs_and_leading_axes_equals_jax_grad():
+    variables = LinenConvOptions().init(jax.random.PRNGKey(0), X)
+    converted, state = bio_linen.convert(LinenConvOptions(), variables, "bp", jax.random.PRNGKey(2), X)
+    assert converted.paths == ("dilated", "grouped", "out")
+    p = variables["params"]
+    mine = jax.jit(lambda p: bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3),
+                                            X, Y, converted.mask).grads)(p)
+    _close(mine, jax.jit(jax.grad(lambda p: loss(LinenConvOptions().apply({"params": p}, X), Y)))(p))

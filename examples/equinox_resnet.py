@@ -86,8 +86,9 @@ def train(rule_name, steps=30, batch=32, seed=0):
         xb, yb = x[t * batch:(t + 1) * batch], y[t * batch:(t + 1) * batch]
         params, state, bn_state, opt_state, value = step(params, state, bn_state, opt_state, k, xb, yb)
         losses.append(float(value))
-    report = bioprop.measure(converted.rule, converted.model(model_of(bn_state)), loss, params, state, key, xb, yb,
-                             converted.mask, has_aux=True)
+    measure = jax.jit(lambda params, state, bn_state: bioprop.measure(
+        converted.rule, converted.model(model_of(bn_state)), loss, params, state, key, xb, yb, converted.mask, has_aux=True))
+    report = measure(params, state, bn_state)
     angles = converted.layers(report["update"]["angle"])
     return losses[0], losses[-1], {path: float(layer.kernel) for path, layer in angles.items()}
 

@@ -67,7 +67,9 @@ def train(rule_name, steps=30, batch=32, seed=0):
         xb, yb = x[t * batch:(t + 1) * batch], y[t * batch:(t + 1) * batch]
         params, state, stats, opt_state, value = step(params, state, stats, opt_state, k, xb, yb)
         losses.append(float(value))
-    report = bioprop.measure(converted.rule, model(stats), loss, params, state, key, xb, yb, converted.mask, has_aux=True)
+    measure = jax.jit(lambda params, state, stats: bioprop.measure(converted.rule, model(stats), loss, params, state, key,
+                                                                   xb, yb, converted.mask, has_aux=True))
+    report = measure(params, state, stats)
     return losses[0], losses[-1], {p: float(a["kernel"]) for p, a in converted.layers(report["update"]["angle"]).items()}
 
 

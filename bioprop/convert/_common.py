@@ -1,9 +1,13 @@
-"""What the three converters share: the one-line refusal of a weight layer they cannot convert, and the user's
-list of layers left exact."""
+"""What the three converters share: the one-line refusal of a weight layer they cannot convert, the user's list of
+layers left exact, the rule's initial state."""
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
+
+import jax
+
+import bioprop
 
 
 class UnconvertibleLayer(ValueError):
@@ -24,3 +28,8 @@ def check_exact(exact: Iterable[str], weights: Mapping[str, Any]) -> tuple[str, 
             known = ", ".join(sorted(weights)) or "none"
             raise UnconvertibleLayer(f"exact=('{path}',) names no layer holding a weight; layers with weights: {known}")
     return exact
+
+
+def initial_state(rule, key, model, params, x, mask):
+    """bioprop.init compiled as one program (eagerly, each leaf's draw compiles on its own: seconds on a ResNet)."""
+    return jax.jit(lambda key, params, x: bioprop.init(rule, key, model, params, x, mask))(key, params, x)

@@ -26,7 +26,7 @@ from jax import lax
 
 import bioprop
 from bioprop.layers import Measured
-from bioprop.convert._common import UnconvertibleLayer, check_exact, refuse
+from bioprop.convert._common import UnconvertibleLayer, check_exact, initial_state as _initial_state, refuse
 
 
 def _per_example(fb, axis_name):
@@ -196,4 +196,4 @@ def convert(model, rule: bioprop.Rule | str, key: jax.Array, x, forward: Callabl
     replace = [(_linear if isinstance(l, eqx.nn.Linear) else _conv)(l, axis_name) for l in templates.values()]
     surgery = eqx.tree_at(lambda m: [_get(m, p) for p in templates], model, replace) if templates else model
     converted = Converted(surgery, templates, rule, exact)
-    return converted, bioprop.init(rule, key, converted.model(forward), converted.params, x, converted.mask)
+    return converted, _initial_state(rule, key, converted.model(forward), converted.params, x, converted.mask)

@@ -23,7 +23,7 @@ import flax.linen as nn
 
 import bioprop
 from bioprop.convert import _flax_layers as fl
-from bioprop.convert._common import UnconvertibleLayer, check_exact, refuse
+from bioprop.convert._common import UnconvertibleLayer, check_exact, initial_state as _initial_state, refuse
 
 _KINDS = {nn.Dense: "dense", nn.DenseGeneral: "dense", nn.Conv: "conv"}
 
@@ -122,8 +122,7 @@ def convert(module: nn.Module, variables, rule: bioprop.Rule | str, key: jax.Arr
         lambda keys, _: keys[-1].key == "kernel" and "/".join(k.key for k in keys[:-1]) in paths, params)
     converted = Converted(module, rule, paths, mask, exact)
     others = {k: v for k, v in variables.items() if k != "params"}
-    state = bioprop.init(rule, key, converted.model(others, *args, **kwargs), params, x, mask)
-    return converted, state
+    return converted, _initial_state(rule, key, converted.model(others, *args, **kwargs), params, x, mask)
 
 
 def _weights(params) -> dict[str, tuple[int, ...]]:

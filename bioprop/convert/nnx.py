@@ -24,7 +24,7 @@ from flax import nnx
 
 import bioprop
 from bioprop.convert import _flax_layers as fl
-from bioprop.convert._common import UnconvertibleLayer, check_exact, refuse
+from bioprop.convert._common import UnconvertibleLayer, check_exact, initial_state as _initial_state, refuse
 
 _FEEDBACK = "bioprop_feedback"  # the attribute a converted layer reads its feedback leaf from, during one call
 
@@ -163,4 +163,4 @@ def convert(model: nnx.Module, rule: bioprop.Rule | str, key: jax.Array, x, *arg
         layer.__class__ = _CONVERTED[type(layer)]
     converted = Converted(copy, model, rule, tuple(paths), exact)
     model_fn = converted.model(converted.rest, *args, **kwargs)
-    return converted, bioprop.init(rule, key, model_fn, converted.params, x, converted.mask)
+    return converted, _initial_state(rule, key, model_fn, converted.params, x, converted.mask)

@@ -458,3 +458,19 @@ def test_bp_through_dilated_grouped_circular_convs_and_leading_axes_equals_jax_g
     mine = jax.jit(lambda p: bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3),
                                             X, Y, converted.mask).grads)(p)
     _close(mine, jax.jit(jax.grad(lambda p: loss(LinenConvOptions().apply({"params": p}, X), Y)))(p))
+
+
+def test_wm_learns_its_feedback_through_the_linen_converter_as_on_the_network_by_hand():
+    """The weight mirror's update of B (decay B - rate M, M from noise at each layer's input) and of W through the
+    converter equal bioprop.update on the network written by hand with the same B and key."""
+    case = Linen(bioprop.rule("wm", decay=0.1, mirror_lr_scale=0.1))
+    up = _update(case)
+    plain, b = case.plain(case.params), case.plain_feedback(case.state)
+    by_hand = lambda p, fb, x: reference(p, {k: fb[k]["w"] for k in WEIGHTS}, x)
+    kernels = bioprop.kernels(plain)  # None at every 1-d leaf
+    state = {k: {**kernels[k], "w": b[k]} if k in WEIGHTS else kernels[k] for k in kernels}
+    ref = jax.jit(lambda p, s: bioprop.update(case.converted.rule, by_hand, loss, p, s, jax.random.PRNGKey(3), X, Y))(
+        plain, state)
+    _close(case.plain_feedback(up.feedback_grads), {k: ref.feedback_grads[k]["w"] for k in WEIGHTS})
+    _close(case.plain(up.grads), ref.grads)
+    assert not np.allclose(up.feedback_grads["d0"]["kernel"], 0.1 * b["d0"])  # the mirror term is there

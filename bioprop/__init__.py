@@ -31,8 +31,9 @@ See docs/library.md.
 
 from bioprop.core import Estimate, Update, estimate, feedback_arrays, init, kernels, sites, update
 from bioprop.layers import Direct, Site, conv, dense, tap, transport
-from bioprop.measure import angle_degrees, measure
+from bioprop.measure import angle_degrees, compare, measure, norm_ratio, relative_error
 from bioprop.rules import RULES, Rule, rule
 
-__all__ = ["RULES", "Direct", "Estimate", "Rule", "Site", "Update", "angle_degrees", "conv", "dense", "estimate", "feedback_arrays", "init",
-           "kernels", "measure", "rule", "sites", "tap", "transport", "update"]
+__all__ = ["RULES", "Direct", "Estimate", "Rule", "Site", "Update", "angle_degrees", "compare", "conv", "dense", "estimate",
+           "feedback_arrays", "init", "kernels", "measure", "norm_ratio", "relative_error", "rule", "sites", "tap",
+           "transport", "update"]

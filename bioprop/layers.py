@@ -194,13 +194,14 @@ class Site:
 
 @dataclass(eq=False)
 class Measured:
-    """A feedback leaf with zero arrays added to the layer's output (and to its tap's array, where the
-    model taps it), so that the gradients with respect to them are the errors those points receive
-    (bioprop.measure)."""
+    """A feedback leaf with zero arrays added to the layer's output, to its tap's array (where the model
+    taps it) and to its input, so that the gradients with respect to them are the errors those points
+    receive (bioprop.measure). None: no probe there."""
 
     fb: Any
-    probe: jax.Array
+    probe: jax.Array | None = None
     tap_probe: jax.Array | None = None
+    in_probe: jax.Array | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,13 +232,13 @@ def _layer(kind, spec, tapped, x, w, b, fb, d, e):
 
 
 def _layer_fwd(kind, spec, tapped, x, w, b, fb, d, e):
-    return _layer(kind, spec, tapped, x, w, b, fb, d, e), (x, w.shape, b is not None, fb, d, e)
+    return _layer(kind, spec, tapped, x, w, b, fb, d, e), (x, w, b, fb, d, e)
 
 
 def _layer_bwd(kind, spec, tapped, res, g):
-    x, w_shape, has_bias, fb, d, e = res
-    dw = _weight_vjp(kind, spec, x, g, w_shape)
-    db = jnp.sum(g.reshape(-1, g.shape[-1]), axis=0) if has_bias else None
+    x, w, b, fb, d, e = res
+    dw = _weight_vjp(kind, spec, x, g, w.shape)
+    db = None if b is None else jnp.sum(g.reshape(-1, g.shape[-1]), axis=0)
     dx = _send(kind, spec, fb, d, e, tapped, g, x.shape)
     dfb = None if fb is None else transport(dw)
     zeros = lambda a: None if a is None else jnp.zeros_like(a)
@@ -250,12 +251,13 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 def _apply(kind, spec, x, w, b, fb):
     if isinstance(fb, Site):
         out = x @ w if kind == "dense" else convolve(spec, x, w)
-        fb.kind, fb.in_shape, fb.w_shape, fb.out_shape, fb.conv = kind, tuple(x.shape), tuple(w.shape), tuple(out.shape), spec
-        fb.order = fb.counter[0]
+        fb.kind, fb.in_shape, fb.w_shape, fb.out_shape = kind, tuple(x.shape), tuple(w.shape), tuple(out.shape)
+        fb.conv, fb.order = spec, fb.counter[0]
         fb.counter[0] += 1
         return out if b is None else out + b
     if isinstance(fb, Measured):
-        return _apply(kind, spec, x, w, b, fb.fb) + fb.probe
+        out = _apply(kind, spec, x if fb.in_probe is None else x + fb.in_probe, w, b, fb.fb)
+        return out if fb.probe is None else out + fb.probe
     if isinstance(fb, Direct):
         return _layer(kind, spec, fb.tapped, x, w, b, None, fb.d, fb.e)
     return _layer(kind, spec, False, x, w, b, fb, None, None)

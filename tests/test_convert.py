@@ -381,6 +381,10 @@ def test_dfa_through_the_equinox_converter_under_vmap_is_the_closed_form():
     expected = _dfa_closed_form(x, p.hidden.kernel, p.hidden.bias, p.out.kernel, p.out.bias, state.out.kernel)
     g = up.grads
     _close((g.hidden.kernel, g.hidden.bias, g.out.kernel, g.out.bias), expected)
+    # measure's D against backprop's Jacobian to the output layer's input: W^T for every example
+    report = bioprop.measure(converted.rule, converted.model(forward), loss, p, state, jax.random.PRNGKey(3), x, Y,
+                             converted.mask)
+    _close(report["feedback"]["angle"].out.kernel, _angle(state.out.kernel, p.out.kernel.T))
     with pytest.raises(UnconvertibleLayer, match="axis_name"):
         unnamed, state = bio_eqx.convert(module, "dfa", jax.random.PRNGKey(2), x, forward)
         bioprop.update(unnamed.rule, unnamed.model(forward), loss, unnamed.params, state, jax.random.PRNGKey(3),

@@ -17,6 +17,7 @@ module's weight) is refused in one line naming its path, unless `exact=` lists i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Hashable, Iterable
 
 import equinox as eqx
@@ -33,7 +34,7 @@ def _per_example(fb, axis_name):
     """Under jax.vmap each example sends back its own output error's projection: Direct's row of e for this
     example, found by the vmapped axis's index."""
     if isinstance(fb, Measured):  # bioprop.measure's probe around the feedback
-        return Measured(_per_example(fb.fb, axis_name), fb.probe)
+        return dataclasses.replace(fb, fb=_per_example(fb.fb, axis_name))
     if not isinstance(fb, bioprop.Direct):
         return fb
     if axis_name is None:

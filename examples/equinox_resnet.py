@@ -2,7 +2,7 @@
 tree surgery (its Conv2d and Linear layers run the rule's backward), trained a few optax steps, each layer's update
 angle to jax.grad printed.
 
-    python examples/equinox_resnet.py   # seconds of CPU; MNIST batches if $BIOPROP_DATA_DIR holds MNIST's .gz files
+    python examples/equinox_resnet.py   # about 30 s of CPU; MNIST batches if $BIOPROP_DATA_DIR holds MNIST's .gz files
 """
 
 import gzip

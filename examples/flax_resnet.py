@@ -1,7 +1,7 @@
 """Measure fa, usf and kp on your own Flax ResNet: a linen ResNet with BatchNorm, converted (its convs and its
 dense layer run the rule's backward), trained a few optax steps, each layer's update angle to jax.grad printed.
 
-    python examples/flax_resnet.py      # seconds of CPU; MNIST batches if $BIOPROP_DATA_DIR holds MNIST's .gz files
+    python examples/flax_resnet.py      # about 30 s of CPU; MNIST batches if $BIOPROP_DATA_DIR holds MNIST's .gz files
 """
 
 import gzip

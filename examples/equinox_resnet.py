@@ -24,8 +24,10 @@ class ResNet(eqx.Module):  # the user's own model: nothing in it knows about bio
     head: eqx.nn.Linear
 
     def __init__(self, key):
+        def conv(c_in, c_out, size, stride, key):
+            return eqx.nn.Conv2d(c_in, c_out, size, stride, size // 2, use_bias=False, key=key)
+
         k = jax.random.split(key, 5)
-        conv = lambda c_in, c_out, size, stride, key: eqx.nn.Conv2d(c_in, c_out, size, stride, size // 2, use_bias=False, key=key)
         self.convs = [conv(1, 8, 3, 1, k[0]), conv(8, 16, 3, 2, k[1]), conv(16, 16, 3, 1, k[2]), conv(8, 16, 1, 2, k[3])]
         self.norms = [eqx.nn.BatchNorm(c, axis_name="batch", mode="batch") for c in (8, 16, 16, 16)]
         self.head = eqx.nn.Linear(16, 10, key=k[4])
@@ -46,7 +48,8 @@ def data(n, key):
     """n MNIST training images from $BIOPROP_DATA_DIR, else n noisy copies of ten random 12x12 patterns."""
     folder = os.environ.get("BIOPROP_DATA_DIR", "")
     if os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
-        read = lambda name, skip, size: np.frombuffer(gzip.open(os.path.join(folder, name)).read()[skip:skip + size], np.uint8)
+        def read(name, skip, size):
+            return np.frombuffer(gzip.open(os.path.join(folder, name)).read()[skip:skip + size], np.uint8)
         x = read("train-images-idx3-ubyte.gz", 16, n * 784).reshape(n, 28, 28, 1) / 255.0
         return jnp.asarray(x, jnp.float32), jnp.asarray(read("train-labels-idx1-ubyte.gz", 8, n), jnp.int32)
     y = jnp.arange(n) % 10
@@ -87,7 +90,8 @@ def train(rule_name, steps=30, batch=32, seed=0):
         params, state, bn_state, opt_state, value = step(params, state, bn_state, opt_state, k, xb, yb)
         losses.append(float(value))
     measure = jax.jit(lambda params, state, bn_state: bioprop.measure(
-        converted.rule, converted.model(model_of(bn_state)), loss, params, state, key, xb, yb, converted.mask, has_aux=True))
+        converted.rule, converted.model(model_of(bn_state)), loss, params, state, key, xb, yb, converted.mask,
+        has_aux=True))
     report = measure(params, state, bn_state)
     angles = converted.layers(report["update"]["angle"])
     return losses[0], losses[-1], {path: float(layer.kernel) for path, layer in angles.items()}

@@ -32,7 +32,8 @@ def data(n, key):
     """n MNIST training images from $BIOPROP_DATA_DIR, else n noisy copies of ten random 12x12 patterns."""
     folder = os.environ.get("BIOPROP_DATA_DIR", "")
     if os.path.exists(os.path.join(folder, "train-images-idx3-ubyte.gz")):
-        read = lambda name, skip, size: np.frombuffer(gzip.open(os.path.join(folder, name)).read()[skip:skip + size], np.uint8)
+        def read(name, skip, size):
+            return np.frombuffer(gzip.open(os.path.join(folder, name)).read()[skip:skip + size], np.uint8)
         x = read("train-images-idx3-ubyte.gz", 16, n * 784).reshape(n, 28, 28, 1) / 255.0
         return jnp.asarray(x, jnp.float32), jnp.asarray(read("train-labels-idx1-ubyte.gz", 8, n), jnp.int32)
     y = jnp.arange(n) % 10

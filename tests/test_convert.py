@@ -425,7 +425,8 @@ def test_an_unconvertible_weight_layer_is_refused_in_one_line_naming_it():
         bio_nnx.convert(NnxEmbed(nnx.Rngs(0)), "fa", jax.random.PRNGKey(2), jnp.arange(4))
     assert "Embed at 'embed'" in _one_line(error)
 
-    decoder = [eqx.nn.ConvTranspose2d(2, 2, 3, key=jax.random.PRNGKey(0)), eqx.nn.Conv2d(2, 1, 3, key=jax.random.PRNGKey(1))]
+    decoder = [eqx.nn.ConvTranspose2d(2, 2, 3, key=jax.random.PRNGKey(0)),
+               eqx.nn.Conv2d(2, 1, 3, key=jax.random.PRNGKey(1))]
     with pytest.raises(UnconvertibleLayer) as error:
         bio_eqx.convert(decoder, "fa", jax.random.PRNGKey(2), jnp.ones((1, 2, 6, 6)),
                         lambda m, x: jax.vmap(lambda v: m[1](m[0](v)))(x))

@@ -17,7 +17,8 @@ def load(name):
     return module
 
 
-@pytest.mark.parametrize("name, output_layer, rule", [("flax_resnet", "Dense_0", "kp"), ("equinox_resnet", "head", "usf")])
+@pytest.mark.parametrize("name, output_layer, rule",
+                         [("flax_resnet", "Dense_0", "kp"), ("equinox_resnet", "head", "usf")])
 def test_resnet_example_measures_each_layer(name, output_layer, rule, capsys, monkeypatch):
     monkeypatch.delenv("BIOPROP_DATA_DIR", raising=False)  # the synthetic images: the same test everywhere
     results = load(name).main(steps=2, rules=(rule,))

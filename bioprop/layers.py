@@ -232,13 +232,13 @@ def _layer(kind, spec, tapped, x, w, b, fb, d, e):
 
 
 def _layer_fwd(kind, spec, tapped, x, w, b, fb, d, e):
-    return _layer(kind, spec, tapped, x, w, b, fb, d, e), (x, w.shape, b is not None, fb, d, e)
+    return _layer(kind, spec, tapped, x, w, b, fb, d, e), (x, w, b, fb, d, e)
 
 
 def _layer_bwd(kind, spec, tapped, res, g):
-    x, w_shape, has_bias, fb, d, e = res
-    dw = _weight_vjp(kind, spec, x, g, w_shape)
-    db = jnp.sum(g.reshape(-1, g.shape[-1]), axis=0) if has_bias else None
+    x, w, b, fb, d, e = res
+    dw = _weight_vjp(kind, spec, x, g, w.shape)
+    db = None if b is None else jnp.sum(g.reshape(-1, g.shape[-1]), axis=0)
     dx = _send(kind, spec, fb, d, e, tapped, g, x.shape)
     dfb = None if fb is None else transport(dw)
     zeros = lambda a: None if a is None else jnp.zeros_like(a)
@@ -251,8 +251,8 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 def _apply(kind, spec, x, w, b, fb):
     if isinstance(fb, Site):
         out = x @ w if kind == "dense" else convolve(spec, x, w)
-        fb.kind, fb.in_shape, fb.w_shape, fb.out_shape, fb.conv = kind, tuple(x.shape), tuple(w.shape), tuple(out.shape), spec
-        fb.order = fb.counter[0]
+        fb.kind, fb.in_shape, fb.w_shape, fb.out_shape = kind, tuple(x.shape), tuple(w.shape), tuple(out.shape)
+        fb.conv, fb.order = spec, fb.counter[0]
         fb.counter[0] += 1
         return out if b is None else out + b
     if isinstance(fb, Measured):

@@ -79,7 +79,7 @@ def train(rule, steps=150, seed=0):
         i = (t * 64) % x.shape[0]
         params, state, opt_state, value = step(params, state, opt_state, k, x[i:i + 64], y[i:i + 64])
         losses.append(float(value))
-    report = bioprop.measure(rule, model, loss, params, state, key, x[:64], y[:64])
+    report = jax.jit(lambda p, s: bioprop.measure(rule, model, loss, p, s, key, x[:64], y[:64]))(params, state)
     return losses[0], losses[-1], float(report["update"]["angle"]["hidden"]["w"])
 
 

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 
 import bioprop.layers as library
-
+from bioprop.rules import sample
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
-from bioprop_cli.models.mlp import Forward, init_std, sample
+from bioprop_cli.models.mlp import Forward, init_std
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bioprop.rules import INIT_STD, sample  # the variance-scaling stds and the zero-mean draw, the library's
+from bioprop.rules import INIT_STD  # the variance-scaling stds, the library's
 
 Params = list  # [{"w": (n_l, n_{l+1}), "b": (n_{l+1},)}, ...]
 

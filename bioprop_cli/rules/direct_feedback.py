@@ -21,7 +21,7 @@ Nøkland draws U(+-1/sqrt(units)), biotorch xavier_uniform_ of its (n_out, C_in,
 
 import jax
 
-from bioprop_cli.models.mlp import sample
+from bioprop.rules import sample
 from bioprop_cli.rules.base import LearningRule, direct_feedback_shape, feedback_rule, feedback_std, model_functions
 
 

@@ -10,7 +10,7 @@ from the run's seed, zero-mean, `feedback.distribution` (normal or uniform), std
 import jax
 
 from bioprop_cli.models.layers import feedback_shape
-from bioprop_cli.models.mlp import sample
+from bioprop.rules import sample
 from bioprop_cli.rules.base import LearningRule, feedback_rule, feedback_std, model_functions
 
 

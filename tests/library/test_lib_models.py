@@ -86,9 +86,10 @@ def test_exact_feedback_is_jax_grad_on_a_residual_net_with_normalisation(name):
     value, exact = jax.value_and_grad(lambda p: loss(resnet(plain_conv, plain_dense)(p, bioprop.kernels(p), x), y))(params)
     _close(out.grads, exact)
     np.testing.assert_allclose(out.loss, value, rtol=1e-6)
-    report = jax.jit(lambda p, s: bioprop.measure(rule, model, loss, p, s, jax.random.PRNGKey(2), x, y))(params, state)
-    for angle in jax.tree_util.tree_leaves(report["update"]["angle"]) + jax.tree_util.tree_leaves(report["signal"]["angle"]):
-        assert float(angle) < 0.05
+    if name == "bp":  # measure() against itself: every angle 0
+        report = jax.jit(lambda p: bioprop.measure(rule, model, loss, p, (), jax.random.PRNGKey(2), x, y))(params)
+        angles = [report[key]["angle"] for key in ("update", "signal", "feedback")]
+        assert all(float(a) < 0.05 for a in jax.tree_util.tree_leaves(angles))
     if name == "kp":  # B learns with W's update transposed: the fb cotangent is the kernels' exact gradient
         _close(out.feedback_grads, jax.tree_util.tree_map(bioprop.transport, bioprop.kernels(exact)))
 
@@ -112,7 +113,7 @@ def test_dfa_on_one_hidden_layer_is_its_closed_form():
     state = bioprop.init(rule, jax.random.PRNGKey(5), one_hidden, params, x, mask)
     d = state[1]["w"]
     assert state[0]["w"] is None and d.shape == (3, 7)
-    out = bioprop.update(rule, one_hidden, loss, params, state, None, x, y, mask)
+    out = jax.jit(lambda p, s: bioprop.update(rule, one_hidden, loss, p, s, None, x, y, mask))(params, state)
     a1 = x @ params[0]["w"] + params[0]["b"]
     h1 = jnp.tanh(a1)
     e = (jax.nn.softmax(h1 @ params[1]["w"] + params[1]["b"]) - y) / N
@@ -162,7 +163,7 @@ def test_measure_signal_is_the_error_at_each_layer_output():
     x, y = batch(jax.random.PRNGKey(7), (N, 5))
     rule = bioprop.rule("fa")
     state = bioprop.init(rule, jax.random.PRNGKey(8), model, params, x)
-    report = bioprop.measure(rule, model, loss, params, state, None, x, y)
+    report = jax.jit(lambda p, s: bioprop.measure(rule, model, loss, p, s, None, x, y))(params, state)
     a = [x @ params[0]["w"]]
     a.append(jnp.tanh(a[0]) @ params[1]["w"])
     e = (jax.nn.softmax(jnp.tanh(a[1]) @ params[2]["w"]) - y) / N
@@ -180,11 +181,11 @@ def test_a_model_s_aux_comes_back_with_the_update(name):
     with_stats = lambda p, fb, x: (model(p, fb, x), {"mean": jnp.mean(x, axis=(0, 1, 2))})
     rule = bioprop.rule(name)
     state = bioprop.init(rule, jax.random.PRNGKey(2), with_stats, params, x)
-    up = bioprop.update(rule, with_stats, loss, params, state, None, x, y, has_aux=True)
-    plain = bioprop.update(rule, model, loss, params, state, None, x, y)
-    np.testing.assert_array_equal(up.aux["mean"], jnp.mean(x, axis=(0, 1, 2)))
+    up = jax.jit(lambda p, s: bioprop.update(rule, with_stats, loss, p, s, None, x, y, has_aux=True))(params, state)
+    plain = jax.jit(lambda p, s: bioprop.update(rule, model, loss, p, s, None, x, y))(params, state)
+    np.testing.assert_allclose(up.aux["mean"], jnp.mean(x, axis=(0, 1, 2)), rtol=1e-6)
     _close(up.grads, plain.grads, 0)
-    report = bioprop.measure(rule, with_stats, loss, params, state, None, x, y, has_aux=True)
+    report = jax.jit(lambda p, s: bioprop.measure(rule, with_stats, loss, p, s, None, x, y, has_aux=True))(params, state)
     assert float(report["update"]["angle"]["head"]["w"]) < 0.05  # the output layer's update is exact
 
 

@@ -113,7 +113,7 @@ def test_the_library_update_is_bioprop_cli_s(name, arch_name):
     lib_state = library_state(name, params, state)
     out = jax.jit(lambda p, s, x, y: bioprop.update(rule, cli_model(arch), loss, p, s, key, x, y, mask=MASK(p)))(
         plain(params), lib_state, x, y)
-    want = cli.estimate(params, state, x, y, key)
+    want = jax.jit(lambda p, s: cli.estimate(p, s, x, y, key))(params, state)
     _close(out.grads, plain(want.grads))
     np.testing.assert_allclose(out.loss, want.loss, rtol=1e-6)
     if name == "kp":  # B's update: W's transposed plus B's decay, as bioprop_cli's step
@@ -132,9 +132,9 @@ def test_the_library_feedback_is_bioprop_cli_s(name):
 def test_dfa_pre_pool_is_a_tap_before_the_pooling():
     config, arch, cli, params, state, x, y = setup("dfa", LENET, ("feedback.dfa_target", "pre_pool"))
     key = jax.random.PRNGKey(7)
-    out = bioprop.update(bioprop.rule("dfa"), cli_model(arch, pre_pool=True), loss, plain(params),
-                         library_state("dfa", params, state), key, x, y, mask=MASK(params))
-    _close(out.grads, plain(cli.estimate(params, state, x, y, key).grads))
+    out = jax.jit(lambda p, s: bioprop.update(bioprop.rule("dfa"), cli_model(arch, pre_pool=True), loss, p, s, key,
+                                              x, y, mask=MASK(p)))(plain(params), library_state("dfa", params, state))
+    _close(out.grads, plain(jax.jit(lambda p, s: cli.estimate(p, s, x, y, key))(params, state).grads))
 
 
 @pytest.mark.parametrize("pre_pool", [False, True])
@@ -184,8 +184,8 @@ def test_wm_learns_its_feedback_toward_w():
     config, arch, cli, params, state, x, y = setup("wm", MLP, n=64)
     rule = bioprop.rule("wm", decay=0.5, mirror_lr_scale=0.5)
     lib_state = library_state("wm", params, state)
-    out = bioprop.update(rule, cli_model(arch), loss, plain(params), lib_state, jax.random.PRNGKey(0), x, y,
-                         mask=MASK(params))
+    out = jax.jit(lambda p, s: bioprop.update(rule, cli_model(arch), loss, p, s, jax.random.PRNGKey(0), x, y,
+                                              mask=MASK(p)))(plain(params), lib_state)
     for l in (1, 2):  # decay B - scale M, M ~ W^T: (B - W^T) / 2 up to the mirror's noise
         step = out.feedback_grads[l]["w"]
         target = 0.5 * (lib_state[l]["w"] - params[l]["w"].T)
@@ -200,11 +200,11 @@ def test_measure_compares_the_error_delivered_at_a_tap_with_backprop_s():
     from bioprop_cli.models.layers import forward
 
     config, arch, cli, params, state, x, y = setup("dfa", LENET, ("feedback.dfa_target", "pre_pool"))
-    report = bioprop.measure(bioprop.rule("dfa"), cli_model(arch, pre_pool=True), loss, plain(params),
-                             library_state("dfa", params, state), None, x, y, MASK(params))
+    report = jax.jit(lambda p, s: bioprop.measure(bioprop.rule("dfa"), cli_model(arch, pre_pool=True), loss, p, s,
+                                                  None, x, y, MASK(p)))(plain(params), library_state("dfa", params, state))
     fwd = forward(arch, plain(params), x, ACT)
     e = LOSS.error(fwd.logits, y)
-    _, deltas = exact_gradients(arch, plain(params), x, y, ACT, LOSS)
+    _, deltas = jax.jit(lambda p: exact_gradients(arch, p, x, y, ACT, LOSS))(plain(params))
     for l in range(len(params) - 1):
         exact = deltas[l] / ACT.df(fwd.pre[l])
         np.testing.assert_allclose(report["tap"]["angle"][l + 1]["w"], bioprop.angle_degrees(e @ state[l], exact),

@@ -356,14 +356,26 @@ def holomorphic_readout_gradient(top, y, readout, rho: Rho) -> dict:
     return {"w": rho.f(top).T @ error / top.shape[0], "b": jnp.mean(error, axis=0)}
 
 
+def parse_estimator(label: str) -> tuple[str, int | None] | None:
+    """(estimator, holomorphic points) of an estimator label: a name of ESTIMATORS (points None: the
+    config's ep.holomorphic_points), or 'holomorphic-N' (N >= 2), holomorphic EP at N points, as the
+    beta sweep compares several N side by side; None for anything else."""
+    if label in ESTIMATORS:
+        return label, None
+    name, _, points = label.partition("-")
+    if name == "holomorphic" and points.isdigit() and int(points) >= 2:
+        return name, int(points)
+    return None
+
+
 def second_phase(config, net: Network, x, y, drive0, s0, beta, key, steps: int, tol: float,
                  estimator: str | None = None) -> Contrast:
     """The second state(s) from the free state s0 and the estimate, as `estimator` (default
-    ep.estimator) obtains them, at strength `beta` (eta for coupled; clamped ignores it; the
-    radius r for holomorphic); `key` draws random-sign's sign."""
-    estimator = config.ep.estimator if estimator is None else estimator
+    ep.estimator; any label of `parse_estimator`) obtains them, at strength `beta` (eta for coupled;
+    clamped ignores it; the radius r for holomorphic); `key` draws random-sign's sign."""
+    estimator, points = parse_estimator(config.ep.estimator if estimator is None else estimator)
     if estimator == "holomorphic":
-        return holomorphic_contrast(config, net, x, y, drive0, s0, beta, steps, tol)
+        return holomorphic_contrast(config, net, x, y, drive0, s0, beta, steps, tol, points)
     if estimator in CLAMPED_ESTIMATORS:
         eta = 1.0 if estimator == "clamped" else beta
         return clamped_contrast(config, net, x, y, drive0, s0, eta, steps, tol)

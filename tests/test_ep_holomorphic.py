@@ -2,6 +2,8 @@
 against the implicit gradient of small float64 networks: the error of the N-point Fourier estimate falls
 as r^N at a finite radius r, N = 2 is symmetric nudging, and the settings it cannot run are refused."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,4 +153,40 @@ def test_what_holomorphic_ep_cannot_run_is_refused_in_one_line(runner, tmp_path,
                                                               fragments):
     monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
     assert_user_error(runner.invoke(app, _train_args(tmp_path, *sets)), *fragments)
+    assert_nothing_written(tmp_path)
+
+
+def test_sweep_beta_draws_holomorphic_beside_the_others_with_slopes(tmp_path, mnist_dir):
+    from test_ep_cli import invoke
+
+    from bioprop_cli.runs import read_jsonl
+
+    result = invoke(["sweep", "beta", "--estimators", "one-sided,symmetric,holomorphic", "--values", "0.05,0.1,0.2,0.4",
+                     "--x64", "--seeds", "1", "--batches", "1", "--width", "8", "--batch-size", "8",
+                     "--results-dir", str(tmp_path), "--data-dir", mnist_dir, "--set", "model.activation=sigmoid",
+                     "--set", "ep.holomorphic_points=3", "--set", "ep.free_steps=2000", "--set", "ep.nudged_steps=2000",
+                     "--set", "ep.tolerance=1e-13", "--set", "ep.reference_steps=2000",
+                     "--set", "ep.reference_tolerance=1e-13", "--set", "data.train_limit=200",
+                     "--set", "data.validation_size=50"])
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "beta-sweep").iterdir()
+    labels = {r["estimator"] for r in read_jsonl(folder / "beta_sweep.jsonl")}
+    assert labels == {"one-sided", "symmetric", "holomorphic-3"}
+    summary = json.loads((folder / "summary.json").read_text())
+    # converged phases in float64: the measured slopes are the theory's (1, 2, N = 3), within the next
+    # order's bend over [0.05, 0.4] (see test_the_error_falls_as_r_to_the_n_for_three_and_four_points)
+    assert summary["slopes"]["holomorphic-3"]["slope"] == pytest.approx(3.0, abs=0.2)
+    assert max(summary["slopes"]["holomorphic-3"]["betas"]) == pytest.approx(0.4)  # fitted past 0.1
+    assert set(summary["seconds_per_update"]) == labels
+    assert (folder / "beta_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "holomorphic-3: slope" in result.output
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--estimators", "holomorphic"], ["--estimators holomorphic", "model.activation", "hard_sigmoid"]),
+    (["--estimators", "holomorphic-1", "--set", "model.activation=tanh"], ["--estimators", "holomorphic-1", "holomorphic-N"]),
+])
+def test_sweep_beta_refuses_holomorphic_where_it_cannot_run(runner, tmp_path, args, fragments):
+    result = runner.invoke(app, ["sweep", "beta", "--results-dir", str(tmp_path), *args])
+    assert_user_error(result, *fragments)
     assert_nothing_written(tmp_path)

@@ -190,3 +190,21 @@ def test_sweep_beta_refuses_holomorphic_where_it_cannot_run(runner, tmp_path, ar
     result = runner.invoke(app, ["sweep", "beta", "--results-dir", str(tmp_path), *args])
     assert_user_error(result, *fragments)
     assert_nothing_written(tmp_path)
+
+
+def test_the_laborieux_zenke_preset_follows_their_run_files():
+    """results/table1/no_noise/hep/*/hyperparameters.json of Laborieux-Axel/holomorphic_eqprop: xp_mlp 256,
+    256 and a 10-way readout, my_sigmoid(-4, 2), algo EP (fast_ep_gradN), N 10, beta 0.4, T1 200, T2 50,
+    batch 20, sgd 0.05 for every layer, 50 epochs, all 60,000 training images."""
+    from bioprop_cli.studies import reproduce as study
+
+    c = study.base_config(study.load_preset("laborieux-zenke-2022-mlp"), False)
+    assert (c.ep.estimator, c.ep.holomorphic_points, c.ep.beta, c.ep.dynamics, c.ep.eps) == (
+        "holomorphic", 10, 0.4, "primitive", 1.0)
+    assert (c.ep.free_steps, c.ep.nudged_steps, c.train.epochs, c.train.batch_size) == (200, 50, 50, 20)
+    assert (c.model.depth, c.model.width, c.model.activation, c.model.loss) == (2, 256, "unit_slope_sigmoid",
+                                                                               "cross_entropy")
+    assert (c.optimizer.name, c.optimizer.lr, c.optimizer.momentum, c.optimizer.layer_lr) == ("sgd", 0.05, 0.0, ())
+    assert c.optimizer.schedule.name == "constant" and c.data.validation_size == 0
+    x = jnp.linspace(-2.0, 2.0, 9)
+    np.testing.assert_allclose(RHOS["unit_slope_sigmoid"].f(x), 1 / (1 + jnp.exp(-4 * x + 2)), rtol=1e-6)

@@ -36,7 +36,10 @@ one-sided's of opposite sign (Scellier, Ernoult, Kendall & Kumar 2023, NeurIPS, 
 learning algorithms for analog computing: a comparative study": NEP; one-sided is their PEP);
 `symmetric`: s^{+beta} and s^{-beta}, (1/2beta)(...), bias O(beta^2) (Laborieux et al. 2021,
 eq. 5; the study's centered CEP; to first order the mean of one-sided and negative);
-`random-sign`: one-sided with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4).
+`random-sign`: one-sided with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4);
+`holomorphic`: N = ep.holomorphic_points complex nudges beta exp(2 pi i k/N) on the circle of radius
+beta, the first Fourier coefficient of dE/dtheta along it, bias O(beta^N) at a finite beta (Laborieux &
+Zenke 2022; `holomorphic_contrast`, docs/holomorphic_ep.md).
 The readout's estimate is dC/dR at the nudged state(s) (its local delta rule); a learned B_l
 receives W_l's update transposed.
 

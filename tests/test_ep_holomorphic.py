@@ -56,7 +56,9 @@ def test_the_error_falls_as_r_to_the_n_for_three_and_four_points():
         assert float(misfit) < 1e-10
         for n in (3, 4):
             estimate = _estimator(_config(estimator="holomorphic", holomorphic_points=n), net, x, y)
-            errors = [_rel(estimate(r).grads, exact) for r in (0.1, 0.05)]
+            estimates = [estimate(r) for r in (0.1, 0.05)]
+            assert all(float(e.residual) < 1e-12 for e in estimates)  # the complex gradient dynamics settle
+            errors = [_rel(e.grads, exact) for e in estimates]
             assert np.log2(errors[0] / errors[1]) == pytest.approx(n, abs=0.05)
             assert errors[1] > 1e-9  # above the settling floor: the slope measures the estimator
         # at a finite r = 0.2, four points are ~60x closer to the gradient than symmetric nudging (measured

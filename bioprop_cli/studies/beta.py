@@ -159,8 +159,10 @@ def fit_slopes(rows: list[dict], max_beta: float = 0.1) -> dict:
     settling is as large as the bias; below it the floor takes over) and up to `max_beta` (the
     power laws are the small-beta expansion; at beta ~ 1 the nudged state moves far).
     Theory for converged phases and a smooth rho: about 1 one-sided, about 2 symmetric, N for holomorphic
-    EP at N points, fitted up to HOLOMORPHIC_MAX_RADIUS: its error series a_{N+1} r^N + a_{2N+1} r^{2N} + ...
-    is led by r^N wherever r^N is small against the next term's radius, well past 0.1 (docs/holomorphic_ep.md)."""
+    EP at N points, fitted up to HOLOMORPHIC_MAX_RADIUS: its error a_{N+1} r^N + a_{2N+1} r^{2N} + ... is led
+    by r^N while r is well inside the radius of convergence of the nudged state s(beta), which is a property of
+    the network (past 0.5 on the untrained MNIST network of docs/holomorphic_ep.md, below 0.1 on a trained
+    one): the betas fitted are reported with the slope."""
     slopes = {}
     for e in sorted({r["estimator"] for r in rows}):
         holomorphic = (eqprop.parse_estimator(e) or ("",))[0] == "holomorphic"

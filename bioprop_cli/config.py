@@ -20,6 +20,7 @@ import yaml
 
 from bioprop_cli.data import DATASETS, IMAGE_SHAPES
 from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
+from bioprop_cli.models.energy import HOLOMORPHIC_RHOS
 from bioprop_cli.errors import UserError
 
 # unit_slope_sigmoid, half_slope_hard_sigmoid: Laborieux et al. 2021's mysig and my_hard_sig, rule ep only
@@ -180,8 +181,10 @@ class EPConfig:
     beta: float = 0.5  # nudging strength
     # the second state(s) (bioprop_cli/ep.py): one-sided (0, +beta) | negative (-beta, 0) | symmetric
     # (+beta, -beta) | random-sign | clamped (output clamped to the target) | coupled (output clamped to
-    # (1 - beta) s_L + beta y, coupled learning with eta = beta)
+    # (1 - beta) s_L + beta y, coupled learning with eta = beta) | holomorphic (complex nudges at
+    # holomorphic_points points on the circle |beta| = beta, Laborieux & Zenke 2022)
     estimator: Estimator = "symmetric"
+    holomorphic_points: int = 4  # N, the points beta_k = beta exp(2 pi i k/N) of ep.estimator holomorphic (error O(beta^N))
     # half_squared: C = 1/2 |y - s_L|^2; squared: |y - s_L|^2, Scellier & Bengio's code (their nudge and
     # update are twice half_squared's at the same beta and learning rates); model.loss mse only
     cost: EPCost = "half_squared"
@@ -558,6 +561,8 @@ def validate(config: Config) -> Config:
     _check(e.cost == "half_squared" or (m.loss == "mse" and e.estimator not in ("clamped", "coupled")), "ep.cost",
            "half_squared with model.loss cross_entropy or the clamped second phases (squared weights the nudging "
            "of the mean-squared cost)", e.cost)
+    _check(e.holomorphic_points >= 2, "ep.holomorphic_points", ">= 2 (the points on the circle of holomorphic EP)",
+           e.holomorphic_points)
     _check(0 < e.eps <= 1, "ep.eps", "in (0, 1]", e.eps)
     _check(e.free_steps >= 1, "ep.free_steps", ">= 1", e.free_steps)
     _check(e.nudged_steps >= 1, "ep.nudged_steps", ">= 1", e.nudged_steps)
@@ -576,6 +581,13 @@ def validate(config: Config) -> Config:
                "hard_sigmoid, sigmoid, tanh or unit_slope_sigmoid with ep.dynamics gradient (half_slope_hard_sigmoid "
                "runs under ep.dynamics primitive only: its states would leave [0, 1])",
                m.activation)
+        _check(e.estimator != "holomorphic" or m.activation in HOLOMORPHIC_RHOS, "model.activation",
+               f"{', '.join(HOLOMORPHIC_RHOS)} with ep.estimator holomorphic (its states are complex; the hard sigmoids "
+               "clip the state and have no complex extension)", m.activation)
+        max_pooled = any(layer.pool is not None and layer.pool.kind == "max" for layer in network.layers)
+        _check(e.estimator != "holomorphic" or not max_pooled, "model.cnn.pools" if m.arch == "cnn" else "model.arch",
+               "avg or none pooling with ep.estimator holomorphic (max pooling has no complex extension)",
+               list(m.cnn.pools) if m.arch == "cnn" else m.arch)
         _check(m.arch == "mlp" or (e.feedback == "symmetric" and not e.learn_feedback), "ep.feedback",
                f"symmetric (and ep.learn_feedback false) for rule ep on model.arch {m.arch}: the conv energy's "
                "feedback is the transposed convolution of W", e.feedback)

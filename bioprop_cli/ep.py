@@ -36,7 +36,10 @@ one-sided's of opposite sign (Scellier, Ernoult, Kendall & Kumar 2023, NeurIPS, 
 learning algorithms for analog computing: a comparative study": NEP; one-sided is their PEP);
 `symmetric`: s^{+beta} and s^{-beta}, (1/2beta)(...), bias O(beta^2) (Laborieux et al. 2021,
 eq. 5; the study's centered CEP; to first order the mean of one-sided and negative);
-`random-sign`: one-sided with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4).
+`random-sign`: one-sided with the sign of beta drawn per batch (Scellier & Bengio 2017, sec. 4);
+`holomorphic`: N = ep.holomorphic_points complex nudges beta exp(2 pi i k/N) on the circle of radius
+beta, the first Fourier coefficient of dE/dtheta along it, bias O(beta^N) at a finite beta (Laborieux &
+Zenke 2022; `holomorphic_contrast`, docs/holomorphic_ep.md).
 The readout's estimate is dC/dR at the nudged state(s) (its local delta rule); a learned B_l
 receives W_l's update transposed.
 
@@ -227,7 +230,8 @@ def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tup
                           arch=net.arch)
 
 
-ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled")  # `ep.estimator`: the second state
+ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled",
+              "holomorphic")  # `ep.estimator`: the second state(s)
 CLAMPED_ESTIMATORS = ("clamped", "coupled")  # the output layer clamped in the second phase (mse cost only)
 # `ep.cost` (mean-squared network): C = 1/2 |y - s_L|^2 (half_squared), or |y - s_L|^2 (squared, the
 # cost of Scellier & Bengio's code, model.py `__cost`: twice the nudging force at the same beta)
@@ -291,12 +295,90 @@ def _with_learned_feedback(config, net: Network, grads: list) -> list:
     return [dict(g, fb=g["w"].T) if "fb" in layer else g for g, layer in zip(grads, net.trainable)]
 
 
+def holomorphic_points(n_points: int, radius, dtype) -> tuple[jax.Array, jax.Array]:
+    """(beta_k, w_k) for k = 0 .. N//2: the nudges beta_k = r exp(2 pi i k / N) settled, and the weight of
+    each in the Fourier sum, 1/N for k = 0 and k = N/2 (real nudges +r, -r) and 2/N for the others,
+    which stand for themselves and their conjugates beta_{N-k} = conj(beta_k): with real parameters,
+    input and target, the settled state at conj(beta) is the conjugate of the one at beta (the
+    dynamics have real coefficients), so Re sum_{k<N} f(beta_k)/N = sum_{k<=N/2} w_k Re f(beta_k)
+    (Laborieux & Zenke's fast_ep_gradN pairs the phases so as well)."""
+    k = jnp.arange(n_points // 2 + 1)
+    betas = radius * jnp.exp(2j * jnp.pi * k.astype(dtype) / n_points)
+    weights = jnp.where((k == 0) | (2 * k == n_points), 1.0, 2.0) / n_points
+    return betas.astype(dtype), weights.astype(jnp.real(betas).dtype)
+
+
+def holomorphic_contrast(config, net: Network, x, y, drive0, s0, radius, steps: int, tol: float,
+                         n_points: int | None = None) -> Contrast:
+    """Holomorphic EP (Laborieux & Zenke 2022, NeurIPS, "Holomorphic equilibrium propagation computes
+    exact gradients through finite size oscillations"): the network settles from the free state s0
+    under the complex nudges beta_k = r exp(2 pi i k / N), k = 0 .. N-1 (complex states, the
+    holomorphic extension of rho), all phases at once (vmap), and the estimate is the discrete first
+    Fourier coefficient of dE/dtheta along the circle |beta| = r: Cauchy's formula
+    f'(0) = (1/2 pi i) contour f(beta)/beta^2 dbeta = (1/2 pi r) int f(r e^{i phi}) e^{-i phi} dphi
+    with the integral as an N-point sum (the paper's text was not reachable here to quote its equation
+    number; this is what their code computes, models/mlp.py fast_ep_gradN, dE/dtheta / beta_k averaged):
+        dL/dtheta ~ (1/N) sum_k (1/beta_k) dE/dtheta(s_{beta_k}) = (1/(N r)) sum_k e^{-2 pi i k/N} dE/dtheta(s_k),
+    whose error is the sum of the Taylor coefficients a_{N+1} r^N + a_{2N+1} r^{2N} + ... of
+    f(beta) = dE/dtheta(s_beta) (the N-point sum of beta_k^{m-1} vanishes unless N divides m - 1):
+    O(r^N), at a finite r. The free state's dE/dtheta(s^0) drops out (sum_k 1/beta_k = 0); it is
+    subtracted anyway (the contrast of each phase with s0, the same sum) so that the sum adds
+    differences. N = 2 is symmetric nudging, (1/2r)(dE/dtheta(s^{+r}) - dE/dtheta(s^{-r})).
+    The readout's estimate is the mean over the N phases of dC/dR(s_k) (its part of dF/dtheta / beta).
+    The phases at beta_k and conj(beta_k) are settled once (`holomorphic_points`); the parameters
+    run as complex numbers of the states' precision (complex128 in float64)."""
+    ep, rho = config.ep, net.rho
+    n_points = ep.holomorphic_points if n_points is None else n_points
+    complex_dtype = jnp.result_type(drive0.dtype, jnp.complex64)
+    betas, weights = holomorphic_points(n_points, radius, complex_dtype)
+    as_complex = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(complex_dtype), tree)
+    params, start = as_complex(net.running), as_complex(s0)
+    drive, target, readout = drive0.astype(complex_dtype), y.astype(complex_dtype), as_complex(net.readout)
+
+    def phase(beta):
+        settled = settle(params, start, drive, target, cost_weight(ep) * beta, rho, ep.eps, steps, tol,
+                         readout=readout, arch=net.arch)
+        scale = 1.0 / beta
+        grads = hebbian_contrast(settled.states, start, x.astype(complex_dtype), rho, scale, params, net.arch)
+        shift = [scale * (a - b) for a, b in zip(settled.states, start)]
+        if readout is not None:
+            grads = grads + [holomorphic_readout_gradient(settled.states[-1], target, readout, rho)]
+        return grads, shift, settled.steps, settled.residual
+
+    grads, shift, phase_steps, residuals = jax.vmap(phase)(betas)
+    fourier = lambda a: jnp.tensordot(weights, jnp.real(a), axes=1)  # Re sum_k w_k a_k
+    tmap = jax.tree_util.tree_map
+    return Contrast(_with_learned_feedback(config, net, tmap(fourier, grads)), tmap(fourier, shift),
+                    jnp.max(phase_steps), jnp.max(residuals))
+
+
+def holomorphic_readout_gradient(top, y, readout, rho: Rho) -> dict:
+    """dC/dR at a (complex) top layer, batch mean: the readout's delta rule rho(s_top)^T (softmax - y),
+    holomorphic in s_top (jax.grad needs a real cost; this is its formula, tested against it)."""
+    error = jax.nn.softmax(rho.f(top) @ readout["w"] + readout["b"]) - y
+    return {"w": rho.f(top).T @ error / top.shape[0], "b": jnp.mean(error, axis=0)}
+
+
+def parse_estimator(label: str) -> tuple[str, int | None] | None:
+    """(estimator, holomorphic points) of an estimator label: a name of ESTIMATORS (points None: the
+    config's ep.holomorphic_points), or 'holomorphic-N' (N >= 2), holomorphic EP at N points, as the
+    beta sweep compares several N side by side; None for anything else."""
+    if label in ESTIMATORS:
+        return label, None
+    name, _, points = label.partition("-")
+    if name == "holomorphic" and points.isdigit() and int(points) >= 2:
+        return name, int(points)
+    return None
+
+
 def second_phase(config, net: Network, x, y, drive0, s0, beta, key, steps: int, tol: float,
                  estimator: str | None = None) -> Contrast:
     """The second state(s) from the free state s0 and the estimate, as `estimator` (default
-    ep.estimator) obtains them, at strength `beta` (eta for coupled; clamped ignores it); `key`
-    draws random-sign's sign."""
-    estimator = config.ep.estimator if estimator is None else estimator
+    ep.estimator; any label of `parse_estimator`) obtains them, at strength `beta` (eta for coupled;
+    clamped ignores it; the radius r for holomorphic); `key` draws random-sign's sign."""
+    estimator, points = parse_estimator(config.ep.estimator if estimator is None else estimator)
+    if estimator == "holomorphic":
+        return holomorphic_contrast(config, net, x, y, drive0, s0, beta, steps, tol, points)
     if estimator in CLAMPED_ESTIMATORS:
         eta = 1.0 if estimator == "clamped" else beta
         return clamped_contrast(config, net, x, y, drive0, s0, eta, steps, tol)

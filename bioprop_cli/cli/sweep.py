@@ -193,6 +193,7 @@ def beta(
     flags: dict,
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
+    from bioprop_cli.ep import parse_estimator
     from bioprop_cli.studies.beta import ESTIMATORS, default_betas
 
     refuse_other_rule(set_, "ep", "sweep beta")
@@ -207,9 +208,19 @@ def beta(
     _at_most(betas, MAX_POINTS, "--values", "betas")
     _check_study_values(cfg, "ep.beta", betas, "--values")
     chosen = [e.strip() for e in estimators.split(",") if e.strip()]
-    unknown = [e for e in chosen if e not in ESTIMATORS]
+    unknown = [e for e in chosen if parse_estimator(e) is None]
     if unknown or not chosen:
-        raise UserError(f"--estimators: unknown {unknown[0]!r}; known: {', '.join(ESTIMATORS)}" if unknown else "--estimators: none given")
+        raise UserError(f"--estimators: unknown {unknown[0]!r}; known: {', '.join(ESTIMATORS)}, holomorphic-N (N >= 2 "
+                        "points on the circle)" if unknown else "--estimators: none given")
+    # holomorphic: at ep.holomorphic_points, labelled with N; its smooth activation checked as the config's
+    chosen = [f"holomorphic-{cfg.ep.holomorphic_points}" if e == "holomorphic" else e for e in chosen]
+    if any(parse_estimator(e)[0] == "holomorphic" for e in chosen):
+        from bioprop_cli.config import validate, with_values
+
+        try:
+            validate(with_values(cfg, {"ep.estimator": "holomorphic"}))
+        except UserError as e:
+            raise UserError(f"--estimators holomorphic: {e}") from None
     from bioprop_cli.config import check_against_data
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.rules.equilibrium import require_mse_cost
@@ -238,6 +249,8 @@ def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epoch
     console.print(beta_table(result))
     console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
     console.print(f"largest free-phase residual |s_T1 - s_T1-1|: {summary['max_free_residual']:.2e}")
+    console.print("seconds per update (free phase and nudged phases, one batch, median of 5): "
+                  + ", ".join(f"{e} {t:.3g}" for e, t in summary["seconds_per_update"].items()))
     console.print(f"written: {folder}/beta_sweep.jsonl, beta_sweep.png, summary.json")
 
 

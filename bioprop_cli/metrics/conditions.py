@@ -431,7 +431,9 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, perturbation: dict, 
     # (3)
     phases = {"symmetric": ["free", "+beta", "-beta"], "one-sided": ["free", "+beta"], "negative": ["free", "-beta"],
               "random-sign": ["free", "+-beta"], "clamped": ["free", "output clamped to the target"],
-              "coupled": ["free", "output clamped to (1 - beta) s_L + beta y"]}[ep.estimator]
+              "coupled": ["free", "output clamped to (1 - beta) s_L + beta y"],
+              "holomorphic": ["free"] + [f"beta exp(2 pi i {k}/{ep.holomorphic_points})"
+                                         for k in range(ep.holomorphic_points)]}[ep.estimator]
     rows.append(_row(3, HOLDS, f"{len(phases)} phases: {', '.join(phases)} (ep.estimator = {ep.estimator})",
                      ">= 2 phases, one free and one nudged", "the update contrasts the free and the nudged equilibria",
                      {"phases": phases}))
@@ -473,6 +475,15 @@ def _ep_conditions(config, measured: dict, fb_angles: dict, perturbation: dict, 
     }
     if ep.estimator in not_an_estimate and status in (PARTIAL, FAILS):
         why = not_an_estimate[ep.estimator]
+    if ep.estimator == "holomorphic" and status != NA:  # graded by the measured error, r need not be small
+        n = ep.holomorphic_points
+        why = {
+            HOLDS: f"at the finite radius r = {ep.beta:g} the {n}-point Fourier estimate is the gradient up to O(r^{n})",
+            PARTIAL: f"radius r = {ep.beta:g}: the {n}-point Fourier estimate keeps an O(r^{n}) error (more points or a "
+                     "smaller radius shrink it)",
+            FAILS: f"radius r = {ep.beta:g}: the O(r^{n}) error is large (r near the nudged states' radius of convergence "
+                   "in beta, or the phases unsettled)",
+        }[status]
     rungs = perturbation["ladder"]
     least = _least_error(rungs)
     if least is not None and len(rungs) > 1 and ep.estimator != "clamped":

@@ -155,6 +155,11 @@ RHOS: dict[str, Rho] = {
 }
 
 
+# The activations with a holomorphic extension (the complex logistic sigmoid and tanh), which holomorphic
+# EP (ep.estimator holomorphic, bioprop_cli/ep.py) settles with complex states; the hard sigmoids clip the
+# state (no complex extension).
+HOLOMORPHIC_RHOS = ("sigmoid", "unit_slope_sigmoid", "tanh")
+
 LINEAR = Rho(lambda s: s, jnp.ones_like, False, lambda s: 0.5 * s**2)  # the identity: a linear layer
 
 
@@ -351,8 +356,9 @@ def free_units(params, states, drive0, y, beta, rho: Rho, eps: float, external=N
 
 
 def residual(new: States, old: States) -> jax.Array:
-    """Per-example |s_{t+1} - s_t| over all free units, shape (batch,)."""
-    return jnp.sqrt(sum(jnp.sum((a - b) ** 2, axis=-1) for a, b in zip(new, old)))
+    """Per-example |s_{t+1} - s_t| over all free units, shape (batch,) (real for complex states too)."""
+    squared = lambda d: jnp.real(d * jnp.conj(d)) if jnp.iscomplexobj(d) else d**2
+    return jnp.sqrt(sum(jnp.sum(squared(a - b), axis=-1) for a, b in zip(new, old)))
 
 
 class Settled(NamedTuple):
@@ -375,7 +381,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     `clamp`: the output layer is held at this state (no free unit: it is set before the first step
     and after every step), as in the second phase of contrastive and coupled learning.
     """
-    dtype = drive0.dtype
+    dtype = jnp.finfo(drive0.dtype).dtype  # the residual's: real for complex states (holomorphic EP)
     states = clamp_output(states, clamp)
 
     def advance(s):

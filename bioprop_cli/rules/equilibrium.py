@@ -2,8 +2,8 @@
 
 The estimate, the network it runs on (tied or separate feedback B, the fixed feedback drawn once
 at initialisation, the optional cross-entropy readout) and the exact references live once in
-bioprop_cli/ep.py (estimators `ep.estimator`: one-sided, negative, symmetric, random-sign, and the
-clamped second phases clamped and coupled; feedback
+bioprop_cli/ep.py (estimators `ep.estimator`: one-sided, negative, symmetric, random-sign, holomorphic, and
+the clamped second phases clamped and coupled; feedback
 `ep.feedback`: symmetric, random, sign, mixed). This module wraps them in the LearningRule
 interface: the rule state (persistent particles, the fixed feedback), predict, and the feedback
 matrices the alignment measurements compare with W^T.

@@ -60,8 +60,11 @@ def mirrored(arch: Architecture, config=None) -> int:
 
 
 def settling_steps(config) -> int:
-    """Settling steps per example and training step of ep: T1, plus T2 per nudged phase."""
+    """Settling steps per example and training step of ep: T1, plus T2 per nudged phase (holomorphic: N//2 + 1
+    phases settled, in complex arithmetic, a complex product costing four real ones: bioprop_cli/ep.py)."""
     ep = config.ep
+    if ep.estimator == "holomorphic":
+        return ep.free_steps + ep.nudged_steps * 4 * (ep.holomorphic_points // 2 + 1)
     return ep.free_steps + ep.nudged_steps * (2 if ep.estimator == "symmetric" else 1)
 
 

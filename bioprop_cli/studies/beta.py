@@ -143,20 +143,29 @@ def summarise(per_seed: list[dict], betas: list[float], estimators) -> list[dict
     return rows
 
 
+HOLOMORPHIC_MAX_RADIUS = 0.5  # fit_slopes' largest radius for holomorphic EP
+
+
 def fit_slopes(rows: list[dict], max_beta: float = 0.1) -> dict:
     """Slope of log(bias) against log(beta) per estimator, where the bias dominates: over the betas
     above the one of least bias (the sweet spot, where the floor of round-off and unconverged
     settling is as large as the bias; below it the floor takes over) and up to `max_beta` (the
     power laws are the small-beta expansion; at beta ~ 1 the nudged state moves far).
-    Theory for converged phases and a smooth rho: about 1 one-sided, about 2 symmetric."""
+    Theory for converged phases and a smooth rho: about 1 one-sided, about 2 symmetric, N for holomorphic
+    EP at N points, fitted up to HOLOMORPHIC_MAX_RADIUS: its error a_{N+1} r^N + a_{2N+1} r^{2N} + ... is led
+    by r^N while r is well inside the radius of convergence of the nudged state s(beta), which is a property of
+    the network (past 0.5 on the untrained MNIST network of docs/holomorphic_ep.md, below 0.1 on a trained
+    one): the betas fitted are reported with the slope."""
     slopes = {}
     for e in sorted({r["estimator"] for r in rows}):
+        holomorphic = (eqprop.parse_estimator(e) or ("",))[0] == "holomorphic"
+        top = max(max_beta, HOLOMORPHIC_MAX_RADIUS) if holomorphic else max_beta
         points = sorted((r["beta"], r["bias"]) for r in rows if r["estimator"] == e and r["bias"] > 0)
         if not points:
             slopes[e] = {"slope": None, "betas": [], "reason": "no nonzero bias"}
             continue
         sweet = min(range(len(points)), key=lambda i: points[i][1])
-        fitted = [p for p in points[sweet + 1 :] if p[0] <= max_beta]
+        fitted = [p for p in points[sweet + 1 :] if p[0] <= top]
         if len(fitted) < 3:
             slopes[e] = {"slope": None, "betas": [p[0] for p in fitted], "sweet_spot": points[sweet][0],
                          "reason": "fewer than 3 betas above the sweet spot"}
@@ -174,7 +183,10 @@ def run(config: Config, dataset, betas: list[float], estimators, n_batches: int,
     estimator and beta on `n_batches` batches (in float64 when `x64`); the rows pooled over the seeds,
     the slopes, the summary and the figure's title."""
     def measure(splits, seed, params, rule_state, dtype):
-        return seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype, rule_state)
+        statistics = seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype, rule_state)
+        if seed == seeds[0]:
+            statistics["seconds_per_update"] = seconds_per_update(config, splits, params, rule_state, estimators, dtype)
+        return statistics
 
     statistics = measure_seeds(config, dataset, seeds, train_epochs, x64, measure, progress)
     rows = summarise(statistics, betas, estimators)
@@ -185,6 +197,7 @@ def run(config: Config, dataset, betas: list[float], estimators, n_batches: int,
         "slopes": slopes,
         "slope_summary": slope_sentence(slopes),
         "max_free_residual": max(s["free_residual"] for s in statistics),
+        "seconds_per_update": statistics[0]["seconds_per_update"],
         "seeds": seeds,
         "batches_per_seed": n_batches,
         "train_epochs": train_epochs,
@@ -194,6 +207,42 @@ def run(config: Config, dataset, betas: list[float], estimators, n_batches: int,
     title = (f"EP gradient estimate vs implicit gradient ({precision}, T1={config.ep.free_steps}, "
              f"T2={config.ep.nudged_steps})")
     return {"rows": rows, "summary": summary, "title": title}
+
+
+def seconds_per_update(config: Config, splits, params, rule_state, estimators, dtype, repeats: int = 5) -> dict:
+    """{estimator: the median wall-clock seconds of one update}: the free phase (T1 steps) and the
+    estimator's nudged phase(s) (T2 steps each; holomorphic: N//2 + 1 complex phases), at ep.beta, on
+    the first training batch, compiled first, on this machine's default device."""
+    import time
+
+    from bioprop_cli.data import NUM_CLASSES
+
+    ep, n = config.ep, config.train.batch_size
+    params = cast_floats(params, dtype)
+    if isinstance(rule_state, dict):
+        rule_state = cast_floats({k: v for k, v in rule_state.items() if k != "particles"}, dtype)
+    x = jnp.asarray(splits.x_train[:n], dtype)
+    y = jax.nn.one_hot(splits.y_train[:n], NUM_CLASSES, dtype=dtype)
+    key = jax.random.PRNGKey(0)
+    seconds = {}
+    for e in estimators:
+        def update(params, x, y, e=e):
+            net = eqprop.network(config, params, rule_state)
+            drive0, free = eqprop.free_phase(config, net, x, y, eqprop.start_states(config, net, x), ep.free_steps,
+                                             ep.tolerance)
+            return eqprop.second_phase(config, net, x, y, drive0, free.states, ep.beta, key, ep.nudged_steps,
+                                       ep.tolerance, e).grads
+
+        run = jax.jit(update)
+        jax.block_until_ready(run(params, x, y))
+        times = []
+        for _ in range(repeats):
+            check_interrupt()
+            start = time.perf_counter()
+            jax.block_until_ready(run(params, x, y))
+            times.append(time.perf_counter() - start)
+        seconds[e] = float(np.median(times))
+    return seconds
 
 
 def write(result: dict, folder: Path) -> None:
@@ -258,6 +307,9 @@ def slope_sentence(slopes: dict) -> str:
     expected = {"one-sided": 1, "negative": 1, "symmetric": 2, "random-sign": 1, "clamped": 0}  # coupled: bioprop_cli/ep.py
     parts = []
     for e, s in slopes.items():
+        estimator, points = eqprop.parse_estimator(e)
+        if estimator == "holomorphic":  # the N-point Fourier sum's error: O(r^N) (bioprop_cli/ep.py)
+            expected[e] = points
         if s["slope"] is None:
             parts.append(f"{e}: no slope ({s['reason']})")
         else:

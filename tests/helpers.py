@@ -297,3 +297,24 @@ CONDITIONS_TINY_DATA = [("data.train_limit", 400), ("data.validation_size", 100)
 CONVERGED_EP = [("rule", "ep"), ("model.depth", 2), ("model.width", 4), ("model.activation", "sigmoid"),
                 ("ep.estimator", "symmetric"), ("ep.beta", 1e-3), ("ep.free_steps", 150), ("ep.nudged_steps", 150),
                 ("ep.reference_tolerance", 1e-10), ("ep.reference_steps", 2000), *CONDITIONS_TINY_DATA]
+
+
+def conv_problem(arch, dtype=jnp.float64, seed=0, scale=1.5, batch=5):
+    """Parameters (biases 0.1 off zero), inputs and one-hot targets for a conv architecture."""
+    params = init_params(jax.random.PRNGKey(seed), arch, "glorot_uniform", scale)
+    params = [{"w": p["w"].astype(dtype), "b": p["b"].astype(dtype) + 0.1} for p in params]
+    kx, ky = jax.random.split(jax.random.PRNGKey(seed + 100))
+    x = jax.random.uniform(kx, (batch, arch.sizes[0]), dtype)
+    y = jax.nn.one_hot(jax.random.randint(ky, (batch,), 0, 10), 10, dtype=dtype)
+    return params, x, y
+
+
+def ep_train_args(results_dir, *sets):
+    """`bioprop train --rule ep` on a tiny MNIST subset, a 16-unit hidden layer, one epoch; `sets` as --set."""
+    args = ["train", "--rule", "ep", "--depth", "1", "--width", "16", "--epochs", "1", "--batch-size", "50",
+            "--results-dir", str(results_dir), "--no-progress", "--set", "data.train_limit=200",
+            "--set", "data.validation_size=50", "--set", "data.test_limit=50", "--set", "ep.free_steps=6",
+            "--set", "ep.nudged_steps=3", "--set", "alignment.probe_size=16"]
+    for s in sets:
+        args += ["--set", s]
+    return args

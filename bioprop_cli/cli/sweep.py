@@ -215,10 +215,10 @@ def beta(
     # holomorphic: at ep.holomorphic_points, labelled with N; its smooth activation checked as the config's
     chosen = [f"holomorphic-{cfg.ep.holomorphic_points}" if e == "holomorphic" else e for e in chosen]
     if any(parse_estimator(e)[0] == "holomorphic" for e in chosen):
-        from bioprop_cli.config import validate, with_values
+        from bioprop_cli.config import derive
 
         try:
-            validate(with_values(cfg, {"ep.estimator": "holomorphic"}))
+            derive(cfg, {"ep.estimator": "holomorphic"})
         except UserError as e:
             raise UserError(f"--estimators holomorphic: {e}") from None
     from bioprop_cli.config import check_against_data

@@ -17,9 +17,9 @@ from bioprop_cli.config import load_config
 from bioprop_cli.models.arch import Pool, stack
 from bioprop_cli.models.energy import RHOS, cost
 from bioprop_cli.precision import float64
-from test_cli import assert_nothing_written, assert_user_error
-from test_ep import _problem, _rel
-from test_ep_variants import _train_args
+from helpers import (CONVERGED_EP, _problem, _rel, assert_nothing_written, assert_user_error, conv_problem,
+                     make_fake_dataset)
+from helpers import ep_train_args as _train_args
 
 CONVERGED = dict(free_steps=4000, nudged_steps=4000, tolerance=1e-13, eps=0.5, reference_steps=4000,
                  reference_tolerance=1e-13, adjoint_steps=2000)
@@ -122,8 +122,6 @@ def test_the_readout_network_under_their_primitive_dynamics():
 def test_a_conv_net_with_average_pooling():
     """The conv energy (models/conv_energy.py) with complex states: average pooling is linear, so the
     energy is holomorphic; three points' error falls as r^3 (tolerance as for the MLP above)."""
-    from test_ep_conv import _problem as conv_problem
-
     with float64():
         arch = stack("cnn", (8, 8, 1), [(4, 3, 1, 1, Pool("avg", 2, 2)), (3, 3, 1, 1, Pool("avg", 2, 2))], (), 10)
         params, x, y = conv_problem(arch=arch, scale=1.0)
@@ -158,12 +156,11 @@ def test_what_holomorphic_ep_cannot_run_is_refused_in_one_line(runner, tmp_path,
     assert_nothing_written(tmp_path)
 
 
-def test_sweep_beta_draws_holomorphic_beside_the_others_with_slopes(tmp_path, mnist_dir):
-    from test_ep_cli import invoke
+def test_sweep_beta_draws_holomorphic_beside_the_others_with_slopes(runner, tmp_path, mnist_dir):
 
     from bioprop_cli.runs import read_jsonl
 
-    result = invoke(["sweep", "beta", "--estimators", "one-sided,symmetric,holomorphic", "--values", "0.05,0.1,0.2,0.4",
+    result = runner.invoke(app, ["sweep", "beta", "--estimators", "one-sided,symmetric,holomorphic", "--values", "0.05,0.1,0.2,0.4",
                      "--x64", "--seeds", "1", "--batches", "1", "--width", "8", "--batch-size", "8",
                      "--results-dir", str(tmp_path), "--data-dir", mnist_dir, "--set", "model.activation=sigmoid",
                      "--set", "ep.holomorphic_points=3", "--set", "ep.free_steps=2000", "--set", "ep.nudged_steps=2000",
@@ -217,8 +214,6 @@ def test_the_conditions_table_grades_holomorphic_ep_by_its_measured_error():
     O(r^N)), not from r's size. Four points hold there (measured relative error 0.031, under the 0.05 of
     'holds'; symmetric nudging at r = 0.5 measured 0.25 on this network, partial)."""
     from bioprop_cli.studies.conditions import run as measure_conditions
-    from conftest import make_fake_dataset
-    from test_conditions import CONVERGED_EP
 
     config = load_config(overrides=CONVERGED_EP + [("ep.estimator", "holomorphic"), ("ep.beta", 0.5),
                                                    ("ep.holomorphic_points", 4)])

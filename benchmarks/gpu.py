@@ -46,8 +46,8 @@ def steps(quick: bool, work: Path, data_dir: str) -> list[tuple[str, list[str], 
     sweep_grid = ["--grid", "depth=1,2", "--grid", "rule=bp,fa", "--seeds", "2", "--epochs", "1"] if quick else \
         ["--grid", "depth=1,2,3,4,5,6,7", "--grid", "rule=bp,fa,dfa", "--seeds", "3", "--epochs", "2"]
     ep_epochs = ["--epochs", "1", "--set", "alignment.probe_size=64"] if quick else ["--epochs", "3"]
-    tests = ["tests/test_divergence.py", "tests/test_bench_peak.py", "tests/test_precision.py"] if quick else \
-        ["tests/test_train.py", "tests/test_divergence.py", "tests/test_precision.py", "tests/test_bench_peak.py"]
+    tests = ["tests/train/test_divergence.py", "tests/bench/test_bench_peak.py", "tests/train/test_precision.py"] if quick else \
+        ["tests/train/test_train.py", "tests/train/test_divergence.py", "tests/train/test_precision.py", "tests/bench/test_bench_peak.py"]
     return [
         ("device", [py, str(ROOT / "benchmarks" / "gpu.py"), "--device-only", "--out", str(work / "device.json")], 60,
          work / "device.json"),

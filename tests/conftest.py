@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 # One terminal width for every test, whatever the terminal running the suite: rich reads COLUMNS when a
 # console is made (bioprop's at import, typer's help on each call). Paths are never wrapped at any width
-# (tests/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.
+# (tests/cli/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.
 os.environ["COLUMNS"] = "120"
 
 import pytest

@@ -168,7 +168,7 @@ def test_the_next_mirror_is_tried_and_then_tried_first(monkeypatch, cache, mnist
 
 
 def test_every_idx_dataset_has_a_fallback_mirror():
-    """CIFAR-10's binary archive has one published location, the authors' page (tests/test_cifar.py)."""
+    """CIFAR-10's binary archive has one published location, the authors' page (tests/data/test_cifar.py)."""
     assert set(download.SOURCES) == set(data.DATASETS)
     for name, source in download.SOURCES.items():
         assert len(source.mirrors) >= (1 if name == "cifar10" else 2) and all(m.endswith("/") for m in source.mirrors)

@@ -1,5 +1,5 @@
 """kp under momentum: W^T - B does not shrink by a constant factor (only plain SGD gives
-1 - lr decay, tests/test_learned_feedback.py); it follows a damped second-order recurrence."""
+1 - lr decay, tests/rules/test_learned_feedback.py); it follows a damped second-order recurrence."""
 
 import jax
 import jax.numpy as jnp

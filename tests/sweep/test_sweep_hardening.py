@@ -1,6 +1,6 @@
 """Sweeps against bad input and faults: nothing escapes the results folder, conflicts are errors,
 one writer per sweep folder, a resumed sweep names one run per (point, seed), Ctrl-C between groups
-starts no other group (a real Ctrl-C: tests/test_interrupt.py)."""
+starts no other group (a real Ctrl-C: tests/cli/test_interrupt.py)."""
 
 import json
 import os

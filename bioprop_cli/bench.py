@@ -27,7 +27,6 @@ from bioprop_cli.models.arch import Architecture, Dense
 from bioprop_cli.models.layers import forward
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.splits import derive_keys, make_splits, probe_batch
 from bioprop_cli.train import build_program
@@ -126,7 +125,7 @@ def reference_epoch(config: Config, arch: Architecture, steps_per_epoch: int) ->
 
         def step(carry, idx):
             params, opt_state = carry
-            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], NUM_CLASSES))
+            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], arch.sizes[-1]))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), value
 

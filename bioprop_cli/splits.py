@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config, check_against_data
-from bioprop_cli.data import IMAGE_SHAPES
+from bioprop_cli.data import as_float
 
 
 class Keys(NamedTuple):
@@ -59,11 +59,14 @@ def make_splits(config: Config, dataset) -> Splits:
     d = config.data
     n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
     n_train = check_against_data(config, len(dataset.x_train))
-    x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
+    x, y = as_float(dataset.x_train[:n_total]), dataset.y_train[:n_total]
     n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
-    x_test = dataset.x_test[:n_test]
+    x_test = as_float(dataset.x_test[:n_test])
     if d.normalization != "none":
-        channels = IMAGE_SHAPES[d.dataset][-1]
+        from bioprop_cli.datasets import facts
+
+        shape = facts(d).image_shape
+        channels = shape[-1] if len(shape) == 3 else 1
         if d.normalization == "given":
             mean, std = np.asarray(d.channel_mean, np.float64), np.asarray(d.channel_std, np.float64)
         else:

@@ -28,8 +28,8 @@ import optax
 
 from bioprop_cli import __version__
 from bioprop_cli.augment import augmentation_key, make_augment
+from bioprop_cli.datasets import image_shape
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
@@ -70,7 +70,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
     d = config.data
-    augment = make_augment(d.augment, d.dataset, d.crop_padding)  # None: the examples as they are
+    n_classes = arch.sizes[-1]  # one output per class of the dataset (datasets.facts)
+    augment = make_augment(d.augment, image_shape(config), d.crop_padding)  # None: the examples as they are
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
@@ -87,7 +88,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
         measured = make_measure(with_values(config, state.hyper), arch, rule)(
-            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, NUM_CLASSES), key, idx=probe_idx)
+            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, n_classes), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
@@ -119,7 +120,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                 )
                 out["measured"] = due
             x = x_train[idx] if augment is None else augment(augmentation_key(key), x_train[idx])
-            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], NUM_CLASSES), key, idx)
+            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], n_classes), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 
@@ -135,7 +136,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         def one(args):
             xc, yc, mc = args
             z = rule.predict(params, rule_state, xc)
-            per_example = loss.per_example(z, jax.nn.one_hot(yc, NUM_CLASSES))
+            per_example = loss.per_example(z, jax.nn.one_hot(yc, n_classes))
             return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
 
         losses, corrects = jax.lax.map(one, (xs, ys, ms))

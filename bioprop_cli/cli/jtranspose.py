@@ -113,7 +113,7 @@ def jtranspose(
 
     from bioprop_cli.datasets import load_dataset
 
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     if n_batch > len(dataset.x_train):
         raise UserError(f"--batch: at most the {len(dataset.x_train)} training images, got {n_batch}")
     _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out)

@@ -43,7 +43,7 @@ def train(
         config_file(config), set_, rule=rule, depth=depth, width=width, epochs=epochs, lr=lr, batch_size=batch_size,
         seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
     )
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, label(cfg.model), cfg.seed))
     network = f"depth={cfg.model.depth} width={cfg.model.width}" if cfg.model.arch == "mlp" else f"arch={cfg.model.arch}"

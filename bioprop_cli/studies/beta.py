@@ -25,7 +25,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.arch import label
@@ -101,7 +101,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     for b, idx in enumerate(order):
         check_interrupt()
         x = jnp.asarray(splits.x_train[idx], dtype)
-        y = jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)
+        y = jax.nn.one_hot(splits.y_train[idx], num_classes(config), dtype=dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():

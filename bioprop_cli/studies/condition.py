@@ -43,7 +43,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dict, validate
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets import num_classes
 from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates
@@ -224,7 +224,7 @@ class PointMeasurer:
                 dtype = jnp.float64 if self.x64 else jnp.float32
                 params, state = cast_floats(params, dtype), cast_floats(state, dtype)
                 x = jnp.asarray(px, dtype)
-                y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
+                y = jax.nn.one_hot(py, num_classes(config), dtype=dtype)
                 key = jax.random.fold_in(keys.probe, 7)
                 ref_key = _reference_key(cfg, seed)
                 if ref_key not in self.references:

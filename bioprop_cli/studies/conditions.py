@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets import num_classes
 from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.conditions import conditions_table
@@ -86,7 +86,7 @@ def run(config, dataset, probe_size: int = 256, x64: bool = False, params=None, 
         dtype = jnp.float64 if x64 else jnp.float32
         params, state = cast_floats(params, dtype), cast_floats(state, dtype)
         x = jnp.asarray(px, dtype)
-        y = jax.nn.one_hot(py, NUM_CLASSES, dtype=dtype)
+        y = jax.nn.one_hot(py, num_classes(config), dtype=dtype)
         key = jax.random.fold_in(derive_keys(config.seed).probe, 7)
         check_interrupt()  # one compiled measurement: Ctrl-C is seen before and after it
         table = conditions_table(config, rule, params, state, x, y, key, idx)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config, to_dict
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.data import as_float
 from bioprop_cli.errors import UserError
 from bioprop_cli.metrics.jtranspose import run_jtranspose
 from bioprop_cli.ep import dynamics_architecture, neuron_model
@@ -75,8 +75,8 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
         else:
             source = "fresh network" if run_folder is None else "fresh network of the run's config (the run stored no parameters)"
         idx = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), n_batch, replace=False))
-        x = jnp.asarray(dataset.x_train[idx], dtype)
-        y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), NUM_CLASSES, dtype=dtype)
+        x = jnp.asarray(as_float(dataset.x_train[idx]), dtype)
+        y = jax.nn.one_hot(jnp.asarray(dataset.y_train[idx]), network.sizes[-1], dtype=dtype)
         records = run_jtranspose(params, x, y, neuron_model(config), config.ep, betas, angles,
                                  jax.random.fold_in(derive_keys(config.seed).rule, 2), dynamics_architecture(config))
     for r in records:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
 from bioprop_cli.precision import cast_floats, full_float32
@@ -74,7 +74,7 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     bs = config.train.batch_size
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
     batches = [(jnp.asarray(splits.x_train[idx], dtype),
-                jax.nn.one_hot(splits.y_train[idx], NUM_CLASSES, dtype=dtype)) for idx in order]
+                jax.nn.one_hot(splits.y_train[idx], num_classes(config), dtype=dtype)) for idx in order]
 
     def batch_mean(compare, gammas_array):
         measured = []

@@ -3,7 +3,7 @@
 Pure, compiled pieces (built by `build_program`):
     init(seed, hyper)                 -> TrainState
     epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
-    evaluate(state, split)            -> loss, accuracy
+    evaluate(state, split)            -> loss, accuracy, top-5 accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
 One epoch is one `lax.scan` over minibatches; the data sits on the device once.
 `hyper` holds the run's values of config keys that runs trained together may differ in
@@ -41,6 +41,10 @@ from bioprop_cli.runs import process_stamp
 from bioprop_cli.splits import Keys, derive_keys, draw_probe, make_splits, probe_indices
 
 
+TOP_K = 5  # top-5 accuracy is recorded for datasets of more than TOP_K_FROM classes
+TOP_K_FROM = 10
+
+
 class TrainState(NamedTuple):
     params: Any
     rule_state: Any
@@ -56,7 +60,7 @@ class Program:
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
-    evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy)
+    evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy, top-5 accuracy)
     measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
 
@@ -137,11 +141,14 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
             xc, yc, mc = args
             z = rule.predict(params, rule_state, xc)
             per_example = loss.per_example(z, jax.nn.one_hot(yc, n_classes))
-            return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
+            # top 5: fewer than 5 classes score strictly above the label's (a tie counts for the label)
+            above = jnp.sum(z > jnp.take_along_axis(z, yc[:, None], -1), -1)
+            return (jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc),
+                    jnp.sum((above < TOP_K) * mc))
 
-        losses, corrects = jax.lax.map(one, (xs, ys, ms))
+        losses, corrects, top_k = jax.lax.map(one, (xs, ys, ms))
         n = jnp.sum(mask)
-        return jnp.sum(losses) / n, jnp.sum(corrects) / n
+        return jnp.sum(losses) / n, jnp.sum(corrects) / n, jnp.sum(top_k) / n
 
     return Program(
         arch=arch,
@@ -211,7 +218,7 @@ class SeedBatched(NamedTuple):
 
     init: Callable  # (seeds (N,), hyper {key: (N,)}) -> TrainState with leading N
     epoch: Callable  # (state, x_train, y_train, probe_x (N,...), probe_y (N,...), keys (N,), epoch) -> ...
-    evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,))
+    evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,), (N,))
     measure: Callable  # (state, probe_x, probe_y, keys (N, 2), probe_idx) -> measurements with leading N
     probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y, probe_idx with leading N
 
@@ -300,6 +307,7 @@ class _RunLog:
             diverged_epoch=self.diverged_epoch,
             divergence=self.divergence,
             test_accuracy=self.last.get("test_accuracy"),
+            **({"test_top5_accuracy": self.last.get("test_top5_accuracy")} if "test_top5_accuracy" in self.last else {}),
             test_loss=self.last.get("test_loss"),
             val_accuracy=self.last.get("val_accuracy"),
             best_val_accuracy=self.best_val if self.best_val >= 0 else None,
@@ -352,6 +360,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         writer.config(to_dict(c))
         summary = {
             "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
+            "dataset": c.data.dataset, "num_classes": program.arch.sizes[-1],
             "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
             "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
@@ -462,9 +471,11 @@ def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measure
         alignment += alignment_records(mine, epoch, step)
         record.update({name: float(v) for name, v in mine["network"].items()})
     for split in ("val", "test"):
-        loss_value, accuracy = evaluations.get(split, (None, None))
+        loss_value, accuracy, top_k = evaluations.get(split, (None, None, None))
         record[f"{split}_loss"] = None if loss_value is None else float(loss_value[i])
         record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy[i])
+        if program.arch.sizes[-1] > TOP_K_FROM:
+            record[f"{split}_top5_accuracy"] = None if top_k is None else float(top_k[i])
     record.update(epoch_time_s=epoch_time, wall_time_s=wall_time)
     log.writer.alignment(alignment)
     log.writer.metrics(record)

@@ -8,6 +8,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 
+def optional_module(name: str, dataset: str):
+    """The module `name` of the `datasets` extra, or a one-line UserError saying how to install it."""
+    import importlib
+
+    from bioprop_cli.errors import UserError
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"reading {dataset} needs {name.split('.')[0]}: pip install 'bioprop[datasets]'") from None
+
+
 class Facts(NamedTuple):
     """What a network and a config check need to know of the data, before reading it."""
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 import numpy as np
 
 from bioprop_cli.data import BadDataFile, DataFolder, Dataset, FileCheck, check_folder_exists
-from bioprop_cli.datasets.base import DatasetInfo, DownloadSource, Facts
+from bioprop_cli.datasets.base import DatasetInfo, DownloadSource, optional_module
 from bioprop_cli.errors import UserError
 
 TRAIN, TEST, EXTRA = "train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"
@@ -35,10 +35,9 @@ def files_of(options) -> tuple[str, ...]:
 
 def parse_mat(source: str | Path, raw: bytes, expected: int) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 32, 32, 3) uint8, labels (N,) int32 0..9) of one file's bytes, every check passed."""
-    import scipy.io
-
+    loadmat = optional_module("scipy.io", "svhn").loadmat
     try:
-        variables = scipy.io.loadmat(io.BytesIO(raw), variable_names=("X", "y"))
+        variables = loadmat(io.BytesIO(raw), variable_names=("X", "y"))
     except Exception as error:  # scipy raises ValueError, TypeError, OSError... on a malformed file
         raise BadDataFile(source, f"expected a MATLAB v5 file holding X and y, found an unreadable one "
                                   f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None

@@ -19,7 +19,7 @@ import numpy as np
 
 from bioprop_cli.data import BadDataFile, DataFolder, Dataset, FileCheck, check_folder_exists, unsafe_member_name
 from bioprop_cli.datasets.archive import Members
-from bioprop_cli.datasets.base import DatasetInfo, DownloadSource
+from bioprop_cli.datasets.base import DatasetInfo, DownloadSource, optional_module
 from bioprop_cli.errors import UserError
 
 ARCHIVE, TOP = "tiny-imagenet-200.zip", "tiny-imagenet-200"
@@ -31,18 +31,15 @@ FOLDER_CONTENTS = f"{ARCHIVE} or its extracted folder {TOP}/"
 
 def decode(source: str, raw: bytes) -> np.ndarray:
     """One JPEG -> (64, 64, 3) uint8; grey images are converted to RGB."""
-    from PIL import Image, UnidentifiedImageError
-
+    image_module = optional_module("PIL.Image", "tiny_imagenet")
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if image.format != "JPEG":
-                raise BadDataFile(source, f"expected a JPEG image, found {image.format}")
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        with image_module.open(io.BytesIO(raw), formats=["JPEG"]) as image:  # only the header is read here
+            if image.size != IMAGE_SHAPE[:2]:  # checked before any pixel is decoded (no decompression bomb)
+                raise BadDataFile(source, f"expected a 64x64 image, found {image.size[0]}x{image.size[1]}")
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, image_module.DecompressionBombError) as error:
+        # PIL's UnidentifiedImageError (not a JPEG, or a truncated one) is an OSError
         raise BadDataFile(source, f"expected a JPEG image, found an unreadable one ({type(error).__name__})") from None
-    if pixels.shape != IMAGE_SHAPE:
-        raise BadDataFile(source, f"expected a 64x64 image, found {pixels.shape[1]}x{pixels.shape[0]}")
-    return pixels
 
 
 def read_members(members: Members, where: str, top: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

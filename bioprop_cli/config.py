@@ -34,6 +34,7 @@ BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py in
 Distribution = Literal["normal", "uniform"]
 DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/direct_feedback.py
 Dataset = Literal[DATASETS]  # the registry bioprop_cli/datasets/__init__.py
+Storage = Literal["uint8", "float32"]  # bioprop_cli/splits.py
 LabelKind = Literal["fine", "coarse"]  # cifar100's label bytes (bioprop_cli/datasets/cifar100.py)
 Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
@@ -155,6 +156,9 @@ class DataConfig:
     path: str | None = None  # dataset npz: the .npz file of your arrays (bioprop_cli/datasets/npz.py)
     label: LabelKind = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
     extra: bool = False  # svhn: extra_32x32.mat appended to the training split
+    # uint8: a dataset of pixels stays uint8 on the device and is scaled / normalised inside the compiled step
+    # (a quarter of float32's memory; the same inputs to float rounding, splits.to_inputs); float32: on the host
+    storage: Storage = "uint8"
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
-from bioprop_cli.splits import Keys, derive_keys, draw_probe, make_splits, probe_indices
+from bioprop_cli.splits import Keys, PixelScale, derive_keys, draw_probe, make_splits, probe_indices, to_inputs
 
 
 TOP_K = 5  # top-5 accuracy is recorded for datasets of more than TOP_K_FROM classes
@@ -65,9 +65,10 @@ class Program:
     schedule: Callable  # step -> learning rate
 
 
-def build_program(config: Config, n_train: int, n_in: int) -> Program:
+def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | None = None) -> Program:
     """The compiled pieces of the config's run on n_train training examples of n_in features
-    (network.architecture)."""
+    (network.architecture); pixels: the examples are stored as uint8 and become inputs in the step
+    (splits.to_inputs)."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
     arch = architecture(config, n_in)
@@ -76,6 +77,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     d = config.data
     n_classes = arch.sizes[-1]  # one output per class of the dataset (datasets.facts)
     augment = make_augment(d.augment, image_shape(config), d.crop_padding)  # None: the examples as they are
+    network_inputs = functools.partial(to_inputs, pixels)  # stored examples -> float32 inputs
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
@@ -92,7 +94,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
         measured = make_measure(with_values(config, state.hyper), arch, rule)(
-            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, n_classes), key, idx=probe_idx)
+            state.params, state.rule_state, network_inputs(probe_x), jax.nn.one_hot(probe_y, n_classes), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
@@ -123,7 +125,8 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                     due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
-            x = x_train[idx] if augment is None else augment(augmentation_key(key), x_train[idx])
+            x = network_inputs(x_train[idx])
+            x = x if augment is None else augment(augmentation_key(key), x)
             state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], n_classes), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
@@ -139,7 +142,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
         def one(args):
             xc, yc, mc = args
-            z = rule.predict(params, rule_state, xc)
+            z = rule.predict(params, rule_state, network_inputs(xc))
             per_example = loss.per_example(z, jax.nn.one_hot(yc, n_classes))
             # top 5: fewer than 5 classes score strictly above the label's (a tie counts for the label)
             above = jnp.sum(z > jnp.take_along_axis(z, yc[:, None], -1), -1)
@@ -341,9 +344,9 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
 def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
-    splits = make_splits(config, dataset)
+    splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8")
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train, splits.x_train.shape[1])
+    program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels)
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}

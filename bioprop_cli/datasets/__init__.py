@@ -16,6 +16,7 @@ The npz dataset is the one file named by ``data.path``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from types import MappingProxyType
@@ -82,9 +83,38 @@ def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFol
     return None
 
 
+def host_bytes_needed(name: str, options=None) -> int | None:
+    """What the host holds of dataset `name` once read: its uint8 images (training, svhn's extra with
+    data.extra, test) and labels, and with data.storage float32 the float32 copy of the splits made from them;
+    None for npz (the file says)."""
+    entry = info(name)
+    if not entry.split_sizes:
+        return None
+    sizes = entry.split_sizes
+    n = sizes["train"] + sizes["test"] + (sizes.get("extra", 0) if getattr(options, "extra", False) else 0)
+    pixels = n * math.prod(entry.image_shape)
+    copies = 1 + (4 if getattr(options, "storage", "uint8") == "float32" else 0)
+    return copies * pixels + 4 * n
+
+
+def check_host_memory(name: str, options=None) -> None:
+    """Refuses, in one line and before any file is read, a dataset the host cannot hold."""
+    from bioprop_cli import config
+
+    need, have = host_bytes_needed(name, options), config.host_memory_bytes()
+    if need is not None and have is not None and need > have:
+        entry = info(name)
+        storage = getattr(options, "storage", "uint8")
+        raise UserError(f"dataset {name} needs about {need / 2**30:,.1f} GiB of host memory ({entry.title}: "
+                        f"{'x'.join(map(str, entry.image_shape))} images stored as uint8"
+                        f"{' plus their float32 copy (data.storage float32)' if storage == 'float32' else ''}), "
+                        f"more than this machine's {have / 2**30:,.1f} GiB")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, options=None) -> Dataset:
     """The dataset `name` (options: the config's data section, for npz's path, cifar100's label, svhn's extra)."""
     entry = info(name)
+    check_host_memory(name, options)
     if entry.download is None and not entry.split_sizes:  # npz: the file is the data
         return checked(entry.read(None, options), options)
     folder = locate_data_folder(name, data_dir)

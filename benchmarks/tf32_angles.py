@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import load_config
-from bioprop_cli.datasets import num_classes
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.metrics.alignment import measure_alignment
 from bioprop_cli.rules.base import model_functions

@@ -18,7 +18,8 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from bioprop_cli.datasets import NAMES as DATASETS, facts as dataset_facts
+from bioprop_cli.data import host_memory_bytes
+from bioprop_cli.datasets.registry import NAMES as DATASETS, facts as dataset_facts
 from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
 from bioprop_cli.errors import UserError
 
@@ -424,14 +425,6 @@ MAX_NAME_LENGTH = 100  # an experiment is one folder name; file systems allow 25
 # Arrays of the network's size that training holds at once: the parameters, their gradient, two
 # optimizer moments (adam), feedback matrices and the reference gradient of the alignment measurement.
 PARAMETER_COPIES = 6
-
-
-def host_memory_bytes() -> int | None:
-    """This machine's physical memory (None where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _check_memory(m: ModelConfig, network) -> None:

@@ -112,6 +112,14 @@ def cache_folder(name: str) -> Path:
     return Path(root).expanduser() / name
 
 
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def flat_images(images: np.ndarray) -> np.ndarray:
     """(N, H, W[, C]) uint8 -> (N, H*W*C) uint8, a contiguous copy (the file's buffer is let go)."""
     return np.ascontiguousarray(images.reshape(images.shape[0], -1))

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 
 from bioprop_cli.data import BadDataFile, cache_folder, one_line
-from bioprop_cli.datasets import REGISTRY, info
+from bioprop_cli.datasets.registry import REGISTRY, info
 from bioprop_cli.datasets.base import DownloadSource
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import atomic_file

@@ -87,7 +87,7 @@ def make_splits(config: Config, dataset, keep_uint8: bool = False) -> Splits:
     uint8 = keep_uint8 and x.dtype == np.uint8 and x_test.dtype == np.uint8
     mean = std = None
     if d.normalization != "none":
-        from bioprop_cli.datasets import facts
+        from bioprop_cli.datasets.registry import facts
 
         shape = facts(d).image_shape
         channels = shape[-1] if len(shape) == 3 else 1

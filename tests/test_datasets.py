@@ -573,13 +573,13 @@ def test_uint8_storage_with_device_augmentation(tmp_path):
 def test_a_dataset_the_host_cannot_hold_is_refused_before_reading(monkeypatch, tmp_path):
     """ImageNet 32x32: 1,331,167 images of 3072 bytes and their labels, about 3.8 GiB as uint8, 5x that with the
     float32 copy; refused in one line on a host with less, before any file is looked at (tmp_path is empty)."""
-    from bioprop_cli import config
+    from bioprop_cli import data
     from bioprop_cli.datasets import host_bytes_needed
 
     uint8 = type("D", (), {"storage": "uint8"})()
     assert host_bytes_needed("imagenet32", uint8) == 1331167 * 3072 + 4 * 1331167
     assert host_bytes_needed("imagenet32", type("D", (), {"storage": "float32"})()) == 5 * 1331167 * 3072 + 4 * 1331167
-    monkeypatch.setattr(config, "host_memory_bytes", lambda: 2**31)
+    monkeypatch.setattr(data, "host_memory_bytes", lambda: 2**31)
     with pytest.raises(UserError) as excinfo:
         load_dataset("imagenet32", tmp_path, uint8)
     assert message_of(excinfo).startswith("dataset imagenet32 needs about 3.8 GiB of host memory")

@@ -1,6 +1,5 @@
-"""The registry of datasets: one module per dataset, the one home of its facts (bioprop_cli/datasets/<name>.py:
-files and checksums, image shape, classes and their names, splits, reader, download, statistics). Adding a
-dataset is one module and one line here.
+"""Datasets: the registry (bioprop_cli/datasets/registry.py: one module per dataset, the one home of its facts:
+files and checksums, image shape, classes and their names, splits, reader, download, statistics), and
 
 `load_dataset`: a dataset by name, from the first place that has it:
 
@@ -16,48 +15,15 @@ The npz dataset is the one file named by ``data.path``.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from types import MappingProxyType
-from typing import Mapping
 
 from bioprop_cli import data
 from bioprop_cli.data import CACHE_ORIGIN, DataFolder, Dataset, FileCheck, load_from_tfds, tfds_has_prepared_copy
-from bioprop_cli.datasets import (
-    cifar10, cifar100, fashion_mnist, imagenet32, imagenet64, mnist, npz, svhn, tiny_imagenet,
+from bioprop_cli.datasets.registry import (  # noqa: F401 (the registry's names, for callers of bioprop_cli.datasets)
+    NAMES, REGISTRY, check_dataset_name, facts, host_bytes_needed, image_shape, info, num_classes,
 )
-from bioprop_cli.datasets.base import DatasetInfo, Facts
 from bioprop_cli.errors import UserError
-
-REGISTRY: Mapping[str, DatasetInfo] = MappingProxyType({module.INFO.name: module.INFO for module in (
-    mnist, fashion_mnist, cifar10, cifar100, svhn, tiny_imagenet, imagenet32, imagenet64, npz,
-)})
-NAMES = tuple(REGISTRY)
-
-
-def info(name: str) -> DatasetInfo:
-    if name not in REGISTRY:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(NAMES)}")
-    return REGISTRY[name]
-
-
-def check_dataset_name(name: str) -> None:
-    info(name)
-
-
-def facts(data_config) -> Facts:
-    """The image shape and class count of the config's data section (npz: read from its file)."""
-    return info(data_config.dataset).facts_of(data_config)
-
-
-def num_classes(config) -> int:
-    return facts(config.data).num_classes
-
-
-def image_shape(config) -> tuple[int, ...]:
-    return facts(config.data).image_shape
-
 
 def cache_folder(name: str) -> Path:
     return data.cache_folder(name)
@@ -83,25 +49,9 @@ def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFol
     return None
 
 
-def host_bytes_needed(name: str, options=None) -> int | None:
-    """What the host holds of dataset `name` once read: its uint8 images (training, svhn's extra with
-    data.extra, test) and labels, and with data.storage float32 the float32 copy of the splits made from them;
-    None for npz (the file says)."""
-    entry = info(name)
-    if not entry.split_sizes:
-        return None
-    sizes = entry.split_sizes
-    n = sizes["train"] + sizes["test"] + (sizes.get("extra", 0) if getattr(options, "extra", False) else 0)
-    pixels = n * math.prod(entry.image_shape)
-    copies = 1 + (4 if getattr(options, "storage", "uint8") == "float32" else 0)
-    return copies * pixels + 4 * n
-
-
 def check_host_memory(name: str, options=None) -> None:
     """Refuses, in one line and before any file is read, a dataset the host cannot hold."""
-    from bioprop_cli import config
-
-    need, have = host_bytes_needed(name, options), config.host_memory_bytes()
+    need, have = host_bytes_needed(name, options), data.host_memory_bytes()
     if need is not None and have is not None and need > have:
         entry = info(name)
         storage = getattr(options, "storage", "uint8")

@@ -194,7 +194,7 @@ def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architectur
 
 def of_config(config) -> Architecture:
     """The config's network (model.arch) on its dataset's examples, one output per class (datasets.facts)."""
-    from bioprop_cli.datasets import facts
+    from bioprop_cli.datasets.registry import facts
 
     shape, n_classes = facts(config.data)
     return build(config.model, shape, n_classes)

@@ -25,7 +25,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config
-from bioprop_cli.datasets import num_classes
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models.arch import label

@@ -43,7 +43,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import BATCHABLE_KEYS, Config, _build, _set_path, to_dict, validate
-from bioprop_cli.datasets import num_classes
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.datasets import num_classes
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.conditions import conditions_table

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config
-from bioprop_cli.datasets import num_classes
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.alignment import compare_updates, exact_gradients
 from bioprop_cli.precision import cast_floats, full_float32

@@ -584,3 +584,15 @@ def test_a_dataset_the_host_cannot_hold_is_refused_before_reading(monkeypatch, t
         load_dataset("imagenet32", tmp_path, uint8)
     assert message_of(excinfo).startswith("dataset imagenet32 needs about 3.8 GiB of host memory")
     assert "more than this machine's 2.0 GiB" in message_of(excinfo)
+
+
+def test_data_check_reports_each_svhn_file(tmp_path, monkeypatch):
+    train, _, _ = svhn_mat(30)
+    test, _, _ = svhn_mat(10, seed=1)
+    use_svhn(monkeypatch, tmp_path, train, test, 30, 10)
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path), "--dataset", "svhn"])
+    assert result.exit_code == 0, result.output
+    assert f"found     {tmp_path / svhn.TRAIN}" in result.output and "the canonical svhn files, verified" in result.output
+    (tmp_path / svhn.TEST).write_bytes(test[:-7])
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path), "--dataset", "svhn"])
+    assert result.exit_code == 2 and f"mismatch  {tmp_path / svhn.TEST}:" in result.output

@@ -106,10 +106,6 @@ def read_cifar(folder: DataFolder, layout: Layout, label_byte: int = 0) -> Datas
     return dataset_from_batches(read_source(source, layout), source, folder.origin, layout, label_byte)
 
 
-def read_cifar10(folder: DataFolder) -> Dataset:
-    return read_cifar(folder, CANONICAL)
-
-
 def dataset_from_batches(batches: Batches, path: Path, origin: str, layout: Layout = CANONICAL,
                          label_byte: int = 0) -> Dataset:
     train = [batches[name] for name in layout.train_files]

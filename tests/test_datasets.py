@@ -596,3 +596,57 @@ def test_data_check_reports_each_svhn_file(tmp_path, monkeypatch):
     (tmp_path / svhn.TEST).write_bytes(test[:-7])
     result = CliRunner().invoke(app, ["data", "check", str(tmp_path), "--dataset", "svhn"])
     assert result.exit_code == 2 and f"mismatch  {tmp_path / svhn.TEST}:" in result.output
+
+
+# --- downloads, from a local server on 127.0.0.1 ------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_server(monkeypatch, tmp_path):
+    """serve({"dataset/file": bytes}) starts a FileServer and points BIOPROP_DOWNLOAD_URL at it; a fresh cache."""
+    from test_download import FileServer
+
+    monkeypatch.delenv("BIOPROP_DATA_DIR", raising=False)
+    monkeypatch.setenv("BIOPROP_CACHE_DIR", str(tmp_path / "cache"))
+    servers = []
+
+    def start(files: dict[str, bytes]):
+        server = FileServer(files).__enter__()
+        servers.append(server)
+        monkeypatch.setenv("BIOPROP_DOWNLOAD_URL", server.url + "/")
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__()
+
+
+def test_cifar100_and_svhn_download_into_the_cache_verified(local_server, monkeypatch, tmp_path):
+    files = cifar100_files()
+    raw = cifar100_archive(files)
+    use_cifar100(monkeypatch, raw)
+    train, _, _ = svhn_mat(30)
+    test, _, _ = svhn_mat(10, seed=1)
+    (tmp_path / "published").mkdir()
+    use_svhn(monkeypatch, tmp_path / "published", train, test, 30, 10)  # their checksums and sizes
+    server = local_server({"cifar100/cifar-100-binary.tar.gz": raw, f"svhn/{svhn.TRAIN}": train,
+                           f"svhn/{svhn.TEST}": test})
+    result = CliRunner().invoke(app, ["data", "fetch", "cifar100"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(load_dataset("cifar100").y_test, files["test.bin"][1])
+    np.testing.assert_array_equal(load_dataset("svhn").y_test, np.asarray(svhn.parse_mat("t", test, 10)[1]))
+    assert sorted(server.requests) == ["/cifar100/cifar-100-binary.tar.gz", f"/svhn/{svhn.TEST}", f"/svhn/{svhn.TRAIN}"]
+    assert sorted(p.name for p in (tmp_path / "cache" / "svhn").iterdir()) == [svhn.TEST, svhn.TRAIN]
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_not_cached(local_server, monkeypatch, tmp_path):
+    train, _, _ = svhn_mat(30)
+    test, _, _ = svhn_mat(10, seed=1)
+    (tmp_path / "published").mkdir()
+    use_svhn(monkeypatch, tmp_path / "published", train, test, 30, 10)
+    other, _, _ = svhn_mat(30, seed=7)
+    local_server({f"svhn/{svhn.TRAIN}": other, f"svhn/{svhn.TEST}": test})
+    result = CliRunner().invoke(app, ["data", "fetch", "svhn"])
+    assert result.exit_code == 2 and f"/svhn/{svhn.TRAIN}: MD5 is {md5(other)}, expected {md5(train)}" in result.output
+    cache = tmp_path / "cache" / "svhn"
+    assert not (cache / svhn.TRAIN).exists() and not any(p.name.endswith(".part") for p in cache.glob(".*"))

@@ -28,8 +28,8 @@ import optax
 
 from bioprop_cli import __version__
 from bioprop_cli.augment import augmentation_key, make_augment
-from bioprop_cli.datasets.registry import image_shape
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
+from bioprop_cli.datasets.registry import image_shape
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import load_config
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.metrics.alignment import measure_alignment
 from bioprop_cli.rules.base import model_functions
@@ -51,7 +51,7 @@ def mlp_angles(config, splits, tie_feedback: bool, probe: int) -> dict:
 
     rule = make_rule(config, program.arch, splits.x_train.shape[0])
     act, loss = model_functions(config)
-    x, y = splits.x_train[:probe], jax.nn.one_hot(splits.y_train[:probe], NUM_CLASSES)
+    x, y = splits.x_train[:probe], jax.nn.one_hot(splits.y_train[:probe], num_classes(config))
     key = jax.random.PRNGKey(0)
     out = {}
     for mode in PRECISIONS:
@@ -78,7 +78,7 @@ def ep_slope(config, splits, betas: list[float], n_batches: int) -> dict:
         with precision_context(mode):
             for b in range(n_batches):
                 x = splits.x_train[b * bs:(b + 1) * bs]
-                y = jax.nn.one_hot(splits.y_train[b * bs:(b + 1) * bs], NUM_CLASSES)
+                y = jax.nn.one_hot(splits.y_train[b * bs:(b + 1) * bs], num_classes(config))
                 exact, estimates, _ = fn(params, rule_state, x, y, jax.random.PRNGKey(b))
                 d_sum = d_sum + (estimates["symmetric"] - exact[None, :])
                 g_norms.append(float(jnp.linalg.norm(exact)))

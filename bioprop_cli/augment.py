@@ -3,7 +3,7 @@
 `crop_flip` (the standard CIFAR-10 augmentation): each image is padded with 4 zeros on every side, a window of
 the image's size is cut at a random offset (0..8 in each direction, uniform), and the window is mirrored
 left-right with probability 1/2; every draw is independent per example. The batch stays flat (B, H*W*C),
-channel-last as every dataset's arrays (data.IMAGE_SHAPES). The zeros are those of the arrays training sees:
+channel-last as every dataset's arrays (the image shape of its registry entry, bioprop_cli/datasets/). The zeros are those of the arrays training sees:
 after `data.normalization: per_channel`, the training split's channel means. `data.crop_padding: edge` pads
 with each border pixel repeated instead (torchvision's RandomCrop padding_mode 'edge', Laborieux et al. 2021's
 CIFAR-10 augmentation); it commutes with the per-channel normalisation, so it is theirs exactly.
@@ -19,7 +19,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.data import IMAGE_SHAPES
 
 PAD = 4
 # folded into a step's key for its augmentation: a stream of its own, apart from the key the rule uses
@@ -45,9 +44,9 @@ def crop_flip(key: jax.Array, x: jax.Array, image_shape: tuple[int, int, int], p
     return flipped.reshape(x.shape)
 
 
-def make_augment(augment: str, dataset: str, padding: str = "zeros") -> Callable[[jax.Array, jax.Array], jax.Array] | None:
-    """(key, flat batch) -> augmented batch for config `data.augment` (`data.crop_padding`), or None when it is "none"."""
+def make_augment(augment: str, image_shape: tuple[int, ...], padding: str = "zeros") -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+    """(key, flat batch) -> augmented batch for config `data.augment` (`data.crop_padding`) on images of
+    `image_shape` (H, W, C), or None when it is "none"."""
     if augment == "none":
         return None
-    image_shape = IMAGE_SHAPES[dataset]
     return lambda key, x: crop_flip(key, x, image_shape, padding)

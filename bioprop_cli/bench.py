@@ -27,7 +27,6 @@ from bioprop_cli.models.arch import Architecture, Dense
 from bioprop_cli.models.layers import forward
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.rules import ENERGY, available_rules, flops, rule_info
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.splits import derive_keys, make_splits, probe_batch
 from bioprop_cli.train import build_program
@@ -126,7 +125,7 @@ def reference_epoch(config: Config, arch: Architecture, steps_per_epoch: int) ->
 
         def step(carry, idx):
             params, opt_state = carry
-            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], NUM_CLASSES))
+            value, grads = jax.value_and_grad(objective)(params, x_train[idx], jax.nn.one_hot(y_train[idx], arch.sizes[-1]))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), value
 
@@ -139,7 +138,7 @@ def compile_rule(config: Config, splits) -> dict:
     """Compiles the rule's epoch and measurement; returns what timing them needs."""
     check_interrupt()
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train, splits.x_train.shape[1])
+    program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels)  # as train.py builds it
     keys = derive_keys(config.seed)
     probe_x, probe_y, _ = probe_batch(config, splits, keys)
     state = program.init(config.seed)
@@ -194,10 +193,12 @@ def run_benchmark(dataset, rules: list[str] | None = None, repeats: int = 3, ove
         base = EP_BENCH_OVERRIDES if rule_info(rule).family == ENERGY else BENCH_OVERRIDES
         return load_config(overrides=[("rule", rule)] + base + list(overrides))
 
-    splits = make_splits(config("bp"), dataset)
+    # the splits as training stores them (data.storage); the jax.grad reference reads float32 inputs
+    splits = make_splits(config("bp"), dataset, keep_uint8=config("bp").data.storage == "uint8")
     entries = [compile_rule(config(r), splits) for r in rules]
     mlp = next((e for e in entries if rule_info(e["rule"]).family != ENERGY), None) or compile_rule(config("bp"), splits)
-    entries.append(compile_reference(config("bp"), splits, mlp["arch"], mlp["steps_per_epoch"]))
+    reference_splits = make_splits(config("bp"), dataset) if splits.pixels is not None else splits
+    entries.append(compile_reference(config("bp"), reference_splits, mlp["arch"], mlp["steps_per_epoch"]))
     epoch_s = {i: [] for i in range(len(entries))}
     shapes = peak_shapes(set().union(*(e["shapes"] for e in entries)))
     before = measure_matmul_peak(shapes)  # before and after the epochs: the best of both per shape

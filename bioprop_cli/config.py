@@ -18,7 +18,8 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from bioprop_cli.data import DATASETS, IMAGE_SHAPES
+from bioprop_cli.data import host_memory_bytes
+from bioprop_cli.datasets.registry import NAMES as DATASETS, facts as dataset_facts
 from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
 from bioprop_cli.models.energy import HOLOMORPHIC_RHOS
 from bioprop_cli.errors import UserError
@@ -34,7 +35,9 @@ InitScheme = Literal[
 BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
 DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/direct_feedback.py
-Dataset = Literal[DATASETS]  # the names bioprop_cli/data.py reads
+Dataset = Literal[DATASETS]  # the registry bioprop_cli/datasets/__init__.py
+Storage = Literal["uint8", "float32"]  # bioprop_cli/splits.py
+LabelKind = Literal["fine", "coarse"]  # cifar100's label bytes (bioprop_cli/datasets/cifar100.py)
 Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
 CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
@@ -151,6 +154,12 @@ class DataConfig:
     # evaluation or the measurements.
     augment: Augmentation = "none"
     crop_padding: CropPadding = "zeros"  # crop_flip's padding: zeros, or edge (border pixels repeated, torchvision's 'edge')
+    path: str | None = None  # dataset npz: the .npz file of your arrays (bioprop_cli/datasets/npz.py)
+    label: LabelKind = "fine"  # cifar100: fine (100 classes) or coarse (20 superclasses)
+    extra: bool = False  # svhn: extra_32x32.mat appended to the training split
+    # uint8: a dataset of pixels stays uint8 on the device and is scaled / normalised inside the compiled step
+    # (a quarter of float32's memory; the same inputs to float rounding, splits.to_inputs); float32: on the host
+    storage: Storage = "uint8"
 
 
 @dataclass(frozen=True)
@@ -430,14 +439,6 @@ MAX_NAME_LENGTH = 100  # an experiment is one folder name; file systems allow 25
 PARAMETER_COPIES = 6
 
 
-def host_memory_bytes() -> int | None:
-    """This machine's physical memory (None where the platform does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_memory(m: ModelConfig, network) -> None:
     """Refuses a network (models.arch.Architecture) whose float32 arrays alone would not fit in this machine's
     memory, before anything is allocated or written (a width of 50,000,000 would otherwise end in an
@@ -525,7 +526,13 @@ def validate(config: Config) -> Config:
     _check(d.validation_size >= 0, "data.validation_size", ">= 0", d.validation_size)
     _check(d.train_limit is None or d.train_limit >= 1, "data.train_limit", ">= 1 or null", d.train_limit)
     _check(d.test_limit is None or d.test_limit >= 1, "data.test_limit", ">= 1 or null", d.test_limit)
-    channels = IMAGE_SHAPES[d.dataset][-1]
+    _check(d.path is None or d.dataset == "npz", "data.path", "null unless data.dataset is npz", d.path)
+    _check(d.label == "fine" or d.dataset == "cifar100", "data.label", "fine unless data.dataset is cifar100", d.label)
+    _check(not d.extra or d.dataset == "svhn", "data.extra", "false unless data.dataset is svhn", d.extra)
+    image_shape = dataset_facts(d).image_shape
+    _check(d.augment == "none" or len(image_shape) == 3, "data.augment",
+           f"none for flat vectors (the data's examples are {image_shape[0]} values, not images)", d.augment)
+    channels = image_shape[-1] if len(image_shape) == 3 else 1
     for key in ("channel_mean", "channel_std"):
         value = list(getattr(d, key))
         _check(len(value) == (channels if d.normalization == "given" else 0), f"data.{key}",

@@ -1,11 +1,12 @@
-"""The datasets as flat float32 arrays; MNIST / Fashion-MNIST from verified IDX files: their checks, the readers.
+"""The arrays every dataset reader returns (`Dataset`), the data folders, and the IDX files' checks and reader.
 
-Every dataset's images are flat rows of H*W*C float32 pixels in [0, 1], channel-last ((H, W, C) once reshaped with
-``IMAGE_SHAPES``, the one home of each dataset's image shape). An MNIST data folder holds the four standard IDX
-files, each plain or gzip-compressed (``.gz``); the plain one wins when both exist. Every file is checked (presence,
-gzip integrity, IDX magic number, shape, label range, and the MD5 of the uncompressed content against the canonical
-checksum); any problem is a one-line ``UserError``. CIFAR-10's binary files are read by ``bioprop_cli.cifar``;
-where the data comes from is decided in ``bioprop_cli.datasets``.
+Every dataset's images are flat rows of H*W*C uint8 pixels, channel-last ((H, W, C) once reshaped with the image
+shape of its registry entry, bioprop_cli/datasets/<name>.py, the one home of each dataset's facts); `as_float`
+gives them in [0, 1] as float32 (splits.make_splits, where the config's normalisation is applied). An IDX data
+folder (MNIST, Fashion-MNIST) holds the four standard IDX files, each plain or gzip-compressed (``.gz``); the
+plain one wins when both exist. Every file is checked (presence, gzip integrity, IDX magic number, shape, label
+range, and the MD5 of the uncompressed content against the canonical checksum); any problem is a one-line
+``UserError``. Where the data comes from is decided in ``bioprop_cli.datasets``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import math
 import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
 from bioprop_cli.errors import UserError
-
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 DATA_DIR_ENV_VAR = "BIOPROP_DATA_DIR"
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -37,54 +34,23 @@ TRAIN_LABELS = "train-labels-idx1-ubyte"
 TEST_IMAGES = "t10k-images-idx3-ubyte"
 TEST_LABELS = "t10k-labels-idx1-ubyte"
 IDX_FILE_NAMES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
-CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"  # the binary version, as published (bioprop_cli.cifar reads it)
-CIFAR10_FOLDER = "cifar-10-batches-bin"  # the folder the archive extracts to
-
-NUM_TRAIN, NUM_TEST, IMAGE_SIDE, NUM_CLASSES = 60000, 10000, 28, 10
-# (H, W, C) of one image; the arrays stay flat, (N, H*W*C) in channel-last order.
-IMAGE_SHAPES = MappingProxyType({"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)})
-SPLIT_SIZES = MappingProxyType({"mnist": (NUM_TRAIN, NUM_TEST), "fashion_mnist": (NUM_TRAIN, NUM_TEST),
-                                "cifar10": (50000, 10000)})  # (training, test) images
 
 IDX_UBYTE_TYPE_CODE = 0x08
 
 FIX_HINT = "re-download the file or point --data-dir / BIOPROP_DATA_DIR at a folder with the canonical files"
 
-# MD5 of the *uncompressed* IDX files (gzip containers differ between mirrors; their content does not).
-# MNIST: the canonical values (LeCun, Cortes and Burges).
-# Fashion-MNIST: computed from Debian's dataset-fashion-mnist, whose .gz files rebuild byte for byte into Zalando's
-# published ones (gzip md5 8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...) once the gzip header that Debian
-# normalised (file name, mtime) is restored; the values also agree with other public loaders.
-CANONICAL_MD5 = MappingProxyType(
-    {
-        "mnist": MappingProxyType(
-            {
-                TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
-                TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
-                TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
-                TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
-            }
-        ),
-        "fashion_mnist": MappingProxyType(
-            {
-                TRAIN_IMAGES: "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-                TRAIN_LABELS: "9018921c3c673c538a1fc5bad174d6f9",
-                TEST_IMAGES: "8181f5470baa50b63fa0f6fddb340f0a",
-                TEST_LABELS: "15d484375f8d13e6eb1aabb0c3f46965",
-            }
-        ),
-    }
-)
-
 
 @dataclass(frozen=True)
 class Dataset:
-    name: str  # one of DATASETS
-    x_train: np.ndarray  # float32, (60000, 784) for MNIST, (50000, 3072) for CIFAR-10: pixel / 255, (H, W, C) flattened
-    y_train: np.ndarray  # int32, (60000,), 0..9
-    x_test: np.ndarray  # float32, (10000, 784)
+    name: str  # a registry name (bioprop_cli.datasets.REGISTRY)
+    x_train: np.ndarray  # uint8 pixels (60000, 784) for MNIST, (50000, 3072) for CIFAR-10, (H, W, C) flattened;
+    # float32 for an npz file of floats (and tests' fakes): as_float leaves those as they are
+    y_train: np.ndarray  # int32, (60000,), 0..num_classes-1
+    x_test: np.ndarray  # as x_train, (10000, 784)
     y_test: np.ndarray  # int32, (10000,)
     source: str  # human-readable origin, e.g. "files in /path (from BIOPROP_DATA_DIR)"
+    num_classes: int = 10
+    n_val: int | None = None  # the file's own validation split, the last n_val training examples (npz's x_val)
 
 
 @dataclass(frozen=True)
@@ -114,51 +80,28 @@ class BadDataFile(UserError):
         super().__init__(f"{source}: {problem} - {FIX_HINT}")
 
 
-def canonical_specs(name: str) -> dict[str, FileSpec]:
-    md5 = CANONICAL_MD5[name]
-    image_shape = (IMAGE_SIDE, IMAGE_SIDE)
-    max_label = NUM_CLASSES - 1
+def idx_specs(md5: Mapping[str, str], split_sizes: Mapping[str, int], image_shape: tuple[int, ...],
+              num_classes: int) -> dict[str, FileSpec]:
+    """The four IDX files of an MNIST-like dataset: its registry entry's MD5s, split sizes, (H, W, 1) images."""
+    height, width = image_shape[:2]
+    max_label = num_classes - 1
+    n_train, n_test = split_sizes["train"], split_sizes["test"]
     return {
-        TRAIN_IMAGES: FileSpec(md5[TRAIN_IMAGES], (NUM_TRAIN, *image_shape)),
-        TRAIN_LABELS: FileSpec(md5[TRAIN_LABELS], (NUM_TRAIN,), max_label),
-        TEST_IMAGES: FileSpec(md5[TEST_IMAGES], (NUM_TEST, *image_shape)),
-        TEST_LABELS: FileSpec(md5[TEST_LABELS], (NUM_TEST,), max_label),
+        TRAIN_IMAGES: FileSpec(md5[TRAIN_IMAGES], (n_train, height, width)),
+        TRAIN_LABELS: FileSpec(md5[TRAIN_LABELS], (n_train,), max_label),
+        TEST_IMAGES: FileSpec(md5[TEST_IMAGES], (n_test, height, width)),
+        TEST_LABELS: FileSpec(md5[TEST_LABELS], (n_test,), max_label),
     }
 
 
-def check_dataset_name(name: str) -> None:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
-
-
-def folder_contents(name: str) -> str:
-    """What a data folder of dataset `name` holds, for messages."""
-    if name == "cifar10":
-        return f"{CIFAR10_ARCHIVE} or its extracted folder {CIFAR10_FOLDER}/ (the binary version of CIFAR-10)"
-    return f"{', '.join(IDX_FILE_NAMES)} (each plain or .gz)"
-
-
-def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFolder | None:
-    """The folder to read the dataset's files from, or None when the data must come from tensorflow-datasets or a
-    download."""
+def given_data_folder(data_dir: str | os.PathLike | None) -> DataFolder | None:
+    """The folder named by `data_dir`, else by BIOPROP_DATA_DIR; None when neither names one."""
     if data_dir is not None and str(data_dir) != "":
         return DataFolder(Path(data_dir).expanduser(), "data_dir")
     env_dir = os.environ.get(DATA_DIR_ENV_VAR, "")
     if env_dir:
         return DataFolder(Path(env_dir).expanduser(), DATA_DIR_ENV_VAR)
-    if name == "fashion_mnist" and DEBIAN_FASHION_MNIST_DIR.is_dir():
-        return DataFolder(DEBIAN_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist")
-    cached = cache_folder(name)
-    if cache_is_complete(name, cached):
-        return DataFolder(cached, CACHE_ORIGIN)
     return None
-
-
-def cache_is_complete(name: str, folder: Path) -> bool:
-    """Whether a cache folder holds every file a download of `name` puts there."""
-    if name == "cifar10":
-        return (folder / CIFAR10_ARCHIVE).is_file()
-    return not missing_idx_files(folder, IDX_FILE_NAMES)
 
 
 def cache_folder(name: str) -> Path:
@@ -169,10 +112,28 @@ def cache_folder(name: str) -> Path:
     return Path(root).expanduser() / name
 
 
+def host_memory_bytes() -> int | None:
+    """This machine's physical memory (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def flat_images(images: np.ndarray) -> np.ndarray:
+    """(N, H, W[, C]) uint8 -> (N, H*W*C) uint8, a contiguous copy (the file's buffer is let go)."""
+    return np.ascontiguousarray(images.reshape(images.shape[0], -1))
+
+
 def scale_images(images: np.ndarray) -> np.ndarray:
     scaled = images.reshape(images.shape[0], -1).astype(np.float32)
     scaled /= np.float32(255)
     return scaled
+
+
+def as_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1] (pixel / 255, flat); float arrays as they are."""
+    return scale_images(x) if x.dtype == np.uint8 else x
 
 
 # --- IDX folders -------------------------------------------------------------------------------------------------
@@ -308,6 +269,12 @@ def check_idx_file(folder: Path, base_name: str, spec: FileSpec) -> FileCheck:
     return FileCheck(base_name, path)
 
 
+def unsafe_member_name(name: str) -> bool:
+    """An archive member named outside the archive's folder: an absolute path, a drive, a .. component."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
 def format_shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) if shape else "()"
 
@@ -330,17 +297,18 @@ def tfds_has_prepared_copy(name: str) -> bool:
     return tfds.builder(name).is_prepared()
 
 
-def load_from_tfds(name: str) -> Dataset:
+def load_from_tfds(info) -> Dataset:
+    """The dataset of registry entry `info` (datasets.base.DatasetInfo) from tensorflow-datasets' prepared copy."""
     try:
-        (x_train, y_train), (x_test, y_test) = fetch_tfds_splits(name)
+        (x_train, y_train), (x_test, y_test) = fetch_tfds_splits(info.tfds_name)
     except Exception as error:  # a broken TensorFlow install or cache: the data folders still work
         raise UserError(
-            f"could not read {name} from the tensorflow-datasets cache ({type(error).__name__}: {one_line(error)}); "
-            f"pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {folder_contents(name)}"
+            f"could not read {info.name} from the tensorflow-datasets cache ({type(error).__name__}: "
+            f"{one_line(error)}); pass --data-dir DIR or set BIOPROP_DATA_DIR to a folder holding {info.folder_contents}"
         ) from None
-    dataset = Dataset(name, scale_images(x_train), y_train.astype(np.int32), scale_images(x_test),
-                      y_test.astype(np.int32), source="tensorflow-datasets")
-    check_tfds_shapes(dataset)
+    dataset = Dataset(info.name, flat_images(x_train), y_train.astype(np.int32), flat_images(x_test),
+                      y_test.astype(np.int32), source="tensorflow-datasets", num_classes=info.num_classes)
+    check_tfds_shapes(dataset, info)
     return dataset
 
 
@@ -353,13 +321,13 @@ def fetch_tfds_splits(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[n
     return (np.asarray(train[0]), np.asarray(train[1])), (np.asarray(test[0]), np.asarray(test[1]))
 
 
-def check_tfds_shapes(dataset: Dataset) -> None:
-    n_train, n_test = SPLIT_SIZES[dataset.name]
-    n_pixels = math.prod(IMAGE_SHAPES[dataset.name])
+def check_tfds_shapes(dataset: Dataset, info) -> None:
+    n_train, n_test = info.split_sizes["train"], info.split_sizes["test"]
+    n_pixels = int(np.prod(info.image_shape))
     expected = {"x_train": (n_train, n_pixels), "y_train": (n_train,),
                 "x_test": (n_test, n_pixels), "y_test": (n_test,)}
     for field, shape in expected.items():
         found = getattr(dataset, field).shape
         if found != shape:
             raise UserError(f"tensorflow-datasets gave {dataset.name} {field} of shape {format_shape(found)}, "
-                            f"expected {format_shape(shape)}; pass --data-dir DIR with {folder_contents(dataset.name)}")
+                            f"expected {format_shape(shape)}; pass --data-dir DIR with {info.folder_contents}")

@@ -32,20 +32,10 @@ from rich.progress import (
     BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
 
-from bioprop_cli import cifar
+from bioprop_cli.data import BadDataFile, cache_folder, one_line
+from bioprop_cli.datasets.registry import REGISTRY, info
+from bioprop_cli.datasets.base import DownloadSource
 from bioprop_cli.interrupt import stopped_at_once
-from bioprop_cli.data import (
-    CIFAR10_ARCHIVE,
-    IDX_FILE_NAMES,
-    BadDataFile,
-    canonical_specs,
-    cache_folder,
-    check_dataset_name,
-    existing_idx_file,
-    folder_contents,
-    one_line,
-    verify_idx_bytes,
-)
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import atomic_file
 
@@ -68,59 +58,8 @@ class SlowDownload(Exception):
     """A mirror that stalls or trickles; the message says how far it got."""
 
 
-def verify_gzipped_idx(dataset: str, source: str, file_name: str, raw: bytes) -> None:
-    """Raises BadDataFile unless `raw` is the gzip of the canonical IDX file `file_name` (minus .gz) of `dataset`."""
-    verify_idx_bytes(source, raw, True, canonical_specs(dataset)[file_name.removesuffix(".gz")])
-
-
-def holds_idx_file(folder: Path, file_name: str) -> bool:
-    """A plain IDX file stands for its .gz."""
-    return existing_idx_file(folder, file_name.removesuffix(".gz")) is not None
-
-
-def verify_cifar_archive(dataset: str, source: str, file_name: str, raw: bytes) -> None:
-    cifar.verify_archive_bytes(source, raw, cifar.CANONICAL)
-
-
-def holds_cifar(folder: Path, file_name: str) -> bool:
-    """The archive, or its extracted batch files, in the folder."""
-    return cifar.binary_source(folder) is not None
-
-
-@dataclass(frozen=True)
-class DownloadSource:
-    mirrors: tuple[str, ...]  # folder URLs, tried in order; a file is found at <mirror><file name>
-    files: tuple[str, ...]  # file names as published, stored under the same names
-    # (dataset, source named in errors, file name, bytes as downloaded) -> None, or raises BadDataFile.
-    verify: Callable[[str, str, str, bytes], None]
-    # (folder, file name) -> whether the folder holds that file, or what stands for it
-    present: Callable[[Path, str], bool]
-
-
-IDX_GZ_FILES = tuple(f"{base_name}.gz" for base_name in IDX_FILE_NAMES)
-
-SOURCES = MappingProxyType({
-    "mnist": DownloadSource(
-        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
-                 "https://storage.googleapis.com/cvdf-datasets/mnist/"),  # Google's CVDF mirror
-        files=IDX_GZ_FILES,
-        verify=verify_gzipped_idx,
-        present=holds_idx_file,
-    ),
-    "fashion_mnist": DownloadSource(
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's
-                 "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
-        files=IDX_GZ_FILES,
-        verify=verify_gzipped_idx,
-        present=holds_idx_file,
-    ),
-    "cifar10": DownloadSource(
-        mirrors=("https://www.cs.toronto.edu/~kriz/",),  # the authors' page: the one published location
-        files=(CIFAR10_ARCHIVE,),
-        verify=verify_cifar_archive,
-        present=holds_cifar,
-    ),
-})
+# {dataset: where its files are published and how each is verified}: each dataset module's (bioprop_cli/datasets/)
+SOURCES = MappingProxyType({name: entry.download for name, entry in REGISTRY.items() if entry.download is not None})
 
 
 def mirrors_for(dataset: str) -> list[str]:
@@ -128,6 +67,10 @@ def mirrors_for(dataset: str) -> list[str]:
     if base:
         check_mirror_url(base)
         return [f"{base.rstrip('/')}/{dataset}/"]
+    if not SOURCES[dataset].mirrors:
+        raise UserError(f"{dataset} has no public download ({', '.join(SOURCES[dataset].files)} come from "
+                        f"image-net.org after a login); put them in {cache_folder(dataset)}, point --data-dir / "
+                        f"BIOPROP_DATA_DIR at their folder, or set {DOWNLOAD_URL_ENV_VAR} to a mirror")
     return list(SOURCES[dataset].mirrors)
 
 
@@ -160,7 +103,8 @@ def missing_files(dataset: str, folder: Path) -> list[str]:
 
 def fetch_dataset(dataset: str, folder: str | os.PathLike | None = None, patience: Patience = Patience()) -> Path:
     """Download the files of `dataset` that `folder` (default: its cache folder) lacks; return the folder."""
-    check_dataset_name(dataset)
+    if info(dataset).download is None:
+        raise UserError(f"{dataset}: nothing to download ({info(dataset).folder_contents})")
     folder = cache_folder(dataset) if folder is None else Path(folder).expanduser()
     missing = missing_files(dataset, folder)
     if not missing:
@@ -212,11 +156,11 @@ def fetch_file(dataset: str, file_name: str, mirrors: list[str], folder: Path, p
 
 
 def where_to_put(dataset: str, missing: list[str], folder: Path) -> str:
-    if dataset == "cifar10":
-        return (f"put {folder_contents(dataset)} in {folder}, "
-                "or point --data-dir / BIOPROP_DATA_DIR at a folder holding it")
-    return (f"put {', '.join(missing)} (the canonical {dataset} files, each plain or .gz) in {folder}, "
-            "or point --data-dir / BIOPROP_DATA_DIR at a folder holding all four")
+    if dataset in ("mnist", "fashion_mnist"):
+        return (f"put {', '.join(missing)} (the canonical {dataset} files, each plain or .gz) in {folder}, "
+                "or point --data-dir / BIOPROP_DATA_DIR at a folder holding all four")
+    return (f"put {info(dataset).folder_contents} in {folder}, "
+            "or point --data-dir / BIOPROP_DATA_DIR at a folder holding it")
 
 
 def store_verified(url: str, destination: Path, progress: Progress, patience: Patience,

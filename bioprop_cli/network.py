@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-from bioprop_cli.data import NUM_CLASSES
 from bioprop_cli.errors import UserError
 from bioprop_cli.models import arch
 from bioprop_cli.models.layers import init_params
@@ -17,7 +16,7 @@ from bioprop_cli.splits import derive_keys
 
 
 def architecture(config, n_in: int | None = None) -> arch.Architecture:
-    """The config's network (model.arch) on its dataset's images (arch.of_config), NUM_CLASSES outputs.
+    """The config's network (model.arch) on its dataset's images (arch.of_config), one output per class.
 
     n_in: the number of features of the data the network will read, where known. An MLP reads flat
     inputs of any size (its first layer takes the data's); a conv net reads the dataset's images and
@@ -29,7 +28,7 @@ def architecture(config, n_in: int | None = None) -> arch.Architecture:
         shape = "x".join(map(str, network.input_shape))
         raise UserError(f"config key 'model.arch': {config.model.arch} reads {shape} images, "
                         f"the data has {n_in} features per example")
-    return arch.build(config.model, (n_in,), NUM_CLASSES)
+    return arch.build(config.model, (n_in,), network.sizes[-1])
 
 
 def init_state(config, network: arch.Architecture, seed, n_train: int = 0) -> tuple[LearningRule, list, object]:

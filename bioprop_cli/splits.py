@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config, check_against_data
-from bioprop_cli.data import IMAGE_SHAPES
+from bioprop_cli.data import as_float
 
 
 class Keys(NamedTuple):
@@ -29,8 +29,28 @@ def derive_keys(seed: int) -> Keys:
     return Keys(*jax.random.split(jax.random.PRNGKey(seed), 5))
 
 
+class PixelScale(NamedTuple):
+    """Splits kept as uint8 pixels: the network's inputs are (pixel / 255 - mean) / std per channel, computed
+    inside the compiled step (`to_inputs`), in float32 as make_splits computes them on the host for float storage."""
+
+    mean: np.ndarray | None  # (C,) float32; None: no normalisation (pixel / 255 only)
+    std: np.ndarray | None
+
+
+def to_inputs(pixels: PixelScale | None, x):
+    """A batch of stored examples -> the network's float32 inputs (x as it is for float storage)."""
+    if pixels is None:
+        return x
+    scaled = x.astype(jnp.float32) / jnp.float32(255)
+    if pixels.mean is None:
+        return scaled
+    channels = pixels.mean.shape[0]
+    return ((scaled.reshape(-1, channels) - pixels.mean) / pixels.std).reshape(x.shape)
+
+
 class Splits(NamedTuple):
-    """Arrays on the device. Evaluation splits are padded to whole chunks, with a mask."""
+    """Arrays on the device. Evaluation splits are padded to whole chunks, with a mask. With `pixels`, the x
+    arrays are uint8 pixels, turned into inputs in the compiled step (to_inputs)."""
 
     x_train: jax.Array
     y_train: jax.Array
@@ -40,6 +60,7 @@ class Splits(NamedTuple):
     x_test: jax.Array
     y_test: jax.Array
     mask_test: jax.Array
+    pixels: PixelScale | None = None
 
 
 def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
@@ -52,27 +73,39 @@ def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
     return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
 
 
-def make_splits(config: Config, dataset) -> Splits:
+def make_splits(config: Config, dataset, keep_uint8: bool = False) -> Splits:
     """Training split, validation split (held out from the end of the training set), test split; each
     normalised with the training split's statistics when `data.normalization` is per_channel, with
-    data.channel_mean and data.channel_std when it is given."""
+    data.channel_mean and data.channel_std when it is given. keep_uint8: a dataset of uint8 pixels stays uint8
+    on the device (a quarter of float32's memory), scaled and normalised in the compiled step (`pixels`)."""
     d = config.data
     n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
     n_train = check_against_data(config, len(dataset.x_train))
     x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
     n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
     x_test = dataset.x_test[:n_test]
+    uint8 = keep_uint8 and x.dtype == np.uint8 and x_test.dtype == np.uint8
+    mean = std = None
     if d.normalization != "none":
-        channels = IMAGE_SHAPES[d.dataset][-1]
+        from bioprop_cli.datasets.registry import facts
+
+        shape = facts(d).image_shape
+        channels = shape[-1] if len(shape) == 3 else 1
         if d.normalization == "given":
             mean, std = np.asarray(d.channel_mean, np.float64), np.asarray(d.channel_std, np.float64)
         else:
             mean, std = channel_statistics(x[:n_train], channels)
-        x, x_test = normalise(x, mean, std), normalise(x_test, mean, std)
+    if uint8:
+        pixels = PixelScale(None if mean is None else mean.astype(np.float32),
+                            None if std is None else std.astype(np.float32))
+    else:
+        pixels, x, x_test = None, as_float(x), as_float(x_test)
+        if mean is not None:
+            x, x_test = normalise(x, mean, std), normalise(x_test, mean, std)
     chunk = config.train.eval_batch_size
     val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))
     test = _pad(x_test, dataset.y_test[:n_test], min(chunk, n_test))
-    return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test)
+    return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test, pixels)
 
 
 def channel_statistics(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +120,9 @@ def channel_statistics(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.nda
 
 
 def _float64_blocks(values: np.ndarray, rows: int = 1 << 20):
+    """Blocks of float64 values; uint8 pixels as the float32 pixel / 255 that float storage holds."""
     for start in range(0, len(values), rows):
-        yield values[start:start + rows].astype(np.float64)
+        yield as_float(values[start:start + rows]).astype(np.float64)
 
 
 def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

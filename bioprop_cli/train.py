@@ -3,7 +3,7 @@
 Pure, compiled pieces (built by `build_program`):
     init(seed, hyper)                 -> TrainState
     epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
-    evaluate(state, split)            -> loss, accuracy
+    evaluate(state, split)            -> loss, accuracy, top-5 accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
 One epoch is one `lax.scan` over minibatches; the data sits on the device once.
 `hyper` holds the run's values of config keys that runs trained together may differ in
@@ -29,7 +29,7 @@ import optax
 from bioprop_cli import __version__
 from bioprop_cli.augment import augmentation_key, make_augment
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets.registry import image_shape
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
@@ -38,7 +38,11 @@ from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import process_stamp
-from bioprop_cli.splits import Keys, derive_keys, draw_probe, make_splits, probe_indices
+from bioprop_cli.splits import Keys, PixelScale, derive_keys, draw_probe, make_splits, probe_indices, to_inputs
+
+
+TOP_K = 5  # top-5 accuracy is recorded for datasets of more than TOP_K_FROM classes
+TOP_K_FROM = 10
 
 
 class TrainState(NamedTuple):
@@ -56,21 +60,24 @@ class Program:
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
-    evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy)
+    evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy, top-5 accuracy)
     measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
 
 
-def build_program(config: Config, n_train: int, n_in: int) -> Program:
+def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | None = None) -> Program:
     """The compiled pieces of the config's run on n_train training examples of n_in features
-    (network.architecture)."""
+    (network.architecture); pixels: the examples are stored as uint8 and become inputs in the step
+    (splits.to_inputs)."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
     arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
     d = config.data
-    augment = make_augment(d.augment, d.dataset, d.crop_padding)  # None: the examples as they are
+    n_classes = arch.sizes[-1]  # one output per class of the dataset (datasets.facts)
+    augment = make_augment(d.augment, image_shape(config), d.crop_padding)  # None: the examples as they are
+    network_inputs = functools.partial(to_inputs, pixels)  # stored examples -> float32 inputs
 
     def parts(hyper: dict):
         """The rule and optimizer of one run: the config with its batched values (traced) put in."""
@@ -87,7 +94,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
         """probe_idx: the probe examples' positions in the training split (ep's persistent particles)."""
         rule, _ = parts(state.hyper)
         measured = make_measure(with_values(config, state.hyper), arch, rule)(
-            state.params, state.rule_state, probe_x, jax.nn.one_hot(probe_y, NUM_CLASSES), key, idx=probe_idx)
+            state.params, state.rule_state, network_inputs(probe_x), jax.nn.one_hot(probe_y, n_classes), key, idx=probe_idx)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.float32), measured)
 
     def step(state, x, y, key, idx):
@@ -118,8 +125,9 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
                     due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
-            x = x_train[idx] if augment is None else augment(augmentation_key(key), x_train[idx])
-            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], NUM_CLASSES), key, idx)
+            x = network_inputs(x_train[idx])
+            x = x if augment is None else augment(augmentation_key(key), x)
+            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], n_classes), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 
@@ -134,13 +142,16 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
 
         def one(args):
             xc, yc, mc = args
-            z = rule.predict(params, rule_state, xc)
-            per_example = loss.per_example(z, jax.nn.one_hot(yc, NUM_CLASSES))
-            return jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc)
+            z = rule.predict(params, rule_state, network_inputs(xc))
+            per_example = loss.per_example(z, jax.nn.one_hot(yc, n_classes))
+            # top 5: fewer than 5 classes score strictly above the label's (a tie counts for the label)
+            above = jnp.sum(z > jnp.take_along_axis(z, yc[:, None], -1), -1)
+            return (jnp.sum(per_example * mc), jnp.sum((jnp.argmax(z, -1) == yc) * mc),
+                    jnp.sum((above < TOP_K) * mc))
 
-        losses, corrects = jax.lax.map(one, (xs, ys, ms))
+        losses, corrects, top_k = jax.lax.map(one, (xs, ys, ms))
         n = jnp.sum(mask)
-        return jnp.sum(losses) / n, jnp.sum(corrects) / n
+        return jnp.sum(losses) / n, jnp.sum(corrects) / n, jnp.sum(top_k) / n
 
     return Program(
         arch=arch,
@@ -210,7 +221,7 @@ class SeedBatched(NamedTuple):
 
     init: Callable  # (seeds (N,), hyper {key: (N,)}) -> TrainState with leading N
     epoch: Callable  # (state, x_train, y_train, probe_x (N,...), probe_y (N,...), keys (N,), epoch) -> ...
-    evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,))
+    evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,), (N,))
     measure: Callable  # (state, probe_x, probe_y, keys (N, 2), probe_idx) -> measurements with leading N
     probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y, probe_idx with leading N
 
@@ -299,6 +310,7 @@ class _RunLog:
             diverged_epoch=self.diverged_epoch,
             divergence=self.divergence,
             test_accuracy=self.last.get("test_accuracy"),
+            **({"test_top5_accuracy": self.last.get("test_top5_accuracy")} if "test_top5_accuracy" in self.last else {}),
             test_loss=self.last.get("test_loss"),
             val_accuracy=self.last.get("val_accuracy"),
             best_val_accuracy=self.best_val if self.best_val >= 0 else None,
@@ -332,9 +344,9 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
 def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
-    splits = make_splits(config, dataset)
+    splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8")
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train, splits.x_train.shape[1])
+    program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels)
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
@@ -351,6 +363,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         writer.config(to_dict(c))
         summary = {
             "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
+            "dataset": c.data.dataset, "num_classes": program.arch.sizes[-1],
             "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
             "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
             "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
@@ -461,9 +474,11 @@ def _log_epoch(log: _RunLog, i: int, epoch: int, step: int, losses, out, measure
         alignment += alignment_records(mine, epoch, step)
         record.update({name: float(v) for name, v in mine["network"].items()})
     for split in ("val", "test"):
-        loss_value, accuracy = evaluations.get(split, (None, None))
+        loss_value, accuracy, top_k = evaluations.get(split, (None, None, None))
         record[f"{split}_loss"] = None if loss_value is None else float(loss_value[i])
         record[f"{split}_accuracy"] = None if accuracy is None else float(accuracy[i])
+        if program.arch.sizes[-1] > TOP_K_FROM:
+            record[f"{split}_top5_accuracy"] = None if top_k is None else float(top_k[i])
     record.update(epoch_time_s=epoch_time, wall_time_s=wall_time)
     log.writer.alignment(alignment)
     log.writer.metrics(record)

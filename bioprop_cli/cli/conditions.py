@@ -90,7 +90,7 @@ def conditions(
     from bioprop_cli.rules.equilibrium import require_mse_cost
 
     require_mse_cost(cfg, "bioprop conditions")
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     n_train = check_against_data(cfg, len(dataset.x_train))
     probe = min(probe_size, n_train)
     params = stored_params(run)

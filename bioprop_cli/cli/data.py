@@ -8,11 +8,10 @@ from typing import Optional
 import typer
 
 from bioprop_cli.cli.common import console, user_errors_exit_2
-from bioprop_cli.data import DATASETS, check_dataset_name
-from bioprop_cli.datasets import check_data_folder
+from bioprop_cli.datasets import NAMES, REGISTRY, check_data_folder, check_dataset_name
 from bioprop_cli.errors import UserError
 
-DATASET_NAMES = " or ".join([", ".join(DATASETS[:-1]), DATASETS[-1]])
+DATASET_NAMES = " or ".join([", ".join(NAMES[:-1]), NAMES[-1]])
 
 app = typer.Typer(
     help="Datasets: `bioprop data fetch` downloads one ahead of time (say on a login node), "
@@ -34,11 +33,23 @@ def fetch(
     report_folder(dataset, fetch_dataset(dataset, to))
 
 
+@app.command("list")
+@user_errors_exit_2
+def list_datasets() -> None:
+    """The datasets bioprop reads: name, classes, image shape, splits, and the files a data folder holds."""
+    for name, entry in REGISTRY.items():
+        classes = entry.num_classes if entry.num_classes is not None else "from the file"
+        shape = "x".join(map(str, entry.image_shape)) if entry.image_shape else "from the file"
+        splits = ", ".join(f"{split} {n}" for split, n in entry.split_sizes.items()) or "from the file"
+        console.print(f"{name:<14} {classes} classes, {shape} images, {splits}: {entry.title}; files: "
+                      f"{entry.folder_contents}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command("check")
 @user_errors_exit_2
 def check(
-    folder: Path = typer.Argument(..., help="Folder holding the four IDX files (each plain or .gz), or for cifar10 "
-                                  "cifar-10-binary.tar.gz or its extracted folder cifar-10-batches-bin/."),
+    folder: Path = typer.Argument(..., help="Folder holding the dataset's files (`bioprop data list` says which); "
+                                  "for npz, the .npz file."),
     dataset: str = typer.Option("mnist", "--dataset", "-d", help=f"{DATASET_NAMES}."),
 ) -> None:
     """List the dataset's files that the folder holds intact, lacks, or holds altered (exit 2 unless all intact)."""

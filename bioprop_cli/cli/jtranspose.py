@@ -87,7 +87,7 @@ def jtranspose(
 
     from bioprop_cli.datasets import load_dataset
 
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     if batch > len(dataset.x_train):
         raise UserError(f"--batch: at most the {len(dataset.x_train)} training images, got {batch}")
     _measure(cfg, dataset, run, batch, beta_list, angle_list, asym_beta, x64, out)

@@ -60,7 +60,7 @@ def reproduce(
 def _load_dataset(cfg):
     from bioprop_cli.datasets import load_dataset
 
-    return load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    return load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
 
 
 class DatasetCache:

@@ -102,7 +102,7 @@ class DatasetLoader:
     def __call__(self, cfg):
         from bioprop_cli.datasets import load_dataset
 
-        return load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        return load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
 
 
 def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
@@ -227,7 +227,7 @@ def beta(
 
     if not train:
         require_mse_cost(cfg, "bioprop sweep beta (without --train)")
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     check_against_data(cfg, len(dataset.x_train))
     if train:
         _train_per_beta(cfg, dataset, betas)
@@ -322,7 +322,7 @@ def condition(
 
     require_mse_cost(cfg, "bioprop sweep condition")
     study.plan_points(cfg, values)  # bad values: exit 2 before anything is loaded or written
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     n_train = check_against_data(cfg, len(dataset.x_train))
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
     folder = study.folder_for(cfg, values, seed_list, min(probe_size, n_train), x64, train_epochs if train else None)
@@ -382,7 +382,7 @@ def pc(
     step_values = _step_counts(steps, "--steps") if steps else study.default_steps()
     _check_study_values(cfg, "pc.output_precision", gamma_values, "--gammas")
     _check_study_values(cfg, "pc.inference_steps", step_values, "--steps")
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     check_against_data(cfg, len(dataset.x_train))
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
     folder = open_folder(cfg, f"pc-{'float64' if x64 else 'float32'}")

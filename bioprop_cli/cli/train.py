@@ -31,7 +31,7 @@ def train(
 ) -> None:
     """Train one network with one learning rule and log accuracy and alignment with backprop."""
     cfg = config_from_flags(config_file(config), set_, **flags)
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     run_dir = create_run_dir(cfg.results_dir, cfg.experiment, run_id(cfg.rule, label(cfg.model), cfg.seed))
     network = f"depth={cfg.model.depth} width={cfg.model.width}" if cfg.model.arch == "mlp" else f"arch={cfg.model.arch}"

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.data import as_float
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.precision import cast_floats, float64
 from bioprop_cli.splits import derive_keys, seed_probe
@@ -33,9 +34,10 @@ def measuring(x64: bool) -> Iterator[Any]:
         yield jnp.float64
 
 
-def batch(x, labels, dtype) -> tuple[jax.Array, jax.Array]:
-    """Images and integer labels as a measuring batch: x in `dtype`, the labels one-hot in `dtype`."""
-    return jnp.asarray(x, dtype), jax.nn.one_hot(jnp.asarray(labels), NUM_CLASSES, dtype=dtype)
+def batch(x, labels, n_classes: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """Images (uint8 pixels scaled to [0, 1]) and integer labels as a measuring batch: x in `dtype`, the
+    labels one-hot over the dataset's n_classes in `dtype`."""
+    return jnp.asarray(as_float(x), dtype), jax.nn.one_hot(jnp.asarray(labels), n_classes, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,6 @@ def seed_network_probe(config, splits, seed: int, probe_size: int, x64: bool, pa
         check(params, initial)
     px, py, idx = seed_probe(splits, seed, probe_size)
     with measuring(x64) as dtype:
-        x, y = batch(px, py, dtype)
+        x, y = batch(px, py, num_classes(config), dtype)
         yield Probe(rule, cast_floats(params, dtype), cast_floats(state, dtype), x, y, idx,
                     jax.random.fold_in(derive_keys(seed).probe, 7))

@@ -6,7 +6,7 @@ activation f and then, for a convolutional layer, by an optional pooling:
     h_{l+1} = pool_l(f(a_l)).
 A dense layer reads its input flattened (channel-last order), so a conv stack flows into dense
 layers without an explicit flatten layer. The input x arrives flat, (batch, H*W*C), and the first
-conv layer reads it as (batch, H, W, C), the dataset's image shape (data.IMAGE_SHAPES).
+conv layer reads it as (batch, H, W, C), the dataset's image shape (its registry entry, bioprop_cli/datasets/).
 
 - `mlp`: depth hidden dense layers of `width` units (today's network, model.depth / model.width).
 - `lenet`: LeNet-5 as biotorch trains it on MNIST (conv 6@5x5 pad 2, max pool 2; conv 16@5x5,
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from typing import Literal, NamedTuple
 
-from bioprop_cli.data import IMAGE_SHAPES, NUM_CLASSES
 
 PoolKind = Literal["max", "avg", "none"]
 
@@ -194,8 +193,11 @@ def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architectur
 
 
 def of_config(config) -> Architecture:
-    """The config's network (model.arch) on its dataset's images (data.IMAGE_SHAPES), NUM_CLASSES outputs."""
-    return build(config.model, IMAGE_SHAPES[config.data.dataset], NUM_CLASSES)
+    """The config's network (model.arch) on its dataset's examples, one output per class (datasets.facts)."""
+    from bioprop_cli.datasets.registry import facts
+
+    shape, n_classes = facts(config.data)
+    return build(config.model, shape, n_classes)
 
 
 def label(model_config) -> str:

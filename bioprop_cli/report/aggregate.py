@@ -580,10 +580,20 @@ def reach_target(run: Run, target: float) -> tuple[Optional[int], Optional[float
     return None, None
 
 
+def data_label(run: Run) -> str:
+    """'cifar100 (100 classes)': the run's dataset and class count (its summary's, else its config's and its
+    output layer's, for runs written before the summary held them)."""
+    name = run.summary.get("dataset", run.flat.get("data.dataset", "mnist"))
+    sizes = run.summary.get("layer_sizes") or [None]
+    classes = run.summary.get("num_classes", sizes[-1])
+    return f"{name} ({classes} classes)" if classes is not None else str(name)
+
+
 def group_stats(group: Group, target: float) -> dict:
     runs = group.runs
     s = [r.summary for r in runs]
     test_mean, test_std, test_n = mean_std(x.get("test_accuracy") for x in s)
+    top5_mean, top5_std, _ = mean_std(x.get("test_top5_accuracy") for x in s)
     final_val_mean, final_val_std, _ = mean_std(x.get("val_accuracy") for x in s)
     val_mean, val_std, _ = mean_std(x.get("best_val_accuracy") for x in s)
     statuses = [x.get("status", "unknown") for x in s]
@@ -600,6 +610,9 @@ def group_stats(group: Group, target: float) -> dict:
         "test_accuracy_mean": test_mean,
         "test_accuracy_std": test_std,
         "test_accuracy_n": test_n,
+        "test_top5_accuracy_mean": top5_mean,  # datasets of more than ten classes (train.TOP_K_FROM)
+        "test_top5_accuracy_std": top5_std,
+        "data": ", ".join(sorted({data_label(r) for r in runs})),
         "val_accuracy_mean": final_val_mean,  # the last epoch's, like test_accuracy: what hyperparameters are chosen on
         "val_accuracy_std": final_val_std,
         "best_val_accuracy_mean": val_mean,

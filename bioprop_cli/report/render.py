@@ -47,7 +47,11 @@ def num(x: Optional[float], digits: int = 1) -> str:
 
 
 def accuracy_table(c: Comparison) -> Table:
+    """One row per group; the dataset and its class count in the title (a column when groups differ in it), top-5
+    accuracy where a group has it (more than ten classes)."""
     rows = []
+    datas = {g.stats["data"] for g in c.groups}
+    top5 = any(g.stats["test_top5_accuracy_mean"] is not None for g in c.groups)
     for g in c.groups:
         s = g.stats
         status = "/".join(str(s["status"].get(k, 0)) for k in ("completed", "diverged", "interrupted"))
@@ -55,10 +59,14 @@ def accuracy_table(c: Comparison) -> Table:
         if others:
             status += " (" + ", ".join(f"{v} {k}" for k, v in others.items()) + ")"
         rows.append([g.label, str(s["n_runs"]), pct_pm(s["test_accuracy_mean"], s["test_accuracy_std"]),
+                     *([pct_pm(s["test_top5_accuracy_mean"], s["test_top5_accuracy_std"])] if top5 else []),
                      pct_pm(s["best_val_accuracy_mean"], s["best_val_accuracy_std"]), status,
-                     num(s["wall_time_s_mean"]), num(s["examples_per_s_mean"], 0)])
-    return Table("Final test accuracy (mean ± std over seeds; c/d/i: completed/diverged/interrupted runs)",
-                 ["group", "seeds", "test acc.", "best val acc.", "c/d/i", "wall s", "ex./s"],
+                     num(s["wall_time_s_mean"]), num(s["examples_per_s_mean"], 0),
+                     *([s["data"]] if len(datas) > 1 else [])])
+    on = f" on {next(iter(datas))}" if len(datas) == 1 else ""
+    return Table(f"Final test accuracy{on} (mean ± std over seeds; c/d/i: completed/diverged/interrupted runs)",
+                 ["group", "seeds", "test acc.", *(["top-5 acc."] if top5 else []), "best val acc.", "c/d/i",
+                  "wall s", "ex./s", *(["data"] if len(datas) > 1 else [])],
                  rows)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, derive, to_dict
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
@@ -94,7 +95,7 @@ def seed_statistics(config: Config, splits, seed: int, params, betas: list[float
     residuals = []
     for b, idx in enumerate(order):
         check_interrupt()
-        x, y = batch(splits.x_train[idx], splits.y_train[idx], dtype)
+        x, y = batch(splits.x_train[idx], splits.y_train[idx], num_classes(config), dtype)
         exact, estimates, residual = batch_estimates(params, rule_state, x, y, jax.random.fold_in(key, b))
         residuals.append(float(residual))
         for e, est in estimates.items():
@@ -215,14 +216,11 @@ def seconds_per_update(config: Config, splits, params, rule_state, estimators, d
     the first training batch, compiled first, on this machine's default device."""
     import time
 
-    from bioprop_cli.data import NUM_CLASSES
-
     ep, n = config.ep, config.train.batch_size
     params = cast_floats(params, dtype)
     if isinstance(rule_state, dict):
         rule_state = cast_floats({k: v for k, v in rule_state.items() if k != "particles"}, dtype)
-    x = jnp.asarray(splits.x_train[:n], dtype)
-    y = jax.nn.one_hot(splits.y_train[:n], NUM_CLASSES, dtype=dtype)
+    x, y = batch(splits.x_train[:n], splits.y_train[:n], num_classes(config), dtype)
     key = jax.random.PRNGKey(0)
     seconds = {}
     for e in estimators:

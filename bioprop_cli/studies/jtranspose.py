@@ -73,7 +73,7 @@ def run(config: Config, dataset, n_batch: int, betas: list[float], angles: list[
         else:
             source = "fresh network" if run_folder is None else "fresh network of the run's config (the run stored no parameters)"
         idx = np.sort(np.random.default_rng(config.seed).choice(len(dataset.x_train), n_batch, replace=False))
-        x, y = batch(dataset.x_train[idx], dataset.y_train[idx], dtype)
+        x, y = batch(dataset.x_train[idx], dataset.y_train[idx], network.sizes[-1], dtype)
         records = run_jtranspose(params, x, y, neuron_model(config), config.ep, betas, angles,
                                  jax.random.fold_in(derive_keys(config.seed).rule, 2), dynamics_architecture(config))
     for r in records:

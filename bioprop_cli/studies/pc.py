@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bioprop_cli.config import Config
+from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.predictive_coding import METRICS, make_comparison
 from bioprop_cli.experiment.probe import batch
@@ -51,7 +52,7 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     key = jax.random.fold_in(derive_keys(seed).data, 20_000)
     bs = config.train.batch_size
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
-    batches = [batch(splits.x_train[idx], splits.y_train[idx], dtype) for idx in order]
+    batches = [batch(splits.x_train[idx], splits.y_train[idx], num_classes(config), dtype) for idx in order]
 
     def batch_mean(compare, gammas_array):
         measured = []

@@ -295,7 +295,7 @@ def test_config_file_results_dir_is_also_left_empty(runner, tmp_path):
 )
 def test_sizes_checked_against_the_data_before_writing(runner, tmp_path, monkeypatch, fake_dataset, sets, fragments):
     """With a fake 600-example dataset and train_limit 300 (validation 100 -> 200 training examples)."""
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     results_dir = tmp_path / "results"
     args = ["train", "--results-dir", str(results_dir), "--set", "data.train_limit=300", "--set", "data.validation_size=100"]
     for s in sets:

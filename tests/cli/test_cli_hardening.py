@@ -160,7 +160,7 @@ def test_sweep_beta_refuses_non_finite_and_non_positive_betas(tmp_path, values):
 def test_conditions_refuses_integer_parameters(tmp_path, monkeypatch, fake_dataset):
     import bioprop_cli.datasets
 
-    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"rule": "fa", "model": {"depth": 1, "width": 8},
@@ -180,7 +180,7 @@ def test_printed_paths_are_never_wrapped(tmp_path, monkeypatch, fake_dataset):
     from helpers import write_run
 
     monkeypatch.setattr(common.console, "width", 40)
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     results = tmp_path / "a-results-folder-with-a-long-name-to-be-sure"
     result = CliRunner().invoke(app, ["train", "--results-dir", str(results), "--depth", "1", "--width", "8",
                                       "--epochs", "1", "--batch-size", "50", "--no-progress", "--set", "data.validation_size=100"])
@@ -208,7 +208,7 @@ def test_out_of_memory_marks_the_run_failed(tmp_path, monkeypatch, fake_dataset)
         writer.summary({"status": "running", "rule": config.rule})
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 157.00GiB.")
 
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     monkeypatch.setattr(cli_train, "train_run", allocation_fails)
     result = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path), "--batch-size", "50",
                                       "--set", "data.validation_size=100", "--no-progress"])

@@ -231,7 +231,7 @@ def test_wrong_type_is_a_one_line_error_naming_the_key(key, value, expected):
         ("optimizer.name", "lbfgs", ("sgd", "adam", "adamw", "rmsprop")),
         ("optimizer.schedule.name", "linear", ("constant", "cosine", "step")),
         ("model.init.scheme", "orthogonal", ("lecun_normal", "he_uniform")),
-        ("data.dataset", "cifar100", ("mnist", "fashion_mnist", "cifar10")),
+        ("data.dataset", "cifar1000", ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn", "tiny_imagenet")),
         ("data.normalization", "global", ("none", "per_channel")),
         ("data.augment", "mixup", ("none", "crop_flip")),
         ("feedback.distribution", "laplace", ("normal", "uniform")),

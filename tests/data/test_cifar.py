@@ -22,13 +22,15 @@ from bioprop_cli.augment import PAD, crop_flip
 from bioprop_cli.cifar import BATCH_FILES, TEST_BATCH, TRAIN_BATCHES, Layout
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.data import CIFAR10_ARCHIVE, CIFAR10_FOLDER, DataFolder, Dataset
-from bioprop_cli.datasets import load_dataset
+from bioprop_cli.data import DataFolder, Dataset
+from bioprop_cli.datasets import REGISTRY, load_dataset
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.splits import make_splits
 from bioprop_cli.train import train, train_group
 from helpers import REPO_ROOT, assert_nothing_written, assert_user_error, FileServer
+
+CIFAR10_ARCHIVE, CIFAR10_FOLDER = cifar.CANONICAL.archive, cifar.CANONICAL.folder
 
 RECORDS = 10  # per batch file in the generated folders: one image of each class in the test batch
 SMALL = Layout(records_per_batch=RECORDS)
@@ -82,9 +84,9 @@ def md5(raw: bytes) -> str:
 
 
 def expected_images(batches: dict, names) -> np.ndarray:
-    """Flat channel-last float32 pixels of the batches, the reader's output, computed independently."""
+    """Flat channel-last uint8 pixels of the batches, the reader's output, computed independently."""
     planes = np.concatenate([batches[name][1] for name in names])
-    return (np.moveaxis(planes, 1, -1).reshape(len(planes), -1) / 255).astype(np.float32)
+    return np.moveaxis(planes, 1, -1).reshape(len(planes), -1)
 
 
 def read(folder: Path, layout: Layout = SMALL, origin: str = "data_dir"):
@@ -123,7 +125,7 @@ def only_local(monkeypatch, tmp_path):
 def test_the_published_facts():
     assert cifar.ARCHIVE_MD5 == "c32a1d4ab5d03f1284b67883e8d87530"  # the CIFAR page's md5sum of the binary version
     assert cifar.RECORD_BYTES == 3073 and cifar.CANONICAL.records_per_batch == 10000
-    assert data.IMAGE_SHAPES["cifar10"] == SHAPE and "cifar10" in data.DATASETS
+    assert REGISTRY["cifar10"].image_shape == SHAPE and REGISTRY["cifar10"].num_classes == 10
 
 
 def test_a_record_is_red_green_blue_planes_stored_row_major():
@@ -132,7 +134,7 @@ def test_a_record_is_red_green_blue_planes_stored_row_major():
     red, green, blue = rows.astype(np.uint8).tobytes(), (cols + 100).astype(np.uint8).tobytes(), bytes([200]) * 1024
     record = bytes([7]) + red + green + blue
     labels, images = cifar.parse_batch("hand-made", record, Layout(records_per_batch=1))
-    assert labels.tolist() == [7] and images.shape == (1, 32, 32, 3)
+    assert labels[:, 0].tolist() == [7] and images.shape == (1, 32, 32, 3)
     assert images[0, 5, 9].tolist() == [5, 109, 200] and images[0, 31, 0].tolist() == [31, 100, 200]
     flat = data.scale_images(images)[0]
     assert flat[:6].tolist() == pytest.approx([0, 100 / 255, 200 / 255, 0, 101 / 255, 200 / 255])  # pixel (0,0), (0,1)
@@ -142,7 +144,7 @@ def test_a_good_folder(tmp_path):
     batches = make_batches()
     read_back = read(write_folder(tmp_path / CIFAR10_FOLDER, batches))
     for name in BATCH_FILES:
-        np.testing.assert_array_equal(read_back[name][0], batches[name][0])
+        np.testing.assert_array_equal(read_back[name][0][:, 0], batches[name][0])
         np.testing.assert_array_equal(read_back[name][1], np.moveaxis(batches[name][1], 1, -1))
 
 
@@ -152,7 +154,7 @@ def test_load_dataset_from_a_folder_holding_the_batch_folder(tmp_path, small_fil
     write_folder(tmp_path / CIFAR10_FOLDER, batches)
     dataset = load_dataset("cifar10", tmp_path)
     assert dataset.name == "cifar10" and dataset.x_train.shape == (5 * RECORDS, 3072)
-    assert dataset.x_train.dtype == np.float32 and dataset.y_train.dtype == np.int32
+    assert dataset.x_train.dtype == np.uint8 and dataset.y_train.dtype == np.int32
     np.testing.assert_array_equal(dataset.x_train, expected_images(batches, TRAIN_BATCHES))  # batches 1..5 in order
     np.testing.assert_array_equal(dataset.x_test, expected_images(batches, [TEST_BATCH]))
     np.testing.assert_array_equal(dataset.y_train, np.concatenate([batches[n][0] for n in TRAIN_BATCHES]))
@@ -244,7 +246,7 @@ def test_tensorflow_datasets_arrays_must_have_cifar_shapes():
     wrong = Dataset("cifar10", np.zeros((2, 3072), np.float32), np.zeros(2, np.int32), np.zeros((2, 3072), np.float32),
                     np.zeros(2, np.int32), source="tensorflow-datasets")
     with pytest.raises(UserError) as excinfo:
-        data.check_tfds_shapes(wrong)
+        data.check_tfds_shapes(wrong, REGISTRY["cifar10"])
     assert "x_train of shape 2x3072, expected 50000x3072" in message_of(excinfo)
 
 

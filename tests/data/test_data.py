@@ -13,14 +13,12 @@ import pytest
 
 from bioprop_cli import data, datasets
 from bioprop_cli.data import (
-    DATASETS,
     Dataset,
     FileSpec,
     load_idx_folder,
-    locate_data_folder,
     scale_images,
 )
-from bioprop_cli.datasets import load_dataset
+from bioprop_cli.datasets import NAMES as DATASETS, load_dataset, locate_data_folder
 from bioprop_cli.errors import UserError
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -253,9 +251,9 @@ def test_folder_is_a_file(tmp_path):
 
 def test_unknown_dataset_name():
     with pytest.raises(UserError) as excinfo:
-        load_dataset("cifar100")
+        load_dataset("cifar1000")
     message = user_error_message(excinfo)
-    assert "cifar100" in message and all(name in message for name in DATASETS)
+    assert "cifar1000" in message and all(name in message for name in DATASETS)
 
 
 def test_check_folder_reports_every_file(tmp_path):
@@ -360,7 +358,7 @@ def test_tfds_arrays_are_converted(monkeypatch, no_default_sources):
     monkeypatch.setattr(data, "fetch_tfds_splits", fake_splits)
     dataset = load_dataset("mnist")
     assert dataset.source == "tensorflow-datasets"
-    assert dataset.x_train.shape == (60000, 784) and dataset.x_train.dtype == np.float32
+    assert dataset.x_train.shape == (60000, 784) and dataset.x_train.dtype == np.uint8
     assert dataset.y_test.shape == (10000,) and dataset.y_test.dtype == np.int32
 
 
@@ -371,10 +369,9 @@ def check_real_dataset(dataset: Dataset, name: str) -> None:
     assert dataset.name == name
     assert dataset.x_train.shape == (60000, 784) and dataset.x_test.shape == (10000, 784)
     assert dataset.y_train.shape == (60000,) and dataset.y_test.shape == (10000,)
-    assert dataset.x_train.dtype == np.float32 and dataset.x_test.dtype == np.float32
+    assert dataset.x_train.dtype == np.uint8 and dataset.x_test.dtype == np.uint8  # as_float: / 255 in splits
     assert dataset.y_train.dtype == np.int32 and dataset.y_test.dtype == np.int32
-    assert dataset.x_train.min() == 0.0 and dataset.x_train.max() == 1.0
-    assert 0.0 <= dataset.x_test.min() and dataset.x_test.max() <= 1.0
+    assert dataset.x_train.min() == 0 and dataset.x_train.max() == 255
     assert np.bincount(dataset.y_train, minlength=10).sum() == 60000
     assert np.bincount(dataset.y_test, minlength=10).sum() == 10000
     assert dataset.y_train.min() == 0 and dataset.y_train.max() == 9

@@ -73,7 +73,7 @@ def test_a_status_is_recorded_in_place_when_the_disk_has_no_room_for_a_new_file(
 
 
 def test_a_run_whose_disk_fills_mid_run_is_marked_failed_with_the_reason(tmp_path, monkeypatch, no_space_for):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
     no_space_for.append("metrics.jsonl")
     result = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path), "--epochs", "2", "--no-progress", *SMALL])
     (run,) = tmp_path.glob("default/*")
@@ -94,7 +94,7 @@ def test_a_full_disk_under_any_write_of_a_command_is_one_line(tmp_path, monkeypa
 
 
 def test_no_room_for_the_parameters_is_refused_before_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
     monkeypatch.setattr(runs, "free_bytes", lambda path: 1000)  # the first layer alone is 784 x 8 x 4 bytes
     result = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path), "--no-progress", *SMALL])
     (run,) = tmp_path.glob("default/*")
@@ -109,7 +109,7 @@ def sweep_args(tmp_path, data_dir=None):
 
 
 def fake_loader(monkeypatch):
-    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
 
 
 def test_a_sweep_whose_disk_fills_marks_the_group_failed_stops_and_resumes(tmp_path, monkeypatch, no_space_for):
@@ -180,7 +180,7 @@ def test_on_a_real_full_file_system_commands_say_one_line(tmp_path, monkeypatch)
         pytest.skip("this machine does not allow mounting a tmpfs")
     try:
         fake_loader(monkeypatch)
-        monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: make_fake_dataset())
+        monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
         done = CliRunner().invoke(app, ["train", "--results-dir", str(tmp_path / "runs"), "--no-progress", *SMALL])
         assert done.exit_code == 0, done.output
         (disk / "filler").write_bytes(b"\0" * (256 * 1024 - 16 * 1024))  # room for config and summary only

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bioprop_cli import data, download, interrupt
+from bioprop_cli import data, datasets, download, interrupt
+from bioprop_cli.datasets import mnist
+from bioprop_cli.datasets.idx import holds_idx_file
 from bioprop_cli.cli import app
 from bioprop_cli.data import IDX_FILE_NAMES
 from bioprop_cli.datasets import load_dataset
@@ -118,7 +120,7 @@ def test_an_incomplete_cache_gets_only_its_missing_files(serve, cache, mnist_gz)
         (cache / "mnist" / name).write_bytes(mnist_gz[name])
     killed = cache / "mnist" / f".{GZ_FILES[2]}.x1y2z3.part"  # what a download killed half-way leaves
     killed.write_bytes(mnist_gz[GZ_FILES[2]][:1000])
-    assert data.locate_data_folder("mnist", None) is None
+    assert datasets.locate_data_folder("mnist", None) is None
     server = serve(mnist_gz)
     load_dataset("mnist")
     assert sorted(server.requests) == sorted(f"/mnist/{name}" for name in GZ_FILES[2:])
@@ -130,7 +132,7 @@ def test_a_corrupt_file_is_refused_and_not_cached(serve, cache, mnist_gz):
         load_dataset("mnist")
     message = one_line(str(excinfo.value))
     assert f"/mnist/{TRAIN_LABELS_GZ}: MD5 of the uncompressed content" in message
-    assert data.CANONICAL_MD5["mnist"]["train-labels-idx1-ubyte"] in message
+    assert mnist.MD5["train-labels-idx1-ubyte"] in message
     assert f"in {cache / 'mnist'}" in message
     assert TRAIN_LABELS_GZ not in files_in(cache / "mnist")
     assert not any(name.endswith(".part") for name in files_in(cache / "mnist"))
@@ -160,7 +162,7 @@ def test_the_next_mirror_is_tried_and_then_tried_first(monkeypatch, cache, mnist
     monkeypatch.delenv("BIOPROP_DOWNLOAD_URL")
     with FileServer({}) as empty, FileServer({f"mnist/{name}": body for name, body in mnist_gz.items()}) as full:
         source = download.DownloadSource(mirrors=(f"{empty.url}/mnist/", f"{full.url}/mnist/"), files=GZ_FILES,
-                                         verify=download.verify_gzipped_idx, present=download.holds_idx_file)
+                                         verify=mnist.FILES.verify, present=holds_idx_file)
         monkeypatch.setattr(download, "SOURCES", MappingProxyType({"mnist": source}))
         download.fetch_dataset("mnist")
     assert empty.requests == [f"/mnist/{GZ_FILES[0]}"]  # answered 404 once; the other files came from `full` first
@@ -168,10 +170,12 @@ def test_the_next_mirror_is_tried_and_then_tried_first(monkeypatch, cache, mnist
 
 
 def test_every_idx_dataset_has_a_fallback_mirror():
-    """CIFAR-10's binary archive has one published location, the authors' page (tests/data/test_cifar.py)."""
-    assert set(download.SOURCES) == set(data.DATASETS)
+    """The other archives have one published location, their authors' page (tests/data/test_cifar.py), or none
+    (imagenet32/64: image-net.org after a login; npz: the user's file)."""
+    assert set(download.SOURCES) == set(datasets.NAMES) - {"npz"}
     for name, source in download.SOURCES.items():
-        assert len(source.mirrors) >= (1 if name == "cifar10" else 2) and all(m.endswith("/") for m in source.mirrors)
+        assert len(source.mirrors) >= (2 if name in ("mnist", "fashion_mnist") else 0 if "imagenet" in name else 1)
+        assert all(m.endswith("/") for m in source.mirrors)
 
 
 # --- what a mirror may be, and mirrors that stall or trickle ---------------------------------------------------
@@ -360,8 +364,8 @@ def test_data_fetch_offline(monkeypatch, tmp_path):
 
 
 def test_data_fetch_unknown_dataset(tmp_path):
-    line = cli_error(CliRunner().invoke(app, ["data", "fetch", "cifar100", "--to", str(tmp_path / "d")]))
-    assert "cifar100" in line and "mnist, fashion_mnist" in line
+    line = cli_error(CliRunner().invoke(app, ["data", "fetch", "cifar1000", "--to", str(tmp_path / "d")]))
+    assert "cifar1000" in line and "mnist, fashion_mnist" in line
     assert not (tmp_path / "d").exists()
 
 

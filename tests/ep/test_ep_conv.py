@@ -259,7 +259,7 @@ def test_conv_ep_rejects_separate_feedback():
 def test_train_conv_ep_end_to_end(tmp_path, monkeypatch, fake_dataset):
     """`bioprop train --rule ep --set model.arch=cnn` on the fake dataset: trains, measures the
     conv network's estimate against its implicit gradient, writes the run."""
-    monkeypatch.setattr("bioprop_cli.cli.train.load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr("bioprop_cli.cli.train.load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     args = ["train", "--rule", "ep", "--epochs", "1", "--results-dir", str(tmp_path), "--no-progress",
             "--set", "model.arch=cnn", "--set", "model.cnn.channels=[2]", "--set", "model.cnn.kernels=[5]",
             "--set", "model.cnn.strides=[1]", "--set", "model.cnn.paddings=[0]", "--set", "model.cnn.pools=[max]",

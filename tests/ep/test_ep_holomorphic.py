@@ -135,7 +135,7 @@ def test_a_conv_net_with_average_pooling():
 
 
 def test_holomorphic_trains_through_the_cli(runner, tmp_path, monkeypatch, fake_dataset):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     result = runner.invoke(app, _train_args(tmp_path, "ep.estimator=holomorphic", "ep.holomorphic_points=3",
                                             "model.activation=sigmoid", "ep.beta=0.5"))
     assert result.exit_code == 0, result.output
@@ -151,7 +151,7 @@ def test_holomorphic_trains_through_the_cli(runner, tmp_path, monkeypatch, fake_
 ])
 def test_what_holomorphic_ep_cannot_run_is_refused_in_one_line(runner, tmp_path, monkeypatch, fake_dataset, sets,
                                                               fragments):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     assert_user_error(runner.invoke(app, _train_args(tmp_path, *sets)), *fragments)
     assert_nothing_written(tmp_path)
 

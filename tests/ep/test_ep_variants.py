@@ -142,7 +142,7 @@ def _train_args(results_dir, *sets):
 
 @pytest.mark.parametrize("estimator", ["negative", "clamped", "coupled"])
 def test_each_variant_trains_through_the_cli(runner, tmp_path, monkeypatch, fake_dataset, estimator):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     result = runner.invoke(app, _train_args(tmp_path, f"ep.estimator={estimator}"))
     assert result.exit_code == 0, result.output
     (run,) = [p for p in tmp_path.glob("*/*") if p.is_dir()]
@@ -160,7 +160,7 @@ def test_each_variant_trains_through_the_cli(runner, tmp_path, monkeypatch, fake
     (["ep.estimator=clamped", "model.loss=cross_entropy"], ["ep.estimator", "cross_entropy"]),
 ])
 def test_bad_estimator_settings_are_one_line_errors(runner, tmp_path, monkeypatch, fake_dataset, sets, fragments):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     assert_user_error(runner.invoke(app, _train_args(tmp_path, *sets)), *fragments)
     assert_nothing_written(tmp_path)
 

@@ -163,7 +163,7 @@ def test_pc_yaml_is_a_pc_config():
 
 
 def test_trains_through_the_cli(runner, tmp_path, monkeypatch, fake_dataset):
-    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None: fake_dataset)
+    monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     results_dir = tmp_path / "results"
     args = ["train", "--rule", "pc", "--depth", "2", "--width", "16", "--epochs", "2", "--batch-size", "50",
             "--results-dir", str(results_dir), "--set", "data.validation_size=100", "--set", "alignment.probe_size=32",

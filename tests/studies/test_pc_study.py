@@ -67,7 +67,7 @@ def test_an_undefined_angle_is_none_not_nan():
 
 
 def _invoke(runner, monkeypatch, tmp_path, *args):
-    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
     results_dir = tmp_path / "results"
     sets = [a for key, value in TINY[1:] for a in ("--set", f"{key}={value}")]
     return results_dir, runner.invoke(app, ["sweep", "pc", "--results-dir", str(results_dir), *sets, *args])

@@ -30,7 +30,7 @@ class Killed(BaseException):
 
 @pytest.fixture
 def fake_data(monkeypatch):
-    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
 
 
 @pytest.fixture

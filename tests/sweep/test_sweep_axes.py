@@ -29,7 +29,7 @@ def test_the_sweep_help_names_every_axis():
 
 @pytest.mark.slow  # a LeNet compiled on the CPU
 def test_sweep_arch_trains_each_architecture(tmp_path, monkeypatch):
-    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None: make_fake_dataset())
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
     result = CliRunner().invoke(app, ["sweep", "arch", "--values", "mlp,lenet", "--epochs", "1", "--results-dir",
                                       str(tmp_path), "--set", "data.validation_size=100", "--set", "train.batch_size=50"])
     assert result.exit_code == 0, result.output

@@ -51,7 +51,7 @@ def run_config(tmp_path, path, *args):
 
 def test_overrides_apply_per_point_and_names_stay_made_of_grid_values(tmp_path, monkeypatch, fake_dataset):
     """The file's grid (bp, fa) is replaced on the command line (fa, dfa): `where` refers to the final grid."""
-    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir: fake_dataset)
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir, options=None: fake_dataset)
     path = write_config(tmp_path, "  grid: {rule: [bp, fa]}\n" + BIOTORCH, base="optimizer: {lr: 0.1}\n")
     result = run_config(tmp_path, path, "--grid", "rule=fa,dfa")
     assert result.exit_code == 0, result.output
@@ -172,7 +172,7 @@ paper:
 
 def test_an_entry_for_a_point_left_out_is_announced_and_not_applied(tmp_path, monkeypatch, fake_dataset):
     """A ready config sets fa's and dfa's rates; `--grid rule=bp,fa` runs two of its rules."""
-    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir: fake_dataset)
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir, options=None: fake_dataset)
     path = write_config(tmp_path, "  grid: {rule: [bp, fa, dfa]}\n" + BIOTORCH, base="optimizer: {lr: 0.1}\n")
     result = run_config(tmp_path, path, "--grid", "rule=bp,fa")
     assert result.exit_code == 0, result.output

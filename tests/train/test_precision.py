@@ -7,7 +7,9 @@ import pytest
 from bioprop_cli.config import load_config
 from bioprop_cli.rules import make_rule
 from bioprop_cli.studies.beta import make_batch_estimates
-from bioprop_cli.data import NUM_CLASSES
+from bioprop_cli.datasets import REGISTRY
+
+NUM_CLASSES = REGISTRY["mnist"].num_classes
 from bioprop_cli.train import build_program
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.network import architecture

@@ -1,0 +1,56 @@
+"""The MNIST-like datasets' shared reading: four IDX files in a folder, each plain or .gz (bioprop_cli.data)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bioprop_cli.data import (
+    IDX_FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DataFolder, Dataset, FileSpec,
+    check_idx_folder, existing_idx_file, flat_images, idx_specs, load_idx_folder, verify_idx_bytes,
+)
+from bioprop_cli.datasets.base import DownloadSource
+
+FOLDER_CONTENTS = f"{', '.join(IDX_FILE_NAMES)} (each plain or .gz)"
+GZ_FILES = tuple(f"{base_name}.gz" for base_name in IDX_FILE_NAMES)
+
+
+class IdxDataset:
+    """The reader, checks and download of an MNIST-like dataset with these MD5s (of the uncompressed files)."""
+
+    def __init__(self, name: str, md5: Mapping[str, str], split_sizes: Mapping[str, int],
+                 image_shape: tuple[int, ...], num_classes: int):
+        self.name, self.md5 = name, md5
+        self.split_sizes, self.image_shape, self.num_classes = split_sizes, image_shape, num_classes
+
+    def specs(self) -> dict[str, FileSpec]:
+        return idx_specs(self.md5, self.split_sizes, self.image_shape, self.num_classes)
+
+    def read(self, folder: DataFolder, options=None) -> Dataset:
+        arrays = load_idx_folder(folder.path, self.specs(), origin=folder.origin)
+        return Dataset(
+            name=self.name,
+            x_train=flat_images(arrays[TRAIN_IMAGES]),
+            y_train=arrays[TRAIN_LABELS].astype(np.int32),
+            x_test=flat_images(arrays[TEST_IMAGES]),
+            y_test=arrays[TEST_LABELS].astype(np.int32),
+            source=f"files in {folder.path} (from {folder.origin})",
+            num_classes=self.num_classes,
+        )
+
+    def check(self, folder: Path) -> list:
+        return check_idx_folder(folder, self.specs())
+
+    def verify(self, dataset: str, source: str, file_name: str, raw: bytes) -> None:
+        """Raises BadDataFile unless `raw` is the gzip of the canonical IDX file `file_name` (minus .gz)."""
+        verify_idx_bytes(source, raw, True, self.specs()[file_name.removesuffix(".gz")])
+
+    def download(self, mirrors: tuple[str, ...]) -> DownloadSource:
+        return DownloadSource(mirrors=mirrors, files=GZ_FILES, verify=self.verify, present=holds_idx_file)
+
+
+def holds_idx_file(folder: Path, file_name: str) -> bool:
+    """A plain IDX file stands for its .gz."""
+    return existing_idx_file(folder, file_name.removesuffix(".gz")) is not None

@@ -1,0 +1,42 @@
+"""MNIST (LeCun, Cortes & Burges 1998): 28x28 grey handwritten digits, 60000 training and 10000 test images."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from bioprop_cli.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from bioprop_cli.datasets.base import DatasetInfo
+from bioprop_cli.datasets.idx import FOLDER_CONTENTS, IdxDataset
+
+# MD5 of the *uncompressed* IDX files (gzip containers differ between mirrors; their content does not): the
+# canonical values.
+MD5 = MappingProxyType({
+    TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
+    TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
+    TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
+    TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
+})
+SPLIT_SIZES = MappingProxyType({"train": 60000, "test": 10000})
+IMAGE_SHAPE = (28, 28, 1)
+CLASS_NAMES = tuple(str(digit) for digit in range(10))
+FILES = IdxDataset("mnist", MD5, SPLIT_SIZES, IMAGE_SHAPE, len(CLASS_NAMES))
+
+INFO = DatasetInfo(
+    name="mnist",
+    title="MNIST handwritten digits (LeCun, Cortes & Burges 1998)",
+    image_shape=IMAGE_SHAPE,
+    num_classes=len(CLASS_NAMES),
+    split_sizes=SPLIT_SIZES,
+    class_names=CLASS_NAMES,
+    files=MD5,
+    folder_contents=FOLDER_CONTENTS,
+    read=FILES.read,
+    check=FILES.check,
+    download=FILES.download((
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",  # Google's CVDF mirror
+    )),
+    channel_mean=(0.1306604762738429,),  # all 60000 training images (tests/test_datasets.py recomputes them)
+    channel_std=(0.30810780385646264,),
+    tfds_name="mnist",
+)

@@ -48,6 +48,7 @@ EPOutputLayer = Literal[OUTPUT_LAYERS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
 PoolKind = Literal["max", "avg", "none"]
+LiveLog = Literal["tensorboard", "wandb"]  # bioprop_cli/live.py
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,18 @@ class TrainConfig:
     # (the first step's, at the initial parameters), or any loss is non-finite; null: non-finite only.
     # Generous on purpose: runs that recovered were seen at 50x their initial loss for a whole epoch (README).
     divergence_factor: float | None = 1000.0
+    # checkpoints/last.npz every N epochs (bioprop_cli/checkpoint.py); null: every epoch once an epoch has
+    # taken more than a minute, else only when the run stops (end, Ctrl-C, train.max_minutes)
+    checkpoint_every: int | None = None
+    max_minutes: float | None = None  # time budget: checkpoint and stop cleanly once spent (resume with --resume)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run reports while it trains (bioprop_cli/live.py)."""
+
+    every_steps: int = 0  # > 0: training loss and accuracy every N steps (steps.jsonl); epochs run in chunks of N steps
+    live: tuple[LiveLog, ...] = ()  # tensorboard | wandb: live curves beside the JSON-lines logs (optional extras)
 
 
 @dataclass(frozen=True)
@@ -238,6 +251,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     ep: EPConfig = field(default_factory=EPConfig)
     pc: PCConfig = field(default_factory=PCConfig)
 
@@ -520,6 +534,12 @@ def validate(config: Config) -> Config:
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
     _check(t.divergence_factor is None or t.divergence_factor > 1, "train.divergence_factor",
            "> 1 (a multiple of the initial loss) or null (non-finite loss only)", t.divergence_factor)
+    _check(t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every",
+           ">= 1 (epochs) or null (every epoch once one takes over a minute, else at the end)", t.checkpoint_every)
+    _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "> 0 or null (no budget)", t.max_minutes)
+    _check(config.log.every_steps >= 0, "log.every_steps", ">= 0 (0: once per epoch)", config.log.every_steps)
+    _check(len(set(config.log.live)) == len(config.log.live), "log.live", "each of tensorboard, wandb at most once",
+           list(config.log.live))
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
     _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
     _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)

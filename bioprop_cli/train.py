@@ -535,25 +535,38 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 batches = batched.order(keys, epoch - 1)
                 t_epoch, epoch_time = time.perf_counter(), 0.0
                 first = start_step if epoch == start_epoch + 1 else 0
-                for begin in range(first, steps_per_epoch, program.chunk_steps):
-                    if interrupted():
-                        raise KeyboardInterrupt
-                    if budget is not None and time.perf_counter() - t_start + expected + eval_time > budget:
-                        raise _BudgetSpent
-                    t0 = time.perf_counter()
-                    state, out = chunk_fn(state, *chunk_args, batches, epoch - 1, begin)
-                    done = min(program.chunk_steps, steps_per_epoch - begin)
-                    out = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, :done], out)  # waits for the chunk
-                    chunk_time = time.perf_counter() - t0
-                    times["train_time_s"] += chunk_time
-                    times["examples"] += done * batch_size
-                    expected, epoch_time = chunk_time, epoch_time + chunk_time
-                    partial.append(out)
-                    if config.log.every_steps:
-                        _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + begin + done, out, batch_size)
-                    on_progress(epoch, begin + done, steps_per_epoch)
-                    if begin + done < steps_per_epoch:
-                        mark = set_mark(state, partial, epoch - 1, begin + done)
+                # Each chunk is dispatched before the previous one is logged (JAX dispatches asynchronously): the
+                # device works on while the host logs. A stop (Ctrl-C, the budget) waits for the chunk in flight.
+                flight, t_free = None, time.perf_counter()  # flight: (state after it, outputs, first step, dispatched at)
+                for begin in [*range(first, steps_per_epoch, program.chunk_steps), None]:
+                    stop, launched = None, None
+                    if begin is not None:
+                        if interrupted():
+                            stop = KeyboardInterrupt
+                        elif budget is not None and (time.perf_counter() - t_start + expected * (2 if flight else 1)
+                                                     + eval_time > budget):
+                            stop = _BudgetSpent
+                    if begin is not None and stop is None:
+                        launched = (*chunk_fn(flight[0] if flight else state, *chunk_args, batches, epoch - 1, begin),
+                                    begin, time.perf_counter())
+                    if flight is not None:
+                        state, out, at, t0 = flight
+                        done = min(program.chunk_steps, steps_per_epoch - at)
+                        out = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, :done], out)  # waits for the chunk
+                        now = time.perf_counter()
+                        chunk_time, t_free = now - max(t0, t_free), now
+                        times["train_time_s"] += chunk_time
+                        times["examples"] += done * batch_size
+                        expected, epoch_time = chunk_time, epoch_time + chunk_time
+                        partial.append(out)
+                        if config.log.every_steps:
+                            _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + at + done, out, batch_size)
+                        on_progress(epoch, at + done, steps_per_epoch)
+                        if at + done < steps_per_epoch:
+                            mark = set_mark(state, partial, epoch - 1, at + done)
+                    if stop is not None:
+                        raise stop
+                    flight = launched
                 out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts, axis=1), *partial)
                 partial = []
                 losses = out["loss"]

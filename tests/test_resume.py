@@ -65,10 +65,10 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
-    """Ctrl-C after epoch 1, resume; Ctrl-C 4 steps into epoch 3, resume: the logs and parameters are
-    those of the run trained in one go, to the bit."""
-    config = small_config(**{"log.every_steps": 4, "data.validation_size": 100, **CASES[case]})
-    data = clusters(n_train=400, n_test=100)  # 6 steps of 50 an epoch: chunks of 4 and 2
+    """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the
+    stop is 4 steps in), resume: the logs and parameters are those of the run trained in one go, to the bit."""
+    config = small_config(**{"log.every_steps": 2, "data.validation_size": 100, **CASES[case]})
+    data = clusters(n_train=400, n_test=100)  # 6 steps of 50 an epoch: 3 chunks of 2
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()
     assert train(config, data, RunWriter(full))["status"] == "completed"
@@ -79,7 +79,7 @@ def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     meta = checkpoint.read(cut).meta
     assert (meta["epoch"], meta["step_in_epoch"]) == (1, 0)
 
-    on_epoch, on_progress = _ctrl_c(step=(3, 4))
+    on_epoch, on_progress = _ctrl_c(step=(3, 2))
     stopped = resume_run(cut, data, config, on_epoch=on_epoch, on_progress=on_progress)
     assert stopped["status"] == "interrupted" and stopped["epochs_completed"] == 2
     meta = checkpoint.read(cut).meta

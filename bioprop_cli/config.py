@@ -168,13 +168,16 @@ class TrainConfig:
     # taken more than a minute, else only when the run stops (end, Ctrl-C, train.max_minutes)
     checkpoint_every: int | None = None
     max_minutes: float | None = None  # time budget: checkpoint and stop cleanly once spent (resume with --resume)
+    # run each epoch in chunks of N steps: the progress bar, live curves, Ctrl-C, the time budget and checkpoints
+    # act inside long epochs (null: an epoch is one chunk); a multiple of log.every_steps
+    chunk_steps: int | None = None
 
 
 @dataclass(frozen=True)
 class LogConfig:
     """What a run reports while it trains (bioprop_cli/live.py)."""
 
-    every_steps: int = 0  # > 0: training loss and accuracy every N steps (steps.jsonl); epochs run in chunks of N steps
+    every_steps: int = 0  # > 0: training loss and accuracy of every N steps (steps.jsonl), written after each chunk
     live: tuple[LiveLog, ...] = ()  # tensorboard | wandb: live curves beside the JSON-lines logs (optional extras)
 
 
@@ -538,6 +541,8 @@ def validate(config: Config) -> Config:
            ">= 1 (epochs) or null (every epoch once one takes over a minute, else at the end)", t.checkpoint_every)
     _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "> 0 or null (no budget)", t.max_minutes)
     _check(config.log.every_steps >= 0, "log.every_steps", ">= 0 (0: once per epoch)", config.log.every_steps)
+    _check(t.chunk_steps is None or (t.chunk_steps >= 1 and t.chunk_steps % max(config.log.every_steps, 1) == 0),
+           "train.chunk_steps", ">= 1 and a multiple of log.every_steps, or null (an epoch is one chunk)", t.chunk_steps)
     _check(len(set(config.log.live)) == len(config.log.live), "log.live", "each of tensorboard, wandb at most once",
            list(config.log.live))
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)

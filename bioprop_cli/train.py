@@ -59,7 +59,7 @@ class Program:
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
-    chunk_steps: int  # steps per call of `chunk` (log.every_steps, or the whole epoch)
+    chunk_steps: int  # steps per call of `chunk` (train.chunk_steps, or the whole epoch)
     order: Callable  # (keys, epoch_index) -> the epoch's minibatches (steps_per_epoch, batch_size)
     chunk: Callable  # (state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start) -> (state, out)
     evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy)
@@ -75,7 +75,7 @@ def build_program(config: Config, n_train: int, n_in: int) -> Program:
     arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
-    chunk_steps = min(config.log.every_steps or steps_per_epoch, steps_per_epoch)
+    chunk_steps = min(t.chunk_steps or steps_per_epoch, steps_per_epoch)
     d = config.data
     augment = make_augment(d.augment, d.dataset, d.crop_padding)  # None: the examples as they are
 
@@ -338,7 +338,7 @@ def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], Non
     Returns the summary. Ctrl-C ends the run with status 'interrupted', divergence (`divergence_reason`)
     with status 'diverged'; what was measured until then is kept. `resume`: continue from this
     checkpoint of the run (checkpoint.read; resume_run checks it first). `on_progress(epoch, steps done
-    in it, steps per epoch)` after every chunk of steps (log.every_steps).
+    in it, steps per epoch)` after every chunk of steps (train.chunk_steps).
     """
     return train_group([config], dataset, [writer], lambda i, report: on_epoch(report),
                        resume=None if resume is None else [resume], forced=[list(forced)], on_progress=on_progress)[0]
@@ -466,7 +466,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         (start_epoch, start_step), = positions
         if start_step % program.chunk_steps:
             raise UserError(f"the checkpoint is {start_step} steps into epoch {start_epoch + 1}, not a multiple of "
-                            f"log.every_steps={config.log.every_steps}; resume with the run's log.every_steps")
+                            f"train.chunk_steps={config.train.chunk_steps}; resume with the run's train.chunk_steps")
         times = dict(resume[0].meta["times"])
 
     logs = []
@@ -560,7 +560,8 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                         expected, epoch_time = chunk_time, epoch_time + chunk_time
                         partial.append(out)
                         if config.log.every_steps:
-                            _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + at + done, out, batch_size)
+                            _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + at, out, batch_size,
+                                       config.log.every_steps)
                         on_progress(epoch, at + done, steps_per_epoch)
                         if at + done < steps_per_epoch:
                             mark = set_mark(state, partial, epoch - 1, at + done)
@@ -664,14 +665,21 @@ def _save_best(mark: _Mark, logs: list[_RunLog], configs: list[Config], steps_pe
         log.writer.checkpoint("best", _checkpoint_bytes(mark, i, configs[i], steps_per_epoch, chunk_steps, state_np))
 
 
-def _log_steps(logs: list[_RunLog], epoch: int, step: int, out: dict, batch_size: int) -> None:
-    """steps.jsonl: each active run's training loss and accuracy over the chunk of steps that ended at `step`."""
+def _log_steps(logs: list[_RunLog], epoch: int, first_step: int, out: dict, batch_size: int, every: int) -> None:
+    """steps.jsonl: each active run's training loss and accuracy over each `every` steps of a chunk that
+    began at global step `first_step` (a chunk starts on a multiple of `every`; an epoch's last window
+    may be shorter), one record per window, at the step that ends it."""
+    n = out["loss"].shape[1]
+    windows = [(start, min(start + every, n)) for start in range(0, n, every)]
     for i, log in enumerate(logs):
         if log.active:
+            ends = first_step + np.asarray([end for _, end in windows])
+            lrs = np.broadcast_to(np.asarray(log.step_lr(ends)), ends.shape)  # one call a chunk (a constant: a scalar)
             losses, correct = out["loss"][i], out["correct"][i]
-            log.writer.steps([{"epoch": epoch, "step": step, "lr": float(log.step_lr(step)),
-                               "train_loss": float(np.mean(losses)),
-                               "train_accuracy": float(np.sum(correct) / (len(correct) * batch_size))}])
+            log.writer.steps([{"epoch": epoch, "step": first_step + end, "lr": float(lr),
+                               "train_loss": float(np.mean(losses[start:end])),
+                               "train_accuracy": float(np.sum(correct[start:end]) / ((end - start) * batch_size))}
+                              for (start, end), lr in zip(windows, lrs)])
 
 
 def _finite(tree) -> bool:

@@ -67,7 +67,7 @@ CASES = {
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the
     stop is 4 steps in), resume: the logs and parameters are those of the run trained in one go, to the bit."""
-    config = small_config(**{"log.every_steps": 2, "data.validation_size": 100, **CASES[case]})
+    config = small_config(**{"log.every_steps": 2, "train.chunk_steps": 2, "data.validation_size": 100, **CASES[case]})
     data = clusters(n_train=400, n_test=100)  # 6 steps of 50 an epoch: 3 chunks of 2
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()

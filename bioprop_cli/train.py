@@ -5,12 +5,14 @@ Pure, compiled pieces (built by `build_program`):
     epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
     evaluate(state, split)            -> loss, accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
-One epoch is one `lax.scan` over minibatches; the data sits on the device once.
+    chunk(state, data, epoch_index, start) -> the same for train.chunk_steps steps from `start`
+One epoch is one `lax.scan` over minibatches (or one per chunk); the data sits on the device once.
 `hyper` holds the run's values of config keys that runs trained together may differ in
 (config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
 compiled program serves every value. `train_group` vmaps the program over runs and, where
 several devices are present, spreads the runs over them.
-`train` is the host-side driver: it times, checks for divergence, and hands records to the writer.
+`train` is the host-side driver: it times, checks for divergence, hands records to the writer, and
+checkpoints the whole training state (bioprop_cli/checkpoint.py); `resume_run` continues from a checkpoint.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ EPOutputLayer = Literal[OUTPUT_LAYERS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
 Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
 PoolKind = Literal["max", "avg", "none"]
+LiveLog = Literal["tensorboard", "wandb"]  # bioprop_cli/live.py
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,21 @@ class TrainConfig:
     # Generous on purpose: runs that recover can sit far above their initial loss for a whole epoch
     # (measured: docs/implementation-notes.md).
     divergence_factor: float | None = 1000.0
+    # checkpoints/last.npz every N epochs (bioprop_cli/checkpoint.py); null: every epoch once an epoch has
+    # taken more than a minute, else only when the run stops (end, Ctrl-C, train.max_minutes)
+    checkpoint_every: int | None = None
+    max_minutes: float | None = None  # time budget: checkpoint and stop cleanly once spent (resume with --resume)
+    # run each epoch in chunks of N steps: the progress bar, live curves, Ctrl-C, the time budget and checkpoints
+    # act inside long epochs (null: an epoch is one chunk); a multiple of log.every_steps
+    chunk_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run reports while it trains (bioprop_cli/live.py)."""
+
+    every_steps: int = 0  # > 0: training loss and accuracy of every N steps (steps.jsonl), written after each chunk
+    live: tuple[LiveLog, ...] = ()  # tensorboard | wandb: live curves beside the JSON-lines logs (optional extras)
 
 
 @dataclass(frozen=True)
@@ -249,6 +265,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     ep: EPConfig = field(default_factory=EPConfig)
     pc: PCConfig = field(default_factory=PCConfig)
 
@@ -545,6 +562,14 @@ def validate(config: Config) -> Config:
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
     _check(t.divergence_factor is None or t.divergence_factor > 1, "train.divergence_factor",
            "> 1 (a multiple of the initial loss) or null (non-finite loss only)", t.divergence_factor)
+    _check(t.checkpoint_every is None or t.checkpoint_every >= 1, "train.checkpoint_every",
+           ">= 1 (epochs) or null (every epoch once one takes over a minute, else at the end)", t.checkpoint_every)
+    _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "> 0 or null (no budget)", t.max_minutes)
+    _check(config.log.every_steps >= 0, "log.every_steps", ">= 0 (0: once per epoch)", config.log.every_steps)
+    _check(t.chunk_steps is None or (t.chunk_steps >= 1 and t.chunk_steps % max(config.log.every_steps, 1) == 0),
+           "train.chunk_steps", ">= 1 and a multiple of log.every_steps, or null (an epoch is one chunk)", t.chunk_steps)
+    _check(len(set(config.log.live)) == len(config.log.live), "log.live", "each of tensorboard, wandb at most once",
+           list(config.log.live))
     _check(a.every_epochs >= 1, "alignment.every_epochs", ">= 1", a.every_epochs)
     _check(a.every_steps >= 0, "alignment.every_steps", ">= 0 (0: only at epoch ends)", a.every_steps)
     _check(a.probe_size >= 1, "alignment.probe_size", ">= 1", a.probe_size)

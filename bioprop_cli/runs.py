@@ -6,6 +6,8 @@
         alignment.jsonl  one JSON object per (measurement, layer)
         summary.json     final figures and status (running / completed / diverged / interrupted)
         params.npz       the trained parameters, once training has ended (not for a diverged run)
+        steps.jsonl      training loss and accuracy every log.every_steps steps (when set)
+        checkpoints/     last.npz and best.npz: the whole training state (bioprop_cli/checkpoint.py)
 
 JSON files are replaced atomically (write to a temporary file, then rename). JSON-lines files are
 appended with one write() per batch of complete lines, so a killed process leaves whole lines only;
@@ -423,3 +425,40 @@ class RunWriter:
     def params(self, params) -> None:
         """params.npz: the run's parameters (a list of per-layer dicts), keys '<layer>.<name>'."""
         write_params(self.path / "params.npz", params)
+
+    def steps(self, records: list[dict]) -> None:
+        """steps.jsonl: training loss and accuracy inside epochs (log.every_steps)."""
+        append_jsonl(self.path / "steps.jsonl", records)
+
+    def checkpoint(self, name: str, data: bytes) -> None:
+        """checkpoints/<name>.npz (bioprop_cli/checkpoint.py), atomically."""
+        from bioprop_cli import checkpoint
+
+        checkpoint.write(self.path, name, data)
+
+    def link_checkpoint(self, source: str, target: str) -> None:
+        from bioprop_cli import checkpoint
+
+        checkpoint.link(self.path, source, target)
+
+    def log_sizes(self) -> dict[str, int]:
+        """{JSON-lines log: its size in bytes}, for a checkpoint to record where the logs stood."""
+        from bioprop_cli.checkpoint import LOGS
+
+        return {name: (self.path / name).stat().st_size if (self.path / name).is_file() else 0 for name in LOGS}
+
+    def truncate_logs(self, sizes: dict[str, int]) -> None:
+        """Cuts each JSON-lines log back to the size a checkpoint recorded: the lines after it are
+        written again by the resumed run, so none is duplicated."""
+        for name, size in sizes.items():
+            path = self.path / name
+            if path.is_file() and path.stat().st_size > size:
+                os.truncate(path, size)
+
+    def previous_summary(self) -> dict:
+        """summary.json as the run left it ({} where there is none or it cannot be read)."""
+        try:
+            summary = json.loads((self.path / "summary.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        return summary if isinstance(summary, dict) else {}

@@ -5,12 +5,14 @@ Pure, compiled pieces (built by `build_program`):
     epoch(state, data, epoch_index)   -> state, per-step losses/accuracies (+ in-epoch alignment)
     evaluate(state, split)            -> loss, accuracy, top-5 accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
-One epoch is one `lax.scan` over minibatches; the data sits on the device once.
+    chunk(state, data, epoch_index, start) -> the same for train.chunk_steps steps from `start`
+One epoch is one `lax.scan` over minibatches (or one per chunk); the data sits on the device once.
 `hyper` holds the run's values of config keys that runs trained together may differ in
 (config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
 compiled program serves every value. `train_group` vmaps the program over runs and, where
 several devices are present, spreads the runs over them.
-`train` is the host-side driver: it times, checks for divergence, and hands records to the writer.
+`train` is the host-side driver: it times, checks for divergence, hands records to the writer, and
+checkpoints the whole training state (bioprop_cli/checkpoint.py); `resume_run` continues from a checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import functools
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -26,10 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bioprop_cli import __version__
+from bioprop_cli import __version__, checkpoint, live
 from bioprop_cli.augment import augmentation_key, make_augment
 from bioprop_cli.config import BATCHABLE_KEYS, Config, get_value, shape_key, to_dict, with_values
 from bioprop_cli.datasets.registry import image_shape
+from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
@@ -37,7 +42,7 @@ from bioprop_cli.models.arch import Architecture
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
-from bioprop_cli.runs import process_stamp
+from bioprop_cli.runs import RunWriter, process_stamp
 from bioprop_cli.splits import Keys, PixelScale, derive_keys, draw_probe, make_splits, probe_indices, to_inputs
 
 
@@ -60,6 +65,9 @@ class Program:
     steps_per_epoch: int
     init: Callable  # (seed, hyper={}) -> TrainState
     epoch: Callable  # (state, x_train, y_train, probe_x, probe_y, keys, epoch_index) -> (state, out)
+    chunk_steps: int  # steps per call of `chunk` (train.chunk_steps, or the whole epoch)
+    order: Callable  # (keys, epoch_index) -> the epoch's minibatches (steps_per_epoch, batch_size)
+    chunk: Callable  # (state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start) -> (state, out)
     evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy, top-5 accuracy)
     measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
@@ -74,6 +82,7 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
     arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
+    chunk_steps = min(t.chunk_steps or steps_per_epoch, steps_per_epoch)
     d = config.data
     n_classes = arch.sizes[-1]  # one output per class of the dataset (datasets.facts)
     augment = make_augment(d.augment, image_shape(config), d.crop_padding)  # None: the examples as they are
@@ -105,15 +114,20 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
         correct = jnp.sum(jnp.argmax(est.logits, -1) == jnp.argmax(y, -1))
         return TrainState(params, est.state, opt_state, state.hyper), (est.loss, correct)
 
-    def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
-        order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), x_train.shape[0])
-        batches = order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
-        probe_idx = probe_indices(keys.probe, x_train.shape[0], probe_x.shape[0])  # the probe is draw_probe(keys.probe, ...)
+    def order(keys: Keys, epoch_index):
+        """The epoch's minibatches: (steps_per_epoch, batch_size) positions in the training split."""
+        order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), n_train)
+        return order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
+
+    def run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start,
+                  length: int):
+        """Steps start .. start + length - 1 of epoch `epoch_index` (0-based); steps past the epoch's end
+        (the last chunk of an epoch that chunk_steps does not divide) change nothing."""
         shapes = jax.eval_shape(measure, state, probe_x, probe_y, keys.probe, probe_idx)
         empty = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
-        def body(state, inputs):
-            i, idx = inputs
+        def body(state, i):
+            idx = batches[i]
             global_step = epoch_index * steps_per_epoch + i
             key = jax.random.fold_in(keys.steps, global_step)
             out = {}
@@ -131,7 +145,22 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 
-        return jax.lax.scan(body, state, (jnp.arange(steps_per_epoch), batches))
+        if steps_per_epoch % length:
+            def guarded(state, i):
+                skipped = lambda state: (state, jax.tree_util.tree_map(
+                    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(body, state, i)[1]))
+                return jax.lax.cond(i < steps_per_epoch, lambda state: body(state, i), skipped, state)
+            return jax.lax.scan(lambda st, j: guarded(st, start + j), state, jnp.arange(length))
+        return jax.lax.scan(lambda st, j: body(st, start + j), state, jnp.arange(length))
+
+    def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
+        probe_idx = probe_indices(keys.probe, x_train.shape[0], probe_x.shape[0])  # the probe is draw_probe(keys.probe, ...)
+        return run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys, order(keys, epoch_index),
+                         epoch_index, 0, steps_per_epoch)
+
+    def chunk(state, x_train, y_train, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start):
+        return run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start,
+                         chunk_steps)
 
     def evaluate(state, x, y, mask):
         rule, _ = parts(state.hyper)
@@ -158,6 +187,9 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
         steps_per_epoch=steps_per_epoch,
         init=jax.jit(init),
         epoch=jax.jit(epoch),
+        chunk_steps=chunk_steps,
+        order=jax.jit(order),
+        chunk=jax.jit(chunk),
         evaluate=jax.jit(evaluate),
         measure=jax.jit(measure),
         schedule=make_schedule(config.optimizer, steps_per_epoch, t.epochs),
@@ -224,6 +256,8 @@ class SeedBatched(NamedTuple):
     evaluate: Callable  # (state, x, y, mask) -> ((N,), (N,), (N,))
     measure: Callable  # (state, probe_x, probe_y, keys (N, 2), probe_idx) -> measurements with leading N
     probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y, probe_idx with leading N
+    order: Callable  # (keys (N,), epoch) -> minibatches (N, steps, batch)
+    chunk: Callable  # (state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch, start) -> ...
 
 
 def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched:
@@ -240,6 +274,9 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
             evaluate=jax.jit(lambda st, x, y, mask: add(program.evaluate(first(st), x, y, mask))),
             measure=jax.jit(lambda st, px, py, keys, idx: add(program.measure(first(st), px[0], py[0], keys[0], idx[0]))),
             probe=jax.jit(lambda keys, xt, yt: add(probe(keys[0], xt, yt))),
+            order=jax.jit(lambda keys, e: add(program.order(first(keys), e))),
+            chunk=jax.jit(lambda st, xt, yt, px, py, pi, keys, b, e, s: add(
+                program.chunk(first(st), xt, yt, px[0], py[0], pi[0], first(keys), b[0], e, s))),
         )
     return SeedBatched(
         init=jax.jit(jax.vmap(program.init)),
@@ -247,6 +284,8 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
         evaluate=jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None, None))),
         measure=jax.jit(jax.vmap(program.measure)),
         probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
+        order=jax.jit(jax.vmap(program.order, in_axes=(0, None))),
+        chunk=jax.jit(jax.vmap(program.chunk, in_axes=(0, None, None, 0, 0, 0, 0, 0, None, None))),
     )
 
 
@@ -280,32 +319,68 @@ def run_sharding(n_runs: int):
     return NamedSharding(Mesh(np.array(devices[:count]), ("runs",)), PartitionSpec("runs"))
 
 
-def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None) -> dict:
+def check_resume(run_dir, config: Config, force: bool = False) -> tuple[checkpoint.Checkpoint, list[str]]:
+    """The checkpoint `resume_run` continues from, and what differs from it (accepted with `force`); a
+    UserError where the config or code differs (without `force`) or nothing is left to train."""
+    stored, forced = checkpoint.load_for_resume(run_dir, to_dict(config), force)
+    if stored.meta["epoch"] >= config.train.epochs:
+        raise UserError(f"{run_dir}: the run has completed its {stored.meta['epoch']} epochs; nothing to resume "
+                        "(more epochs: --epochs N --force)")
+    return stored, forced
+
+
+def resume_run(run_dir, dataset, config: Config, force: bool = False, writer=None,
+               on_epoch: Callable[[EpochReport], None] = lambda r: None,
+               on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None,
+               checked: tuple[checkpoint.Checkpoint, list[str]] | None = None) -> dict:
+    """Continues the run in `run_dir` from its checkpoints/last.npz, into the same folder, with `config`
+    (its config.yaml, with any changes): the result equals an uninterrupted run's. A config or code that
+    differs from the checkpoint's is a UserError naming the differences, unless `force` (then recorded
+    in summary.json's `resumed`); `checked`: check_resume's answer where the caller has it. Returns the
+    summary, as `train`."""
+    stored, forced = checked or check_resume(run_dir, config, force)
+    return train(config, dataset, writer or RunWriter(Path(run_dir)), on_epoch, resume=stored, forced=forced,
+                 on_progress=on_progress)
+
+
+def train(config: Config, dataset, writer, on_epoch: Callable[[EpochReport], None] = lambda r: None,
+          resume: checkpoint.Checkpoint | None = None, forced: list[str] = (),
+          on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> dict:
     """Trains one run; writes config, metrics, alignment and summary through `writer`.
 
     Returns the summary. Ctrl-C ends the run with status 'interrupted', divergence (`divergence_reason`)
-    with status 'diverged'; what was measured until then is kept.
+    with status 'diverged'; what was measured until then is kept. `resume`: continue from this
+    checkpoint of the run (checkpoint.read; resume_run checks it first). `on_progress(epoch, steps done
+    in it, steps per epoch)` after every chunk of steps (train.chunk_steps).
     """
-    return train_group([config], dataset, [writer], lambda i, report: on_epoch(report))[0]
+    return train_group([config], dataset, [writer], lambda i, report: on_epoch(report),
+                       resume=None if resume is None else [resume], forced=[list(forced)], on_progress=on_progress)[0]
 
 
 class _RunLog:
     """Host-side bookkeeping of one run of a group."""
 
+    BOOKKEEPING = ("epochs_done", "initial_loss", "best_val", "best_val_epoch", "last")  # what a checkpoint keeps
+
     def __init__(self, config: Config, writer, summary: dict, schedule: Callable):
         self.config, self.writer, self.summary = config, writer, summary
         self.schedule = schedule  # step -> this run's learning rate
+        self.step_lr = jax.jit(schedule)  # the same, for steps.jsonl: compiled once (eager: 3 ms a call, measured)
         self.status, self.epochs_done, self.diverged_epoch = "completed", 0, None
-        self.initial_loss, self.divergence = None, None
+        self.initial_loss, self.divergence, self.stopped_by = None, None, None
         self.best_val, self.best_val_epoch, self.last = -1.0, 0, {}
 
     @property
     def active(self) -> bool:
         return self.status == "completed"
 
+    def bookkeeping(self) -> dict:
+        return {name: getattr(self, name) for name in self.BOOKKEEPING}
+
     def finish(self, wall_time: float, train_time: float, examples: int, compile_time: float) -> dict:
         self.summary.update(
             status=self.status,
+            stopped_by=self.stopped_by,
             epochs_completed=self.epochs_done,
             diverged_epoch=self.diverged_epoch,
             divergence=self.divergence,
@@ -325,23 +400,64 @@ class _RunLog:
         return self.summary
 
 
-def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None] = lambda i, r: None) -> list[dict]:
+def train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None] = lambda i, r: None,
+                resume: list[checkpoint.Checkpoint] | None = None, forced: list[list[str]] | None = None,
+                on_progress: Callable[[int, int, int], None] = lambda epoch, step, steps: None) -> list[dict]:
     """Trains runs that differ only in their seed and batchable values (learning rate, beta,
     scales: config.BATCHABLE_KEYS) together: one compiled program, vmapped over a leading run
     axis, spread over the devices where there are several. Each run writes its own files, the
     same as it would alone (tested). A run that diverges stops writing; the others go on.
+    Each run checkpoints its whole training state (checkpoint.py: checkpoints/last.npz every
+    train.checkpoint_every epochs and when training stops; checkpoints/best.npz at each new best
+    validation accuracy); `resume` (one checkpoint per run, all at one position) continues from
+    them, cutting each run's JSON-lines logs back to where its checkpoint was taken; `forced`: per
+    run, the differences from the checkpoint accepted with --force (recorded in summary.json).
     When training ends (completed or interrupted), each run writes its final parameters to
-    params.npz (train.save_params); a diverged run does not: non-finite weights are useless. The
-    rule state is not saved (fixed random feedback is re-derived from the seed by rule.init;
-    learned feedback is in params["fb"]; ep's persistent particles are lost).
+    params.npz (train.save_params); a diverged run does not: non-finite weights are useless.
     Ctrl-C (SIGINT) ends every active run with status 'interrupted' at the next boundary (after
-    compilation, between epochs); see sigint_flag.
+    compilation, between chunks of steps); see sigint_flag. So does a spent train.max_minutes
+    (stopped_by says which).
     """
-    with sigint_flag():  # before the first summary is written: Ctrl-C from here on is recorded
-        return _train_group(configs, dataset, writers, on_epoch)
+    live.require_live(configs[0].log.live)
+    if configs[0].log.live:  # the live curves mirror what each writer writes (bioprop_cli/live.py)
+        writers = [live.mirrored(w, c.log.live, to_dict(c), None if resume is None else resume[i].meta["step"] + 1)
+                   for i, (c, w) in enumerate(zip(configs, writers))]
+    try:
+        with sigint_flag():  # before the first summary is written: Ctrl-C from here on is recorded
+            return _train_group(configs, dataset, writers, on_epoch, resume, forced or [[] for _ in configs], on_progress)
+    finally:
+        for writer in writers:
+            if isinstance(writer, live.Mirrored):
+                writer.close()
 
 
-def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None]) -> list[dict]:
+class _BudgetSpent(Exception):
+    """train.max_minutes would be exceeded by the next chunk of steps."""
+
+
+class _Mark(NamedTuple):
+    """A point where the training state and every run's logs agree: what a checkpoint stores."""
+
+    state: Any  # TrainState, leading run axis
+    partial: list  # the current epoch's chunk outputs so far (numpy, leading run axis); [] at an epoch's end
+    epoch: int  # epochs completed
+    step_in_epoch: int  # steps of the next epoch done
+    books: list[dict]  # _RunLog.bookkeeping() of each run
+    files: list[dict]  # {log file: bytes} of each run
+    times: dict
+
+
+def _resumed_summary(writer, stored: checkpoint.Checkpoint, forced: list[str]) -> dict:
+    summary = writer.previous_summary()
+    meta = stored.meta
+    resumed = {"from_epoch": meta["epoch"], "from_step": meta["step"],
+               "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "forced": forced}
+    return {**summary, "status": "running", "resumed": [*summary.get("resumed", []), resumed]}
+
+
+def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callable[[int, EpochReport], None],
+                 resume: list[checkpoint.Checkpoint] | None, forced: list[list[str]],
+                 on_progress: Callable[[int, int, int], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
     splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8")
@@ -355,58 +471,123 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     if sharding is not None:
         seeds, hyper, keys = jax.device_put((seeds, hyper, keys), sharding)
     probe_x, probe_y, probe_idx = batched.probe(keys.probe, splits.x_train, splits.y_train)
-    align = config.alignment
-    examples_per_epoch = program.steps_per_epoch * config.train.batch_size
+    align, steps_per_epoch, batch_size = config.alignment, program.steps_per_epoch, config.train.batch_size
+    start_epoch, start_step, times = 0, 0, {"train_time_s": 0.0, "compile_time_s": 0.0, "examples": 0, "wall_time_s": 0.0}
+    if resume is not None:
+        positions = {(c.meta["epoch"], c.meta["step_in_epoch"]) for c in resume}
+        if len(positions) > 1:
+            raise ValueError(f"runs resumed together must stop at one position; their checkpoints are at {sorted(positions)}")
+        (start_epoch, start_step), = positions
+        if start_step % program.chunk_steps:
+            raise UserError(f"the checkpoint is {start_step} steps into epoch {start_epoch + 1}, not a multiple of "
+                            f"train.chunk_steps={config.train.chunk_steps}; resume with the run's train.chunk_steps")
+        times = dict(resume[0].meta["times"])
 
     logs = []
-    for c, writer in zip(configs, writers):
-        writer.config(to_dict(c))
-        summary = {
-            "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
-            "dataset": c.data.dataset, "num_classes": program.arch.sizes[-1],
-            "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
-            "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
-            "steps_per_epoch": program.steps_per_epoch, "runs_trained_together": len(configs),
-            "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
-            **environment(), **process_stamp(),
-        }
+    for i, (c, writer) in enumerate(zip(configs, writers)):
+        if resume is None:
+            writer.config(to_dict(c))
+            summary = {
+                "status": "running", "rule": c.rule, "depth": c.model.depth, "seed": c.seed,
+                "dataset": c.data.dataset, "num_classes": program.arch.sizes[-1],
+                "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
+                "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
+                "steps_per_epoch": steps_per_epoch, "runs_trained_together": len(configs),
+                "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
+                **environment(), **process_stamp(), "provenance": checkpoint.provenance(),
+            }
+        else:
+            writer.truncate_logs(resume[i].meta["files"])  # lines logged after the checkpoint are logged again
+            summary = {**_resumed_summary(writer, resume[i], forced[i]), **environment(), **process_stamp(),
+                       "provenance": checkpoint.provenance()}
         writer.summary(summary)
-        logs.append(_RunLog(c, writer, summary, make_schedule(c.optimizer, program.steps_per_epoch, c.train.epochs)))
+        log = _RunLog(c, writer, summary, make_schedule(c.optimizer, steps_per_epoch, c.train.epochs))
+        if resume is not None:
+            for name, value in resume[i].meta["log"].items():
+                setattr(log, name, value)
+        logs.append(log)
 
     t_start = time.perf_counter()
-    state, compile_time, train_time, examples_seen = None, 0.0, 0.0, 0
+    state, mark, saved = None, None, None
+    budget = None if config.train.max_minutes is None else config.train.max_minutes * 60
+
+    def elapsed_times() -> dict:
+        return {**times, "wall_time_s": times["wall_time_s"] + time.perf_counter() - t_start}
+
+    def set_mark(state, partial, epoch, step_in_epoch):
+        return _Mark(state, list(partial), epoch, step_in_epoch, [log.bookkeeping() for log in logs],
+                     [log.writer.log_sizes() for log in logs], elapsed_times())
+
     try:
         with sigint_flag() as interrupted:  # the flag of train_group's handler
             state = batched.init(seeds, hyper)
+            partial = []
+            if resume is not None:
+                state, partial = _restored(resume, state, batched, splits, probe_x, probe_y, probe_idx, keys)
             params_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(state.params)) // len(configs)
             for log in logs:  # the size of params.npz is known now: room for it, or a DiskFull before training
                 if log.config.train.save_params:
                     log.writer.reserve(params_bytes)
             if sharding is not None:  # every array of the state carries the run axis first
                 state, probe_x, probe_y, probe_idx = jax.device_put((state, probe_x, probe_y, probe_idx), sharding)
-            epoch_args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
+            chunk_args = (splits.x_train, splits.y_train, probe_x, probe_y, probe_idx, keys)
             t0 = time.perf_counter()
-            epoch_fn = batched.epoch.lower(state, *epoch_args, 0).compile()
-            compile_time = time.perf_counter() - t0
+            chunk_fn = batched.chunk.lower(state, *chunk_args, batched.order(keys, 0), 0, 0).compile()
+            times["compile_time_s"] += time.perf_counter() - t0
             if interrupted():  # Ctrl-C while compiling: before the (costly, for ep) first measurement
                 raise KeyboardInterrupt
             step_keys = lambda step: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys.probe, step)
-            if align.enabled:
+            if align.enabled and resume is None:
                 measured = batched.measure(state, probe_x, probe_y, keys.probe, probe_idx)
                 for i, log in enumerate(logs):
                     log.writer.alignment(alignment_records(_seed(measured, i), 0, 0))
-            for epoch in range(1, config.train.epochs + 1):
+            mark = set_mark(state, partial, start_epoch, start_step)
+            saved = mark if resume is not None else None  # the checkpoint resumed from is this mark
+            expected, eval_time = 0.0, 0.0  # seconds the next chunk and an epoch's evaluation are expected to take
+            for epoch in range(start_epoch + 1, config.train.epochs + 1):
                 if not any(log.active for log in logs):
                     break
-                if interrupted():
-                    raise KeyboardInterrupt
+                batches = batched.order(keys, epoch - 1)
+                t_epoch, epoch_time = time.perf_counter(), 0.0
+                first = start_step if epoch == start_epoch + 1 else 0
+                # Each chunk is dispatched before the previous one is logged (JAX dispatches asynchronously): the
+                # device works on while the host logs. A stop (Ctrl-C, the budget) waits for the chunk in flight.
+                flight, t_free = None, time.perf_counter()  # flight: (state after it, outputs, first step, dispatched at)
+                for begin in [*range(first, steps_per_epoch, program.chunk_steps), None]:
+                    stop, launched = None, None
+                    if begin is not None:
+                        if interrupted():
+                            stop = KeyboardInterrupt
+                        elif budget is not None and (time.perf_counter() - t_start + expected * (2 if flight else 1)
+                                                     + eval_time > budget):
+                            stop = _BudgetSpent
+                    if begin is not None and stop is None:
+                        launched = (*chunk_fn(flight[0] if flight else state, *chunk_args, batches, epoch - 1, begin),
+                                    begin, time.perf_counter())
+                    if flight is not None:
+                        state, out, at, t0 = flight
+                        done = min(program.chunk_steps, steps_per_epoch - at)
+                        out = jax.tree_util.tree_map(lambda v: np.asarray(v)[:, :done], out)  # waits for the chunk
+                        now = time.perf_counter()
+                        chunk_time, t_free = now - max(t0, t_free), now
+                        times["train_time_s"] += chunk_time
+                        times["examples"] += done * batch_size
+                        expected, epoch_time = chunk_time, epoch_time + chunk_time
+                        partial.append(out)
+                        if config.log.every_steps:
+                            _log_steps(logs, epoch, (epoch - 1) * steps_per_epoch + at, out, batch_size,
+                                       config.log.every_steps)
+                        on_progress(epoch, at + done, steps_per_epoch)
+                        if at + done < steps_per_epoch:
+                            mark = set_mark(state, partial, epoch - 1, at + done)
+                    if stop is not None:
+                        raise stop
+                    flight = launched
+                out = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts, axis=1), *partial)
+                partial = []
+                losses = out["loss"]
                 t0 = time.perf_counter()
-                state, out = epoch_fn(state, *epoch_args, epoch - 1)
-                losses = np.asarray(out["loss"])  # waits for the epoch to finish
-                epoch_time = time.perf_counter() - t0
-                train_time += epoch_time
-                examples_seen += examples_per_epoch
-                step = epoch * program.steps_per_epoch
+                step = epoch * steps_per_epoch
                 measured = None
                 if align.enabled and epoch % align.every_epochs == 0:
                     measured = batched.measure(state, probe_x, probe_y, step_keys(step), probe_idx)
@@ -417,19 +598,103 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 for i, log in enumerate(logs):
                     if log.active:
                         _log_epoch(log, i, epoch, step, losses[i], _seed(out, i), measured, evaluations, program,
-                                   epoch_time, time.perf_counter() - t_start, on_epoch)
+                                   epoch_time, elapsed_times()["wall_time_s"], on_epoch)
+                eval_time = time.perf_counter() - t0
+                mark = set_mark(state, [], epoch, 0)
+                every = config.train.checkpoint_every
+                due = epoch % every == 0 if every is not None else time.perf_counter() - t_epoch > 60
+                if due or epoch == config.train.epochs:
+                    saved = _save(mark, logs, configs, steps_per_epoch, program.chunk_steps, "last")
+                _save_best(mark, logs, configs, steps_per_epoch, program.chunk_steps, saved)
     except KeyboardInterrupt:
         for log in logs:
             if log.active:
-                log.status = "interrupted"
-    wall = time.perf_counter() - t_start
+                log.status, log.stopped_by = "interrupted", "Ctrl-C"
+    except _BudgetSpent:
+        for log in logs:
+            if log.active:
+                log.status, log.stopped_by = "interrupted", "train.max_minutes"
+    if mark is not None and mark is not saved:  # stopped: the last point where state and logs agree
+        _save(mark, logs, configs, steps_per_epoch, program.chunk_steps, "last")
+    wall = elapsed_times()["wall_time_s"]
     # numpy: slicing out each run's part compiles nothing; no state: interrupted before it existed
     final = None if state is None else jax.device_get(state.params)
     for i, log in enumerate(logs):  # params.npz before the final summary; not for a diverged run
         mine = None if final is None else _seed(final, i)
         if log.config.train.save_params and log.status != "diverged" and mine is not None and _finite(mine):
             log.writer.params(mine)
-    return [log.finish(wall, train_time, examples_seen, compile_time) for log in logs]
+    return [log.finish(wall, times["train_time_s"], times["examples"], times["compile_time_s"]) for log in logs]
+
+
+def _restored(resume: list[checkpoint.Checkpoint], state, batched: SeedBatched, splits, probe_x, probe_y, probe_idx, keys):
+    """The resumed runs' training state (stacked on the run axis) and the outputs of the current
+    epoch's steps before the checkpoint, in the structure `state` and the chunk function have."""
+    template = _seed(state, 0)
+    states = [checkpoint.restore(template, c.state, "checkpoint") for c in resume]
+    state = jax.tree_util.tree_map(lambda *runs: jnp.asarray(np.stack(runs)), *states)
+    if not resume[0].partial:
+        return state, []
+    shapes = jax.eval_shape(batched.chunk, state, splits.x_train, splits.y_train, probe_x, probe_y, probe_idx, keys,
+                            jax.ShapeDtypeStruct((len(resume), 1, 1), jnp.int32), 0, 0)[1]
+    treedef = jax.tree_util.tree_structure(shapes)
+    leaves = [np.stack(runs) for runs in zip(*(c.partial for c in resume))]
+    return state, [jax.tree_util.tree_unflatten(treedef, leaves)]
+
+
+def _checkpoint_bytes(mark: _Mark, i: int, config: Config, steps_per_epoch: int, chunk_steps: int, state_np) -> bytes:
+    meta = {
+        "epoch": mark.epoch, "step_in_epoch": mark.step_in_epoch, "step": mark.epoch * steps_per_epoch + mark.step_in_epoch,
+        "steps_per_epoch": steps_per_epoch, "chunk_steps": chunk_steps, "log": mark.books[i], "files": mark.files[i],
+        "times": mark.times, "config": to_dict(config), "code": checkpoint.code_version(),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    partial = []
+    if mark.partial:
+        joined = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts, axis=1), *mark.partial)
+        partial = jax.tree_util.tree_leaves(_seed(joined, i))
+    return checkpoint.to_bytes(jax.tree_util.tree_leaves(_seed(state_np, i)), partial, meta)
+
+
+def _save(mark: _Mark, logs: list[_RunLog], configs: list[Config], steps_per_epoch: int, chunk_steps: int,
+          name: str) -> _Mark:
+    """Writes checkpoint `name` of every run that has not diverged; returns the mark saved."""
+    state_np = jax.device_get(mark.state)
+    for i, log in enumerate(logs):
+        if log.status != "diverged":
+            log.writer.checkpoint(name, _checkpoint_bytes(mark, i, configs[i], steps_per_epoch, chunk_steps, state_np))
+    return mark
+
+
+def _save_best(mark: _Mark, logs: list[_RunLog], configs: list[Config], steps_per_epoch: int, chunk_steps: int,
+               saved: _Mark | None) -> None:
+    """checkpoints/best.npz of each run whose validation accuracy is a new best at the mark's epoch:
+    a link to last.npz where that was just written, else its own write."""
+    state_np = None
+    for i, log in enumerate(logs):
+        if log.status == "diverged" or log.best_val_epoch != mark.epoch or mark.step_in_epoch:
+            continue
+        if saved is mark:
+            log.writer.link_checkpoint("last", "best")
+            continue
+        state_np = jax.device_get(mark.state) if state_np is None else state_np
+        log.writer.checkpoint("best", _checkpoint_bytes(mark, i, configs[i], steps_per_epoch, chunk_steps, state_np))
+
+
+def _log_steps(logs: list[_RunLog], epoch: int, first_step: int, out: dict, batch_size: int, every: int) -> None:
+    """steps.jsonl: each active run's training loss and accuracy over each `every` steps of a chunk that
+    began at global step `first_step` (a chunk starts on a multiple of `every`; an epoch's last window
+    may be shorter), one record per window, at the step that ends it."""
+    n = out["loss"].shape[1]
+    windows = [(start, min(start + every, n)) for start in range(0, n, every)]
+    for i, log in enumerate(logs):
+        if log.active:
+            ends = first_step + np.asarray([end for _, end in windows])
+            lrs = np.broadcast_to(np.asarray(log.step_lr(ends)), ends.shape)  # one call a chunk (a constant: a scalar)
+            losses, correct = out["loss"][i], out["correct"][i]
+            log.writer.steps([{"epoch": epoch, "step": first_step + end, "lr": float(lr),
+                               "train_loss": float(np.mean(losses[start:end])),
+                               "train_accuracy": float(np.sum(correct[start:end]) / ((end - start) * batch_size))}
+                              for (start, end), lr in zip(windows, lrs)])
 
 
 def _finite(tree) -> bool:

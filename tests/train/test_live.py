@@ -12,7 +12,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.live import require_live, scalars
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.train import train
-from test_train import clusters, small_config
+from helpers import clusters, small_config
 
 
 def expected_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

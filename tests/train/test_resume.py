@@ -15,7 +15,7 @@ from bioprop_cli.cli import app
 from bioprop_cli.errors import UserError
 from bioprop_cli.runs import RunWriter, read_jsonl
 from bioprop_cli.train import resume_run, train
-from test_train import clusters, small_config
+from helpers import clusters, small_config
 
 TIMING = ("epoch_time_s", "wall_time_s")
 

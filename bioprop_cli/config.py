@@ -480,8 +480,8 @@ def _check_resnet(r: ResNetConfig) -> None:
     from bioprop_cli.models.resnet import DEPTHS, valid_depth
 
     _check(valid_depth(r.depth), "model.resnet.depth", DEPTHS, r.depth)
-    _check(r.width >= 4 and r.width % 4 == 0, "model.resnet.width",
-           "a multiple of 4 (shortcut A pads planes / 4 channels on each side), >= 4", r.width)
+    _check(r.width >= 1 and (r.shortcut == "B" or r.width % 2 == 0), "model.resnet.width",
+           ">= 1, and even with shortcut A (it pads planes / 4 channels on each side of the subsampled input)", r.width)
 
 
 def _check_vgg(v: VGGConfig) -> None:

@@ -153,7 +153,7 @@ def test_option_a_shortcut_is_subsampled_and_zero_padded():
 @pytest.mark.parametrize("key, value, message", [
     ("model.resnet.depth", 21, "model.resnet.depth"),
     ("model.resnet.shortcut", "C", "model.resnet.shortcut"),
-    ("model.resnet.width", 6, "model.resnet.width"),
+    ("model.resnet.width", 3, "model.resnet.width"),
     ("model.vgg.paddings", [1], "model.vgg.paddings"),
     ("model.vgg.pools", ["avg", "max", "max", "max"], "model.vgg.pools"),
 ])

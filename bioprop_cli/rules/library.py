@@ -12,7 +12,9 @@ running statistics through the training state:
 A training step is one forward pass in BatchNorm's train mode (batch statistics) through the library's layers,
 whose backward pass is the rule's; its running statistics become the state's. `predict` (evaluation) runs
 BatchNorm in eval mode on the running statistics. The measurement compares the rule's update of each weight
-layer with jax.grad of the same network with exact layers (models/graph.EXACT), in the same train-mode pass.
+layer with jax.grad of the same network in the same train-mode pass (bioprop.measure). The training step is the
+library's estimate (bioprop.estimate, bioprop.update) with BatchNorm's statistics kept: tested equal to
+bioprop.update, so that what is measured is what trains.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 import bioprop
-from bioprop_cli.metrics.angles import angle_degrees, norm_ratio
 from bioprop_cli.models.graph import EXACT, Network, Ops, init_stats
 from bioprop_cli.models.mlp import LOSSES
 from bioprop_cli.precision import full_float32
@@ -136,80 +137,31 @@ def make(config, network: Network, n_train: int = 0) -> LearningRule:
                         gradient_estimate if learned else None)
 
 
-def probed(ops: Ops, probes: list) -> Ops:
-    """ops whose i-th call adds probes[i] (zeros) to the layer's output: the gradient w.r.t. probes[i] is the
-    error that layer's output receives (its delta)."""
-    count = [0]
-
-    def add(out):
-        i = count[0]
-        count[0] += 1
-        return out + probes[i]
-
-    return Ops(lambda x, w, b, fb: add(ops.dense(x, w, b, fb)),
-               lambda x, w, b, fb, s, p: add(ops.conv(x, w, b, fb, s, p)))
-
-
 def make_measure(config, network: Network, rule: LearningRule):
-    """measure(params, state, x, y, key, idx=None) -> {"layers": {name: (L,)}, "network": {name: ()}}, the
-    records train.py writes (metrics/alignment.py names them) over the network's weight layers in forward order."""
+    """measure(params, state, x, y, key, idx=None) -> {"layers": {name: (L,)}, "network": {name: ()}}: the
+    library's measurement (bioprop.measure: the rule's update, the error each layer's output receives and B, against
+    jax.grad of the same network, BatchNorm in train mode) of each weight layer's kernel, in forward order, in the
+    records train.py writes (metrics/alignment.py names them). "network" holds mean_update_angle, the mean over the
+    layers below the output layer (whose update is exact for every rule here)."""
     loss = LOSSES[config.model.loss]
     lib_rule = library_rule(config)
     learned = config.rule in LEARNED
 
     @full_float32
     def measure(params, state, x, y, key, idx=None):
-        net = network_params(params)
-        zeros = [jnp.zeros((x.shape[0],) + w.out_shape, x.dtype) for w in network.weights]
-
-        def exact(p, probes):
-            logits, _ = network.apply(p, state["stats"], [None] * len(zeros), x, True, probed(EXACT, probes))
-            return loss.value(logits, y)
-
-        true_grads, true_deltas = jax.grad(exact, argnums=(0, 1))(net, zeros)
-        est = (rule.gradient_estimate or rule.estimate)(params, state, x, y, key)
-        deltas = _rule_deltas(lib_rule, network, net, params["fb"] if learned else state["feedback"], state["stats"],
-                              x, y, key, loss, zeros)
-        ours = [g["w"] for g in est.grads["layers"]]
-        exact_w = [g["w"] for g in true_grads["layers"]]
+        model = lambda p, fb, x: network.apply(p, state["stats"], weights(fb), x, True, LIBRARY)[0]
+        fb_state = params["fb"] if learned else state["feedback"]
+        report = bioprop.measure(lib_rule, model, loss.value, network_params(params), fb_state, key, x, y)
+        per_layer = lambda tree: jnp.stack(weights(tree))
+        nan = jnp.full((len(network.weights),), jnp.nan)
+        feedback = report.get("feedback") if config.rule != "bp" else None  # bp's B is W itself: nothing to compare
         layers = {
-            "update_angle": jnp.stack([angle_degrees(a, b) for a, b in zip(ours, exact_w)]),
-            "update_rel_error": jnp.stack([_relative_error(a, b) for a, b in zip(ours, exact_w)]),
-            "delta_angle": jnp.stack([angle_degrees(a, b) for a, b in zip(deltas, true_deltas)]),
+            "update_angle": per_layer(report["update"]["angle"]),
+            "update_rel_error": per_layer(report["update"]["relative_error"]),
+            "delta_angle": per_layer(report["signal"]["angle"]),
+            "feedback_angle": nan if feedback is None else per_layer(feedback["angle"]),
+            "feedback_norm_ratio": nan if feedback is None else per_layer(feedback["norm_ratio"]),
         }
-        fb_angle = fb_ratio = jnp.full((len(ours),), jnp.nan)
-        for l, (b, reference) in rule.feedback(params, state, key).items():
-            fb_angle = fb_angle.at[l].set(angle_degrees(b, reference))
-            fb_ratio = fb_ratio.at[l].set(norm_ratio(b, reference))
-        layers.update(feedback_angle=fb_angle, feedback_norm_ratio=fb_ratio)
-        flat = lambda ws: jnp.concatenate([jnp.ravel(w) for w in ws])
-        network_record = {
-            "update_angle": angle_degrees(flat(ours), flat(exact_w)),
-            "update_rel_error": _relative_error(flat(ours), flat(exact_w)),
-            "mean_update_angle": jnp.mean(layers["update_angle"][:-1]),  # the output layer's update is exact
-        }
-        return {"layers": layers, "network": network_record}
+        return {"layers": layers, "network": {"mean_update_angle": jnp.mean(layers["update_angle"][:-1])}}
 
     return measure
-
-
-def _relative_error(estimate, exact):
-    return jnp.linalg.norm(jnp.ravel(estimate - exact)) / jnp.linalg.norm(jnp.ravel(exact))
-
-
-def _rule_deltas(rule, network, net, fb_state, stats, x, y, key, loss, zeros) -> list:
-    """The error the rule delivers to each weight layer's output (the gradient w.r.t. a zero added there,
-    through the library's layers with the rule's feedback)."""
-    fb = bioprop.feedback_arrays(rule, net, fb_state, key)
-    ops = LIBRARY
-    if rule.direct:
-        silent = jax.tree_util.tree_map(lambda d: None, fb)
-        logits = network.apply(net, stats, weights(silent), x, True, ops)[0]
-        e = jax.grad(loss.value)(logits, y)
-        fb = jax.tree_util.tree_map(lambda d: bioprop.Direct(d, e), fb)
-
-    def value(probes):
-        logits, _ = network.apply(net, stats, weights(fb), x, True, probed(ops, probes))
-        return loss.value(logits, y)
-
-    return jax.grad(value)(zeros)

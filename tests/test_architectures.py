@@ -185,3 +185,23 @@ def test_layer_lr_is_refused_on_library_networks():
 def test_label_names_the_resnet_depth():
     assert arch.label(load_config(overrides=[("model.arch", "resnet"), ("model.resnet.depth", 32)]).model) == "resnet32"
     assert math.prod(resnet.build((28, 28, 1), 10, 20).input_shape) == 784
+
+
+def test_biotorch_resnet20_protocol_and_its_published_errors():
+    """configs/experiments/resnet20_cifar10_biotorch.yaml: biotorch's SGD protocol, and Benchmarks.md's ResNet-20
+    column in reproduce's `paper:` format, one number per grid point."""
+    from bioprop_cli.config import read_yaml
+    from bioprop_cli.studies.reproduce import read_paper
+
+    path = CONFIGS / "experiments" / "resnet20_cifar10_biotorch.yaml"
+    config = load_config(path)
+    assert (config.model.arch, config.model.resnet.depth, config.model.resnet.shortcut) == ("resnet", 20, "A")
+    o = config.optimizer
+    assert (o.name, o.lr, o.momentum, o.weight_decay) == ("momentum", 0.1, 0.9, 1e-4)
+    assert (o.schedule.name, o.schedule.boundaries, o.schedule.decay_rate) == ("step", (100, 150, 200), 0.1)
+    assert (config.train.epochs, config.train.batch_size, config.data.augment) == (250, 128, "crop_flip")
+    assert arch.of_config(config).n_params == 269_722
+    tree = read_yaml(path)
+    published = {n.where["rule"]: n.value for n in read_paper(tree["paper"]).published}
+    assert published == {"bp": 8.63, "fa": 32.16, "dfa": 45.94, "usf": 10.05, "brsf": 11.02, "frsf": 11.2}
+    assert set(published) == set(tree["sweep"]["grid"]["rule"])

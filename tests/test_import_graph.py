@@ -111,3 +111,12 @@ def external_imports(path: Path) -> set[str]:
 def test_figures_are_drawn_only_in_the_report_package():
     drawing = sorted(name for name, path in module_files().items() if "matplotlib" in external_imports(path))
     assert drawing and all(name.startswith(f"{PACKAGE}.report") for name in drawing), drawing
+
+
+def test_the_library_never_imports_the_cli():
+    """bioprop_cli may import the library bioprop; bioprop never imports bioprop_cli."""
+    library = ROOT.parent / "bioprop"
+    modules = sorted(library.rglob("*.py"))
+    assert modules
+    importing = [str(path.relative_to(ROOT.parent)) for path in modules if PACKAGE in external_imports(path)]
+    assert importing == [], f"bioprop modules importing {PACKAGE}: {importing}"

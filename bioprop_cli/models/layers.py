@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import bioprop.layers as library
+
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
 from bioprop_cli.models.mlp import Forward, init_std, sample
 
@@ -104,33 +106,19 @@ def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
     return op.weight_shape[::-1] if isinstance(op, Dense) else op.weight_shape
 
 
-# A conv layer's two vjps are written as forward convolutions (NHWC, HWIO): inside a compiled loop
-# (the epoch's scan) XLA's CPU backend runs the convolutions jax.linear_transpose makes 5 to 17 times
-# slower than outside one, and these forward ones at full speed (measured on LeNet's layers at batch
-# 128; jax-ml/jax issue 12868). Tested against jax.grad.
+# A conv layer's two vjps are written as forward convolutions (the library's primitives, bioprop/layers.py:
+# XLA's CPU backend runs linear_transpose's convolutions 5 to 17 times slower inside a scan). Tested against jax.grad.
 def conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
-    """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in): the
-    stride-dilated g, padded by k - 1 - p (and what the stride's floor dropped), convolved with the
-    kernel flipped in space and transposed in channels."""
-    k, s, p = op.kernel, op.stride, op.padding
-    dilated = lambda n: (n - 1) * s + 1
-    pads = [(k - 1 - p, side + p - dilated(n)) for side, n in zip(op.in_shape[:2], g.shape[1:3])]
-    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=(s, s),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """The input gradient of the convolution (stride s, padding p) with g, (batch, H, W, C_in)."""
+    s, p = op.stride, op.padding
+    return library.conv_transpose(g, w, op.in_shape[:2], (s, s), ((p, p), (p, p)))
 
 
 def conv_weight_gradient(op: Conv, h: jax.Array, delta: jax.Array) -> jax.Array:
     """The kernel gradient of the convolution (stride s, padding p) at input h with cotangent delta
-    (batch, H', W', C_out): dW[i, j, c, o] = sum over the batch and output positions (y, x) of
-    h_padded[y s + i, x s + j, c] delta[y, x, o], a forward convolution of h's channels (as a batch)
-    with delta (the batch contracted, the output positions dilated by s) cut to k x k."""
+    (batch, H', W', C_out)."""
     k, s, p = op.kernel, op.stride, op.padding
-    images = jnp.transpose(as_input(op, h), (3, 1, 2, 0))  # (C_in, H, W, batch)
-    kernel = jnp.transpose(delta, (1, 2, 0, 3))  # (H', W', batch, C_out)
-    out = lax.conv_general_dilated(images, kernel, (1, 1), ((p, p), (p, p)), rhs_dilation=(s, s),
-                                   dimension_numbers=_DIMENSIONS)
-    return jnp.transpose(out[:, :k, :k, :], (1, 2, 0, 3))
+    return library.conv_weight_gradient(as_input(op, h), delta, (k, k), (s, s), ((p, p), (p, p)))
 
 
 def weight_vjp(op: Dense | Conv, h: jax.Array, delta: jax.Array) -> dict:

@@ -7,11 +7,12 @@ W_l has shape (n_l, n_{l+1}); the backprop error a layer receives is delta_l = d
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from bioprop.rules import INIT_STD, sample  # the variance-scaling stds and the zero-mean draw, the library's
 
 Params = list  # [{"w": (n_l, n_{l+1}), "b": (n_{l+1},)}, ...]
 
@@ -63,25 +64,9 @@ LOSSES: dict[str, Loss] = {
 }
 
 
-# Standard deviation of the initial weights as a function of (fan_in, fan_out).
-INIT_STD: dict[str, Callable[[int, int], float]] = {
-    "lecun": lambda fan_in, fan_out: 1.0 / math.sqrt(fan_in),
-    "glorot": lambda fan_in, fan_out: math.sqrt(2.0 / (fan_in + fan_out)),
-    "he": lambda fan_in, fan_out: math.sqrt(2.0 / fan_in),
-}
-
-
 def init_std(scheme: str, scale: float, fan_in: int, fan_out: int) -> float:
     family = scheme.split("_")[0]
     return scale * INIT_STD[family](fan_in, fan_out)
-
-
-def sample(key: jax.Array, shape: tuple[int, ...], std: float, distribution: str) -> jax.Array:
-    """Zero-mean samples with the given standard deviation ('normal' or 'uniform')."""
-    if distribution == "normal":
-        return std * jax.random.normal(key, shape)
-    limit = math.sqrt(3.0) * std
-    return jax.random.uniform(key, shape, minval=-limit, maxval=limit)
 
 
 class Forward(NamedTuple):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bioprop.rules import fast_uniform  # brsf's counter-based hash (wm's noise imports it from here)
 from bioprop_cli.models.layers import as_weight, transport
 from bioprop_cli.rules.base import LearningRule, feedback_rule, feedback_std, model_functions
 from bioprop_cli.rules.feedback_alignment import random_feedback
@@ -62,28 +63,6 @@ def make_frsf(config, arch, n_train: int = 0) -> LearningRule:
         init=init,
         matrices=lambda params, state, key: _with_magnitudes(arch, params, state),
     )
-
-
-def _mix32(x):
-    """A bijective 32-bit integer mixer (the 'lowbias32' constants of C. Wellons' hash prospector)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def fast_uniform(key, shape) -> jax.Array:
-    """Uniform floats in (0, 1) from a keyed counter-based hash: mix(mix(i + k0) ^ k1).
-
-    brsf redraws every feedback magnitude at every step; threefry bits for that cost more than
-    the step's matrix products on a CPU, this costs about a sixth of them. Two 32-bit keys from
-    the step's JAX key make the streams of two steps unrelated (not shifted copies).
-    """
-    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
-    counter = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    bits = _mix32(_mix32(counter + k0) ^ k1)
-    return ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 
 
 def redrawn_magnitudes(key, config, arch) -> list:

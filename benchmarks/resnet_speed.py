@@ -79,17 +79,20 @@ def main() -> None:
         programs[f"{rule} (library layers)"] = (scan_program(rule_step(impl, 0.01), params, state, x, y), params, state)
     programs["jax.grad (exact layers)"] = (scan_program(exact_step(network, 0.01), params, state, x, y), params,
                                            {"stats": init_stats(network)})
+    print(f"ResNet-{args.depth} (width {args.width}) on MNIST, batch {args.batch}, {args.steps} steps per call, "
+          f"{args.tries} tries; {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+          f"jax {jax.__version__}", flush=True)
     times = {name: [] for name in programs}
     for name, (program, params, state) in programs.items():  # compile and warm up
+        t0 = time.perf_counter()
         jax.block_until_ready(program(params, state, x, y))
+        print(f"{name}: compiled and warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
     for _ in range(args.tries):
         for name, (program, params, state) in programs.items():
             t0 = time.perf_counter()
             jax.block_until_ready(program(params, state, x, y))
             times[name].append((time.perf_counter() - t0) / args.steps)
-    print(f"ResNet-{args.depth} (width {args.width}) on MNIST, batch {args.batch}, {args.steps} steps per call, "
-          f"{args.tries} tries; {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, {platform.python_version()}, "
-          f"jax {jax.__version__}")
+            print(f"{name}: {1000 * times[name][-1]:.0f} ms per step", flush=True)
     print("| variant | ms per step (median) | tries (ms) | examples/s |")
     print("|---|---|---|---|")
     for name, ts in times.items():

@@ -140,7 +140,7 @@ def test_the_training_loop_moves_the_running_statistics_and_kps_feedback_and_eva
     assert not np.allclose(logits, with_init_stats)
 
 
-@pytest.mark.slow  # three compilations of a ResNet-20: about 45 s on 2 cores
+@pytest.mark.slow  # three compilations of a ResNet-20: 44 s and 111 s measured on the shared 2-core machine
 def test_bioprop_train_usf_resnet20_logs_every_conv_layer(mnist_dir, tmp_path):
     """`bioprop train --rule usf --set model.arch=resnet` (ResNet-20 at width 4, a few hundred MNIST images)."""
     result = CliRunner().invoke(app, [

@@ -1,9 +1,10 @@
 """The training speed of a ResNet on MNIST: usf and bp through the library's layers (the step `bioprop train` runs,
 rules/library.py) against plain jax.grad of the same ResNet with exact layers (models/graph.EXACT).
 
-    python benchmarks/resnet_speed.py [--depth 20] [--width 16] [--batch 128] [--steps 20] [--tries 3]
+    python benchmarks/resnet_speed.py [--depth 20] [--width 16] [--batch 128] [--steps 20] [--tries 3] [--loop]
 
-Each variant is one compiled program: `steps` SGD steps in a lax.scan (as train.py's epoch), on the first
+Each variant is one compiled program: `steps` SGD steps in a lax.scan (as train.py's epoch; --loop: one jitted
+step called per batch), on the first
 steps x batch MNIST training images (the CLI's per-channel normalisation is left out: the speed does not depend
 on the pixel values). The variants run interleaved, `tries` times each, after one warm-up call each (compilation
 excluded); the table gives each variant's median time per step and examples per second.
@@ -28,7 +29,18 @@ from bioprop_cli.models.mlp import LOSSES
 from bioprop_cli.network import architecture, init_state
 
 
-def scan_program(step, params, state, x, y):
+def scan_program(step, params, state, x, y, loop=False):
+    """The steps as one lax.scan (train.py's epoch), or (loop) a jitted step called once per batch from Python."""
+    if loop:
+        one = jax.jit(step)
+
+        def run(params, state, x, y):
+            for i in range(x.shape[0]):
+                params, state = one(params, state, x[i], y[i])
+            return params, state
+
+        return run
+
     def body(carry, batch):
         params, state = carry
         return step(params, state, *batch), None
@@ -65,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tries", type=int, default=3)
+    parser.add_argument("--loop", action="store_true", help="a jitted step per batch instead of one lax.scan")
     args = parser.parse_args()
     overrides = [("model.arch", "resnet"), ("model.resnet.depth", args.depth), ("model.resnet.width", args.width)]
     data = load_dataset("mnist")
@@ -76,11 +89,11 @@ def main() -> None:
         config = load_config(overrides=[("rule", rule), *overrides])
         network = architecture(config, x.shape[-1])
         impl, params, state = init_state(config, network, 0)
-        programs[f"{rule} (library layers)"] = (scan_program(rule_step(impl, 0.01), params, state, x, y), params, state)
-    programs["jax.grad (exact layers)"] = (scan_program(exact_step(network, 0.01), params, state, x, y), params,
+        programs[f"{rule} (library layers)"] = (scan_program(rule_step(impl, 0.01), params, state, x, y, args.loop), params, state)
+    programs["jax.grad (exact layers)"] = (scan_program(exact_step(network, 0.01), params, state, x, y, args.loop), params,
                                            {"stats": init_stats(network)})
     print(f"ResNet-{args.depth} (width {args.width}) on MNIST, batch {args.batch}, {args.steps} steps per call, "
-          f"{args.tries} tries; {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, {platform.python_version()}, "
+          f"{args.tries} tries, {'a jitted step per batch' if args.loop else 'one lax.scan'}; {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, {platform.python_version()}, "
           f"jax {jax.__version__}", flush=True)
     times = {name: [] for name in programs}
     for name, (program, params, state) in programs.items():  # compile and warm up

@@ -23,6 +23,7 @@ from bioprop_cli.datasets.registry import NAMES as DATASETS, facts as dataset_fa
 from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
 from bioprop_cli.models.energy import HOLOMORPHIC_RHOS
 from bioprop_cli.errors import UserError
+from bioprop_cli.models.arch import ARCHITECTURES, is_library
 
 # unit_slope_sigmoid, half_slope_hard_sigmoid: Laborieux et al. 2021's mysig and my_hard_sig, rule ep only
 # (bioprop_cli/models/energy.py)
@@ -50,7 +51,10 @@ EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py
 EPOutputLayer = Literal[OUTPUT_LAYERS]  # bioprop_cli/ep.py, models/energy.py
 PCVariant = Literal["standard", "fixed_prediction", "zero_divergence"]
-Arch = Literal["mlp", "lenet", "cnn"]  # bioprop_cli/models/arch.py
+Arch = Literal[tuple(ARCHITECTURES)]  # the registry, bioprop_cli/models/arch.py
+ResNetShortcut = Literal["A", "B"]  # bioprop_cli/models/resnet.py
+VGGPool = Literal["max", "none"]  # bioprop_cli/models/vgg.py
+VGGNorm = Literal["none", "batch"]
 PoolKind = Literal["max", "avg", "none"]
 LiveLog = Literal["tensorboard", "wandb"]  # bioprop_cli/live.py
 
@@ -78,14 +82,39 @@ class CNNConfig:
 
 
 @dataclass(frozen=True)
+class ResNetConfig:
+    """model.arch = resnet: He et al. 2016's CIFAR ResNet (bioprop_cli/models/resnet.py). Its activation is
+    ReLU and its layers are its own: model.depth, model.width and model.activation do not apply."""
+
+    depth: int = 20  # 6n + 2: 20, 32, 44, 56
+    shortcut: ResNetShortcut = "A"  # A: identity, subsampled, zero-padded channels; B: 1x1 conv + BatchNorm
+    width: int = 16  # channels of the first stage (then 2x, 4x)
+
+
+@dataclass(frozen=True)
+class VGGConfig:
+    """model.arch = vgg (bioprop_cli/models/vgg.py): one entry per conv layer in channels, paddings, pools.
+    The default is pcx's VGG-5 (configs/models/vgg5_pcx.yaml)."""
+
+    channels: tuple[int, ...] = (128, 256, 512, 512)
+    paddings: tuple[int, ...] = (1, 1, 1, 1)
+    pools: tuple[VGGPool, ...] = ("max", "max", "max", "max")  # 2x2 max pooling after the activation, or none
+    kernel: int = 3
+    dense: tuple[int, ...] = ()  # widths of the dense hidden layers before the output layer
+    norm: VGGNorm = "none"  # batch: BatchNorm after each convolution (then without bias)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: Arch = "mlp"  # mlp | lenet | cnn (bioprop_cli/models/arch.py)
+    arch: Arch = "mlp"  # the registry's names (bioprop_cli/models/arch.py ARCHITECTURES)
     depth: int = 2  # mlp: number of HIDDEN layers; the network has depth + 1 weight matrices
     width: int = 256  # mlp: units per hidden layer
     activation: Activation = "tanh"
     loss: Loss = "cross_entropy"
     init: InitConfig = field(default_factory=InitConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    vgg: VGGConfig = field(default_factory=VGGConfig)
 
 
 @dataclass(frozen=True)
@@ -483,13 +512,32 @@ def _check_cnn(c: CNNConfig) -> None:
     _check(c.pool_stride >= 1, "model.cnn.pool_stride", ">= 1", c.pool_stride)
 
 
+def _check_resnet(r: ResNetConfig) -> None:
+    from bioprop_cli.models.resnet import DEPTHS, valid_depth
+
+    _check(valid_depth(r.depth), "model.resnet.depth", DEPTHS, r.depth)
+    _check(r.width >= 1 and (r.shortcut == "B" or r.width % 2 == 0), "model.resnet.width",
+           ">= 1, and even with shortcut A (it pads planes / 4 channels on each side of the subsampled input)", r.width)
+
+
+def _check_vgg(v: VGGConfig) -> None:
+    n = len(v.channels)
+    _check(n >= 1, "model.vgg.channels", "at least one conv layer", list(v.channels))
+    for key in ("paddings", "pools"):
+        _check(len(getattr(v, key)) == n, f"model.vgg.{key}", f"one entry per conv layer ({n}, as model.vgg.channels)",
+               list(getattr(v, key)))
+    for key, low in (("channels", 1), ("paddings", 0), ("dense", 1)):
+        _check(all(x >= low for x in getattr(v, key)), f"model.vgg.{key}", f"integers >= {low}", list(getattr(v, key)))
+    _check(v.kernel >= 1, "model.vgg.kernel", ">= 1", v.kernel)
+
+
 def _check_architecture(config: Config):
     """The config's network (models.arch.Architecture), refused where a layer has no output left."""
     from bioprop_cli.models.arch import of_config, problem
 
     network = of_config(config)
     found = problem(network)
-    _check(found is None, "model.cnn" if config.model.arch == "cnn" else "model.arch",
+    _check(found is None, f"model.{ARCHITECTURES[config.model.arch].keys or 'arch'}",
            f"an architecture whose every layer has an output ({found})", config.model.arch)
     return network
 
@@ -516,6 +564,8 @@ def validate(config: Config) -> Config:
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
     _check_cnn(m.cnn)
+    _check_resnet(m.resnet)
+    _check_vgg(m.vgg)
     network = _check_architecture(config)
     _check_memory(m, network)
     _check(m.init.scale > 0, "model.init.scale", "> 0", m.init.scale)
@@ -580,6 +630,8 @@ def validate(config: Config) -> Config:
         f"empty or one multiplier per weight layer ({n_layers} for {of})", list(o.layer_lr),
     )
     _check(all(v > 0 for v in o.layer_lr), "optimizer.layer_lr", "positive multipliers", list(o.layer_lr))
+    _check(not o.layer_lr or not is_library(network), "optimizer.layer_lr",
+           f"empty for model.arch {m.arch} (per-layer rates are the layer stacks': mlp, lenet, cnn)", list(o.layer_lr))
     e = config.ep
     _check(e.beta > 0, "ep.beta", "> 0 (the estimator sets the sign)", e.beta)
     _check(e.estimator != "coupled" or e.beta <= 1, "ep.beta",
@@ -627,9 +679,9 @@ def validate(config: Config) -> Config:
         _check(m.activation not in EP_ONLY_ACTIVATIONS, "model.activation",
                f"tanh, relu, sigmoid or hard_sigmoid for rule {config.rule} ({m.activation} is rule ep's only)",
                m.activation)
-    from bioprop_cli.rules import rule_info
+    from bioprop_cli.rules import make_rule
 
-    rule_info(config.rule).make(config, network, 0)  # a rule that does not run on this architecture says so
+    make_rule(config, network, 0)  # a rule that does not run on this architecture says so
     return config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from bioprop_cli.errors import UserError
-from bioprop_cli.models import arch
+from bioprop_cli.models import arch, graph
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.rules import LearningRule, make_rule
 from bioprop_cli.splits import derive_keys
@@ -41,7 +41,10 @@ def init_state(config, network: arch.Architecture, seed, n_train: int = 0) -> tu
     keys = derive_keys(seed)
     rule = make_rule(config, network, n_train)
     init = config.model.init
-    params = init_params(keys.params, network, init.scheme, init.scale, init.bias)
+    if arch.is_library(network):  # resnet, vgg: {"layers", "norms"} (models/graph.py)
+        params = graph.init_params(keys.params, network, init.scheme, init.scale)
+    else:
+        params = init_params(keys.params, network, init.scheme, init.scale, init.bias)
     if rule.init_params is not None:
         params = rule.init_params(keys.rule, params)
     return rule, params, rule.init(keys.rule, params)

@@ -127,11 +127,26 @@ def save_figure(figure, path: Path, dpi: int) -> None:
 
 def params_bytes(params) -> bytes:
     """A parameter pytree (a list of per-layer dicts of arrays) as the bytes of an .npz file with keys
-    '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), each array in its own dtype."""
-    arrays = {f"{l}.{name}": np.asarray(value) for l, layer in enumerate(params) for name, value in layer.items()}
+    '<layer>.<name>' (e.g. '0.w', '0.b', '1.fb'), each array in its own dtype. A network on the library's
+    layers (models/graph.py: a dict {"layers", "norms"}) has its leaves' paths as keys ('layers.0.w',
+    'norms.3.scale', 'fb.layers.0.w')."""
+    if isinstance(params, dict):
+        arrays = dict(_leaves_by_path(params))
+    else:
+        arrays = {f"{l}.{name}": np.asarray(value) for l, layer in enumerate(params) for name, value in layer.items()}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def _leaves_by_path(tree, prefix: str = ""):
+    """(dotted path, array) of every leaf of nested dicts, lists and tuples."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else None
+    if items is None:
+        yield prefix, np.asarray(tree)
+        return
+    for key, value in items:
+        yield from _leaves_by_path(value, f"{prefix}.{key}" if prefix else str(key))
 
 
 def write_params(path: Path, params) -> None:

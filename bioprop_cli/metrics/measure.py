@@ -16,13 +16,16 @@ from typing import Callable
 
 from bioprop_cli.metrics.alignment import measure_alignment
 from bioprop_cli.metrics.equilibrium import measure_ep
-from bioprop_cli.rules import ENERGY, LearningRule, rule_info
+from bioprop_cli.models.arch import is_library
+from bioprop_cli.rules import ENERGY, LearningRule, library, rule_info
 from bioprop_cli.rules.base import model_functions
 
 
 def make_measure(config, arch, rule: LearningRule) -> Callable[..., dict]:
     """arch: the network the rule was made for (network.architecture(config))."""
     info = rule_info(config.rule)
+    if is_library(arch):  # resnet, vgg: the library's measurement (rules/library.py)
+        return library.make_measure(config, arch, rule)
     if info.family == ENERGY:
         return functools.partial(measure_ep, rule, config)
     act, loss = model_functions(config)

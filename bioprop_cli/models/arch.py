@@ -13,13 +13,19 @@ conv layer reads it as (batch, H, W, C), the dataset's image shape (its registry
   max pool 2; dense 120, 84, 10); model.depth and model.width do not apply.
 - `cnn`: conv layers as model.cnn lists them, then dense hidden layers of model.cnn.dense units, then
   the output layer; model.depth and model.width do not apply.
+- `resnet` (models/resnet.py), `vgg` (models/vgg.py): networks written as functions on the library's feedback
+  layers (models/graph.py: residual adds, BatchNorm), not layer stacks; their keys are model.resnet, model.vgg.
+The registry ARCHITECTURES (below) names them all.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Literal, Mapping, NamedTuple
 
+from bioprop_cli.models import graph, resnet, vgg
+from bioprop_cli.models.graph import Network
 
 PoolKind = Literal["max", "avg", "none"]
 
@@ -183,16 +189,43 @@ def cnn(input_shape: tuple[int, int, int], cnn_config, n_out: int) -> Architectu
     return stack("cnn", input_shape, convs, tuple(c.dense), n_out)
 
 
-def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architecture:
+class ArchInfo(NamedTuple):
+    name: str
+    title: str  # what the network is, for help texts
+    # build(model_config, input_shape (H, W, C), n_out) -> Architecture (a layer stack, trained by the rules
+    # of bioprop_cli/rules/) or models.graph.Network (built on the library's feedback layers, trained by
+    # rules/library.py)
+    build: Callable
+    keys: str | None = None  # the config section of its own keys (model.<keys>), None: model.depth / width only
+
+
+def _vgg(model_config, input_shape, n_out):
+    from bioprop_cli.models.mlp import ACTIVATIONS
+
+    return vgg.build(input_shape, n_out, model_config.vgg, ACTIVATIONS[model_config.activation])
+
+
+# The registry of architectures: model.arch's values, the one home of each network's facts. Adding one is
+# its module and one line here (and, if it has keys of its own, their section in config.ModelConfig).
+ARCHITECTURES: Mapping[str, ArchInfo] = MappingProxyType({a.name: a for a in (
+    ArchInfo("mlp", "multilayer perceptron: model.depth hidden layers of model.width units",
+             lambda m, shape, n_out: mlp(shape, m.depth, m.width, n_out)),
+    ArchInfo("lenet", "LeNet-5 as biotorch trains it", lambda m, shape, n_out: lenet(shape, n_out)),
+    ArchInfo("cnn", "conv layers as model.cnn lists them", lambda m, shape, n_out: cnn(shape, m.cnn, n_out), "cnn"),
+    ArchInfo("resnet", "the CIFAR ResNets of He et al. 2016 as biotorch builds them (BatchNorm, shortcut A or B)",
+             lambda m, shape, n_out: resnet.build(shape, n_out, m.resnet.depth, m.resnet.shortcut, m.resnet.width),
+             "resnet"),
+    ArchInfo("vgg", "3x3 conv stack with optional BatchNorm (pcx's VGG-5/7, Laborieux et al.'s 4-conv net)", _vgg,
+             "vgg"),
+)})
+
+
+def build(model_config, input_shape: tuple[int, ...], n_out: int) -> Architecture | Network:
     """The architecture model_config.arch names, on inputs of the given (H, W, C) shape."""
-    if model_config.arch == "mlp":
-        return mlp(input_shape, model_config.depth, model_config.width, n_out)
-    if model_config.arch == "lenet":
-        return lenet(input_shape, n_out)
-    return cnn(input_shape, model_config.cnn, n_out)
+    return ARCHITECTURES[model_config.arch].build(model_config, tuple(input_shape), n_out)
 
 
-def of_config(config) -> Architecture:
+def of_config(config) -> Architecture | Network:
     """The config's network (model.arch) on its dataset's examples, one output per class (datasets.facts)."""
     from bioprop_cli.datasets.registry import facts
 
@@ -200,13 +233,23 @@ def of_config(config) -> Architecture:
     return build(config.model, shape, n_classes)
 
 
+def is_library(network) -> bool:
+    """Whether the network is built on the library's feedback layers (models.graph.Network)."""
+    return isinstance(network, Network)
+
+
 def label(model_config) -> str:
-    """A short name of the network for folder names: d<depth> for the MLP, else the arch (lenet, cnn)."""
-    return f"d{model_config.depth}" if model_config.arch == "mlp" else model_config.arch
+    """A short name of the network for folder names: d<depth> for the MLP, resnet<depth> for a ResNet, else
+    the arch (lenet, cnn, vgg)."""
+    if model_config.arch == "mlp":
+        return f"d{model_config.depth}"
+    return f"resnet{model_config.resnet.depth}" if model_config.arch == "resnet" else model_config.arch
 
 
-def problem(arch: Architecture) -> str | None:
+def problem(arch: Architecture | Network) -> str | None:
     """What makes the architecture impossible (a layer or pooling with no output left), else None."""
+    if is_library(arch):
+        return graph.problem(arch)
     for l, layer in enumerate(arch.layers):
         if min(layer.op.out_shape) < 1 or min(layer.out_shape) < 1:
             return f"layer {l} has no output left on {'x'.join(map(str, arch.input_shape))} inputs"

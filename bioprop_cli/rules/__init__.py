@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
 from bioprop_cli.errors import UserError
+from bioprop_cli.models.arch import is_library
 from bioprop_cli.rules import (
     backprop,
     direct_feedback,
@@ -19,6 +20,7 @@ from bioprop_cli.rules import (
     feedback_alignment,
     flops,
     kolen_pollack,
+    library,
     predictive_coding,
     sign_symmetric,
     weight_mirror,
@@ -102,9 +104,16 @@ def rules_help() -> str:
 
 
 def make_rule(config, arch, n_train: int = 0) -> LearningRule:
-    """Builds the rule `config.rule` for the network `arch` (models.arch.Architecture; network.architecture(config))
-    and the training-set size, for rules that keep per-example state."""
-    return rule_info(config.rule).make(config, arch, n_train)
+    """Builds the rule `config.rule` for the network `arch` (network.architecture(config)) and the training-set
+    size, for rules that keep per-example state. A network built on the library's feedback layers
+    (models.graph.Network: resnet, vgg) is trained by rules/library.py, for the rules the library has."""
+    info = rule_info(config.rule)
+    if not is_library(arch):
+        return info.make(config, arch, n_train)
+    if config.rule not in library.RULES:
+        raise UserError(f"config key 'model.arch': {config.model.arch} is trained by the feedforward rules "
+                        f"({', '.join(library.RULES)}); rule {config.rule} runs on mlp, lenet and cnn")
+    return library.make(config, arch, n_train)
 
 
 __all__ = ["ENERGY", "FEEDFORWARD", "RULES", "Estimate", "LearningRule", "RuleInfo", "available_rules",

@@ -17,7 +17,7 @@ from bioprop_cli.models import arch, graph, resnet
 from bioprop_cli.models.graph import EXACT, batch_norm
 from bioprop_cli.precision import float64
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_the_registry_lists_every_architecture_and_the_config_accepts_exactly_those():

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bioprop_cli.models.mlp import init_std, sample
+from bioprop.rules import sample
+from bioprop_cli.models.mlp import init_std
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1

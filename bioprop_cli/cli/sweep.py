@@ -93,7 +93,7 @@ def _run_with_status(base, grid, where, seed_values, runner, interrupted):
 
     with console.status("sweeping...") as status:
         return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),
-                         executor=runner, interrupted=interrupted)
+                         executor=runner, interrupted=interrupted, notice=lambda m: console.print(m, soft_wrap=True))
 
 
 class DatasetLoader:

@@ -11,8 +11,12 @@ finds the same folder again) holds
                      attempts: not results)
     runs/<name>/     ordinary run folders (config.yaml, metrics.jsonl, alignment.jsonl, summary.json)
     .lock            held by the process that trains (runs.folder_lock): one writer at a time
-Resuming: completed and diverged runs are kept; interrupted, failed or missing ones run (again, into
-a new folder). A run whose summary says it finished although the manifest does not (the process
+Resuming: completed and diverged runs are kept; an unfinished run whose folder holds a usable
+checkpoint (resumable_checkpoint) continues from it in its own folder, appending to its logs as
+`bioprop train --resume` does; interrupted, failed or missing runs without one run again, into a new
+folder. A checkpoint whose config or code differs from the run's now is not used: the run is
+trained afresh (a new folder; one line says why). Runs train with train.checkpoint_every=1 unless
+their config sets it, so that a kill -9 loses at most the epoch in training. A run whose summary says it finished although the manifest does not (the process
 was killed between the two writes) is taken as it is, not trained again. Runs that differ only in
 their seed and in values that change no array shape (config.BATCHABLE_KEYS) train together as one
 vmapped program, compiled once (group_runs). A run that fails at run time is recorded as failed and
@@ -31,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bioprop_cli.config import Config, check_against_data, shape_key
+from bioprop_cli import checkpoint
+from bioprop_cli.config import Config, check_against_data, derive, shape_key, to_dict
 from bioprop_cli.errors import DiskFull, UserError
 from bioprop_cli.runs import (
     RunWriter, check_folder, create_run_dir, disk_full_reason, folder_lock, make_folder, mark_failed, write_json,
@@ -130,14 +135,36 @@ def _requeue(entry: dict | None, spec: RunSpec, run_dir: Path, folder: Path) -> 
     return {**new, "previous_run_dirs": previous} if previous else new
 
 
+def resumable_checkpoint(run_dir: Path, config: Config) -> tuple[tuple[int, int] | None, str | None]:
+    """Where the unfinished run in `run_dir` can continue from: ((epoch, step in epoch), None) when its
+    checkpoints/last.npz is readable, short of train.epochs and made by this config and code; (None,
+    why not) when it holds one that cannot be used; (None, None) when it holds none to continue from."""
+    if not checkpoint.path(run_dir).is_file() or _finished_summary(run_dir) is not None:
+        return None, None
+    try:
+        stored, _ = checkpoint.load_for_resume(run_dir, to_dict(config), force=False)
+    except UserError as e:
+        return None, str(e)
+    if stored.meta["epoch"] >= config.train.epochs:
+        return None, None
+    return (stored.meta["epoch"], stored.meta["step_in_epoch"]), None
+
+
+def checkpointed(config: Config) -> Config:
+    """The config a run of an experiment trains with: a checkpoint every epoch unless it says otherwise."""
+    return config if config.train.checkpoint_every is not None else derive(config, {"train.checkpoint_every": 1})
+
+
 @dataclass(frozen=True)
 class Group:
     """Pending runs of the same shapes: trained together (one vmapped program), one task for an
-    executor. names[i] is run i's manifest entry."""
+    executor. names[i] is run i's manifest entry. `resume`: the runs continue from their folders'
+    checkpoints (all at one position), else they start anew."""
 
     names: tuple[str, ...]
     configs: tuple[Config, ...]
     run_dirs: tuple[Path, ...]
+    resume: bool = False
 
     @property
     def label(self) -> str:
@@ -145,12 +172,14 @@ class Group:
         return f"{points[0]} (+{len(points) - 1} points)" if len(points) > 1 else points[0]
 
 
-def group_runs(runs: list[tuple[str, Config, Path]]) -> list[Group]:
-    """Groups (name, config, run folder) by shape, in order of first appearance."""
-    by_shape: dict[Config, list] = {}
-    for run in runs:
-        by_shape.setdefault(shape_key(run[1]), []).append(run)
-    return [Group(*map(tuple, zip(*members))) for members in by_shape.values()]
+def group_runs(runs: list[tuple[str, Config, Path]], positions: list[tuple[int, int] | None] | None = None) -> list[Group]:
+    """Groups (name, config, run folder) by shape and by the checkpoint position each resumes from
+    (`positions`, None: starts anew), in order of first appearance."""
+    by_shape: dict[tuple, list] = {}
+    for run, position in zip(runs, positions or [None] * len(runs)):
+        by_shape.setdefault((shape_key(run[1]), position), []).append(run)
+    return [Group(*map(tuple, zip(*members)), resume=position is not None)
+            for (_, position), members in by_shape.items()]
 
 
 def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[dict]:
@@ -159,7 +188,9 @@ def train_point(group: Group, dataset_loader: Callable, dataset=None) -> list[di
 
     try:
         dataset = dataset if dataset is not None else dataset_loader(group.configs[0])
-        return train_group(list(group.configs), dataset, [RunWriter(d) for d in group.run_dirs])
+        resume = [checkpoint.read(d) for d in group.run_dirs] if group.resume else None
+        return train_group(list(group.configs), dataset, [RunWriter(d) for d in group.run_dirs], resume=resume,
+                           forced=[[] for _ in group.run_dirs])
     except DiskFull as e:  # each run says so in its summary (not left `running`); the runner stops
         reason = disk_full_reason(e)
         for run_dir in group.run_dirs:
@@ -213,23 +244,43 @@ class Experiment:
 
     def train(self, specs: list[RunSpec], dataset_loader: Callable, executor=None,
               report: Callable[[str], None] = lambda m: None,
-              interrupted: Callable[[], bool] = lambda: False) -> list[dict]:
-        """Trains the specs' runs that have not finished (each unfinished one into a new folder);
-        returns the manifest entry of every spec, in order. `executor` (default LocalExecutor) takes
-        the groups and yields (group, summaries); once `interrupted()` it starts no group."""
+              interrupted: Callable[[], bool] = lambda: False,
+              notice: Callable[[str], None] | None = None) -> list[dict]:
+        """Trains the specs' runs that have not finished (each unfinished one from its checkpoint, in
+        its folder, or anew into a new folder); returns the manifest entry of every spec, in order. `executor` (default LocalExecutor) takes
+        the groups and yields (group, summaries); once `interrupted()` it starts no group. `notice`
+        (default `report`): one line per run that continues from its checkpoint, or whose checkpoint
+        is not used (also recorded in its entry, `checkpoint_not_used`)."""
         runs, folder = self.manifest["runs"], self.folder
-        pending = []
+        pending, positions = [], []
         for spec in specs:
             if spec.name in runs:
                 _settle(runs[spec.name], folder)
-            if runs.get(spec.name, {}).get("status") in FINISHED:
+            entry = runs.get(spec.name)
+            if (entry or {}).get("status") in FINISHED:
                 report(f"{spec.name}: done")
                 continue
-            run_dir = create_run_dir(folder, "runs", spec.name)
-            runs[spec.name] = _requeue(runs.get(spec.name), spec, run_dir, folder)
-            pending.append((spec.name, spec.config, run_dir))
+            config = checkpointed(spec.config)
+            position, unusable = (None, None)
+            if entry and entry.get("run_dir"):
+                position, unusable = resumable_checkpoint(folder / entry["run_dir"], config)
+            if unusable:
+                (notice or report)(f"{spec.name}: trained afresh, its checkpoint is not used: {unusable}")
+            if position is not None:
+                (notice or report)(f"{spec.name}: continues from its checkpoint (epoch {position[0]}, step {position[1]})")
+                run_dir = folder / entry["run_dir"]
+                runs[spec.name] = {**{k: v for k, v in entry.items() if k not in ("test_accuracy", "error")},
+                                   "status": "queued"}
+            else:
+                run_dir = create_run_dir(folder, "runs", spec.name)
+                runs[spec.name] = _requeue(entry, spec, run_dir, folder)
+                if unusable:
+                    runs[spec.name]["checkpoint_not_used"] = unusable
+            pending.append((spec.name, config, run_dir))
+            positions.append(position)
         write_json(folder / "manifest.json", self.manifest)
-        for group, summaries in (executor or LocalExecutor())(group_runs(pending), dataset_loader, report, interrupted):
+        groups = group_runs(pending, positions)
+        for group, summaries in (executor or LocalExecutor())(groups, dataset_loader, report, interrupted):
             _record(runs, group, summaries, folder)
             full = next((s["disk_full"] for s in summaries if "disk_full" in s), None)
             if full is not None:  # the next group would fail the same way: stop, say where

@@ -1,0 +1,165 @@
+"""A sweep rerun after a kill continues each killed run from its checkpoint, in the run's own folder
+(bioprop_cli/experiment/runner.py: resumable_checkpoint), and ends with the numbers of a sweep never
+killed; a checkpoint of another config or code is not used (the run is trained afresh, one line says
+so).
+
+The kill is injected as in test_experiment_resume.py: Killed, a BaseException nothing in bioprop
+catches (as SIGKILL: no summary, no manifest update), raised right after the run's epoch-1
+checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helpers import make_fake_dataset
+
+from bioprop_cli.cli import app
+from bioprop_cli.runs import read_jsonl
+
+ARGS = ["sweep", "--grid", "depth=1,2", "--epochs", "3", "--width", "8", "--set", "data.validation_size=100",
+        "--set", "data.test_limit=100", "--set", "train.batch_size=50", "--set", "alignment.probe_size=16"]
+KILLED_RUN = "depth-2-s0"  # the second group: depth 1 has finished when it is killed
+
+
+class Killed(BaseException):
+    """Not an Exception, not a KeyboardInterrupt: no handler in bioprop catches it."""
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Per train_group call: (run folder names, the epoch each resumes from or None); `trained.kill`:
+    the run folder name whose first checkpoint write raises Killed once it is written."""
+    import bioprop_cli.train as train
+
+    real = train.train_group
+
+    class Calls(list):
+        kill = None
+
+    calls = Calls()
+
+    def recording(configs, dataset, writers, *args, resume=None, **kwargs):
+        calls.append(([Path(w.path).name for w in writers], None if resume is None else resume[0].meta["epoch"]))
+        for writer in writers:
+            if Path(writer.path).name == calls.kill:
+                write = writer.checkpoint
+
+                def write_then_die(name, data, write=write):
+                    write(name, data)
+                    raise Killed
+
+                writer.checkpoint = write_then_die
+        return real(configs, dataset, writers, *args, resume=resume, **kwargs)
+
+    monkeypatch.setattr(train, "train_group", recording)
+    return calls
+
+
+def invoke(args, results_dir):
+    return CliRunner().invoke(app, [*args, "--results-dir", str(results_dir)])
+
+
+def stamps(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def sweep_folder(root: Path) -> Path:
+    (found,) = list((root / "default").glob("sweep-*"))
+    return found
+
+
+def without_times(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in records]
+
+
+def assert_close(a, b, where: str) -> None:
+    """a equals b, numbers to float32 rounding (rtol 1e-6), everything else exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert np.isclose(a, b, rtol=1e-6, atol=1e-9, equal_nan=True), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def params(run: Path) -> dict:
+    with np.load(run / "params.npz") as stored:
+        return {k: stored[k] for k in stored.files}
+
+
+def killed_after_epoch_1(results_dir: Path, trained) -> Path:
+    trained.kill = KILLED_RUN
+    with pytest.raises(Killed):
+        invoke(ARGS, results_dir)
+    trained.kill = None
+    trained.clear()
+    folder = sweep_folder(results_dir)
+    assert [m["epoch"] for m in read_jsonl(folder / "runs" / KILLED_RUN / "metrics.jsonl")] == [1]
+    return folder
+
+
+def test_a_killed_run_continues_from_its_checkpoint_in_its_own_folder(tmp_path, fake_data, trained):
+    folder = killed_after_epoch_1(tmp_path / "killed", trained)
+    finished = stamps(folder / "runs" / "depth-1-s0")
+
+    result = invoke(ARGS, tmp_path / "killed")
+    assert result.exit_code == 0, result.output
+    assert f"{KILLED_RUN}: continues from its checkpoint (epoch 1, step 0)" in result.output
+    assert trained == [([KILLED_RUN], 1)]  # only the killed run, from epoch 1, in its own folder
+    assert stamps(folder / "runs" / "depth-1-s0") == finished
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["runs"][KILLED_RUN]
+    assert entry["run_dir"] == f"runs/{KILLED_RUN}" and "previous_run_dirs" not in entry
+    assert entry["status"] == "completed"
+    run = folder / "runs" / KILLED_RUN
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["from_epoch"] for r in json.loads((run / "summary.json").read_text())["resumed"]] == [1]
+
+    reference_result = invoke(ARGS, tmp_path / "reference")
+    assert reference_result.exit_code == 0, reference_result.output
+    reference = sweep_folder(tmp_path / "reference")
+    for name in ("depth-1-s0", KILLED_RUN):
+        ours, theirs = folder / "runs" / name, reference / "runs" / name
+        for log in ("metrics.jsonl", "alignment.jsonl"):
+            mine, other = without_times(read_jsonl(ours / log)), without_times(read_jsonl(theirs / log))
+            assert_close(mine, other, f"{name}/{log}")
+        mine, other = params(ours), params(theirs)
+        assert mine.keys() == other.keys()
+        for key in mine:
+            np.testing.assert_allclose(mine[key], other[key], rtol=1e-6, atol=1e-7)
+    ref_manifest = json.loads((reference / "manifest.json").read_text())
+    assert entry["test_accuracy"] == pytest.approx(ref_manifest["runs"][KILLED_RUN]["test_accuracy"])
+
+
+def test_a_checkpoint_of_other_code_is_not_used_the_run_is_trained_afresh(tmp_path, fake_data, trained, monkeypatch):
+    folder = killed_after_epoch_1(tmp_path, trained)
+    import bioprop_cli.checkpoint as checkpoint
+
+    real = checkpoint.code_version
+    monkeypatch.setattr(checkpoint, "code_version", lambda: {**real(), "source_sha256": "edited"})
+    result = invoke(ARGS, tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "not used" in line]
+    assert len(lines) == 1 and "code source_sha256" in lines[0] and KILLED_RUN in lines[0], result.output
+    assert trained == [([f"{KILLED_RUN}-1"], None)]  # anew, in a new folder
+    entry = json.loads((folder / "manifest.json").read_text())["runs"][KILLED_RUN]
+    assert entry["previous_run_dirs"] == [f"runs/{KILLED_RUN}"] and entry["status"] == "completed"
+    assert [m["epoch"] for m in read_jsonl(folder / entry["run_dir"] / "metrics.jsonl")] == [1, 2, 3]

@@ -60,15 +60,16 @@ CASES = {
     "kp": {"rule": "kp", "optimizer.name": "momentum", "alignment.enabled": False},
     "ep-persistent": {"rule": "ep", "ep.persistent": True, "ep.free_steps": 5, "ep.nudged_steps": 2,
                       "model.depth": 1},
+    "bn-resnet": {"rule": "bp", "model.arch": "resnet", "model.resnet.depth": 8, "model.resnet.width": 4},
 }
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if "resnet" in c else c for c in CASES])  # 22 s
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the
     stop is 4 steps in), resume: the logs and parameters are those of the run trained in one go, to the bit."""
     config = small_config(**{"log.every_steps": 2, "train.chunk_steps": 2, "data.validation_size": 100, **CASES[case]})
-    data = clusters(n_train=400, n_test=100)  # 6 steps of 50 an epoch: 3 chunks of 2
+    data = clusters(n_train=400, n_test=100, dim=784 if "resnet" in case else 20)  # 6 steps of 50 an epoch: 3 chunks of 2
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()
     assert train(config, data, RunWriter(full))["status"] == "completed"

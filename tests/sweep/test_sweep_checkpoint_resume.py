@@ -11,6 +11,8 @@ checkpoint is written.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,14 @@ def fake_data(monkeypatch):
 @pytest.fixture
 def trained(monkeypatch):
     """Per train_group call: (run folder names, the epoch each resumes from or None); `trained.kill`:
-    the run folder name whose first checkpoint write raises Killed once it is written."""
+    the run folder name whose first checkpoint write is followed by `trained.stop` (raises Killed, or
+    presses Ctrl-C: a real SIGINT to this process)."""
     import bioprop_cli.train as train
 
     real = train.train_group
 
     class Calls(list):
-        kill = None
+        kill, stop = None, None
 
     calls = Calls()
 
@@ -55,9 +58,10 @@ def trained(monkeypatch):
             if Path(writer.path).name == calls.kill:
                 write = writer.checkpoint
 
-                def write_then_die(name, data, write=write):
+                def write_then_die(name, data, write=write, stops=[calls.stop]):
                     write(name, data)
-                    raise Killed
+                    if stops:
+                        stops.pop()()
 
                 writer.checkpoint = write_then_die
         return real(configs, dataset, writers, *args, resume=resume, **kwargs)
@@ -105,10 +109,29 @@ def params(run: Path) -> dict:
         return {k: stored[k] for k in stored.files}
 
 
-def killed_after_epoch_1(results_dir: Path, trained) -> Path:
-    trained.kill = KILLED_RUN
-    with pytest.raises(Killed):
-        invoke(ARGS, results_dir)
+def kill():
+    raise Killed
+
+
+def ctrl_c():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler (the runner may have been started with SIGINT ignored, which bioprop respects)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def killed_after_epoch_1(results_dir: Path, trained, stop=kill) -> Path:
+    trained.kill, trained.stop = KILLED_RUN, stop
+    if stop is kill:
+        with pytest.raises(Killed):
+            invoke(ARGS, results_dir)
+    else:
+        assert invoke(ARGS, results_dir).exit_code == 130
     trained.kill = None
     trained.clear()
     folder = sweep_folder(results_dir)
@@ -116,8 +139,9 @@ def killed_after_epoch_1(results_dir: Path, trained) -> Path:
     return folder
 
 
-def test_a_killed_run_continues_from_its_checkpoint_in_its_own_folder(tmp_path, fake_data, trained):
-    folder = killed_after_epoch_1(tmp_path / "killed", trained)
+@pytest.mark.parametrize("stop", [kill, ctrl_c], ids=["kill", "ctrl-c"])
+def test_a_stopped_run_continues_from_its_checkpoint_in_its_own_folder(tmp_path, fake_data, trained, stop):
+    folder = killed_after_epoch_1(tmp_path / "killed", trained, stop)
     finished = stamps(folder / "runs" / "depth-1-s0")
 
     result = invoke(ARGS, tmp_path / "killed")

@@ -46,7 +46,8 @@ def reproduce(
                 break
             with console.status(f"{preset.name}: training...") as status:
                 result = study.run(preset, quick, seeds, load, overrides,
-                                   report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted)
+                                   report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted,
+                                   notice=lambda m: console.print(f"{preset.name}: {m}", soft_wrap=True, highlight=False))
             path = study.write(result, Path(result["sweep_folder"]))
             console.print(f"{preset.name}: {result['wall_time_s']:.0f} s, written {path}", highlight=False)
             results.append(result)

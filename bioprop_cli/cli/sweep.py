@@ -93,7 +93,7 @@ def _run_with_status(base, grid, where, seed_values, runner, interrupted):
 
     with console.status("sweeping...") as status:
         return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),
-                         executor=runner, interrupted=interrupted, notice=lambda m: console.print(m, soft_wrap=True))
+                         executor=runner, interrupted=interrupted, notice=lambda m: console.print(m, soft_wrap=True, highlight=False))
 
 
 class DatasetLoader:
@@ -260,7 +260,7 @@ def _train_per_beta(cfg, dataset, betas) -> None:
     folder = study.train_folder(cfg, betas)
     console.print(f"training {len(betas)} betas together (one vmapped program) into {folder / 'runs'}"
                   + (" (resuming: finished runs are kept)" if resuming(folder) else ""), highlight=False)
-    result = study.train_per_beta(cfg, dataset, betas, folder)
+    result = study.train_per_beta(cfg, dataset, betas, folder, notice=lambda m: console.print(m, soft_wrap=True, highlight=False))
     study.write_training(result, folder)
     rows = result["rows"]
     console.print(beta_training_table(result, cfg.ep.estimator, cfg.train.epochs))
@@ -333,7 +333,8 @@ def condition(
     with console.status("sweeping...") as status:
         result = study.run(cfg, dataset, values, seed_list, min(probe_size, n_train), x64,
                            train_epochs if train else None, folder,
-                           report=lambda m: status.update(f"sweeping: {m}"), on_row=partial(study.write_row, folder))
+                           report=lambda m: status.update(f"sweeping: {m}"), on_row=partial(study.write_row, folder),
+                           notice=lambda m: console.print(m, soft_wrap=True, highlight=False))
     study.write(result, folder)
     rows, summary = result["rows"], result["summary"]
 

@@ -257,14 +257,15 @@ def train_folder(config: Config, betas: list[float]) -> Path:
     return Path(config.results_dir) / config.experiment / identity_name("beta-train", {"base": content, "betas": betas})
 
 
-def train_per_beta(config: Config, dataset, betas: list[float], folder: Path) -> dict:
+def train_per_beta(config: Config, dataset, betas: list[float], folder: Path,
+                   notice: Callable[[str], None] = lambda m: None) -> dict:
     """`--train`: one run per beta, all betas trained together (one vmapped program) through the
     runner (experiment/runner.py: a rerun trains only the runs that did not finish), into
-    folder/runs/; per beta its status, accuracies and curves."""
+    folder/runs/; per beta its status, accuracies and curves. `notice`: Experiment.train's."""
     specs = [RunSpec(f"beta-{beta:g}-s{config.seed}", derive(config, {"ep.beta": beta}), {"ep.beta": beta})
              for beta in betas]
     with open_experiment(folder, {"betas": betas}, to_dict(config), what="beta sweep") as experiment:
-        entries = experiment.train(specs, lambda cfg: dataset, interrupted=interrupted)
+        entries = experiment.train(specs, lambda cfg: dataset, interrupted=interrupted, notice=notice)
     check_interrupt()  # the runs recorded `interrupted`
     rows = []
     for beta, entry in zip(betas, entries):

@@ -245,7 +245,7 @@ class PointMeasurer:
 
 
 def train_points(points: list[tuple[Any, Config]], seeds: list[int], epochs: int, experiment: Experiment,
-                 dataset_loader, knob: str) -> list[dict]:
+                 dataset_loader, knob: str, notice: Callable[[str], None] | None = None) -> list[dict]:
     """Trains every (value, config) point's seeds through the runner (experiment/runner.py: runs
     that finished before are not trained again; the points whose configs differ only in batchable
     values, config.BATCHABLE_KEYS, e.g. ep.beta, train together as one vmapped program). Returns,
@@ -254,7 +254,7 @@ def train_points(points: list[tuple[Any, Config]], seeds: list[int], epochs: int
                      derive(cfg, {"seed": s, "train.epochs": epochs, "alignment.enabled": False}),
                      {"knob": knob, "value": value})
              for value, cfg in points for s in seeds]
-    entries = experiment.train(specs, dataset_loader, interrupted=interrupted)
+    entries = experiment.train(specs, dataset_loader, interrupted=interrupted, notice=notice)
     check_interrupt()  # the runs recorded `interrupted`; the points after them do not start
     results = []
     for i in range(len(points)):
@@ -300,19 +300,20 @@ def folder_for(base: Config, knobs: dict[str, list], seeds: list[int], probe_siz
 
 def run(base: Config, dataset, knobs: dict[str, list], seeds: list[int], probe_size: int, x64: bool,
         train_epochs: int | None, folder: Path, report: Callable[[str], None] = lambda m: None,
-        on_row: Callable[[dict], None] = lambda r: None) -> dict:
+        on_row: Callable[[dict], None] = lambda r: None, notice: Callable[[str], None] | None = None) -> dict:
     """knobs: {knob name: values}; train_epochs None: no training (else the runs train into
     folder/runs/, through the runner: folder is an experiment folder, locked while the sweep runs).
     Each row goes to `on_row` once measured (and trained). A knob whose rows are in
     folder/condition_sweep.jsonl already (a rerun of an interrupted sweep) takes them from there:
-    nothing measured or trained again. Returns the rows (baseline first), the summary (summary.json)
+    nothing measured or trained again. `notice`: Experiment.train's. Returns the rows (baseline first), the summary (summary.json)
     and the precision."""
     header = {"knobs": knobs, "seeds": seeds, "probe_size": probe_size, "x64": x64, "train_epochs": train_epochs or 0}
     with open_experiment(folder, header, to_dict(base), what="condition sweep") as experiment:
-        return _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment, report, on_row)
+        return _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment, report, on_row, notice)
 
 
-def _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment: Experiment, report, on_row) -> dict:
+def _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment: Experiment, report, on_row,
+         notice) -> dict:
     splits = make_splits(base, dataset)
     measure = PointMeasurer(splits, seeds, probe_size, x64)
     rows = []
@@ -332,7 +333,7 @@ def _run(base, dataset, knobs, seeds, probe_size, x64, train_epochs, experiment:
         trained = [{"test_accuracy": None}] * len(points)
         if train_epochs:
             report(f"{name}: training {len(points)} point(s) x {len(seeds)} seed(s)")
-            trained = train_points(points, seeds, train_epochs, experiment, lambda cfg: dataset, name)
+            trained = train_points(points, seeds, train_epochs, experiment, lambda cfg: dataset, name, notice)
         for (value, cfg), m, t in zip(points, measured, trained):
             row = {"knob": name, "condition": condition, "value": value,
                    "overrides": KNOBS[name].overrides(value) if name in KNOBS else {}, **m, **t}

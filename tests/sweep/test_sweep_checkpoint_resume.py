@@ -5,7 +5,7 @@ so).
 
 The kill is injected as in test_experiment_resume.py: Killed, a BaseException nothing in bioprop
 catches (as SIGKILL: no summary, no manifest update), raised right after the run's epoch-1
-checkpoint is written.
+checkpoint is written; or a real SIGINT there; or (slow) a real kill -9 of a subprocess there.
 """
 
 from __future__ import annotations
@@ -187,3 +187,46 @@ def test_a_checkpoint_of_other_code_is_not_used_the_run_is_trained_afresh(tmp_pa
     entry = json.loads((folder / "manifest.json").read_text())["runs"][KILLED_RUN]
     assert entry["previous_run_dirs"] == [f"runs/{KILLED_RUN}"] and entry["status"] == "completed"
     assert [m["epoch"] for m in read_jsonl(folder / entry["run_dir"] / "metrics.jsonl")] == [1, 2, 3]
+
+
+KILL_9_SWEEP = """
+import os, signal, sys
+sys.path[:0] = [{tests!r}]
+from typer.testing import CliRunner
+from helpers import make_fake_dataset
+import bioprop_cli.datasets
+import bioprop_cli.runs as runs
+from bioprop_cli.cli import app
+
+bioprop_cli.datasets.load_dataset = lambda name, data_dir=None, options=None: make_fake_dataset()
+write = runs.RunWriter.checkpoint
+
+def write_then_kill_9(self, name, data):
+    write(self, name, data)
+    if self.path.name == {run!r}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+runs.RunWriter.checkpoint = write_then_kill_9
+CliRunner().invoke(app, {args!r})
+"""
+
+
+@pytest.mark.slow  # a subprocess killed with kill -9 (as test_disk_and_data.py: CI runs -m slow); 6 s here
+def test_a_sweep_killed_with_sigkill_trains_only_the_rest_of_the_killed_run(tmp_path, fake_data, trained):
+    import subprocess
+    import sys
+
+    from helpers import HELPERS_DIR
+
+    script = tmp_path / "kill_9.py"
+    script.write_text(KILL_9_SWEEP.format(tests=str(HELPERS_DIR), run=KILLED_RUN,
+                                          args=[*ARGS, "--results-dir", str(tmp_path)]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == -9, done.stderr
+    folder = sweep_folder(tmp_path)
+    assert [m["epoch"] for m in read_jsonl(folder / "runs" / KILLED_RUN / "metrics.jsonl")] == [1]
+    result = invoke(ARGS, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert trained == [([KILLED_RUN], 1)]
+    assert [m["epoch"] for m in read_jsonl(folder / "runs" / KILLED_RUN / "metrics.jsonl")] == [1, 2, 3]

@@ -124,12 +124,17 @@ def load_for_resume(run_dir: str | Path, config: dict, force: bool) -> tuple[Che
     """RUN/checkpoints/last.npz and what differs between it and this config (to_dict) and code; a
     UserError naming the differences unless `force`."""
     stored = read(run_dir)
-    found = differences(stored.meta["config"], config)
-    found += [f"code {d}" for d in code_differences(stored.meta["code"], code_version())]
+    found = what_differs(stored, config)
     if found and not force:
         raise UserError(f"{run_dir}: not resumed, the checkpoint's config or code differs: {'; '.join(found)} "
                         "(--force resumes anyway)")
     return stored, found
+
+
+def what_differs(stored: Checkpoint, config: dict) -> list[str]:
+    """What differs between the checkpoint and this config (to_dict) and code, one 'key: old -> new' each."""
+    found = differences(stored.meta["config"], config)
+    return found + [f"code {d}" for d in code_differences(stored.meta["code"], code_version())]
 
 
 def code_differences(stored: dict, current: dict) -> list[str]:

@@ -16,8 +16,9 @@ checkpoint (resumable_checkpoint) continues from it in its own folder, appending
 `bioprop train --resume` does; interrupted, failed or missing runs without one run again, into a new
 folder. A checkpoint whose config or code differs from the run's now is not used: the run is
 trained afresh (a new folder; one line says why). Runs train with train.checkpoint_every=1 unless
-their config sets it, so that a kill -9 loses at most the epoch in training. A run whose summary says it finished although the manifest does not (the process
-was killed between the two writes) is taken as it is, not trained again. Runs that differ only in
+their config sets it, so that a kill -9 loses at most the epoch in training. A run whose summary
+says it finished although the manifest does not (the process was killed between the two writes) is
+taken as it is, not trained again. Runs that differ only in
 their seed and in values that change no array shape (config.BATCHABLE_KEYS) train together as one
 vmapped program, compiled once (group_runs). A run that fails at run time is recorded as failed and
 the others go on; a full disk marks the group in training failed and stops with a UserError.
@@ -142,9 +143,12 @@ def resumable_checkpoint(run_dir: Path, config: Config) -> tuple[tuple[int, int]
     if not checkpoint.path(run_dir).is_file() or _finished_summary(run_dir) is not None:
         return None, None
     try:
-        stored, _ = checkpoint.load_for_resume(run_dir, to_dict(config), force=False)
+        stored = checkpoint.read(run_dir)
     except UserError as e:
         return None, str(e)
+    found = checkpoint.what_differs(stored, to_dict(config))
+    if found:
+        return None, f"its config or code differs: {'; '.join(found)}"
     if stored.meta["epoch"] >= config.train.epochs:
         return None, None
     return (stored.meta["epoch"], stored.meta["step_in_epoch"]), None
@@ -247,8 +251,8 @@ class Experiment:
               interrupted: Callable[[], bool] = lambda: False,
               notice: Callable[[str], None] | None = None) -> list[dict]:
         """Trains the specs' runs that have not finished (each unfinished one from its checkpoint, in
-        its folder, or anew into a new folder); returns the manifest entry of every spec, in order. `executor` (default LocalExecutor) takes
-        the groups and yields (group, summaries); once `interrupted()` it starts no group. `notice`
+        its folder, or anew into a new folder); returns the manifest entry of every spec, in order.
+        `executor` (default LocalExecutor) takes the groups and yields (group, summaries); once `interrupted()` it starts no group. `notice`
         (default `report`): one line per run that continues from its checkpoint, or whose checkpoint
         is not used (also recorded in its entry, `checkpoint_not_used`)."""
         runs, folder = self.manifest["runs"], self.folder
@@ -265,7 +269,7 @@ class Experiment:
             if entry and entry.get("run_dir"):
                 position, unusable = resumable_checkpoint(folder / entry["run_dir"], config)
             if unusable:
-                (notice or report)(f"{spec.name}: trained afresh, its checkpoint is not used: {unusable}")
+                (notice or report)(f"{spec.name}: checkpoint not used, trained afresh in a new folder ({unusable})")
             if position is not None:
                 (notice or report)(f"{spec.name}: continues from its checkpoint (epoch {position[0]}, step {position[1]})")
                 run_dir = folder / entry["run_dir"]

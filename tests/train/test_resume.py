@@ -64,7 +64,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if "resnet" in c else c for c in CASES])  # 22 s
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if "resnet" in c else c for c in CASES])  # 8-22 s
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the
     stop is 4 steps in), resume: the logs and parameters are those of the run trained in one go, to the bit."""

@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from bioprop_cli.errors import UserError
+from bioprop_cli.runs import CHECKPOINTS
 
 FORMAT = 1
-FOLDER = "checkpoints"
-LOGS = ("metrics.jsonl", "alignment.jsonl", "steps.jsonl")  # the JSON-lines files a checkpoint records the sizes of
+FOLDER = CHECKPOINTS  # the run folder's checkpoints/ (runs.py writes them: RunWriter.checkpoint)
 # config keys that steer how a run is run, not what it computes: they may change on --resume without --force
 RUN_CONTROL_KEYS = ("results_dir", "experiment", "data.data_dir", "train.checkpoint_every", "train.max_minutes",
                     "log.live", "train.save_params")
@@ -53,21 +53,6 @@ def to_bytes(state_leaves: list, partial_leaves: list, meta: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array(json.dumps({"format": FORMAT, **meta}, allow_nan=True)), **arrays)
     return buffer.getvalue()
-
-
-def write(run_dir: Path, name: str, data: bytes) -> None:
-    from bioprop_cli.runs import make_folder, write_bytes_atomic
-
-    make_folder(Path(run_dir) / FOLDER)
-    write_bytes_atomic(path(run_dir, name), data)
-
-
-def link(run_dir: Path, source: str, target: str) -> None:
-    """target.npz becomes the same file as source.npz (a hard link, put in place by a rename: atomic)."""
-    tmp = path(run_dir, f".{target}.link")
-    tmp.unlink(missing_ok=True)
-    os.link(path(run_dir, source), tmp)
-    os.replace(tmp, path(run_dir, target))
 
 
 def read(run_dir: str | Path, name: str = "last") -> Checkpoint:

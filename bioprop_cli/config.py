@@ -668,7 +668,8 @@ def validate(config: Config) -> Config:
         _check(e.estimator != "holomorphic" or m.activation in HOLOMORPHIC_RHOS, "model.activation",
                f"{', '.join(HOLOMORPHIC_RHOS)} with ep.estimator holomorphic (its states are complex; the hard sigmoids "
                "clip the state and have no complex extension)", m.activation)
-        max_pooled = any(layer.pool is not None and layer.pool.kind == "max" for layer in network.layers)
+        max_pooled = not is_library(network) and any(layer.pool is not None and layer.pool.kind == "max"
+                                                      for layer in network.layers)
         _check(e.estimator != "holomorphic" or not max_pooled, "model.cnn.pools" if m.arch == "cnn" else "model.arch",
                "avg or none pooling with ep.estimator holomorphic (max pooling has no complex extension)",
                list(m.cnn.pools) if m.arch == "cnn" else m.arch)

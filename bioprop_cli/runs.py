@@ -34,6 +34,9 @@ import yaml
 
 from bioprop_cli.errors import DiskFull, UserError, free_bytes, is_disk_full
 
+CHECKPOINTS = "checkpoints"  # a run folder's checkpoints (format: bioprop_cli/checkpoint.py)
+LOGS = ("metrics.jsonl", "alignment.jsonl", "steps.jsonl")  # the JSON-lines logs a checkpoint records the sizes of
+
 
 def _clean(value: Any) -> Any:
     """NaN and infinities are not JSON: they are written as null."""
@@ -446,20 +449,20 @@ class RunWriter:
         append_jsonl(self.path / "steps.jsonl", records)
 
     def checkpoint(self, name: str, data: bytes) -> None:
-        """checkpoints/<name>.npz (bioprop_cli/checkpoint.py), atomically."""
-        from bioprop_cli import checkpoint
-
-        checkpoint.write(self.path, name, data)
+        """checkpoints/<name>.npz (the format: bioprop_cli/checkpoint.py), atomically."""
+        make_folder(self.path / CHECKPOINTS)
+        write_bytes_atomic(self.path / CHECKPOINTS / f"{name}.npz", data)
 
     def link_checkpoint(self, source: str, target: str) -> None:
-        from bioprop_cli import checkpoint
-
-        checkpoint.link(self.path, source, target)
+        """checkpoints/<target>.npz becomes the same file as <source>.npz (a hard link put in place by a rename: atomic)."""
+        folder = self.path / CHECKPOINTS
+        tmp = folder / f".{target}.link"
+        tmp.unlink(missing_ok=True)
+        os.link(folder / f"{source}.npz", tmp)
+        os.replace(tmp, folder / f"{target}.npz")
 
     def log_sizes(self) -> dict[str, int]:
         """{JSON-lines log: its size in bytes}, for a checkpoint to record where the logs stood."""
-        from bioprop_cli.checkpoint import LOGS
-
         return {name: (self.path / name).stat().st_size if (self.path / name).is_file() else 0 for name in LOGS}
 
     def truncate_logs(self, sizes: dict[str, int]) -> None:

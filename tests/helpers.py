@@ -284,8 +284,9 @@ CONVERGED = dict(free_steps=5000, nudged_steps=5000, tolerance=1e-13, eps=0.5)
 
 
 def _flat_weights(grads):
-    """Weights and biases flattened in pytree order, as the beta sweep flattens them."""
-    return jnp.concatenate([jnp.ravel(a) for a in jax.tree_util.tree_leaves([{"w": g["w"], "b": g["b"]} for g in grads])])
+    """Every layer's weights flattened and concatenated in layer order (biases left out), as the whole-network
+    measurements (training's and the beta sweep's) flatten them (docs/methods.md)."""
+    return jnp.concatenate([jnp.ravel(g["w"]) for g in grads])
 
 
 # --- conditions ---

@@ -111,8 +111,10 @@ def test_train_exits_0_into_one_new_run_folder(fa_run):
     assert [p.name for p in fa_run.results_dir.iterdir()] == ["e2e"]
     assert len(fa_run.folders_after) == 1, fa_run.folders_after
     assert RUN_ID.fullmatch(fa_run.dir.name), fa_run.dir.name
-    # the five files and nothing else (no temporary files left behind)
-    assert sorted(p.name for p in fa_run.dir.iterdir()) == ["alignment.jsonl", "config.yaml", "metrics.jsonl", "params.npz", "summary.json"]
+    # the five files and the checkpoints, nothing else (no temporary files left behind)
+    assert sorted(p.name for p in fa_run.dir.iterdir()) == [
+        "alignment.jsonl", "checkpoints", "config.yaml", "metrics.jsonl", "params.npz", "summary.json"]
+    assert sorted(p.name for p in (fa_run.dir / "checkpoints").iterdir()) == ["best.npz", "last.npz"]
     assert "completed" in result.stdout
 
 

@@ -204,7 +204,7 @@ def test_out_of_memory_marks_the_run_failed(tmp_path, monkeypatch, fake_dataset)
     """An allocation failure the memory estimate did not foresee: one line, the run `failed`, never left `running`."""
     from bioprop_cli.runs import RunWriter
 
-    def allocation_fails(config, dataset, writer: RunWriter, on_epoch):
+    def allocation_fails(config, dataset, writer: RunWriter, on_epoch, **options):
         writer.summary({"status": "running", "rule": config.rule})
         raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 157.00GiB.")
 

@@ -529,6 +529,18 @@ class Records:
     def params(self, params):
         pass
 
+    def steps(self, records):
+        pass
+
+    def checkpoint(self, name, data):
+        pass
+
+    def link_checkpoint(self, source, target):
+        pass
+
+    def log_sizes(self):
+        return {}
+
 
 def metrics_of(dataset, storage: str, *overrides) -> list[dict]:
     from bioprop_cli.config import load_config

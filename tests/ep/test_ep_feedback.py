@@ -34,8 +34,9 @@ def _config(**ep):
     return load_config(overrides=[("rule", "ep"), ("model.depth", 2)] + [(f"ep.{k}", v) for k, v in ep.items()])
 
 
-def _flat(tree):
-    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
+def _flat(grads):
+    """The layers' weights flattened and concatenated, as every whole-network measurement takes them."""
+    return jnp.concatenate([jnp.ravel(g["w"]) for g in grads])
 
 
 def test_defaults_validation_and_each_mode_has_its_documented_feedback():

@@ -133,7 +133,7 @@ def test_the_training_loop_moves_the_running_statistics_and_kps_feedback_and_eva
     network = program.arch
     xt, yt = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
     mask = jnp.ones(32)
-    _, accuracy = program.evaluate(new, xt, yt, mask)
+    _, accuracy, _ = program.evaluate(new, xt, yt, mask)
     logits, _ = network.apply(new.params, after, [None] * len(network.weights), xt, False, EXACT)
     assert float(accuracy) == pytest.approx(float(jnp.mean(jnp.argmax(logits, -1) == yt)))
     with_init_stats, _ = network.apply(new.params, before, [None] * len(network.weights), xt, False, EXACT)

@@ -28,7 +28,7 @@ def fetch(
                                       "$BIOPROP_CACHE_DIR/DATASET or ~/.cache/bioprop/datasets/DATASET)."),
 ) -> None:
     """Download the dataset's canonical files that the folder lacks, verify them, and check the folder."""
-    from bioprop_cli.download import fetch_dataset
+    from bioprop_cli.datasets.download import fetch_dataset
 
     report_folder(dataset, fetch_dataset(dataset, to))
 

@@ -6,7 +6,7 @@ files and checksums, image shape, classes and their names, splits, reader, downl
 1. the ``data_dir`` argument (``--data-dir`` flag or config);
 2. the environment variable ``BIOPROP_DATA_DIR`` (if set and non-empty);
 3. for ``fashion_mnist`` only, ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
-4. bioprop's download cache, once it holds every file (``bioprop_cli.download``);
+4. bioprop's download cache, once it holds every file (``bioprop_cli.datasets.download``);
 5. a prepared tensorflow-datasets copy, when TensorFlow is installed (mnist, fashion_mnist, cifar10);
 6. a download of the canonical files into the cache, which is then read as in 4.
 
@@ -71,7 +71,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, options=N
     if folder is None and entry.tfds_name and tfds_has_prepared_copy(entry.tfds_name):
         return load_from_tfds(entry)
     if folder is None:
-        from bioprop_cli.download import fetch_dataset
+        from bioprop_cli.datasets.download import fetch_dataset
 
         folder = DataFolder(fetch_dataset(name), CACHE_ORIGIN)
     return checked(entry.read(folder, options), options)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 
 import numpy as np
 
 from bioprop_cli.data import BadDataFile, DataFolder, Dataset, FileCheck, check_folder_exists, one_line
 from bioprop_cli.datasets.archive import Members
+from bioprop_cli.datasets.base import DatasetInfo, DownloadSource
 from bioprop_cli.errors import UserError
 
 TRAIN_BATCHES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11))
@@ -34,6 +36,17 @@ class Downsampled:
     def __init__(self, name: str, side: int, archives: tuple[str, ...], n_train: int, n_val: int):
         self.name, self.side, self.archives = name, side, archives
         self.n_train, self.n_val = n_train, n_val
+
+    def info(self, title: str) -> DatasetInfo:
+        """The dataset's registry entry: no class names shipped (ILSVRC-2012's 1000 synsets, labels 1..1000 as the
+        authors' map_clsloc.txt), no published checksum, no public download (mirrors only via BIOPROP_DOWNLOAD_URL)."""
+        return DatasetInfo(
+            name=self.name, title=title, image_shape=self.image_shape, num_classes=NUM_CLASSES,
+            split_sizes=MappingProxyType({"train": self.n_train, "test": self.n_val}), class_names=(),
+            files=MappingProxyType({name: None for name in self.archives}), folder_contents=self.folder_contents,
+            read=self.read, check=self.check,
+            download=DownloadSource(mirrors=(), files=self.archives, verify=self.verify, present=self.present),
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from bioprop_cli.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from bioprop_cli.datasets.base import DatasetInfo
-from bioprop_cli.datasets.idx import FOLDER_CONTENTS, IdxDataset
+from bioprop_cli.datasets.idx import IdxDataset
 
 # MD5 of the uncompressed IDX files, computed from Debian's dataset-fashion-mnist, whose .gz files rebuild byte for
 # byte into Zalando's published ones (gzip md5 8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...) once the gzip
@@ -23,22 +22,13 @@ CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
                "Ankle boot")
 FILES = IdxDataset("fashion_mnist", MD5, SPLIT_SIZES, IMAGE_SHAPE, len(CLASS_NAMES))
 
-INFO = DatasetInfo(
-    name="fashion_mnist",
+INFO = FILES.info(
     title="Fashion-MNIST (Xiao, Rasul & Vollgraf 2017)",
-    image_shape=IMAGE_SHAPE,
-    num_classes=len(CLASS_NAMES),
-    split_sizes=SPLIT_SIZES,
     class_names=CLASS_NAMES,
-    files=MD5,
-    folder_contents=FOLDER_CONTENTS,
-    read=FILES.read,
-    check=FILES.check,
-    download=FILES.download((
+    mirrors=(
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # Zalando's
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-    )),
-    channel_mean=(0.2860405969887955,),  # all 60000 training images (tests/test_datasets.py recomputes them)
+    ),
+    channel_mean=(0.2860405969887955,),  # all 60000 training images (tests/data/test_datasets.py recomputes them)
     channel_std=(0.35302424451492254,),
-    tfds_name="fashion_mnist",
 )

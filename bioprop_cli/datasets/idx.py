@@ -11,7 +11,7 @@ from bioprop_cli.data import (
     IDX_FILE_NAMES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, DataFolder, Dataset, FileSpec,
     check_idx_folder, existing_idx_file, flat_images, idx_specs, load_idx_folder, verify_idx_bytes,
 )
-from bioprop_cli.datasets.base import DownloadSource
+from bioprop_cli.datasets.base import DatasetInfo, DownloadSource
 
 FOLDER_CONTENTS = f"{', '.join(IDX_FILE_NAMES)} (each plain or .gz)"
 GZ_FILES = tuple(f"{base_name}.gz" for base_name in IDX_FILE_NAMES)
@@ -24,6 +24,17 @@ class IdxDataset:
                  image_shape: tuple[int, ...], num_classes: int):
         self.name, self.md5 = name, md5
         self.split_sizes, self.image_shape, self.num_classes = split_sizes, image_shape, num_classes
+
+    def info(self, title: str, class_names: tuple[str, ...], mirrors: tuple[str, ...], channel_mean: tuple[float, ...],
+             channel_std: tuple[float, ...]) -> DatasetInfo:
+        """The dataset's registry entry: these files, read and checked here, downloaded from `mirrors`; the
+        tensorflow-datasets copy of the same name."""
+        return DatasetInfo(
+            name=self.name, title=title, image_shape=self.image_shape, num_classes=self.num_classes,
+            split_sizes=self.split_sizes, class_names=class_names, files=self.md5, folder_contents=FOLDER_CONTENTS,
+            read=self.read, check=self.check, download=self.download(mirrors), channel_mean=channel_mean,
+            channel_std=channel_std, tfds_name=self.name,
+        )
 
     def specs(self) -> dict[str, FileSpec]:
         return idx_specs(self.md5, self.split_sizes, self.image_shape, self.num_classes)

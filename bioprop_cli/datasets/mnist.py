@@ -5,8 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from bioprop_cli.data import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
-from bioprop_cli.datasets.base import DatasetInfo
-from bioprop_cli.datasets.idx import FOLDER_CONTENTS, IdxDataset
+from bioprop_cli.datasets.idx import IdxDataset
 
 # MD5 of the *uncompressed* IDX files (gzip containers differ between mirrors; their content does not): the
 # canonical values.
@@ -21,22 +20,13 @@ IMAGE_SHAPE = (28, 28, 1)
 CLASS_NAMES = tuple(str(digit) for digit in range(10))
 FILES = IdxDataset("mnist", MD5, SPLIT_SIZES, IMAGE_SHAPE, len(CLASS_NAMES))
 
-INFO = DatasetInfo(
-    name="mnist",
+INFO = FILES.info(
     title="MNIST handwritten digits (LeCun, Cortes & Burges 1998)",
-    image_shape=IMAGE_SHAPE,
-    num_classes=len(CLASS_NAMES),
-    split_sizes=SPLIT_SIZES,
     class_names=CLASS_NAMES,
-    files=MD5,
-    folder_contents=FOLDER_CONTENTS,
-    read=FILES.read,
-    check=FILES.check,
-    download=FILES.download((
+    mirrors=(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's
         "https://storage.googleapis.com/cvdf-datasets/mnist/",  # Google's CVDF mirror
-    )),
-    channel_mean=(0.1306604762738429,),  # all 60000 training images (tests/test_datasets.py recomputes them)
+    ),
+    channel_mean=(0.1306604762738429,),  # all 60000 training images (tests/data/test_datasets.py recomputes them)
     channel_std=(0.30810780385646264,),
-    tfds_name="mnist",
 )

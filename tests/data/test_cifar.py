@@ -430,7 +430,7 @@ def serve(monkeypatch):
 
 
 def test_the_official_url():
-    from bioprop_cli.download import SOURCES
+    from bioprop_cli.datasets.download import SOURCES
 
     source = SOURCES["cifar10"]
     assert [mirror + file for mirror in source.mirrors for file in source.files] == [

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bioprop_cli import data, datasets, download, interrupt
+from bioprop_cli import data, datasets, interrupt
+from bioprop_cli.datasets import download
 from bioprop_cli.datasets import mnist
 from bioprop_cli.datasets.idx import holds_idx_file
 from bioprop_cli.cli import app

@@ -109,3 +109,24 @@ def test_direct_feedback_reaches_the_layer_input_and_a_tap_moves_it():
         return jnp.sum(bioprop.dense(below(bioprop.tap(x, fb)), w, None, fb) ** 2)
 
     _close(jax.grad(tapped)(x), e @ d)  # delivered below the tanh, which is then bypassed
+
+
+def test_float64_layers_are_jax_grad_to_the_last_bit_with_transported_feedback():
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 2), dtype=jnp.float64)
+        w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 2, 3), dtype=jnp.float64)
+        v = jax.random.normal(jax.random.PRNGKey(2), (27, 4), dtype=jnp.float64)
+
+        def net(x, w, v, layer_conv, layer_dense):
+            h = jnp.tanh(layer_conv(x, w)).reshape(x.shape[0], -1)
+            return jnp.sum(jnp.sin(layer_dense(h, v)))
+
+        mine = jax.grad(lambda x, w, v: net(
+            x, w, v, lambda x, w: bioprop.conv(x, w, None, lax.stop_gradient(w), stride=2, padding="SAME"),
+            lambda h, v: bioprop.dense(h, v, None, lax.stop_gradient(v.T))), argnums=(0, 1, 2))(x, w, v)
+        exact = jax.grad(lambda x, w, v: net(
+            x, w, v, lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+            lambda h, v: h @ v), argnums=(0, 1, 2))(x, w, v)
+        for u, e in zip(mine, exact):
+            assert u.dtype == jnp.float64
+            np.testing.assert_allclose(u, e, rtol=1e-13, atol=1e-13)

@@ -38,6 +38,7 @@ Distribution = Literal["normal", "uniform"]
 DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/direct_feedback.py
 Dataset = Literal[DATASETS]  # the registry bioprop_cli/datasets/__init__.py
 Storage = Literal["uint8", "float32"]  # bioprop_cli/splits.py
+Stream = Literal["auto", "always", "never"]  # bioprop_cli/splits.py feed_plan
 LabelKind = Literal["fine", "coarse"]  # cifar100's label bytes (bioprop_cli/datasets/cifar100.py)
 Normalization = Literal["none", "per_channel", "given"]  # bioprop_cli/splits.py
 Augmentation = Literal["none", "crop_flip"]  # bioprop_cli/augment.py
@@ -190,6 +191,13 @@ class DataConfig:
     # uint8: a dataset of pixels stays uint8 on the device and is scaled / normalised inside the compiled step
     # (a quarter of float32's memory; the same inputs to float rounding, splits.to_inputs); float32: on the host
     storage: Storage = "uint8"
+    # always: the training split stays in host memory and each chunk of data.stream_steps steps' examples is sent to
+    # the device while the previous chunk computes (the same results as resident); never: it sits on the device;
+    # auto: streamed when it takes more than data.device_memory bytes (null: half the device's memory, from jax's
+    # memory statistics; none known, as on the CPU: resident). splits.feed_plan
+    stream: Stream = "auto"
+    stream_steps: int = 64
+    device_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -607,6 +615,10 @@ def validate(config: Config) -> Config:
     _check(all(v > 0 for v in d.channel_std), "data.channel_std", "positive", list(d.channel_std))
     _check(d.crop_padding == "zeros" or d.augment == "crop_flip", "data.crop_padding",
            "zeros unless data.augment is crop_flip (it pads the random crop)", d.crop_padding)
+    _check(d.stream_steps >= 1 and d.stream_steps % max(config.log.every_steps, 1) == 0, "data.stream_steps",
+           ">= 1 and a multiple of log.every_steps", d.stream_steps)
+    _check(d.device_memory is None or d.device_memory >= 1, "data.device_memory",
+           ">= 1 (bytes the training split may take on the device) or null (half the device's memory)", d.device_memory)
     _check(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _check(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)

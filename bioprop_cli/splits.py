@@ -73,18 +73,24 @@ def _pad(x: np.ndarray, y: np.ndarray, chunk: int):
     return jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask)
 
 
-def make_splits(config: Config, dataset, keep_uint8: bool = False) -> Splits:
+def stays_uint8(dataset, keep_uint8: bool) -> bool:
+    """Whether make_splits keeps the dataset's examples as uint8 pixels (`pixels`)."""
+    return keep_uint8 and dataset.x_train.dtype == np.uint8 and dataset.x_test.dtype == np.uint8
+
+
+def make_splits(config: Config, dataset, keep_uint8: bool = False, train_on_device: bool = True) -> Splits:
     """Training split, validation split (held out from the end of the training set), test split; each
     normalised with the training split's statistics when `data.normalization` is per_channel, with
     data.channel_mean and data.channel_std when it is given. keep_uint8: a dataset of uint8 pixels stays uint8
-    on the device (a quarter of float32's memory), scaled and normalised in the compiled step (`pixels`)."""
+    on the device (a quarter of float32's memory), scaled and normalised in the compiled step (`pixels`).
+    train_on_device False: x_train and y_train stay numpy arrays in host memory (streamed, feed_plan)."""
     d = config.data
     n_total = min(len(dataset.x_train), d.train_limit or len(dataset.x_train))
     n_train = check_against_data(config, len(dataset.x_train))
     x, y = dataset.x_train[:n_total], dataset.y_train[:n_total]
     n_test = min(len(dataset.x_test), d.test_limit or len(dataset.x_test))
     x_test = dataset.x_test[:n_test]
-    uint8 = keep_uint8 and x.dtype == np.uint8 and x_test.dtype == np.uint8
+    uint8 = stays_uint8(dataset, keep_uint8)
     mean = std = None
     if d.normalization != "none":
         from bioprop_cli.datasets.registry import facts
@@ -105,7 +111,67 @@ def make_splits(config: Config, dataset, keep_uint8: bool = False) -> Splits:
     chunk = config.train.eval_batch_size
     val = _pad(x[n_train:], y[n_train:], min(chunk, max(1, n_total - n_train)))
     test = _pad(x_test, dataset.y_test[:n_test], min(chunk, n_test))
-    return Splits(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), *val, *test, pixels)
+    place = jnp.asarray if train_on_device else np.ascontiguousarray
+    return Splits(place(x[:n_train]), place(_label_dtype(y[:n_train])), *val, *test, pixels)
+
+
+def _label_dtype(y: np.ndarray) -> np.ndarray:
+    """Labels as the device stores them (jnp.asarray: 64-bit integers become 32-bit ones)."""
+    return y.astype(jnp.asarray(y[:1]).dtype, copy=False)
+
+
+# auto: the training split stays on the device while it takes at most this share of the device's memory (the rest
+# is for the parameters, the activations, the evaluation splits and the compiled program)
+DEVICE_SHARE = 0.5
+
+
+class FeedPlan(NamedTuple):
+    """How the training split reaches the compiled step (config data.stream): resident on the device, or streamed
+    from host memory in chunks of `chunk_steps` steps (train.py's ChunkFeeder)."""
+
+    streamed: bool
+    train_bytes: int  # the training split as stored: examples and labels
+    limit_bytes: int | None  # what it may take on the device (data.device_memory, else DEVICE_SHARE of the device's)
+    device_bytes: int | None  # the device's memory (jax's memory statistics; None where jax gives none)
+    chunk_steps: int | None  # streamed: steps per chunk
+    chunk_bytes: int  # streamed: one chunk's examples and labels, for one run
+
+    def line(self) -> str:
+        """The plan in one line, stated before training."""
+        where = (f"; the device has {_size(self.device_bytes)}" if self.device_bytes is not None
+                 else "; the device's memory is not known (jax gives no memory statistics: the CPU)")
+        if not self.streamed:
+            return f"data: training split {_size(self.train_bytes)}, resident on the device{where}"
+        return (f"data: training split {_size(self.train_bytes)}, streamed from host memory in chunks of "
+                f"{self.chunk_steps} steps ({_size(self.chunk_bytes)} each, two on the device at a time){where}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def device_memory_bytes(device=None) -> int | None:
+    """The memory of `device` (default: the first) as jax reports it (None on the CPU, where it reports none)."""
+    stats = (device or jax.devices()[0]).memory_stats()
+    return None if not stats else stats.get("bytes_limit")
+
+
+def feed_plan(config: Config, dataset, device_bytes: int | None = None) -> FeedPlan:
+    """Whether the training split of `config` on `dataset` streams (data.stream; auto: more than
+    data.device_memory bytes, else more than DEVICE_SHARE of device_bytes), and its sizes."""
+    d, t = config.data, config.train
+    n_train = check_against_data(config, len(dataset.x_train))
+    features = int(np.prod(dataset.x_train.shape[1:]))
+    example = features * (1 if stays_uint8(dataset, config.data.storage == "uint8") else 4)
+    example += _label_dtype(np.asarray(dataset.y_train[:1])).dtype.itemsize
+    limit = d.device_memory if d.device_memory is not None else (
+        None if device_bytes is None else int(DEVICE_SHARE * device_bytes))
+    train_bytes = n_train * example
+    streamed = d.stream == "always" or (d.stream == "auto" and limit is not None and train_bytes > limit)
+    steps_per_epoch = n_train // t.batch_size
+    chunk_steps = min(t.chunk_steps or steps_per_epoch, d.stream_steps, steps_per_epoch) if streamed else None
+    return FeedPlan(streamed, train_bytes, limit, device_bytes, chunk_steps,
+                    (chunk_steps or 0) * t.batch_size * example)
 
 
 def channel_statistics(x: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:

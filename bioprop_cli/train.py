@@ -6,7 +6,10 @@ Pure, compiled pieces (built by `build_program`):
     evaluate(state, split)            -> loss, accuracy, top-5 accuracy
     measure(state, key)               -> per-layer alignment on the fixed probe batch
     chunk(state, data, epoch_index, start) -> the same for train.chunk_steps steps from `start`
-One epoch is one `lax.scan` over minibatches (or one per chunk); the data sits on the device once.
+    streamed_chunk(state, the chunk's examples, ...) -> the same, its examples sent from the host (ChunkFeeder)
+One epoch is one `lax.scan` over minibatches (or one per chunk); the data sits on the device once, or, when the
+training split does not fit there (config data.stream, splits.feed_plan), stays in host memory and is sent a chunk
+at a time, the next chunk's transfer overlapping the current chunk's compute.
 `hyper` holds the run's values of config keys that runs trained together may differ in
 (config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
 compiled program serves every value. `train_group` vmaps the program over runs and, where
@@ -20,6 +23,7 @@ from __future__ import annotations
 import functools
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timezone
@@ -43,7 +47,9 @@ from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
 from bioprop_cli.runs import RunWriter, process_stamp
-from bioprop_cli.splits import Keys, PixelScale, derive_keys, draw_probe, make_splits, probe_indices, to_inputs
+from bioprop_cli.splits import (
+    Keys, PixelScale, derive_keys, device_memory_bytes, draw_probe, feed_plan, make_splits, probe_indices, to_inputs,
+)
 
 
 TOP_K = 5  # top-5 accuracy is recorded for datasets of more than TOP_K_FROM classes
@@ -68,21 +74,24 @@ class Program:
     chunk_steps: int  # steps per call of `chunk` (train.chunk_steps, or the whole epoch)
     order: Callable  # (keys, epoch_index) -> the epoch's minibatches (steps_per_epoch, batch_size)
     chunk: Callable  # (state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start) -> (state, out)
+    # the same with the chunk's examples x (chunk_steps, batch, ...) and labels y (chunk_steps, batch) given
+    streamed_chunk: Callable  # (state, x, y, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start)
     evaluate: Callable  # (state, x, y, mask) -> (mean loss, accuracy, top-5 accuracy)
     measure: Callable  # (state, probe_x, probe_y, key) -> {"layers": {name: (L,)}, "network": {name: ()}}
     schedule: Callable  # step -> learning rate
 
 
-def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | None = None) -> Program:
+def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | None = None,
+                  stream_steps: int | None = None) -> Program:
     """The compiled pieces of the config's run on n_train training examples of n_in features
     (network.architecture); pixels: the examples are stored as uint8 and become inputs in the step
-    (splits.to_inputs)."""
+    (splits.to_inputs); stream_steps: streamed, chunks of at most this many steps (splits.feed_plan)."""
     m, t = config.model, config.train
     loss = LOSSES[m.loss]
     arch = architecture(config, n_in)
     steps_per_epoch = n_train // t.batch_size  # the remainder of each shuffled epoch is dropped
     every_steps = config.alignment.every_steps if config.alignment.enabled else 0
-    chunk_steps = min(t.chunk_steps or steps_per_epoch, steps_per_epoch)
+    chunk_steps = min(t.chunk_steps or steps_per_epoch, stream_steps or steps_per_epoch, steps_per_epoch)
     d = config.data
     n_classes = arch.sizes[-1]  # one output per class of the dataset (datasets.facts)
     augment = make_augment(d.augment, image_shape(config), d.crop_padding)  # None: the examples as they are
@@ -119,14 +128,16 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
         order = jax.random.permutation(jax.random.fold_in(keys.data, epoch_index), n_train)
         return order[: steps_per_epoch * t.batch_size].reshape(steps_per_epoch, t.batch_size)
 
-    def run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start,
+    def run_steps(state, examples: Callable, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start,
                   length: int):
         """Steps start .. start + length - 1 of epoch `epoch_index` (0-based); steps past the epoch's end
-        (the last chunk of an epoch that chunk_steps does not divide) change nothing."""
+        (the last chunk of an epoch that chunk_steps does not divide) change nothing. examples(j, positions):
+        the stored examples and labels of the chunk's j-th step, at these positions of the training split."""
         shapes = jax.eval_shape(measure, state, probe_x, probe_y, keys.probe, probe_idx)
         empty = jax.tree_util.tree_map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes)
 
-        def body(state, i):
+        def body(state, j):
+            i = start + j
             idx = batches[i]
             global_step = epoch_index * steps_per_epoch + i
             key = jax.random.fold_in(keys.steps, global_step)
@@ -139,28 +150,36 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
                     due, lambda: measure(state, probe_x, probe_y, measure_key, probe_idx), lambda: empty
                 )
                 out["measured"] = due
-            x = network_inputs(x_train[idx])
+            stored_x, labels = examples(j, idx)
+            x = network_inputs(stored_x)
             x = x if augment is None else augment(augmentation_key(key), x)
-            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(y_train[idx], n_classes), key, idx)
+            state, (loss_value, correct) = step(state, x, jax.nn.one_hot(labels, n_classes), key, idx)
             out["loss"], out["correct"] = loss_value, correct
             return state, out
 
         if steps_per_epoch % length:
-            def guarded(state, i):
+            def guarded(state, j):
                 skipped = lambda state: (state, jax.tree_util.tree_map(
-                    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(body, state, i)[1]))
-                return jax.lax.cond(i < steps_per_epoch, lambda state: body(state, i), skipped, state)
-            return jax.lax.scan(lambda st, j: guarded(st, start + j), state, jnp.arange(length))
-        return jax.lax.scan(lambda st, j: body(st, start + j), state, jnp.arange(length))
+                    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(body, state, j)[1]))
+                return jax.lax.cond(start + j < steps_per_epoch, lambda state: body(state, j), skipped, state)
+            return jax.lax.scan(guarded, state, jnp.arange(length))
+        return jax.lax.scan(body, state, jnp.arange(length))
+
+    def resident(x_train, y_train):
+        return lambda j, idx: (x_train[idx], y_train[idx])
 
     def epoch(state, x_train, y_train, probe_x, probe_y, keys: Keys, epoch_index):
         probe_idx = probe_indices(keys.probe, x_train.shape[0], probe_x.shape[0])  # the probe is draw_probe(keys.probe, ...)
-        return run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys, order(keys, epoch_index),
-                         epoch_index, 0, steps_per_epoch)
+        return run_steps(state, resident(x_train, y_train), probe_x, probe_y, probe_idx, keys,
+                         order(keys, epoch_index), epoch_index, 0, steps_per_epoch)
 
     def chunk(state, x_train, y_train, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start):
-        return run_steps(state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch_index, start,
-                         chunk_steps)
+        return run_steps(state, resident(x_train, y_train), probe_x, probe_y, probe_idx, keys, batches, epoch_index,
+                         start, chunk_steps)
+
+    def streamed_chunk(state, x, y, probe_x, probe_y, probe_idx, keys: Keys, batches, epoch_index, start):
+        return run_steps(state, lambda j, idx: (x[j], y[j]), probe_x, probe_y, probe_idx, keys, batches, epoch_index,
+                         start, chunk_steps)
 
     def evaluate(state, x, y, mask):
         rule, _ = parts(state.hyper)
@@ -190,6 +209,7 @@ def build_program(config: Config, n_train: int, n_in: int, pixels: PixelScale | 
         chunk_steps=chunk_steps,
         order=jax.jit(order),
         chunk=jax.jit(chunk),
+        streamed_chunk=jax.jit(streamed_chunk),
         evaluate=jax.jit(evaluate),
         measure=jax.jit(measure),
         schedule=make_schedule(config.optimizer, steps_per_epoch, t.epochs),
@@ -258,6 +278,7 @@ class SeedBatched(NamedTuple):
     probe: Callable  # (keys.probe (N, 2), x_train, y_train) -> probe_x, probe_y, probe_idx with leading N
     order: Callable  # (keys (N,), epoch) -> minibatches (N, steps, batch)
     chunk: Callable  # (state, x_train, y_train, probe_x, probe_y, probe_idx, keys, batches, epoch, start) -> ...
+    streamed_chunk: Callable  # the same with the chunk's examples and labels (N, chunk_steps, batch, ...) for x_train, y_train
 
 
 def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched:
@@ -277,6 +298,8 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
             order=jax.jit(lambda keys, e: add(program.order(first(keys), e))),
             chunk=jax.jit(lambda st, xt, yt, px, py, pi, keys, b, e, s: add(
                 program.chunk(first(st), xt, yt, px[0], py[0], pi[0], first(keys), b[0], e, s))),
+            streamed_chunk=jax.jit(lambda st, x, y, px, py, pi, keys, b, e, s: add(
+                program.streamed_chunk(first(st), x[0], y[0], px[0], py[0], pi[0], first(keys), b[0], e, s))),
         )
     return SeedBatched(
         init=jax.jit(jax.vmap(program.init)),
@@ -286,6 +309,7 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
         probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
         order=jax.jit(jax.vmap(program.order, in_axes=(0, None))),
         chunk=jax.jit(jax.vmap(program.chunk, in_axes=(0, None, None, 0, 0, 0, 0, 0, None, None))),
+        streamed_chunk=jax.jit(jax.vmap(program.streamed_chunk, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, None))),
     )
 
 
@@ -460,9 +484,10 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                  on_progress: Callable[[int, int, int], None]) -> list[dict]:
     varying = batched_values(configs)
     config = configs[0]
-    splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8")
+    plan = feed_plan(config, dataset, device_memory_bytes())
+    splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8", train_on_device=not plan.streamed)
     n_train = splits.x_train.shape[0]
-    program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels)
+    program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels, plan.chunk_steps)
     batched = seed_batched(program, config.alignment.probe_size, len(configs))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
@@ -470,7 +495,10 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     sharding = run_sharding(len(configs)) if len(configs) > 1 else None
     if sharding is not None:
         seeds, hyper, keys = jax.device_put((seeds, hyper, keys), sharding)
-    probe_x, probe_y, probe_idx = batched.probe(keys.probe, splits.x_train, splits.y_train)
+    if plan.streamed:
+        probe_x, probe_y, probe_idx = _host_probe(keys.probe, splits.x_train, splits.y_train, config.alignment.probe_size)
+    else:
+        probe_x, probe_y, probe_idx = batched.probe(keys.probe, splits.x_train, splits.y_train)
     align, steps_per_epoch, batch_size = config.alignment, program.steps_per_epoch, config.train.batch_size
     start_epoch, start_step, times = 0, 0, {"train_time_s": 0.0, "compile_time_s": 0.0, "examples": 0, "wall_time_s": 0.0}
     if resume is not None:
@@ -492,14 +520,14 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 "dataset": c.data.dataset, "num_classes": program.arch.sizes[-1],
                 "architecture": program.arch.describe(), "layer_sizes": list(program.arch.sizes), "n_train": n_train,
                 "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
-                "steps_per_epoch": steps_per_epoch, "runs_trained_together": len(configs),
+                "steps_per_epoch": steps_per_epoch, "data_feed": _feed_record(plan), "runs_trained_together": len(configs),
                 "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
                 **environment(), **process_stamp(), "provenance": checkpoint.provenance(),
             }
         else:
             writer.truncate_logs(resume[i].meta["files"])  # lines logged after the checkpoint are logged again
             summary = {**_resumed_summary(writer, resume[i], forced[i]), **environment(), **process_stamp(),
-                       "provenance": checkpoint.provenance()}
+                       "provenance": checkpoint.provenance(), "data_feed": _feed_record(plan)}
         writer.summary(summary)
         log = _RunLog(c, writer, summary, make_schedule(c.optimizer, steps_per_epoch, c.train.epochs))
         if resume is not None:
@@ -508,7 +536,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         logs.append(log)
 
     t_start = time.perf_counter()
-    state, mark, saved = None, None, None
+    state, mark, saved, feeder = None, None, None, None
     budget = None if config.train.max_minutes is None else config.train.max_minutes * 60
 
     def elapsed_times() -> dict:
@@ -530,9 +558,18 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                     log.writer.reserve(params_bytes)
             if sharding is not None:  # every array of the state carries the run axis first
                 state, probe_x, probe_y, probe_idx = jax.device_put((state, probe_x, probe_y, probe_idx), sharding)
-            chunk_args = (splits.x_train, splits.y_train, probe_x, probe_y, probe_idx, keys)
             t0 = time.perf_counter()
-            chunk_fn = batched.chunk.lower(state, *chunk_args, batched.order(keys, 0), 0, 0).compile()
+            if plan.streamed:
+                feeder = ChunkFeeder(splits.x_train, splits.y_train, lambda e: np.asarray(batched.order(keys, e)),
+                                     program.chunk_steps, steps_per_epoch, config.train.epochs, sharding)
+                chunk_fn = batched.streamed_chunk.lower(state, *feeder.shapes(len(configs)), probe_x, probe_y,
+                                                        probe_idx, keys, batched.order(keys, 0), 0, 0).compile()
+                run_chunk = lambda state, batches, e, begin: chunk_fn(
+                    state, *feeder.take(e, begin), probe_x, probe_y, probe_idx, keys, batches, e, begin)
+            else:
+                chunk_args = (splits.x_train, splits.y_train, probe_x, probe_y, probe_idx, keys)
+                chunk_fn = batched.chunk.lower(state, *chunk_args, batched.order(keys, 0), 0, 0).compile()
+                run_chunk = lambda state, batches, e, begin: chunk_fn(state, *chunk_args, batches, e, begin)
             times["compile_time_s"] += time.perf_counter() - t0
             if interrupted():  # Ctrl-C while compiling: before the (costly, for ep) first measurement
                 raise KeyboardInterrupt
@@ -561,9 +598,9 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                         elif budget is not None and (time.perf_counter() - t_start + expected * (2 if flight else 1)
                                                      + eval_time > budget):
                             stop = _BudgetSpent
-                    if begin is not None and stop is None:
-                        launched = (*chunk_fn(flight[0] if flight else state, *chunk_args, batches, epoch - 1, begin),
-                                    begin, time.perf_counter())
+                    if begin is not None and stop is None:  # timed from before the call: a streamed chunk's wait
+                        t_call = time.perf_counter()  # for its examples counts
+                        launched = (*run_chunk(flight[0] if flight else state, batches, epoch - 1, begin), begin, t_call)
                     if flight is not None:
                         state, out, at, t0 = flight
                         done = min(program.chunk_steps, steps_per_epoch - at)
@@ -614,6 +651,9 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         for log in logs:
             if log.active:
                 log.status, log.stopped_by = "interrupted", "train.max_minutes"
+    finally:
+        if feeder is not None:
+            feeder.close()
     if mark is not None and mark is not saved:  # stopped: the last point where state and logs agree
         _save(mark, logs, configs, steps_per_epoch, program.chunk_steps, "last")
     wall = elapsed_times()["wall_time_s"]
@@ -624,6 +664,62 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
         if log.config.train.save_params and log.status != "diverged" and mine is not None and _finite(mine):
             log.writer.params(mine)
     return [log.finish(wall, times["train_time_s"], times["examples"], times["compile_time_s"]) for log in logs]
+
+
+class ChunkFeeder:
+    """Sends each chunk's training examples from host memory to the device: the examples at the chunk's positions
+    of the epoch's order (the same minibatches as the resident path), gathered and put on the device by a worker
+    thread while the previous chunk computes. `take(epoch, start)` returns the chunk's examples and labels (N runs,
+    chunk_steps, batch, ...) and starts sending the next chunk's; the steps past an epoch's end of its last chunk
+    get position 0's examples (the compiled chunk skips those steps)."""
+
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, order: Callable[[int], np.ndarray],
+                 chunk_steps: int, steps_per_epoch: int, epochs: int, sharding=None):
+        self.x_train, self.y_train, self.order = x_train, y_train, order
+        self.chunk_steps, self.steps_per_epoch, self.epochs, self.sharding = chunk_steps, steps_per_epoch, epochs, sharding
+        self.positions = {}  # epoch index -> its minibatches (N, steps_per_epoch, batch), for the current and next epoch
+        self.worker = ThreadPoolExecutor(1)
+        self.next = None  # ((epoch, start), the future of its examples on the device)
+
+    def shapes(self, n_runs: int):
+        batch = self.order(0).shape[-1]
+        lead = (n_runs, self.chunk_steps, batch)
+        return (jax.ShapeDtypeStruct(lead + self.x_train.shape[1:], self.x_train.dtype, sharding=self.sharding),
+                jax.ShapeDtypeStruct(lead, self.y_train.dtype, sharding=self.sharding))
+
+    def send(self, epoch: int, start: int):
+        if epoch not in self.positions:
+            self.positions = {e: p for e, p in self.positions.items() if e >= epoch - 1}
+            self.positions[epoch] = self.order(epoch)
+        idx = self.positions[epoch][:, start:start + self.chunk_steps]
+        if idx.shape[1] < self.chunk_steps:
+            idx = np.pad(idx, ((0, 0), (0, self.chunk_steps - idx.shape[1]), (0, 0)))
+        return jax.device_put((self.x_train[idx], self.y_train[idx]), self.sharding)
+
+    def take(self, epoch: int, start: int):
+        if self.next is not None and self.next[0] == (epoch, start):
+            chunk = self.next[1].result()
+        else:
+            chunk = self.send(epoch, start)
+        after = (epoch, start + self.chunk_steps) if start + self.chunk_steps < self.steps_per_epoch else (epoch + 1, 0)
+        self.next = (after, self.worker.submit(self.send, *after)) if after[0] < self.epochs else None
+        return chunk
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=True, cancel_futures=True)
+
+
+def _host_probe(probe_keys, x_train: np.ndarray, y_train: np.ndarray, size: int):
+    """The probe batch of each run (draw_probe's), gathered from a training split in host memory."""
+    idx = jax.vmap(lambda key: probe_indices(key, x_train.shape[0], size))(probe_keys)
+    positions = np.asarray(idx)
+    return jnp.asarray(x_train[positions]), jnp.asarray(y_train[positions]), idx
+
+
+def _feed_record(plan) -> dict:
+    """summary.json's data_feed: how the training split reached the device (splits.feed_plan)."""
+    return {"streamed": plan.streamed, "train_bytes": plan.train_bytes, "device_bytes": plan.device_bytes,
+            "limit_bytes": plan.limit_bytes, "chunk_steps": plan.chunk_steps, "chunk_bytes": plan.chunk_bytes}
 
 
 def _restored(resume: list[checkpoint.Checkpoint], state, batched: SeedBatched, splits, probe_x, probe_y, probe_idx, keys):

@@ -20,6 +20,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.live import require_live
 from bioprop_cli.datasets import load_dataset
 from bioprop_cli.models.arch import label
+from bioprop_cli.splits import device_memory_bytes, feed_plan
 from bioprop_cli.runs import RunWriter, create_run_dir, failed_if_out_of_resources, folder_lock, process_alive, run_id
 from bioprop_cli.train import EpochReport, check_resume, resume_run, train as train_run
 
@@ -61,6 +62,7 @@ def train(
         run_dir = resume
     network = f"depth={cfg.model.depth} width={cfg.model.width}" if cfg.model.arch == "mlp" else f"arch={cfg.model.arch}"
     console.print(f"[bold]bioprop train[/] rule={cfg.rule} {network} data={dataset.name} ({dataset.source})")
+    console.print(feed_plan(cfg, dataset, device_memory_bytes()).line(), highlight=False)
     bar = Progress(
         TextColumn("epoch"),
         MofNCompleteColumn(),

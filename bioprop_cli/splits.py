@@ -143,7 +143,7 @@ class FeedPlan(NamedTuple):
         if not self.streamed:
             return f"data: training split {_size(self.train_bytes)}, resident on the device{where}"
         return (f"data: training split {_size(self.train_bytes)}, streamed from host memory in chunks of "
-                f"{self.chunk_steps} steps ({_size(self.chunk_bytes)} each, two on the device at a time){where}")
+                f"{self.chunk_steps} steps ({_size(self.chunk_bytes)} each, up to three on the device at a time){where}")
 
 
 def _size(n: int) -> str:

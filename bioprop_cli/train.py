@@ -507,8 +507,10 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
             raise ValueError(f"runs resumed together must stop at one position; their checkpoints are at {sorted(positions)}")
         (start_epoch, start_step), = positions
         if start_step % program.chunk_steps:
+            streamed = f", data.stream_steps={config.data.stream_steps} (streamed)" if plan.streamed else ""
             raise UserError(f"the checkpoint is {start_step} steps into epoch {start_epoch + 1}, not a multiple of "
-                            f"train.chunk_steps={config.train.chunk_steps}; resume with the run's train.chunk_steps")
+                            f"the {program.chunk_steps}-step chunks of train.chunk_steps={config.train.chunk_steps}"
+                            f"{streamed}; resume with the run's train.chunk_steps (and data.stream, data.stream_steps)")
         times = dict(resume[0].meta["times"])
 
     logs = []

@@ -50,15 +50,23 @@ def locate_data_folder(name: str, data_dir: str | os.PathLike | None) -> DataFol
 
 
 def check_host_memory(name: str, options=None) -> None:
-    """Refuses, in one line and before any file is read, a dataset the host cannot hold."""
-    need, have = host_bytes_needed(name, options), data.host_memory_bytes()
+    """Refuses, in one line and before any file is read, a dataset the host cannot hold (on the CPU, with the
+    splits' copy on the device: data.stream always leaves the training split's out)."""
+    import jax
+
+    device_is_host = jax.devices()[0].platform == "cpu"
+    streams = getattr(options, "stream", "auto") == "always"  # auto streams only on a device that reports its memory
+    need, have = host_bytes_needed(name, options, device_is_host, streams), data.host_memory_bytes()
     if need is not None and have is not None and need > have:
         entry = info(name)
         storage = getattr(options, "storage", "uint8")
+        streamed = host_bytes_needed(name, options, device_is_host, streamed=True)
+        hint = f"; streamed (data.stream: always) it needs {streamed / 2**30:,.1f} GiB" if streamed < need else ""
         raise UserError(f"dataset {name} needs about {need / 2**30:,.1f} GiB of host memory ({entry.title}: "
                         f"{'x'.join(map(str, entry.image_shape))} images stored as uint8"
-                        f"{' plus their float32 copy (data.storage float32)' if storage == 'float32' else ''}), "
-                        f"more than this machine's {have / 2**30:,.1f} GiB")
+                        f"{' plus their float32 copy (data.storage float32)' if storage == 'float32' else ''}"
+                        f"{', plus the splits on the CPU device, a copy in host memory' if device_is_host else ''}), "
+                        f"more than this machine's {have / 2**30:,.1f} GiB{hint}")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, options=None) -> Dataset:

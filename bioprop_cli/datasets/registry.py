@@ -45,15 +45,20 @@ def image_shape(config) -> tuple[int, ...]:
     return facts(config.data).image_shape
 
 
-def host_bytes_needed(name: str, options=None) -> int | None:
+def host_bytes_needed(name: str, options=None, device_is_host: bool = False, streamed: bool = False) -> int | None:
     """What the host holds of dataset `name` once read: its uint8 images (training, svhn's extra with
     data.extra, test) and labels, and with data.storage float32 the float32 copy of the splits made from them;
-    None for npz (the file says)."""
+    device_is_host (the CPU): the splits put on the device are one more copy in host memory, all of them when the
+    training split is resident, the validation and test splits when it is `streamed`. None for npz (the file says)."""
     entry = info(name)
     if not entry.split_sizes:
         return None
     sizes = entry.split_sizes
     n = sizes["train"] + sizes["test"] + (sizes.get("extra", 0) if getattr(options, "extra", False) else 0)
-    pixels = n * math.prod(entry.image_shape)
-    copies = 1 + (4 if getattr(options, "storage", "uint8") == "float32" else 0)
-    return copies * pixels + 4 * n
+    pixels = math.prod(entry.image_shape)
+    stored = 4 if getattr(options, "storage", "uint8") == "float32" else 1  # bytes a pixel of the splits
+    needed = n * pixels + 4 * n + (4 * n * pixels if stored == 4 else 0)
+    if device_is_host:
+        placed = sizes["test"] + getattr(options, "validation_size", 0) if streamed else n
+        needed += placed * (stored * pixels + 4)
+    return needed

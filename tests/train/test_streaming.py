@@ -105,6 +105,7 @@ def sigint_as_in_a_terminal():
     signal.signal(signal.SIGINT, before)
 
 
+@pytest.mark.slow  # three runs, two compilations: about 3 s of CPU
 def test_a_streamed_run_stopped_inside_an_epoch_resumes_to_the_resident_run(tmp_path, sigint_as_in_a_terminal):
     """Ctrl-C 4 steps into epoch 2 (the chunk in flight finishes: stopped 8 steps in), resumed streaming: the
     logs and parameters of the resident run trained in one go (issue 24's exact resume)."""

@@ -20,8 +20,7 @@ import yaml
 
 from bioprop_cli.data import host_memory_bytes
 from bioprop_cli.datasets.registry import NAMES as DATASETS, facts as dataset_facts
-from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
-from bioprop_cli.models.energy import HOLOMORPHIC_RHOS
+from bioprop_cli.ep_options import COSTS, DYNAMICS, ESTIMATORS, HOLOMORPHIC_RHOS, OUTPUT_LAYERS
 from bioprop_cli.errors import UserError
 from bioprop_cli.models.arch import ARCHITECTURES, is_library
 
@@ -45,7 +44,7 @@ CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 ScheduleEvery = Literal["step", "epoch"]
-Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
+Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements (names: ep_options.py)
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py

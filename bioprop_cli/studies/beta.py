@@ -26,6 +26,7 @@ import numpy as np
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.datasets.registry import num_classes
+from bioprop_cli.ep_options import ESTIMATORS
 from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
@@ -37,8 +38,6 @@ from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
 from bioprop_cli.runs import append_jsonl, read_jsonl, write_json, write_jsonl
 from bioprop_cli.splits import derive_keys
 from bioprop_cli.studies.seeds import measure_seeds
-
-ESTIMATORS = eqprop.ESTIMATORS
 
 
 def default_betas() -> list[float]:

@@ -43,6 +43,7 @@ from typing import Any, Callable, Literal
 from bioprop_cli.config import Config, _build, _check, load_config, read_yaml
 from bioprop_cli.errors import UserError
 from bioprop_cli.report.aggregate import mean_std
+from bioprop_cli.rules import check_config
 
 PAPERS = Path(__file__).resolve().parents[2] / "configs" / "papers"
 
@@ -181,7 +182,9 @@ def base_config(preset: Preset, quick: bool, overrides: list[tuple[str, Any]] = 
     sets = [(str(key), value) for key, value in preset.paper.quick.set.items()] if quick else []
     experiment = f"reproduce-{preset.name}" + ("-quick" if quick else "")
     try:
-        return load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+        config = load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+        check_config(config)
+        return config
     except UserError as e:
         raise UserError(f"{preset.path.name}{' (its quick settings)' if quick else ''}: {e}") from None
 

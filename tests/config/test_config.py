@@ -18,7 +18,7 @@ from bioprop_cli.config import (
     validate,
 )
 from bioprop_cli.errors import UserError
-from bioprop_cli.rules import available_rules
+from bioprop_cli.rules import available_rules, check_config
 
 ALL_RULES = tuple(available_rules())
 
@@ -317,13 +317,21 @@ def test_non_finite_numbers_are_rejected(key, value):
     assert key in message and "finite" in message
 
 
+def registry_error(overrides) -> str:
+    """The rule registry's word on a loaded config (rules.check_config; config.validate does not look rules up)."""
+    config = load_config(None, overrides)
+    with pytest.raises(UserError) as excinfo:
+        check_config(config)
+    return user_error(excinfo)
+
+
 def test_unknown_rule_with_a_newline_stays_one_line():
-    message = load_error([("rule", "a\nb")])
+    message = registry_error([("rule", "a\nb")])
     assert "\n" not in message
 
 
 def test_unknown_rule_lists_all_known_rules():
-    message = load_error([("rule", "nope")])
+    message = registry_error([("rule", "nope")])
     assert "'nope'" in message
     for rule in ALL_RULES:
         assert rule in message

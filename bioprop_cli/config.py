@@ -395,8 +395,10 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks `value` against the annotation `tp`; returns it converted (int -> float, list -> tuple)."""
+def _coerce(value: Any, tp: Any, key: str, names_open: bool = False) -> Any:
+    """Checks `value` against the annotation `tp`; returns it converted (int -> float, list -> tuple). With
+    `names_open`, a key that takes one of a list of names takes any string (a stored run's name may have
+    been renamed since)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -405,19 +407,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _coerce(value, option, key)
+                return _coerce(value, option, key, names_open)
             except UserError:
                 continue
         raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str):
+        if (names_open or value in typing.get_args(tp)) and isinstance(value, str):
             return value
         raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else None
         if items is None:
             raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
-        return tuple(_coerce(v, typing.get_args(tp)[0], key) for v in items)
+        return tuple(_coerce(v, typing.get_args(tp)[0], key, names_open) for v in items)
     if tp is type(None):
         if value is None:
             return None
@@ -453,6 +455,21 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def check_stored(tree: dict, cls: type = Config, prefix: str = "") -> None:
+    """A stored config.yaml (a run of this version or another) against the schema's types, by the loader's
+    own checks: each key this version knows holds a value of its type, null anywhere and any string where a
+    key takes names; keys it does not know are left alone. UserError naming the key otherwise."""
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        tp = hints.get(key)
+        if tp is None or value is None:
+            continue
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            check_stored(value, tp, f"{prefix}{key}.")
+        else:
+            _coerce(value, tp, prefix + key, names_open=True)
 
 
 def to_dict(config: Any) -> dict:

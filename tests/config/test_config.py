@@ -10,6 +10,7 @@ import yaml
 
 from bioprop_cli.config import (
     Config,
+    check_stored,
     check_against_data,
     load_config,
     parse_override,
@@ -459,3 +460,16 @@ def test_to_dict_of_defaults_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(to_dict(Config())))
     assert load_config(path) == Config()
+
+
+def test_a_stored_config_is_checked_by_the_loaders_types():
+    """config.check_stored (what `bioprop compare` reads a run's config.yaml with): the loader's own type
+    checks on the keys this version knows; other versions' keys and names are left alone."""
+    check_stored({"model": {"width": 32, "activation": "renamed_since", "gone_key": [1]}, "old_section": {"x": 1},
+                  "optimizer": {"lr": None}})
+    with pytest.raises(UserError) as excinfo:
+        check_stored({"model": {"width": [32, 64]}})
+    assert user_error(excinfo) == "config key 'model.width': expected an integer, got [32, 64]"
+    with pytest.raises(UserError) as excinfo:
+        check_stored({"optimizer": {"lr": float("inf")}})
+    assert "optimizer.lr" in user_error(excinfo)

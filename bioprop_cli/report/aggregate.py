@@ -36,6 +36,7 @@ import yaml
 from bioprop_cli import records
 from bioprop_cli.config import check_stored
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.manifest import experiment_folder, named_run_dirs
 from bioprop_cli.records import is_int, short
 from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import process_alive
@@ -235,32 +236,14 @@ REASONS = {
 }
 
 
-def _manifest_runs(folder: Path) -> set[Path]:
-    """The run folders a sweep's manifest.json names (resolved). UserError for a manifest that is not one."""
-    path = folder / "manifest.json"
-    manifest = _read_json(path)
-    runs = manifest.get("runs")
-    if not isinstance(runs, dict) or not all(isinstance(e, dict) for e in runs.values()):
-        raise UserError(f"{path}: 'runs' must be an object of run entries, got {short(runs)}")
-    named = [e["run_dir"] for e in runs.values() if "run_dir" in e]
-    if not all(isinstance(d, str) for d in named):
-        raise UserError(f"{path}: every 'run_dir' must be a string (the run folder, relative to the sweep)")
-    return {(folder / d).resolve() for d in named}
-
-
-def _sweep_folder(run_dir: Path) -> Optional[Path]:
-    """The sweep folder (with manifest.json) that holds `run_dir`, if any."""
-    return next((p for p in run_dir.parents if (p / "manifest.json").is_file()), None)
-
-
 def outside_manifests(run_dirs: list[Path]) -> tuple[list[Path], list[Excluded]]:
     """Splits run folders into those that count and those inside a sweep folder whose manifest names another."""
     listed: dict[Path, set[Path]] = {}
     keep, excluded = [], []
     for d in run_dirs:
-        sweep = _sweep_folder(d)
+        sweep = experiment_folder(d)
         if sweep is not None and sweep not in listed:
-            listed[sweep] = _manifest_runs(sweep)
+            listed[sweep] = named_run_dirs(sweep)
         if sweep is None or d.resolve() in listed[sweep]:
             keep.append(d)
         else:

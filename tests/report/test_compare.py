@@ -539,7 +539,7 @@ def test_malformed_files_are_a_one_line_error_naming_the_file(tmp_path, damage, 
 def test_a_corrupt_manifest_is_a_one_line_error(tmp_path):
     sweep = write_resumed_sweep(tmp_path)
     (sweep / "manifest.json").write_text(json.dumps({"runs": [1, 2]}))
-    assert_user_error(CliRunner().invoke(compare_app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")
+    assert_user_error(CliRunner().invoke(compare_app(), ["compare", str(sweep)]), "manifest.json: not a sweep manifest (expected an object with 'runs')")
 
 
 def test_conv_runs_are_labelled_by_their_architecture_not_a_depth(tmp_path):

@@ -558,9 +558,10 @@ def _check_architecture(config: Config):
 
 
 def validate(config: Config) -> Config:
-    """Checks ranges and cross-field constraints; returns the config unchanged. Pure: what the rule
-    registry knows (a known rule, one that runs on this network) is rules.check_config's, and whether the
-    results folder can be made is runs.check_results_folder's, where a command starts a run."""
+    """Checks ranges and cross-field constraints; returns the config unchanged. It builds no rule and opens
+    no folder: what the rule registry knows (a known rule, one that runs on this network) is
+    rules.check_config's, and whether the results folder can be made runs.check_results_folder's, both
+    called where a command starts (cli/common.config_from_flags, the grid's points, reproduce)."""
     m, o, d, t, a = config.model, config.optimizer, config.data, config.train, config.alignment
     _check(0 <= config.seed < 2**31, "seed", "in [0, 2^31 - 1]", config.seed)
     _check(

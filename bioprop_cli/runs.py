@@ -423,7 +423,8 @@ def folder_lock(folder: Path):
 
 
 class RunWriter:
-    """Writes one run's files. Each method is a complete, atomic update of the run folder."""
+    """Writes one run's files. Each method is a complete, atomic update of the run folder. The kinds of the
+    records' fields, which `bioprop compare` checks them by: records.py."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -243,7 +243,8 @@ def seconds_per_update(config: Config, splits, params, rule_state, estimators, d
 
 
 def write(result: dict, folder: Path) -> None:
-    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png."""
+    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png (the rows' and slopes'
+    kinds, which `bioprop compare` checks: records.py)."""
     append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
     write_json(folder / "summary.json", result["summary"])
     plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])

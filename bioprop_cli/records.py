@@ -1,13 +1,16 @@
 """What the records of a results folder hold: the kinds of the fields of summary.json, metrics.jsonl and
 alignment.jsonl (written by runs.RunWriter for train.py) and of beta_sweep.jsonl and a beta sweep's
-summary.json (studies/beta.py), with the checks `bioprop compare` (report/aggregate.py) reads them by.
+summary.json (studies/beta.py), and the readers and checks that `bioprop compare` (report/aggregate.py) and
+`bioprop reproduce` (studies/reproduce.py) read them with.
 A config.yaml is checked by the config's own loader (config.check_stored). A value of the wrong kind is a
 UserError naming the place, the key and the value, never a record silently left out."""
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from bioprop_cli.errors import UserError
 
@@ -50,6 +53,55 @@ ALIGNMENT = {"epoch": "an integer or null", "step": "an integer or null",
 BETA_ROW = {"estimator": "a string", **{k: "a number or null" for k in (
     "bias", "std", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std", "angle_mean")}}
 SLOPE = {"slope": "a number or null", "sweet_spot": "a number or null"}
+
+
+# --- reading: a damaged file is a UserError naming the file (and the line), never a traceback ---
+
+
+def read_text(path: Path) -> str:
+    """The file's text; UserError naming the file where it cannot be read or is not UTF-8."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text (UTF-8) file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__})") from None
+
+
+def _json_error(e: json.JSONDecodeError, text: str) -> str:
+    return "empty" if not text.strip() else f"line {e.lineno}, column {e.colno}: not JSON ({e.msg})"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file holding one object; UserError naming the file otherwise."""
+    text = read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {_json_error(e, text)}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object, got {short(value)}")
+    return value
+
+
+def read_lines(path: Path, check: Callable[[Any, str], None]) -> list[dict]:
+    """A JSON-lines file's records (a last line without its newline is a record being written: left out),
+    each checked as read by `check(record, "FILE: line N")`: a damaged line is a UserError naming the file,
+    the line and the key."""
+    if not path.is_file():
+        return []
+    records = []
+    for i, line in enumerate(read_text(path).split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {i}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+        check(record, where)
+        records.append(record)
+    return records
 
 
 def short(value: Any) -> str:

@@ -29,7 +29,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -37,7 +37,7 @@ from bioprop_cli import records
 from bioprop_cli.config import check_stored
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.manifest import experiment_folder, named_run_dirs
-from bioprop_cli.records import is_int, short
+from bioprop_cli.records import is_int, read_json, read_lines, read_text, short
 from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import process_alive
 
@@ -137,33 +137,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text (UTF-8) file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__})") from None
-
-
-def _json_error(e: json.JSONDecodeError, text: str) -> str:
-    return "empty" if not text.strip() else f"line {e.lineno}, column {e.colno}: not JSON ({e.msg})"
-
-
-def _read_json(path: Path) -> dict:
-    text = _text(path)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: {_json_error(e, text)}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object, got {short(value)}")
-    return value
-
-
 def _read_yaml(path: Path) -> dict:
     try:
-        value = yaml.safe_load(_text(path))
+        value = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -173,26 +149,6 @@ def _read_yaml(path: Path) -> dict:
     return value
 
 
-def _read_lines(path: Path, check: Callable[[Any, str], None]) -> list[dict]:
-    """A JSON-lines file's records (a last line without its newline is a record being written: left out),
-    each checked as read by `check(record, "FILE: line N")`: a damaged line is a UserError naming the file,
-    the line and the key."""
-    if not path.is_file():
-        return []
-    records = []
-    for i, line in enumerate(_text(path).split("\n")[:-1], start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {i}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
-        check(record, where)
-        records.append(record)
-    return records
-
-
 def load_run(path: Path) -> Run:
     path = Path(path)
     config = _read_yaml(path / "config.yaml")
@@ -200,18 +156,18 @@ def load_run(path: Path) -> Run:
         check_stored(config)
     except UserError as e:
         raise UserError(f"{path / 'config.yaml'}: {e}") from None
-    summary = _read_json(path / "summary.json")
+    summary = read_json(path / "summary.json")
     records.check_summary(summary, str(path / "summary.json"))
-    metrics = _read_lines(path / "metrics.jsonl", records.check_metrics)
-    alignment = _read_lines(path / "alignment.jsonl", records.check_alignment)
+    metrics = read_lines(path / "metrics.jsonl", records.check_metrics)
+    alignment = read_lines(path / "alignment.jsonl", records.check_alignment)
     return Run(path=path, config=config, flat=flatten(config), summary=summary, metrics=metrics, alignment=alignment)
 
 
 def load_beta_sweep(path: Path) -> BetaSweep:
     path = Path(path)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
-    sweep = BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
-                      rows=_read_lines(path / "beta_sweep.jsonl", records.check_beta_row))
+    sweep = BetaSweep(path=path, config=config, summary=read_json(path / "summary.json"),
+                      rows=read_lines(path / "beta_sweep.jsonl", records.check_beta_row))
     records.check_beta_slopes(sweep.summary, str(path / "summary.json"))
     return sweep
 

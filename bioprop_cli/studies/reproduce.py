@@ -247,13 +247,12 @@ def training_wall_time(folder: Path, manifest: dict) -> float | None:
 
 def _summary(folder: Path, entry: dict) -> dict | None:
     """The run's summary.json, checked (a damaged one is a UserError naming it and the key); None if absent."""
-    from bioprop_cli.records import check_summary
-    from bioprop_cli.report.aggregate import _read_json
+    from bioprop_cli.records import check_summary, read_json
 
     path = folder / entry["run_dir"] / "summary.json" if isinstance(entry.get("run_dir"), str) else None
     if path is None or not path.is_file():
         return None
-    summary = _read_json(path)
+    summary = read_json(path)
     check_summary(summary, str(path))
     return summary
 
@@ -326,9 +325,8 @@ def quick_verdict(published, mean, untrained: float, progress: float) -> str:
 
 def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
     """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement.
-    A damaged file is a UserError naming it, the line and the key (report/aggregate.py's checks)."""
-    from bioprop_cli.records import check_alignment
-    from bioprop_cli.report.aggregate import _read_lines
+    A damaged file is a UserError naming it, the line and the key (records.py's checks)."""
+    from bioprop_cli.records import check_alignment, read_lines
 
     if quantity in ("test_error", "val_error"):
         summary = _summary(run_dir.parent, {"run_dir": run_dir.name})
@@ -337,7 +335,7 @@ def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
         acc = summary.get("test_accuracy" if quantity == "test_error" else "val_accuracy")
         return None if acc is None else 100.0 * (1.0 - acc)
     path = run_dir / "alignment.jsonl"
-    records = _read_lines(path, check_alignment)
+    records = read_lines(path, check_alignment)
     wanted = "all" if layer is None else layer
     mine = [r for r in records if r.get("layer") == wanted and r.get(quantity) is not None]
     if not mine:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import types
 import typing
@@ -20,8 +19,7 @@ import yaml
 
 from bioprop_cli.data import host_memory_bytes
 from bioprop_cli.datasets.registry import NAMES as DATASETS, facts as dataset_facts
-from bioprop_cli.ep import COSTS, DYNAMICS, ESTIMATORS, OUTPUT_LAYERS
-from bioprop_cli.models.energy import HOLOMORPHIC_RHOS
+from bioprop_cli.ep_options import COSTS, DYNAMICS, ESTIMATORS, HOLOMORPHIC_RHOS, OUTPUT_LAYERS
 from bioprop_cli.errors import UserError
 from bioprop_cli.models.arch import ARCHITECTURES, is_library
 
@@ -46,7 +44,7 @@ CropPadding = Literal["zeros", "edge"]  # bioprop_cli/augment.py
 OptimizerName = Literal["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"]
 ScheduleName = Literal["constant", "cosine", "exponential", "warmup_cosine", "step"]
 ScheduleEvery = Literal["step", "epoch"]
-Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements
+Estimator = Literal[ESTIMATORS]  # the second states bioprop_cli/ep.py implements (names: ep_options.py)
 EPCost = Literal[COSTS]  # the mean-squared network's cost (bioprop_cli/ep.py)
 EPFeedback = Literal["symmetric", "random", "sign", "mixed"]
 EPDynamics = Literal[DYNAMICS]  # bioprop_cli/ep.py, models/energy.py
@@ -405,8 +403,10 @@ def _describe(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks `value` against the annotation `tp`; returns it converted (int -> float, list -> tuple)."""
+def _coerce(value: Any, tp: Any, key: str, names_open: bool = False) -> Any:
+    """Checks `value` against the annotation `tp`; returns it converted (int -> float, list -> tuple). With
+    `names_open`, a key that takes one of a list of names takes any string (a stored run's name may have
+    been renamed since)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -415,19 +415,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             try:
-                return _coerce(value, option, key)
+                return _coerce(value, option, key, names_open)
             except UserError:
                 continue
         raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str):
+        if (names_open or value in typing.get_args(tp)) and isinstance(value, str):
             return value
         raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
     if origin is tuple:
         items = value if isinstance(value, (list, tuple)) else None
         if items is None:
             raise UserError(f"config key '{key}': expected {_describe(tp)}, got {value!r}")
-        return tuple(_coerce(v, typing.get_args(tp)[0], key) for v in items)
+        return tuple(_coerce(v, typing.get_args(tp)[0], key, names_open) for v in items)
     if tp is type(None):
         if value is None:
             return None
@@ -463,6 +463,21 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def check_stored(tree: dict, cls: type = Config, prefix: str = "") -> None:
+    """A stored config.yaml (a run of this version or another) against the schema's types, by the loader's
+    own checks: each key this version knows holds a value of its type, null anywhere and any string where a
+    key takes names; keys it does not know are left alone. UserError naming the key otherwise."""
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        tp = hints.get(key)
+        if tp is None or value is None:
+            continue
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            check_stored(value, tp, f"{prefix}{key}.")
+        else:
+            _coerce(value, tp, prefix + key, names_open=True)
 
 
 def to_dict(config: Any) -> dict:
@@ -551,12 +566,10 @@ def _check_architecture(config: Config):
 
 
 def validate(config: Config) -> Config:
-    """Checks ranges and cross-field constraints; returns the config unchanged."""
-    from bioprop_cli.rules import available_rules  # the registry is the source of truth
-
-    rules = available_rules()
-    if config.rule not in rules:
-        raise UserError(f"unknown rule {config.rule!r}; known rules: {', '.join(rules)}")
+    """Checks ranges and cross-field constraints; returns the config unchanged. It builds no rule and opens
+    no folder: what the rule registry knows (a known rule, one that runs on this network) is
+    rules.check_config's, and whether the results folder can be made runs.check_results_folder's, both
+    called where a command starts (cli/common.config_from_flags, the grid's points, reproduce)."""
     m, o, d, t, a = config.model, config.optimizer, config.data, config.train, config.alignment
     _check(0 <= config.seed < 2**31, "seed", "in [0, 2^31 - 1]", config.seed)
     _check(
@@ -565,10 +578,6 @@ def validate(config: Config) -> Config:
         f"a folder name of at most {MAX_NAME_LENGTH} letters, digits, '.', '_' or '-' that does not start with '.'",
         config.experiment,
     )
-    from bioprop_cli.runs import check_folder
-
-    check_folder(config.results_dir, "config key 'results_dir'")
-    check_folder(Path(config.results_dir) / config.experiment, "config key 'experiment'")
     _check(m.depth >= 1, "model.depth", ">= 1 (the number of hidden layers)", m.depth)
     _check(m.width >= 1, "model.width", ">= 1", m.width)
     _check_cnn(m.cnn)
@@ -692,9 +701,6 @@ def validate(config: Config) -> Config:
         _check(m.activation not in EP_ONLY_ACTIVATIONS, "model.activation",
                f"tanh, relu, sigmoid or hard_sigmoid for rule {config.rule} ({m.activation} is rule ep's only)",
                m.activation)
-    from bioprop_cli.rules import make_rule
-
-    make_rule(config, network, 0)  # a rule that does not run on this architecture says so
     return config
 
 

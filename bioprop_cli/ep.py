@@ -108,6 +108,7 @@ from bioprop_cli.models.energy import (
     with_linear_output,
     zero_states,
 )
+from bioprop_cli.ep_options import CLAMPED_ESTIMATORS, ESTIMATORS
 from bioprop_cli.precision import full_float32
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +187,6 @@ def network(config, params, state) -> Network:
     return Network(trainable, running, readout, feedback, neuron_model(config), dynamics_architecture(config))
 
 
-DYNAMICS = ("gradient", "primitive")  # `ep.dynamics` (models/energy.py)
-# `ep.output_layer`: clipped (the output layer has the hidden layers' rho; the hard sigmoid clips it to
-# [0, 1]) | linear (rho = identity and an unbounded state on the output layer only, Scellier et al.
-# 2023's deep Hopfield networks; models/energy.py)
-OUTPUT_LAYERS = ("clipped", "linear")
-
-
 def neuron_model(config) -> Rho:
     """model.activation under `ep.dynamics`: gradient, s <- s - eps dF/ds (Scellier & Bengio 2017);
     primitive, s <- rho(dPhi/ds) (Laborieux et al. 2021; energy.primitive_dynamics); with
@@ -228,14 +222,6 @@ def free_phase(config, net: Network, x, y, start, steps: int, tol: float) -> tup
     drive0 = input_drive(net.running, x, net.arch)
     return drive0, settle(net.running, start, drive0, y, 0.0, net.rho, ep.eps, steps, tol, readout=net.readout,
                           arch=net.arch)
-
-
-ESTIMATORS = ("one-sided", "negative", "symmetric", "random-sign", "clamped", "coupled",
-              "holomorphic")  # `ep.estimator`: the second state(s)
-CLAMPED_ESTIMATORS = ("clamped", "coupled")  # the output layer clamped in the second phase (mse cost only)
-# `ep.cost` (mean-squared network): C = 1/2 |y - s_L|^2 (half_squared), or |y - s_L|^2 (squared, the
-# cost of Scellier & Bengio's code, model.py `__cost`: twice the nudging force at the same beta)
-COSTS = ("half_squared", "squared")
 
 
 def cost_weight(ep) -> float:

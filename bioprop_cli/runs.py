@@ -272,6 +272,13 @@ def check_folder(path: str | Path, what: str, file_ok: bool = False) -> None:
             raise UserError(f"{what}: {path} {where}, not a folder")
 
 
+def check_results_folder(config) -> None:
+    """Where a run of `config` is written, RESULTS_DIR/EXPERIMENT, can be a folder (check_folder), said by
+    config key; a command checks it as it starts, before anything is written."""
+    check_folder(config.results_dir, "config key 'results_dir'")
+    check_folder(Path(config.results_dir) / config.experiment, "config key 'experiment'")
+
+
 def check_new_file(path: str | Path, what: str) -> None:
     """UserError unless `path` names a file that can be written: not a folder, in a folder that exists."""
     path = Path(path)
@@ -416,7 +423,8 @@ def folder_lock(folder: Path):
 
 
 class RunWriter:
-    """Writes one run's files. Each method is a complete, atomic update of the run folder."""
+    """Writes one run's files. Each method is a complete, atomic update of the run folder. The kinds of the
+    records' fields, which `bioprop compare` checks them by: records.py."""
 
     def __init__(self, path: Path):
         self.path = path

@@ -13,7 +13,8 @@ from rich.markup import escape
 
 from bioprop_cli.config import Config, keys_overlap, load_config, parse_override
 from bioprop_cli.errors import UserError, is_disk_full
-from bioprop_cli.rules import rules_help
+from bioprop_cli.rules import check_config, rules_help
+from bioprop_cli.runs import check_results_folder
 
 # soft_wrap: rich never breaks or cuts a printed line (a path must stay copyable); the terminal wraps it
 console = Console(soft_wrap=True)
@@ -135,6 +136,8 @@ def config_from_flags(config_path: Optional[Path], sets: list[str], **flags: Any
                 flag = next(n for n, k in FLAG_KEYS.items() if k == flag_key).replace("_", "-")
                 raise UserError(f"--{flag} and --set {text} both set {flag_key}; give one of the two")
     config = load_config(config_path, overrides + named)
+    check_config(config)
+    check_results_folder(config)
     refuse_unused_model_keys(config, [(k, f"--{n.replace('_', '-')}") for n, k in FLAG_KEYS.items()
                                       if flags.get(n) is not None]
                              + [(k, f"--set {text}") for text, (k, _) in zip(sets, overrides)])

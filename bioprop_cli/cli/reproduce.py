@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bioprop_cli.cli.common import DataDir, ResultsDir, console, user_errors_exit_2
 from bioprop_cli.cli.sweep import MAX_SEEDS
+from bioprop_cli.runs import check_results_folder
 
 
 @user_errors_exit_2
@@ -34,8 +35,8 @@ def reproduce(
     presets = [study.load_preset(name) for name in chosen]  # unknown names: exit 2 before anything runs
     overrides = [("results_dir", results_dir)] if results_dir is not None else []
     overrides += [("data.data_dir", data_dir)] if data_dir is not None else []
-    for preset in presets:  # every config is valid, and its data there, before the first run starts
-        study.base_config(preset, quick, overrides)
+    for preset in presets:  # every config is valid, its folder can be made and its data is there, before the first run starts
+        check_results_folder(study.base_config(preset, quick, overrides))
     load = DatasetCache()
     for preset in presets:
         study.check_data(preset, quick, overrides, load)

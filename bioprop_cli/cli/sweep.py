@@ -194,7 +194,8 @@ def beta(
 ) -> None:
     """Bias, spread and angle of EP's gradient estimate against the exact gradient, for a grid of beta."""
     from bioprop_cli.ep import parse_estimator
-    from bioprop_cli.studies.beta import ESTIMATORS, default_betas
+    from bioprop_cli.ep_options import ESTIMATORS
+    from bioprop_cli.studies.beta import default_betas
 
     refuse_other_rule(set_, "ep", "sweep beta")
     if train:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from bioprop_cli.config import Config, keys_overlap, load_config, to_dict
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.runner import LocalExecutor, RunSpec, identity_name, load_checked_data, name_part, open_experiment
-from bioprop_cli.rules import FEEDFORWARD, available_rules
+from bioprop_cli.rules import FEEDFORWARD, available_rules, check_config
 
 # axis name -> (config key, default values)
 AXES: dict[str, tuple[str, list]] = {
@@ -251,7 +251,7 @@ def _check_where_entry(grid: dict[str, list], entry: dict, name: str) -> None:
             raise UserError(f"config key '{name}.when.{key}': not a grid axis; `when` names grid axes "
                             f"({', '.join(grid) or 'none'})")
         try:
-            load_config(None, [(key, value)])  # a value no config can take is a typo, not a point left out
+            check_config(load_config(None, [(key, value)]))  # a value no config can take is a typo, not a point left out
         except UserError as e:
             raise UserError(f"config key '{name}.when.{key}': {e}") from None
     for key in entry["set"]:
@@ -288,7 +288,9 @@ def point_config(base_tree: dict, point: Point, seed: int, where: list[dict] = (
     """The base config with the point's values, the `where` values that match it and the seed;
     validated (bad values: UserError)."""
     overrides = list(point.values) + point_sets(point, where) + [("seed", seed)]
-    return load_config(None, _tree_overrides(base_tree) + overrides)
+    config = load_config(None, _tree_overrides(base_tree) + overrides)
+    check_config(config)
+    return config
 
 
 def check_points(base_tree: dict, all_points: list[Point], seed: int, where: list[dict] = ()) -> None:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 from bioprop_cli import checkpoint
 from bioprop_cli.config import Config, check_against_data, derive, shape_key, to_dict
 from bioprop_cli.errors import DiskFull, UserError
+from bioprop_cli.experiment.manifest import MANIFEST, load_manifest
 from bioprop_cli.runs import (
     RunWriter, check_folder, create_run_dir, disk_full_reason, folder_lock, make_folder, mark_failed, write_json,
     write_status, write_yaml,
@@ -72,38 +73,7 @@ class RunSpec:
 
 def resuming(folder: Path) -> bool:
     """Whether `folder` holds an experiment begun before (its manifest): the same command resumes it."""
-    return (Path(folder) / "manifest.json").is_file()
-
-
-def load_manifest(folder: Path) -> dict | None:
-    """The folder's manifest, None if there is none yet; an unreadable one is a UserError."""
-    path = folder / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-        problem = _manifest_problem(manifest)
-    except OSError as e:
-        problem = f"unreadable: {e.strerror or e}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        problem = f"not JSON: {e}"
-    if problem:
-        raise UserError(f"{path}: not a sweep manifest ({problem}); move it aside to start this sweep afresh "
-                        "(its run folders stay where they are)")
-    return manifest
-
-
-def _manifest_problem(manifest: Any) -> str | None:
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), dict):
-        return "expected an object with 'runs'"
-    for name, entry in manifest["runs"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("status"), str):
-            return f"run {name!r} has no status"
-        if not isinstance(entry.get("run_dir", ""), str):
-            return f"run {name!r}: run_dir is not a string"
-        if not isinstance(entry.get("previous_run_dirs", []), list):
-            return f"run {name!r}: previous_run_dirs is not a list"
-    return None
+    return (Path(folder) / MANIFEST).is_file()
 
 
 def _finished_summary(run_dir: Path) -> dict | None:
@@ -282,16 +252,16 @@ class Experiment:
                     runs[spec.name]["checkpoint_not_used"] = unusable
             pending.append((spec.name, config, run_dir))
             positions.append(position)
-        write_json(folder / "manifest.json", self.manifest)
+        write_json(folder / MANIFEST, self.manifest)
         groups = group_runs(pending, positions)
         for group, summaries in (executor or LocalExecutor())(groups, dataset_loader, report, interrupted):
             _record(runs, group, summaries, folder)
             full = next((s["disk_full"] for s in summaries if "disk_full" in s), None)
             if full is not None:  # the next group would fail the same way: stop, say where
-                write_status(folder / "manifest.json", self.manifest)
+                write_status(folder / MANIFEST, self.manifest)
                 raise UserError(f"{full}; the {self.what} stopped, its group {group.label} is marked failed in "
-                                f"{folder / 'manifest.json'} (the same command resumes it)")
-            write_json(folder / "manifest.json", self.manifest)
+                                f"{folder / MANIFEST} (the same command resumes it)")
+            write_json(folder / MANIFEST, self.manifest)
         return [runs[spec.name] for spec in specs]
 
 
@@ -302,7 +272,10 @@ def open_experiment(folder: Path, header: dict, config_tree: dict, what: str = "
     check_folder(folder, f"{what} folder")
     make_folder(folder)
     with folder_lock(folder):
-        manifest = load_manifest(folder)
+        try:
+            manifest = load_manifest(folder)
+        except UserError as e:
+            raise UserError(f"{e}; move it aside to start this sweep afresh (its run folders stay where they are)") from None
         if manifest is None:
             write_yaml(folder / "config.yaml", config_tree)
             manifest = {**header, "runs": {}}

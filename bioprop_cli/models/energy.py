@@ -155,11 +155,6 @@ RHOS: dict[str, Rho] = {
 }
 
 
-# The activations with a holomorphic extension (the complex logistic sigmoid and tanh), which holomorphic
-# EP (ep.estimator holomorphic, bioprop_cli/ep.py) settles with complex states; the hard sigmoids clip the
-# state (no complex extension).
-HOLOMORPHIC_RHOS = ("sigmoid", "unit_slope_sigmoid", "tanh")
-
 LINEAR = Rho(lambda s: s, jnp.ones_like, False, lambda s: 0.5 * s**2)  # the identity: a linear layer
 
 

@@ -2,7 +2,8 @@
 
 A run folder holds `summary.json`, `config.yaml` and `metrics.jsonl` (and usually `alignment.jsonl`);
 a beta-sweep folder holds `beta_sweep.jsonl` and `summary.json` (see docs/outputs.md).
-Every file is checked as it is read: a value of the wrong type (a metrics line that is not an object,
+Every file is checked as it is read (the records' kinds: bioprop_cli/records.py; config.yaml by the
+config's own loader, config.check_stored): a value of the wrong type (a metrics line that is not an object,
 a string epoch or accuracy, a list where the config has a number, a beta that is not a positive
 number) is a UserError naming the file and the value, never a run silently left out.
 
@@ -23,17 +24,20 @@ them (n - 1 in the denominator; None for one seed).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
+from bioprop_cli import records
+from bioprop_cli.config import check_stored
 from bioprop_cli.errors import UserError
+from bioprop_cli.experiment.manifest import experiment_folder, named_run_dirs
+from bioprop_cli.records import is_int, read_json, read_lines, read_text, short
 from bioprop_cli.rules import available_rules
 from bioprop_cli.runs import process_alive
 
@@ -133,198 +137,38 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text (UTF-8) file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__})") from None
-
-
-def _json_error(e: json.JSONDecodeError, text: str) -> str:
-    return "empty" if not text.strip() else f"line {e.lineno}, column {e.colno}: not JSON ({e.msg})"
-
-
-def _read_json(path: Path) -> dict:
-    text = _text(path)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: {_json_error(e, text)}") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object, got {_short(value)}")
-    return value
-
-
 def _read_yaml(path: Path) -> dict:
     try:
-        value = yaml.safe_load(_text(path))
+        value = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise UserError(f"{path}: {where}not valid YAML") from None
     if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a mapping of config keys, got {_short(value)}")
+        raise UserError(f"{path}: expected a mapping of config keys, got {short(value)}")
     return value
-
-
-def _read_lines(path: Path, check: Callable[[Any, str], None]) -> list[dict]:
-    """A JSON-lines file's records (a last line without its newline is a record being written: left out),
-    each checked as read by `check(record, "FILE: line N")`: a damaged line is a UserError naming the file,
-    the line and the key."""
-    if not path.is_file():
-        return []
-    records = []
-    for i, line in enumerate(_text(path).split("\n")[:-1], start=1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {i}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
-        check(record, where)
-        records.append(record)
-    return records
-
-
-# --- checking what was read: the wrong type is a UserError naming the file, never a silent gap ---
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _optional(check):
-    return lambda value: value is None or check(value)
-
-
-def _within(low: float, high: float):
-    """A number in [low, high], or NaN (what a diverged run records)."""
-    return lambda v: _is_number(v) and (math.isnan(v) or low <= v <= high)
-
-
-KINDS = {
-    "an integer": _is_int,
-    "a number": _is_number,
-    "an integer or null": _optional(_is_int),
-    "a number or null": _optional(_is_number),
-    "a finite number": lambda v: _is_number(v) and math.isfinite(v),
-    "an accuracy in [0, 1] or null": _optional(_within(0.0, 1.0)),
-    "an angle in [0, 180] degrees or null": _optional(_within(0.0, 180.0)),
-    "a string": lambda v: isinstance(v, str),
-    "true or false": lambda v: isinstance(v, bool),
-    "a list": lambda v: isinstance(v, list),
-}
-ACCURACY, ANGLE = "an accuracy in [0, 1] or null", "an angle in [0, 180] degrees or null"
-SUMMARY_FIELDS = {"status": "a string", "seed": "an integer or null", "steps_per_epoch": "an integer or null",
-                  "test_accuracy": ACCURACY, "val_accuracy": ACCURACY, "best_val_accuracy": ACCURACY,
-                  **{k: "a number or null" for k in ("wall_time_s", "examples_per_s")}}
-METRICS_FIELDS = {"epoch": "an integer", "step": "an integer or null", "test_accuracy": ACCURACY,
-                  "val_accuracy": ACCURACY, "mean_update_angle": ANGLE,
-                  **{k: "a number or null" for k in ("train_loss", "wall_time_s")}}
-ALIGNMENT_FIELDS = {"epoch": "an integer or null", "step": "an integer or null",
-                    **{k: ANGLE for k in ("update_angle", "feedback_angle", "mean_update_angle")}}
-BETA_ROW_FIELDS = {"estimator": "a string", **{k: "a number or null" for k in (
-    "bias", "std", "bias_seed_mean", "bias_seed_std", "std_seed_mean", "std_seed_std", "angle_mean")}}
-SLOPE_FIELDS = {"slope": "a number or null", "sweet_spot": "a number or null"}
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_fields(record: Any, fields: dict, where: str) -> None:
-    """`record` is a JSON object whose `fields`, where present, are of the kinds named."""
-    if not isinstance(record, dict):
-        raise UserError(f"{where}: expected a JSON object, got {_short(record)}")
-    for key, kind in fields.items():
-        if key in record and not KINDS[kind](record[key]):
-            raise UserError(f"{where}: '{key}' must be {kind}, got {_short(record[key])}")
-
-
-def _fields(fields: dict) -> Callable[[Any, str], None]:
-    return lambda record, where: _check_fields(record, fields, where)
-
-
-@functools.lru_cache(maxsize=1)
-def _config_kinds() -> dict:
-    """Config key -> the kind of value the config schema holds there (keys of other bioprop versions are not checked)."""
-    from bioprop_cli.config import Config, to_dict
-
-    def kind(default: Any) -> Optional[str]:
-        if isinstance(default, bool):
-            return "true or false"
-        if _is_number(default):
-            return "a finite number"
-        if isinstance(default, str):
-            return "a string"
-        if isinstance(default, (list, tuple)):
-            return "a list"
-        return None  # null by default: anything
-
-    return {k: kind(v) for k, v in flatten(to_dict(Config())).items()}
-
-
-def _check_config(path: Path, flat: dict) -> None:
-    kinds = _config_kinds()
-    for key, value in flat.items():
-        kind = kinds.get(key)
-        if kind is not None and value is not None and not KINDS[kind](value):
-            raise UserError(f"{path}: '{key}' must be {kind}, got {_short(value)}")
-
-
-def check_alignment_record(record: Any, where: str) -> None:
-    _check_fields(record, ALIGNMENT_FIELDS, where)
-    layer = record.get("layer")
-    if "layer" in record and not (_is_int(layer) or layer == "all"):
-        raise UserError(f"{where}: 'layer' must be an integer or \"all\", got {_short(layer)}")
 
 
 def load_run(path: Path) -> Run:
     path = Path(path)
     config = _read_yaml(path / "config.yaml")
-    flat = flatten(config)
-    _check_config(path / "config.yaml", flat)
-    summary = _read_json(path / "summary.json")
-    _check_fields(summary, SUMMARY_FIELDS, str(path / "summary.json"))
-    metrics = _read_lines(path / "metrics.jsonl", _fields(METRICS_FIELDS))
-    alignment = _read_lines(path / "alignment.jsonl", check_alignment_record)
-    return Run(path=path, config=config, flat=flat, summary=summary, metrics=metrics, alignment=alignment)
-
-
-def _check_beta_row(row: Any, where: str) -> None:
-    _check_fields(row, BETA_ROW_FIELDS, where)
-    beta = row.get("beta")
-    if not (_is_number(beta) and math.isfinite(beta) and beta > 0):
-        raise UserError(f"{where}: 'beta' must be a positive finite number, got {_short(beta)}")
-
-
-def _check_beta_summary(sweep: BetaSweep) -> None:
-    summary_path = sweep.path / "summary.json"
-    slopes = sweep.summary.get("slopes")
-    if slopes is not None and not isinstance(slopes, dict):
-        raise UserError(f"{summary_path}: 'slopes' must be an object (estimator -> fit), got {_short(slopes)}")
-    for estimator, fit in (slopes or {}).items():
-        where = f"{summary_path}: slopes.{estimator}"
-        _check_fields(fit, SLOPE_FIELDS, where)
-        betas = fit.get("betas")
-        if betas is not None and not (isinstance(betas, list) and all(_is_number(b) for b in betas)):
-            raise UserError(f"{where}: 'betas' must be a list of numbers, got {_short(betas)}")
+    try:
+        check_stored(config)
+    except UserError as e:
+        raise UserError(f"{path / 'config.yaml'}: {e}") from None
+    summary = read_json(path / "summary.json")
+    records.check_summary(summary, str(path / "summary.json"))
+    metrics = read_lines(path / "metrics.jsonl", records.check_metrics)
+    alignment = read_lines(path / "alignment.jsonl", records.check_alignment)
+    return Run(path=path, config=config, flat=flatten(config), summary=summary, metrics=metrics, alignment=alignment)
 
 
 def load_beta_sweep(path: Path) -> BetaSweep:
     path = Path(path)
     config = _read_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else {}
-    sweep = BetaSweep(path=path, config=config, summary=_read_json(path / "summary.json"),
-                      rows=_read_lines(path / "beta_sweep.jsonl", _check_beta_row))
-    _check_beta_summary(sweep)
+    sweep = BetaSweep(path=path, config=config, summary=read_json(path / "summary.json"),
+                      rows=read_lines(path / "beta_sweep.jsonl", records.check_beta_row))
+    records.check_beta_slopes(sweep.summary, str(path / "summary.json"))
     return sweep
 
 
@@ -348,32 +192,14 @@ REASONS = {
 }
 
 
-def _manifest_runs(folder: Path) -> set[Path]:
-    """The run folders a sweep's manifest.json names (resolved). UserError for a manifest that is not one."""
-    path = folder / "manifest.json"
-    manifest = _read_json(path)
-    runs = manifest.get("runs")
-    if not isinstance(runs, dict) or not all(isinstance(e, dict) for e in runs.values()):
-        raise UserError(f"{path}: 'runs' must be an object of run entries, got {_short(runs)}")
-    named = [e["run_dir"] for e in runs.values() if "run_dir" in e]
-    if not all(isinstance(d, str) for d in named):
-        raise UserError(f"{path}: every 'run_dir' must be a string (the run folder, relative to the sweep)")
-    return {(folder / d).resolve() for d in named}
-
-
-def _sweep_folder(run_dir: Path) -> Optional[Path]:
-    """The sweep folder (with manifest.json) that holds `run_dir`, if any."""
-    return next((p for p in run_dir.parents if (p / "manifest.json").is_file()), None)
-
-
 def outside_manifests(run_dirs: list[Path]) -> tuple[list[Path], list[Excluded]]:
     """Splits run folders into those that count and those inside a sweep folder whose manifest names another."""
     listed: dict[Path, set[Path]] = {}
     keep, excluded = [], []
     for d in run_dirs:
-        sweep = _sweep_folder(d)
+        sweep = experiment_folder(d)
         if sweep is not None and sweep not in listed:
-            listed[sweep] = _manifest_runs(sweep)
+            listed[sweep] = named_run_dirs(sweep)
         if sweep is None or d.resolve() in listed[sweep]:
             keep.append(d)
         else:
@@ -558,7 +384,7 @@ def mean_std(values: Iterable[Any]) -> tuple[Optional[float], Optional[float], i
 
 
 def _int_layer(record: dict) -> bool:
-    return _is_int(record.get("layer"))
+    return is_int(record.get("layer"))
 
 
 def final_update_angles(run: Run) -> dict[int, float]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from bioprop_cli.records import is_number
 from bioprop_cli.report.aggregate import (
-    ALWAYS_KEYS, Group, _hashable, _is_number, _pct, _rule_rank, _sort_value, context_label, format_value,
+    ALWAYS_KEYS, Group, _hashable, _pct, _rule_rank, _sort_value, context_label, format_value,
 )
 
 
@@ -50,7 +51,7 @@ def axis_keys(groups: list[Group], keys: list[str]) -> list[str]:
         if k in ALWAYS_KEYS:
             continue
         values = [g.keys.get(k) for g in groups]
-        if values and all(_is_number(v) for v in values) and len(set(values)) > 1:
+        if values and all(is_number(v) for v in values) and len(set(values)) > 1:
             out.append(k)
     return out
 

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
 from bioprop_cli.errors import UserError
-from bioprop_cli.models.arch import is_library
+from bioprop_cli.models.arch import is_library, of_config
 from bioprop_cli.rules import (
     backprop,
     direct_feedback,
@@ -116,5 +116,11 @@ def make_rule(config, arch, n_train: int = 0) -> LearningRule:
     return library.make(config, arch, n_train)
 
 
+def check_config(config) -> None:
+    """The registry's word on a config (config.validate checks types, ranges and cross-field constraints only):
+    a known rule (the unknown one is a UserError listing them), and one that runs on the config's network."""
+    make_rule(config, of_config(config), 0)
+
+
 __all__ = ["ENERGY", "FEEDFORWARD", "RULES", "Estimate", "LearningRule", "RuleInfo", "available_rules",
-           "make_rule", "rule_info", "rules_help"]
+           "check_config", "make_rule", "rule_info", "rules_help"]

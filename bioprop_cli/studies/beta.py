@@ -26,6 +26,7 @@ import numpy as np
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.datasets.registry import num_classes
+from bioprop_cli.ep_options import ESTIMATORS
 from bioprop_cli.experiment.probe import batch
 from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
@@ -37,8 +38,6 @@ from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
 from bioprop_cli.runs import append_jsonl, read_jsonl, write_json, write_jsonl
 from bioprop_cli.splits import derive_keys
 from bioprop_cli.studies.seeds import measure_seeds
-
-ESTIMATORS = eqprop.ESTIMATORS
 
 
 def default_betas() -> list[float]:
@@ -244,7 +243,8 @@ def seconds_per_update(config: Config, splits, params, rule_state, estimators, d
 
 
 def write(result: dict, folder: Path) -> None:
-    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png."""
+    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png (the rows' and slopes'
+    kinds, which `bioprop compare` checks: records.py)."""
     append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
     write_json(folder / "summary.json", result["summary"])
     plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])

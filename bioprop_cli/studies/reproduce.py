@@ -43,6 +43,7 @@ from typing import Any, Callable, Literal
 from bioprop_cli.config import Config, _build, _check, load_config, read_yaml
 from bioprop_cli.errors import UserError
 from bioprop_cli.report.aggregate import mean_std
+from bioprop_cli.rules import check_config
 
 PAPERS = Path(__file__).resolve().parents[2] / "configs" / "papers"
 
@@ -181,7 +182,9 @@ def base_config(preset: Preset, quick: bool, overrides: list[tuple[str, Any]] = 
     sets = [(str(key), value) for key, value in preset.paper.quick.set.items()] if quick else []
     experiment = f"reproduce-{preset.name}" + ("-quick" if quick else "")
     try:
-        return load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+        config = load_config(preset.path, sets + [("experiment", experiment)] + list(overrides))
+        check_config(config)
+        return config
     except UserError as e:
         raise UserError(f"{preset.path.name}{' (its quick settings)' if quick else ''}: {e}") from None
 
@@ -244,14 +247,13 @@ def training_wall_time(folder: Path, manifest: dict) -> float | None:
 
 def _summary(folder: Path, entry: dict) -> dict | None:
     """The run's summary.json, checked (a damaged one is a UserError naming it and the key); None if absent."""
-    from bioprop_cli.report.aggregate import SUMMARY_FIELDS, _check_fields, _read_json
+    from bioprop_cli.records import check_summary, read_json
 
     path = folder / entry["run_dir"] / "summary.json" if isinstance(entry.get("run_dir"), str) else None
     if path is None or not path.is_file():
         return None
-    summary = _read_json(path)
-    _check_fields(summary, SUMMARY_FIELDS | {"val_accuracy": "an accuracy in [0, 1] or null",
-                                             "runs_trained_together": "an integer or null"}, str(path))
+    summary = read_json(path)
+    check_summary(summary, str(path))
     return summary
 
 
@@ -323,8 +325,8 @@ def quick_verdict(published, mean, untrained: float, progress: float) -> str:
 
 def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
     """The run's value of `quantity` (QUANTITIES): from summary.json, or the last alignment measurement.
-    A damaged file is a UserError naming it, the line and the key (report/aggregate.py's checks)."""
-    from bioprop_cli.report.aggregate import _read_lines, check_alignment_record
+    A damaged file is a UserError naming it, the line and the key (records.py's checks)."""
+    from bioprop_cli.records import check_alignment, read_lines
 
     if quantity in ("test_error", "val_error"):
         summary = _summary(run_dir.parent, {"run_dir": run_dir.name})
@@ -333,7 +335,7 @@ def measure(run_dir: Path, quantity: str, layer=None) -> float | None:
         acc = summary.get("test_accuracy" if quantity == "test_error" else "val_accuracy")
         return None if acc is None else 100.0 * (1.0 - acc)
     path = run_dir / "alignment.jsonl"
-    records = _read_lines(path, check_alignment_record)
+    records = read_lines(path, check_alignment)
     wanted = "all" if layer is None else layer
     mine = [r for r in records if r.get("layer") == wanted and r.get(quantity) is not None]
     if not mine:

@@ -195,12 +195,12 @@ def _nan_depth(run):
 @pytest.mark.parametrize("damage, fragments", [
     (_percent_accuracy, ["summary.json", "'test_accuracy' must be an accuracy in [0, 1]", "97.5"]),
     (_huge_feedback_angle, ["alignment.jsonl: line 2", "'feedback_angle' must be an angle in [0, 180]"]),
-    (_nan_depth, ["config.yaml", "'model.depth' must be a finite number", "nan"]),
+    (_nan_depth, ["config.yaml", "'model.depth': expected an integer", "nan"]),
     (_empty_summary, ["summary.json: empty"]),
     (_truncated_metrics_line, ["metrics.jsonl: line 3: not JSON"]),
     (_blank_line_then_a_string_accuracy, ["metrics.jsonl: line 4", "'test_accuracy' must be an accuracy in [0, 1]", "'abc'"]),
     (_config_not_yaml, ["config.yaml: line", "not valid YAML"]),
-    (_list_for_a_depth, ["config.yaml", "'model.depth' must be a finite number", "[1, 2]"]),
+    (_list_for_a_depth, ["config.yaml", "'model.depth': expected an integer", "[1, 2]"]),
 ])
 def test_compare_names_the_damaged_file_line_and_key(tmp_path, damage, fragments):
     run = write_run(tmp_path / "runs", "bp", accs=(0.9, 0.95))

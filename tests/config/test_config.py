@@ -10,6 +10,7 @@ import yaml
 
 from bioprop_cli.config import (
     Config,
+    check_stored,
     check_against_data,
     load_config,
     parse_override,
@@ -18,7 +19,7 @@ from bioprop_cli.config import (
     validate,
 )
 from bioprop_cli.errors import UserError
-from bioprop_cli.rules import available_rules
+from bioprop_cli.rules import available_rules, check_config
 
 ALL_RULES = tuple(available_rules())
 
@@ -317,13 +318,21 @@ def test_non_finite_numbers_are_rejected(key, value):
     assert key in message and "finite" in message
 
 
+def registry_error(overrides) -> str:
+    """The rule registry's word on a loaded config (rules.check_config; config.validate does not look rules up)."""
+    config = load_config(None, overrides)
+    with pytest.raises(UserError) as excinfo:
+        check_config(config)
+    return user_error(excinfo)
+
+
 def test_unknown_rule_with_a_newline_stays_one_line():
-    message = load_error([("rule", "a\nb")])
+    message = registry_error([("rule", "a\nb")])
     assert "\n" not in message
 
 
 def test_unknown_rule_lists_all_known_rules():
-    message = load_error([("rule", "nope")])
+    message = registry_error([("rule", "nope")])
     assert "'nope'" in message
     for rule in ALL_RULES:
         assert rule in message
@@ -451,3 +460,16 @@ def test_to_dict_of_defaults_round_trips(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(to_dict(Config())))
     assert load_config(path) == Config()
+
+
+def test_a_stored_config_is_checked_by_the_loaders_types():
+    """config.check_stored (what `bioprop compare` reads a run's config.yaml with): the loader's own type
+    checks on the keys this version knows; other versions' keys and names are left alone."""
+    check_stored({"model": {"width": 32, "activation": "renamed_since", "gone_key": [1]}, "old_section": {"x": 1},
+                  "optimizer": {"lr": None}})
+    with pytest.raises(UserError) as excinfo:
+        check_stored({"model": {"width": [32, 64]}})
+    assert user_error(excinfo) == "config key 'model.width': expected an integer, got [32, 64]"
+    with pytest.raises(UserError) as excinfo:
+        check_stored({"optimizer": {"lr": float("inf")}})
+    assert "optimizer.lr" in user_error(excinfo)

@@ -13,7 +13,8 @@ import yaml
 import bioprop_cli.cli.train as cli_train
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
-from bioprop_cli.ep import ESTIMATORS, free_fixed_point, implicit_gradient, solve_adjoint
+from bioprop_cli.ep import free_fixed_point, implicit_gradient, solve_adjoint
+from bioprop_cli.ep_options import ESTIMATORS
 from bioprop_cli.models.energy import RHOS, energy, input_drive, step
 from bioprop_cli.precision import float64
 from helpers import CONVERGED, SIZES, _ep_estimate, _flat, _problem, _rel, assert_nothing_written, assert_user_error

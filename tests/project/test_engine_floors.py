@@ -1,4 +1,5 @@
-"""One home each: config.derive, the whole-network flatten (weights only), metrics below the studies."""
+"""One home each: config.derive, the whole-network flatten (weights only), metrics below the studies, config below
+the EP physics, the rule registry and the file system."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def test_a_floor_imports_nothing_above_it(floor, above):
     offenders = [str(p.relative_to(PACKAGE)) for p in (PACKAGE / floor).glob("*.py")
                  if any(name == above or name.startswith(above + ".") for name in imports_of(p))]
     assert offenders == []
+
+
+@pytest.mark.parametrize("above", ["bioprop_cli.ep", "bioprop_cli.models.energy", "bioprop_cli.rules", "bioprop_cli.runs"])
+def test_config_validates_below_the_physics_the_registry_and_the_file_system(above):
+    assert not any(name == above or name.startswith(above + ".") for name in imports_of(PACKAGE / "config.py"))
+
+
+def test_validation_touches_no_file_system_the_run_start_does(tmp_path):
+    from bioprop_cli.runs import check_results_folder
+
+    (tmp_path / "file").write_text("x")
+    config = load_config(overrides=[("results_dir", str(tmp_path / "file" / "sub"))])  # valid: a config is data
+    with pytest.raises(UserError, match="results_dir.*is under"):
+        check_results_folder(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_ep_settling_flops_count_a_conv_layer_by_its_convolution():

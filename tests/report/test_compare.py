@@ -521,7 +521,7 @@ def _null_beta(run: Path) -> None:  # what `sweep beta --values nan` used to lea
     (_string_epoch, ["metrics.jsonl: line 1", "'epoch' must be an integer", "'one'"]),
     (_string_accuracy, ["metrics.jsonl: line 1", "'test_accuracy' must be an accuracy in [0, 1]"]),
     (_string_final_accuracy, ["summary.json", "'test_accuracy' must be an accuracy in [0, 1]", "'high'"]),
-    (_list_for_a_scalar, ["config.yaml", "'model.width' must be a finite number", "[32, 64]"]),
+    (_list_for_a_scalar, ["config.yaml", "'model.width': expected an integer", "[32, 64]"]),
     (_string_layer, ["alignment.jsonl", "'layer' must be an integer", "'first'"]),
     (_string_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "'small'"]),
     (_null_beta, ["beta_sweep.jsonl: line 7", "'beta' must be a positive finite number", "None"]),
@@ -539,7 +539,7 @@ def test_malformed_files_are_a_one_line_error_naming_the_file(tmp_path, damage, 
 def test_a_corrupt_manifest_is_a_one_line_error(tmp_path):
     sweep = write_resumed_sweep(tmp_path)
     (sweep / "manifest.json").write_text(json.dumps({"runs": [1, 2]}))
-    assert_user_error(CliRunner().invoke(compare_app(), ["compare", str(sweep)]), "manifest.json: 'runs' must be an object")
+    assert_user_error(CliRunner().invoke(compare_app(), ["compare", str(sweep)]), "manifest.json: not a sweep manifest (expected an object with 'runs')")
 
 
 def test_conv_runs_are_labelled_by_their_architecture_not_a_depth(tmp_path):

@@ -421,9 +421,10 @@ def test_conv_nets_train_end_to_end(tmp_path, rule, network):
 
 def test_rules_that_run_on_mlps_only_refuse_conv_nets():
     from bioprop_cli.errors import UserError
+    from bioprop_cli.rules import check_config
 
     with pytest.raises(UserError, match="pc runs on model.arch mlp only"):
-        load_config(overrides=[("rule", "pc"), ("model.arch", "lenet")])
+        check_config(load_config(overrides=[("rule", "pc"), ("model.arch", "lenet")]))
 
 
 def test_layer_lr_counts_the_conv_nets_layers():

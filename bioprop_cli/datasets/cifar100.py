@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import MappingProxyType
 
 from bioprop_cli import cifar
-from bioprop_cli.datasets.base import DatasetInfo, DownloadSource, Facts
+from bioprop_cli.datasets.base import Facts
+from bioprop_cli.datasets.cifar_binary import CifarBinary
 
 # label order: as the archive's fine_label_names.txt and coarse_label_names.txt list them
 FINE_NAMES = (
@@ -39,35 +39,12 @@ def facts(options) -> Facts:
     return Facts(cifar.IMAGE_SHAPE, len(FINE_NAMES) if label_of(options) == "fine" else len(COARSE_NAMES))
 
 
-def read(folder, options=None):
-    return cifar.read_cifar(folder, cifar.CANONICAL_100, LABEL_BYTES[label_of(options)])
+FILES = CifarBinary("cifar100", lambda options: LABEL_BYTES[label_of(options)])
 
-
-def check(folder: Path) -> list:
-    return cifar.check_cifar_folder(folder, cifar.CANONICAL_100)
-
-
-def verify(dataset: str, source: str, file_name: str, raw: bytes) -> None:
-    cifar.verify_archive_bytes(source, raw, cifar.CANONICAL_100)
-
-
-def present(folder: Path, file_name: str) -> bool:
-    return cifar.binary_source(folder, cifar.CANONICAL_100) is not None
-
-
-INFO = DatasetInfo(
-    name="cifar100",
+INFO = FILES.info(
     title="CIFAR-100 (Krizhevsky 2009), binary version",
-    image_shape=cifar.IMAGE_SHAPE,
-    num_classes=len(FINE_NAMES),
-    split_sizes=MappingProxyType({"train": 50000, "test": 10000}),
     class_names=FINE_NAMES,
-    files=MappingProxyType({cifar.CANONICAL_100.archive: cifar.CIFAR100_ARCHIVE_MD5}),
-    folder_contents=cifar.CANONICAL_100.contents,
-    read=read,
-    check=check,
-    download=DownloadSource(mirrors=("https://www.cs.toronto.edu/~kriz/",), files=(cifar.CANONICAL_100.archive,),
-                            verify=verify, present=present),
+    split_sizes={"train": 50000, "test": 10000},
     facts=facts,
     options=("label",),
 )

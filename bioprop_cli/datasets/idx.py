@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -15,23 +16,30 @@ from bioprop_cli.datasets.base import DatasetInfo, DownloadSource
 
 FOLDER_CONTENTS = f"{', '.join(IDX_FILE_NAMES)} (each plain or .gz)"
 GZ_FILES = tuple(f"{base_name}.gz" for base_name in IDX_FILE_NAMES)
+MNIST_SPLIT_SIZES = MappingProxyType({"train": 60000, "test": 10000})  # MNIST's layout, which Fashion-MNIST keeps
+MNIST_IMAGE_SHAPE = (28, 28, 1)
+
+
+def idx_md5(train_images: str, train_labels: str, test_images: str, test_labels: str) -> Mapping[str, str]:
+    """{IDX file name: its MD5} for the four files, MD5s of the *uncompressed* files."""
+    return MappingProxyType(dict(zip(IDX_FILE_NAMES, (train_images, train_labels, test_images, test_labels))))
 
 
 class IdxDataset:
     """The reader, checks and download of an MNIST-like dataset with these MD5s (of the uncompressed files)."""
 
-    def __init__(self, name: str, md5: Mapping[str, str], split_sizes: Mapping[str, int],
-                 image_shape: tuple[int, ...], num_classes: int):
-        self.name, self.md5 = name, md5
-        self.split_sizes, self.image_shape, self.num_classes = split_sizes, image_shape, num_classes
+    def __init__(self, name: str, md5: Mapping[str, str], class_names: tuple[str, ...],
+                 split_sizes: Mapping[str, int] = MNIST_SPLIT_SIZES, image_shape: tuple[int, ...] = MNIST_IMAGE_SHAPE):
+        self.name, self.md5, self.class_names = name, md5, class_names
+        self.split_sizes, self.image_shape, self.num_classes = split_sizes, image_shape, len(class_names)
 
-    def info(self, title: str, class_names: tuple[str, ...], mirrors: tuple[str, ...], channel_mean: tuple[float, ...],
+    def info(self, title: str, mirrors: tuple[str, ...], channel_mean: tuple[float, ...],
              channel_std: tuple[float, ...]) -> DatasetInfo:
         """The dataset's registry entry: these files, read and checked here, downloaded from `mirrors`; the
         tensorflow-datasets copy of the same name."""
         return DatasetInfo(
             name=self.name, title=title, image_shape=self.image_shape, num_classes=self.num_classes,
-            split_sizes=self.split_sizes, class_names=class_names, files=self.md5, folder_contents=FOLDER_CONTENTS,
+            split_sizes=self.split_sizes, class_names=self.class_names, files=self.md5, folder_contents=FOLDER_CONTENTS,
             read=self.read, check=self.check, download=self.download(mirrors), channel_mean=channel_mean,
             channel_std=channel_std, tfds_name=self.name,
         )

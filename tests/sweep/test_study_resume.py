@@ -38,14 +38,11 @@ class Killed(BaseException):
     """Not an Exception, not a KeyboardInterrupt: no handler in bioprop catches it."""
 
 
-@pytest.fixture
-def measured(monkeypatch):
-    """The points each SeedStudy.measure call measured; `measured.stop_after = (k, exception)` makes call
-    k+1 raise the exception before it measures."""
+def counted(monkeypatch, study_class):
+    """The points each study_class.measure call measured; `.stop_after = (k, exception)` makes call k+1
+    raise the exception before it measures."""
     monkeypatch.setattr("bioprop_cli.datasets.load_dataset", lambda name, data_dir=None, options=None: make_fake_dataset())
-    from bioprop_cli.studies.seeds import SeedStudy
-
-    real = SeedStudy.measure
+    real = study_class.measure
 
     class Points(list):
         stop_after = None
@@ -58,8 +55,15 @@ def measured(monkeypatch):
         points.append(point)
         return real(self, point)
 
-    monkeypatch.setattr(SeedStudy, "measure", counting)
+    monkeypatch.setattr(study_class, "measure", counting)
     return points
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    from bioprop_cli.studies.seeds import SeedStudy
+
+    return counted(monkeypatch, SeedStudy)
 
 
 def invoke(args, results_dir):
@@ -117,6 +121,30 @@ def test_a_stopped_study_resumes_without_measuring_again(tmp_path, measured, com
     again = invoke(args, tmp_path / "stopped")  # finished: nothing measured, the same files
     assert again.exit_code == 0 and measured == []
     assert final(folder, name) == final(reference_folder, name)
+
+
+@SLOW
+def test_jtranspose_killed_settles_only_the_networks_not_measured(tmp_path, monkeypatch):
+    from bioprop_cli.studies.jtranspose import JTransposeStudy
+
+    measured = counted(monkeypatch, JTransposeStudy)
+    args = ["jtranspose", "--width", "8", "--batch", "4", "--betas", "0.01", "--angles", "0,90", "--max-steps", "30",
+            "--set", "data.validation_size=100"]
+    measured.stop_after = (1, Killed())
+    with pytest.raises(Killed):
+        CliRunner().invoke(app, [*args, "--out", str(tmp_path / "stopped")])
+    measured.stop_after = None
+    measured.clear()
+    folder = tmp_path / "stopped"
+    first_line = points_file(folder, "jtranspose").read_bytes()
+    result = CliRunner().invoke(app, [*args, "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and measured == ["mixed-0", "mixed-90", "sign"]
+    assert points_file(folder, "jtranspose").read_bytes().startswith(first_line)
+    reference = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "reference")])
+    assert reference.exit_code == 0, reference.output
+    for name in ("jtranspose.jsonl", "summary.json", "table.txt"):
+        assert (folder / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 def test_a_line_cut_short_by_a_kill_is_dropped_and_its_point_measured_again(tmp_path):

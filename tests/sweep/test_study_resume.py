@@ -12,6 +12,11 @@ tests/cli/test_interrupt.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -156,3 +161,34 @@ def test_a_line_cut_short_by_a_kill_is_dropped_and_its_point_measured_again(tmp_
     assert done["s0"].arrays["a"].tolist() == [1.0, 2.0]
     record_point(tmp_path, "toy", "s1", Measured({"seed": 1}))
     assert [line["point"] for line in read_jsonl(points_file(tmp_path, "toy"))] == ["s0", "s1"]
+
+
+@SLOW
+@pytest.mark.skipif(not os.environ.get("BIOPROP_DATA_DIR"), reason="needs MNIST in BIOPROP_DATA_DIR")
+def test_sweep_pc_after_a_real_kill_9_measures_only_the_missing_seeds(tmp_path, monkeypatch):
+    args = ["sweep", "pc", "--gammas", "0.1,1", "--steps", "1,3", "--width", "8", "--set", "data.train_limit=600",
+            "--set", "data.validation_size=100", "--set", "data.test_limit=100", "--seeds", "3", "--batches", "1",
+            "--results-dir", str(tmp_path)]
+    env = {**os.environ, "BIOPROP_DATA_DIR": os.path.abspath(os.environ["BIOPROP_DATA_DIR"])}
+    proc = subprocess.Popen([sys.executable, "-m", "bioprop_cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    points = []
+    while time.monotonic() < deadline and proc.poll() is None and not points:
+        points = list(tmp_path.glob("pc-sweep/*/pc_sweep.points.jsonl"))
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert points, "no seed was measured before the deadline"
+    (folder,) = {p.parent for p in points}
+    before = [line["point"] for line in read_jsonl(points[0])]
+    assert 1 <= len(before) < 3 and not (folder / "pc_sweep.jsonl").exists()
+    from bioprop_cli.studies.seeds import SeedStudy
+
+    measured = []
+    real = SeedStudy.measure
+    monkeypatch.setattr(SeedStudy, "measure", lambda self, point: measured.append(point) or real(self, point))
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(measured + before) == ["s0", "s1", "s2"]
+    assert len(read_jsonl(folder / "pc_sweep.jsonl")) == 4

@@ -4,6 +4,7 @@ when asked). SeedStudy is the part of the Study protocol (experiment/study.py) t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Callable
 
@@ -34,7 +35,7 @@ def study_folder_name(kind: str, config: Config, settings: dict) -> str:
     return identity_name(kind, {"base": content, **settings})
 
 
-class SeedStudy:
+class SeedStudy(ABC):
     """Points "s<seed>" for each seed; a subclass gives name, title, measure_network(splits, seed, params,
     rule_state, dtype) -> Measured (run in float64 with JAX's 64-bit mode on when `x64`), summarise and figures."""
 
@@ -65,5 +66,6 @@ class SeedStudy:
         with measuring(self.x64) as dtype:
             return self.measure_network(self.splits, seed, params, rule_state, dtype)
 
+    @abstractmethod
     def measure_network(self, splits, seed: int, params, rule_state, dtype) -> Measured:
-        raise NotImplementedError
+        """The seed's measurements on its network (params, rule state) in `dtype`."""

@@ -26,7 +26,6 @@ import numpy as np
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.datasets.registry import num_classes
-from bioprop_cli.ep_options import ESTIMATORS
 from bioprop_cli.experiment.probe import batch, measuring
 from bioprop_cli.experiment.study import Measured, run_study
 from bioprop_cli.experiment.runner import RunSpec, open_experiment

@@ -94,22 +94,18 @@ def jtranspose(
 
 
 def _measure(cfg, dataset, run, n_batch, beta_list, angle_list, asym_beta, x64, out) -> None:
+    from bioprop_cli.experiment.runner import resuming
     from bioprop_cli.studies import jtranspose as study
 
     stored = stored_params(run)  # a damaged params.npz: refused before the output folder exists
-    folder = study.new_folder(cfg, dataset, x64, out)
-    precision = "float64" if x64 else "float32"
-    try:
-        with console.status(f"settling {study.network_name(cfg, dataset)} ({precision}): "
-                            f"{1 + len(angle_list) + 1} networks x {len(beta_list)} betas..."):
-            result = study.run(cfg, dataset, n_batch, beta_list, angle_list, asym_beta, x64, stored, run)
-    except UserError:  # e.g. params.npz of another network: no empty folder left behind
-        if not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-    study.write(result, folder)
+    measurement = study.JTransposeStudy(cfg, dataset, n_batch, beta_list, angle_list, asym_beta, x64, stored, run)
+    folder = study.folder_for(measurement, out)
+    if resuming(folder):
+        console.print(f"resuming {folder}: the networks measured before are kept", soft_wrap=True, highlight=False)
+    with console.status(f"settling {measurement.name_of_network} ({measurement.precision}): "
+                        f"{len(measurement.points())} networks x {len(beta_list)} betas..."):
+        result = study.run(measurement, folder)
     for table in study.tables(result):
         console.print(table)
     console.print(result["note"], style=None if result["summary"]["converged"] else "yellow")
     console.print(f"written: {folder}/table.txt, jtranspose.jsonl, jtranspose.png, summary.json")
-

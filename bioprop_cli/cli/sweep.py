@@ -238,14 +238,14 @@ def beta(
 
 def _gradient_sweep(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64) -> None:
     from bioprop_cli.studies import beta as study
-    from bioprop_cli.studies import open_folder
 
-    folder = open_folder(cfg, f"beta-{'float64' if x64 else 'float32'}")
-    console.print(f"[bold]bioprop sweep beta[/] {len(betas)} betas x {len(estimators)} estimators x {len(seeds)} seeds x {batches} batches -> {folder}")
     with console.status("measuring...") as status:
-        result = study.run(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
-                           progress=lambda m: status.update(f"measuring: {m}"))
-    study.write(result, folder)
+        measurement = study.BetaStudy(cfg, dataset, betas, estimators, batches, seeds, train_epochs, x64,
+                                      progress=lambda m: status.update(f"measuring: {m}"))
+        folder = study.folder_for(measurement)
+        console.print(f"[bold]bioprop sweep beta[/] {len(betas)} betas x {len(estimators)} estimators x {len(seeds)} "
+                      f"seeds x {batches} batches -> {folder}" + _resuming_note(folder))
+        result = study.run(measurement, folder)
     summary = result["summary"]
     console.print(beta_table(result))
     console.print(f"log-log slope of the bias from the sweet spot (least bias) up: {summary['slope_summary']}")
@@ -346,6 +346,10 @@ def condition(
     console.print(f"written: {folder}/condition_sweep.jsonl, summary.json, {', '.join(summary['figures'])}", highlight=False)
 
 
+def _resuming_note(folder: Path) -> str:
+    return " (resuming: the seeds measured before are kept)" if resuming(folder) else ""
+
+
 def _step_counts(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -374,7 +378,6 @@ def pc(
     """Angle and relative error of predictive coding's update against the exact gradient, over gamma and inference steps."""
     from bioprop_cli.config import check_against_data
     from bioprop_cli.datasets import load_dataset
-    from bioprop_cli.studies import open_folder
     from bioprop_cli.studies import pc as study
 
     refuse_other_rule(set_, "pc", "sweep pc")
@@ -387,13 +390,13 @@ def pc(
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data)
     check_against_data(cfg, len(dataset.x_train))
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
-    folder = open_folder(cfg, f"pc-{'float64' if x64 else 'float32'}")
-    console.print(f"[bold]bioprop sweep pc[/] {len(gamma_values)} gammas + {len(step_values)} step counts x {seeds} seeds "
-                  f"x {batches} batches -> {folder}", highlight=False)
     with console.status("measuring...") as status:
-        result = study.run(cfg, dataset, gamma_values, step_values, seed_list, batches, x64, train_epochs,
-                           progress=lambda m: status.update(f"measuring: {m}"))
-    study.write(result, folder)
+        measurement = study.PcStudy(cfg, dataset, gamma_values, step_values, seed_list, batches, x64, train_epochs,
+                                    progress=lambda m: status.update(f"measuring: {m}"))
+        folder = study.folder_for(measurement)
+        console.print(f"[bold]bioprop sweep pc[/] {len(gamma_values)} gammas + {len(step_values)} step counts x {seeds} seeds "
+                      f"x {batches} batches -> {folder}" + _resuming_note(folder), highlight=False)
+        result = study.run(measurement, folder)
     console.print(pc_table(result))
     console.print(f"log-log slope against gamma: {result['summary']['slope_summary']}", highlight=False)
     console.print(f"written: {folder}/pc_sweep.jsonl, pc_sweep.png, summary.json", highlight=False)

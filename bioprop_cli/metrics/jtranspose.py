@@ -158,44 +158,55 @@ def feedback_angles(params) -> list[float]:
     return [float(angle_degrees(layer["fb"], layer["w"].T)) if "fb" in layer else 0.0 for layer in params[1:]]
 
 
-def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key, arch=None) -> list[dict]:
-    """The whole measurement: the symmetric network over `betas`, then every asymmetric network
-    (mixed at each angle, sign) over the same betas. One record per (network, beta, layer).
-    `params`: the network's own parameters (w, b; a learned "fb" is ignored: the feedback compared
-    here is W^T, the mixed and the sign constructions). A conv net (`arch`, models/conv_energy.py)
-    has the symmetric network only: its feedback is the transposed convolution of W."""
+def jtranspose_networks(params, key, angles, arch=None) -> list[tuple[str, float | None, list]]:
+    """[(kind, a, params with B_l)]: the symmetric network, then every asymmetric network (mixed at each
+    angle, sign). `params`: the network's own parameters (w, b; a learned "fb" is ignored: the feedback
+    compared here is W^T, the mixed and the sign constructions). A conv net (`arch`,
+    models/conv_energy.py) has the symmetric network only: its feedback is the transposed convolution of W."""
     params = [{"w": layer["w"], "b": layer["b"]} for layer in params]
-    measure = make_error_signals(rho, ep.eps, ep.reference_steps, ep.reference_tolerance, ep.adjoint_steps,
-                                 ep.reference_tolerance, arch)
-    betas_arr = jnp.asarray(betas, x.dtype)
-    if arch is None:
-        # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
-        # floating-point sums), and one compiled program for every network
-        tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))
-        nets = [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
-    else:
-        nets = [("symmetric", 0.0, params)]
-    n_layers = len(params)
+    if arch is not None:
+        return [("symmetric", 0.0, params)]
+    # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
+    # floating-point sums), and one compiled program for every network
+    tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))
+    return [("symmetric", 0.0, tied)] + asymmetric_networks(params, key, angles)
+
+
+def make_jtranspose_measure(rho: Rho, ep, arch=None) -> Callable:
+    """(network, x, y, betas) -> the error signals of every beta (make_error_signals at ep's settling budget)."""
+    return make_error_signals(rho, ep.eps, ep.reference_steps, ep.reference_tolerance, ep.adjoint_steps,
+                              ep.reference_tolerance, arch)
+
+
+def network_records(measure: Callable, kind: str, a: float | None, net, x, y, betas) -> list[dict]:
+    """One record per (beta, layer) of one network of jtranspose_networks."""
+    out = jax.tree_util.tree_map(np.asarray, measure(net, x, y, jnp.asarray(betas, x.dtype)))
+    fb = feedback_angles(net)
+    asym = float(np.mean(fb)) if a is None else a
+    n_layers = len(net)
     records = []
-    for kind, a, net in nets:
-        out = jax.tree_util.tree_map(np.asarray, measure(net, x, y, betas_arr))
-        fb = feedback_angles(net)
-        asym = float(np.mean(fb)) if a is None else a
-        for i, beta in enumerate(betas):
-            for k in range(n_layers):
-                records.append({
-                    "feedback": kind,
-                    "asymmetry_deg": asym,
-                    "feedback_angles_deg": fb,
-                    "beta": float(beta),
-                    "layer": k + 1,
-                    "layer_name": "output" if k + 1 == n_layers else f"hidden {k + 1}",
-                    "angle": float(out["angle"][i, k]),
-                    "rel_error": float(out["rel_error"][i, k]),
-                    "shift_norm": float(out["shift_norm"][i, k]),
-                    "reference_norm": float(out["reference_norm"][k]),
-                    "free_residual": float(out["free_residual"]),
-                    "nudged_residual": float(out["nudged_residual"]),
-                    "adjoint_misfit": float(out["adjoint_misfit"]),
-                })
+    for i, beta in enumerate(betas):
+        for k in range(n_layers):
+            records.append({
+                "feedback": kind,
+                "asymmetry_deg": asym,
+                "feedback_angles_deg": fb,
+                "beta": float(beta),
+                "layer": k + 1,
+                "layer_name": "output" if k + 1 == n_layers else f"hidden {k + 1}",
+                "angle": float(out["angle"][i, k]),
+                "rel_error": float(out["rel_error"][i, k]),
+                "shift_norm": float(out["shift_norm"][i, k]),
+                "reference_norm": float(out["reference_norm"][k]),
+                "free_residual": float(out["free_residual"]),
+                "nudged_residual": float(out["nudged_residual"]),
+                "adjoint_misfit": float(out["adjoint_misfit"]),
+            })
     return records
+
+
+def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key, arch=None) -> list[dict]:
+    """The whole measurement: one record per (network of jtranspose_networks, beta, layer)."""
+    measure = make_jtranspose_measure(rho, ep, arch)
+    return [record for kind, a, net in jtranspose_networks(params, key, angles, arch)
+            for record in network_records(measure, kind, a, net, x, y, betas)]

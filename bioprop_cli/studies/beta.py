@@ -26,18 +26,18 @@ import numpy as np
 from bioprop_cli import ep as eqprop
 from bioprop_cli.config import Config, derive, to_dict
 from bioprop_cli.datasets.registry import num_classes
-from bioprop_cli.ep_options import ESTIMATORS
-from bioprop_cli.experiment.probe import batch
-from bioprop_cli.experiment.runner import RunSpec, identity_name, open_experiment
+from bioprop_cli.experiment.probe import batch, measuring
+from bioprop_cli.experiment.study import Measured, run_study
+from bioprop_cli.experiment.runner import RunSpec, open_experiment
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.interrupt import interrupted
 from bioprop_cli.metrics.alignment import flat_weights
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.precision import cast_floats, full_float32
 from bioprop_cli.report.study_figures import plot_beta_bias, plot_beta_training
-from bioprop_cli.runs import append_jsonl, read_jsonl, write_json, write_jsonl
+from bioprop_cli.runs import read_jsonl, write_json, write_jsonl
 from bioprop_cli.splits import derive_keys
-from bioprop_cli.studies.seeds import measure_seeds
+from bioprop_cli.studies.seeds import SeedStudy, study_folder_name
 
 
 def default_betas() -> list[float]:
@@ -177,36 +177,82 @@ def fit_slopes(rows: list[dict], max_beta: float = 0.1) -> dict:
     return slopes
 
 
-def run(config: Config, dataset, betas: list[float], estimators, n_batches: int, seeds: list[int],
-        train_epochs: int, x64: bool, progress: Callable[[str], None] = lambda m: None) -> dict:
-    """The sweep: per seed, the network (trained in float32 if asked), then the estimates of every
-    estimator and beta on `n_batches` batches (in float64 when `x64`); the rows pooled over the seeds,
-    the slopes, the summary and the figure's title."""
-    def measure(splits, seed, params, rule_state, dtype):
-        statistics = seed_statistics(config, splits, seed, params, betas, estimators, n_batches, dtype, rule_state)
-        if seed == seeds[0]:
-            statistics["seconds_per_update"] = seconds_per_update(config, splits, params, rule_state, estimators, dtype)
-        return statistics
+class BetaStudy(SeedStudy):
+    """Per seed the estimates of every estimator and beta on `n_batches` batches (and, on the first seed,
+    the seconds per update); the seeds' sums pooled into one row per (estimator, beta), the slopes, the
+    summary."""
 
-    statistics = measure_seeds(config, dataset, seeds, train_epochs, x64, measure, progress)
-    rows = summarise(statistics, betas, estimators)
-    slopes = fit_slopes(rows)
-    precision = "float64" if x64 else "float32"
-    summary = {
-        "precision": precision,
-        "slopes": slopes,
-        "slope_summary": slope_sentence(slopes),
-        "max_free_residual": max(s["free_residual"] for s in statistics),
-        "seconds_per_update": statistics[0]["seconds_per_update"],
-        "seeds": seeds,
-        "batches_per_seed": n_batches,
-        "train_epochs": train_epochs,
-        "betas": betas,
-        "estimators": estimators,
-    }
-    title = (f"EP gradient estimate vs implicit gradient ({precision}, T1={config.ep.free_steps}, "
-             f"T2={config.ep.nudged_steps})")
-    return {"rows": rows, "summary": summary, "title": title}
+    name = "beta_sweep"
+
+    def __init__(self, config: Config, dataset, betas: list[float], estimators, n_batches: int, seeds: list[int],
+                 train_epochs: int, x64: bool, progress: Callable[[str], None] = lambda m: None):
+        super().__init__(config, dataset, seeds, train_epochs, x64, progress)
+        self.betas, self.estimators, self.n_batches = list(betas), list(estimators), n_batches
+        self.title = (f"EP gradient estimate vs implicit gradient ({self.precision}, T1={config.ep.free_steps}, "
+                      f"T2={config.ep.nudged_steps})")
+
+    def settings(self) -> dict:
+        return {"betas": self.betas, "estimators": self.estimators, "seeds": self.seeds,
+                "batches_per_seed": self.n_batches, "train_epochs": self.train_epochs, "precision": self.precision}
+
+    def measure_network(self, splits, seed, params, rule_state, dtype) -> Measured:
+        statistics = seed_statistics(self.config, splits, seed, params, self.betas, self.estimators, self.n_batches,
+                                     dtype, rule_state)
+        row = {"seed": seed, "n_batches": statistics["n_batches"], "free_residual": statistics["free_residual"]}
+        if seed == self.seeds[0]:
+            row["seconds_per_update"] = seconds_per_update(self.config, splits, params, rule_state, self.estimators, dtype)
+        arrays = {}
+        for e, sums in statistics["sums"].items():
+            arrays.update({f"{e}.d": sums["d"], f"{e}.d2": sums["d2"], f"{e}.angle": np.stack(sums["angle"]),
+                           f"{e}.exact_norm": np.asarray(sums["exact_norm"], np.float64)})
+        return Measured(row, arrays)
+
+    def _statistics(self, measured: Measured) -> dict:
+        """seed_statistics' result again, from what measure_network kept (d as the JAX array it was, in the
+        measuring precision)."""
+        a = measured.arrays
+        with measuring(self.x64):
+            sums = {e: {"d": jnp.asarray(a[f"{e}.d"]), "d2": a[f"{e}.d2"], "angle": list(a[f"{e}.angle"]),
+                        "exact_norm": [float(v) for v in a[f"{e}.exact_norm"]]} for e in self.estimators}
+        residual = measured.row["free_residual"]
+        return {"sums": sums, "n_batches": measured.row["n_batches"],
+                "free_residual": float("nan") if residual is None else residual}
+
+    def summarise(self, measured: list[Measured]) -> tuple[list[dict], dict]:
+        statistics = [self._statistics(m) for m in measured]
+        rows = summarise(statistics, self.betas, self.estimators)
+        slopes = fit_slopes(rows)
+        summary = {
+            "precision": self.precision,
+            "slopes": slopes,
+            "slope_summary": slope_sentence(slopes),
+            "max_free_residual": max(s["free_residual"] for s in statistics),
+            "seconds_per_update": measured[0].row["seconds_per_update"],
+            "seeds": self.seeds,
+            "batches_per_seed": self.n_batches,
+            "train_epochs": self.train_epochs,
+            "betas": self.betas,
+            "estimators": self.estimators,
+        }
+        return rows, summary
+
+    def figures(self, rows: list[dict], summary: dict, folder: Path) -> None:
+        """beta_sweep.png (the rows' and slopes' kinds, which `bioprop compare` checks: records.py)."""
+        plot_beta_bias(rows, summary["slopes"], folder / "beta_sweep.png", self.title)
+
+
+def folder_for(study: BetaStudy) -> Path:
+    """RESULTS_DIR/EXPERIMENT/beta-<precision>-<hash of the config and the settings>."""
+    config = study.config
+    return Path(config.results_dir) / config.experiment / study_folder_name(f"beta-{study.precision}", config,
+                                                                           study.settings())
+
+
+def run(study: BetaStudy, folder: Path) -> dict:
+    """The sweep in `folder` (experiment/study.run_study: the seeds measured before are not measured again):
+    beta_sweep.points.jsonl and beta_sweep.points/ (per seed), beta_sweep.jsonl (one row per estimator and
+    beta), summary.json, beta_sweep.png; returns {"rows", "summary", "title"}."""
+    return run_study(study, folder, {"study": "sweep beta", **study.settings()}, to_dict(study.config), study.progress)
 
 
 def seconds_per_update(config: Config, splits, params, rule_state, estimators, dtype, repeats: int = 5) -> dict:
@@ -242,19 +288,10 @@ def seconds_per_update(config: Config, splits, params, rule_state, estimators, d
     return seconds
 
 
-def write(result: dict, folder: Path) -> None:
-    """beta_sweep.jsonl (one row per estimator and beta), summary.json, beta_sweep.png (the rows' and slopes'
-    kinds, which `bioprop compare` checks: records.py)."""
-    append_jsonl(folder / "beta_sweep.jsonl", result["rows"])
-    write_json(folder / "summary.json", result["summary"])
-    plot_beta_bias(result["rows"], result["summary"]["slopes"], folder / "beta_sweep.png", result["title"])
-
-
 def train_folder(config: Config, betas: list[float]) -> Path:
     """RESULTS_DIR/EXPERIMENT/beta-train-<hash of the config and the betas>: the same command finds
     the same folder again (and resumes it)."""
-    content = {k: v for k, v in to_dict(config).items() if k not in ("results_dir", "experiment")}
-    return Path(config.results_dir) / config.experiment / identity_name("beta-train", {"base": content, "betas": betas})
+    return Path(config.results_dir) / config.experiment / study_folder_name("beta-train", config, {"betas": betas})
 
 
 def train_per_beta(config: Config, dataset, betas: list[float], folder: Path,

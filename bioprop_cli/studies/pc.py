@@ -22,17 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bioprop_cli.config import Config
+from bioprop_cli.config import Config, to_dict
 from bioprop_cli.datasets.registry import num_classes
 from bioprop_cli.interrupt import check as check_interrupt
 from bioprop_cli.metrics.predictive_coding import METRICS, make_comparison
 from bioprop_cli.experiment.probe import batch
+from bioprop_cli.experiment.study import Measured, run_study
 from bioprop_cli.precision import cast_floats
 from bioprop_cli.report.study_figures import plot_pc_sweep
 from bioprop_cli.models.arch import dense
-from bioprop_cli.runs import append_jsonl, write_json
 from bioprop_cli.splits import derive_keys
-from bioprop_cli.studies.seeds import measure_seeds
+from bioprop_cli.studies.seeds import SeedStudy, study_folder_name
 
 def default_gammas() -> list[float]:
     """1e-3 to 1, two per decade."""
@@ -114,42 +114,61 @@ def slope_sentence(fit: dict) -> str:
             f"{max(fit['gammas']):g}] (theory, converged inference: 1)")
 
 
-def run(config: Config, dataset, gammas: list[float], steps_list: list[int], seeds: list[int], n_batches: int,
-        x64: bool, train_epochs: int = 0, progress: Callable[[str], None] = lambda m: None) -> dict:
-    """The study: per seed the network (trained in float32 if asked), then both grids on `n_batches`
-    batches (in float64 when `x64`); the rows pooled over the seeds, the slope, the summary and the
-    figure's title."""
-    gammas, steps_list = sorted(gammas), sorted(steps_list)
+class PcStudy(SeedStudy):
+    """Per seed both grids on `n_batches` batches; the rows pooled over the seeds, the slope, the summary."""
 
-    def measure(splits, seed, params, rule_state, dtype):
-        return seed_measurements(config, splits, seed, params, gammas, steps_list, n_batches, dtype)
+    name = "pc_sweep"
 
-    measured = measure_seeds(config, dataset, seeds, train_epochs, x64, measure, progress)
-    converged, small = max(steps_list), min(gammas)
-    rows = (summarise(measured, "gamma", gammas, {"inference_steps": converged})
-            + summarise(measured, "steps", steps_list, {"gamma": small}))
-    fit = fit_gamma_slope([r for r in rows if r["sweep"] == "gamma"])
-    precision = "float64" if x64 else "float32"
-    summary = {
-        "precision": precision,
-        "variant": config.pc.variant,
-        "inference_lr": config.pc.inference_lr,
-        "gamma_slope": fit,
-        "slope_summary": slope_sentence(fit),
-        "gamma_sweep_steps": converged,
-        "steps_sweep_gamma": small,
-        "seeds": seeds,
-        "batches_per_seed": n_batches,
-        "train_epochs": train_epochs,
-        "gammas": gammas,
-        "steps": steps_list,
-    }
-    title = f"pc ({config.pc.variant}) update vs jax.grad ({precision}, inference_lr={config.pc.inference_lr:g})"
-    return {"rows": rows, "summary": summary, "title": title}
+    def __init__(self, config: Config, dataset, gammas: list[float], steps_list: list[int], seeds: list[int],
+                 n_batches: int, x64: bool, train_epochs: int = 0, progress: Callable[[str], None] = lambda m: None):
+        super().__init__(config, dataset, seeds, train_epochs, x64, progress)
+        self.gammas, self.steps_list, self.n_batches = sorted(gammas), sorted(steps_list), n_batches
+        self.title = (f"pc ({config.pc.variant}) update vs jax.grad ({self.precision}, "
+                      f"inference_lr={config.pc.inference_lr:g})")
+
+    def settings(self) -> dict:
+        return {"gammas": self.gammas, "steps": self.steps_list, "seeds": self.seeds, "batches_per_seed": self.n_batches,
+                "train_epochs": self.train_epochs, "precision": self.precision}
+
+    def measure_network(self, splits, seed, params, rule_state, dtype) -> Measured:
+        measured = seed_measurements(self.config, splits, seed, params, self.gammas, self.steps_list, self.n_batches, dtype)
+        return Measured({"seed": seed}, {f"{grid}.{m}": v for grid, by in measured.items() for m, v in by.items()})
+
+    def summarise(self, measured: list[Measured]) -> tuple[list[dict], dict]:
+        per_seed = [{grid: {k.split(".", 1)[1]: v for k, v in m.arrays.items() if k.startswith(grid + ".")}
+                     for grid in ("gamma", "steps")} for m in measured]
+        converged, small = max(self.steps_list), min(self.gammas)
+        rows = (summarise(per_seed, "gamma", self.gammas, {"inference_steps": converged})
+                + summarise(per_seed, "steps", self.steps_list, {"gamma": small}))
+        fit = fit_gamma_slope([r for r in rows if r["sweep"] == "gamma"])
+        summary = {
+            "precision": self.precision,
+            "variant": self.config.pc.variant,
+            "inference_lr": self.config.pc.inference_lr,
+            "gamma_slope": fit,
+            "slope_summary": slope_sentence(fit),
+            "gamma_sweep_steps": converged,
+            "steps_sweep_gamma": small,
+            "seeds": self.seeds,
+            "batches_per_seed": self.n_batches,
+            "train_epochs": self.train_epochs,
+            "gammas": self.gammas,
+            "steps": self.steps_list,
+        }
+        return rows, summary
+
+    def figures(self, rows: list[dict], summary: dict, folder: Path) -> None:
+        plot_pc_sweep(rows, summary, folder / "pc_sweep.png", self.title)
 
 
-def write(result: dict, folder: Path) -> None:
-    """pc_sweep.jsonl (one row per gamma, then per number of steps), summary.json, pc_sweep.png."""
-    append_jsonl(folder / "pc_sweep.jsonl", result["rows"])
-    write_json(folder / "summary.json", result["summary"])
-    plot_pc_sweep(result["rows"], result["summary"], folder / "pc_sweep.png", result["title"])
+def folder_for(study: PcStudy) -> Path:
+    """RESULTS_DIR/EXPERIMENT/pc-<precision>-<hash of the config and the settings>."""
+    config = study.config
+    return Path(config.results_dir) / config.experiment / study_folder_name(f"pc-{study.precision}", config, study.settings())
+
+
+def run(study: PcStudy, folder: Path) -> dict:
+    """The study in `folder` (experiment/study.run_study: the seeds measured before are not measured again):
+    pc_sweep.points.jsonl and pc_sweep.points/ (per seed), pc_sweep.jsonl (one row per gamma, then per number
+    of steps), summary.json, pc_sweep.png; returns {"rows", "summary", "title"}."""
+    return run_study(study, folder, {"study": "sweep pc", **study.settings()}, to_dict(study.config), study.progress)

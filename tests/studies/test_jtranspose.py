@@ -55,7 +55,8 @@ def test_jtranspose_end_to_end_small_beta_and_asymmetry(tmp_path, mnist_dir):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "jt").iterdir()] == ["mine.txt"]
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "jtranspose.jsonl", "jtranspose.png", "summary.json",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml", "jtranspose.jsonl", "jtranspose.png",
+                                                     "jtranspose.points.jsonl", "manifest.json", "summary.json",
                                                      "table.txt"]
     assert (out / "jtranspose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "angle(shift, -J^T e)" in (out / "table.txt").read_text()

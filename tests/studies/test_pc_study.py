@@ -16,11 +16,15 @@ TINY = [("rule", "pc"), ("model.depth", 2), ("model.width", 12), ("train.batch_s
         ("data.validation_size", 100), ("model.loss", "cross_entropy")]
 
 
+def measure(folder, config, gammas, steps, seeds, n_batches, x64):
+    return study.run(study.PcStudy(config, make_fake_dataset(), gammas, steps, seeds, n_batches, x64), folder)
+
+
 @pytest.fixture(scope="module")
-def measured():
+def measured(tmp_path_factory):
     """Converged inference (1000 steps at rate 0.1) on a 784-12-12-10 network, float64."""
     config = load_config(overrides=TINY)
-    return study.run(config, make_fake_dataset(), [0.001, 0.01, 0.03, 0.1, 1.0], [1, 10, 100, 1000], [0], 1, True)
+    return measure(tmp_path_factory.mktemp("pc"), config, [0.001, 0.01, 0.03, 0.1, 1.0], [1, 10, 100, 1000], [0], 1, True)
 
 
 def _column(result, sweep, key, metric):
@@ -57,10 +61,10 @@ def test_fit_ignores_the_floor_and_large_gammas():
     assert falling["gammas"] == [1e-3, 1e-2, 3e-2, 0.1]
 
 
-def test_an_undefined_angle_is_none_not_nan():
+def test_an_undefined_angle_is_none_not_nan(tmp_path):
     """After one inference step the first layer's error is still 0: a zero update has no angle."""
     config = load_config(overrides=TINY[:2] + [("model.width", 8)] + TINY[3:])
-    result = study.run(config, make_fake_dataset(), [0.1], [1], [0], 1, True)
+    result = measure(tmp_path, config, [0.1], [1], [0], 1, True)
     row = next(r for r in result["rows"] if r["sweep"] == "steps")
     assert row["update_angle_per_layer_mean"][0] is None and row["update_rel_error_per_layer_mean"][0] == 1.0
     assert row["update_angle_mean"] is not None
@@ -77,7 +81,7 @@ def test_cli_writes_the_rows_summary_and_figure(runner, monkeypatch, tmp_path):
     results_dir, result = _invoke(runner, monkeypatch, tmp_path, "--gammas", "0.01,0.1,1", "--steps", "2,50",
                                   "--seeds", "1", "--batches", "1", "--x64")
     assert result.exit_code == 0, result.output
-    (folder,) = results_dir.glob("pc-sweep/*-pc-float64")
+    (folder,) = results_dir.glob("pc-sweep/pc-float64-*")
     rows = read_jsonl(folder / "pc_sweep.jsonl")
     assert [r["sweep"] for r in rows] == ["gamma"] * 3 + ["steps"] * 2
     assert all(r["inference_steps"] == 50 for r in rows[:3]) and all(r["gamma"] == 0.01 for r in rows[3:])

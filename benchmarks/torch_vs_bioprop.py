@@ -76,8 +76,8 @@ def environment(threads: int) -> dict:
     return env
 
 
-def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_python: str) -> dict:
-    cores = ",".join(str(c) for c in range(threads))
+def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_python: str, first_core: int) -> dict:
+    cores = ",".join(str(first_core + c) for c in range(threads))
     if side == "bioprop":
         command = [sys.executable, str(Path(__file__).resolve()), "--side", "bioprop", "--nets", net, "--rules", rule,
                    "--steps", str(steps)]
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (0: a whole epoch)")
+    parser.add_argument("--first-core", type=int, default=0, help="the cores pinned: first-core onwards")
     parser.add_argument("--torch-python", default="/work/venvs/torch/bin/python")
     parser.add_argument("--side", choices=["bioprop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -114,7 +115,7 @@ def main() -> None:
         for net, rule, threads in cases:
             sides = ("bioprop", "torch") if i % 2 == 0 else ("torch", "bioprop")
             for side in sides:
-                r = run_side(side, net, rule, threads, args.steps, args.torch_python)
+                r = run_side(side, net, rule, threads, args.steps, args.torch_python, args.first_core)
                 print(json.dumps(r), flush=True)
                 results.append(r)
     print("load after:", os.getloadavg())

@@ -113,13 +113,6 @@ def convolve(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
                                     dimension_numbers=_DIMENSIONS, feature_group_count=spec.groups)
 
 
-def _pad_spatial(x: jax.Array, padding: Sequence[tuple[int, int]], interior=(0, 0)) -> jax.Array:
-    """x (batch, H, W, C) padded (or, where negative, cut) by (lo, hi) per spatial axis, with `interior`
-    zeros between neighbours."""
-    (lh, hh), (lw, hw) = padding
-    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lh, hh, interior[0]), (lw, hw, interior[1]), (0, 0, 0)])
-
-
 def banded_convolve(x: jax.Array, w: jax.Array, strides: Sequence[int],
                     padding: Sequence[tuple[int, int]]) -> jax.Array:
     """The (undilated, ungrouped) convolution as one matrix product: the kh padded image rows that each
@@ -128,7 +121,8 @@ def banded_convolve(x: jax.Array, w: jax.Array, strides: Sequence[int],
     convolution's multiplications, all in one large product."""
     kh, kw, c_in, c_out = w.shape
     sh, sw = strides
-    xp = _pad_spatial(x, padding)
+    (lh, hh), (lw, hw) = padding
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lh, hh, 0), (lw, hw, 0), (0, 0, 0)])
     batch, hp, wp, _ = xp.shape
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     rows = jnp.stack([lax.slice(xp, (0, i, 0, 0), (batch, i + (ho - 1) * sh + 1, wp, c_in), (1, sh, 1, 1))
@@ -138,32 +132,11 @@ def banded_convolve(x: jax.Array, w: jax.Array, strides: Sequence[int],
     return (rows.reshape(batch * ho, kh * wp * c_in) @ t).reshape(batch, ho, wo, c_out)
 
 
-def col2im_transpose(g: jax.Array, w: jax.Array, in_hw: Sequence[int], strides: Sequence[int],
-                     padding: Sequence[tuple[int, int]]) -> jax.Array:
-    """conv_transpose as one matrix product and a sum: each output position's error spread over the
-    patch it read, g (batch H' W', C_out) @ w^T (C_out, kh kw C_in), then every tap (i, j) of the patches
-    added into the padded input at its offset (stride-dilated), the padding cut off."""
-    kh, kw, c_in, c_out = w.shape
-    batch, ho, wo, _ = g.shape
-    sh, sw = strides
-    (lh, hh), (lw, hw) = padding
-    hp, wp = in_hw[0] + lh + hh, in_hw[1] + lw + hw
-    patches = (g.reshape(-1, c_out) @ w.reshape(-1, c_out).T).reshape(batch, ho, wo, kh, kw, c_in)
-    placed = [_pad_spatial(patches[:, :, :, i, j, :],
-                           ((i, hp - i - (ho - 1) * sh - 1), (j, wp - j - (wo - 1) * sw - 1)), (sh - 1, sw - 1))
-              for i in range(kh) for j in range(kw)]
-    return _pad_spatial(sum(placed[1:], placed[0]), ((-lh, -hh), (-lw, -hw)))
-
-
 def conv_transpose(g: jax.Array, w: jax.Array, in_hw: Sequence[int], strides: Sequence[int],
                    padding: Sequence[tuple[int, int]]) -> jax.Array:
     """The input gradient of the (undilated, ungrouped) convolution with kernel w, g (batch, H', W',
     C_out) -> (batch, H, W, C_in): the stride-dilated g, padded by k - 1 - lo below and by what the
-    stride's floor dropped above, convolved with the kernel flipped in space and transposed in channels.
-    Up to 16 output channels of the convolution, `col2im_transpose` instead (docs/speed.md: 1.5x faster
-    on LeNet's second layer, slower from 32 on)."""
-    if w.shape[3] <= 16:
-        return col2im_transpose(g, w, in_hw, strides, padding)
+    stride's floor dropped above, convolved with the kernel flipped in space and transposed in channels."""
     kernel_hw = w.shape[:2]
     dilated = lambda n, s: (n - 1) * s + 1
     pads = [(k - 1 - lo, side + lo - dilated(n, s))

@@ -105,8 +105,8 @@ def conv_spec(in_hw: Sequence[int], kernel_hw: Sequence[int], stride=1, padding=
 
 def convolve(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
     """The convolution without bias: NHWC images, HWIO kernel. A single input channel (undilated,
-    ungrouped) goes through `banded_convolve` (docs/speed.md: 4.5x faster than XLA's CPU convolution on
-    LeNet's first layer; slower from 3 channels on)."""
+    ungrouped) goes through `banded_convolve` (docs/speed.md: faster than XLA's CPU convolution on LeNet's
+    first layer, slower from 3 channels on)."""
     if spec.plain and x.shape[3] == 1:
         return banded_convolve(x, w, spec.strides, spec.padding)
     return lax.conv_general_dilated(x, w, spec.strides, spec.padding, rhs_dilation=spec.dilation,

@@ -44,7 +44,7 @@ def pre_activation(op: Dense | Conv, layer: dict, h: jax.Array) -> jax.Array:
 
 def pool(p: Pool | None, h: jax.Array) -> jax.Array:
     """VALID max or average pooling over (H, W) of a (batch, H, W, C) array; None: h unchanged. Max pooling
-    of disjoint windows (window = stride) is `tiled_max_pool` (docs/speed.md: its vjp 2.2x faster than
+    of disjoint windows (window = stride) is `tiled_max_pool` (docs/speed.md: its vjp is faster than
     reduce_window's select-and-scatter on LeNet's layers)."""
     if p is None:
         return h

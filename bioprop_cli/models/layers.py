@@ -10,6 +10,7 @@ its input flattened, a conv layer reads it as images, so both accept whatever th
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,6 @@ import bioprop.layers as library
 from bioprop.rules import sample
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
 from bioprop_cli.models.mlp import Forward, init_std
-
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def as_input(op: Dense | Conv, h: jax.Array) -> jax.Array:
@@ -35,8 +34,7 @@ def linear(op: Dense | Conv, w: jax.Array, h: jax.Array) -> jax.Array:
     h = as_input(op, h)
     if isinstance(op, Dense):
         return h @ w
-    pad = ((op.padding, op.padding), (op.padding, op.padding))
-    return lax.conv_general_dilated(h, w, (op.stride, op.stride), pad, dimension_numbers=_DIMENSIONS)
+    return library.convolve(library.conv_spec(op.in_shape[:2], (op.kernel, op.kernel), op.stride, op.padding), h, w)
 
 
 def pre_activation(op: Dense | Conv, layer: dict, h: jax.Array) -> jax.Array:
@@ -45,13 +43,47 @@ def pre_activation(op: Dense | Conv, layer: dict, h: jax.Array) -> jax.Array:
 
 
 def pool(p: Pool | None, h: jax.Array) -> jax.Array:
-    """VALID max or average pooling over (H, W) of a (batch, H, W, C) array; None: h unchanged."""
+    """VALID max or average pooling over (H, W) of a (batch, H, W, C) array; None: h unchanged. Max pooling
+    of disjoint windows (window = stride) is `tiled_max_pool` (docs/speed.md: its vjp is faster than
+    reduce_window's select-and-scatter on LeNet's layers)."""
     if p is None:
         return h
     window, strides = (1, p.window, p.window, 1), (1, p.stride, p.stride, 1)
+    if p.kind == "max" and p.window == p.stride:
+        return tiled_max_pool(p.window, h)
     if p.kind == "max":
         return lax.reduce_window(h, -jnp.inf, lax.max, window, strides, "VALID")
     return lax.reduce_window(h, 0.0, lax.add, window, strides, "VALID") / (p.window * p.window)
+
+
+def _tiles(k: int, h: jax.Array) -> jax.Array:
+    """h (batch, H, W, C) cut to whole k x k tiles, as (batch, H // k, k, W // k, k, C)."""
+    b, height, width, c = h.shape
+    return h[:, : height // k * k, : width // k * k].reshape(b, height // k, k, width // k, k, c)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def tiled_max_pool(k: int, h: jax.Array) -> jax.Array:
+    """The maximum of each k x k tile of h (batch, H, W, C). Its derivative takes each tile's change at its
+    first maximum in row-major order, as reduce_window's select-and-scatter does; the tangent map is
+    linear, so jax transposes it into the vjp (and jvp, linearize work)."""
+    return jnp.max(_tiles(k, h), axis=(2, 4))
+
+
+@tiled_max_pool.defjvp
+def _tiled_max_pool_jvp(k, primals, tangents):
+    (h,), (t,) = primals, tangents
+    tiles = _tiles(k, h)
+    out = jnp.max(tiles, axis=(2, 4))
+    at_max = tiles == out[:, :, None, :, None, :]
+    taken = jnp.zeros(out.shape, bool)
+    first = [[None] * k for _ in range(k)]
+    for i in range(k):
+        for j in range(k):
+            first[i][j] = at_max[:, :, i, :, j, :] & ~taken
+            taken = taken | first[i][j]
+    mask = jnp.stack([jnp.stack(row, axis=3) for row in first], axis=2)  # (batch, H', k, W', k, C)
+    return out, jnp.sum(jnp.where(mask, _tiles(k, t), jnp.zeros((), t.dtype)), axis=(2, 4))
 
 
 def init_params(key: jax.Array, arch: Architecture, scheme: str, scale: float, bias: str = "zeros") -> list:

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 
 # The suite's networks are tiny: XLA's compile time dominates, and its LLVM optimisation passes
-# buy nothing at these sizes. Level 0 cuts the suite's time by about a third (numerics unchanged:
-# fast-math stays off). Set before the first computation initialises the backend.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# buy nothing at these sizes. Level 0 cuts the suite's time by about a third; XLA's older loop emitters
+# (no MLIR fusion emitters) compile each program in about half the time again (docs/testing.md). Both
+# keep fast-math off: the same operations, rounded alike up to the order of a few reductions' terms.
+# Set before the first computation initialises the backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 # One terminal width for every test, whatever the terminal running the suite: rich reads COLUMNS when a
 # console is made (bioprop's at import, typer's help on each call). Paths are never wrapped at any width
 # (tests/cli/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.

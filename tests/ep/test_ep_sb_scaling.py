@@ -10,6 +10,8 @@ layer included, its bias b_0 too) and C = sum (s_L - y)^2; s <- clip(s - eps dF/
 layers; the update W <- W - (alpha / beta) d/dW [mean E(s^beta) - mean E(s^0)] at fixed states."""
 
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +60,7 @@ def _their_phase(weights, biases, layers, y, beta, eps, steps):
     return [layers[0]] + free
 
 
+@partial(jax.jit, static_argnames=("t1", "t2"))  # one compiled program, not their phases op by op
 def _their_update(weights, biases, x, y, beta, eps, t1, t2):
     zeros = [jnp.zeros((x.shape[0], n), x.dtype) for n in SIZES[1:]]
     free = _their_phase(weights, biases, [x] + zeros, y, 0.0, eps, t1)
@@ -90,7 +93,7 @@ def test_their_step_at_beta_and_alpha_is_ours_at_twice_both(sign):
         beta, eps, t1, t2 = 0.7, 0.5, 12, 5
         weights = [p["w"] for p in params]
         biases = [jnp.full((SIZES[0],), 0.3)] + [p["b"] for p in params]  # their input bias: no effect
-        their_w, their_b, their_free = _their_update(weights, biases, x, y, sign * beta, eps, t1, t2)
+        their_w, their_b, their_free = _their_update(weights, biases, x, y, sign * beta, eps, t1=t1, t2=t2)
 
         estimator = "one-sided" if sign > 0 else "negative"
         config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("ep.estimator", estimator),

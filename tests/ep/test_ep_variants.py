@@ -27,8 +27,13 @@ def _config(activation="hard_sigmoid", **ep):
 
 def _implicit(params, x, y, rho_name):
     rho = RHOS[rho_name]
-    fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
-    return fixed, implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-12)[0]
+
+    @jax.jit  # one compiled program, not the settling loops op by op
+    def both(params, x, y):
+        fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
+        return fixed, implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-12)[0]
+
+    return both(params, x, y)
 
 
 def test_negative_and_positive_biases_are_first_order_and_opposite_and_their_mean_is_symmetric():
@@ -58,18 +63,23 @@ def _output_schur_weighted_gradient(params, fixed, x, y, rho_name):
     sizes = [s.shape[1] for s in fixed.states]
     out = sizes[-1]
 
-    def schur(i):
+    def schur(params, states, x_i):
         unflatten = lambda v: [a[None] for a in jnp.split(v, np.cumsum(sizes)[:-1])]
-        flat = jnp.concatenate([s[i] for s in fixed.states])
-        h = jax.hessian(lambda v: energy(params, unflatten(v), x[i:i + 1], rho)[0])(flat)
+        flat = jnp.concatenate(states)
+        h = jax.hessian(lambda v: energy(params, unflatten(v), x_i[None], rho)[0])(flat)
         return jnp.linalg.inv(jnp.linalg.inv(h)[-out:, -out:])
 
-    s = jnp.stack([schur(i) for i in range(n)])
-    g = [jnp.zeros_like(a) for a in fixed.states[:-1]] + [jnp.einsum("nij,nj->ni", s, fixed.states[-1] - y) / n]
-    lam, misfit = solve_adjoint(params, fixed.states, x, y, g, rho, 0.5, 5000, 1e-12)
+    @jax.jit  # one compiled program, not the Hessians and the adjoint solve op by op
+    def weighted(params, states, x, y):
+        s = jax.vmap(schur, in_axes=(None, 0, 0))(params, states, x)  # each example's own Hessian
+        g = [jnp.zeros_like(a) for a in states[:-1]] + [jnp.einsum("nij,nj->ni", s, states[-1] - y) / n]
+        lam, misfit = solve_adjoint(params, states, x, y, g, rho, 0.5, 5000, 1e-12)
+        phi = lambda p: step(p, states, input_drive(p, x), y, 0.0, rho, 0.5)
+        return jax.vjp(phi, params)[1](lam)[0], misfit
+
+    gradient, misfit = weighted(params, fixed.states, x, y)
     assert float(misfit) < 1e-8
-    phi = lambda p: step(p, fixed.states, input_drive(p, x), y, 0.0, rho, 0.5)
-    return jax.vjp(phi, params)[1](lam)[0]
+    return gradient
 
 
 def test_coupled_learning_tends_linearly_in_eta_to_the_output_schur_weighted_gradient_not_the_gradient():

@@ -168,7 +168,7 @@ def run_jtranspose(params, x, y, rho: Rho, ep, betas, angles, key, arch=None) ->
     measure = make_error_signals(rho, ep.eps, ep.reference_steps, ep.reference_tolerance, ep.adjoint_steps,
                                  ep.reference_tolerance, arch)
     betas_arr = jnp.asarray(betas, x.dtype)
-    if arch is None:
+    if arch is None or arch.is_mlp:
         # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
         # floating-point sums), and one compiled program for every network
         tied = with_feedback(params, feedback_matrices(EPConfig(feedback="symmetric"), params, {}))

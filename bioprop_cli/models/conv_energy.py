@@ -71,13 +71,14 @@ def drives(arch: Architecture, params: list, r: list, drive0: jax.Array) -> list
 
 
 def written_out(layer: Layer) -> bool:
-    """Whether the layer's vjps are written out (a dense layer; a conv layer with no pooling or
-    non-overlapping pooling: `unpool`, `conv_transpose`, `weight_vjp`) rather than taken by jax.vjp."""
-    return isinstance(layer.op, Dense) or layer.pool is None or layer.pool.window == layer.pool.stride
+    """Whether a conv layer's vjps are written out (no pooling or non-overlapping pooling: `unpool`,
+    `conv_transpose`, `weight_vjp`) rather than taken by jax.vjp (a dense layer's are matrix products)."""
+    return layer.pool is None or layer.pool.window == layer.pool.stride
 
 
 def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(f_l(h), J_{f_l}(h)^T above), flat. A conv layer's pull is written out: the pooling's
+    """(f_l(h), J_{f_l}(h)^T above), flat. A dense layer's: (h W + b, above B) with B its top-down
+    matrix (`top_down`). A conv layer's pull is written out: the pooling's
     vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
     the flipped kernel (`conv_transpose`). Inside the settling loop XLA's CPU backend runs jax.vjp's
     input-gradient convolution several times slower than this forward one (measured:
@@ -144,9 +145,17 @@ def contrast(arch: Architecture, params: list, states_a: list, states_b: list, x
     first = coupling_gradient(arch.layers[0], params[0], x, ra[0] - rb[0])
     out = [jax.tree_util.tree_map(lambda u: factor * u, first)]
     for layer, p, ha, sa, hb, sb in zip(arch.layers[1:], params[1:], ra[:-1], ra[1:], rb[:-1], rb[1:]):
-        ga, gb = coupling_gradient(layer, p, ha, sa), coupling_gradient(layer, p, hb, sb)
-        out.append(jax.tree_util.tree_map(lambda u, v: factor * (u - v), ga, gb))
+        out.append(jax.tree_util.tree_map(lambda u: factor * u, coupling_difference(layer, p, ha, sa, hb, sb)))
     return out
+
+
+def coupling_difference(layer: Layer, params: dict, ha: jax.Array, sa: jax.Array, hb: jax.Array, sb: jax.Array) -> dict:
+    """coupling_gradient at (ha, sa) minus at (hb, sb); a dense layer's: the Hebbian products'
+    difference ha^T sa - hb^T sb and, for the bias, one batch sum of sa - sb."""
+    if isinstance(layer.op, Dense):
+        return {"w": ha.T @ sa - hb.T @ sb, "b": jnp.sum(sa - sb, axis=0)}
+    ga, gb = coupling_gradient(layer, params, ha, sa), coupling_gradient(layer, params, hb, sb)
+    return jax.tree_util.tree_map(lambda u, v: u - v, ga, gb)
 
 
 def coupling_gradient(layer: Layer, params: dict, h: jax.Array, s: jax.Array) -> dict:

@@ -21,9 +21,10 @@ With the cross-entropy readout (model.loss = cross_entropy) the last layer of pa
 outside the dynamics. `network` returns the layers the dynamics train, those they run on (the fixed
 feedback inserted) and the readout; `Network.feedback` (trainable -> running) is what the exact
 references differentiate through, so their gradients are total derivatives with respect to the
-trainable parameters (for sign and mixed feedback, functions of W). On a conv net (model.arch cnn or
-lenet) `Network.arch` carries the dynamics' layers and every function below runs the conv energy of
-models/conv_energy.py (tied feedback only); the MLP runs with arch None, its code as it was.
+trainable parameters (for sign and mixed feedback, functions of W). `Network.arch` carries a
+conv net's layers (model.arch cnn or lenet; None for an MLP: the dense layers of its params' shapes) and
+every function below runs the one energy of models/conv_energy.py on them (separate feedback on dense
+layers only).
 
 The estimate (`free_phase`, `second_phase`, `estimate`): the network settles freely to s^0 (T1 steps,
 from zero or from persistent particles), is nudged towards the target with strength beta (T2 steps
@@ -166,12 +167,12 @@ class Network(NamedTuple):
     readout: dict | None  # the cross-entropy readout, or None (mean-squared cost on s_L)
     feedback: Callable | None  # trainable -> running (None: the identity), for the exact references
     rho: Rho
-    arch: Architecture | None = None  # the dynamics' layers of a conv net (models/conv_energy.py); None: the MLP
+    arch: Architecture | None = None  # the dynamics' layers (models/conv_energy.py); None: dense, of params' shapes
 
 
 def dynamics_architecture(config) -> Architecture | None:
     """The layers the dynamics run on when model.arch is a conv net (the readout left out), else None:
-    the MLP runs models/energy.py's own code."""
+    an MLP's are the dense layers of its params' shapes (energy.layers_of), the same one code path."""
     full = architectures.of_config(config)
     if full.is_mlp:
         return None

@@ -164,7 +164,7 @@ def jtranspose_networks(params, key, angles, arch=None) -> list[tuple[str, float
     compared here is W^T, the mixed and the sign constructions). A conv net (`arch`,
     models/conv_energy.py) has the symmetric network only: its feedback is the transposed convolution of W."""
     params = [{"w": layer["w"], "b": layer["b"]} for layer in params]
-    if arch is not None:
+    if arch is not None and not arch.is_mlp:
         return [("symmetric", 0.0, params)]
     # the symmetric network as B_l = W_l^T written out: the same dynamics (up to the order of
     # floating-point sums), and one compiled program for every network

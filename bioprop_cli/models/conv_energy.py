@@ -18,7 +18,8 @@ their update s <- rho(dPhi/ds) into a gradient flow on E: for the hard sigmoid, 
 s <- clip(s - eps dE/ds, 0, 1) = clip((1 - eps) s + eps dPhi/ds, 0, 1), which at eps = 1 is their
 update with their `hard_sigmoid`, clip(x, 0, 1) (their `my_hard_sig`, clip(x/2, 0, 1), and any other rho
 run as theirs under ep.dynamics primitive: models/energy.py primitive_dynamics). For dense
-layers E is exactly models/energy.py's MLP energy. The force on s_k is
+layers E is Scellier & Bengio's MLP energy (models/energy.py): this module is the one path of every
+network EP runs, the MLP's included. The force on s_k is
 
     dE/ds_k = s_k - rho'(s_k) * (f_{k-1}(r_{k-1}) + J_{f_k}(r_k)^T r_{k+1}),
 
@@ -29,6 +30,10 @@ the force is its gradient wherever the winners are unique). The parameters' grad
 quantity EP contrasts, is -d/dtheta <r_{l+1}, f_l(r_l)>: for a dense layer the Hebbian product
 -r_l^T r_{l+1}, for a conv layer its convolutional counterpart (the correlation of r_l with the
 unpooled r_{l+1}), local to the layer.
+
+A dense layer's maps are written out as matrix products (h W + b up, r_{k+1} B_k down), and its
+top-down matrix may be a feedback matrix of its own, params[l]["fb"] = B_l in place of W_l^T (the
+vector-field generalisation of EP, models/energy.py): the drives are then no gradient of E.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from bioprop_cli.models.arch import Architecture, Conv, Layer, Pool
+from bioprop_cli.models.arch import Architecture, Dense, Layer, Pool
 from bioprop_cli.models.layers import conv_transpose, pool, pre_activation, weight_vjp
 
 
@@ -66,18 +71,21 @@ def drives(arch: Architecture, params: list, r: list, drive0: jax.Array) -> list
 
 
 def written_out(layer: Layer) -> bool:
-    """Whether the layer's vjps are written out (a conv layer with no pooling or non-overlapping
-    pooling: `unpool`, `conv_transpose`, `weight_vjp`) rather than taken by jax.vjp."""
-    return isinstance(layer.op, Conv) and (layer.pool is None or layer.pool.window == layer.pool.stride)
+    """Whether a conv layer's vjps are written out (no pooling or non-overlapping pooling: `unpool`,
+    `conv_transpose`, `weight_vjp`) rather than taken by jax.vjp (a dense layer's are matrix products)."""
+    return layer.pool is None or layer.pool.window == layer.pool.stride
 
 
 def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(f_l(h), J_{f_l}(h)^T above), flat. A conv layer's pull is written out: the pooling's
+    """(f_l(h), J_{f_l}(h)^T above), flat. A dense layer's: (h W + b, above B) with B its top-down
+    matrix (`top_down`). A conv layer's pull is written out: the pooling's
     vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
     the flipped kernel (`conv_transpose`). Inside the settling loop XLA's CPU backend runs jax.vjp's
     input-gradient convolution several times slower than this forward one (measured:
     docs/implementation-notes.md); overlapping pooling windows (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
+    if isinstance(op, Dense):
+        return pre_activation(op, params, h), above @ top_down(params)
     if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
         return up, pull(above)[0]
@@ -85,6 +93,12 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     pooled = pool(layer.pool, a)
     back = conv_transpose(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
     return pooled.reshape(n, -1), back.reshape(n, -1)
+
+
+def top_down(params: dict) -> jax.Array:
+    """B_l, the matrix through which a dense layer's output goes down: params["fb"] (separate feedback,
+    models/energy.py) or W_l^T."""
+    return params["fb"] if "fb" in params else params["w"].T
 
 
 def unpool(p: Pool | None, a: jax.Array, g: jax.Array) -> jax.Array:
@@ -123,21 +137,33 @@ def contrast(arch: Architecture, params: list, states_a: list, states_b: list, x
     difference of its local coupling gradients at the two states (Laborieux et al.'s
     compute_syn_grads). A conv layer's is written out (the pooling's vjp, then the kernel gradient as
     a forward convolution: layers.weight_vjp), as XLA's CPU backend runs jax.grad's kernel-gradient
-    convolution several times slower inside the training loop; tested against jax.grad."""
+    convolution several times slower inside the training loop; tested against jax.grad. The clamped
+    input's layer sees x at both states (and the same pooling winners), so its gradient is linear in
+    the state above: one product with rho(s_a1) - rho(s_b1)."""
     ra, rb = rho.outputs(states_a), rho.outputs(states_b)
-    below_a, below_b = [x] + ra[:-1], [x] + rb[:-1]
     factor = -scale / x.shape[0]
-    out = []
-    for layer, p, ha, sa, hb, sb in zip(arch.layers, params, below_a, ra, below_b, rb):
-        ga, gb = coupling_gradient(layer, p, ha, sa), coupling_gradient(layer, p, hb, sb)
-        out.append(jax.tree_util.tree_map(lambda u, v: factor * (u - v), ga, gb))
+    first = coupling_gradient(arch.layers[0], params[0], x, ra[0] - rb[0])
+    out = [jax.tree_util.tree_map(lambda u: factor * u, first)]
+    for layer, p, ha, sa, hb, sb in zip(arch.layers[1:], params[1:], ra[:-1], ra[1:], rb[:-1], rb[1:]):
+        out.append(jax.tree_util.tree_map(lambda u: factor * u, coupling_difference(layer, p, ha, sa, hb, sb)))
     return out
+
+
+def coupling_difference(layer: Layer, params: dict, ha: jax.Array, sa: jax.Array, hb: jax.Array, sb: jax.Array) -> dict:
+    """coupling_gradient at (ha, sa) minus at (hb, sb); a dense layer's: the Hebbian products'
+    difference ha^T sa - hb^T sb and, for the bias, one batch sum of sa - sb."""
+    if isinstance(layer.op, Dense):
+        return {"w": ha.T @ sa - hb.T @ sb, "b": jnp.sum(sa - sb, axis=0)}
+    ga, gb = coupling_gradient(layer, params, ha, sa), coupling_gradient(layer, params, hb, sb)
+    return jax.tree_util.tree_map(lambda u, v: u - v, ga, gb)
 
 
 def coupling_gradient(layer: Layer, params: dict, h: jax.Array, s: jax.Array) -> dict:
     """{"w", "b"}: the gradient of sum over the batch of <s, f_l(h)> with respect to the layer's
     parameters."""
     op = layer.op
+    if isinstance(op, Dense):
+        return weight_vjp(op, h, s)
     if not written_out(layer):
         _, pull = jax.vjp(lambda q: layer_map(layer, q, h), params)
         return pull(s)[0]

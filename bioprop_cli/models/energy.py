@@ -54,10 +54,11 @@ sigmoid output, one-hot targets sit on the edge of [0, 1] and the projection cut
 negative beta). `Rho.layers` is the one place that decides each layer's rho; the energy, the step,
 the contrast and, through them, the exact references follow it.
 
-Conv nets (model.arch cnn or lenet): the functions below take `arch`, the Architecture of the
-dynamics' layers (None: the MLP above, the same code); the layers' drives, the input's drive, the
-energy and the contrast are then models/conv_energy.py's (the energy of Ernoult et al. 2019 and
-Laborieux et al. 2021, whose dense layers are this module's), the states flat as here.
+Any architecture (model.arch mlp, cnn or lenet): the functions below take `arch`, the Architecture of
+the dynamics' layers (None: the dense layers of params' shapes, the MLP above); the layers' drives, the
+input's drive, the energy and the contrast are models/conv_energy.py's (the energy of Ernoult et al. 2019
+and Laborieux et al. 2021, whose dense layers are the MLP's above: one code path for every network), the
+states flat as here.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli.models import conv_energy
-from bioprop_cli.models.arch import Architecture
+from bioprop_cli.models.arch import Architecture, dense
 
 Params = list
 States = list  # [s_1, ..., s_L], each (batch, n_k)
@@ -177,21 +178,21 @@ def primitive_dynamics(rho: Rho) -> Rho:
     return Rho(lambda s: s, jnp.ones_like, False, update=rho)
 
 
-def zero_states(params: Params, batch: int, dtype=jnp.float32, arch: Architecture | None = None) -> States:
+def layers_of(params: Params, arch: Architecture | None) -> Architecture:
+    """The dynamics' layers: `arch`, or (None) the dense layers of params' shapes, the MLP
+    n_0-n_1-...-n_L with W_l of shape (n_l, n_{l+1})."""
     if arch is not None:
-        return conv_energy.zero_states(arch, batch, dtype)
-    return [jnp.zeros((batch, layer["w"].shape[1]), dtype) for layer in params]
+        return arch
+    return dense((params[0]["w"].shape[0],) + tuple(layer["w"].shape[1] for layer in params))
+
+
+def zero_states(params: Params, batch: int, dtype=jnp.float32, arch: Architecture | None = None) -> States:
+    return conv_energy.zero_states(layers_of(params, arch), batch, dtype)
 
 
 def has_separate_feedback(params: Params) -> bool:
     """True when some layer carries its own feedback matrix params[l]["fb"] (a static, trace-time fact)."""
     return any("fb" in layer for layer in params)
-
-
-def top_down(params: Params, l: int) -> jax.Array:
-    """B_l: the matrix that carries layer l+1's output down to layer l (W_l^T unless params[l] has "fb")."""
-    layer = params[l]
-    return layer["fb"] if "fb" in layer else layer["w"].T
 
 
 def energy(params: Params, states: States, x: jax.Array, rho: Rho, arch: Architecture | None = None) -> jax.Array:
@@ -201,13 +202,7 @@ def energy(params: Params, states: States, x: jax.Array, rho: Rho, arch: Archite
     if rho.update is not None:  # primitive dynamics: sum G(s) - Phi = (1/2 |s|^2 - Phi) + sum (G(s) - s^2/2)
         leak = sum(jnp.sum(rho.update.inverse_primitive(s) - 0.5 * s**2, axis=-1) for s in states)
         return leak + energy(params, states, x, rho._replace(update=None), arch)
-    if arch is not None:
-        return conv_energy.energy(arch, params, states, x, rho)
-    r = [x] + rho.outputs(states)
-    e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
-    for l, layer in enumerate(params):
-        e -= jnp.sum((r[l] @ layer["w"]) * r[l + 1], axis=-1) + r[l + 1] @ layer["b"]
-    return e
+    return conv_energy.energy(layers_of(params, arch), params, states, x, rho)
 
 
 def logits(top: jax.Array, readout: dict, rho: Rho) -> jax.Array:
@@ -235,27 +230,16 @@ def cost_gradient(top: jax.Array, y: jax.Array, readout, rho: Rho) -> jax.Array:
 
 
 def input_drive(params: Params, x: jax.Array, arch: Architecture | None = None) -> jax.Array:
-    """x W_0 + b_0 (conv nets: f_0(x), models/conv_energy.py): the clamped input's contribution to
-    layer 1, computed once per batch."""
-    if arch is not None:
-        return conv_energy.input_drive(arch, params, x)
-    return x @ params[0]["w"] + params[0]["b"]
+    """f_0(x) (x W_0 + b_0 for a dense first layer; models/conv_energy.py): the clamped input's
+    contribution to layer 1, computed once per batch."""
+    return conv_energy.input_drive(layers_of(params, arch), params, x)
 
 
-def _drive(params: Params, r: States, drive0: jax.Array, k: int) -> jax.Array:
-    """The input s_{k+1} receives from its neighbours' outputs r (r_k = rho(s_k)):
-    rho(s_k) W_k + b_k + rho(s_{k+2}) B_{k+1} (drive0 in place of the first term for k = 0)."""
-    drive = drive0 if k == 0 else r[k - 1] @ params[k]["w"] + params[k]["b"]
-    if k + 1 < len(r):
-        drive = drive + r[k + 1] @ top_down(params, k + 1)
-    return drive
-
-
-def _conv_drives(params: Params, r: States, drive0: jax.Array, arch: Architecture | None) -> list | None:
-    """A conv net's drives of every free layer (models/conv_energy.py); None for the MLP, whose drives
-    the loops below compute layer by layer (interleaved with the step as they always were: the same
-    order of floating-point sums in the reverse pass, bit for bit)."""
-    return None if arch is None else conv_energy.drives(arch, params, r, drive0)
+def _drives(params: Params, r: States, drive0: jax.Array, arch: Architecture | None) -> States:
+    """The input every free layer s_{k+1} receives from its neighbours' outputs r (r_k = rho(s_k)):
+    for dense layers rho(s_k) W_k + b_k + rho(s_{k+2}) B_{k+1}, drive0 in place of the first term for
+    k = 0 (models/conv_energy.py `drives`)."""
+    return conv_energy.drives(layers_of(params, arch), params, r, drive0)
 
 
 def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, rho: Rho, external=None,
@@ -268,12 +252,8 @@ def energy_gradient(params: Params, states: States, drive0: jax.Array, y, beta, 
         grads = [s - rho.update.f(u) for s, u in zip(states, _primitive_drives(params, states, drive0, y, beta, rho,
                                                                                  readout, arch))]
         return grads if external is None else [g - u for g, u in zip(grads, external)]
-    r = rho.outputs(states)
-    grads = []
-    conv = _conv_drives(params, r, drive0, arch)
-    for k, (s, rho_k) in enumerate(zip(states, rho.layers(len(states)))):  # s = s_{k+1}
-        drive = _drive(params, r, drive0, k) if conv is None else conv[k]
-        grads.append(s - rho_k.df(s) * drive)
+    drives = _drives(params, rho.outputs(states), drive0, arch)
+    grads = [s - rho_k.df(s) * drive for s, rho_k, drive in zip(states, rho.layers(len(states)), drives)]
     grads[-1] = grads[-1] + beta * cost_gradient(states[-1], y, readout, rho)
     if external is not None:
         grads = [g - u for g, u in zip(grads, external)]
@@ -303,8 +283,7 @@ def step(params: Params, states: States, drive0, y, beta, rho: Rho, eps: float, 
 
 def _primitive_drives(params, states, drive0, y, beta, rho: Rho, readout=None, arch=None) -> States:
     """dPhi/ds_k - beta dC/ds_k for every free layer, the layers seeing the states themselves."""
-    conv = _conv_drives(params, states, drive0, arch)
-    drives = [_drive(params, states, drive0, k) if conv is None else conv[k] for k in range(len(states))]
+    drives = _drives(params, states, drive0, arch)
     drives[-1] = drives[-1] - beta * cost_gradient(states[-1], y, readout, rho)
     return drives
 
@@ -328,9 +307,7 @@ def _bounded_step(params, states, drive0, y, beta, eps, external=None, readout=N
 
 def _unprojected_step(params, states, drive0, y, beta, eps, external=None, readout=None, arch=None) -> States:
     new = []
-    conv = _conv_drives(params, states, drive0, arch)
-    for k, s in enumerate(states):
-        drive = _drive(params, states, drive0, k) if conv is None else conv[k]
+    for k, (s, drive) in enumerate(zip(states, _drives(params, states, drive0, arch))):
         if k + 1 == len(states):  # on [0, 1] rho(s) = s and rho'(s) = 1
             drive = drive - beta * (s - y if readout is None else (jax.nn.softmax(s @ readout["w"] + readout["b"]) - y) @ readout["w"].T)
         if external is not None:
@@ -417,32 +394,16 @@ def settle_fixed(params, states, x, y, beta, rho: Rho, eps: float, steps: int, r
     return final
 
 
-def energy_param_gradient(states: States, x: jax.Array, rho: Rho) -> Params:
-    """dE/dtheta averaged over the batch: dE/dW_l = -rho(s_l)^T rho(s_{l+1}) / batch, dE/db_l = -mean rho(s_{l+1})."""
-    r = [x] + rho.outputs(states)
-    n = x.shape[0]
-    return [{"w": -(r[l].T @ r[l + 1]) / n, "b": -jnp.mean(r[l + 1], axis=0)} for l in range(len(states))]
-
-
-def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale, params: Params | None = None,
+def contrast(states_a: States, states_b: States, x: jax.Array, rho: Rho, scale, params: Params,
              arch: Architecture | None = None) -> Params:
     """scale * (dE/dtheta(s_a) - dE/dtheta(s_b)), averaged over the batch.
 
     Equilibrium propagation's local contrastive rule (Scellier & Bengio 2017, eq. 10): with
     dE/dW_l = -rho(s_l)^T rho(s_{l+1}), the difference is a difference of Hebbian products.
-    The clamped input's term is one product, x^T (rho(s_a1) - rho(s_b1)). A conv net's (`arch`)
-    depends on the weights through the pooling's winners: models/conv_energy.py, at `params`.
+    The clamped input's term is one product, x^T (rho(s_a1) - rho(s_b1)). A conv layer's depends on
+    the weights through the pooling's winners: models/conv_energy.py, at `params`.
     """
-    if arch is not None:
-        return conv_energy.contrast(arch, params, states_a, states_b, x, rho, scale)
-    ra, rb = rho.outputs(states_a), rho.outputs(states_b)
-    n = x.shape[0]
-    c = -scale / n
-    grads = [{"w": c * (x.T @ (ra[0] - rb[0])), "b": c * jnp.sum(ra[0] - rb[0], axis=0)}]
-    for l in range(1, len(states_a)):
-        w = ra[l - 1].T @ ra[l] - rb[l - 1].T @ rb[l]
-        grads.append({"w": c * w, "b": c * jnp.sum(ra[l] - rb[l], axis=0)})
-    return grads
+    return conv_energy.contrast(layers_of(params, arch), params, states_a, states_b, x, rho, scale)
 
 
 # ----------------------------------------------------------------------------------------------

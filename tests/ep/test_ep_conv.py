@@ -13,7 +13,7 @@ from bioprop_cli import ep as eqprop
 from bioprop_cli.cli import app
 from bioprop_cli.config import load_config
 from bioprop_cli.models import conv_energy
-from bioprop_cli.models.arch import Architecture, Dense, Layer, Pool, dense, stack
+from bioprop_cli.models.arch import Layer, Pool, dense, stack
 from bioprop_cli.models.energy import RHOS, cost, energy, energy_gradient, input_drive, step
 from bioprop_cli.models.layers import init_params
 from bioprop_cli.precision import float64
@@ -205,29 +205,6 @@ def test_readout_network_estimate_tends_to_the_implicit_gradient():
         grads = jax.jit(lambda: eqprop.estimate(config, net, x, y, jax.random.PRNGKey(0),
                                                 eqprop.start_states(config, net, x), 0.01)[1].grads)()
         assert len(grads) == 3 and _rel(grads, exact) < 1e-3
-
-
-def test_the_conv_path_on_dense_layers_is_the_mlp_path():
-    """The generic path (conv_energy, through jax.vjp) on an all-dense architecture computes what the
-    MLP's explicit formulas compute: the training estimate and the references."""
-    with float64():
-        sizes = (64, 12, 10)
-        dense = Architecture("mlp", (64,), tuple(Layer(Dense(a, b)) for a, b in zip(sizes[:-1], sizes[1:])))
-        params, x, y = _problem(arch=dense)
-        config = _config(free_steps=40, nudged_steps=10, reference_steps=500, reference_tolerance=1e-10)
-
-        @jax.jit
-        def both(p):  # (the training estimate, the implicit gradient), by each path
-            out = []
-            for arch in (dense, None):
-                net = _net(p, arch=arch)
-                est = eqprop.estimate(config, net, x, y, jax.random.PRNGKey(0), eqprop.start_states(config, net, x))[1]
-                out.append((est.grads, eqprop.implicit_reference(config, net, x, y)[1]))
-            return out
-
-        (est_generic, implicit_generic), (est_mlp, implicit_mlp) = both(params)
-        assert _rel(est_generic, est_mlp) < 1e-12
-        assert _rel(implicit_generic, implicit_mlp) < 1e-10
 
 
 def test_mlp_estimate_is_pinned():

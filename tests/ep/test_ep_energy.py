@@ -292,3 +292,41 @@ def test_squared_cost_is_refused_where_it_weights_nothing():
         load_config(overrides=[("rule", "ep"), ("ep.cost", "squared"), ("model.loss", "cross_entropy")])
     with pytest.raises(UserError, match="ep.cost"):
         load_config(overrides=[("rule", "ep"), ("ep.cost", "squared"), ("ep.estimator", "clamped")])
+
+
+def _scellier_bengio_energy(params, states, x, rho):
+    """Scellier & Bengio 2017, eq. (1), written out here for dense layers (independent of models/):
+    1/2 sum_k |s_k|^2 - sum_l rho(s_l) W_l rho(s_{l+1}) - sum_l b_l rho(s_{l+1}), rho(s_0) = x."""
+    r = [x] + [rho.f(s) for s in states]
+    e = 0.5 * sum(jnp.sum(s**2, axis=-1) for s in states)
+    return e - sum(jnp.sum((r[l] @ p["w"] + p["b"]) * r[l + 1], axis=-1) for l, p in enumerate(params))
+
+
+def test_the_one_path_on_dense_layers_is_scellier_bengios_mlp():
+    """The one EP path (models/conv_energy.py) on dense layers against the MLP's formulas written out
+    in the test: the energy, the force (jax.grad of it plus beta C), the contrast (jax.grad of the
+    energies' difference in the parameters), and with a separate feedback matrix B_1 the top-down
+    drive rho(s_2) B_1 in place of rho(s_2) W_1^T (no energy: the vector field written out)."""
+    from bioprop_cli.models.energy import contrast, with_feedback
+
+    with float64():
+        params, x, y = _problem(jnp.float64)
+        rho, beta = RHOS["sigmoid"], 0.3
+        keys = jax.random.split(jax.random.PRNGKey(4), 6)
+        a = [jax.random.normal(k, (x.shape[0], n), jnp.float64) for k, n in zip(keys[:3], SIZES[1:])]
+        b = [jax.random.normal(k, (x.shape[0], n), jnp.float64) for k, n in zip(keys[3:], SIZES[1:])]
+        by_hand = _scellier_bengio_energy(params, a, x, rho)
+        assert _rel(energy(params, a, x, rho), by_hand) < 1e-14
+        force = jax.grad(lambda s: jnp.sum(_scellier_bengio_energy(params, s, x, rho) + beta * cost(s, y)))(a)
+        assert _rel(energy_gradient(params, a, input_drive(params, x), y, beta, rho), force) < 1e-14
+        hebbian = jax.grad(lambda p: 2.0 * jnp.mean(_scellier_bengio_energy(p, a, x, rho)
+                                                    - _scellier_bengio_energy(p, b, x, rho)))(params)
+        assert _rel(contrast(a, b, x, rho, 2.0, params), hebbian) < 1e-14
+
+        fb = jax.random.normal(jax.random.PRNGKey(9), params[1]["w"].T.shape, jnp.float64)
+        r = [x] + [rho.f(s) for s in a]
+        hidden = r[0] @ params[0]["w"] + params[0]["b"] + r[2] @ fb
+        got = energy_gradient(with_feedback(params, {1: fb}), a, input_drive(params, x), y, beta, rho)
+        np.testing.assert_allclose(got[0], a[0] - rho.df(a[0]) * hidden, rtol=1e-13)
+        for g, f in zip(got[1:], force[1:]):  # B_1 only carries layer 2 down to layer 1
+            np.testing.assert_allclose(g, f, rtol=1e-13)

@@ -139,7 +139,7 @@ def test_the_contrast_reads_the_output_state_itself():
         keys = jax.random.split(jax.random.PRNGKey(8), 6)
         a = [3.0 * jax.random.normal(k, (BATCH, n), jnp.float64) for k, n in zip(keys[:3], SIZES[1:])]
         b = [3.0 * jax.random.normal(k, (BATCH, n), jnp.float64) for k, n in zip(keys[3:], SIZES[1:])]
-        got = contrast(a, b, x, rho, 2.0)
+        got = contrast(a, b, x, rho, 2.0, params)
         expected = jax.grad(lambda p: 2.0 * jnp.mean(energy(p, a, x, rho) - energy(p, b, x, rho)))(params)
         assert _rel(got, expected) < 1e-12
 

@@ -200,7 +200,7 @@ def test_the_primitive_contrast_is_the_hebbian_product_of_the_states_themselves(
         a, b = _states(6, SIZES[1:]), _states(7, SIZES[1:])
         net = primitive_dynamics(RHOS["unit_slope_sigmoid"])
         beta = 0.2
-        got = contrast(a, b, x, net, 1.0 / beta)
+        got = contrast(a, b, x, net, 1.0 / beta, params)
         # phi_2 = Phi(s^beta).mean(), phi_1 = Phi(s^0).mean(), (phi_2 - phi_1) / (beta_1 - beta_2), beta_1 = 0
         their = jax.grad(lambda p: (_their_phi(p, a, x, y, beta) - _their_phi(p, b, x, y, 0.0)) / BATCH / -beta)(params)
         assert _rel(got, their) < 1e-12

@@ -157,7 +157,8 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
     - the first layer sends no error anywhere: kp and wm learn no B_0 and kp puts no decay on W_0
       (params[l]["fb"] for l >= 1 only); layer 0's feedback leaf is a placeholder whose error XLA never computes;
     - fa's and frsf's B_l and brsf's and wm's per-step draws come from the library with one key per layer split
-      from the rule's key (layer 0's unused): the keys the stacks have always used;
+      from the rule's key (layer 0's unused): the keys the stacks have always used; fa's and frsf's state stays
+      [None, B_1 (|R_1|), ..., B_{L-1}];
     - dfa's D_l for hidden layer l (state: [D_0, ..., D_{L-2}], keys split per hidden layer) is handed to layer
       l + 1 (the library delivers e D at a layer's input: layer l's pooled output); pre_pool taps f(a_l) before
       the pooling; pooled_conv's kernel is expanded to the (n_out, units) matrix it applies (rules/base.direct_matrix).
@@ -186,7 +187,10 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
         if rule.direct:
             first = jnp.zeros((n_out, arch.sizes[0]), params[0]["w"].dtype)
             return leaves([first] + [direct_matrix(arch, l, target, d) for l, d in enumerate(state)])
-        return state
+        if state == ():
+            return ()
+        return leaves([jnp.zeros_like(params[0]["w"] if config.rule == "frsf" else bioprop.transport(params[0]["w"]))]
+                      + list(state[1:]))
 
     def init_params(key, params):
         drawn = rule.init(key, bioprop.kernels(network_params(params)))
@@ -200,7 +204,8 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
             std = feedback_std(config, arch, hidden)
             return [sample(k, direct_feedback_shape(arch, l, n_out, target), std, config.feedback.distribution)
                     for l, k in enumerate(keys)]
-        return rule.init(key, bioprop.kernels(network_params(params)))
+        drawn = rule.init(key, bioprop.kernels(network_params(params)))
+        return drawn if drawn == () else [None] + [b["w"] for b in drawn[1:]]
 
     def learn(params, fb, est, key, x):
         sites = bioprop.sites(with_logits, network_params(params), x) if rule.needs_sites else None

@@ -68,11 +68,12 @@ def network_params(params) -> dict:
     return {"layers": params["layers"], "norms": params["norms"]}
 
 
-def make(config, network: Network | Architecture, n_train: int = 0) -> LearningRule:
-    """The rule config.rule for the network (a layer stack or a models/graph.py Network)."""
+def make(config, network: Network | Architecture, n_train: int = 0, rule: bioprop.Rule | None = None) -> LearningRule:
+    """The library's rule (default: config.rule's, library_rule) for the network (a layer stack or a
+    models/graph.py Network)."""
+    rule = rule or library_rule(config)
     if not is_library(network):
-        return make_stack(config, network, n_train)
-    rule = library_rule(config)
+        return make_stack(config, network, rule)
     loss = LOSSES[config.model.loss]
     learned = config.rule in LEARNED
     example = jnp.zeros((1,) + tuple(network.input_shape))
@@ -97,7 +98,7 @@ def make(config, network: Network | Architecture, n_train: int = 0) -> LearningR
         return Estimate(grads, {"feedback": state["feedback"], "stats": stats}, [], up.loss, logits)
 
     def feedback(params, state, key):
-        if config.rule == "bp" or rule.direct:
+        if rule.name == "bp" or rule.direct:
             return {}
         net = network_params(params)
         fb = weights(bioprop.feedback_arrays(rule, net, feedback_state(params, state), key))
@@ -150,7 +151,7 @@ def make_measure(config, network: Network, rule: LearningRule):
     return measure
 
 
-def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
+def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
     """The rule on a layer stack (mlp, lenet, cnn): bioprop.update on models/layers.feedback_model, with the layer
     stacks' conventions kept (same seeds, same numbers):
 
@@ -163,9 +164,8 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
       l + 1 (the library delivers e D at a layer's input: layer l's pooled output); pre_pool taps f(a_l) before
       the pooling; pooled_conv's kernel is expanded to the (n_out, units) matrix it applies (rules/base.direct_matrix).
     """
-    rule = library_rule(config)
     act, loss = model_functions(config)
-    learned = config.rule in LEARNED
+    learned = rule.learn is not None
     target = config.feedback.dfa_target if rule.direct else None
     model = feedback_model(arch, act, tap=target == "pre_pool")
     n_out, hidden = arch.sizes[-1], len(arch.layers) - 1
@@ -189,8 +189,12 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
             return leaves([first] + [direct_matrix(arch, l, target, d) for l, d in enumerate(state)])
         if state == ():
             return ()
-        return leaves([jnp.zeros_like(params[0]["w"] if config.rule == "frsf" else bioprop.transport(params[0]["w"]))]
-                      + list(state[1:]))
+        return leaves([unused_first(params)] + list(state[1:]))
+
+    def unused_first(params):
+        """Zeros in place of the rule's state for layer 0 (whose error goes nowhere)."""
+        drawn = jax.eval_shape(lambda p: rule.init(jax.random.PRNGKey(0), bioprop.kernels(network_params(p))), params)
+        return jnp.zeros(drawn[0]["w"].shape, drawn[0]["w"].dtype)
 
     def init_params(key, params):
         drawn = rule.init(key, bioprop.kernels(network_params(params)))
@@ -232,7 +236,7 @@ def make_stack(config, arch: Architecture, n_train: int = 0) -> LearningRule:
         return Estimate(est.grads, state, [s["w"] for s in est.signals[0]], est.loss, est.aux)
 
     def feedback(params, state, key):
-        if config.rule == "bp":
+        if rule.name == "bp":
             return {}
         if rule.direct:
             return {l: (direct_matrix(arch, l, target, d), transport_path(arch, params, l, target != "pre_pool"))

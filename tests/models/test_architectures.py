@@ -16,6 +16,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.models import arch, graph, resnet
 from bioprop_cli.models.graph import EXACT, batch_norm
 from bioprop_cli.precision import float64
+from bioprop_cli.rules import check_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -172,8 +173,9 @@ def test_a_vgg_that_pools_away_its_image_is_refused():
 
 @pytest.mark.parametrize("rule", ["ep", "pc"])
 def test_energy_and_pc_rules_refuse_library_networks(rule):
+    config = load_config(overrides=[("rule", rule), ("model.arch", "resnet")])  # types and ranges: fine
     with pytest.raises(UserError) as e:
-        load_config(overrides=[("rule", rule), ("model.arch", "resnet")])
+        check_config(config)  # the registry's word, where a command starts
     assert "model.arch" in str(e.value) and "\n" not in str(e.value)
 
 

@@ -38,6 +38,9 @@ def test_converged_ep_holds_everything_and_one_free_step_fails_convergence(datas
     assert next(r for r in one_step["conditions"] if r["condition"] == 4)["values"]["unreached_layers"] == [0]
 
 
+# a real MNIST training, then three conditions tables; cheap twins: test_ep_once (conditions --run on a
+# trained run, the feedback it trained with), test_cli_hardening (--run), the bp/fa tables below
+@pytest.mark.slow
 def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import RunWriter
@@ -89,6 +92,8 @@ def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
     assert [_status(bp, n) for n in range(1, 8)] == ["n/a", "n/a", "holds", "holds", "n/a", "n/a", "n/a"]
 
 
+# trains two EP points on MNIST; cheap twin: test_experiment_resume::test_sweep_condition_killed_resumes_without_retraining
+@pytest.mark.slow
 def test_sweep_condition_end_to_end(tmp_path, mnist_dir):
     result = CliRunner().invoke(app, [
         "sweep", "condition", "--knobs", "t2", "--t2", "1", "--width", "8",

@@ -33,7 +33,7 @@ InitScheme = Literal[
 ]
 BiasInit = Literal["zeros", "fan_in_uniform"]  # bioprop_cli/models/layers.py init_params
 Distribution = Literal["normal", "uniform"]
-DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/direct_feedback.py
+DFATarget = Literal["pooled", "pooled_conv", "pre_pool"]  # bioprop_cli/rules/library.make_stack
 Dataset = Literal[DATASETS]  # the registry bioprop_cli/datasets/__init__.py
 Storage = Literal["uint8", "float32"]  # bioprop_cli/splits.py
 Stream = Literal["auto", "always", "never"]  # bioprop_cli/splits.py feed_plan

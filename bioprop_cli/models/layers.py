@@ -9,16 +9,18 @@ its input flattened, a conv layer reads it as images, so both accept whatever th
 
 from __future__ import annotations
 
+import functools
 import math
-from functools import partial
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+import bioprop
 import bioprop.layers as library
 from bioprop.rules import sample
-from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
+from bioprop_cli.models.arch import Architecture, Conv, Dense, Pool
 from bioprop_cli.models.mlp import Forward, init_std
 
 
@@ -62,7 +64,7 @@ def _tiles(k: int, h: jax.Array) -> jax.Array:
     return h[:, : height // k * k, : width // k * k].reshape(b, height // k, k, width // k, k, c)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(0,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def tiled_max_pool(k: int, h: jax.Array) -> jax.Array:
     """The maximum of each k x k tile of h (batch, H, W, C). Its derivative takes each tile's change at its
     first maximum in row-major order, as reduce_window's select-and-scatter does; the tangent map is
@@ -133,11 +135,6 @@ def as_weight(op: Dense | Conv, fb: jax.Array) -> jax.Array:
     return fb.T if isinstance(op, Dense) else fb
 
 
-def feedback_shape(op: Dense | Conv) -> tuple[int, ...]:
-    """The shape of a feedback matrix (kernel) of this layer, in transport's layout."""
-    return op.weight_shape[::-1] if isinstance(op, Dense) else op.weight_shape
-
-
 # A conv layer's two vjps are written as forward convolutions (the library's primitives, bioprop/layers.py):
 # XLA's CPU backend runs linear_transpose's convolutions several times slower inside a scan (jax-ml/jax issue
 # 12868; measured: docs/implementation-notes.md). Tested against jax.grad.
@@ -175,24 +172,6 @@ def send_back(op: Dense | Conv, fb: jax.Array, delta: jax.Array, input_shape: tu
     return conv_transpose(op, as_weight(op, fb), delta).reshape(input_shape)
 
 
-def feedback_vjp(op: Dense | Conv, y: jax.Array, x: jax.Array) -> jax.Array:
-    """The vjp of the feedback path (y -> send_back(op, fb, y)) w.r.t. fb, with input y (output side)
-    and cotangent x (input side): y^T x (dense), the correlation of x's images with y (conv); in
-    transport's layout. The Hebbian product of the feedback synapses' two sides."""
-    if isinstance(op, Dense):
-        return y.T @ as_input(op, x)
-    return conv_weight_gradient(op, x, y.reshape((y.shape[0],) + tuple(op.out_shape)))  # transport's layout is W's
-
-
-def through_activation(layer: Layer, act, a: jax.Array, g: jax.Array) -> jax.Array:
-    """dLoss/da_l from g = dLoss/dh_{l+1}: exactly back through the layer's pooling (its vjp at
-    f(a_l)) and activation, as backprop does."""
-    if layer.pool is not None:
-        _, pool_vjp = jax.vjp(lambda z: pool(layer.pool, z), act.f(a))
-        (g,) = pool_vjp(g.reshape(a.shape[:1] + layer.out_shape))
-    return g.reshape(a.shape) * act.df(a)
-
-
 def forward(arch: Architecture, params: list, x: jax.Array, act, perturb: list | None = None) -> Forward:
     """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)), keeping what a backward pass needs (the
     inputs h_l as the layer below made them: images after a conv layer).
@@ -210,3 +189,43 @@ def forward(arch: Architecture, params: list, x: jax.Array, act, perturb: list |
         pre.append(a)
         h = pool(layer.pool, act.f(a))
     return Forward(inputs, pre)
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer stack on the library's feedback layers: the forward pass above, whose backward pass is the
+# learning rule's (bioprop.dense / bioprop.conv; rules/library.py trains mlp, lenet and cnn through it).
+
+
+@functools.lru_cache(maxsize=None)
+def with_derivative(act) -> Callable[[jax.Array], jax.Array]:
+    """act.f whose derivative is act.df (the activation's own formula, as the layer stacks have always used:
+    the error below is g * f'(a) with f' = act.df), not the one autodiff would derive from f."""
+    f = jax.custom_jvp(act.f)
+    f.defjvp(lambda primals, tangents: (act.f(primals[0]), act.df(primals[0]) * tangents[0]))
+    return f
+
+
+def feedback_model(arch: Architecture, act, tap: bool = False) -> Callable:
+    """bioprop's model(params, fb, x) -> logits of the stack: a_l = the library's dense or conv layer with
+    feedback fb[l]["w"] (transport's layout), h_{l+1} = pool_l(f(a_l)); fb has the structure of
+    bioprop.kernels(params) ([{"w": B_l, "b": None}, ...]). tap: the layer above's direct feedback reaches
+    f(a_l) before the pooling (dfa_target pre_pool: delta_l = reshape(e D_l) * f'(a_l))."""
+    f = with_derivative(act)
+    last = len(arch.layers) - 1
+
+    def model(params, fb, x):
+        h = x
+        for l, (layer, p) in enumerate(zip(arch.layers, params)):
+            op, h = layer.op, as_input(layer.op, h)
+            if isinstance(op, Dense):
+                a = bioprop.dense(h, p["w"], p["b"], fb[l]["w"])
+            else:
+                a = bioprop.conv(h, p["w"], p["b"], fb[l]["w"], stride=op.stride, padding=op.padding)
+            if l == last:
+                return a
+            h = f(a)
+            if tap:
+                h = bioprop.tap(h, fb[l + 1]["w"])
+            h = pool(layer.pool, h)
+
+    return model

@@ -13,18 +13,7 @@ from typing import Callable, Mapping, NamedTuple
 
 from bioprop_cli.errors import UserError
 from bioprop_cli.models.arch import is_library, of_config
-from bioprop_cli.rules import (
-    backprop,
-    direct_feedback,
-    equilibrium,
-    feedback_alignment,
-    flops,
-    kolen_pollack,
-    library,
-    predictive_coding,
-    sign_symmetric,
-    weight_mirror,
-)
+from bioprop_cli.rules import equilibrium, flops, library, predictive_coding
 from bioprop_cli.rules.base import Estimate, LearningRule
 
 FEEDFORWARD = "feedforward"  # a network's forward pass, an error sent back; measured against jax.grad of its loss
@@ -55,26 +44,26 @@ class RuleInfo(NamedTuple):
 _SIGN_TRANSPORT = "each feedback synapse must know its forward partner's sign (sign transport)"
 
 RULES: Mapping[str, RuleInfo] = MappingProxyType({r.name: r for r in (
-    RuleInfo("bp", "backpropagation (the reference)", backprop.make, FEEDFORWARD, "transpose", None, flops.chained),
-    RuleInfo("fa", "feedback alignment (Lillicrap et al. 2016)", feedback_alignment.make, FEEDFORWARD, "chained",
+    RuleInfo("bp", "backpropagation (the reference)", library.make, FEEDFORWARD, "transpose", None, flops.chained),
+    RuleInfo("fa", "feedback alignment (Lillicrap et al. 2016)", library.make, FEEDFORWARD, "chained",
              (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta delivered by fixed B_l (no W^T)"),
              flops.chained),
-    RuleInfo("dfa", "direct feedback alignment (Nøkland 2016)", direct_feedback.make, FEEDFORWARD, "direct",
+    RuleInfo("dfa", "direct feedback alignment (Nøkland 2016)", library.make, FEEDFORWARD, "direct",
              (HOLDS, "h_l^T delta_l: presynaptic activity x postsynaptic error, delta = e D_l straight from the output"),
              flops.direct),
-    RuleInfo("usf", "uniform sign-concordant feedback (Liao et al. 2016)", sign_symmetric.make_usf, FEEDFORWARD,
+    RuleInfo("usf", "uniform sign-concordant feedback (Liao et al. 2016)", library.make, FEEDFORWARD,
              "chained", (PARTIAL, f"h_l^T delta_l, but B_l = s sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
     RuleInfo("frsf", "fixed random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
-             sign_symmetric.make_frsf, FEEDFORWARD, "chained",
+             library.make, FEEDFORWARD, "chained",
              (PARTIAL, f"h_l^T delta_l, but B_l = |R_l| sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
     RuleInfo("brsf", "batchwise random-magnitude sign-concordant feedback (Moskovitz et al. 2018)",
-             sign_symmetric.make_brsf, FEEDFORWARD, "chained",
+             library.make, FEEDFORWARD, "chained",
              (PARTIAL, f"h_l^T delta_l, but B_l = |R_l^t| sign(W_l^T): {_SIGN_TRANSPORT}"), flops.chained),
-    RuleInfo("kp", "Kolen-Pollack: feedback learned by W's own update (Akrout et al. 2019)", kolen_pollack.make,
+    RuleInfo("kp", "Kolen-Pollack: feedback learned by W's own update (Akrout et al. 2019)", library.make,
              FEEDFORWARD, "chained",
              (HOLDS, "h_l^T delta_l, and B_l learns by the same local product with weight decay (Kolen-Pollack)"),
              flops.chained),
-    RuleInfo("wm", "weight mirror: feedback learned from noise (Akrout et al. 2019)", weight_mirror.make,
+    RuleInfo("wm", "weight mirror: feedback learned from noise (Akrout et al. 2019)", library.make,
              FEEDFORWARD, "chained",
              (HOLDS, "h_l^T delta_l, and B_l learns from local activity statistics (weight mirror)"), flops.mirrored),
     RuleInfo("ep", "equilibrium propagation (Scellier & Bengio 2017)", equilibrium.make, ENERGY, "equilibrium", None,
@@ -108,12 +97,10 @@ def make_rule(config, arch, n_train: int = 0) -> LearningRule:
     size, for rules that keep per-example state. A network built on the library's feedback layers
     (models.graph.Network: resnet, vgg) is trained by rules/library.py, for the rules the library has."""
     info = rule_info(config.rule)
-    if not is_library(arch):
-        return info.make(config, arch, n_train)
-    if config.rule not in library.RULES:
+    if is_library(arch) and config.rule not in library.RULES:
         raise UserError(f"config key 'model.arch': {config.model.arch} is trained by the feedforward rules "
                         f"({', '.join(library.RULES)}); rule {config.rule} runs on mlp, lenet and cnn")
-    return library.make(config, arch, n_train)
+    return info.make(config, arch, n_train)
 
 
 def check_config(config) -> None:

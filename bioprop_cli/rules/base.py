@@ -8,15 +8,13 @@ and, for the alignment measurements only (bioprop_cli/metrics/measure.py), `rule
 `estimate` never sees the true gradient: the exact gradient is computed on the side by
 bioprop_cli/metrics/alignment.py, and never reaches training.
 
-One backward mechanism for dense and conv layers (models/layers.py): the forward pass is
-a_l = pre_activation(op_l, params_l, h_l), h_{l+1} = pool_l(f(a_l)). A layer's weight update is the
-vjp of its pre-activation w.r.t. (W_l, b_l) at its own input h_l with its error delta_l (h_l^T delta_l
-for a dense layer). The error sent below is the rule's choice of feedback B_l in the vjp of the layer's
-linear map w.r.t. its input (dense: delta_l @ B_l; conv: the transposed convolution with B_l's
-kernel; B_l = transport(W_l) is backprop); pooling, flattening and the activation of the layer below
-then pass it back exactly (their vjp at a_{l-1}). Direct feedback instead projects the output
-error e straight to each hidden layer's output (then back exactly through its pooling and activation),
-or to its pre-activation (feedback.dfa_target): delta_l = reshape(e @ D_l) * f'(a_l) for a dense layer.
+The feedforward rules (bp, fa, dfa, usf, frsf, brsf, kp, wm) have one backward pass, the library's
+(bioprop.dense / bioprop.conv, rules/library.py), on every network. What stays here besides the interface
+are the layer stacks' direct-feedback shapes and the Architecture-level references the measurements
+compare with: backprop's linear path to a layer (transport_path), dfa's D as the matrix it applies
+(direct_matrix). Direct feedback projects the output error e straight to each hidden layer's output
+(then back exactly through its pooling and activation), or to its pre-activation (feedback.dfa_target):
+delta_l = reshape(e @ D_l) * f'(a_l) for a dense layer.
 """
 
 from __future__ import annotations
@@ -28,14 +26,14 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli.models.arch import Architecture, Conv, Pool
-from bioprop_cli.models.layers import forward, pool, send_back, through_activation, transport, weight_vjp
+from bioprop_cli.models.layers import pool, send_back, transport
 from bioprop_cli.models.mlp import Activation, Loss, Params
 
 
 class Estimate(NamedTuple):
     grads: Params  # the rule's update direction, same structure as params (descent: params -= lr * grads)
     state: Any  # the rule's state after this step (feedback that changes over training)
-    deltas: list  # the error signal delta_l the rule delivers to each layer's pre-activation
+    deltas: list  # the error signal delta_l the rule delivers to each layer's pre-activation (gradient_estimate; [] if not measured)
     loss: jax.Array  # loss of the batch at the current params
     logits: jax.Array
     aux: dict | None = None  # rule-specific diagnostics (settling steps and residuals for ep)
@@ -61,25 +59,6 @@ class LearningRule(NamedTuple):
     # with the exact gradient (same signature). None: `estimate` itself. kp and wm leave out the decay
     # of their learned feedback, a regulariser, not an estimate of the loss gradient.
     gradient_estimate: Callable[..., Estimate] | None = None
-
-
-def weight_gradients(arch: Architecture, inputs: list, deltas: list) -> Params:
-    """The vjp of each layer's pre-activation w.r.t. (W_l, b_l) at its input h_l with delta_l (deltas
-    already carry 1/batch): dW_l = h_l^T delta_l, db_l = sum of delta_l for a dense layer."""
-    return [weight_vjp(layer.op, h, d) for layer, h, d in zip(arch.layers, inputs, deltas)]
-
-
-def chain_deltas(arch: Architecture, fwd, e: jax.Array, feedback: list, act: Activation) -> list:
-    """Layer-to-layer backward chain: delta_l = (the error delta_{l+1} sends back through B_{l+1}) passed
-    back exactly through layer l's pooling and activation; for an MLP (delta_{l+1} @ B_{l+1}) * f'(a_l).
-
-    feedback[l] = B_l for l = 1 .. L-1 (feedback[0] is unused); B_l = transport(W_l) is backprop.
-    """
-    deltas = [e]
-    for l in range(len(arch.layers) - 2, -1, -1):
-        g = send_back(arch.layers[l + 1].op, feedback[l + 1], deltas[0], fwd.inputs[l + 1].shape)
-        deltas.insert(0, through_activation(arch.layers[l], act, fwd.pre[l], g))
-    return deltas
 
 
 def projection_conv(arch: Architecture, l: int, n_out: int) -> Conv | None:
@@ -110,62 +89,6 @@ def direct_projection(arch: Architecture, l: int, target: str, d: jax.Array, e: 
         return e @ d
     tiled = jnp.broadcast_to(e[:, None, None, :], e.shape[:1] + conv.out_shape)
     return send_back(conv, d, tiled, e.shape[:1] + conv.in_shape).reshape(e.shape[0], -1)
-
-
-def direct_deltas(arch: Architecture, fwd, e: jax.Array, feedback: list, act: Activation, target: str) -> list:
-    """Direct feedback (Nøkland 2016) to every hidden layer l. pooled, pooled_conv: D_l reaches the
-    layer's output h_{l+1} = pool(f(a_l)), and the error passes back exactly through the pooling and the
-    activation, delta_l = pool_vjp(e D_l) * f'(a_l) (max pooling: only each window's maximum); pre_pool:
-    D_l reaches a_l itself, delta_l = reshape(e @ D_l) * f'(a_l), every unit of a_l (also those max
-    pooling discards). A layer without pooling gets reshape(e @ D_l) * f'(a_l) either way.
-    """
-    hidden = []
-    for l, a in enumerate(fwd.pre[:-1]):
-        g = direct_projection(arch, l, target, feedback[l], e)
-        hidden.append(g.reshape(a.shape) * act.df(a) if target == "pre_pool"
-                      else through_activation(arch.layers[l], act, a, g))
-    return hidden + [e]
-
-
-def feedback_rule(
-    arch: Architecture,
-    act: Activation,
-    loss: Loss,
-    init: Callable[[jax.Array, Params], Any],
-    matrices: Callable[[Params, Any, jax.Array], list],
-    direct: str | None = None,
-    separate_feedback: bool = True,
-) -> LearningRule:
-    """A rule defined by the feedback its backward pass uses (`matrices(params, state, key)`).
-
-    direct: None for the layer-to-layer chain, else direct feedback's target (feedback.dfa_target).
-    separate_feedback=False (backprop) means the feedback is transport(W) itself: nothing to compare.
-    """
-
-    def propagate(fwd, e, feedback):
-        if direct is None:
-            return chain_deltas(arch, fwd, e, feedback, act)
-        return direct_deltas(arch, fwd, e, feedback, act, direct)
-
-    def estimate(params, state, x, y, key, idx=None):
-        fwd = forward(arch, params, x, act)
-        e = loss.error(fwd.logits, y)
-        deltas = propagate(fwd, e, matrices(params, state, key))
-        return Estimate(weight_gradients(arch, fwd.inputs, deltas), state, deltas, loss.value(fwd.logits, y), fwd.logits)
-
-    def feedback(params, state, key):
-        if not separate_feedback:
-            return {}
-        mats = matrices(params, state, key)
-        if direct is not None:
-            return {l: (direct_matrix(arch, l, direct, mats[l]), transport_path(arch, params, l, direct != "pre_pool"))
-                    for l in range(len(params) - 1)}
-        return {l: (mats[l], transport(arch.layers[l].op, params[l]["w"])) for l in range(1, len(params))}
-
-    def predict(params, state, x):
-        return forward(arch, params, x, act).logits
-
-    return LearningRule(init, estimate, feedback, predict)
 
 
 def direct_matrix(arch: Architecture, l: int, target: str, d: jax.Array) -> jax.Array:

@@ -1,4 +1,8 @@
-"""The CLI's learning rule for networks built on the library's feedback layers (models/graph.py: resnet, vgg).
+"""The CLI's learning rule for every feedforward rule (bp fa dfa usf frsf brsf kp wm) on every network: the layer
+stacks mlp, lenet and cnn (models/layers.feedback_model; `make_stack`, below) and the networks of models/graph.py
+(resnet, vgg). Their backward pass is the library's (bioprop.dense / bioprop.conv), the only one there is.
+
+For models/graph.py networks:
 
 The rule itself is the library's (`bioprop.rule(name, ...)`: its feedback, its learned feedback for kp and wm);
 this module only adapts it to the CLI's `LearningRule` interface (rules/base.py) and carries BatchNorm's
@@ -23,10 +27,14 @@ import jax
 import jax.numpy as jnp
 
 import bioprop
+from bioprop.rules import sample
+from bioprop_cli.models.arch import Architecture, is_library
 from bioprop_cli.models.graph import EXACT, Network, Ops, init_stats
+from bioprop_cli.models.layers import feedback_model, forward
 from bioprop_cli.models.mlp import LOSSES
 from bioprop_cli.precision import full_float32
-from bioprop_cli.rules.base import Estimate, LearningRule
+from bioprop_cli.rules.base import (Estimate, LearningRule, direct_feedback_shape, direct_matrix, feedback_std,
+                                    model_functions, transport_path)
 
 RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm")  # the library's feedforward rules
 LEARNED = ("kp", "wm")  # their feedback is a trainable parameter (params["fb"])
@@ -60,8 +68,12 @@ def network_params(params) -> dict:
     return {"layers": params["layers"], "norms": params["norms"]}
 
 
-def make(config, network: Network, n_train: int = 0) -> LearningRule:
-    rule = library_rule(config)
+def make(config, network: Network | Architecture, n_train: int = 0, rule: bioprop.Rule | None = None) -> LearningRule:
+    """The library's rule (default: config.rule's, library_rule) for the network (a layer stack or a
+    models/graph.py Network)."""
+    rule = rule or library_rule(config)
+    if not is_library(network):
+        return make_stack(config, network, rule)
     loss = LOSSES[config.model.loss]
     learned = config.rule in LEARNED
     example = jnp.zeros((1,) + tuple(network.input_shape))
@@ -86,7 +98,7 @@ def make(config, network: Network, n_train: int = 0) -> LearningRule:
         return Estimate(grads, {"feedback": state["feedback"], "stats": stats}, [], up.loss, logits)
 
     def feedback(params, state, key):
-        if config.rule == "bp" or rule.direct:
+        if rule.name == "bp" or rule.direct:
             return {}
         net = network_params(params)
         fb = weights(bioprop.feedback_arrays(rule, net, feedback_state(params, state), key))
@@ -137,3 +149,102 @@ def make_measure(config, network: Network, rule: LearningRule):
         return {"layers": layers, "network": {"mean_update_angle": jnp.mean(layers["update_angle"][:-1])}}
 
     return measure
+
+
+def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
+    """The rule on a layer stack (mlp, lenet, cnn): bioprop.update on models/layers.feedback_model, with the layer
+    stacks' conventions kept (same seeds, same numbers):
+
+    - the first layer sends no error anywhere: kp and wm learn no B_0 and kp puts no decay on W_0
+      (params[l]["fb"] for l >= 1 only); layer 0's feedback leaf is a placeholder whose error XLA never computes;
+    - fa's and frsf's B_l and brsf's and wm's per-step draws come from the library with one key per layer split
+      from the rule's key (layer 0's unused): the keys the stacks have always used; fa's and frsf's state stays
+      [None, B_1 (|R_1|), ..., B_{L-1}];
+    - dfa's D_l for hidden layer l (state: [D_0, ..., D_{L-2}], keys split per hidden layer) is handed to layer
+      l + 1 (the library delivers e D at a layer's input: layer l's pooled output); pre_pool taps f(a_l) before
+      the pooling; pooled_conv's kernel is expanded to the (n_out, units) matrix it applies (rules/base.direct_matrix).
+    """
+    act, loss = model_functions(config)
+    learned = rule.learn is not None
+    target = config.feedback.dfa_target if rule.direct else None
+    model = feedback_model(arch, act, tap=target == "pre_pool")
+    n_out, hidden = arch.sizes[-1], len(arch.layers) - 1
+
+    def with_logits(params, fb, x):
+        logits = model(params, fb, x)
+        return logits, logits
+
+    def network_params(params):
+        return [{"w": p["w"], "b": p["b"]} for p in params]
+
+    def leaves(arrays):
+        return [{"w": a, "b": None} for a in arrays]
+
+    def library_state(params, state):
+        """The library rule's state, like bioprop.kernels(network_params(params))."""
+        if learned:
+            return leaves([jnp.zeros_like(bioprop.transport(params[0]["w"]))] + [p["fb"] for p in params[1:]])
+        if rule.direct:
+            first = jnp.zeros((n_out, arch.sizes[0]), params[0]["w"].dtype)
+            return leaves([first] + [direct_matrix(arch, l, target, d) for l, d in enumerate(state)])
+        if state == ():
+            return ()
+        return leaves([unused_first(params)] + list(state[1:]))
+
+    def unused_first(params):
+        """Zeros in place of the rule's state for layer 0 (whose error goes nowhere)."""
+        drawn = jax.eval_shape(lambda p: rule.init(jax.random.PRNGKey(0), bioprop.kernels(network_params(p))), params)
+        return jnp.zeros(drawn[0]["w"].shape, drawn[0]["w"].dtype)
+
+    def init_params(key, params):
+        drawn = rule.init(key, bioprop.kernels(network_params(params)))
+        return [dict(params[0])] + [{**p, "fb": b["w"]} for p, b in zip(params[1:], drawn[1:])]
+
+    def init(key, params):
+        if learned:
+            return ()
+        if rule.direct:
+            keys = jax.random.split(key, hidden)
+            std = feedback_std(config, arch, hidden)
+            return [sample(k, direct_feedback_shape(arch, l, n_out, target), std, config.feedback.distribution)
+                    for l, k in enumerate(keys)]
+        drawn = rule.init(key, bioprop.kernels(network_params(params)))
+        return drawn if drawn == () else [None] + [b["w"] for b in drawn[1:]]
+
+    def learn(params, fb, est, key, x):
+        sites = bioprop.sites(with_logits, network_params(params), x) if rule.needs_sites else None
+        extra, fb_grads = rule.learn(bioprop.kernels(network_params(params)), fb, est.hebbian, key, sites)
+        grads = [dict(est.grads[0])]
+        for l in range(1, len(params)):
+            w = est.grads[l]["w"] if extra is None else est.grads[l]["w"] + extra[l]["w"]
+            grads.append({"w": w, "b": est.grads[l]["b"], "fb": fb_grads[l]["w"]})
+        return grads
+
+    def estimate(params, state, x, y, key, idx=None):
+        fb = library_state(params, state)
+        est = bioprop.estimate(rule, with_logits, loss.value, network_params(params), fb, key, x, y, has_aux=True)
+        grads = learn(params, fb, est, key, x) if learned else est.grads
+        return Estimate(grads, state, [], est.loss, est.aux)
+
+    def gradient_estimate(params, state, x, y, key, idx=None):
+        """The estimate without kp's and wm's feedback learning, with the error delta_l each layer's
+        pre-activation receives (the gradient of a zero probe added there)."""
+        outputs = leaves([jnp.zeros((x.shape[0],) + layer.op.out_shape, x.dtype) for layer in arch.layers])
+        probes = (outputs, leaves([None] * len(arch.layers)))
+        est = bioprop.estimate(rule, with_logits, loss.value, network_params(params), library_state(params, state),
+                               key, x, y, probes=probes, has_aux=True)
+        return Estimate(est.grads, state, [s["w"] for s in est.signals[0]], est.loss, est.aux)
+
+    def feedback(params, state, key):
+        if rule.name == "bp":
+            return {}
+        if rule.direct:
+            return {l: (direct_matrix(arch, l, target, d), transport_path(arch, params, l, target != "pre_pool"))
+                    for l, d in enumerate(state)}
+        arrays = bioprop.feedback_arrays(rule, network_params(params), library_state(params, state), key)
+        return {l: (arrays[l]["w"], bioprop.transport(params[l]["w"])) for l in range(1, len(params))}
+
+    def predict(params, state, x):
+        return forward(arch, params, x, act).logits
+
+    return LearningRule(init, estimate, feedback, predict, init_params if learned else None, gradient_estimate)

@@ -63,8 +63,9 @@ import jax
 import jax.numpy as jnp
 
 from bioprop_cli.errors import UserError
+from bioprop_cli.models.layers import weight_vjp
 from bioprop_cli.models.mlp import Activation, Forward, Loss, forward
-from bioprop_cli.rules.base import Estimate, LearningRule, model_functions, weight_gradients
+from bioprop_cli.rules.base import Estimate, LearningRule, model_functions
 
 
 class Network(NamedTuple):
@@ -210,7 +211,7 @@ def make(config, arch, n_train: int = 0) -> LearningRule:
         inference = infer(net, params, fwd, y, pc)
         # descent direction of the batch-mean loss; 1/gamma makes it an estimate of the gradient
         deltas = [-d / (x.shape[0] * net.gamma) for d in inference.eps]
-        grads = weight_gradients(arch, inference.presynaptic, deltas)
+        grads = [weight_vjp(layer.op, h, d) for layer, h, d in zip(arch.layers, inference.presynaptic, deltas)]
         value = loss.value(fwd.logits, y)
         final = jnp.mean(inference.energy)  # it starts at gamma * loss: the hidden errors are 0
         aux = {"energy": final, "energy_decrease": net.gamma * value - final, "inference_residual": inference.residual}

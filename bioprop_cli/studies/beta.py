@@ -228,9 +228,7 @@ class BetaStudy(SeedStudy):
             "slope_summary": slope_sentence(slopes),
             "max_free_residual": max(s["free_residual"] for s in statistics),
             "seconds_per_update": measured[0].row["seconds_per_update"],
-            "seeds": self.seeds,
-            "batches_per_seed": self.n_batches,
-            "train_epochs": self.train_epochs,
+            **self.seed_facts(),
             "betas": self.betas,
             "estimators": self.estimators,
         }

@@ -149,9 +149,7 @@ class PcStudy(SeedStudy):
             "slope_summary": slope_sentence(fit),
             "gamma_sweep_steps": converged,
             "steps_sweep_gamma": small,
-            "seeds": self.seeds,
-            "batches_per_seed": self.n_batches,
-            "train_epochs": self.train_epochs,
+            **self.seed_facts(),
             "gammas": self.gammas,
             "steps": self.steps_list,
         }

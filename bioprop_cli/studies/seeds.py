@@ -58,6 +58,10 @@ class SeedStudy(ABC):
     def points(self) -> list[str]:
         return [f"s{seed}" for seed in self.seeds]
 
+    def seed_facts(self) -> dict:
+        """What a seed study's summary records of its points (a subclass sets n_batches, its batches per seed)."""
+        return {"seeds": self.seeds, "batches_per_seed": self.n_batches, "train_epochs": self.train_epochs}
+
     def measure(self, point: str) -> Measured:
         seed = int(point[1:])
         self.progress(f"seed {seed}: network")

@@ -16,8 +16,7 @@ from bioprop_cli.models.layers import as_input, init_params, pool, transport
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.network import architecture
 from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.sign_symmetric import redrawn_magnitudes
-from bioprop_cli.rules.weight_mirror import mirror_updates
+from bioprop_cli.rules.base import feedback_std
 
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
 MLP = [("model.arch", "mlp"), ("model.depth", 2), ("model.width", 16)]
@@ -107,8 +106,13 @@ def test_the_library_update_is_bioprop_cli_s(name, arch_name):
     key = jax.random.PRNGKey(7)
     rule = bioprop.rule(name)
     if name == "brsf":
+        from bioprop.rules import fast_uniform  # the step's |R_l|: uniform on [0, sqrt(3) std], layer l's key
+
+        keys = jax.random.split(key, len(params))
+        magnitudes = [math.sqrt(3.0) * feedback_std(config, arch, l) * fast_uniform(keys[l], p["w"].shape)
+                      for l, p in enumerate(params)]
         matrices = [None] + [transport(l.op, m * jnp.sign(p["w"])) for l, m, p in
-                             zip(arch.layers[1:], redrawn_magnitudes(key, config, arch)[1:], params[1:])]
+                             zip(arch.layers[1:], magnitudes[1:], params[1:])]
         rule = given(rule, as_library(matrices))
     lib_state = library_state(name, params, state)
     out = jax.jit(lambda p, s, x, y: bioprop.update(rule, cli_model(arch), loss, p, s, key, x, y, mask=MASK(p)))(
@@ -160,24 +164,6 @@ def test_brsf_redraws_signed_magnitudes_every_step():
     assert bool(jnp.all(jnp.sign(b) == jnp.sign(w.T))) and float(jnp.max(jnp.abs(b))) <= limit
     assert float(jnp.mean(jnp.abs(b))) == pytest.approx(limit / 2, rel=0.05)  # |R| uniform on [0, sqrt(3) std]
     assert not bool(jnp.allclose(b, second[1]["w"]))
-
-
-@pytest.mark.parametrize("arch_name", ARCHS)
-def test_the_weight_mirror_is_bioprop_cli_s_on_the_same_noise(arch_name):
-    """wm's mirror estimate M from the same noise: bioprop_cli draws it per layer with its keys; here the
-    noise is regenerated from bioprop_cli's keys and handed to bioprop's mirror."""
-    from bioprop.rules import fast_uniform, mirror
-
-    config, arch, cli, params, state, x, y = setup("wm", ARCHS[arch_name])
-    key = jax.random.PRNGKey(3)
-    sigma = config.feedback.mirror_noise
-    want = mirror_updates(arch, params, key, x.shape[0], sigma)
-    sites = bioprop.sites(cli_model(arch), plain(params), x, MASK(params))
-    keys = jax.random.split(key, len(params))
-    for l in range(1, len(params)):
-        u = fast_uniform(keys[l], (x.shape[0],) + arch.layers[l].op.in_shape)
-        noise = (sigma * math.sqrt(3.0)) * (2.0 * u - 1.0)
-        _close(mirror(sites[l]["w"], params[l]["w"], noise.reshape(sites[l]["w"].in_shape), sigma), want[l], 1e-4)
 
 
 def test_wm_learns_its_feedback_toward_w():

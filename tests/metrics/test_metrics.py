@@ -91,7 +91,7 @@ def test_fa_measurements_follow_their_definitions():
     key = jax.random.PRNGKey(0)
     measured = measure_alignment(r, dense(SIZES), act, loss, params, state, x, y, key)
     m = measured["layers"]
-    est = r.estimate(params, state, x, y, key)
+    est = r.gradient_estimate(params, state, x, y, key)
     grads, deltas = exact_gradients(dense(SIZES), params, x, y, act, loss)
     for l in range(4):
         assert float(m["update_angle"][l]) == pytest.approx(float(angle_degrees(est.grads[l]["w"], grads[l]["w"])), abs=1e-3)

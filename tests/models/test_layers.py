@@ -42,7 +42,7 @@ def test_conv_pre_activation_matches_loops(stride, padding):
                                                           ((8, 8, 2), 5, 2, 2), ((9, 7, 1), 5, 3, 0)])
 def test_conv_vjps_written_as_forward_convolutions_equal_jax_vjp(in_shape, kernel, stride, padding):
     """The kernel gradient, the error sent back (the transposed convolution with the feedback kernel)
-    and the feedback's own gradient equal jax.vjp of the convolution, strides that do not divide the
+    and the feedback's own gradient (the Hebbian product, the kernel gradient again) equal jax.vjp of the convolution, strides that do not divide the
     input included (the positions the stride's floor drops get no error)."""
     op = archs.Conv(in_shape, 4, kernel, stride, padding)
     kx, kw, kd, kb = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -57,7 +57,7 @@ def test_conv_vjps_written_as_forward_convolutions_equal_jax_vjp(in_shape, kerne
     np.testing.assert_allclose(grads["b"], delta.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layers.send_back(op, layers.transport(op, fb), delta, h.shape), by_h(delta)[0],
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layers.feedback_vjp(op, delta, h), by_fb(1.0)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.conv_weight_gradient(op, h, delta), by_fb(1.0)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])

@@ -13,11 +13,10 @@ from bioprop_cli.metrics.alignment import exact_gradients, measure_alignment
 from bioprop_cli.metrics.angles import angle_degrees
 from bioprop_cli.models import arch as archs
 from bioprop_cli.models.arch import Pool
-from bioprop_cli.models.layers import feedback_vjp, forward, init_params, linear, send_back, transport, weight_vjp
+from bioprop_cli.models.layers import feedback_model, forward, init_params, linear, send_back, transport, weight_vjp
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, init_std
 from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.base import direct_projection, transport_path
-from bioprop_cli.rules.weight_mirror import mirror_updates, positions
 
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
 
@@ -92,7 +91,6 @@ def test_dense_closed_forms_are_the_vjps():
     _close(got["w"], gw, 1e-6), _close(got["b"], gb, 1e-6)
     (gh,) = jax.vjp(lambda h: linear(op, b.T, h), h)[1](d)
     _close(send_back(op, b, d, h.shape), gh, 1e-6)
-    _close(feedback_vjp(op, d, h), d.T @ h, 1e-6)
 
 
 def test_conv_weight_update_is_the_input_delta_correlation():
@@ -110,7 +108,7 @@ def test_bp_on_a_conv_net_equals_jax_grad(pool_kind, activation):
     arch = tiny(pool_kind)
     rule = make_rule(_config("bp", ("model.activation", activation)), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    est = rule.estimate(params, (), x, y, None)
+    est = rule.gradient_estimate(params, (), x, y, None)
     _close(est.grads, _true_grads(params, x, y, arch, ACTIVATIONS[activation]))
     _, deltas = exact_gradients(arch, params, x, y, ACTIVATIONS[activation], LOSS)
     for got, want in zip(est.deltas, deltas):
@@ -137,7 +135,7 @@ def test_fa_feedback_has_transport_layout_and_weight_statistics():
 def test_fa_sends_the_error_by_the_transposed_convolution_of_b():
     fa, params, b = _rule("fa")
     x, y = _batch()
-    est = fa.estimate(params, b, x, y, None)
+    est = fa.gradient_estimate(params, b, x, y, None)
     fwd = forward(ARCH, params, x, ACT)
     # layer 1 (conv 3@3x3 on 4x4x2) sends delta_1 back through B_1's kernel: the vjp of the conv with B_1
     _, conv_vjp = jax.vjp(lambda h: linear(ARCH.layers[1].op, b[1], h), fwd.inputs[1])
@@ -236,7 +234,7 @@ def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
     else:
         delta0 = _max_pool_2x2_vjp(np.tanh(a0), projected) * (1 - np.tanh(a0) ** 2)
         assert np.count_nonzero(delta0) <= delta0.size // 4  # one unit of each 2x2 window
-    est = dfa.estimate(params, [d], x, y, None)
+    est = dfa.gradient_estimate(params, [d], x, y, None)
     assert [dl.shape for dl in est.deltas] == [(4, 4, 4, 2), (4, 10)]
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.grads[0]["w"], conv_correlation(images, delta0, 3, 0), rtol=1e-4, atol=1e-6)
@@ -269,7 +267,7 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     g = g[:, 1:-1, 1:-1, :]
     delta0 = _max_pool_2x2_vjp(np.tanh(a0), g) * (1 - np.tanh(a0) ** 2)
     delta1 = (e @ np.asarray(d1, np.float64)).reshape(4, 4, 4, 3) * (1 - np.tanh(a1) ** 2)
-    est = dfa.estimate(params, [kernel, d1], x, y, None)
+    est = dfa.gradient_estimate(params, [kernel, d1], x, y, None)
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.deltas[1], delta1, rtol=1e-4, atol=1e-7)
 
@@ -299,24 +297,31 @@ def test_dfa_reference_is_the_linearised_backprop_path(pooled_output):
 
 
 def test_wm_mirror_is_the_noise_correlation_normalised_per_kernel_entry():
+    import bioprop
+    from bioprop.rules import fast_uniform, positions
+
     padded = archs.stack("cnn", (5, 5, 2), [(2, 3, 1, 0, None), (3, 3, 1, 1, None)], (), 10)
     params = _params(padded)
     op, w = padded.layers[1].op, params[1]["w"]
     sigma, batch, key = 0.5, 6, jax.random.PRNGKey(3)
-    mirror = mirror_updates(padded, params, key, batch, sigma)[1]
-    # the noise mirror_updates draws: uniform of variance sigma^2 at the layer's input, y its convolution with W
-    from bioprop_cli.rules.sign_symmetric import fast_uniform
-
-    u = fast_uniform(jax.random.split(key, len(params))[1], (batch,) + op.in_shape)
+    # decay 0, rate 1: B's update is -M, the mirror itself
+    wm = make_rule(_config("wm", ("feedback.decay", 0.0), ("feedback.mirror_lr_scale", 1.0),
+                           ("feedback.mirror_noise", sigma)), padded)
+    params = wm.init_params(jax.random.PRNGKey(1), params)
+    mirror_of = jax.jit(lambda k, x: -wm.estimate(params, (), x, jnp.zeros((x.shape[0], 10)), k).grads[1]["fb"])
+    mirror = mirror_of(key, jnp.zeros((batch, 50)))
+    # the noise: uniform of variance sigma^2 at the layer's input from the step key's layer-1 key, y its convolution
+    u = fast_uniform(jax.random.split(jax.random.fold_in(key, 0x3A11), len(params))[1], (batch,) + op.in_shape)
     x = np.asarray((sigma * math.sqrt(3.0)) * (2.0 * u - 1.0), np.float64)
     y = np.asarray(linear(op, w, jnp.asarray(x, jnp.float32)), np.float64)
     counts = conv_correlation(np.ones((1,) + op.in_shape), np.ones((1,) + op.out_shape), 3, 1)
     assert counts[1, 1, 0, 0] == 9 and counts[0, 0, 0, 0] == 4  # centre: every position; corner: 2 x 2
-    np.testing.assert_array_equal(positions(op, jnp.float32), counts)
+    plain = [{"w": p["w"], "b": p["b"]} for p in params]
+    site = bioprop.sites(feedback_model(padded, ACT), plain, jnp.zeros((batch, 50)))[1]["w"]
+    np.testing.assert_array_equal(positions(site, jnp.float32), counts)
     np.testing.assert_allclose(mirror, conv_correlation(x, y, 3, 1) / (batch * sigma**2 * counts), rtol=1e-4, atol=1e-5)
     # and its mean over draws is W's kernel
-    draw = jax.jit(lambda k: mirror_updates(padded, params, k, 64, sigma)[1])
-    many = np.mean([draw(jax.random.PRNGKey(k)) for k in range(40)], axis=0)
+    many = np.mean([mirror_of(jax.random.PRNGKey(k), jnp.zeros((64, 50))) for k in range(40)], axis=0)
     assert float(angle_degrees(many, w)) < 6.0
     assert float(jnp.linalg.norm(many) / jnp.linalg.norm(w)) == pytest.approx(1.0, abs=0.1)
 

@@ -22,7 +22,6 @@ from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, forward
 from bioprop_cli.optim import make_optimizer
 from bioprop_cli.models.arch import dense
 from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.feedback_alignment import random_feedback
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
 from helpers import REPO_ROOT
@@ -68,7 +67,7 @@ def _allclose(a, b, tol=1e-5):
 def test_feedback_is_a_parameter_drawn_like_fa(rule):
     config, r, params, _ = _setup(rule)
     assert "fb" not in params[0]  # the first layer sends its error nowhere
-    fa_b = random_feedback(jax.random.PRNGKey(100), config, dense(SIZES))
+    fa_b = make_rule(_config("fa"), dense(SIZES)).init(jax.random.PRNGKey(100), params)
     for l in (1, 2):
         assert params[l]["fb"].shape == params[l]["w"].T.shape
         _allclose(params[l]["fb"], fa_b[l], 0)  # fa's matrices, same key
@@ -95,7 +94,7 @@ def test_kp_update_of_b_is_the_transposed_update_of_w_plus_decay():
 def test_error_goes_back_through_b_like_fa(rule):
     _, r, params, state = _setup(rule)
     x, y = _batch()
-    estimate = jax.jit(r.estimate)
+    estimate = jax.jit(r.gradient_estimate)
     est = estimate(params, state, x, y, jax.random.PRNGKey(3))
     deltas, dw, _ = _hand_fa(params, x, y)
     for got, want in zip(est.deltas, deltas):
@@ -103,7 +102,7 @@ def test_error_goes_back_through_b_like_fa(rule):
     fa = make_rule(_config("fa"), dense(SIZES))
     b = [None, params[1]["fb"], params[2]["fb"]]
     plain = [{"w": p["w"], "b": p["b"]} for p in params]
-    fa_est = jax.jit(fa.estimate)(plain, b, x, y, jax.random.PRNGKey(3))
+    fa_est = jax.jit(fa.gradient_estimate)(plain, b, x, y, jax.random.PRNGKey(3))
     for got, want in zip(est.deltas, fa_est.deltas):
         _allclose(got, want)
     if rule == "wm":  # the forward updates are exactly fa's through B

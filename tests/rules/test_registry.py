@@ -63,7 +63,14 @@ def test_locality_is_graded_for_every_rule_but_the_references():
 def test_a_new_rule_is_one_record(monkeypatch, tmp_path):
     """A record under a new name is enough for config validation, make_rule and training: the copy of fa
     trains exactly as fa does."""
-    record = RULES["fa"]._replace(name="fa-copy", title="a copy of fa")
+    import functools
+
+    import bioprop
+    from bioprop_cli.rules import library
+
+    # fa under another name: the library's fa with the config's default feedback settings
+    record = RULES["fa"]._replace(name="fa-copy", title="a copy of fa",
+                                  make=functools.partial(library.make, rule=bioprop.rule("fa")))
     monkeypatch.setattr(rules, "RULES", {**RULES, "fa-copy": record})
     assert "fa-copy" in available_rules(FEEDFORWARD)
     copy, _, _ = run(tmp_path / "copy", small_config(rule="fa-copy"))

@@ -381,8 +381,10 @@ SMALL_CNN = [("model.arch", "cnn"), ("model.cnn.channels", [2]), ("model.cnn.ker
 
 # Every rule's estimate and measurement on conv nets is tested above; training runs the same loop for
 # all of them, so end to end: LeNet with fa, and a small conv net with the rules whose state differs
-# (dfa's direct matrices, wm's learned feedback among the parameters). Each run costs its compilation.
-@pytest.mark.parametrize("rule,network", [("fa", [("model.arch", "lenet")]), ("dfa", SMALL_CNN), ("wm", SMALL_CNN)])
+# (dfa's direct matrices, wm's learned feedback among the parameters). Each run costs its compilation:
+# LeNet's is slow (the small conv net's runs cover the loop; LeNet's sizes: tests/models/test_layers.py).
+@pytest.mark.parametrize("rule,network", [pytest.param("fa", [("model.arch", "lenet")], marks=pytest.mark.slow),
+                                          ("dfa", SMALL_CNN), ("wm", SMALL_CNN)])
 def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     """The run's files against a recomputation from its stored parameters: the test accuracy of the
     saved network, and the last update angles of the rule's estimate against jax.grad on the probe

@@ -108,9 +108,9 @@ def test_bp_on_a_conv_net_equals_jax_grad(pool_kind, activation):
     arch = tiny(pool_kind)
     rule = make_rule(_config("bp", ("model.activation", activation)), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    est = rule.gradient_estimate(params, (), x, y, None)
-    _close(est.grads, _true_grads(params, x, y, arch, ACTIVATIONS[activation]))
-    _, deltas = exact_gradients(arch, params, x, y, ACTIVATIONS[activation], LOSS)
+    est = jax.jit(rule.gradient_estimate)(params, (), x, y, None)  # one program each, not op by op
+    _close(est.grads, jax.jit(lambda p: _true_grads(p, x, y, arch, ACTIVATIONS[activation]))(params))
+    _, deltas = jax.jit(lambda p: exact_gradients(arch, p, x, y, ACTIVATIONS[activation], LOSS))(params)
     for got, want in zip(est.deltas, deltas):
         assert got.shape == want.shape
         _close(got, want)
@@ -291,8 +291,9 @@ def test_dfa_reference_is_the_linearised_backprop_path(pooled_output):
 
     for l in range(len(ARCH.layers) - 1):
         shape = (1,) + (ARCH.layers[l].out_shape if pooled_output else ARCH.pre_shapes[l])
-        jac = jax.jacfwd(lambda a: linear_net(a, l)[0])(jnp.zeros(shape))
-        np.testing.assert_allclose(transport_path(ARCH, params, l, pooled_output), jac.reshape(10, -1),
+        jac = jax.jit(jax.jacfwd(lambda a: linear_net(a, l)[0]))(jnp.zeros(shape))  # one program, not op by op
+        path = jax.jit(lambda p: transport_path(ARCH, p, l, pooled_output))(params)
+        np.testing.assert_allclose(path, jac.reshape(10, -1),
                                    rtol=1e-5, atol=1e-6)
 
 

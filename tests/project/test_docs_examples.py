@@ -9,6 +9,7 @@ that exist in them.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -46,6 +47,20 @@ def test_every_python_block_is_runnable(name):
     assert not untagged, f"{name}: python blocks not tagged `runnable`: {untagged}"
 
 
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_the_examples_parse_and_their_imports_resolve(name):
+    """The default suite's share of the examples' check (running them all is slow: the test below): the
+    blocks, joined in order as the run joins them, are valid Python, and every name they import exists."""
+    blocks = runnable_python((ROOT / name).read_text())
+    if not blocks:
+        pytest.skip(f"{name} has no python examples")
+    tree = ast.parse("\n\n".join(blocks), filename=f"{name}'s examples")
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert imports, f"{name}'s examples import nothing"
+    exec(compile(ast.Module(body=imports, type_ignores=[]), f"{name}'s imports", "exec"), {})
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLE_FILES)
 def test_the_examples_run(name, tmp_path):
     blocks = runnable_python((ROOT / name).read_text())

@@ -108,9 +108,9 @@ def test_bp_on_a_conv_net_equals_jax_grad(pool_kind, activation):
     arch = tiny(pool_kind)
     rule = make_rule(_config("bp", ("model.activation", activation)), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    est = rule.gradient_estimate(params, (), x, y, None)
-    _close(est.grads, _true_grads(params, x, y, arch, ACTIVATIONS[activation]))
-    _, deltas = exact_gradients(arch, params, x, y, ACTIVATIONS[activation], LOSS)
+    est = jax.jit(rule.gradient_estimate)(params, (), x, y, None)  # one program each, not op by op
+    _close(est.grads, jax.jit(lambda p: _true_grads(p, x, y, arch, ACTIVATIONS[activation]))(params))
+    _, deltas = jax.jit(lambda p: exact_gradients(arch, p, x, y, ACTIVATIONS[activation], LOSS))(params)
     for got, want in zip(est.deltas, deltas):
         assert got.shape == want.shape
         _close(got, want)
@@ -291,8 +291,9 @@ def test_dfa_reference_is_the_linearised_backprop_path(pooled_output):
 
     for l in range(len(ARCH.layers) - 1):
         shape = (1,) + (ARCH.layers[l].out_shape if pooled_output else ARCH.pre_shapes[l])
-        jac = jax.jacfwd(lambda a: linear_net(a, l)[0])(jnp.zeros(shape))
-        np.testing.assert_allclose(transport_path(ARCH, params, l, pooled_output), jac.reshape(10, -1),
+        jac = jax.jit(jax.jacfwd(lambda a: linear_net(a, l)[0]))(jnp.zeros(shape))  # one program, not op by op
+        path = jax.jit(lambda p: transport_path(ARCH, p, l, pooled_output))(params)
+        np.testing.assert_allclose(path, jac.reshape(10, -1),
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -381,8 +382,10 @@ SMALL_CNN = [("model.arch", "cnn"), ("model.cnn.channels", [2]), ("model.cnn.ker
 
 # Every rule's estimate and measurement on conv nets is tested above; training runs the same loop for
 # all of them, so end to end: LeNet with fa, and a small conv net with the rules whose state differs
-# (dfa's direct matrices, wm's learned feedback among the parameters). Each run costs its compilation.
-@pytest.mark.parametrize("rule,network", [("fa", [("model.arch", "lenet")]), ("dfa", SMALL_CNN), ("wm", SMALL_CNN)])
+# (dfa's direct matrices, wm's learned feedback among the parameters). Each run costs its compilation:
+# LeNet's is slow (the small conv net's runs cover the loop; LeNet's sizes: tests/models/test_layers.py).
+@pytest.mark.parametrize("rule,network", [pytest.param("fa", [("model.arch", "lenet")], marks=pytest.mark.slow),
+                                          ("dfa", SMALL_CNN), ("wm", SMALL_CNN)])
 def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     """The run's files against a recomputation from its stored parameters: the test accuracy of the
     saved network, and the last update angles of the rule's estimate against jax.grad on the probe

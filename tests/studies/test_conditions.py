@@ -38,6 +38,9 @@ def test_converged_ep_holds_everything_and_one_free_step_fails_convergence(datas
     assert next(r for r in one_step["conditions"] if r["condition"] == 4)["values"]["unreached_layers"] == [0]
 
 
+# a real MNIST training, then three conditions tables; cheap twins: the next test (conditions --run),
+# test_ep_once (a trained run's conditions, the feedback it trained with), the bp/fa/pc tables below
+@pytest.mark.slow
 def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
     from bioprop_cli.datasets import load_dataset
     from bioprop_cli.runs import RunWriter
@@ -89,6 +92,36 @@ def test_conditions_command_with_run_and_with_flags(tmp_path, mnist_dir):
     assert [_status(bp, n) for n in range(1, 8)] == ["n/a", "n/a", "holds", "holds", "n/a", "n/a", "n/a"]
 
 
+def test_conditions_of_a_run_read_its_parameters_and_overwrite_nothing(tmp_path, monkeypatch, fake_dataset):
+    """The default suite's `conditions --run` (the MNIST one above is slow): a tiny fa run's trained
+    parameters are measured; without params.npz, the fresh network; conditions.json is never overwritten."""
+    import bioprop_cli.datasets
+    from bioprop_cli.runs import RunWriter
+    from bioprop_cli.train import train
+
+    monkeypatch.setattr(bioprop_cli.datasets, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(overrides=[("rule", "fa"), ("model.depth", 1), ("model.width", 8), ("data.validation_size", 100),
+                                 ("train.epochs", 1), ("alignment.probe_size", 16)])
+    train(cfg, fake_dataset, RunWriter(run))
+    args = ["conditions", "--run", str(run), "--probe-size", "16"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"trained parameters from {run / 'params.npz'}" in result.output.replace("\n", "")
+    fa = json.loads((run / "conditions.json").read_text())
+    assert fa["parameters"] == "trained" and fa["rule"] == "fa" and len(fa["conditions"]) == 7
+    assert fa["setup"]["probe_size"] == 16 and not fa["all_applicable_hold"]
+    (run / "params.npz").rename(tmp_path / "params.npz")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and (run / "conditions-2.json").is_file() and "not overwritten" in result.output
+    assert "stored no parameters" in result.output
+    assert json.loads((run / "conditions-2.json").read_text())["parameters"] == "initial"
+    assert json.loads((run / "conditions.json").read_text()) == fa
+
+
+# trains two EP points on MNIST; cheap twin: test_experiment_resume::test_sweep_condition_killed_resumes_without_retraining
+@pytest.mark.slow
 def test_sweep_condition_end_to_end(tmp_path, mnist_dir):
     result = CliRunner().invoke(app, [
         "sweep", "condition", "--knobs", "t2", "--t2", "1", "--width", "8",

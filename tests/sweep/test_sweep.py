@@ -24,6 +24,7 @@ def only_sweep_folder(tmp_path):
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
+@pytest.mark.slow  # two rules' programs trained three times; cheap twins: the grouping, the sweep section, test_compare, test_sweep_checkpoint_resume's previous_run_dirs
 def test_grid_without_axis_runs_the_product_with_seeds_and_resumes(tmp_path, mnist_dir):
     # rule changes the program, lr does not: 2 x 2 points x 2 seeds train as two programs of four runs
     grid = ["--grid", "lr=0.01,0.1", "--grid", "rule=bp,fa", "--seeds", "2"]

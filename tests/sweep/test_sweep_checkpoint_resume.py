@@ -139,7 +139,8 @@ def killed_after_epoch_1(results_dir: Path, trained, stop=kill) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("stop", [kill, ctrl_c], ids=["kill", "ctrl-c"])
+# [ctrl-c] is slow: the group test's [ctrl-c] below stops a sweep the same way in the default suite
+@pytest.mark.parametrize("stop", [kill, pytest.param(ctrl_c, marks=pytest.mark.slow)], ids=["kill", "ctrl-c"])
 def test_a_stopped_run_continues_from_its_checkpoint_in_its_own_folder(tmp_path, fake_data, trained, stop):
     folder = killed_after_epoch_1(tmp_path / "killed", trained, stop)
     finished = stamps(folder / "runs" / "depth-1-s0")
@@ -235,8 +236,10 @@ def test_a_sweep_killed_with_sigkill_trains_only_the_rest_of_the_killed_run(tmp_
 SEEDS = ["sweep", "--grid", "depth=1", "--seeds", "2", *ARGS[3:]]  # one group: both seeds vmapped together
 
 
+# [kill] is slow: test_a_stopped_run_continues_from_its_checkpoint_in_its_own_folder[kill] kills a sweep the same
+# way in the default suite, test_a_checkpoint_of_other_code_is_not_used_the_run_is_trained_afresh trains a killed run anew
 @pytest.mark.parametrize("stop, calls", [
-    (kill, [(["depth-1-s0"], 1), (["depth-1-s1-1"], None)]),  # s1 was killed before its checkpoint: anew
+    pytest.param(kill, [(["depth-1-s0"], 1), (["depth-1-s1-1"], None)], marks=pytest.mark.slow),  # s1 was killed before its checkpoint: anew
     (ctrl_c, [(["depth-1-s0", "depth-1-s1"], 1)]),  # both checkpointed at epoch 1: resumed together
 ], ids=["kill", "ctrl-c"])
 def test_runs_of_one_group_resume_together_only_from_one_position(tmp_path, fake_data, trained, stop, calls):

@@ -64,7 +64,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if "resnet" in c else c for c in CASES])  # 8-22 s
+# bn-resnet and ep-persistent are slow (8-22 s); cheap twins: kp (a rule state through the checkpoint),
+# test_ep_energy's persistent particles, test_sweep_checkpoint_resume
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in ("bn-resnet", "ep-persistent") else c
+                                  for c in CASES])
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the
     stop is 4 steps in), resume: the logs and parameters are those of the run trained in one go, to the bit."""

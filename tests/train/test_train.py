@@ -107,7 +107,9 @@ GROUPS = {
 EP_SMALL = {"model.width": 16, "train.batch_size": 50, "optimizer.layer_lr": [], "train.epochs": 2, "ep.free_steps": 10}
 
 
-@pytest.mark.parametrize("case", list(GROUPS))
+# ep-beta (EP's settles, three runs and one alone) is slow; cheap twins: lr-and-scales (the batched program),
+# test_experiment_resume's sweep beta --train (ep.beta batched)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "ep-beta" else c for c in GROUPS])
 def test_runs_trained_together_write_what_they_write_alone(tmp_path, case):
     """One vmapped program for three runs; each run's files match its single run (the batched
     matrix products round differently in the last bits, so floats agree to 1e-5, not bitwise)."""

@@ -172,7 +172,8 @@ def lenet(input_shape: tuple[int, int, int], n_out: int) -> Architecture:
 
     biotorch (jsalbert/biotorch, biotorch/models/le_net.py, LeNetMNIST) resizes MNIST to 32x32 and has
     conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc 84, fc 10, ReLU after
-    every layer but the last. Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same
+    the three convolutions only (fc1 feeds fc2 directly); this stack applies the activation after the 84-unit
+    layer too, a difference from biotorch's network (issue 26). Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same
     weights, same fans), and padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch
     interpolates the digit up to 32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)

@@ -13,38 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 import jax
 
 from bioprop_cli.config import load_config
 from bioprop_cli.datasets import load_dataset
+from bioprop_cli.runs import RunWriter
 from bioprop_cli.splits import make_splits
 from bioprop_cli.train import train
-
-
-class Summary:
-    """A writer that keeps only the summary."""
-
-    def __init__(self):
-        self.last = None
-
-    def summary(self, summary):
-        self.last = summary
-
-    def config(self, tree):
-        pass
-
-    def metrics(self, record):
-        pass
-
-    def alignment(self, records):
-        pass
-
-    def reserve(self, n_bytes):
-        pass
-
-    def params(self, params):
-        pass
 
 
 def main() -> None:
@@ -63,9 +41,9 @@ def main() -> None:
                                               ("alignment.enabled", False), ("train.save_params", False)])
     for _ in range(args.repeats):  # round-robin: a slow spell of a shared machine falls on both
         for storage, config in configs.items():
-            writer = Summary()
-            train(config, dataset, writer)
-            rates[storage].append(writer.last["examples_per_s"])
+            with tempfile.TemporaryDirectory() as folder:  # the run's files, as `bioprop train` writes them
+                summary = train(config, dataset, RunWriter(Path(folder)))
+            rates[storage].append(summary["examples_per_s"])
     for storage, config in configs.items():
         splits = make_splits(config, dataset, keep_uint8=storage == "uint8")
         device_bytes = sum(a.nbytes for a in splits[:8])

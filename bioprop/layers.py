@@ -104,32 +104,41 @@ def conv_spec(in_hw: Sequence[int], kernel_hw: Sequence[int], stride=1, padding=
 
 
 def convolve(spec: ConvSpec, x: jax.Array, w: jax.Array) -> jax.Array:
-    """The convolution without bias: NHWC images, HWIO kernel. A single input channel (undilated,
-    ungrouped) goes through `banded_convolve` (docs/speed.md: faster than XLA's CPU convolution on LeNet's
-    first layer, slower from 3 channels on)."""
-    if spec.plain and x.shape[3] == 1:
+    """The convolution without bias: NHWC images, HWIO kernel. Undilated and ungrouped, it is
+    `banded_convolve` where that is faster than XLA's CPU convolution (`banded_pays`), else lax's."""
+    if spec.plain and banded_pays(x.shape, w.shape):
         return banded_convolve(x, w, spec.strides, spec.padding)
     return lax.conv_general_dilated(x, w, spec.strides, spec.padding, rhs_dilation=spec.dilation,
                                     dimension_numbers=_DIMENSIONS, feature_group_count=spec.groups)
 
 
+def banded_pays(x_shape: Sequence[int], w_shape: Sequence[int]) -> bool:
+    """Whether `banded_convolve` beats XLA's CPU convolution (docs/speed.md, measured on LeNet's layers and
+    CIFAR-like ones): a single input channel, or fewer than 8 output channels from an image at most twice as
+    wide as the kernel (the band then does at most twice the convolution's multiplications; LeNet's conv2
+    transposed). XLA's convolution wins from 16 output channels on."""
+    return x_shape[3] == 1 or (w_shape[3] < 8 and x_shape[2] <= 2 * w_shape[1])
+
+
 def banded_convolve(x: jax.Array, w: jax.Array, strides: Sequence[int],
                     padding: Sequence[tuple[int, int]]) -> jax.Array:
-    """The (undilated, ungrouped) convolution as one matrix product: the kh padded image rows that each
-    output row reads, side by side (batch H', kh W_p C), times the banded matrix T[(i, p, c), (x, o)] =
-    w[i, p - x s, c, o] (zero off the band 0 <= p - x s < kw), (kh W_p C, W' C_out). W_p / kw times the
-    convolution's multiplications, all in one large product."""
+    """The (undilated, ungrouped) convolution as one matrix product: the kh image rows (padded in height)
+    that each output row reads, side by side (batch H', kh W C), times the banded matrix
+    T[(i, p, c), (x, o)] = w[i, p + lo - x s, c, o] (zero off the band 0 <= p + lo - x s < kw; the width's
+    padding lo is in the band, not in the rows), (kh W C, W' C_out). W / kw times the convolution's
+    multiplications, all in one large product."""
     kh, kw, c_in, c_out = w.shape
     sh, sw = strides
     (lh, hh), (lw, hw) = padding
-    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lh, hh, 0), (lw, hw, 0), (0, 0, 0)])
-    batch, hp, wp, _ = xp.shape
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    rows = jnp.stack([lax.slice(xp, (0, i, 0, 0), (batch, i + (ho - 1) * sh + 1, wp, c_in), (1, sh, 1, 1))
-                      for i in range(kh)], axis=2)  # (batch, H', kh, W_p, C)
-    band = jnp.arange(wp)[:, None, None] == jnp.arange(wo)[None, :, None] * sw + jnp.arange(kw)[None, None, :]
-    t = jnp.einsum("pxj,ijco->ipcxo", band.astype(w.dtype), w).reshape(kh * wp * c_in, wo * c_out)
-    return (rows.reshape(batch * ho, kh * wp * c_in) @ t).reshape(batch, ho, wo, c_out)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lh, hh, 0), (0, 0, 0), (0, 0, 0)])
+    batch, hp, width, _ = xp.shape
+    ho, wo = (hp - kh) // sh + 1, (width + lw + hw - kw) // sw + 1
+    rows = jnp.stack([lax.slice(xp, (0, i, 0, 0), (batch, i + (ho - 1) * sh + 1, width, c_in), (1, sh, 1, 1))
+                      for i in range(kh)], axis=2)  # (batch, H', kh, W, C)
+    band = (jnp.arange(width)[:, None, None] + lw
+            == jnp.arange(wo)[None, :, None] * sw + jnp.arange(kw)[None, None, :])
+    t = jnp.einsum("pxj,ijco->ipcxo", band.astype(w.dtype), w).reshape(kh * width * c_in, wo * c_out)
+    return (rows.reshape(batch * ho, kh * width * c_in) @ t).reshape(batch, ho, wo, c_out)
 
 
 def conv_transpose(g: jax.Array, w: jax.Array, in_hw: Sequence[int], strides: Sequence[int],
@@ -142,6 +151,8 @@ def conv_transpose(g: jax.Array, w: jax.Array, in_hw: Sequence[int], strides: Se
     pads = [(k - 1 - lo, side + lo - dilated(n, s))
             for k, (lo, _), side, n, s in zip(kernel_hw, padding, in_hw, g.shape[1:3], strides)]
     flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    if tuple(strides) == (1, 1) and banded_pays(g.shape, flipped.shape):
+        return banded_convolve(g, flipped, (1, 1), pads)
     return lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=tuple(strides),
                                     dimension_numbers=_DIMENSIONS)
 

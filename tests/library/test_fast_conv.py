@@ -1,5 +1,5 @@
-"""The written-out single-channel convolution (bioprop/layers.py: banded_convolve) against XLA's own,
-lax.conv_general_dilated, on strides and uneven paddings LeNet does not have."""
+"""The written-out convolution (bioprop/layers.py: banded_convolve) against XLA's own, lax.conv_general_dilated,
+on strides and uneven paddings LeNet does not have, and the transposed convolution it runs against jax.vjp."""
 
 import jax
 import numpy as np
@@ -23,3 +23,20 @@ def test_banded_convolve_is_xla_convolution(strides, padding, c_in):
     x, w = jax.random.normal(kx, (3, 9, 8, c_in)), jax.random.normal(kw, (3, 2, c_in, 4))
     np.testing.assert_allclose(L.banded_convolve(x, w, strides, padding), xla_conv(x, w, strides, padding),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", [((0, 0), (0, 0)), ((2, 1), (1, 2)), ((3, 0), (0, 3))])
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_banded_transposed_convolution_is_the_vjp(padding, dtype, tol):
+    """conv_input_vjp on a narrow image into few channels (banded_pays: LeNet's conv2 transposed) against
+    jax.vjp of lax's convolution."""
+    kx, kw, kg = jax.random.split(jax.random.PRNGKey(1), 3)
+    with jax.enable_x64(dtype == "float64"):
+        x = jax.random.normal(kx, (2, 6, 5, 4), dtype)
+        w = jax.random.normal(kw, (3, 3, 4, 5), dtype)
+        spec = L.conv_spec(x.shape[1:3], w.shape[:2], 1, padding)
+        out, vjp = jax.vjp(lambda z: xla_conv(z, w, (1, 1), padding), x)
+        g = jax.random.normal(kg, out.shape, dtype)
+        flipped_shape = (3, 3, 5, 4)
+        assert L.banded_pays(g.shape, flipped_shape)
+        np.testing.assert_allclose(L.conv_input_vjp(spec, g, w, x.shape), vjp(g)[0], rtol=tol, atol=tol)

@@ -99,3 +99,16 @@ def _flat(tree, prefix=""):
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+def test_dfa_s_tap_delivers_e_d_unscaled_to_the_linear_layer(problem):
+    """dfa pre_pool (a tap on f(a_l), here a_l itself): the 84-unit layer's error is e @ D_3 (f' is 1 there: no
+    activation), the 120-unit layer's e @ D_2 times relu'(a_2)."""
+    arch, params, x, y = problem
+    dfa = make_rule(load_config(overrides=[("rule", "dfa"), ("feedback.dfa_target", "pre_pool")] + BIOTORCH), arch)
+    state = dfa.init(jax.random.PRNGKey(5), params)
+    est = jax.jit(lambda p, s: dfa.gradient_estimate(p, s, x, y, None))(params, state)
+    fwd = forward(arch, params, x, ACTIVATIONS["relu"])
+    e = LOSS.error(fwd.logits, y)
+    _close(est.deltas[3], e @ state[3])
+    _close(est.deltas[2], (e @ state[2]) * (fwd.pre[2] > 0))

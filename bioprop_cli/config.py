@@ -81,6 +81,15 @@ class CNNConfig:
 
 
 @dataclass(frozen=True)
+class LeNetConfig:
+    """model.arch = lenet (bioprop_cli/models/arch.py lenet)."""
+
+    # true: no activation after the 84-unit layer, biotorch's LeNetMNIST exactly (its fc1 feeds fc2 directly);
+    # false: model.activation after it too, the network of docs/results.md's earlier LeNet numbers (it says which)
+    linear_fc1: bool = False
+
+
+@dataclass(frozen=True)
 class ResNetConfig:
     """model.arch = resnet: He et al. 2016's CIFAR ResNet (bioprop_cli/models/resnet.py). Its activation is
     ReLU and its layers are its own: model.depth, model.width and model.activation do not apply."""
@@ -112,6 +121,7 @@ class ModelConfig:
     loss: Loss = "cross_entropy"
     init: InitConfig = field(default_factory=InitConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
+    lenet: LeNetConfig = field(default_factory=LeNetConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     vgg: VGGConfig = field(default_factory=VGGConfig)
 

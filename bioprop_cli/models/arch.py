@@ -3,14 +3,17 @@
 A network is a stack of weight layers l = 0 .. L-1. Each is a dense or a convolutional layer
 producing a pre-activation a_l, followed (except the last, whose a_l are the logits) by the
 activation f and then, for a convolutional layer, by an optional pooling:
-    h_{l+1} = pool_l(f(a_l)).
+    h_{l+1} = pool_l(f(a_l)),
+or h_{l+1} = pool_l(a_l) for a hidden layer without activation (`Layer.activation` False: biotorch's
+LeNetMNIST's 84-unit layer, model.lenet.linear_fc1).
 A dense layer reads its input flattened (channel-last order), so a conv stack flows into dense
 layers without an explicit flatten layer. The input x arrives flat, (batch, H*W*C), and the first
 conv layer reads it as (batch, H, W, C), the dataset's image shape (its registry entry, bioprop_cli/datasets/).
 
 - `mlp`: depth hidden dense layers of `width` units (today's network, model.depth / model.width).
 - `lenet`: LeNet-5 as biotorch trains it on MNIST (conv 6@5x5 pad 2, max pool 2; conv 16@5x5,
-  max pool 2; dense 120, 84, 10); model.depth and model.width do not apply.
+  max pool 2; dense 120, 84, 10); model.depth and model.width do not apply; model.lenet.linear_fc1
+  leaves out the activation after the 84-unit layer, as biotorch does.
 - `cnn`: conv layers as model.cnn lists them, then dense hidden layers of model.cnn.dense units, then
   the output layer; model.depth and model.width do not apply.
 - `resnet` (models/resnet.py), `vgg` (models/vgg.py): networks written as functions on the library's feedback
@@ -91,6 +94,9 @@ class Pool(NamedTuple):
 class Layer(NamedTuple):
     op: Dense | Conv
     pool: Pool | None = None  # after the activation; conv layers only
+    # whether the activation f follows the layer (hidden layers; the output layer's a_l are the logits
+    # whatever this says); False: h_{l+1} = pool(a_l), the identity in place of f
+    activation: bool = True
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -125,7 +131,8 @@ class Architecture(NamedTuple):
         return sum(math.prod(layer.op.weight_shape) + layer.op.out_shape[-1] for layer in self.layers)
 
     def describe(self) -> str:
-        """One line, e.g. '784-256-10' for an MLP, 'conv6@5x5p2-max2-conv16@5x5-max2-120-84-10' for LeNet."""
+        """One line, e.g. '784-256-10' for an MLP, 'conv6@5x5p2-max2-conv16@5x5-max2-120-84-10' for LeNet
+        ('...-120-84lin-10': the 84-unit layer without activation)."""
         if self.is_mlp:
             return "-".join(str(n) for n in self.sizes)
         parts = []
@@ -136,6 +143,8 @@ class Architecture(NamedTuple):
                              + (f"s{op.stride}" if op.stride != 1 else "") + (f"p{op.padding}" if op.padding else ""))
             else:
                 parts.append(str(op.n_out))
+            if not layer.activation and layer is not self.layers[-1]:
+                parts[-1] += "lin"
             if layer.pool is not None:
                 parts.append(f"{layer.pool.kind}{layer.pool.window}")
         return "-".join(parts)
@@ -166,18 +175,21 @@ def stack(name: str, input_shape: tuple[int, int, int], convs: list[tuple[int, i
     return Architecture(name, tuple(input_shape), tuple(layers))
 
 
-def lenet(input_shape: tuple[int, int, int], n_out: int) -> Architecture:
+def lenet(input_shape: tuple[int, int, int], n_out: int, linear_fc1: bool = False) -> Architecture:
     """LeNet-5 as biotorch's le_net_mnist: conv 6@5x5 (pad 2), max pool 2; conv 16@5x5, max pool 2;
     dense 120, 84, n_out (on 28x28 inputs the flattened conv output is 16 x 5 x 5 = 400).
 
     biotorch (jsalbert/biotorch, biotorch/models/le_net.py, LeNetMNIST) resizes MNIST to 32x32 and has
-    conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc 84, fc 10, ReLU after
-    the three convolutions only (fc1 feeds fc2 directly); this stack applies the activation after the 84-unit
-    layer too, a difference from biotorch's network (issue 26). Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same
-    weights, same fans), and padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch
-    interpolates the digit up to 32x32). The activation is model.activation: relu for biotorch's."""
+    conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc1 84, fc2 10, ReLU after
+    the three convolutions only: fc1 feeds fc2 directly. linear_fc1 (model.lenet.linear_fc1) is that network:
+    no activation after the 84-unit layer; without it this stack applies the activation there too (issue 26).
+    Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same weights, same fans), and
+    padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch interpolates the digit up to
+    32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)
-    return stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
+    net = stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
+    *below, fc1, fc2 = net.layers
+    return net._replace(layers=(*below, fc1._replace(activation=not linear_fc1), fc2))
 
 
 def cnn(input_shape: tuple[int, int, int], cnn_config, n_out: int) -> Architecture:
@@ -211,7 +223,7 @@ def _vgg(model_config, input_shape, n_out):
 ARCHITECTURES: Mapping[str, ArchInfo] = MappingProxyType({a.name: a for a in (
     ArchInfo("mlp", "multilayer perceptron: model.depth hidden layers of model.width units",
              lambda m, shape, n_out: mlp(shape, m.depth, m.width, n_out)),
-    ArchInfo("lenet", "LeNet-5 as biotorch trains it", lambda m, shape, n_out: lenet(shape, n_out)),
+    ArchInfo("lenet", "LeNet-5 as biotorch trains it", lambda m, shape, n_out: lenet(shape, n_out, m.lenet.linear_fc1)),
     ArchInfo("cnn", "conv layers as model.cnn lists them", lambda m, shape, n_out: cnn(shape, m.cnn, n_out), "cnn"),
     ArchInfo("resnet", "the CIFAR ResNets of He et al. 2016 as biotorch builds them (BatchNorm, shortcut A or B)",
              lambda m, shape, n_out: resnet.build(shape, n_out, m.resnet.depth, m.resnet.shortcut, m.resnet.width),

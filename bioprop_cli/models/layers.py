@@ -173,21 +173,36 @@ def send_back(op: Dense | Conv, fb: jax.Array, delta: jax.Array, input_shape: tu
 
 
 def forward(arch: Architecture, params: list, x: jax.Array, act, perturb: list | None = None) -> Forward:
-    """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)), keeping what a backward pass needs (the
-    inputs h_l as the layer below made them: images after a conv layer).
+    """a_l = pre_activation(h_l), h_{l+1} = pool_l(f(a_l)) (pool_l(a_l) where the layer has no activation),
+    keeping what a backward pass needs (the inputs h_l as the layer below made them: images after a conv
+    layer): `run` on plain layers, so jax.grad of it is backprop.
 
     `perturb` (one array per layer, added to a_l) exists only so that jax.grad can return the
     exact deltas dLoss/da_l as the gradient with respect to a zero perturbation.
     """
+    return run(arch, act.f, lambda l, op, p, h: pre_activation(op, p, h), params, x, perturb)
+
+
+def run(arch: Architecture, f: Callable, layer: Callable, params: list, x: jax.Array, perturb: list | None = None,
+        tap: Callable | None = None) -> Forward:
+    """The one forward pass of a layer stack: a_l = layer(l, op_l, params[l], h_l) (+ perturb[l]), then for a
+    hidden layer h_{l+1} = pool_l(f(a_l)), or pool_l(a_l) where `Layer.activation` is False; tap(l, h), if
+    given, sees f(a_l) before the pooling. `forward` runs it on plain layers, `feedback_model` on the
+    library's feedback layers (whose backward pass is the rule's)."""
     inputs, pre = [], []
-    h = x
-    for l, (layer, p) in enumerate(zip(arch.layers, params)):
+    h, last = x, len(arch.layers) - 1
+    for l, (spec, p) in enumerate(zip(arch.layers, params)):
         inputs.append(h)
-        a = pre_activation(layer.op, p, h)
+        a = layer(l, spec.op, p, h)
         if perturb is not None:
             a = a + perturb[l]
         pre.append(a)
-        h = pool(layer.pool, act.f(a))
+        if l == last:
+            break
+        h = f(a) if spec.activation else a
+        if tap is not None:
+            h = tap(l, h)
+        h = pool(spec.pool, h)
     return Forward(inputs, pre)
 
 
@@ -205,27 +220,27 @@ def with_derivative(act) -> Callable[[jax.Array], jax.Array]:
     return f
 
 
+def feedback_layer(fb: list) -> Callable:
+    """layer(l, op, p, h) for `run`: the library's dense or conv layer with feedback fb[l]["w"]."""
+
+    def layer(l, op, p, h):
+        h = as_input(op, h)
+        if isinstance(op, Dense):
+            return bioprop.dense(h, p["w"], p["b"], fb[l]["w"])
+        return bioprop.conv(h, p["w"], p["b"], fb[l]["w"], stride=op.stride, padding=op.padding)
+
+    return layer
+
+
 def feedback_model(arch: Architecture, act, tap: bool = False) -> Callable:
-    """bioprop's model(params, fb, x) -> logits of the stack: a_l = the library's dense or conv layer with
-    feedback fb[l]["w"] (transport's layout), h_{l+1} = pool_l(f(a_l)); fb has the structure of
-    bioprop.kernels(params) ([{"w": B_l, "b": None}, ...]). tap: the layer above's direct feedback reaches
-    f(a_l) before the pooling (dfa_target pre_pool: delta_l = reshape(e D_l) * f'(a_l))."""
+    """bioprop's model(params, fb, x) -> logits of the stack: `run` with a_l = the library's dense or conv
+    layer with feedback fb[l]["w"] (transport's layout); fb has the structure of bioprop.kernels(params)
+    ([{"w": B_l, "b": None}, ...]). tap: the layer above's direct feedback reaches f(a_l) before the pooling
+    (dfa_target pre_pool: delta_l = reshape(e D_l) * f'(a_l); a_l itself on a layer without activation)."""
     f = with_derivative(act)
-    last = len(arch.layers) - 1
 
     def model(params, fb, x):
-        h = x
-        for l, (layer, p) in enumerate(zip(arch.layers, params)):
-            op, h = layer.op, as_input(layer.op, h)
-            if isinstance(op, Dense):
-                a = bioprop.dense(h, p["w"], p["b"], fb[l]["w"])
-            else:
-                a = bioprop.conv(h, p["w"], p["b"], fb[l]["w"], stride=op.stride, padding=op.padding)
-            if l == last:
-                return a
-            h = f(a)
-            if tap:
-                h = bioprop.tap(h, fb[l + 1]["w"])
-            h = pool(layer.pool, h)
+        taps = (lambda l, h: bioprop.tap(h, fb[l + 1]["w"])) if tap else None
+        return run(arch, f, feedback_layer(fb), params, x, tap=taps).logits
 
     return model

@@ -100,6 +100,9 @@ def make_rule(config, arch, n_train: int = 0) -> LearningRule:
     if is_library(arch) and config.rule not in library.RULES:
         raise UserError(f"config key 'model.arch': {config.model.arch} is trained by the feedforward rules "
                         f"({', '.join(library.RULES)}); rule {config.rule} runs on mlp, lenet and cnn")
+    if info.family == ENERGY and not is_library(arch) and not all(layer.activation for layer in arch.layers[:-1]):
+        raise UserError("config key 'model.lenet.linear_fc1': true for the feedforward rules only (ep's energy has "
+                        "rho on every hidden layer)")
     return info.make(config, arch, n_train)
 
 

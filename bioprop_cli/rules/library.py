@@ -162,7 +162,8 @@ def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
       [None, B_1 (|R_1|), ..., B_{L-1}];
     - dfa's D_l for hidden layer l (state: [D_0, ..., D_{L-2}], keys split per hidden layer) is handed to layer
       l + 1 (the library delivers e D at a layer's input: layer l's pooled output); pre_pool taps f(a_l) before
-      the pooling; pooled_conv's kernel is expanded to the (n_out, units) matrix it applies (rules/base.direct_matrix).
+      the pooling; pooled_conv's kernel is drawn, then kept as the (n_out, units) matrix it applies
+      (rules/base.direct_matrix), expanded once at init since D is fixed (docs/results.md: the step time).
     """
     act, loss = model_functions(config)
     learned = rule.learn is not None
@@ -186,7 +187,7 @@ def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
             return leaves([jnp.zeros_like(bioprop.transport(params[0]["w"]))] + [p["fb"] for p in params[1:]])
         if rule.direct:
             first = jnp.zeros((n_out, arch.sizes[0]), params[0]["w"].dtype)
-            return leaves([first] + [direct_matrix(arch, l, target, d) for l, d in enumerate(state)])
+            return leaves([first] + list(state))
         if state == ():
             return ()
         return leaves([unused_first(params)] + list(state[1:]))
@@ -206,7 +207,8 @@ def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
         if rule.direct:
             keys = jax.random.split(key, hidden)
             std = feedback_std(config, arch, hidden)
-            return [sample(k, direct_feedback_shape(arch, l, n_out, target), std, config.feedback.distribution)
+            return [direct_matrix(arch, l, target,
+                                  sample(k, direct_feedback_shape(arch, l, n_out, target), std, config.feedback.distribution))
                     for l, k in enumerate(keys)]
         drawn = rule.init(key, bioprop.kernels(network_params(params)))
         return drawn if drawn == () else [None] + [b["w"] for b in drawn[1:]]
@@ -239,8 +241,7 @@ def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
         if rule.name == "bp":
             return {}
         if rule.direct:
-            return {l: (direct_matrix(arch, l, target, d), transport_path(arch, params, l, target != "pre_pool"))
-                    for l, d in enumerate(state)}
+            return {l: (d, transport_path(arch, params, l, target != "pre_pool")) for l, d in enumerate(state)}
         arrays = bioprop.feedback_arrays(rule, network_params(params), library_state(params, state), key)
         return {l: (arrays[l]["w"], bioprop.transport(params[l]["w"])) for l in range(1, len(params))}
 

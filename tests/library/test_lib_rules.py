@@ -11,8 +11,7 @@ import pytest
 
 import bioprop
 from bioprop_cli.config import load_config
-from bioprop_cli.models.arch import Dense
-from bioprop_cli.models.layers import as_input, init_params, pool, transport
+from bioprop_cli.models.layers import feedback_model, init_params, transport
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES
 from bioprop_cli.network import architecture
 from bioprop_cli.rules import make_rule
@@ -24,25 +23,10 @@ LENET = [("model.arch", "lenet")]
 
 
 def cli_model(arch, pre_pool=False):
-    """bioprop_cli's forward pass (models/layers.forward) with bioprop's layers; pre_pool: each layer's
-    direct feedback tapped before the pooling below it (feedback.dfa_target pre_pool)."""
-
-    def model(params, fb, x):
-        h = x
-        for l, (layer, p) in enumerate(zip(arch.layers, params)):
-            op, inp = layer.op, as_input(layer.op, h)
-            if isinstance(op, Dense):
-                a = bioprop.dense(inp, p["w"], p["b"], fb[l]["w"])
-            else:
-                a = bioprop.conv(inp, p["w"], p["b"], fb[l]["w"], stride=op.stride, padding=op.padding)
-            if l == len(params) - 1:
-                return a
-            h = ACT.f(a)
-            if pre_pool:
-                h = bioprop.tap(h, fb[l + 1]["w"])
-            h = pool(layer.pool, h)
-
-    return model
+    """bioprop_cli's stack on bioprop's layers (models/layers.feedback_model, what make_stack trains); pre_pool:
+    each layer's direct feedback tapped before the pooling below it (feedback.dfa_target pre_pool). The tests
+    below check what make_stack adds around it: its state and feedback in the library's layout, its keys."""
+    return feedback_model(arch, ACT, tap=pre_pool)
 
 
 def loss(logits, y):

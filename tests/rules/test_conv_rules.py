@@ -16,7 +16,7 @@ from bioprop_cli.models.arch import Pool
 from bioprop_cli.models.layers import feedback_model, forward, init_params, linear, send_back, transport, weight_vjp
 from bioprop_cli.models.mlp import ACTIVATIONS, LOSSES, init_std
 from bioprop_cli.rules import make_rule
-from bioprop_cli.rules.base import direct_projection, transport_path
+from bioprop_cli.rules.base import direct_matrix, transport_path
 
 ACT, LOSS = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
 
@@ -249,8 +249,13 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     arch = archs.stack("cnn", (8, 8, 1), [(2, 3, 1, 1, Pool("max", 2, 2)), (3, 3, 1, 1, None)], (), 10)
     dfa = make_rule(_config("dfa", ("feedback.dfa_target", "pooled_conv")), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    kernel, d1 = dfa.init(jax.random.PRNGKey(4), params)
-    assert kernel.shape == (3, 3, 2, 10) and d1.shape == (10, 4 * 4 * 3)
+    m0, d1 = dfa.init(jax.random.PRNGKey(4), params)
+    assert m0.shape == (10, 4 * 4 * 2) and d1.shape == (10, 4 * 4 * 3)  # D_0 kept as the matrix its kernel applies
+    # the kernel whose projection m0 is (the map kernel -> matrix is linear): m0 is in its range
+    expand = jax.jacfwd(lambda k: direct_matrix(arch, 0, "pooled_conv", k))(jnp.zeros((3, 3, 2, 10)))
+    kernel = np.linalg.lstsq(np.asarray(expand).reshape(m0.size, -1), np.asarray(m0).ravel(), rcond=None)[0]
+    kernel = jnp.asarray(kernel.reshape(3, 3, 2, 10), jnp.float32)
+    np.testing.assert_allclose(direct_matrix(arch, 0, "pooled_conv", kernel), m0, atol=1e-5)
     padded = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
     a0 = _conv_valid(padded(np.asarray(x, np.float64).reshape(4, 8, 8, 1)), params[0]["w"])
     h1 = np.tanh(a0).reshape(4, 4, 2, 4, 2, 2).max(axis=(2, 4))
@@ -267,7 +272,7 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     g = g[:, 1:-1, 1:-1, :]
     delta0 = _max_pool_2x2_vjp(np.tanh(a0), g) * (1 - np.tanh(a0) ** 2)
     delta1 = (e @ np.asarray(d1, np.float64)).reshape(4, 4, 4, 3) * (1 - np.tanh(a1) ** 2)
-    est = dfa.gradient_estimate(params, [kernel, d1], x, y, None)
+    est = dfa.gradient_estimate(params, [m0, d1], x, y, None)
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.deltas[1], delta1, rtol=1e-4, atol=1e-7)
 
@@ -363,13 +368,9 @@ def test_dfa_conv_feedback_is_compared_with_the_linearised_path(target):
     backprop's linear path to where D_l delivers the error: the pooled output, or the pre-activation."""
     _, params, state, m = _measure("dfa", ("feedback.dfa_target", target))
     for l in range(len(ARCH.layers) - 1):
-        d = state[l]
-        if d.ndim == 4:
-            d = jax.jacfwd(lambda e: direct_projection(ARCH, l, target, state[l], e))(jnp.zeros((1, 10)))
-            d = d.reshape(-1, 10).T
-        want = float(angle_degrees(d, transport_path(ARCH, params, l, target != "pre_pool")))
+        assert state[l].ndim == 2  # pooled_conv's kernel too, expanded at init (rules/base.direct_matrix)
+        want = float(angle_degrees(state[l], transport_path(ARCH, params, l, target != "pre_pool")))
         assert float(m["layers"]["feedback_angle"][l]) == pytest.approx(want, abs=1e-3)
-    assert (state[0].ndim == 4) == (target == "pooled_conv")
 
 
 # ----------------------------------------------------------------------------------------------

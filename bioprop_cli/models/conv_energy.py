@@ -38,10 +38,13 @@ vector-field generalisation of EP, models/energy.py): the drives are then no gra
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from bioprop_cli.models.arch import Architecture, Dense, Layer, Pool
+from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
 from bioprop_cli.models.layers import conv_transpose, pool, pre_activation, weight_vjp
 
 
@@ -79,8 +82,8 @@ def written_out(layer: Layer) -> bool:
 def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(f_l(h), J_{f_l}(h)^T above), flat. A dense layer's: (h W + b, above B) with B its top-down
     matrix (`top_down`). A conv layer's pull is written out: the pooling's
-    vector-Jacobian product (`unpool`), then the transposed convolution as a forward convolution with
-    the flipped kernel (`conv_transpose`). Inside the settling loop XLA's CPU backend runs jax.vjp's
+    vector-Jacobian product (`unpool`), then the transposed convolution (`pull_back`: through the DFT, or
+    as a forward convolution with the flipped kernel). Inside the settling loop XLA's CPU backend runs jax.vjp's
     input-gradient convolution several times slower than this forward one (measured:
     docs/implementation-notes.md); overlapping pooling windows (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
@@ -91,8 +94,95 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
         return up, pull(above)[0]
     a = pre_activation(op, params, h)
     pooled = pool(layer.pool, a)
-    back = conv_transpose(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
+    back = pull_back(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
     return pooled.reshape(n, -1), back.reshape(n, -1)
+
+
+def pull_back(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
+    """The transposed convolution of g (batch, H', W', C_out) -> (batch, H, W, C_in): on the CPU, through the
+    discrete Fourier transform (`spectral_conv_transpose`) for a stride-1 layer where that takes fewer
+    multiply-adds (`spectral_is_cheaper`), else as a forward convolution (layers.conv_transpose)."""
+    if jax.default_backend() == "cpu" and spectral_is_cheaper(op):
+        return spectral_conv_transpose(op, w, g)
+    return conv_transpose(op, w, g)
+
+
+def spectral_is_cheaper(op: Conv) -> bool:
+    """Whether a stride-1 layer's transposed convolution takes fewer multiply-adds per example through the
+    DFT (its five stages: the inverse DFTs' transposes, the channel mixing, the DFTs' transposes) than as
+    layers.conv_transpose's padded forward convolution (H W k^2 C_in C_out). E.g. Laborieux et al.'s
+    MNIST net's second layer (12x12x32 -> 8x8x64, 5x5): 1.1 M against 7.4 M."""
+    if op.stride != 1:
+        return False
+    (height, width, c_in), c_out, k, p = op.in_shape, op.channels, op.kernel, op.padding
+    nh, nw = height + 2 * p, width + 2 * p
+    ph, pw, v = nh - k + 1, nw - k + 1, nw // 2 + 1
+    stages = (ph * pw * 2 * v * c_out + v * 2 * ph * 2 * nh * c_out + nh * v * 4 * c_in * c_out
+              + v * 4 * nh * nh * c_in + nh * 2 * v * nw * c_in)
+    return stages < height * width * k * k * c_in * c_out
+
+
+def spectral_conv_transpose(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
+    """The transposed convolution of a stride-1 conv layer, exactly (to rounding) the adjoint of its forward
+    convolution, computed through the discrete Fourier transform of the padded input's size N_h x N_w.
+
+    The forward convolution's outputs (P_h x P_w, P = N - k + 1) read no wrapped-around input, so it is
+    the circular cross-correlation with the kernel w (zero-padded to N_h x N_w), cropped: a(u) = IDFT(DFT(h)
+    conj(DFT(w)))(u), u < P (the correlation theorem). Written as real linear stages, per channel a DFT
+    along W (real -> N_w // 2 + 1 complex), one along H, the channels mixed per frequency by the kernel's
+    conjugate spectrum, the inverse DFTs back to the P_h x P_w outputs; this function applies those stages'
+    transposes in reverse order (their adjoint). Per example it costs N_h (N_w // 2 + 1) x 4 C_in C_out
+    multiply-adds for the mixing plus the transforms, against N_h N_w k^2 C_in C_out for the padded forward
+    convolution of layers.conv_transpose (docs/speed.md, "Conv EP against Laborieux's P_CNN", has the
+    measured times)."""
+    p = op.padding
+    nh, nw = op.in_shape[0] + 2 * p, op.in_shape[1] + 2 * p
+    ph, pw = g.shape[1], g.shape[2]
+    c_in, c_out = w.shape[2], w.shape[3]
+    n, v = g.shape[0], nw // 2 + 1
+    real = jnp.finfo(g.dtype).dtype
+    along_w, along_h, back_h, back_w, kernel_phases = (jnp.asarray(m, real) for m in _dft_stages(nh, nw, ph, pw, op.kernel))
+    cos, sin = kernel_phases
+    # the kernel's spectrum K[u, v] = sum_ij w[i, j] exp(-2 pi i (u i / N_h + v j / N_w)); the mixing multiplies
+    # by conj(K): [x_re, x_im] @ [[K_re, -K_im], [K_im, K_re]] (real, (2 C_in, 2 C_out) per frequency)
+    k_re, k_im = jnp.einsum("uvij,ijco->uvco", cos, w), -jnp.einsum("uvij,ijco->uvco", sin, w)
+    mixing = jnp.concatenate([jnp.concatenate([k_re, -k_im], -1), jnp.concatenate([k_im, k_re], -1)], -2)
+    z = jnp.einsum("npqo,vzq->npvzo", g, back_w)
+    y = jnp.einsum("npvyo,uzpy->uvnzo", z, back_h).reshape(nh * v, n, 2 * c_out)
+    x = jnp.einsum("fnm,fkm->fnk", y, mixing.reshape(nh * v, 2 * c_in, 2 * c_out)).reshape(nh, v, n, 2, c_in)
+    x = jnp.einsum("uvnyc,azuy->navzc", x, along_h).reshape(n, nh, 2 * v, c_in)
+    out = jnp.einsum("nhkc,bk->nhbc", x, along_w.reshape(nw, 2 * v))
+    return out[:, p:nh - p, p:nw - p, :]
+
+
+@functools.lru_cache(maxsize=None)
+def _dft_stages(nh: int, nw: int, ph: int, pw: int, k: int) -> tuple:
+    """The real matrices of `spectral_conv_transpose`'s forward stages (float64 numpy), with the complex
+    values' real and imaginary parts as an axis of 2:
+    along_w (N_w, V, 2): h(b) -> sum_b h(b) exp(-2 pi i v b / N_w), v < V = N_w // 2 + 1;
+    along_h (N_h, 2, N_h, 2): complex x(a) -> sum_a x(a) exp(-2 pi i u a / N_h);
+    back_h (N_h, 2, P_h, 2): complex Y(u) -> sum_u Y(u) exp(+2 pi i u r / N_h), r < P_h;
+    back_w (V, 2, P_w): complex Z(v) -> (1 / N_h N_w) sum_v c_v Re(Z(v) exp(+2 pi i v q / N_w)), q < P_w, c_v = 2
+    except 1 at v = 0 and at N_w / 2 (the half spectrum of a real signal);
+    kernel_phases (2, N_h, V, k, k): cos and sin of 2 pi (u i / N_h + v j / N_w)."""
+    a, b, v = np.arange(nh), np.arange(nw), np.arange(nw // 2 + 1)
+    theta = 2 * np.pi * np.outer(b, v) / nw
+    along_w = np.stack([np.cos(theta), -np.sin(theta)], -1)
+    theta = 2 * np.pi * np.outer(a, a) / nh
+    along_h = np.zeros((nh, 2, nh, 2))
+    along_h[:, 0, :, 0], along_h[:, 1, :, 1] = np.cos(theta), np.cos(theta)
+    along_h[:, 1, :, 0], along_h[:, 0, :, 1] = np.sin(theta), -np.sin(theta)
+    theta = 2 * np.pi * np.outer(a, np.arange(ph)) / nh
+    back_h = np.zeros((nh, 2, ph, 2))
+    back_h[:, 0, :, 0], back_h[:, 1, :, 1] = np.cos(theta), np.cos(theta)
+    back_h[:, 1, :, 0], back_h[:, 0, :, 1] = -np.sin(theta), np.sin(theta)
+    weight = np.where((v == 0) | (2 * v == nw), 1.0, 2.0)[:, None] / (nh * nw)
+    theta = 2 * np.pi * np.outer(v, np.arange(pw)) / nw
+    back_w = np.stack([weight * np.cos(theta), -weight * np.sin(theta)], 1)
+    i = np.arange(k)
+    theta = 2 * np.pi * (a[:, None, None, None] * i[None, None, :, None] / nh
+                         + v[None, :, None, None] * i[None, None, None, :] / nw)
+    return along_w, along_h, back_h, back_w, np.stack([np.cos(theta), np.sin(theta)])
 
 
 def top_down(params: dict) -> jax.Array:

@@ -119,6 +119,7 @@ def test_the_energy_is_laborieux_primitive_function_with_the_leak():
     ((11, 10, 2), 3, 4, 2, 0, Pool("avg", 2, 2)),  # the stride's floor drops a column
     ((13, 13, 2), 3, 3, 1, 0, Pool("max", 2, 2)),  # the pooling drops a row and a column
     ((7, 7, 2), 3, 3, 1, 1, Pool("max", 3, 2)),  # overlapping windows: jax.vjp
+    ((10, 10, 6), 8, 5, 1, 0, Pool("max", 2, 2)),  # the transposed convolution through the DFT
 ])
 def test_the_written_out_pull_is_the_vjp_of_the_layer(in_shape, channels, kernel, stride, padding, pool):
     from bioprop_cli.models.arch import Conv
@@ -132,6 +133,39 @@ def test_the_written_out_pull_is_the_vjp_of_the_layer(in_shape, channels, kernel
         above = jax.random.uniform(kr, up.shape)
         written_up, written_down = conv_energy.up_and_down(layer, params, h, above)
         assert jnp.allclose(written_up, up, rtol=1e-12) and jnp.allclose(written_down, pull(above)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("in_shape, channels, kernel, padding", [
+    ((12, 12, 32), 64, 5, 0),  # Laborieux et al.'s MNIST net's second layer
+    ((7, 10, 3), 4, 3, 1),  # odd and even sides (no Nyquist frequency along H), padding
+    ((9, 9, 5), 6, 4, 2),  # an even kernel, padding wider than the kernel's half
+])
+def test_the_spectral_transposed_convolution_is_the_vjp_of_the_convolution(in_shape, channels, kernel, padding):
+    from bioprop_cli.models.arch import Conv
+    from bioprop_cli.models.layers import linear
+
+    with float64():
+        op = Conv(in_shape, channels, kernel, 1, padding)
+        kw, kh, kg = jax.random.split(jax.random.PRNGKey(1), 3)
+        w = jax.random.normal(kw, op.weight_shape)
+        h = jax.random.uniform(kh, (2,) + in_shape)
+        g = jax.random.normal(kg, (2,) + op.out_shape)
+
+        @jax.jit
+        def both(w, h, g):  # one compiled program (op by op, each einsum compiles on its own)
+            return conv_energy.spectral_conv_transpose(op, w, g), jax.vjp(lambda u: linear(op, w, u), h)[1](g)[0]
+
+        spectral, reference = both(w, h, g)
+        assert jnp.allclose(spectral, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_the_pull_of_laborieux_mnist_net_goes_through_the_dft():
+    from bioprop_cli.models.arch import Conv
+
+    assert conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 5, 1, 0))
+    assert conv_energy.spectral_is_cheaper(Conv((10, 10, 6), 8, 5, 1, 0))
+    assert not conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 1, 1, 0))  # 1x1: the plain product
+    assert not conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 5, 2, 0))  # stride 2
 
 
 def test_the_free_fixed_point_solves_the_fixed_point_equation():

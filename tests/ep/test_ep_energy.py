@@ -291,12 +291,15 @@ def test_squared_cost_estimate_matches_the_implicit_gradient_of_the_squared_cost
         params, x, y = _problem(jnp.float64, scale=0.5)
         half = _config(estimator="one-sided", beta=1e-4, **CONVERGED)
         squared = _config(estimator="one-sided", beta=1e-4, cost="squared", **CONVERGED)
-        refs = {}
-        for name, config in (("half", half), ("squared", squared)):
-            net = eqprop.network(config, params, ())
-            refs[name] = eqprop.implicit_reference(config, net, x, y)[1]
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def references_and_estimates(params):
+            refs = {name: eqprop.implicit_reference(config, eqprop.network(config, params, ()), x, y)[1]
+                    for name, config in (("half", half), ("squared", squared))}
+            return refs, _ep_estimate(squared, params, x, y), _ep_estimate(half, params, x, y)
+
+        refs, est_sq, est_half = references_and_estimates(params)
         assert _rel(refs["squared"], jax.tree_util.tree_map(lambda g: 2 * g, refs["half"])) < 1e-12
-        est_sq, est_half = _ep_estimate(squared, params, x, y), _ep_estimate(half, params, x, y)
         assert _rel(est_sq.grads, refs["squared"]) < 1e-3
         assert _rel(est_sq.grads, refs["half"]) > 0.9  # not the half-squared cost's gradient
         assert float(est_sq.loss) == pytest.approx(2 * float(est_half.loss), rel=1e-12)

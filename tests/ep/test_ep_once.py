@@ -92,6 +92,9 @@ def test_conditions_on_a_run_with_random_feedback_measure_the_feedback_it_traine
     assert table["gradient_equivalence"]["network"]["update_angle"] == pytest.approx(last["update_angle"], abs=0.01)
 
 
+# slow: two conditions tables; cheap twins: the next test (seed_network_probe's float64 cast of the same
+# network, which `conditions --x64` shares), studies/test_conditions.py's converged table (conditions with x64)
+@pytest.mark.slow
 def test_x64_measures_the_same_network_in_float64():
     dataset = make_fake_dataset(n_train=300, n_test=60)
     config = load_config(overrides=[("rule", "ep"), ("model.width", 12), ("ep.free_steps", 6),

@@ -276,8 +276,9 @@ def _rel(a, b):
 
 
 def _ep_estimate(config, params, x, y, key=jax.random.PRNGKey(0)):
+    """The rule's estimate, jitted as one program (op by op, each operation would compile on its own)."""
     rule = make_rule(config, dense(SIZES))
-    return rule.estimate(params, rule.init(key, params), x, y, key)
+    return jax.jit(lambda p, x, y, k: rule.estimate(p, rule.init(k, p), x, y, k))(params, x, y, key)
 
 
 CONVERGED = dict(free_steps=5000, nudged_steps=5000, tolerance=1e-13, eps=0.5)

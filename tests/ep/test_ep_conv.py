@@ -267,6 +267,9 @@ def test_conv_ep_rejects_separate_feedback():
         _config(feedback="random")
 
 
+# slow: the test's own recomputation of the measurement runs op by op; cheap twins: data/test_cifar.py's
+# laborieux config (conv EP trained end to end), ep/test_ep_cli.py (EP's measurements written by `train`)
+@pytest.mark.slow
 def test_train_conv_ep_end_to_end(tmp_path, monkeypatch, fake_dataset):
     """`bioprop train --rule ep --set model.arch=cnn` on the fake dataset: trains, measures the
     conv network's estimate against its implicit gradient, writes the run."""

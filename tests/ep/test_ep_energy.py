@@ -40,8 +40,8 @@ def test_energy_gradient_is_jax_grad_of_the_total_energy(rho_name):
     def total(states):
         return jnp.sum(energy(params, states, x, rho) + beta * cost(states, y))
 
-    expected = jax.grad(total)(states)
-    got = energy_gradient(params, states, input_drive(params, x), y, beta, rho)
+    # one program for both sides: op by op, each operation would compile on its own
+    expected, got = jax.jit(lambda s: (jax.grad(total)(s), energy_gradient(params, s, input_drive(params, x), y, beta, rho)))(states)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
 
@@ -58,17 +58,15 @@ def _dense_spectral_radius(params, fixed_states, x, rho, eps):
     """max over examples of |eigenvalues| of one example's settling-map Jacobian, densely."""
     zeros_y = jnp.zeros((1, SIZES[-1]))
     sizes = [s.shape[1] for s in fixed_states]
-    radii = []
-    for i in range(x.shape[0]):
 
-        def phi_flat(v, i=i):
-            parts = jnp.split(v, np.cumsum(sizes)[:-1])
-            out = step(params, [p[None] for p in parts], input_drive(params, x[i : i + 1]), zeros_y, 0.0, rho, eps)
-            return jnp.concatenate([o[0] for o in out])
+    def phi_flat(v, example):
+        parts = jnp.split(v, np.cumsum(sizes)[:-1])
+        out = step(params, [p[None] for p in parts], input_drive(params, example[None]), zeros_y, 0.0, rho, eps)
+        return jnp.concatenate([o[0] for o in out])
 
-        jac = jax.jacfwd(phi_flat)(jnp.concatenate([s[i] for s in fixed_states]))
-        radii.append(max(abs(np.linalg.eigvals(np.asarray(jac)))))
-    return max(radii)
+    # every example's Jacobian in one program
+    jacobians = jax.jit(jax.vmap(jax.jacfwd(phi_flat)))(jnp.concatenate(fixed_states, axis=1), x)
+    return max(max(abs(np.linalg.eigvals(np.asarray(jac)))) for jac in jacobians)
 
 
 def test_free_phase_converges_and_contracts_with_small_weights():
@@ -124,23 +122,39 @@ def test_symmetric_ep_equals_the_implicit_gradient_at_small_beta(rho_name):
         params, x, y = _problem(jnp.float64, scale=0.5)
         config = load_config(overrides=[("rule", "ep"), ("model.depth", 2), ("model.activation", rho_name)]
                              + [(f"ep.{k}", v) for k, v in dict(estimator="symmetric", beta=1e-3, **CONVERGED).items()])
-        fixed = free_fixed_point(params, x, RHOS[rho_name], 0.5, 5000, 1e-13)
-        implicit, _ = implicit_gradient(params, fixed.states, x, y, RHOS[rho_name], 0.5, 5000, 1e-12)
-        est = _ep_estimate(config, params, x, y)
-        assert _rel(est.grads, implicit) < 1e-3
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def estimate_and_implicit(params):
+            fixed = free_fixed_point(params, x, RHOS[rho_name], 0.5, 5000, 1e-13)
+            implicit, _ = implicit_gradient(params, fixed.states, x, y, RHOS[rho_name], 0.5, 5000, 1e-12)
+            return _ep_estimate(config, params, x, y).grads, implicit
+
+        grads, implicit = estimate_and_implicit(params)
+        assert _rel(grads, implicit) < 1e-3
 
 
 def test_one_sided_bias_is_linear_and_symmetric_bias_quadratic_in_beta():
     with float64():
         params, x, y = _problem(jnp.float64, scale=0.5)
         rho = RHOS["hard_sigmoid"]
-        fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
-        implicit, _ = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-12)
+
+        @jax.jit
+        def implicit_at(params):
+            fixed = free_fixed_point(params, x, rho, 0.5, 5000, 1e-13)
+            return implicit_gradient(params, fixed.states, x, y, rho, 0.5, 5000, 1e-12)[0]
+
+        implicit = implicit_at(params)
+        from bioprop_cli import ep as eqprop
+
         errors = {}
         for estimator in ("one-sided", "symmetric"):
+            config = _config(estimator=estimator, **CONVERGED)
+            net = eqprop.network(config, params, ())
+            start = eqprop.start_states(config, net, x)
+            # one program per estimator, beta its argument
+            at = jax.jit(lambda beta: eqprop.estimate(config, net, x, y, jax.random.PRNGKey(0), start, beta)[1].grads)
             for beta in (0.01, 0.001):  # (at beta >= 0.03 units start to cross the ends of [0, 1])
-                est = _ep_estimate(_config(estimator=estimator, beta=beta, **CONVERGED), params, x, y)
-                errors[estimator, beta] = _rel(est.grads, implicit)
+                errors[estimator, beta] = _rel(at(beta), implicit)
         slope_one_sided = np.log10(errors["one-sided", 0.01] / errors["one-sided", 0.001])
         slope_symmetric = np.log10(errors["symmetric", 0.01] / errors["symmetric", 0.001])
         assert slope_one_sided == pytest.approx(1.0, abs=0.1)  # measured: 0.99
@@ -199,17 +213,19 @@ def test_persistent_particles_start_the_next_free_phase():
     state = rule.init(jax.random.PRNGKey(0), params)
     assert [p.shape for p in state["particles"]] == [(20, 5), (20, 4), (20, 3)]
     idx = jnp.arange(7) + 10
-    est = rule.estimate(params, state, x, y, jax.random.PRNGKey(0), idx=idx)
+    estimate = jax.jit(lambda state, key: rule.estimate(params, state, x, y, key, idx=idx))  # one program, twice
+    est = estimate(state, jax.random.PRNGKey(0))
     # the stored particles are the free states after 3 steps from zero...
     drive0 = input_drive(params, x)
     zeros = [jnp.zeros((7, n)) for n in SIZES[1:]]
-    three = settle(params, zeros, drive0, y, 0.0, RHOS["hard_sigmoid"], 0.5, 3, 0.0).states
+    settled = jax.jit(lambda n: settle(params, zeros, drive0, y, 0.0, RHOS["hard_sigmoid"], 0.5, n, 0.0).states)
+    three = settled(3)
     for p, s in zip(est.state["particles"], three):
         np.testing.assert_allclose(p[10:17], s, rtol=1e-6)
         assert float(jnp.abs(p[:10]).max()) == 0.0
     # ...and the next free phase continues from them: 3 + 3 steps from zero
-    est2 = rule.estimate(params, est.state, x, y, jax.random.PRNGKey(1), idx=idx)
-    six = settle(params, zeros, drive0, y, 0.0, RHOS["hard_sigmoid"], 0.5, 6, 0.0).states
+    est2 = estimate(est.state, jax.random.PRNGKey(1))
+    six = settled(6)
     for p, s in zip(est2.state["particles"], six):
         np.testing.assert_allclose(p[10:17], s, rtol=1e-5, atol=1e-7)
 
@@ -258,9 +274,15 @@ def test_implicit_gradient_is_zero_when_every_output_is_pinned():
     params, x, y = _problem(scale=0.5)
     params[-1] = {"w": params[-1]["w"], "b": jnp.array([5.0, -5.0, 5.0])}  # outputs pinned at 1, 0, 1
     rho = RHOS["hard_sigmoid"]
-    fixed = free_fixed_point(params, x, rho, 0.5, 500, 1e-7)
-    np.testing.assert_array_equal(fixed.states[-1], jnp.broadcast_to(jnp.array([1.0, 0.0, 1.0]), (7, 3)))
-    grads, _ = implicit_gradient(params, fixed.states, x, y, rho, 0.5, 200, 1e-6)
+
+
+    @jax.jit  # one program: op by op, each operation would compile on its own
+    def fixed_output_and_implicit(params):
+        fixed = free_fixed_point(params, x, rho, 0.5, 500, 1e-7)
+        return fixed.states[-1], implicit_gradient(params, fixed.states, x, y, rho, 0.5, 200, 1e-6)[0]
+
+    output, grads = fixed_output_and_implicit(params)
+    np.testing.assert_array_equal(output, jnp.broadcast_to(jnp.array([1.0, 0.0, 1.0]), (7, 3)))
     for leaf in jax.tree_util.tree_leaves(grads):
         assert np.all(np.asarray(leaf) == 0.0)
 
@@ -274,12 +296,15 @@ def test_squared_cost_estimate_matches_the_implicit_gradient_of_the_squared_cost
         params, x, y = _problem(jnp.float64, scale=0.5)
         half = _config(estimator="one-sided", beta=1e-4, **CONVERGED)
         squared = _config(estimator="one-sided", beta=1e-4, cost="squared", **CONVERGED)
-        refs = {}
-        for name, config in (("half", half), ("squared", squared)):
-            net = eqprop.network(config, params, ())
-            refs[name] = eqprop.implicit_reference(config, net, x, y)[1]
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def references_and_estimates(params):
+            refs = {name: eqprop.implicit_reference(config, eqprop.network(config, params, ()), x, y)[1]
+                    for name, config in (("half", half), ("squared", squared))}
+            return refs, _ep_estimate(squared, params, x, y), _ep_estimate(half, params, x, y)
+
+        refs, est_sq, est_half = references_and_estimates(params)
         assert _rel(refs["squared"], jax.tree_util.tree_map(lambda g: 2 * g, refs["half"])) < 1e-12
-        est_sq, est_half = _ep_estimate(squared, params, x, y), _ep_estimate(half, params, x, y)
         assert _rel(est_sq.grads, refs["squared"]) < 1e-3
         assert _rel(est_sq.grads, refs["half"]) > 0.9  # not the half-squared cost's gradient
         assert float(est_sq.loss) == pytest.approx(2 * float(est_half.loss), rel=1e-12)

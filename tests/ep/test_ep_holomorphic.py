@@ -134,6 +134,9 @@ def test_a_conv_net_with_average_pooling():
         assert np.log2(errors[0] / errors[1]) == pytest.approx(3.0, abs=0.1)
 
 
+# slow: a CLI training run; cheap twins: test_ep_variants.py's each_variant_trains_through_the_cli (the same
+# command for the other estimators), this file's estimates through eqprop.estimate (the training's estimate)
+@pytest.mark.slow
 def test_holomorphic_trains_through_the_cli(runner, tmp_path, monkeypatch, fake_dataset):
     monkeypatch.setattr(cli_train, "load_dataset", lambda name, data_dir=None, options=None: fake_dataset)
     result = runner.invoke(app, _train_args(tmp_path, "ep.estimator=holomorphic", "ep.holomorphic_points=3",

@@ -68,8 +68,9 @@ def test_the_force_is_jax_grad_of_the_energy_with_a_linear_output(name):
         states[-1] = 4.0 * states[-1] - 2.0
         beta = -0.4
         total = lambda s: jnp.sum(energy(params, s, x, rho) + beta * cost(s, y))
-        got = energy_gradient(params, states, input_drive(params, x), y, beta, rho)
-        assert _rel(got, jax.grad(total)(states)) < 1e-12
+        got, expected = jax.jit(lambda s: (energy_gradient(params, s, input_drive(params, x), y, beta, rho),
+                                           jax.grad(total)(s)))(states)  # one program, not op by op
+        assert _rel(got, expected) < 1e-12
         r1, r2 = rho.f(states[1]), states[2]
         by_hand = 0.5 * jnp.sum(states[2] ** 2, -1) - jnp.sum((r1 @ params[2]["w"]) * r2, -1) - r2 @ params[2]["b"]
         no_output = energy(params[:2], states[:2], x, RHOS[name])  # the network below the output layer
@@ -121,12 +122,14 @@ def test_ep_estimates_the_implicit_gradient_with_a_linear_output(arch_name, name
             assert float(jnp.vdot(_flat(implicit), _flat(d))) == pytest.approx(central_difference(loss, params, d),
                                                                                rel=1e-5, abs=1e-10)
 
-        def estimate(estimator, beta):
+        def estimator_at(estimator):  # one program per estimator, beta its argument
             cfg = _config(arch_name, activation=name, estimator=estimator, **CONVERGED)
-            return eqprop.estimate(cfg, net, x, y, jax.random.PRNGKey(0), eqprop.start_states(cfg, net, x), beta)[1].grads
+            return jax.jit(lambda beta: eqprop.estimate(cfg, net, x, y, jax.random.PRNGKey(0),
+                                                        eqprop.start_states(cfg, net, x), beta)[1].grads)
 
-        assert _rel(estimate("symmetric", 1e-3), implicit) < 1e-4
-        errors = [_rel(estimate("negative", b), implicit) for b in (1e-2, 1e-3)]
+        assert _rel(estimator_at("symmetric")(1e-3), implicit) < 1e-4
+        negative = estimator_at("negative")
+        errors = [_rel(negative(b), implicit) for b in (1e-2, 1e-3)]
         assert errors[1] == pytest.approx(errors[0] / 10, rel=0.2)
 
 

@@ -95,13 +95,18 @@ def test_the_step_is_rho_of_the_gradient_of_their_primitive_function(name, with_
         y = jax.nn.one_hot(jnp.arange(BATCH) % 3, 3, dtype=jnp.float64)
         rho, states = RHOS[name], [2.0 * s for s in _states(3, sizes)]
         net = primitive_dynamics(rho)
-        for beta in (0.0, 0.4, -0.3):
+
+
+        @jax.jit  # one program for the three betas: op by op, each operation would compile on its own
+        def target_step_and_damped(beta):
             grads = jax.grad(lambda s: _their_phi(dynamic, s, x, y, beta, readout))(states)
-            target = [rho.f(g) for g in grads]
-            got = step(dynamic, states, input_drive(dynamic, x), y, beta, net, 1.0, readout=readout)
+            return ([rho.f(g) for g in grads], step(dynamic, states, input_drive(dynamic, x), y, beta, net, 1.0, readout=readout),
+                    step(dynamic, states, input_drive(dynamic, x), y, beta, net, 0.3, readout=readout))
+
+        for beta in (0.0, 0.4, -0.3):
+            target, got, damped = target_step_and_damped(beta)
             for a, b in zip(got, target):
                 np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-            damped = step(dynamic, states, input_drive(dynamic, x), y, beta, net, 0.3, readout=readout)
             for a, s, b in zip(damped, states, target):
                 np.testing.assert_allclose(a, 0.7 * s + 0.3 * b, rtol=1e-12, atol=1e-12)
 
@@ -117,8 +122,9 @@ def test_the_conv_step_is_rho_of_the_gradient_of_their_primitive_function():
         rho = RHOS["half_slope_hard_sigmoid"]
         states = [2.0 * s for s in _states(4, arch.sizes[1:])]
         phi = lambda s: jnp.sum(conv_energy.coupling(arch, params, s, x)) - 0.5 * jnp.sum(0.5 * (s[-1] - y) ** 2)
-        target = [rho.f(g) for g in jax.grad(phi)(states)]
-        got = step(params, states, input_drive(params, x, arch), y, 0.5, primitive_dynamics(rho), 1.0, arch=arch)
+        target, got = jax.jit(lambda states: (  # one program: op by op, each operation would compile on its own
+            [rho.f(g) for g in jax.grad(phi)(states)],
+            step(params, states, input_drive(params, x, arch), y, 0.5, primitive_dynamics(rho), 1.0, arch=arch)))(states)
         for a, b in zip(got, target):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -132,16 +138,21 @@ def test_the_fixed_point_is_a_stationary_point_of_sum_g_minus_phi(name):
         rho = RHOS[name]
         net = primitive_dynamics(rho)
         states = [0.5 * s for s in _states(5, SIZES[1:])]
-        expected = jnp.sum(sum(jnp.sum(rho.inverse_primitive(s), -1) for s in states)) - _their_phi(params, states, x,
-                                                                                                    y, 0.0)
-        assert float(jnp.sum(energy(params, states, x, net))) == pytest.approx(float(expected), rel=1e-12)
         beta = 0.3
-        drive0 = input_drive(params, x)
-        settled = eqprop.settle(params, eqprop.zero_states(params, BATCH, jnp.float64), drive0, y, beta, net, 1.0, 2000,
-                                1e-14)
-        assert float(settled.residual) < 1e-13
-        total = lambda s: jnp.sum(energy(params, s, x, net) + beta * cost(s, y))
-        for g in jax.grad(total)(settled.states):
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def energies_and_settled_gradient(states):
+            expected = jnp.sum(sum(jnp.sum(rho.inverse_primitive(s), -1) for s in states)) - _their_phi(params, states,
+                                                                                                        x, y, 0.0)
+            settled = eqprop.settle(params, eqprop.zero_states(params, BATCH, jnp.float64), input_drive(params, x), y,
+                                    beta, net, 1.0, 2000, 1e-14)
+            total = lambda s: jnp.sum(energy(params, s, x, net) + beta * cost(s, y))
+            return jnp.sum(energy(params, states, x, net)), expected, settled.residual, jax.grad(total)(settled.states)
+
+        got, expected, residual, grads = energies_and_settled_gradient(states)
+        assert float(got) == pytest.approx(float(expected), rel=1e-12)
+        assert float(residual) < 1e-13
+        for g in grads:
             assert float(jnp.max(jnp.abs(g))) < 1e-12
 
 
@@ -165,12 +176,20 @@ def test_ep_estimates_the_implicit_gradient_of_the_primitive_network(name, reado
         config = _config(name, readout, **CONVERGED)
         net = eqprop.network(config, params, ())
         assert net.rho.update is RHOS[name] and (net.readout is not None) == readout
-        fixed = eqprop.free_fixed_point(net.running, x, net.rho, 1.0, 3000, 1e-14)
+
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def fixed_and_implicit(params):
+            n = eqprop.network(config, params, ())
+            fixed = eqprop.free_fixed_point(n.running, x, n.rho, 1.0, 3000, 1e-14)
+            return fixed, eqprop.implicit_gradient(n.trainable, fixed.states, x, y, n.rho, 1.0, 3000, 1e-13,
+                                                   readout=n.readout)
+
+        fixed, (implicit, misfit) = fixed_and_implicit(params)
         assert float(fixed.residual) < 1e-13
-        implicit, misfit = eqprop.implicit_gradient(net.trainable, fixed.states, x, y, net.rho, 1.0, 3000, 1e-13,
-                                                    readout=net.readout)
         assert float(misfit) < 1e-10
-        bptt = eqprop.bptt_gradient(net.trainable, x, y, net.rho, 1.0, int(fixed.steps) + 50, readout=net.readout)
+        bptt = jax.jit(lambda p: eqprop.bptt_gradient(p, x, y, net.rho, 1.0, int(fixed.steps) + 50,
+                                                      readout=net.readout))(net.trainable)
         assert _rel(bptt, implicit) < 1e-8
 
         @jax.jit
@@ -186,7 +205,7 @@ def test_ep_estimates_the_implicit_gradient_of_the_primitive_network(name, reado
         def estimate(**ep):
             rule = make_rule(_config(name, readout, **CONVERGED, **ep), dense(SIZES))
             key = jax.random.PRNGKey(0)
-            return rule.estimate(params, rule.init(key, params), x, y, key).grads
+            return jax.jit(lambda p: rule.estimate(p, rule.init(key, p), x, y, key).grads)(params)
 
         assert _rel(estimate(estimator="symmetric", beta=1e-3), implicit) < 1e-4
         errors = [_rel(estimate(estimator="one-sided", beta=b), implicit) for b in (1e-2, 1e-3)]
@@ -242,7 +261,7 @@ def test_the_spectral_radius_of_the_primitive_map_is_its_jacobian_s():
     with float64():
         params, x, _ = _problem(scale=2.0)
         net = primitive_dynamics(RHOS["unit_slope_sigmoid"])
-        fixed = eqprop.free_fixed_point(params, x, net, 1.0, 3000, 1e-14).states
+        fixed = jax.jit(lambda p: eqprop.free_fixed_point(p, x, net, 1.0, 3000, 1e-14).states)(params)
         drive0, y = input_drive(params, x), jnp.zeros((BATCH, SIZES[-1]), jnp.float64)
         shapes = [s.shape for s in fixed]
         cuts = np.cumsum([np.prod(sh) for sh in shapes])[:-1]
@@ -251,9 +270,10 @@ def test_the_spectral_radius_of_the_primitive_map_is_its_jacobian_s():
             states = [part.reshape(sh) for part, sh in zip(jnp.split(flat, cuts), shapes)]
             return jnp.concatenate([s.ravel() for s in step(params, states, drive0, y, 0.0, net, 1.0)])
 
-        jacobian = jax.jacobian(flat_step)(jnp.concatenate([s.ravel() for s in fixed]))
-        radii = [float(jnp.max(jnp.abs(jnp.linalg.eigvals(jacobian))))]
-        radius, error = eqprop.spectral_radius_with_error(params, fixed, x, net, 1.0, jax.random.PRNGKey(0), 400)
+        jacobian = jax.jit(jax.jacobian(flat_step))(jnp.concatenate([s.ravel() for s in fixed]))
+        radii = [float(np.max(np.abs(np.linalg.eigvals(np.asarray(jacobian)))))]
+        radius, error = jax.jit(lambda p, s: eqprop.spectral_radius_with_error(p, s, x, net, 1.0, jax.random.PRNGKey(0),
+                                                                                400))(params, fixed)
         assert np.isnan(float(error)) and 0.05 < max(radii) < 1
         assert float(radius) == pytest.approx(max(radii), rel=1e-3)
 
@@ -265,10 +285,16 @@ def test_the_half_slope_hard_sigmoid_fixed_point_is_a_kkt_point_of_sum_g_minus_p
         params, x, y = _problem(scale=2.0)
         net = primitive_dynamics(RHOS["half_slope_hard_sigmoid"])
         beta = 0.3
-        settled = eqprop.settle(params, eqprop.zero_states(params, BATCH, jnp.float64), input_drive(params, x), y,
-                                beta, net, 1.0, 3000, 1e-14)
+
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def settled_and_gradient(params):
+            settled = eqprop.settle(params, eqprop.zero_states(params, BATCH, jnp.float64), input_drive(params, x), y,
+                                    beta, net, 1.0, 3000, 1e-14)
+            return settled, jax.grad(lambda s: jnp.sum(energy(params, s, x, net) + beta * cost(s, y)))(settled.states)
+
+        settled, grads = settled_and_gradient(params)
         assert float(settled.residual) < 1e-13
-        grads = jax.grad(lambda s: jnp.sum(energy(params, s, x, net) + beta * cost(s, y)))(settled.states)
         s, g = jnp.concatenate([a.ravel() for a in settled.states]), jnp.concatenate([a.ravel() for a in grads])
         inner, low, high = (s > 0) & (s < 1), s == 0, s == 1
         assert int(inner.sum()) > 0 and int(low.sum()) > 0 and int(high.sum()) > 0

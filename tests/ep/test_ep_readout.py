@@ -111,14 +111,21 @@ def test_ep_with_readout_equals_the_implicit_gradient_at_small_beta(rho_name):
     with float64():
         dynamic, readout, x, y = _problem(jnp.float64, scale=0.5)
         rho = RHOS[rho_name]
-        fixed = free_fixed_point(dynamic, x, rho, 0.5, 5000, 1e-13)
-        implicit, _ = implicit_gradient(dynamic, fixed.states, x, y, rho, 0.5, 5000, 1e-12, readout=readout)
+
+
+        @jax.jit  # one program: op by op, each operation would compile on its own
+        def fixed_implicit_and_loss(dynamic, readout):
+            fixed = free_fixed_point(dynamic, x, rho, 0.5, 5000, 1e-13)
+            implicit, _ = implicit_gradient(dynamic, fixed.states, x, y, rho, 0.5, 5000, 1e-12, readout=readout)
+            return implicit, jnp.mean(cost(fixed.states, y, readout, rho))
+
+        implicit, loss_at_fixed_point = fixed_implicit_and_loss(dynamic, readout)
         params = dynamic + [readout]
 
         def estimate(**ep):
             rule = make_rule(_config(rho_name, **CONVERGED, **ep), dense(SIZES))
             key = jax.random.PRNGKey(0)
-            return rule.estimate(params, rule.init(key, params), x, y, key)
+            return jax.jit(lambda p: rule.estimate(p, rule.init(key, p), x, y, key))(params)
 
         est = estimate(estimator="symmetric", beta=1e-3)
         assert len(est.grads) == 3 and est.logits.shape == (7, 3)
@@ -126,7 +133,7 @@ def test_ep_with_readout_equals_the_implicit_gradient_at_small_beta(rho_name):
             assert _rel(g, t) < 1e-3
         errors = [_rel(estimate(estimator="one-sided", beta=b).grads, implicit) for b in (1e-2, 1e-3)]
         assert errors[1] == pytest.approx(errors[0] / 10, rel=0.2)
-        assert float(est.loss) == pytest.approx(float(jnp.mean(cost(fixed.states, y, readout, rho))), rel=1e-9)
+        assert float(est.loss) == pytest.approx(float(loss_at_fixed_point), rel=1e-9)
 
 
 def test_train_ep_with_cross_entropy_readout(tmp_path, mnist_dir):

@@ -40,8 +40,16 @@ def test_negative_and_positive_biases_are_first_order_and_opposite_and_their_mea
     with float64():
         params, x, y = _problem(jnp.float64, scale=0.5)
         _, implicit = _implicit(params, x, y, "hard_sigmoid")
-        est = {(e, b): _ep_estimate(_config(estimator=e, beta=b, **CONVERGED), params, x, y).grads
-               for e in ("one-sided", "negative", "symmetric") for b in (0.01, 0.001)}
+        from bioprop_cli import ep as eqprop
+
+        def estimator_at(estimator):  # one program per estimator, beta its argument
+            config = _config(estimator=estimator, **CONVERGED)
+            net = eqprop.network(config, params, ())
+            start = eqprop.start_states(config, net, x)
+            return jax.jit(lambda beta: eqprop.estimate(config, net, x, y, jax.random.PRNGKey(0), start, beta)[1].grads)
+
+        estimators = {e: estimator_at(e) for e in ("one-sided", "negative", "symmetric")}
+        est = {(e, b): estimators[e](b) for e in estimators for b in (0.01, 0.001)}
         errors = {k: _rel(g, implicit) for k, g in est.items()}
         assert np.log10(errors["negative", 0.01] / errors["negative", 0.001]) == pytest.approx(1.0, abs=0.1)
         for b in (0.01, 0.001):

@@ -37,18 +37,16 @@ def _marginal_network():
 def _dense_radius(params, x, states, rho):
     """max over the examples of |eigenvalues| of each example's Jacobian, computed densely."""
     widths = [s.shape[1] for s in states]
-    radii = []
-    for i in range(x.shape[0]):
 
-        def phi(v, i=i):
-            parts = jnp.split(v, np.cumsum(widths)[:-1])
-            out = step(params, [p[None] for p in parts], input_drive(params, x[i : i + 1]), jnp.zeros((1, N_OUT)),
-                       0.0, rho, EPS)
-            return jnp.concatenate([o[0] for o in out])
+    def phi(v, example):
+        parts = jnp.split(v, np.cumsum(widths)[:-1])
+        out = step(params, [p[None] for p in parts], input_drive(params, example[None]), jnp.zeros((1, N_OUT), x.dtype),
+                   0.0, rho, EPS)
+        return jnp.concatenate([o[0] for o in out])
 
-        jac = np.asarray(jax.jacfwd(phi)(jnp.concatenate([s[i] for s in states])))
-        radii.append(np.abs(np.linalg.eigvals(jac)).max())
-    return max(radii)
+    # every example's Jacobian in one program: op by op, each operation would compile on its own
+    jacobians = jax.jit(jax.vmap(jax.jacfwd(phi)))(jnp.concatenate(states, axis=1), x)
+    return max(np.abs(np.linalg.eigvals(np.asarray(jac))).max() for jac in jacobians)
 
 
 def _plain_power_iteration(params, x, states, rho, iterations=100):
@@ -78,7 +76,8 @@ def test_lanczos_finds_the_radius_of_a_marginal_network_where_power_iteration_fa
             lambda s: spectral_radius_with_error(params, s, x, rho, EPS, jax.random.PRNGKey(1), 60))(states))
         assert estimate == pytest.approx(dense, abs=1e-10)
         assert 0 <= error < 1e-9  # converged: the estimate stopped moving
-        assert float(spectral_radius(params, states, x, rho, EPS, jax.random.PRNGKey(1), 60)) == estimate
+        radius = jax.jit(lambda s: spectral_radius(params, s, x, rho, EPS, jax.random.PRNGKey(1), 60))(states)
+        assert float(radius) == estimate
 
 
 def test_too_few_lanczos_steps_say_so_in_the_error():

@@ -65,8 +65,9 @@ CASES = {
 
 
 # bn-resnet and ep-persistent are slow (8-22 s); cheap twins: kp (a rule state through the checkpoint),
-# test_ep_energy's persistent particles, test_sweep_checkpoint_resume
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in ("bn-resnet", "ep-persistent") else c
+# test_ep_energy's persistent particles, test_sweep_checkpoint_resume. bp is slow too: fa (the same loop with
+# the alignment logs) and kp (alignment off, an optimizer and rule state) cover its path
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in ("bn-resnet", "ep-persistent", "bp") else c
                                   for c in CASES])
 def test_stopped_twice_and_resumed_equals_uninterrupted(tmp_path, case):
     """Ctrl-C after epoch 1, resume; Ctrl-C 2 steps into epoch 3 (the chunk then in flight finishes: the

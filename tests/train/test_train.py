@@ -17,7 +17,13 @@ def _untimed(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-@pytest.mark.parametrize("rule", available_rules(FEEDFORWARD))
+# usf and frsf are slow: their fixed feedback is drawn once at init and then trains by fa's path (the [fa]
+# case); tests/rules (test_rules.py, test_registry.py) check their feedback matrices and recorded paths
+SAME_PATH_AS_FA = ("usf", "frsf")
+
+
+@pytest.mark.parametrize("rule", [pytest.param(r, marks=pytest.mark.slow) if r in SAME_PATH_AS_FA else r
+                                  for r in available_rules(FEEDFORWARD)])
 def test_every_rule_learns_separable_clusters(tmp_path, rule):
     summary, metrics, alignment = run(tmp_path, small_config(rule=rule, **{"model.depth": 2}))
     assert summary["status"] == "completed"

@@ -32,25 +32,29 @@ IDX_FILES = (
 
 def pytest_configure(config) -> None:
     """JAX's persistent compilation cache for the session: every compiled program is kept in pytest's
-    cache folder (.pytest_cache/d/jax-compilation-cache), so a program compiled again (by another test,
-    the other xdist worker, a test's subprocess, or the next session) is read back instead of
-    recompiled. The environment carries it to subprocesses; a JAX_COMPILATION_CACHE_DIR already set
-    wins, and `-p no:cacheprovider` turns it off. Eviction (a size bound) makes JAX lock the folder,
-    so the workers' reads and writes never see half a file."""
+    cache folder, one folder per xdist worker (.pytest_cache/d/jax-compilation-cache/<worker>), so a
+    program compiled again (by another test of that worker, a test's subprocess, or the next session)
+    is read back instead of recompiled. The environment carries it to subprocesses; a
+    JAX_COMPILATION_CACHE_DIR already set wins, and `-p no:cacheprovider` turns it off. No size bound:
+    JAX's eviction lists and reads the whole folder at every write (quadratic in the programs written)
+    and its lock is only needed when two processes write one folder, which a folder per worker avoids."""
     cache = getattr(config, "cache", None)
-    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ or starts_workers(config):
         return
     settings = {
-        "JAX_COMPILATION_CACHE_DIR": str(cache.mkdir("jax-compilation-cache")),
+        "JAX_COMPILATION_CACHE_DIR": str(cache.mkdir("jax-compilation-cache") / os.environ.get("PYTEST_XDIST_WORKER", "main")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # the suite's programs each compile in well under 1 s
-        "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**30),
     }
     os.environ.update(settings)
     import jax  # imported already (helpers); nothing has been compiled yet
 
     for name, value in settings.items():
-        jax.config.update(name.lower(), int(value) if name.endswith("SIZE") else
-                          float(value) if name.endswith("SECS") else value)
+        jax.config.update(name.lower(), float(value) if name.endswith("SECS") else value)
+
+
+def starts_workers(config) -> bool:
+    """True in the xdist controller that starts workers: each worker names its own cache folder."""
+    return bool(getattr(config.option, "numprocesses", 0)) and "PYTEST_XDIST_WORKER" not in os.environ
 
 
 @pytest.fixture(autouse=True)

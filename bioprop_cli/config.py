@@ -118,8 +118,8 @@ class ModelConfig:
     depth: int = 2  # mlp: number of HIDDEN layers; the network has depth + 1 weight matrices
     width: int = 256  # mlp: units per hidden layer
     activation: Activation = "tanh"
-    loss: Loss = "cross_entropy"
     init: InitConfig = field(default_factory=InitConfig)
+    loss: Loss = "cross_entropy"
     cnn: CNNConfig = field(default_factory=CNNConfig)
     lenet: LeNetConfig = field(default_factory=LeNetConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)

@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pinned import run_pinned
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "experiments" / "ep_cnn_mnist_laborieux.yaml"
@@ -36,10 +37,10 @@ def bioprop_side(batches: int, free_steps: int, nudged_steps: int) -> dict:
     """Compile the CLI's epoch of `batches` steps, run it once, then time one epoch."""
     import jax
 
+    from bioprop_cli.bench import compile_rule
     from bioprop_cli.config import load_config
     from bioprop_cli.datasets import load_dataset
-    from bioprop_cli.splits import derive_keys, make_splits, probe_batch
-    from bioprop_cli.train import build_program
+    from bioprop_cli.splits import make_splits
 
     probe = load_config(CONFIG, [])
     overrides = [("alignment.enabled", False), ("ep.free_steps", free_steps), ("ep.nudged_steps", nudged_steps),
@@ -47,20 +48,12 @@ def bioprop_side(batches: int, free_steps: int, nudged_steps: int) -> dict:
     config = load_config(CONFIG, overrides)
     dataset = load_dataset(config.data.dataset, os.environ.get("BIOPROP_DATA_DIR"), config.data)
     splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8")
-    program = build_program(config, splits.x_train.shape[0], splits.x_train.shape[1], splits.pixels)
-    keys = derive_keys(config.seed)
-    probe_x, probe_y, _ = probe_batch(config, splits, keys)
-    state = program.init(config.seed)
-    args = (splits.x_train, splits.y_train, probe_x, probe_y, keys)
-    compile_s = time.perf_counter()
-    epoch = program.epoch.lower(state, *args, 0).compile()
-    compile_s = time.perf_counter() - compile_s
-    state, _ = jax.block_until_ready(epoch(state, *args, 0))  # warm-up
+    entry = compile_rule(config, splits)  # bench's compiled epoch, warmed up
     wall, cpu = time.perf_counter(), time.process_time()
-    state, out = jax.block_until_ready(epoch(state, *args, 1))
+    entry["run_epoch"]()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    steps = program.steps_per_epoch
-    examples = steps * config.train.batch_size
+    steps, examples = entry["steps_per_epoch"], entry["examples"]
+    compile_s = entry["compile_s"]
     return {"side": "bioprop", "jax": jax.__version__, "batches": steps, "batch": config.train.batch_size,
             "T1": config.ep.free_steps, "T2": config.ep.nudged_steps, "wall_s": wall, "cpu_s": cpu,
             "examples_per_s": examples / wall, "examples_per_cpu_s": examples / cpu, "cpu_s_per_batch": cpu / steps,
@@ -83,11 +76,7 @@ def run_side(side: str, args) -> dict:
         command = [args.their_python, args.their_driver, "--threads", "1", "--batches", str(args.batches),
                    "--T1", str(args.free_steps), "--T2", str(args.nudged_steps)]
     load = os.getloadavg()[0]
-    done = subprocess.run(["taskset", "-c", str(args.core)] + command, env=environment(), capture_output=True,
-                          text=True)
-    if done.returncode:
-        raise SystemExit(f"{side} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_pinned(str(args.core), command, environment(), side)
     result["load_before"] = load
     return result
 

@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from pinned import run_pinned
 
 HERE = Path(__file__).resolve().parent
 LENET_CONFIG = HERE.parent / "configs" / "experiments" / "lenet_mnist.yaml"
@@ -84,10 +85,7 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
     else:
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
                    str(threads), "--steps", str(steps or 0)]
-    done = subprocess.run(["taskset", "-c", cores] + command, env=environment(threads), capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"{side} {net} {rule} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result
 

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from bioprop_cli.cli.common import DataDir, ResultsDir, console, user_errors_exit_2
-from bioprop_cli.cli.sweep import MAX_SEEDS
+from bioprop_cli.cli.sweep import JOBS_HELP, MAX_SEEDS
+from bioprop_cli.experiment.jobs import parse_jobs
 from bioprop_cli.runs import check_results_folder
 
 
@@ -20,6 +21,7 @@ def reproduce(
     quick: bool = typer.Option(False, "--quick", help="A short version of each (a subset, 1-2 epochs): checks the code "
                                "path and the direction of the effect, never 'reproduced'."),
     seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per variant (default: the preset's; trained together)."),
+    jobs: str = typer.Option("1", help=JOBS_HELP),
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -31,6 +33,7 @@ def reproduce(
     if list_:
         _print_list(study)
         return
+    workers = parse_jobs(jobs)
     chosen = names or study.preset_names()
     presets = [study.load_preset(name) for name in chosen]  # unknown names: exit 2 before anything runs
     overrides = [("results_dir", results_dir)] if results_dir is not None else []
@@ -48,7 +51,8 @@ def reproduce(
             with console.status(f"{preset.name}: training...") as status:
                 result = study.run(preset, quick, seeds, load, overrides,
                                    report=lambda m: status.update(f"{preset.name}: {m}"), interrupted=interrupted,
-                                   notice=lambda m: console.print(f"{preset.name}: {m}", soft_wrap=True, highlight=False))
+                                   notice=lambda m: console.print(f"{preset.name}: {m}", soft_wrap=True, highlight=False),
+                                   jobs=workers)
             path = study.write(result, Path(result["sweep_folder"]))
             console.print(f"{preset.name}: {result['wall_time_s']:.0f} s, written {path}", highlight=False)
             results.append(result)
@@ -66,10 +70,14 @@ def _load_dataset(cfg):
 
 
 class DatasetCache:
-    """_load_dataset, each (dataset, data folder) read once per command."""
+    """_load_dataset, each (dataset, data folder) read once per command; sent to a worker process
+    (--jobs) without what it holds (the worker reads its own)."""
 
     def __init__(self):
         self.loaded = {}
+
+    def __getstate__(self):
+        return {"loaded": {}}
 
     def __call__(self, cfg):
         where = (cfg.data.dataset, cfg.data.data_dir)

@@ -14,6 +14,7 @@ from bioprop_cli.cli.common import (
 )
 from bioprop_cli.errors import UserError
 from bioprop_cli.experiment.grid import AXIS_COMMANDS
+from bioprop_cli.experiment.jobs import parse_jobs
 from bioprop_cli.experiment.runner import resuming
 from bioprop_cli.report.study_tables import beta_table, beta_training_table, condition_tables, pc_table, sweep_table
 
@@ -24,6 +25,8 @@ MAX_BATCHES = 1_000
 MAX_EPOCHS = 1_000
 MAX_POINTS = 100  # values of one swept parameter
 MAX_STEPS = 10_000  # inference or settling steps of one phase
+JOBS_HELP = ("Groups trained at once, each in a worker process pinned to its own cores (1: in-process, one group "
+             "after another; auto: one per usable core).")
 
 
 app = typer.Typer(
@@ -35,7 +38,7 @@ app = typer.Typer(
 
 def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[str], seeds: int, config: Optional[Path],
                 sets: list[str], flags: dict, executor: str = "local", address: Optional[str] = None,
-                gpus_per_task: float = 0.0) -> None:
+                gpus_per_task: float = 0.0, jobs: int = 1) -> None:
     """Shared by every axis command and the bare `bioprop sweep --grid ...`. Ctrl-C: exit code 130."""
     from bioprop_cli.interrupt import sigint_flag
 
@@ -49,7 +52,7 @@ def _grid_sweep(axis: Optional[str], values: Optional[str], grid_options: list[s
         begun = Path(base.results_dir) / base.experiment / sweep_name(base, grid, seed_values, where)
         if resuming(begun):
             console.print(f"resuming {begun}: finished runs are kept", soft_wrap=True, highlight=False)
-        folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted)
+        folder, manifest = _run_with_status(base, grid, where, seed_values, runner, interrupted, jobs)
         console.print(sweep_table(folder, manifest))
         console.print(f"sweep folder: {folder} (manifest.json; `bioprop compare {folder}` for the report)", soft_wrap=True)
         if interrupted() or any(entry["status"] == "interrupted" for entry in manifest["runs"].values()):
@@ -88,12 +91,13 @@ def _executor(name: str, address: Optional[str], gpus_per_task: float):
     return RayExecutor(address, gpus_per_task)
 
 
-def _run_with_status(base, grid, where, seed_values, runner, interrupted):
+def _run_with_status(base, grid, where, seed_values, runner, interrupted, jobs=1):
     from bioprop_cli.experiment.grid import run_sweep
 
     with console.status("sweeping...") as status:
         return run_sweep(base, grid, seed_values, DatasetLoader(), where, report=lambda m: status.update(f"sweeping: {m}"),
-                         executor=runner, interrupted=interrupted, notice=lambda m: console.print(m, soft_wrap=True, highlight=False))
+                         executor=runner, interrupted=interrupted, notice=lambda m: console.print(m, soft_wrap=True, highlight=False),
+                         jobs=jobs)
 
 
 class DatasetLoader:
@@ -113,7 +117,8 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together, vmapped); default 1."),
         config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
         set_: Sets = [],
-        executor: str = typer.Option("local", help="local (in-process, one group after another) or ray."),
+        executor: str = typer.Option("local", help="local (in-process, one group after another; --jobs N: N worker processes) or ray."),
+        jobs: str = typer.Option("1", help=JOBS_HELP),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (else a local Ray instance)."),
         gpus_per_task: float = typer.Option(0.0, min=0.0, help="GPUs each Ray task asks for."),
         *,
@@ -128,7 +133,10 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
             raise typer.Exit(code=2)
         if executor == "local":
             refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
-        _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task)
+        else:
+            refuse_given(ctx, ["jobs"], "local worker processes, for --executor local (Ray schedules its own tasks); drop it")
+        _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task,
+                    parse_jobs(jobs))
 
     command.__doc__ = (f"Sweep {axis}" if axis else "Sweep the --grid axes") + ": N seeds per point, resumable, one folder with a manifest."
     return user_errors_exit_2(run_flags(*RUN_FLAGS)(command))

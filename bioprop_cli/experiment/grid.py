@@ -332,9 +332,10 @@ def sweep_name(base: Config, grid: dict[str, list], seeds: list[int], where: lis
 def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loader: Callable,
               where: list[dict] = (), report: Callable[[str], None] = lambda m: None, executor=None,
               interrupted: Callable[[], bool] = lambda: False,
-              notice: Callable[[str], None] | None = None) -> tuple[Path, dict]:
+              notice: Callable[[str], None] | None = None, jobs: int = 1) -> tuple[Path, dict]:
     """Runs (or resumes) the sweep through the runner (experiment/runner.py); `where`: read_where's
-    per-point overrides; `notice`: Experiment.train's; returns its folder and manifest. Every point is checked, and its data, before
+    per-point overrides; `notice`: Experiment.train's; `jobs`: the local executor's worker processes
+    (--jobs); returns its folder and manifest. Every point is checked, and its data, before
     anything is written."""
     base_tree = to_dict(base)
     all_points = points(grid)
@@ -346,5 +347,5 @@ def run_sweep(base: Config, grid: dict[str, list], seeds: list[int], dataset_loa
     specs = [RunSpec(f"{p.name}-s{s}", point_config(base_tree, p, s, where), dict(p.values))
              for p in all_points for s in seeds]
     with open_experiment(folder, header, base_tree) as experiment:
-        experiment.train(specs, dataset_loader, executor or LocalExecutor(datasets), report, interrupted, notice)
+        experiment.train(specs, dataset_loader, executor or LocalExecutor(datasets, jobs), report, interrupted, notice)
     return folder, experiment.manifest

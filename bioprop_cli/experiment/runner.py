@@ -189,12 +189,20 @@ def load_checked_data(configs: list[Config], dataset_loader: Callable) -> dict[t
 
 class LocalExecutor:
     """In-process, one group after another; each dataset is loaded once (`datasets`: those loaded
-    already, load_checked_data's)."""
+    already, load_checked_data's). `jobs` > 1 (`--jobs N`) with more than one group: the groups train
+    in up to `jobs` worker processes at a time, each on its own cores (jobs.py; the loader is sent to
+    the workers, each loads its own data)."""
 
-    def __init__(self, datasets: dict[tuple, Any] | None = None):
+    def __init__(self, datasets: dict[tuple, Any] | None = None, jobs: int = 1):
         self.datasets = dict(datasets or {})
+        self.jobs = jobs
 
     def __call__(self, groups, dataset_loader, report, interrupted=lambda: False):
+        if self.jobs > 1 and len(groups) > 1:
+            from bioprop_cli.experiment.jobs import run_in_workers
+
+            yield from run_in_workers(groups, dataset_loader, report, interrupted, self.jobs)
+            return
         datasets = self.datasets
         for group in groups:
             if interrupted():

@@ -209,15 +209,16 @@ def check_data(preset: Preset, quick: bool, overrides, dataset_loader: Callable)
 
 def run(preset: Preset, quick: bool, seeds: int | None, dataset_loader: Callable, overrides=(),
         report: Callable[[str], None] = lambda m: None, interrupted: Callable[[], bool] = lambda: False,
-        notice: Callable[[str], None] | None = None) -> dict:
-    """Trains the preset (a sweep: grid x seeds, resumable) and compares it with the published numbers."""
+        notice: Callable[[str], None] | None = None, jobs: int = 1) -> dict:
+    """Trains the preset (a sweep: grid x seeds, resumable; `jobs`: worker processes, --jobs) and compares
+    it with the published numbers."""
     from bioprop_cli.experiment.grid import run_sweep
 
     base = base_config(preset, quick, overrides)
     seed_values = [base.seed + k for k in range(seed_count(preset, quick, seeds))]
     t0 = time.perf_counter()
     folder, manifest = run_sweep(base, preset.grid, seed_values, dataset_loader, preset.where, report=report,
-                                 interrupted=interrupted, notice=notice)
+                                 interrupted=interrupted, notice=notice, jobs=jobs)
     wall = time.perf_counter() - t0
     rows = compare(preset, folder, manifest, quick)
     return {

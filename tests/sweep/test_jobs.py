@@ -73,6 +73,12 @@ def test_the_cli_refuses_a_bad_jobs_value_in_one_line_and_writes_nothing(args, t
     assert_nothing_written(tmp_path / "r")
 
 
+def test_reproduce_refuses_a_bad_jobs_value_in_one_line_and_writes_nothing(tmp_path):
+    result = CliRunner().invoke(app, ["reproduce", "--quick", "--jobs", "none", "--results-dir", str(tmp_path / "r")])
+    assert_user_error(result, "--jobs: expected a whole number from 1 to")
+    assert_nothing_written(tmp_path / "r")
+
+
 def test_cores_are_cut_into_contiguous_slices_and_one_core_runs_xla_single_threaded():
     assert core_slices([0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
     assert core_slices([0, 1, 2], 2) == [(0, 1), (2,)]

@@ -79,6 +79,16 @@ def test_reproduce_refuses_a_bad_jobs_value_in_one_line_and_writes_nothing(tmp_p
     assert_nothing_written(tmp_path / "r")
 
 
+def test_reproduce_sends_its_dataset_cache_to_a_worker_empty():
+    import pickle
+
+    from bioprop_cli.cli.reproduce import DatasetCache
+
+    cache = DatasetCache()
+    cache.loaded[("mnist", None)] = "the arrays"
+    assert pickle.loads(pickle.dumps(cache)).loaded == {} and cache.loaded == {("mnist", None): "the arrays"}
+
+
 def test_cores_are_cut_into_contiguous_slices_and_one_core_runs_xla_single_threaded():
     assert core_slices([0, 1, 2, 3], 2) == [(0, 1), (2, 3)]
     assert core_slices([0, 1, 2], 2) == [(0, 1), (2,)]

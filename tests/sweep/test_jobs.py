@@ -201,16 +201,23 @@ def test_ctrl_c_during_jobs_2_exits_130_and_leaves_no_worker(ctrl_c, tmp_path):
     npz = write_npz(tmp_path / "data.npz", n_train=1000)
     proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *sweep_args(npz, tmp_path / "r", "2", epochs=100_000)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("r/default/*/runs/*/metrics.jsonl"))) < 2 and proc.poll() is None:
-        assert time.monotonic() < deadline, "the two workers never finished an epoch"
-        time.sleep(0.05)
-    workers = children_of(proc.pid)
-    assert len(workers) == 2, workers
-    for _ in range(ctrl_c):
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.1)
-    assert proc.wait(timeout=60) == 130
+    workers = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("r/default/*/runs/*/metrics.jsonl"))) < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the two workers never finished an epoch"
+            time.sleep(0.05)
+        workers = children_of(proc.pid)
+        assert len(workers) == 2, workers
+        for _ in range(ctrl_c):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.1)
+        assert proc.wait(timeout=60) == 130
+    finally:  # a failed check leaves nothing running
+        for pid in [proc.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
     stderr = proc.stderr.read().decode()
     assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr
     deadline = time.monotonic() + 5  # a worker checks for its parent every WATCH_PARENT_S

@@ -133,7 +133,7 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
             raise typer.Exit(code=2)
         if executor == "local":
             refuse_given(ctx, ["gpus_per_task"], "Ray tasks' GPUs, for --executor ray; drop it")
-        else:
+        elif executor == "ray":
             refuse_given(ctx, ["jobs"], "local worker processes, for --executor local (Ray schedules its own tasks); drop it")
         _grid_sweep(axis, values, grid, seeds, config_file(config), set_, flags, executor, address, gpus_per_task,
                     parse_jobs(jobs))

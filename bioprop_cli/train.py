@@ -12,8 +12,8 @@ training split does not fit there (config data.stream, splits.feed_plan), stays 
 at a time, the next chunk's transfer overlapping the current chunk's compute.
 `hyper` holds the run's values of config keys that runs trained together may differ in
 (config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
-compiled program serves every value. `train_group` maps the program over runs (one after another on a
-CPU, vmapped elsewhere: `runs_one_after_another`) and, where several devices are present, spreads the
+compiled program serves every value. `train_group` maps the program over runs (a conv net's one after
+another on a CPU, vmapped otherwise: `runs_one_after_another`) and, where several devices are present, spreads the
 runs over them.
 `train` is the host-side driver: it times, checks for divergence, hands records to the writer, and
 checkpoints the whole training state (bioprop_cli/checkpoint.py); `resume_run` continues from a checkpoint.
@@ -43,7 +43,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
-from bioprop_cli.models.arch import Architecture
+from bioprop_cli.models.arch import Architecture, is_library
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
@@ -332,13 +332,14 @@ def map_runs(f: Callable, in_axes=0) -> Callable:
     return mapped
 
 
-def runs_one_after_another(sharding) -> bool:
-    """How a group of runs trains in its one compiled program: one run after another (lax.map) on a CPU that
-    holds the whole group, vmapped elsewhere (the runs then spread over the devices, or run side by side on
-    an accelerator). On XLA's CPU backend vmap makes a conv layer with one kernel per run a grouped
-    convolution (feature_group_count = runs), much slower per run than each run's own; the MLP's batched
-    products gain nothing over one run at a time (measured: docs/speed.md, "Seeds trained together")."""
-    return sharding is None and jax.default_backend() == "cpu"
+def runs_one_after_another(arch, sharding) -> bool:
+    """How a group of runs trains in its one compiled program: one run after another (lax.map) where the network
+    has a convolution and a CPU holds the whole group; vmapped otherwise (the MLP, and on accelerators or several
+    devices, over which the runs then spread). On XLA's CPU backend vmap makes a conv layer with one kernel per
+    run a grouped convolution (feature_group_count = runs), much slower per run than each run's own; the MLP's
+    vmapped products are about as fast as one run at a time (measured: docs/speed.md, "Seeds trained together")."""
+    convolutional = is_library(arch) or not arch.is_mlp
+    return convolutional and sharding is None and jax.default_backend() == "cpu"
 
 
 def _seed(tree, i: int):
@@ -517,7 +518,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels, plan.chunk_steps)
     sharding = run_sharding(len(configs)) if len(configs) > 1 else None
-    batched = seed_batched(program, config.alignment.probe_size, len(configs), runs_one_after_another(sharding))
+    batched = seed_batched(program, config.alignment.probe_size, len(configs), runs_one_after_another(program.arch, sharding))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
     keys = jax.vmap(derive_keys)(seeds)
@@ -552,7 +553,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
                 "steps_per_epoch": steps_per_epoch, "data_feed": _feed_record(plan), "runs_trained_together": len(configs),
                 "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
-                "runs_one_after_another": len(configs) > 1 and runs_one_after_another(sharding),
+                "runs_one_after_another": len(configs) > 1 and runs_one_after_another(program.arch, sharding),
                 **environment(), **process_stamp(), "provenance": checkpoint.provenance(),
             }
         else:

@@ -1,5 +1,5 @@
-"""A group's runs trained one after another inside one compiled program (train.map_runs, the CPU's way:
-runs_one_after_another) compute each run's own numbers: per run, the parameters a run trained alone ends with."""
+"""A group's runs trained one after another inside one compiled program (train.map_runs, a conv net's way on
+a CPU: runs_one_after_another) compute each run's own numbers: per run, the parameters a run trained alone ends with."""
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,12 @@ def test_map_runs_maps_as_vmap_does():
         np.testing.assert_array_equal(x, y)
 
 
-def test_runs_one_after_another_on_a_cpu_holding_the_group():
-    assert runs_one_after_another(None) == (jax.default_backend() == "cpu")
-    assert not runs_one_after_another(object())  # sharded over devices: vmapped
+def test_conv_nets_run_one_after_another_on_a_cpu_holding_the_group():
+    conv = build_program(load_config(overrides=list(TINY_LENET.items())), 8, 784).arch
+    mlp = build_program(load_config(overrides=[("model.width", 4)]), 8, 784).arch
+    assert runs_one_after_another(conv, None) == (jax.default_backend() == "cpu")
+    assert not runs_one_after_another(conv, object())  # sharded over devices: vmapped
+    assert not runs_one_after_another(mlp, None)
 
 
 def _two_steps(batched, seeds):

@@ -284,7 +284,8 @@ class SeedBatched(NamedTuple):
 
 def seed_batched(program: Program, probe_size: int, n_seeds: int, one_after_another: bool = False) -> SeedBatched:
     """vmapped over seeds, or with `one_after_another` (runs_one_after_another) mapped over them one run after
-    another inside the one compiled program (lax.map: each run's computation is the single run's); for one seed,
+    another inside the one compiled program (lax.map: each run's computation is the single run's), the measurement
+    still vmapped (on LeNet one after another took longer: docs/speed.md, "Seeds trained together"); for one seed,
     the plain functions with a unit axis added (as fast as the unbatched program, which `bioprop bench` measures)."""
 
     probe = functools.partial(draw_probe, size=probe_size)
@@ -308,7 +309,7 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int, one_after_anot
         init=jax.jit(over_runs(program.init)),
         epoch=jax.jit(over_runs(program.epoch, in_axes=(0, None, None, 0, 0, 0, None))),
         evaluate=jax.jit(over_runs(program.evaluate, in_axes=(0, None, None, None))),
-        measure=jax.jit(over_runs(program.measure)),
+        measure=jax.jit(jax.vmap(program.measure)),
         probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
         order=jax.jit(jax.vmap(program.order, in_axes=(0, None))),
         chunk=jax.jit(over_runs(program.chunk, in_axes=(0, None, None, 0, 0, 0, 0, 0, None, None))),

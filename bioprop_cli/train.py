@@ -12,8 +12,9 @@ training split does not fit there (config data.stream, splits.feed_plan), stays 
 at a time, the next chunk's transfer overlapping the current chunk's compute.
 `hyper` holds the run's values of config keys that runs trained together may differ in
 (config.BATCHABLE_KEYS: learning rate, beta, scales); they ride in the state as arrays, so one
-compiled program serves every value. `train_group` vmaps the program over runs and, where
-several devices are present, spreads the runs over them.
+compiled program serves every value. `train_group` maps the program over runs (a conv net's one after
+another on a CPU, vmapped otherwise: `runs_one_after_another`) and, where several devices are present, spreads the
+runs over them.
 `train` is the host-side driver: it times, checks for divergence, hands records to the writer, and
 checkpoints the whole training state (bioprop_cli/checkpoint.py); `resume_run` continues from a checkpoint.
 """
@@ -42,7 +43,7 @@ from bioprop_cli.errors import UserError
 from bioprop_cli.interrupt import sigint_flag
 from bioprop_cli.metrics.measure import make_measure
 from bioprop_cli.models.mlp import LOSSES
-from bioprop_cli.models.arch import Architecture
+from bioprop_cli.models.arch import Architecture, is_library
 from bioprop_cli.network import architecture, init_state
 from bioprop_cli.optim import make_optimizer, make_schedule
 from bioprop_cli.rules import make_rule
@@ -281,9 +282,11 @@ class SeedBatched(NamedTuple):
     streamed_chunk: Callable  # the same with the chunk's examples and labels (N, chunk_steps, batch, ...) for x_train, y_train
 
 
-def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched:
-    """vmapped over seeds; for one seed, the plain functions with a unit axis added (as fast as
-    the unbatched program, which `bioprop bench` measures)."""
+def seed_batched(program: Program, probe_size: int, n_seeds: int, one_after_another: bool = False) -> SeedBatched:
+    """vmapped over seeds, or with `one_after_another` (runs_one_after_another) mapped over them one run after
+    another inside the one compiled program (lax.map: each run's computation is the single run's), the measurement
+    still vmapped (on LeNet one after another took longer: docs/speed.md, "Seeds trained together"); for one seed,
+    the plain functions with a unit axis added (as fast as the unbatched program, which `bioprop bench` measures)."""
 
     probe = functools.partial(draw_probe, size=probe_size)
 
@@ -301,16 +304,43 @@ def seed_batched(program: Program, probe_size: int, n_seeds: int) -> SeedBatched
             streamed_chunk=jax.jit(lambda st, x, y, px, py, pi, keys, b, e, s: add(
                 program.streamed_chunk(first(st), x[0], y[0], px[0], py[0], pi[0], first(keys), b[0], e, s))),
         )
+    over_runs = map_runs if one_after_another else jax.vmap
     return SeedBatched(
-        init=jax.jit(jax.vmap(program.init)),
-        epoch=jax.jit(jax.vmap(program.epoch, in_axes=(0, None, None, 0, 0, 0, None))),
-        evaluate=jax.jit(jax.vmap(program.evaluate, in_axes=(0, None, None, None))),
+        init=jax.jit(over_runs(program.init)),
+        epoch=jax.jit(over_runs(program.epoch, in_axes=(0, None, None, 0, 0, 0, None))),
+        evaluate=jax.jit(over_runs(program.evaluate, in_axes=(0, None, None, None))),
         measure=jax.jit(jax.vmap(program.measure)),
         probe=jax.jit(jax.vmap(probe, in_axes=(0, None, None))),
         order=jax.jit(jax.vmap(program.order, in_axes=(0, None))),
-        chunk=jax.jit(jax.vmap(program.chunk, in_axes=(0, None, None, 0, 0, 0, 0, 0, None, None))),
-        streamed_chunk=jax.jit(jax.vmap(program.streamed_chunk, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, None))),
+        chunk=jax.jit(over_runs(program.chunk, in_axes=(0, None, None, 0, 0, 0, 0, 0, None, None))),
+        streamed_chunk=jax.jit(over_runs(program.streamed_chunk, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, None))),
     )
+
+
+def map_runs(f: Callable, in_axes=0) -> Callable:
+    """f over the leading run axis of the arguments whose in_axes entry is 0 (those with None are shared), as
+    jax.vmap(f, in_axes) maps it, but one run after another (lax.map)."""
+
+    def mapped(*args):
+        axes = in_axes if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+
+        def one(per_run):
+            runs = iter(per_run)
+            return f(*(a if axis is None else next(runs) for a, axis in zip(args, axes)))
+
+        return jax.lax.map(one, [a for a, axis in zip(args, axes) if axis is not None])
+
+    return mapped
+
+
+def runs_one_after_another(arch, sharding) -> bool:
+    """How a group of runs trains in its one compiled program: one run after another (lax.map) where the network
+    has a convolution and a CPU holds the whole group; vmapped otherwise (the MLP, and on accelerators or several
+    devices, over which the runs then spread). On XLA's CPU backend vmap makes a conv layer with one kernel per
+    run a grouped convolution (feature_group_count = runs), much slower per run than each run's own; the MLP's
+    vmapped products are about as fast as one run at a time (measured: docs/speed.md, "Seeds trained together")."""
+    convolutional = is_library(arch) or not arch.is_mlp
+    return convolutional and sharding is None and jax.default_backend() == "cpu"
 
 
 def _seed(tree, i: int):
@@ -488,11 +518,11 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
     splits = make_splits(config, dataset, keep_uint8=config.data.storage == "uint8", train_on_device=not plan.streamed)
     n_train = splits.x_train.shape[0]
     program = build_program(config, n_train, splits.x_train.shape[1], splits.pixels, plan.chunk_steps)
-    batched = seed_batched(program, config.alignment.probe_size, len(configs))
+    sharding = run_sharding(len(configs)) if len(configs) > 1 else None
+    batched = seed_batched(program, config.alignment.probe_size, len(configs), runs_one_after_another(program.arch, sharding))
     seeds = jnp.asarray([c.seed for c in configs], jnp.int32)
     hyper = {key: jnp.asarray(values, jnp.float32) for key, values in varying.items()}
     keys = jax.vmap(derive_keys)(seeds)
-    sharding = run_sharding(len(configs)) if len(configs) > 1 else None
     if sharding is not None:
         seeds, hyper, keys = jax.device_put((seeds, hyper, keys), sharding)
     if plan.streamed:
@@ -524,6 +554,7 @@ def _train_group(configs: list[Config], dataset, writers: list, on_epoch: Callab
                 "n_val": int(jnp.sum(splits.mask_val)), "n_test": int(jnp.sum(splits.mask_test)),
                 "steps_per_epoch": steps_per_epoch, "data_feed": _feed_record(plan), "runs_trained_together": len(configs),
                 "batched_keys": sorted(varying), "devices_used": sharding.num_devices if sharding else 1,
+                "runs_one_after_another": len(configs) > 1 and runs_one_after_another(program.arch, sharding),
                 **environment(), **process_stamp(), "provenance": checkpoint.provenance(),
             }
         else:

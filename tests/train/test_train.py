@@ -117,8 +117,8 @@ EP_SMALL = {"model.width": 16, "train.batch_size": 50, "optimizer.layer_lr": [],
 # test_experiment_resume's sweep beta --train (ep.beta batched)
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "ep-beta" else c for c in GROUPS])
 def test_runs_trained_together_write_what_they_write_alone(tmp_path, case):
-    """One vmapped program for three runs; each run's files match its single run (the batched
-    matrix products round differently in the last bits, so floats agree to 1e-5, not bitwise)."""
+    """One program for three runs; each run's files match its single run (floats to 1e-5: vmapped, where
+    train.runs_one_after_another does not hold, the batched matrix products round differently in the last bits)."""
     from bioprop_cli.train import train_group
 
     rule, values = GROUPS[case]

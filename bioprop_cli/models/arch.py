@@ -36,6 +36,9 @@ PoolKind = Literal["max", "avg", "none"]
 class Dense(NamedTuple):
     n_in: int
     n_out: int
+    # a dense layer that stands for a k x k convolution over a k x k map (LeNet's conv3): k^2, so that its fans
+    # are the convolution's, (k^2 C_in, k^2 C_out) = (n_in, k^2 n_out), as torch's xavier_uniform_ reads them
+    kernel_area: int = 1
 
     @property
     def in_shape(self) -> tuple[int]:
@@ -51,7 +54,7 @@ class Dense(NamedTuple):
 
     @property
     def fans(self) -> tuple[int, int]:
-        return self.n_in, self.n_out
+        return self.n_in, self.kernel_area * self.n_out
 
 
 class Conv(NamedTuple):
@@ -183,13 +186,16 @@ def lenet(input_shape: tuple[int, int, int], n_out: int, linear_fc1: bool = Fals
     conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc1 84, fc2 10, ReLU after
     the three convolutions only: fc1 feeds fc2 directly. linear_fc1 (model.lenet.linear_fc1) is that network:
     no activation after the 84-unit layer; without it this stack applies the activation there too (issue 26).
-    Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same weights, same fans), and
+    Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (the same product) with the
+    convolution's fans, (5^2 * 16, 5^2 * 120) = (400, 3000) (Dense.kernel_area), which set its Xavier init, fa's B
+    and usf's sign scale as in biotorch (issue 26; before, (400, 120): 2.56x biotorch's Xavier std), and
     padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch interpolates the digit up to
     32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)
     net = stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
-    *below, fc1, fc2 = net.layers
-    return net._replace(layers=(*below, fc1._replace(activation=not linear_fc1), fc2))
+    *below, conv3, fc1, fc2 = net.layers
+    conv3 = conv3._replace(op=conv3.op._replace(kernel_area=5 * 5))
+    return net._replace(layers=(*below, conv3, fc1._replace(activation=not linear_fc1), fc2))
 
 
 def cnn(input_shape: tuple[int, int, int], cnn_config, n_out: int) -> Architecture:

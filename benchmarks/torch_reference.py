@@ -13,7 +13,9 @@ The protocol is bioprop's (configs/experiments/lenet_mnist.yaml; bioprop_cli/ben
   padding of 2 in the first convolution (bioprop's `lenet`); conv3 a 5x5 convolution of the 5x5 map (bioprop: the
   same product as a dense layer); ReLU after the three convolutions only, as LeNetMNIST (bioprop also applies one
   after fc1: 64 x 84 elements, nothing in time); max pooling 2; cross-entropy; SGD momentum
-  0.9, weight decay 1e-3 (torch.optim.SGD), batch 64; learning rate 0.1 (fa 0.001).
+  0.9, weight decay 1e-3 (torch.optim.SGD), batch 64; the learning rate `--lr` (torch_vs_bioprop.py passes the
+  rule's rate from lenet_mnist.yaml; without it 0.1, fa 0.001). conv3's Xavier fans are the 5x5 convolution's,
+  (400, 3000), as bioprop's lenet's conv3 since issue 26 (before, bioprop drew it with the dense (400, 120)).
 - mlp: 784-256x5-10, tanh, plain SGD lr 0.01, batch 128 (bioprop bench's network).
 - bp: torch's own autograd (biotorch's backpropagation layers are plain nn.Conv2d / nn.Linear); fa and usf:
   the layer's backward as a torch.autograd.Function that sends the error through a feedback weight B
@@ -153,10 +155,10 @@ class MLP(torch.nn.Module):
         return self.layers[-1](x)
 
 
-SETTINGS = {  # net: (batch, optimizer factory by rule)
-    "lenet": (64, lambda params, rule: torch.optim.SGD(params, lr=0.001 if rule == "fa" else 0.1, momentum=0.9,
-                                                        weight_decay=1e-3)),
-    "mlp": (128, lambda params, rule: torch.optim.SGD(params, lr=0.01)),
+SETTINGS = {  # net: (batch, optimizer factory by rule and learning rate (None: the net's own))
+    "lenet": (64, lambda params, rule, lr: torch.optim.SGD(params, lr=lr or (0.001 if rule == "fa" else 0.1),
+                                                            momentum=0.9, weight_decay=1e-3)),
+    "mlp": (128, lambda params, rule, lr: torch.optim.SGD(params, lr=lr or 0.01)),
 }
 
 
@@ -178,6 +180,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: one epoch of the 55,000 images)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the net's, SETTINGS)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -185,7 +188,7 @@ def main() -> None:
     images, labels = mnist_training_split()
     batch, make_optimizer = SETTINGS[args.net]
     model = LeNet(args.rule) if args.net == "lenet" else MLP(args.rule)
-    optimizer = make_optimizer(model.parameters(), args.rule)
+    optimizer = make_optimizer(model.parameters(), args.rule, args.lr)
     steps = args.steps or TRAIN_SIZE // batch
     order = torch.randperm(TRAIN_SIZE)
     train_steps(model, optimizer, images, labels, order, args.warmup, batch)
@@ -194,7 +197,7 @@ def main() -> None:
     loss = train_steps(model, optimizer, images, labels, order, steps, batch)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(json.dumps({"side": "torch", "torch": torch.__version__, "net": args.net, "rule": args.rule,
-                      "threads": args.threads, "steps": steps, "batch": batch, "wall_s": wall, "cpu_s": cpu,
+                      "threads": args.threads, "lr": optimizer.param_groups[0]["lr"], "steps": steps, "batch": batch, "wall_s": wall, "cpu_s": cpu,
                       "examples_per_s": steps * batch / wall, "examples_per_cpu_s": steps * batch / cpu,
                       "last_loss": loss.item()}))
 

@@ -29,7 +29,26 @@ from pinned import run_pinned
 
 HERE = Path(__file__).resolve().parent
 LENET_CONFIG = HERE.parent / "configs" / "experiments" / "lenet_mnist.yaml"
-LENET_RATES = {"fa": 0.001}  # lenet_mnist.yaml's sweep.where (fa's rate); bp and usf keep the file's 0.1
+
+
+def lenet_overrides(rule: str) -> list[tuple[str, object]]:
+    """The config of `rule`'s point of lenet_mnist.yaml's sweep: the rule and what sweep.where sets for it (its
+    learning rate), the one source of both sides' rates."""
+    import yaml
+
+    from bioprop_cli.experiment.grid import read_where
+
+    sets: dict = {}
+    for entry in read_where(yaml.safe_load(LENET_CONFIG.read_text()).get("sweep", {}).get("where")):
+        if entry["when"] == {"rule": rule}:
+            sets.update(entry["set"])
+    return [("rule", rule)] + list(sets.items())
+
+
+def lenet_lr(rule: str) -> float:
+    from bioprop_cli.config import load_config
+
+    return load_config(LENET_CONFIG, lenet_overrides(rule)).optimizer.lr
 
 
 def bioprop_side(net: str, rule: str, steps: int) -> dict:
@@ -43,8 +62,7 @@ def bioprop_side(net: str, rule: str, steps: int) -> dict:
     from bioprop_cli.train import build_program
 
     if net == "lenet":
-        overrides = [("rule", rule)] + ([("optimizer.lr", LENET_RATES[rule])] if rule in LENET_RATES else [])
-        path = LENET_CONFIG
+        overrides, path = lenet_overrides(rule), LENET_CONFIG
     else:
         overrides, path = [("rule", rule)] + BENCH_OVERRIDES, None
     probe = load_config(path, overrides)
@@ -84,7 +102,7 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
                    "--steps", str(steps)]
     else:
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
-                   str(threads), "--steps", str(steps or 0)]
+                   str(threads), "--steps", str(steps or 0)] + (["--lr", str(lenet_lr(rule))] if net == "lenet" else [])
     result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result

@@ -1,6 +1,8 @@
-"""model.lenet.linear_fc1: bioprop's lenet as biotorch's LeNetMNIST (jsalbert/biotorch, biotorch/models/le_net.py),
-with no activation between its fc1 (84 units) and fc2, checked against a forward pass written here in biotorch's
-order of operations, and the rules on it against jax.grad of that forward pass."""
+"""model.lenet.linear_fc1: bioprop's lenet as an earlier revision of biotorch's LeNetMNIST (jsalbert/biotorch,
+biotorch/models/le_net.py, commit 12b8a2c; the released one has relu4 there, as bioprop's default lenet), with no
+activation between its fc1 (84 units) and fc2, checked against a forward pass written here in biotorch's order of
+operations, and the rules on it against jax.grad of that forward pass; conv3's fans as biotorch's Conv2d's.
+benchmarks/biotorch_one_step.py checks whole SGD steps against biotorch's own code (torch is no dependency)."""
 
 import jax
 import jax.numpy as jnp

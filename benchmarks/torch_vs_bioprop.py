@@ -12,7 +12,9 @@ wall clock does not count) and bioprop's ratio to torch.
 bioprop's side (`--side bioprop`, run by this script in a child process) times the CLI's compiled epoch
 (bioprop_cli.train.build_program, as `bioprop train` runs it) after a compiling run, on the first
 steps x batch + 5000 training images (so that an epoch is `--steps` steps; 0: the whole split); torch's side
-times the same number of steps after 50 warm-up steps. Needs the torch venv (docs/speed.md).
+times the same number of steps after as many warm-up steps as bioprop's compiling epoch has (so that the two
+`last_loss` values are after the same number of steps; each side at the rule's learning rate from the config).
+Needs the torch venv (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from pinned import run_pinned
 
 HERE = Path(__file__).resolve().parent
+TRAIN_STEPS = {"lenet": 55_000 // 64, "mlp": 55_000 // 128}  # one epoch of bioprop's default training split
 LENET_CONFIG = HERE.parent / "configs" / "experiments" / "lenet_mnist.yaml"
 
 
@@ -102,7 +105,8 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
                    "--steps", str(steps)]
     else:
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
-                   str(threads), "--steps", str(steps or 0)] + (["--lr", str(lenet_lr(rule))] if net == "lenet" else [])
+                   str(threads), "--steps", str(steps or 0), "--warmup", str(steps or TRAIN_STEPS[net])]
+        command += ["--lr", str(lenet_lr(rule))] if net == "lenet" else []
     result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result

@@ -48,10 +48,12 @@ def lenet_overrides(rule: str) -> list[tuple[str, object]]:
     return [("rule", rule)] + list(sets.items())
 
 
-def lenet_lr(rule: str) -> float:
+def lenet_flags(rule: str) -> list[str]:
+    """torch_reference.py's flags for the config's rate and network (linear_fc1)."""
     from bioprop_cli.config import load_config
 
-    return load_config(LENET_CONFIG, lenet_overrides(rule)).optimizer.lr
+    config = load_config(LENET_CONFIG, lenet_overrides(rule))
+    return ["--lr", str(config.optimizer.lr)] + (["--linear-fc1"] if config.model.lenet.linear_fc1 else [])
 
 
 def bioprop_side(net: str, rule: str, steps: int) -> dict:
@@ -106,7 +108,7 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
     else:
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
                    str(threads), "--steps", str(steps or 0), "--warmup", str(steps or TRAIN_STEPS[net])]
-        command += ["--lr", str(lenet_lr(rule))] if net == "lenet" else []
+        command += lenet_flags(rule) if net == "lenet" else []
     result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result

@@ -11,9 +11,11 @@ Prints one JSON line: examples/s by wall time and by CPU time (time.process_time
 The protocol is bioprop's (configs/experiments/lenet_mnist.yaml; bioprop_cli/bench.py for the MLP):
 - lenet: biotorch's LeNetMNIST (jsalbert/biotorch, biotorch/models/le_net.py) with its 32x32 resize as a zero
   padding of 2 in the first convolution (bioprop's `lenet`); conv3 a 5x5 convolution of the 5x5 map (bioprop: the
-  same product as a dense layer); ReLU after the three convolutions only, as LeNetMNIST (bioprop also applies one
-  after fc1: 64 x 84 elements, nothing in time); max pooling 2; cross-entropy; SGD momentum
-  0.9, weight decay 1e-3 (torch.optim.SGD), batch 64; learning rate 0.1 (fa 0.001).
+  same product as a dense layer); ReLU after the three convolutions and fc1, as released LeNetMNIST (relu4) and
+  bioprop's lenet (`--linear-fc1`: none after fc1, model.lenet.linear_fc1 true); max pooling 2; cross-entropy; SGD momentum
+  0.9, weight decay 1e-3 (torch.optim.SGD), batch 64; the learning rate `--lr` (torch_vs_bioprop.py passes the
+  rule's rate from lenet_mnist.yaml; without it 0.1, fa 0.001). conv3's Xavier fans are the 5x5 convolution's,
+  (400, 3000), as bioprop's lenet's conv3 since issue 26 (before, bioprop drew it with the dense (400, 120)).
 - mlp: 784-256x5-10, tanh, plain SGD lr 0.01, batch 128 (bioprop bench's network).
 - bp: torch's own autograd (biotorch's backpropagation layers are plain nn.Conv2d / nn.Linear); fa and usf:
   the layer's backward as a torch.autograd.Function that sends the error through a feedback weight B
@@ -126,8 +128,9 @@ class Layer(torch.nn.Module):
 class LeNet(torch.nn.Module):
     """biotorch's LeNetMNIST on 28x28 images, its 32x32 resize as padding 2 in conv1."""
 
-    def __init__(self, rule: str):
+    def __init__(self, rule: str, linear_fc1: bool = False):
         super().__init__()
+        self.linear_fc1 = linear_fc1
         self.conv1 = Layer(rule, 1, 6, 5, padding=2)
         self.conv2 = Layer(rule, 6, 16, 5)
         self.conv3 = Layer(rule, 16, 120, 5)
@@ -138,7 +141,8 @@ class LeNet(torch.nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.conv3(x)).flatten(1)
-        return self.fc2(self.fc1(x))  # LeNetMNIST has no ReLU between fc1 and fc2 (bioprop's lenet has one)
+        x = self.fc1(x)
+        return self.fc2(x if self.linear_fc1 else F.relu(x))
 
 
 class MLP(torch.nn.Module):
@@ -153,10 +157,10 @@ class MLP(torch.nn.Module):
         return self.layers[-1](x)
 
 
-SETTINGS = {  # net: (batch, optimizer factory by rule)
-    "lenet": (64, lambda params, rule: torch.optim.SGD(params, lr=0.001 if rule == "fa" else 0.1, momentum=0.9,
-                                                        weight_decay=1e-3)),
-    "mlp": (128, lambda params, rule: torch.optim.SGD(params, lr=0.01)),
+SETTINGS = {  # net: (batch, optimizer factory by rule and learning rate (None: the net's own))
+    "lenet": (64, lambda params, rule, lr: torch.optim.SGD(params, lr=lr or (0.001 if rule == "fa" else 0.1),
+                                                            momentum=0.9, weight_decay=1e-3)),
+    "mlp": (128, lambda params, rule, lr: torch.optim.SGD(params, lr=lr or 0.01)),
 }
 
 
@@ -178,14 +182,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: one epoch of the 55,000 images)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the net's, SETTINGS)")
+    parser.add_argument("--linear-fc1", action="store_true", help="lenet: no ReLU after fc1")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     images, labels = mnist_training_split()
     batch, make_optimizer = SETTINGS[args.net]
-    model = LeNet(args.rule) if args.net == "lenet" else MLP(args.rule)
-    optimizer = make_optimizer(model.parameters(), args.rule)
+    model = LeNet(args.rule, args.linear_fc1) if args.net == "lenet" else MLP(args.rule)
+    optimizer = make_optimizer(model.parameters(), args.rule, args.lr)
     steps = args.steps or TRAIN_SIZE // batch
     order = torch.randperm(TRAIN_SIZE)
     train_steps(model, optimizer, images, labels, order, args.warmup, batch)
@@ -194,7 +200,7 @@ def main() -> None:
     loss = train_steps(model, optimizer, images, labels, order, steps, batch)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(json.dumps({"side": "torch", "torch": torch.__version__, "net": args.net, "rule": args.rule,
-                      "threads": args.threads, "steps": steps, "batch": batch, "wall_s": wall, "cpu_s": cpu,
+                      "threads": args.threads, "lr": optimizer.param_groups[0]["lr"], "steps": steps, "batch": batch, "wall_s": wall, "cpu_s": cpu,
                       "examples_per_s": steps * batch / wall, "examples_per_cpu_s": steps * batch / cpu,
                       "last_loss": loss.item()}))
 

@@ -12,7 +12,9 @@ wall clock does not count) and bioprop's ratio to torch.
 bioprop's side (`--side bioprop`, run by this script in a child process) times the CLI's compiled epoch
 (bioprop_cli.train.build_program, as `bioprop train` runs it) after a compiling run, on the first
 steps x batch + 5000 training images (so that an epoch is `--steps` steps; 0: the whole split); torch's side
-times the same number of steps after 50 warm-up steps. Needs the torch venv (docs/speed.md).
+times the same number of steps after as many warm-up steps as bioprop's compiling epoch has (so that the two
+`last_loss` values are after the same number of steps; each side at the rule's learning rate from the config).
+Needs the torch venv (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -28,8 +30,30 @@ from pathlib import Path
 from pinned import run_pinned
 
 HERE = Path(__file__).resolve().parent
+TRAIN_STEPS = {"lenet": 55_000 // 64, "mlp": 55_000 // 128}  # one epoch of bioprop's default training split
 LENET_CONFIG = HERE.parent / "configs" / "experiments" / "lenet_mnist.yaml"
-LENET_RATES = {"fa": 0.001}  # lenet_mnist.yaml's sweep.where (fa's rate); bp and usf keep the file's 0.1
+
+
+def lenet_overrides(rule: str) -> list[tuple[str, object]]:
+    """The config of `rule`'s point of lenet_mnist.yaml's sweep: the rule and what sweep.where sets for it (its
+    learning rate), the one source of both sides' rates."""
+    import yaml
+
+    from bioprop_cli.experiment.grid import read_where
+
+    sets: dict = {}
+    for entry in read_where(yaml.safe_load(LENET_CONFIG.read_text()).get("sweep", {}).get("where")):
+        if entry["when"] == {"rule": rule}:
+            sets.update(entry["set"])
+    return [("rule", rule)] + list(sets.items())
+
+
+def lenet_flags(rule: str) -> list[str]:
+    """torch_reference.py's flags for the config's rate and network (linear_fc1)."""
+    from bioprop_cli.config import load_config
+
+    config = load_config(LENET_CONFIG, lenet_overrides(rule))
+    return ["--lr", str(config.optimizer.lr)] + (["--linear-fc1"] if config.model.lenet.linear_fc1 else [])
 
 
 def bioprop_side(net: str, rule: str, steps: int) -> dict:
@@ -43,8 +67,7 @@ def bioprop_side(net: str, rule: str, steps: int) -> dict:
     from bioprop_cli.train import build_program
 
     if net == "lenet":
-        overrides = [("rule", rule)] + ([("optimizer.lr", LENET_RATES[rule])] if rule in LENET_RATES else [])
-        path = LENET_CONFIG
+        overrides, path = lenet_overrides(rule), LENET_CONFIG
     else:
         overrides, path = [("rule", rule)] + BENCH_OVERRIDES, None
     probe = load_config(path, overrides)
@@ -84,7 +107,8 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
                    "--steps", str(steps)]
     else:
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
-                   str(threads), "--steps", str(steps or 0)]
+                   str(threads), "--steps", str(steps or 0), "--warmup", str(steps or TRAIN_STEPS[net])]
+        command += lenet_flags(rule) if net == "lenet" else []
     result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result

@@ -84,8 +84,8 @@ class CNNConfig:
 class LeNetConfig:
     """model.arch = lenet (bioprop_cli/models/arch.py lenet)."""
 
-    # true: no activation after the 84-unit layer, biotorch's LeNetMNIST exactly (its fc1 feeds fc2 directly);
-    # false: model.activation after it too, the network of docs/results.md's earlier LeNet numbers (it says which)
+    # false: model.activation after the 84-unit layer too, released biotorch's LeNetMNIST (0.0.16: relu4 after fc1);
+    # true: none there, fc1 feeding fc2 directly, as an earlier revision of biotorch's file (commit 12b8a2c)
     linear_fc1: bool = False
 
 

@@ -4,8 +4,8 @@ A network is a stack of weight layers l = 0 .. L-1. Each is a dense or a convolu
 producing a pre-activation a_l, followed (except the last, whose a_l are the logits) by the
 activation f and then, for a convolutional layer, by an optional pooling:
     h_{l+1} = pool_l(f(a_l)),
-or h_{l+1} = pool_l(a_l) for a hidden layer without activation (`Layer.activation` False: biotorch's
-LeNetMNIST's 84-unit layer, model.lenet.linear_fc1).
+or h_{l+1} = pool_l(a_l) for a hidden layer without activation (`Layer.activation` False: the 84-unit layer
+of an earlier revision of biotorch's LeNetMNIST, model.lenet.linear_fc1).
 A dense layer reads its input flattened (channel-last order), so a conv stack flows into dense
 layers without an explicit flatten layer. The input x arrives flat, (batch, H*W*C), and the first
 conv layer reads it as (batch, H, W, C), the dataset's image shape (its registry entry, bioprop_cli/datasets/).
@@ -13,7 +13,7 @@ conv layer reads it as (batch, H, W, C), the dataset's image shape (its registry
 - `mlp`: depth hidden dense layers of `width` units (today's network, model.depth / model.width).
 - `lenet`: LeNet-5 as biotorch trains it on MNIST (conv 6@5x5 pad 2, max pool 2; conv 16@5x5,
   max pool 2; dense 120, 84, 10); model.depth and model.width do not apply; model.lenet.linear_fc1
-  leaves out the activation after the 84-unit layer, as biotorch does.
+  leaves out the activation after the 84-unit layer, as an earlier revision of biotorch's did.
 - `cnn`: conv layers as model.cnn lists them, then dense hidden layers of model.cnn.dense units, then
   the output layer; model.depth and model.width do not apply.
 - `resnet` (models/resnet.py), `vgg` (models/vgg.py): networks written as functions on the library's feedback
@@ -36,6 +36,9 @@ PoolKind = Literal["max", "avg", "none"]
 class Dense(NamedTuple):
     n_in: int
     n_out: int
+    # a dense layer that stands for a k x k convolution over a k x k map (LeNet's conv3): k^2, so that its fans
+    # are the convolution's, (k^2 C_in, k^2 C_out) = (n_in, k^2 n_out), as torch's xavier_uniform_ reads them
+    kernel_area: int = 1
 
     @property
     def in_shape(self) -> tuple[int]:
@@ -51,7 +54,7 @@ class Dense(NamedTuple):
 
     @property
     def fans(self) -> tuple[int, int]:
-        return self.n_in, self.n_out
+        return self.n_in, self.kernel_area * self.n_out
 
 
 class Conv(NamedTuple):
@@ -181,15 +184,19 @@ def lenet(input_shape: tuple[int, int, int], n_out: int, linear_fc1: bool = Fals
 
     biotorch (jsalbert/biotorch, biotorch/models/le_net.py, LeNetMNIST) resizes MNIST to 32x32 and has
     conv 6@5x5 (no padding), max pool 2, conv 16@5x5, max pool 2, conv 120@5x5, fc1 84, fc2 10, ReLU after
-    the three convolutions only: fc1 feeds fc2 directly. linear_fc1 (model.lenet.linear_fc1) is that network:
-    no activation after the 84-unit layer; without it this stack applies the activation there too (issue 26).
-    Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (same weights, same fans), and
+    every layer but fc2 (relu4 after fc1 in the released code: PyPI biotorch 0.0.16, GitHub main): this stack.
+    linear_fc1 (model.lenet.linear_fc1) leaves the activation after the 84-unit layer out, fc1 feeding fc2
+    directly, as an earlier revision of biotorch's file had it (commit 12b8a2c, no relu4; issue 26).
+    Its conv 120@5x5 meets a 5x5x16 map: it is a dense layer 400 -> 120 (the same product) with the
+    convolution's fans, (5^2 * 16, 5^2 * 120) = (400, 3000) (Dense.kernel_area), which set its Xavier init, fa's B
+    and usf's sign scale as in biotorch (issue 26; before, (400, 120): 2.56x biotorch's Xavier std), and
     padding 2 gives the 28x28 image the 32x32 frame (zeros, where biotorch interpolates the digit up to
     32x32). The activation is model.activation: relu for biotorch's."""
     pool = Pool("max", 2, 2)
     net = stack("lenet", input_shape, [(6, 5, 1, 2, pool), (16, 5, 1, 0, pool)], (120, 84), n_out)
-    *below, fc1, fc2 = net.layers
-    return net._replace(layers=(*below, fc1._replace(activation=not linear_fc1), fc2))
+    *below, conv3, fc1, fc2 = net.layers
+    conv3 = conv3._replace(op=conv3.op._replace(kernel_area=5 * 5))
+    return net._replace(layers=(*below, conv3, fc1._replace(activation=not linear_fc1), fc2))
 
 
 def cnn(input_shape: tuple[int, int, int], cnn_config, n_out: int) -> Architecture:

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 import bioprop
-from bioprop.rules import sample
+from bioprop.layers import fans
+from bioprop.rules import INIT_STD, sample
 from bioprop_cli.models.arch import Architecture, is_library
 from bioprop_cli.models.graph import EXACT, Network, Ops, init_stats
 from bioprop_cli.models.layers import feedback_model, forward
@@ -151,6 +152,31 @@ def make_measure(config, network: Network, rule: LearningRule):
     return measure
 
 
+def with_layer_fans(rule: bioprop.Rule, arch: Architecture, scheme: str) -> bioprop.Rule:
+    """The rule with feedback scaled to each layer's own fans where they are not its weight's shape's (LeNet's
+    conv3, a dense layer with a convolution's fans: models/arch.Dense.kernel_area): the library draws B (fa,
+    frsf, kp, wm: the state, at init) or sizes sign(W) (usf, brsf: each step's feedback) with the std of the
+    shape's fans; times std(layer fans) / std(shape fans) it is the layer's initial std, as biotorch's
+    xavier_uniform_ and scaling_factor read the Conv2d's fans. The rule itself where every ratio is 1."""
+    ratios = [INIT_STD[scheme](*layer.op.fans) / INIT_STD[scheme](*fans(layer.op.weight_shape))
+              for layer in arch.layers]
+    if rule.direct or rule.name == "bp" or all(r == 1.0 for r in ratios):
+        return rule
+
+    def scaled(tree):
+        return [jax.tree_util.tree_map(lambda a, r=r: r * a, leaf) for leaf, r in zip(tree, ratios)]
+
+    def init(key, kernels, sites=None):
+        state = rule.init(key, kernels, sites)
+        return state if state == () else scaled(state)
+
+    def feedback(kernels, state, key):
+        fb = rule.feedback(kernels, state, key)
+        return scaled(fb) if state == () else fb  # a drawn state was scaled once, at init
+
+    return rule._replace(init=init, feedback=feedback)
+
+
 def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
     """The rule on a layer stack (mlp, lenet, cnn): bioprop.update on models/layers.feedback_model, with the layer
     stacks' conventions kept (same seeds, same numbers):
@@ -165,6 +191,7 @@ def make_stack(config, arch: Architecture, rule: bioprop.Rule) -> LearningRule:
       the pooling; pooled_conv's kernel is drawn, then kept as the (n_out, units) matrix it applies
       (rules/base.direct_matrix), expanded once at init since D is fixed (docs/results.md: the step time).
     """
+    rule = with_layer_fans(rule, arch, config.model.init.scheme.split("_")[0])
     act, loss = model_functions(config)
     learned = rule.learn is not None
     target = config.feedback.dfa_target if rule.direct else None

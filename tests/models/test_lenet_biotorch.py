@@ -1,6 +1,8 @@
-"""model.lenet.linear_fc1: bioprop's lenet as biotorch's LeNetMNIST (jsalbert/biotorch, biotorch/models/le_net.py),
-with no activation between its fc1 (84 units) and fc2, checked against a forward pass written here in biotorch's
-order of operations, and the rules on it against jax.grad of that forward pass."""
+"""model.lenet.linear_fc1: bioprop's lenet as an earlier revision of biotorch's LeNetMNIST (jsalbert/biotorch,
+biotorch/models/le_net.py, commit 12b8a2c; the released one has relu4 there, as bioprop's default lenet), with no
+activation between its fc1 (84 units) and fc2, checked against a forward pass written here in biotorch's order of
+operations, and the rules on it against jax.grad of that forward pass; conv3's fans as biotorch's Conv2d's.
+benchmarks/biotorch_one_step.py checks whole SGD steps against biotorch's own code (torch is no dependency)."""
 
 import jax
 import jax.numpy as jnp
@@ -112,3 +114,22 @@ def test_dfa_s_tap_delivers_e_d_unscaled_to_the_linear_layer(problem):
     e = LOSS.error(fwd.logits, y)
     _close(est.deltas[3], e @ state[3])
     _close(est.deltas[2], (e @ state[2]) * (fwd.pre[2] > 0))
+
+
+def test_conv3_has_the_5x5_convolution_s_fans_in_its_init_and_in_fa_s_and_usf_s_feedback(problem):
+    """biotorch's conv3 is nn.Conv2d(16, 120, 5): xavier_uniform_ reads fans (16*25, 120*25) = (400, 3000), for
+    W, fa's B and usf's scaling_factor alike; bioprop's dense 400 -> 120 in its place has the same fans (issue 26;
+    the dense shape's (400, 120) would make all three 2.56x larger)."""
+    arch, params, _, _ = problem
+    assert [layer.op.fans for layer in arch.layers] == [(25, 150), (150, 400), (400, 3000), (120, 84), (84, 10)]
+    bound = np.sqrt(6.0 / 3400)  # Xavier uniform's limit, sqrt(3) times its std sqrt(2 / 3400)
+    w = np.asarray(params[2]["w"])
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.99 * bound  # 48,000 draws reach the limit
+    glorot = BIOTORCH + [("model.init.scheme", "glorot_uniform")]  # biotorch's "xavier" (the LeNet configs')
+    fa = make_rule(load_config(overrides=[("rule", "fa")] + glorot), arch)
+    b = np.asarray(fa.init(jax.random.PRNGKey(5), params)[2])
+    assert b.shape == (120, 400) and bound * 0.99 < np.abs(b).max() <= bound
+    usf = make_rule(load_config(overrides=[("rule", "usf")] + glorot), arch)
+    fb = usf.feedback(params, usf.init(jax.random.PRNGKey(5), params), jax.random.PRNGKey(6))
+    _close(fb[2][0], np.sqrt(2.0 / 3400) * np.sign(w).T, tol=1e-7)
+    _close(fb[3][0], np.sqrt(2.0 / 204) * np.sign(np.asarray(params[3]["w"])).T, tol=1e-7)  # a dense layer's own

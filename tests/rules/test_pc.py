@@ -1,6 +1,7 @@
 """Predictive coding (rule pc): the energy's gradient, the exact variants against jax.grad, the
 standard variant's approach to backprop, and training through the CLI."""
 
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,27 @@ def test_inference_diagnostics():
             assert 0 < float(est.aux["energy_decrease"])
         assert float(long.aux["energy"]) < float(short.aux["energy"])
         assert float(long.aux["inference_residual"]) < 1e-3 * float(short.aux["inference_residual"])
+
+
+@pytest.mark.parametrize("variant", ["standard", "fixed_prediction"])
+def test_a_traced_step_count_is_the_static_one(variant):
+    """pc.inference_steps as an argument of one compiled program (the loop's bound: `conditions` and
+    `sweep pc` measure every step count with one program) gives the estimate of the count in the config."""
+    sizes, params, x, y = _setup()
+    config = _config(sizes, "cross_entropy", variant=variant, inference_lr=0.2)
+
+    def estimate(params, x, y, steps):
+        pc = replace(config.pc, inference_steps=steps)
+        est = make_rule(replace(config, pc=pc), dense(sizes)).estimate(params, (), x, y, None)
+        return jax.tree_util.tree_leaves((est.grads, est.aux))
+
+    traced = jax.jit(estimate)
+    leaves = {steps: traced(params, x, y, steps) for steps in (1, 4)}
+    assert not np.array_equal(leaves[1][0], leaves[4][0])  # the count reaches the loop
+    for steps, shared in leaves.items():
+        static = jax.jit(estimate, static_argnums=3)(params, x, y, steps)  # a program of its own per count
+        for a, b in zip(static, shared):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_measure_logs_angles_and_diagnostics_and_predict_is_the_feedforward_pass():

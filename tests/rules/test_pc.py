@@ -20,6 +20,7 @@ from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.predictive_coding import Network, energy, node_gradients
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.metrics.predictive_coding import make_comparison
 from helpers import REPO_ROOT, assert_nothing_written, assert_user_error
 
 CONFIGS = REPO_ROOT / "configs"
@@ -89,20 +90,21 @@ def test_exact_variants_equal_backprop(loss, variant, steps, lr, depth):
             np.testing.assert_allclose(d, e, rtol=1e-10, atol=1e-15)
 
 
-def _angle_and_error(loss, **pc):
+def _angles_and_errors(loss, gammas, steps):
+    """Standard pc's update against jax.grad (whole network) after `steps` inference steps at rate 0.2,
+    at each output precision in `gammas`: (angles, relative errors). One compiled program per loss and
+    number of gammas (`sweep pc`'s comparison: gamma and the step count are its arguments)."""
     with float64():
         sizes, params, x, y = _setup()
-        est, exact, _ = _against_backprop(_rule(sizes, loss, **pc), params, x, y, loss)
-        _, network = compare_updates(est.grads, exact)
-        return float(network["update_angle"]), float(network["update_rel_error"])
+        compare = make_comparison(_config(sizes, loss, inference_lr=0.2), dense(sizes))
+        measured = compare(params, x, y, jnp.asarray(gammas), steps)
+        return np.asarray(measured["update_angle_all"]).tolist(), np.asarray(measured["update_rel_error_all"]).tolist()
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_standard_approaches_backprop_as_the_output_precision_shrinks(loss):
     """Converged inference: the angle falls with gamma and the relative error is O(gamma)."""
-    gammas = (1.0, 0.1, 0.01)
-    measured = [_angle_and_error(loss, inference_steps=300, inference_lr=0.2, output_precision=g) for g in gammas]
-    angles, errors = zip(*measured)
+    angles, errors = _angles_and_errors(loss, [1.0, 0.1, 0.01], 300)
     assert angles[0] > angles[1] > angles[2], angles
     assert angles[0] > 15 and angles[2] < 1, angles
     assert 5 < errors[1] / errors[2] < 20, errors  # first order in gamma
@@ -110,8 +112,7 @@ def test_standard_approaches_backprop_as_the_output_precision_shrinks(loss):
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_standard_approaches_backprop_as_inference_runs_longer(loss):
-    steps = (1, 10, 30, 300)
-    angles = [_angle_and_error(loss, inference_steps=t, inference_lr=0.2, output_precision=0.01)[0] for t in steps]
+    angles = [_angles_and_errors(loss, [0.01], t)[0][0] for t in (1, 10, 30, 300)]
     assert all(a > b for a, b in zip(angles, angles[1:])), angles
     assert angles[0] > 20 and angles[-1] < 1, angles
 

@@ -166,8 +166,9 @@ def test_usf_feedback_is_scale_times_sign_of_the_kernel():
 @pytest.mark.parametrize("rule", ["frsf", "brsf"])
 def test_random_magnitude_sign_feedback_has_the_kernels_signs(rule):
     r, params, state = _rule(rule)
+    feedback = jax.jit(r.feedback)  # one program for both keys, not op by op
     for key in (1, 2):
-        b = r.feedback(params, state, jax.random.PRNGKey(key))[1][0]
+        b = feedback(params, state, jax.random.PRNGKey(key))[1][0]
         assert b.shape == params[1]["w"].shape
         np.testing.assert_array_equal(np.sign(b), np.sign(params[1]["w"]))
 
@@ -226,7 +227,7 @@ def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
     arch = archs.stack("cnn", (6, 6, 1), [(2, 3, 1, 0, Pool("max", 2, 2))], (), 10)
     dfa = make_rule(_config("dfa", ("feedback.dfa_target", target)), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    (d,) = dfa.init(jax.random.PRNGKey(4), params)
+    (d,) = jax.jit(dfa.init)(jax.random.PRNGKey(4), params)
     assert d.shape == (10, (4 * 4 if target == "pre_pool" else 2 * 2) * 2)
     images = np.asarray(x, np.float64).reshape(4, 6, 6, 1)
     a0 = _conv_valid(images, params[0]["w"])
@@ -239,7 +240,7 @@ def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
     else:
         delta0 = _max_pool_2x2_vjp(np.tanh(a0), projected) * (1 - np.tanh(a0) ** 2)
         assert np.count_nonzero(delta0) <= delta0.size // 4  # one unit of each 2x2 window
-    est = dfa.gradient_estimate(params, [d], x, y, None)
+    est = jax.jit(dfa.gradient_estimate)(params, [d], x, y, None)  # one program, not op by op
     assert [dl.shape for dl in est.deltas] == [(4, 4, 4, 2), (4, 10)]
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.grads[0]["w"], conv_correlation(images, delta0, 3, 0), rtol=1e-4, atol=1e-6)
@@ -254,13 +255,13 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     arch = archs.stack("cnn", (8, 8, 1), [(2, 3, 1, 1, Pool("max", 2, 2)), (3, 3, 1, 1, None)], (), 10)
     dfa = make_rule(_config("dfa", ("feedback.dfa_target", "pooled_conv")), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    m0, d1 = dfa.init(jax.random.PRNGKey(4), params)
+    m0, d1 = jax.jit(dfa.init)(jax.random.PRNGKey(4), params)
     assert m0.shape == (10, 4 * 4 * 2) and d1.shape == (10, 4 * 4 * 3)  # D_0 kept as the matrix its kernel applies
     # the kernel whose projection m0 is (the map kernel -> matrix is linear): m0 is in its range
-    expand = jax.jacfwd(lambda k: direct_matrix(arch, 0, "pooled_conv", k))(jnp.zeros((3, 3, 2, 10)))
+    expand = jax.jit(jax.jacfwd(lambda k: direct_matrix(arch, 0, "pooled_conv", k)))(jnp.zeros((3, 3, 2, 10)))
     kernel = np.linalg.lstsq(np.asarray(expand).reshape(m0.size, -1), np.asarray(m0).ravel(), rcond=None)[0]
     kernel = jnp.asarray(kernel.reshape(3, 3, 2, 10), jnp.float32)
-    np.testing.assert_allclose(direct_matrix(arch, 0, "pooled_conv", kernel), m0, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda k: direct_matrix(arch, 0, "pooled_conv", k))(kernel), m0, atol=1e-5)
     padded = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
     a0 = _conv_valid(padded(np.asarray(x, np.float64).reshape(4, 8, 8, 1)), params[0]["w"])
     h1 = np.tanh(a0).reshape(4, 4, 2, 4, 2, 2).max(axis=(2, 4))
@@ -277,7 +278,7 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     g = g[:, 1:-1, 1:-1, :]
     delta0 = _max_pool_2x2_vjp(np.tanh(a0), g) * (1 - np.tanh(a0) ** 2)
     delta1 = (e @ np.asarray(d1, np.float64)).reshape(4, 4, 4, 3) * (1 - np.tanh(a1) ** 2)
-    est = dfa.gradient_estimate(params, [m0, d1], x, y, None)
+    est = jax.jit(dfa.gradient_estimate)(params, [m0, d1], x, y, None)
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.deltas[1], delta1, rtol=1e-4, atol=1e-7)
 
@@ -322,9 +323,10 @@ def test_wm_mirror_is_the_noise_correlation_normalised_per_kernel_entry():
     mirror_of = jax.jit(lambda k, x: -wm.estimate(params, (), x, jnp.zeros((x.shape[0], 10)), k).grads[1]["fb"])
     mirror = mirror_of(key, jnp.zeros((batch, 50)))
     # the noise: uniform of variance sigma^2 at the layer's input from the step key's layer-1 key, y its convolution
-    u = fast_uniform(jax.random.split(jax.random.fold_in(key, 0x3A11), len(params))[1], (batch,) + op.in_shape)
-    x = np.asarray((sigma * math.sqrt(3.0)) * (2.0 * u - 1.0), np.float64)
-    y = np.asarray(linear(op, w, jnp.asarray(x, jnp.float32)), np.float64)
+    noise = jax.jit(lambda key: fast_uniform(jax.random.split(jax.random.fold_in(key, 0x3A11), len(params))[1],
+                                             (batch,) + op.in_shape))  # one program each, not op by op
+    x = np.asarray((sigma * math.sqrt(3.0)) * (2.0 * noise(key) - 1.0), np.float64)
+    y = np.asarray(jax.jit(lambda x: linear(op, w, x))(jnp.asarray(x, jnp.float32)), np.float64)
     counts = conv_correlation(np.ones((1,) + op.in_shape), np.ones((1,) + op.out_shape), 3, 1)
     assert counts[1, 1, 0, 0] == 9 and counts[0, 0, 0, 0] == 4  # centre: every position; corner: 2 x 2
     plain = [{"w": p["w"], "b": p["b"]} for p in params]

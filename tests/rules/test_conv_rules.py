@@ -140,16 +140,22 @@ def test_fa_feedback_has_transport_layout_and_weight_statistics():
 def test_fa_sends_the_error_by_the_transposed_convolution_of_b():
     fa, params, b = _rule("fa")
     x, y = _batch()
-    est = fa.gradient_estimate(params, b, x, y, None)
-    fwd = forward(ARCH, params, x, ACT)
-    # layer 1 (conv 3@3x3 on 4x4x2) sends delta_1 back through B_1's kernel: the vjp of the conv with B_1
-    _, conv_vjp = jax.vjp(lambda h: linear(ARCH.layers[1].op, b[1], h), fwd.inputs[1])
-    (g,) = conv_vjp(est.deltas[1])
-    _, pool_vjp = jax.vjp(lambda z: jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),
-                          ACT.f(fwd.pre[0]))
-    (g0,) = pool_vjp(g)
-    _close(est.deltas[0], g0 * ACT.df(fwd.pre[0]))
-    assert not np.allclose(est.grads[0]["w"], _true_grads(params, x, y)[0]["w"], atol=1e-3)
+
+    @jax.jit  # one program, not op by op
+    def estimate_and_reference(params, b, x, y):
+        est = fa.gradient_estimate(params, b, x, y, None)
+        fwd = forward(ARCH, params, x, ACT)
+        # layer 1 (conv 3@3x3 on 4x4x2) sends delta_1 back through B_1's kernel: the vjp of the conv with B_1
+        _, conv_vjp = jax.vjp(lambda h: linear(ARCH.layers[1].op, b[1], h), fwd.inputs[1])
+        (g,) = conv_vjp(est.deltas[1])
+        _, pool_vjp = jax.vjp(lambda z: jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                                              "VALID"), ACT.f(fwd.pre[0]))
+        (g0,) = pool_vjp(g)
+        return est, g0 * ACT.df(fwd.pre[0]), _true_grads(params, x, y)
+
+    est, delta0, true = estimate_and_reference(params, b, x, y)
+    _close(est.deltas[0], delta0)
+    assert not np.allclose(est.grads[0]["w"], true[0]["w"], atol=1e-3)
 
 
 def test_usf_feedback_is_scale_times_sign_of_the_kernel():
@@ -180,11 +186,12 @@ def test_chained_rules_are_the_generic_chain_with_their_own_feedback(rule):
     r, params, state = _rule(rule)
     x, y = _batch()
     key = jax.random.PRNGKey(6)
-    mats = [None] + [r.feedback(params, state, key)[l][0] for l in range(1, len(ARCH.layers))]
+    feedback = jax.jit(r.feedback)(params, state, key)
+    mats = [None] + [feedback[l][0] for l in range(1, len(ARCH.layers))]
     fa = make_rule(_config("fa"), ARCH)
     plain = [{"w": p["w"], "b": p["b"]} for p in params]
-    want = fa.estimate(plain, mats, x, y, None).grads
-    got = (r.gradient_estimate or r.estimate)(params, state, x, y, key).grads
+    want = jax.jit(fa.estimate)(plain, mats, x, y, None).grads  # one program each, not op by op
+    got = jax.jit(r.gradient_estimate or r.estimate)(params, state, x, y, key).grads
     _close([{"w": g["w"], "b": g["b"]} for g in got], want)
 
 
@@ -192,9 +199,9 @@ def test_kp_with_b_equal_to_w_stays_backprop():
     kp, params, state = _rule("kp", ARCH, ("feedback.decay", 0.1))
     params = [dict(p, fb=transport(layer.op, p["w"])) if l else p for l, (layer, p) in enumerate(zip(ARCH.layers, params))]
     x, y = _batch()
+    estimate_and_exact = jax.jit(lambda params: (kp.estimate(params, state, x, y, None), _true_grads(params, x, y)))
     for _ in range(3):  # plain SGD: B stays transport(W) and the update stays bp's
-        est = kp.estimate(params, state, x, y, None)
-        bp = _true_grads(params, x, y)
+        est, bp = estimate_and_exact(params)
         _close([g["w"] - (0.1 * p["w"] if l else 0) for l, (g, p) in enumerate(zip(est.grads, params))], [g["w"] for g in bp])
         for l in range(1, len(params)):
             _close(est.grads[l]["fb"], transport(ARCH.layers[l].op, est.grads[l]["w"]), 1e-6)

@@ -342,9 +342,13 @@ def pc_measurements(config, params, x, y) -> dict:
     network = architecture(config, x.shape[1])
     converged = pc.inference_steps * CONVERGED_INFERENCE_FACTOR
 
+    @jax.jit
+    @full_float32
+    def estimate(params, x, y, steps):  # the step count traced: one program for both
+        return make_rule(replace(config, pc=replace(pc, inference_steps=steps)), network).estimate(params, (), x, y, None)
+
     def update(steps):
-        rule = make_rule(replace(config, pc=replace(pc, inference_steps=steps)), network)
-        est = jax.jit(full_float32(lambda p, x, y: rule.estimate(p, (), x, y, None)))(params, x, y)
+        est = estimate(params, x, y, steps)
         return alignment.flat_weights(est.grads), {k: _f(v) for k, v in est.aux.items()}
 
     at_steps, diag = update(pc.inference_steps)
@@ -353,14 +357,15 @@ def pc_measurements(config, params, x, y) -> dict:
                  **{f"converged_{k}": v for k, v in diag_converged.items()},
                  "rel_distance_to_converged": _f(jnp.linalg.norm(at_steps - at_converged) / jnp.linalg.norm(at_converged))}
     gammas = ladder(float(pc.output_precision), GAMMA_LADDER_FLOOR)
-    by_gamma = make_comparison(config, network, converged)(params, x, y, jnp.asarray(gammas, x.dtype))
+    compare = make_comparison(config, network)
+    by_gamma = compare(params, x, y, jnp.asarray(gammas, x.dtype), converged)
     gamma_rungs = [{"gamma": g, "rel_error": _f(by_gamma["update_rel_error_all"][i]),
                     "angle": _f(by_gamma["update_angle_all"][i])} for i, g in enumerate(gammas)]
     steps_list = sorted({len(params) - 1, pc.inference_steps, converged})
     gamma = jnp.asarray([pc.output_precision], x.dtype)
     step_rungs = []
     for t in steps_list:
-        m = make_comparison(config, network, t)(params, x, y, gamma)
+        m = compare(params, x, y, gamma, t)
         step_rungs.append({"steps": t, "rel_error": _f(m["update_rel_error_all"][0]), "angle": _f(m["update_angle_all"][0]),
                            "angle_per_layer": [_f(a) for a in np.asarray(m["update_angle"][0])]})
     return {"inference": inference, "gamma_ladder": gamma_rungs, "steps_ladder": step_rungs}

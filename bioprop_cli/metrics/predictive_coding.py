@@ -19,12 +19,13 @@ from bioprop_cli.rules.base import model_functions
 METRICS = ("update_angle", "update_rel_error")
 
 
-def make_comparison(config: Config, network: Architecture, steps: int) -> Callable:
-    """(params, x, y, gammas (G,)) -> {metric: (G, L) per layer, metric + "_all": (G,) whole network}:
-    pc's update at `steps` inference steps against jax.grad, all gammas at once (vmap)."""
+def make_comparison(config: Config, network: Architecture) -> Callable:
+    """(params, x, y, gammas (G,), steps) -> {metric: (G, L) per layer, metric + "_all": (G,) whole network}:
+    pc's update at `steps` inference steps against jax.grad, all gammas at once (vmap). `steps` is an
+    argument of the compiled program (the inference loop's bound): every step count shares one program."""
     act, loss = model_functions(config)
 
-    def at_gamma(params, x, y, gamma):
+    def at_gamma(params, x, y, gamma, steps):
         pc = replace(config.pc, output_precision=gamma, inference_steps=steps)
         rule = make_rule(replace(config, pc=pc), network)
         estimate = rule.estimate(params, (), x, y, None)
@@ -32,4 +33,4 @@ def make_comparison(config: Config, network: Architecture, steps: int) -> Callab
         layers, whole = compare_updates(estimate.grads, exact)
         return {**layers, **{f"{m}_all": whole[m] for m in METRICS}}
 
-    return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0))))
+    return jax.jit(full_float32(jax.vmap(at_gamma, in_axes=(None, None, None, 0, None))))

@@ -29,6 +29,8 @@ x_l <- x_l - pc.inference_lr dF/dx_l for pc.inference_steps steps; the weights t
 local error and the presynaptic activity, returned like every rule's gradient, as the descent
 direction of the batch mean: grad W_l = x_l^T delta_l, delta_l = -eps_l / (batch gamma) (at the
 feedforward pass delta_{L-1} is the loss's error, so the output layer's update starts as backprop's).
+pc.inference_steps is a loop bound, not a shape: it may be a traced integer, so one compiled program
+measures every step count (metrics/predictive_coding.py).
 
 Variants (`pc.variant`):
 - standard: as above. At equilibrium e_l = eps_l W_l^T, backprop's recursion, but evaluated at
@@ -153,10 +155,10 @@ def standard(net: Network, params, fwd: Forward, y, pc) -> Inference:
     """Relaxation from the feedforward pass by gradient descent on F; every W_l learns at the end."""
     first = fwd.pre[0]
 
-    def body(nodes, _):
-        return inference_step(net, params, nodes, y, pc.inference_lr, first), None
+    def body(_, nodes):
+        return inference_step(net, params, nodes, y, pc.inference_lr, first)
 
-    nodes, _ = jax.lax.scan(body, fwd.inputs, None, length=pc.inference_steps)
+    nodes = jax.lax.fori_loop(0, pc.inference_steps, body, fwd.inputs)
     loc = local(net, params, nodes, y, first)
     return Inference(nodes, loc.eps, energy_of(net, loc, y), max_norm(forces(params, loc)))
 
@@ -170,11 +172,11 @@ def fixed_prediction(net: Network, params, fwd: Forward, y, pc) -> Inference:
     def fixed(errors):  # errors = [e_1 .. e_{L-1}]; predictions and slopes at the feedforward pass
         return Local(fwd.pre, errors + [top], [e * s for e, s in zip(errors, slopes)] + [top])
 
-    def body(errors, _):
-        return [e - pc.inference_lr * g for e, g in zip(errors, forces(params, fixed(errors)))], None
+    def body(_, errors):
+        return [e - pc.inference_lr * g for e, g in zip(errors, forces(params, fixed(errors)))]
 
     zeros = [jnp.zeros_like(h) for h in fwd.inputs[1:]]
-    errors, _ = jax.lax.scan(body, zeros, None, length=pc.inference_steps)
+    errors = jax.lax.fori_loop(0, pc.inference_steps, body, zeros)
     nodes = [fwd.inputs[0]] + [h + e for h, e in zip(fwd.inputs[1:], errors)]
     reached = energy_of(net, local(net, params, nodes, y, fwd.pre[0]), y)  # with the true predictions
     return Inference(fwd.inputs, fixed(errors).eps, reached, max_norm(forces(params, fixed(errors))))

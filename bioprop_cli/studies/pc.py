@@ -54,16 +54,17 @@ def seed_measurements(config: Config, splits, seed: int, params, gammas: list[fl
     order = np.asarray(jax.random.permutation(key, splits.x_train.shape[0]))[: n_batches * bs].reshape(n_batches, bs)
     batches = [batch(splits.x_train[idx], splits.y_train[idx], num_classes(config), dtype) for idx in order]
 
-    def batch_mean(compare, gammas_array):
+    def batch_mean(compare, gammas_array, steps):
         measured = []
         for x, y in batches:  # each batch waited for: Ctrl-C leaves no computation running
             check_interrupt()
-            measured.append(jax.device_get(compare(params, x, y, gammas_array)))
+            measured.append(jax.device_get(compare(params, x, y, gammas_array, steps)))
         return {k: np.mean([np.asarray(m[k], np.float64) for m in measured], axis=0) for k in measured[0]}
 
-    by_gamma = batch_mean(make_comparison(config, network, max(steps_list)), jnp.asarray(gammas, dtype))
+    compare = make_comparison(config, network)
+    by_gamma = batch_mean(compare, jnp.asarray(gammas, dtype), max(steps_list))
     smallest = jnp.asarray([min(gammas)], dtype)
-    per_steps = [batch_mean(make_comparison(config, network, t), smallest) for t in steps_list]
+    per_steps = [batch_mean(compare, smallest, t) for t in steps_list]
     by_steps = {k: np.concatenate([m[k] for m in per_steps]) for k in per_steps[0]}
     return {"gamma": by_gamma, "steps": by_steps}
 

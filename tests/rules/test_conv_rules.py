@@ -119,8 +119,13 @@ def test_bp_on_a_conv_net_equals_jax_grad(pool_kind, activation):
 def test_fa_with_transported_feedback_equals_bp():
     fa, params, _ = _rule("fa")
     x, y = _batch()
-    tied = [None] + [transport(layer.op, p["w"]) for layer, p in zip(ARCH.layers[1:], params[1:])]
-    _close(fa.estimate(params, tied, x, y, None).grads, _true_grads(params, x, y))
+
+    @jax.jit  # one program, not op by op
+    def both(params, x, y):
+        tied = [None] + [transport(layer.op, p["w"]) for layer, p in zip(ARCH.layers[1:], params[1:])]
+        return fa.estimate(params, tied, x, y, None).grads, _true_grads(params, x, y)
+
+    _close(*both(params, x, y))
 
 
 def test_fa_feedback_has_transport_layout_and_weight_statistics():
@@ -135,16 +140,22 @@ def test_fa_feedback_has_transport_layout_and_weight_statistics():
 def test_fa_sends_the_error_by_the_transposed_convolution_of_b():
     fa, params, b = _rule("fa")
     x, y = _batch()
-    est = fa.gradient_estimate(params, b, x, y, None)
-    fwd = forward(ARCH, params, x, ACT)
-    # layer 1 (conv 3@3x3 on 4x4x2) sends delta_1 back through B_1's kernel: the vjp of the conv with B_1
-    _, conv_vjp = jax.vjp(lambda h: linear(ARCH.layers[1].op, b[1], h), fwd.inputs[1])
-    (g,) = conv_vjp(est.deltas[1])
-    _, pool_vjp = jax.vjp(lambda z: jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),
-                          ACT.f(fwd.pre[0]))
-    (g0,) = pool_vjp(g)
-    _close(est.deltas[0], g0 * ACT.df(fwd.pre[0]))
-    assert not np.allclose(est.grads[0]["w"], _true_grads(params, x, y)[0]["w"], atol=1e-3)
+
+    @jax.jit  # one program, not op by op
+    def estimate_and_reference(params, b, x, y):
+        est = fa.gradient_estimate(params, b, x, y, None)
+        fwd = forward(ARCH, params, x, ACT)
+        # layer 1 (conv 3@3x3 on 4x4x2) sends delta_1 back through B_1's kernel: the vjp of the conv with B_1
+        _, conv_vjp = jax.vjp(lambda h: linear(ARCH.layers[1].op, b[1], h), fwd.inputs[1])
+        (g,) = conv_vjp(est.deltas[1])
+        _, pool_vjp = jax.vjp(lambda z: jax.lax.reduce_window(z, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                                              "VALID"), ACT.f(fwd.pre[0]))
+        (g0,) = pool_vjp(g)
+        return est, g0 * ACT.df(fwd.pre[0]), _true_grads(params, x, y)
+
+    est, delta0, true = estimate_and_reference(params, b, x, y)
+    _close(est.deltas[0], delta0)
+    assert not np.allclose(est.grads[0]["w"], true[0]["w"], atol=1e-3)
 
 
 def test_usf_feedback_is_scale_times_sign_of_the_kernel():
@@ -161,8 +172,9 @@ def test_usf_feedback_is_scale_times_sign_of_the_kernel():
 @pytest.mark.parametrize("rule", ["frsf", "brsf"])
 def test_random_magnitude_sign_feedback_has_the_kernels_signs(rule):
     r, params, state = _rule(rule)
+    feedback = jax.jit(r.feedback)  # one program for both keys, not op by op
     for key in (1, 2):
-        b = r.feedback(params, state, jax.random.PRNGKey(key))[1][0]
+        b = feedback(params, state, jax.random.PRNGKey(key))[1][0]
         assert b.shape == params[1]["w"].shape
         np.testing.assert_array_equal(np.sign(b), np.sign(params[1]["w"]))
 
@@ -174,11 +186,12 @@ def test_chained_rules_are_the_generic_chain_with_their_own_feedback(rule):
     r, params, state = _rule(rule)
     x, y = _batch()
     key = jax.random.PRNGKey(6)
-    mats = [None] + [r.feedback(params, state, key)[l][0] for l in range(1, len(ARCH.layers))]
+    feedback = jax.jit(r.feedback)(params, state, key)
+    mats = [None] + [feedback[l][0] for l in range(1, len(ARCH.layers))]
     fa = make_rule(_config("fa"), ARCH)
     plain = [{"w": p["w"], "b": p["b"]} for p in params]
-    want = fa.estimate(plain, mats, x, y, None).grads
-    got = (r.gradient_estimate or r.estimate)(params, state, x, y, key).grads
+    want = jax.jit(fa.estimate)(plain, mats, x, y, None).grads  # one program each, not op by op
+    got = jax.jit(r.gradient_estimate or r.estimate)(params, state, x, y, key).grads
     _close([{"w": g["w"], "b": g["b"]} for g in got], want)
 
 
@@ -186,9 +199,9 @@ def test_kp_with_b_equal_to_w_stays_backprop():
     kp, params, state = _rule("kp", ARCH, ("feedback.decay", 0.1))
     params = [dict(p, fb=transport(layer.op, p["w"])) if l else p for l, (layer, p) in enumerate(zip(ARCH.layers, params))]
     x, y = _batch()
+    estimate_and_exact = jax.jit(lambda params: (kp.estimate(params, state, x, y, None), _true_grads(params, x, y)))
     for _ in range(3):  # plain SGD: B stays transport(W) and the update stays bp's
-        est = kp.estimate(params, state, x, y, None)
-        bp = _true_grads(params, x, y)
+        est, bp = estimate_and_exact(params)
         _close([g["w"] - (0.1 * p["w"] if l else 0) for l, (g, p) in enumerate(zip(est.grads, params))], [g["w"] for g in bp])
         for l in range(1, len(params)):
             _close(est.grads[l]["fb"], transport(ARCH.layers[l].op, est.grads[l]["w"]), 1e-6)
@@ -221,7 +234,7 @@ def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
     arch = archs.stack("cnn", (6, 6, 1), [(2, 3, 1, 0, Pool("max", 2, 2))], (), 10)
     dfa = make_rule(_config("dfa", ("feedback.dfa_target", target)), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    (d,) = dfa.init(jax.random.PRNGKey(4), params)
+    (d,) = jax.jit(dfa.init)(jax.random.PRNGKey(4), params)
     assert d.shape == (10, (4 * 4 if target == "pre_pool" else 2 * 2) * 2)
     images = np.asarray(x, np.float64).reshape(4, 6, 6, 1)
     a0 = _conv_valid(images, params[0]["w"])
@@ -234,7 +247,7 @@ def test_dfa_on_a_pooled_conv_layer_is_the_closed_form(target):
     else:
         delta0 = _max_pool_2x2_vjp(np.tanh(a0), projected) * (1 - np.tanh(a0) ** 2)
         assert np.count_nonzero(delta0) <= delta0.size // 4  # one unit of each 2x2 window
-    est = dfa.gradient_estimate(params, [d], x, y, None)
+    est = jax.jit(dfa.gradient_estimate)(params, [d], x, y, None)  # one program, not op by op
     assert [dl.shape for dl in est.deltas] == [(4, 4, 4, 2), (4, 10)]
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.grads[0]["w"], conv_correlation(images, delta0, 3, 0), rtol=1e-4, atol=1e-6)
@@ -249,13 +262,13 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     arch = archs.stack("cnn", (8, 8, 1), [(2, 3, 1, 1, Pool("max", 2, 2)), (3, 3, 1, 1, None)], (), 10)
     dfa = make_rule(_config("dfa", ("feedback.dfa_target", "pooled_conv")), arch)
     params, (x, y) = _params(arch), _batch(arch)
-    m0, d1 = dfa.init(jax.random.PRNGKey(4), params)
+    m0, d1 = jax.jit(dfa.init)(jax.random.PRNGKey(4), params)
     assert m0.shape == (10, 4 * 4 * 2) and d1.shape == (10, 4 * 4 * 3)  # D_0 kept as the matrix its kernel applies
     # the kernel whose projection m0 is (the map kernel -> matrix is linear): m0 is in its range
-    expand = jax.jacfwd(lambda k: direct_matrix(arch, 0, "pooled_conv", k))(jnp.zeros((3, 3, 2, 10)))
+    expand = jax.jit(jax.jacfwd(lambda k: direct_matrix(arch, 0, "pooled_conv", k)))(jnp.zeros((3, 3, 2, 10)))
     kernel = np.linalg.lstsq(np.asarray(expand).reshape(m0.size, -1), np.asarray(m0).ravel(), rcond=None)[0]
     kernel = jnp.asarray(kernel.reshape(3, 3, 2, 10), jnp.float32)
-    np.testing.assert_allclose(direct_matrix(arch, 0, "pooled_conv", kernel), m0, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda k: direct_matrix(arch, 0, "pooled_conv", k))(kernel), m0, atol=1e-5)
     padded = lambda v: np.pad(v, ((0, 0), (1, 1), (1, 1), (0, 0)))
     a0 = _conv_valid(padded(np.asarray(x, np.float64).reshape(4, 8, 8, 1)), params[0]["w"])
     h1 = np.tanh(a0).reshape(4, 4, 2, 4, 2, 2).max(axis=(2, 4))
@@ -272,7 +285,7 @@ def test_dfa_pooled_conv_is_biotorchs_tiled_kernel_projection():
     g = g[:, 1:-1, 1:-1, :]
     delta0 = _max_pool_2x2_vjp(np.tanh(a0), g) * (1 - np.tanh(a0) ** 2)
     delta1 = (e @ np.asarray(d1, np.float64)).reshape(4, 4, 4, 3) * (1 - np.tanh(a1) ** 2)
-    est = dfa.gradient_estimate(params, [m0, d1], x, y, None)
+    est = jax.jit(dfa.gradient_estimate)(params, [m0, d1], x, y, None)
     np.testing.assert_allclose(est.deltas[0], delta0, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(est.deltas[1], delta1, rtol=1e-4, atol=1e-7)
 
@@ -317,9 +330,10 @@ def test_wm_mirror_is_the_noise_correlation_normalised_per_kernel_entry():
     mirror_of = jax.jit(lambda k, x: -wm.estimate(params, (), x, jnp.zeros((x.shape[0], 10)), k).grads[1]["fb"])
     mirror = mirror_of(key, jnp.zeros((batch, 50)))
     # the noise: uniform of variance sigma^2 at the layer's input from the step key's layer-1 key, y its convolution
-    u = fast_uniform(jax.random.split(jax.random.fold_in(key, 0x3A11), len(params))[1], (batch,) + op.in_shape)
-    x = np.asarray((sigma * math.sqrt(3.0)) * (2.0 * u - 1.0), np.float64)
-    y = np.asarray(linear(op, w, jnp.asarray(x, jnp.float32)), np.float64)
+    noise = jax.jit(lambda key: fast_uniform(jax.random.split(jax.random.fold_in(key, 0x3A11), len(params))[1],
+                                             (batch,) + op.in_shape))  # one program each, not op by op
+    x = np.asarray((sigma * math.sqrt(3.0)) * (2.0 * noise(key) - 1.0), np.float64)
+    y = np.asarray(jax.jit(lambda x: linear(op, w, x))(jnp.asarray(x, jnp.float32)), np.float64)
     counts = conv_correlation(np.ones((1,) + op.in_shape), np.ones((1,) + op.out_shape), 3, 1)
     assert counts[1, 1, 0, 0] == 9 and counts[0, 0, 0, 0] == 4  # centre: every position; corner: 2 x 2
     plain = [{"w": p["w"], "b": p["b"]} for p in params]
@@ -390,7 +404,7 @@ SMALL_CNN = [("model.arch", "cnn"), ("model.cnn.channels", [2]), ("model.cnn.ker
 def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     """The run's files against a recomputation from its stored parameters: the test accuracy of the
     saved network, and the last update angles of the rule's estimate against jax.grad on the probe
-    batch (numpy's arccos, eagerly: no second compilation of the measurement)."""
+    batch (the angles by numpy's arccos: not the measurement's own code)."""
     from bioprop_cli.network import architecture, init_state
     from bioprop_cli.rules.base import model_functions
     from bioprop_cli.runs import RunWriter, load_params, read_jsonl
@@ -416,12 +430,19 @@ def test_conv_nets_train_end_to_end(tmp_path, rule, network):
     rule_, _, state = init_state(config, network_, config.seed, splits.x_train.shape[0])
     params = load_params(tmp_path)
     act, loss = model_functions(config)
-    predicted = np.argmax(np.asarray(forward(network_, params, splits.x_test, act).logits), axis=1)
-    assert summary["test_accuracy"] == pytest.approx(float(np.mean(predicted == np.asarray(splits.y_test))), abs=1e-6)
     x, labels, _ = seed_probe(splits, config.seed, config.alignment.probe_size)
     y = jax.nn.one_hot(labels, 10)
-    estimate = (rule_.gradient_estimate or rule_.estimate)(params, state, x, y, jax.random.PRNGKey(0)).grads
-    exact = jax.grad(lambda p: loss.value(forward(network_, p, x, act).logits, y))(params)
+
+    @jax.jit  # one program for the recomputation, not one per operation
+    def recomputed(params, state, x_test, x, y):
+        logits = forward(network_, params, x_test, act).logits
+        estimate = (rule_.gradient_estimate or rule_.estimate)(params, state, x, y, jax.random.PRNGKey(0)).grads
+        exact = jax.grad(lambda p: loss.value(forward(network_, p, x, act).logits, y))(params)
+        return logits, estimate, exact
+
+    logits, estimate, exact = recomputed(params, state, splits.x_test, x, y)
+    predicted = np.argmax(np.asarray(logits), axis=1)
+    assert summary["test_accuracy"] == pytest.approx(float(np.mean(predicted == np.asarray(splits.y_test))), abs=1e-6)
     for logged, mine, theirs in zip(per_layer, estimate, exact):
         u, v = np.ravel(mine["w"]).astype(np.float64), np.ravel(theirs["w"]).astype(np.float64)
         angle = np.degrees(np.arccos(np.clip(u @ v / np.linalg.norm(u) / np.linalg.norm(v), -1, 1)))

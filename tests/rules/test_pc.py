@@ -1,6 +1,7 @@
 """Predictive coding (rule pc): the energy's gradient, the exact variants against jax.grad, the
 standard variant's approach to backprop, and training through the CLI."""
 
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from bioprop_cli.rules import make_rule
 from bioprop_cli.rules.predictive_coding import Network, energy, node_gradients
 from bioprop_cli.runs import read_jsonl
 from bioprop_cli.metrics.measure import make_measure
+from bioprop_cli.metrics.predictive_coding import make_comparison
 from helpers import REPO_ROOT, assert_nothing_written, assert_user_error
 
 CONFIGS = REPO_ROOT / "configs"
@@ -63,8 +65,8 @@ def test_energy_gradient_equals_jax_grad(loss):
         keys = jax.random.split(jax.random.PRNGKey(7), len(sizes) - 2)
         hidden = [h + 0.5 * jax.random.normal(k, h.shape) for k, h in zip(keys, forward(params, x, net.act).inputs[1:])]
         total = lambda hidden: jnp.sum(energy(net, params, [x] + hidden, y))
-        expected = jax.grad(total)(hidden)
-        got = node_gradients(net, params, [x] + hidden, y)
+        both = jax.jit(lambda hidden: (jax.grad(total)(hidden), node_gradients(net, params, [x] + hidden, y)))
+        expected, got = both(hidden)  # one program, not op by op
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-14)
 
@@ -88,20 +90,21 @@ def test_exact_variants_equal_backprop(loss, variant, steps, lr, depth):
             np.testing.assert_allclose(d, e, rtol=1e-10, atol=1e-15)
 
 
-def _angle_and_error(loss, **pc):
+def _angles_and_errors(loss, gammas, steps):
+    """Standard pc's update against jax.grad (whole network) after `steps` inference steps at rate 0.2,
+    at each output precision in `gammas`: (angles, relative errors). One compiled program per loss and
+    number of gammas (`sweep pc`'s comparison: gamma and the step count are its arguments)."""
     with float64():
         sizes, params, x, y = _setup()
-        est, exact, _ = _against_backprop(_rule(sizes, loss, **pc), params, x, y, loss)
-        _, network = compare_updates(est.grads, exact)
-        return float(network["update_angle"]), float(network["update_rel_error"])
+        compare = make_comparison(_config(sizes, loss, inference_lr=0.2), dense(sizes))
+        measured = compare(params, x, y, jnp.asarray(gammas), steps)
+        return np.asarray(measured["update_angle_all"]).tolist(), np.asarray(measured["update_rel_error_all"]).tolist()
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_standard_approaches_backprop_as_the_output_precision_shrinks(loss):
     """Converged inference: the angle falls with gamma and the relative error is O(gamma)."""
-    gammas = (1.0, 0.1, 0.01)
-    measured = [_angle_and_error(loss, inference_steps=300, inference_lr=0.2, output_precision=g) for g in gammas]
-    angles, errors = zip(*measured)
+    angles, errors = _angles_and_errors(loss, [1.0, 0.1, 0.01], 300)
     assert angles[0] > angles[1] > angles[2], angles
     assert angles[0] > 15 and angles[2] < 1, angles
     assert 5 < errors[1] / errors[2] < 20, errors  # first order in gamma
@@ -109,8 +112,7 @@ def test_standard_approaches_backprop_as_the_output_precision_shrinks(loss):
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_standard_approaches_backprop_as_inference_runs_longer(loss):
-    steps = (1, 10, 30, 300)
-    angles = [_angle_and_error(loss, inference_steps=t, inference_lr=0.2, output_precision=0.01)[0] for t in steps]
+    angles = [_angles_and_errors(loss, [0.01], t)[0][0] for t in (1, 10, 30, 300)]
     assert all(a > b for a, b in zip(angles, angles[1:])), angles
     assert angles[0] > 20 and angles[-1] < 1, angles
 
@@ -141,6 +143,27 @@ def test_inference_diagnostics():
             assert 0 < float(est.aux["energy_decrease"])
         assert float(long.aux["energy"]) < float(short.aux["energy"])
         assert float(long.aux["inference_residual"]) < 1e-3 * float(short.aux["inference_residual"])
+
+
+@pytest.mark.parametrize("variant", ["standard", "fixed_prediction"])
+def test_a_traced_step_count_is_the_static_one(variant):
+    """pc.inference_steps as an argument of one compiled program (the loop's bound: `conditions` and
+    `sweep pc` measure every step count with one program) gives the estimate of the count in the config."""
+    sizes, params, x, y = _setup()
+    config = _config(sizes, "cross_entropy", variant=variant, inference_lr=0.2)
+
+    def estimate(params, x, y, steps):
+        pc = replace(config.pc, inference_steps=steps)
+        est = make_rule(replace(config, pc=pc), dense(sizes)).estimate(params, (), x, y, None)
+        return jax.tree_util.tree_leaves((est.grads, est.aux))
+
+    traced = jax.jit(estimate)
+    leaves = {steps: traced(params, x, y, steps) for steps in (1, 4)}
+    assert not np.array_equal(leaves[1][0], leaves[4][0])  # the count reaches the loop
+    for steps, shared in leaves.items():
+        static = jax.jit(estimate, static_argnums=3)(params, x, y, steps)  # a program of its own per count
+        for a, b in zip(static, shared):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_measure_logs_angles_and_diagnostics_and_predict_is_the_feedforward_pass():

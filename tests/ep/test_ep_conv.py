@@ -1,5 +1,6 @@
 """Equilibrium propagation on conv nets: the conv energy, its dynamics, the estimators against the exact gradients."""
 
+import functools
 import json
 
 import jax
@@ -28,6 +29,7 @@ ARCH = stack("cnn", (8, 8, 1), [(4, 3, 1, 1, Pool("max", 2, 2)), (3, 3, 1, 1, Po
 BATCH = 5
 
 
+@functools.partial(jax.jit, static_argnames=("dtype", "seed", "arch", "scale"))  # one program, not one per op
 def _problem(dtype=jnp.float64, seed=0, arch=ARCH, scale=1.5):
     params = init_params(jax.random.PRNGKey(seed), arch, "glorot_uniform", scale)
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
@@ -55,6 +57,7 @@ def _rel(a, b):
     return float(jnp.linalg.norm(_flat(a) - _flat(b)) / jnp.linalg.norm(_flat(b)))
 
 
+@functools.partial(jax.jit, static_argnames="dtype")
 def _states(key, dtype=jnp.float64):
     keys = jax.random.split(key, len(ARCH.layers))
     return [jax.random.uniform(k, (BATCH, n), dtype) for k, n in zip(keys, ARCH.sizes[1:])]
@@ -67,12 +70,12 @@ def test_the_force_is_jax_grad_of_the_conv_energy(rho_name):
         rho, beta = RHOS[rho_name], 0.3
         states = _states(jax.random.PRNGKey(3))
         total = lambda s: jnp.sum(energy(params, s, x, rho, ARCH) + beta * cost(s, y))
-        force = energy_gradient(params, states, input_drive(params, x, ARCH), y, beta, rho, arch=ARCH)
-        assert _rel(force, jax.grad(total)(states)) < 1e-12
+        force = jax.jit(lambda s: energy_gradient(params, s, input_drive(params, x, ARCH), y, beta, rho, arch=ARCH))
+        assert _rel(force(states), jax.jit(jax.grad(total))(states)) < 1e-12
         if rho.bounded:  # the step the dynamics take: the projected gradient step on F = E + beta C
-            moved = step(params, states, input_drive(params, x, ARCH), y, beta, rho, 0.4, arch=ARCH)
-            expected = [jnp.clip(s - 0.4 * g, 0.0, 1.0) for s, g in zip(states, jax.grad(total)(states))]
-            assert _rel(moved, expected) < 1e-12
+            moved = jax.jit(lambda s: step(params, s, input_drive(params, x, ARCH), y, beta, rho, 0.4, arch=ARCH))
+            projected = jax.jit(lambda s: [jnp.clip(u - 0.4 * g, 0.0, 1.0) for u, g in zip(s, jax.grad(total)(s))])
+            assert _rel(moved(states), projected(states)) < 1e-12
 
 
 def test_the_written_out_contrast_is_jax_grad_of_the_energy_difference():
@@ -83,8 +86,8 @@ def test_the_written_out_contrast_is_jax_grad_of_the_energy_difference():
         rho, scale = RHOS["hard_sigmoid"], 2.5
         states_a, states_b = _states(jax.random.PRNGKey(4)), _states(jax.random.PRNGKey(5))
         difference = lambda p: scale * jnp.mean(energy(p, states_a, x, rho, ARCH) - energy(p, states_b, x, rho, ARCH))
-        written = conv_energy.contrast(ARCH, params, states_a, states_b, x, rho, scale)
-        assert _rel(written, jax.grad(difference)(params)) < 1e-12
+        written = jax.jit(lambda p: conv_energy.contrast(ARCH, p, states_a, states_b, x, rho, scale))(params)
+        assert _rel(written, jax.jit(jax.grad(difference))(params)) < 1e-12
 
 
 def test_the_energy_is_laborieux_primitive_function_with_the_leak():
@@ -106,12 +109,16 @@ def test_the_energy_is_laborieux_primitive_function_with_the_leak():
             blocks = a.reshape(n, side // 2, 2, side // 2, 2, c)
             return blocks.max(axis=(2, 4)) if kind == "max" else blocks.mean(axis=(2, 4))
 
-        s1, s2, s3 = states
-        f0 = pool2(conv_same(images, params[0]["w"], params[0]["b"]), "max").reshape(BATCH, -1)
-        f1 = pool2(conv_same(s1.reshape(BATCH, 4, 4, 4), params[1]["w"], params[1]["b"]), "avg").reshape(BATCH, -1)
-        f2 = s2 @ params[2]["w"] + params[2]["b"]
-        expected = 0.5 * sum(jnp.sum(s**2, -1) for s in states) - sum(jnp.sum(f * s, -1) for f, s in zip((f0, f1, f2), states))
-        assert jnp.allclose(energy(params, states, x, RHOS["hard_sigmoid"], ARCH), expected, rtol=1e-12)
+        @jax.jit
+        def by_hand(params, states):
+            s1, s2, s3 = states
+            f0 = pool2(conv_same(images, params[0]["w"], params[0]["b"]), "max").reshape(BATCH, -1)
+            f1 = pool2(conv_same(s1.reshape(BATCH, 4, 4, 4), params[1]["w"], params[1]["b"]), "avg").reshape(BATCH, -1)
+            f2 = s2 @ params[2]["w"] + params[2]["b"]
+            return 0.5 * sum(jnp.sum(s**2, -1) for s in states) - sum(jnp.sum(f * s, -1) for f, s in zip((f0, f1, f2), states))
+
+        written = jax.jit(lambda p, s: energy(p, s, x, RHOS["hard_sigmoid"], ARCH))(params, states)
+        assert jnp.allclose(written, by_hand(params, states), rtol=1e-12)
 
 
 @pytest.mark.parametrize("in_shape, channels, kernel, stride, padding, pool", [
@@ -126,13 +133,23 @@ def test_the_written_out_pull_is_the_vjp_of_the_layer(in_shape, channels, kernel
 
     with float64():
         layer = Layer(Conv(in_shape, channels, kernel, stride, padding), pool)
-        kw, kh, kr = jax.random.split(jax.random.PRNGKey(0), 3)
-        params = {"w": jax.random.normal(kw, layer.op.weight_shape), "b": 0.1 * jnp.arange(channels, dtype=float)}
-        h = jax.random.uniform(kh, (3, in_shape[0] * in_shape[1] * in_shape[2]))
-        up, pull = jax.vjp(lambda g: conv_energy.layer_map(layer, params, g), h)
-        above = jax.random.uniform(kr, up.shape)
-        written_up, written_down = conv_energy.up_and_down(layer, params, h, above)
-        assert jnp.allclose(written_up, up, rtol=1e-12) and jnp.allclose(written_down, pull(above)[0], rtol=1e-12)
+
+        @jax.jit
+        def inputs(key):
+            kw, kh, kr = jax.random.split(key, 3)
+            params = {"w": jax.random.normal(kw, layer.op.weight_shape), "b": 0.1 * jnp.arange(channels, dtype=float)}
+            h = jax.random.uniform(kh, (3, in_shape[0] * in_shape[1] * in_shape[2]))
+            return params, h, jax.random.uniform(kr, conv_energy.layer_map(layer, params, h).shape)
+
+        @jax.jit
+        def by_vjp(params, h, above):  # one compiled program (op by op, each operation compiles on its own)
+            up, pull = jax.vjp(lambda g: conv_energy.layer_map(layer, params, g), h)
+            return up, pull(above)[0]
+
+        params, h, above = inputs(jax.random.PRNGKey(0))
+        written_up, written_down = jax.jit(lambda *a: conv_energy.up_and_down(layer, *a))(params, h, above)
+        up, down = by_vjp(params, h, above)
+        assert jnp.allclose(written_up, up, rtol=1e-12) and jnp.allclose(written_down, down, rtol=1e-12)
 
 
 @pytest.mark.parametrize("in_shape, channels, kernel, padding", [

@@ -82,7 +82,7 @@ class Linen:
 
     def __init__(self, rule, key=None):
         key = jax.random.PRNGKey(2) if key is None else key
-        self.variables = LinenNet().init(jax.random.PRNGKey(0), X)
+        self.variables = jax.jit(LinenNet().init)(jax.random.PRNGKey(0), X)
         self.converted, self.state = bio_linen.convert(LinenNet(), self.variables, rule, key, X,
                                                        mutable=["batch_stats"])
         self.params = self.variables["params"]
@@ -281,7 +281,7 @@ def test_measure_on_a_converted_model_gives_the_angles_to_jax_grad_of_the_unconv
     report = jax.jit(lambda p, s: bioprop.measure(rule, case.model, loss, p, s, jax.random.PRNGKey(3), X, Y, mask))(
         case.params, case.state)
     mine, exact = case.originals(_update(case).grads), _exact_grads(case)
-    expected = jax.tree_util.tree_leaves(jax.tree_util.tree_map(_angle, mine, exact))
+    expected = jax.tree_util.tree_leaves(jax.jit(lambda a, b: jax.tree_util.tree_map(_angle, a, b))(mine, exact))
     reported = jax.tree_util.tree_leaves(report["update"]["angle"])
     # the conv bias before BatchNorm has a zero gradient (rounding noise in both): its angle means nothing
     defined = [float(jnp.linalg.norm(v)) > 1e-12 for v in jax.tree_util.tree_leaves(exact)]
@@ -309,22 +309,27 @@ def test_batchnorm_statistics_come_back_from_the_update_as_from_the_unconverted_
     case = Linen("fa")
     stats = {"batch_stats": case.variables["batch_stats"]}
     up = _update_with_aux(case.converted, case.converted.model(stats, mutable=["batch_stats"]), case.params, case.state)
-    _, theirs = LinenNet().apply(case.variables, X, mutable=["batch_stats"])
+    _, theirs = jax.jit(lambda v: LinenNet().apply(v, X, mutable=["batch_stats"]))(case.variables)
     _close(up.aux, theirs)
     assert not np.allclose(up.aux["batch_stats"]["bn"]["mean"], case.variables["batch_stats"]["bn"]["mean"])
 
     case = Nnx("fa")
     up = _update_with_aux(case.converted, case.converted.model(case.converted.rest), case.params, case.state)
-    module = case.converted.original(case.params, case.converted.rest)
-    module(X)
-    _close(nnx.to_pure_dict(up.aux), nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param))))
+
+    @jax.jit
+    def their_statistics(params):
+        module = case.converted.original(params, case.converted.rest)
+        module(X)
+        return nnx.to_pure_dict(nnx.state(module, nnx.Not(nnx.Param)))
+
+    _close(nnx.to_pure_dict(up.aux), their_statistics(case.params))
 
     module, bn_state = eqx.nn.make_with_state(EqxNet)(jax.random.PRNGKey(0))
     forward = lambda m, x: jax.vmap(m, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
         jnp.transpose(x, (0, 3, 1, 2)), bn_state)
     converted, state = bio_eqx.convert(module, "fa", jax.random.PRNGKey(2), X, forward, axis_name="batch")
     up = _update_with_aux(converted, converted.model(forward), converted.params, state)
-    _close(up.aux, forward(module, X)[1])
+    _close(up.aux, eqx.filter_jit(lambda m: forward(m, X)[1])(module))
 
 
 # ---------------------------------------------------------------------------------------------- direct feedback
@@ -362,10 +367,12 @@ def test_dfa_through_the_linen_converter_is_the_closed_form():
     variables = LinenMlp().init(jax.random.PRNGKey(0), x)
     converted, state = bio_linen.convert(LinenMlp(), variables, "dfa", jax.random.PRNGKey(2), x, exact=())
     p = variables["params"]
-    up = bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3), x, Y, converted.mask)
+    up = jax.jit(lambda p, s: bioprop.update(converted.rule, converted.model(), loss, p, s, jax.random.PRNGKey(3), x, Y,
+                                             converted.mask))(p, state)
     d = state["out"]["kernel"]  # D at the output layer's input: the hidden layer's output (n_out, 6)
     assert d.shape == (3, 6)
-    expected = _dfa_closed_form(x, p["hidden"]["kernel"], p["hidden"]["bias"], p["out"]["kernel"], p["out"]["bias"], d)
+    expected = jax.jit(_dfa_closed_form)(x, p["hidden"]["kernel"], p["hidden"]["bias"], p["out"]["kernel"],
+                                         p["out"]["bias"], d)
     g = up.grads
     _close((g["hidden"]["kernel"], g["hidden"]["bias"], g["out"]["kernel"], g["out"]["bias"]), expected)
 
@@ -376,15 +383,15 @@ def test_dfa_through_the_equinox_converter_under_vmap_is_the_closed_form():
     forward = lambda m, x: jax.vmap(m, axis_name="batch")(x)
     converted, state = bio_eqx.convert(module, "dfa", jax.random.PRNGKey(2), x, forward, axis_name="batch")
     p = converted.params
-    up = bioprop.update(converted.rule, converted.model(forward), loss, p, state, jax.random.PRNGKey(3), x, Y,
-                        converted.mask)
-    expected = _dfa_closed_form(x, p.hidden.kernel, p.hidden.bias, p.out.kernel, p.out.bias, state.out.kernel)
+    up = jax.jit(lambda p, s: bioprop.update(converted.rule, converted.model(forward), loss, p, s, jax.random.PRNGKey(3),
+                                             x, Y, converted.mask))(p, state)
+    expected = jax.jit(_dfa_closed_form)(x, p.hidden.kernel, p.hidden.bias, p.out.kernel, p.out.bias, state.out.kernel)
     g = up.grads
     _close((g.hidden.kernel, g.hidden.bias, g.out.kernel, g.out.bias), expected)
     # measure's D against backprop's Jacobian to the output layer's input: W^T for every example
-    report = bioprop.measure(converted.rule, converted.model(forward), loss, p, state, jax.random.PRNGKey(3), x, Y,
-                             converted.mask)
-    _close(report["feedback"]["angle"].out.kernel, _angle(state.out.kernel, p.out.kernel.T))
+    report = jax.jit(lambda p, s: bioprop.measure(converted.rule, converted.model(forward), loss, p, s,
+                                                  jax.random.PRNGKey(3), x, Y, converted.mask))(p, state)
+    _close(report["feedback"]["angle"].out.kernel, jax.jit(_angle)(state.out.kernel, p.out.kernel.T))
     with pytest.raises(UnconvertibleLayer, match="axis_name"):
         unnamed, state = bio_eqx.convert(module, "dfa", jax.random.PRNGKey(2), x, forward)
         bioprop.update(unnamed.rule, unnamed.model(forward), loss, unnamed.params, state, jax.random.PRNGKey(3),
@@ -439,8 +446,9 @@ def test_a_layer_left_exact_by_name_is_backprop_and_a_misspelt_name_is_refused()
     converted, state = bio_linen.convert(LinenEinsum(), variables, "bp", jax.random.PRNGKey(2), x, exact=("mix",))
     assert converted.paths == ("out",)
     p = variables["params"]
-    up = bioprop.update(converted.rule, converted.model(), loss, p, state, jax.random.PRNGKey(3), x, Y, converted.mask)
-    _close(up.grads, jax.grad(lambda p: loss(LinenEinsum().apply({"params": p}, x), Y))(p))
+    up = jax.jit(lambda p, s: bioprop.update(converted.rule, converted.model(), loss, p, s, jax.random.PRNGKey(3), x, Y,
+                                             converted.mask))(p, state)
+    _close(up.grads, jax.jit(jax.grad(lambda p: loss(LinenEinsum().apply({"params": p}, x), Y)))(p))
     with pytest.raises(UnconvertibleLayer) as error:
         bio_linen.convert(LinenEinsum(), variables, "bp", jax.random.PRNGKey(2), x, exact=("mixer",))
     assert "exact=('mixer',)" in _one_line(error)

@@ -1,5 +1,7 @@
 """Each rule's update against a hand-derived formula or jax.grad, on tiny networks."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +22,7 @@ def _config(rule, **model):
     return load_config(overrides=overrides)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "n_in", "seed"))  # one program, not one per op
 def _batch(n=6, n_in=7, seed=1):
     kx, ky = jax.random.split(jax.random.PRNGKey(seed))
     x = jax.random.normal(kx, (n, n_in))
@@ -27,6 +30,7 @@ def _batch(n=6, n_in=7, seed=1):
     return x, y
 
 
+@functools.partial(jax.jit, static_argnames=("sizes", "seed"))
 def _params(sizes=SIZES, seed=0):
     return init_params(jax.random.PRNGKey(seed), dense(sizes), "lecun_normal", 1.0)
 
@@ -46,10 +50,10 @@ def test_bp_equals_jax_grad(activation, loss):
     params, (x, y) = _params(), _batch()
     act, loss_fn = ACTIVATIONS[activation], LOSSES[loss]
     rule = make_rule(_config("bp", activation=activation, loss=loss), dense(SIZES))
-    est = rule.estimate(params, rule.init(jax.random.PRNGKey(0), params), x, y, jax.random.PRNGKey(0))
-    expected = jax.grad(lambda p: loss_fn.value(forward(p, x, act).logits, y))(params)
-    _close(est.grads, expected)
-    assert float(est.loss) == pytest.approx(float(loss_fn.value(forward(params, x, act).logits, y)), rel=1e-6)
+    est = jax.jit(lambda p: rule.estimate(p, rule.init(jax.random.PRNGKey(0), p), x, y, jax.random.PRNGKey(0)))(params)
+    value = jax.jit(lambda p: loss_fn.value(forward(p, x, act).logits, y))
+    _close(est.grads, jax.jit(jax.grad(value))(params))
+    assert float(est.loss) == pytest.approx(float(value(params)), rel=1e-6)
 
 
 def test_bp_by_hand_on_one_hidden_unit():
@@ -97,7 +101,7 @@ def test_fa_feedback_statistics_follow_the_config():
     params = _params(sizes)
     for dist in ("normal", "uniform"):
         cfg = load_config(overrides=[("rule", "fa"), ("feedback.distribution", dist), ("feedback.scale", 2.0)])
-        b = make_rule(cfg, dense(sizes)).init(jax.random.PRNGKey(0), params)[1]
+        b = jax.jit(make_rule(cfg, dense(sizes)).init)(jax.random.PRNGKey(0), params)[1]
         assert float(jnp.std(b)) == pytest.approx(2.0 / np.sqrt(400), rel=0.02)  # 2 x lecun std of W_1
         if dist == "uniform":
             assert float(jnp.max(jnp.abs(b))) <= np.sqrt(3) * 2.0 / np.sqrt(400) + 1e-6
@@ -174,8 +178,8 @@ def test_frsf_magnitudes_are_fixed_and_signs_follow_w():
 
 def test_brsf_redraws_magnitudes_every_batch_with_the_signs_of_w():
     params, brsf, state = _frsf_brsf("brsf")
-    fb1 = brsf.feedback(params, state, jax.random.PRNGKey(1))
-    fb2 = brsf.feedback(params, state, jax.random.PRNGKey(2))
+    feedback = jax.jit(lambda k: brsf.feedback(params, state, k))
+    fb1, fb2 = feedback(jax.random.PRNGKey(1)), feedback(jax.random.PRNGKey(2))
     for l in (1, 2, 3):
         assert not np.allclose(fb1[l][0], fb2[l][0])
         np.testing.assert_array_equal(np.sign(fb1[l][0]), np.sign(params[l]["w"].T))
@@ -183,7 +187,8 @@ def test_brsf_redraws_magnitudes_every_batch_with_the_signs_of_w():
     # the update uses the batch's draw: another key, another update (and the update of a given key is
     # the generic chain formula with that key's feedback: test_chain_rules_match_the_generic_formula...)
     x, y = _batch()
-    g = lambda k: brsf.estimate(params, state, x, y, jax.random.PRNGKey(k)).grads[0]["w"]
+    estimate = jax.jit(lambda key: brsf.estimate(params, state, x, y, key).grads[0]["w"])
+    g = lambda k: estimate(jax.random.PRNGKey(k))
     assert not np.allclose(g(1), g(2))
 
 
@@ -207,9 +212,9 @@ def test_chain_rules_match_the_generic_formula_with_their_own_feedback(rule):
 def test_every_rule_updates_the_output_layer_exactly(rule):
     params, (x, y) = _params(), _batch()
     r = make_rule(_config(rule), dense(SIZES))
-    est = r.estimate(params, r.init(jax.random.PRNGKey(5), params), x, y, jax.random.PRNGKey(6))
+    est = jax.jit(lambda p: r.estimate(p, r.init(jax.random.PRNGKey(5), p), x, y, jax.random.PRNGKey(6)))(params)
     act, loss = ACTIVATIONS["tanh"], LOSSES["cross_entropy"]
-    true = jax.grad(lambda p: loss.value(forward(p, x, act).logits, y))(params)
+    true = jax.jit(jax.grad(lambda p: loss.value(forward(p, x, act).logits, y)))(params)
     _close(est.grads[-1], true[-1])
 
 
@@ -234,7 +239,8 @@ def test_brsf_magnitudes_have_the_second_moment_of_w(distribution):
 
     sizes = (300, 400, 400, 10)
     params = [{"w": p["w"], "b": p["b"]} for p in _params(sizes)]
-    b = bioprop.rule("brsf", distribution=distribution).feedback(bioprop.kernels(params), (), jax.random.PRNGKey(0))
+    rule = bioprop.rule("brsf", distribution=distribution)
+    b = jax.jit(lambda p: rule.feedback(bioprop.kernels(p), (), jax.random.PRNGKey(0)))(params)
     m = np.abs(np.asarray(b[1]["w"]))  # |R_1| (W_1's signs are never 0)
     std = 1 / np.sqrt(400)  # lecun std of W_1 (fan-in 400)
     assert m.min() >= 0

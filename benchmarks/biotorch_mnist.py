@@ -25,7 +25,6 @@ optimizer.step(). One JSON line per seed: test accuracy after each epoch and the
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import json
 import os
@@ -37,6 +36,7 @@ import torch
 from PIL import Image
 
 from biotorch.module.biomodule import BioModule
+from torch_reference import find, read_idx  # benchmarks/ is on sys.path when run as a script
 
 MEAN, STD = 0.1307, 0.3081  # biotorch/datasets/mnist.py
 
@@ -48,20 +48,6 @@ def biotorch_lenet_mnist() -> torch.nn.Module:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.LeNetMNIST()
-
-
-def read_idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def find(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).exists():
-            return folder / name
-    raise SystemExit(f"{stem}(.gz) not found in {folder} (set BIOPROP_DATA_DIR)")
 
 
 def resized(images: np.ndarray, size: int) -> torch.Tensor:

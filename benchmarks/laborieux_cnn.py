@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from pinned import run_pinned
+from pinned import run_pinned, thread_env
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "experiments" / "ep_cnn_mnist_laborieux.yaml"
@@ -60,13 +60,6 @@ def bioprop_side(batches: int, free_steps: int, nudged_steps: int) -> dict:
             "compile_s": compile_s}
 
 
-def environment() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    return env
-
-
 def run_side(side: str, args) -> dict:
     phases = ["--free-steps", str(args.free_steps), "--nudged-steps", str(args.nudged_steps)]
     if side == "bioprop":
@@ -76,7 +69,7 @@ def run_side(side: str, args) -> dict:
         command = [args.their_python, args.their_driver, "--threads", "1", "--batches", str(args.batches),
                    "--T1", str(args.free_steps), "--T2", str(args.nudged_steps)]
     load = os.getloadavg()[0]
-    result = run_pinned(str(args.core), command, environment(), side)
+    result = run_pinned(str(args.core), command, thread_env(1), side)
     result["load_before"] = load
     return result
 

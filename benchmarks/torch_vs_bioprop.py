@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from pinned import run_pinned
+from pinned import run_pinned, thread_env
 
 HERE = Path(__file__).resolve().parent
 TRAIN_STEPS = {"lenet": 55_000 // 64, "mlp": 55_000 // 128}  # one epoch of bioprop's default training split
@@ -92,14 +92,6 @@ def bioprop_side(net: str, rule: str, steps: int) -> dict:
             "examples_per_cpu_s": examples / cpu, "last_loss": float(out["loss"][-1])}
 
 
-def environment(threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    if threads == 1:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                            " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    return env
-
-
 def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_python: str, first_core: int) -> dict:
     cores = ",".join(str(first_core + c) for c in range(threads))
     if side == "bioprop":
@@ -109,7 +101,7 @@ def run_side(side: str, net: str, rule: str, threads: int, steps: int, torch_pyt
         command = [torch_python, str(HERE / "torch_reference.py"), "--net", net, "--rule", rule, "--threads",
                    str(threads), "--steps", str(steps or 0), "--warmup", str(steps or TRAIN_STEPS[net])]
         command += lenet_flags(rule) if net == "lenet" else []
-    result = run_pinned(cores, command, environment(threads), f"{side} {net} {rule}")
+    result = run_pinned(cores, command, thread_env(threads), f"{side} {net} {rule}")
     result["threads"] = threads
     return result
 

@@ -114,7 +114,7 @@ def _make_axis_command(axis: Optional[str], as_group_callback: bool = False):
         ctx: typer.Context,
         values: Optional[str] = typer.Option(None, help="Comma-separated values of the axis (default: its usual grid)."),
         grid: List[str] = typer.Option([], "--grid", "-g", help="Another axis: KEY=V1,V2 (repeatable; any config key)."),
-        seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together, vmapped); default 1."),
+        seeds: Optional[int] = typer.Option(None, min=1, max=MAX_SEEDS, help="Seeds per point (trained together in one compiled program); default 1."),
         config: ConfigFile = None,  # its `sweep:` section may give the grid and the seeds
         set_: Sets = [],
         executor: str = typer.Option("local", help="local (in-process, one group after another; --jobs N: N worker processes) or ray."),

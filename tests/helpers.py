@@ -169,9 +169,10 @@ def compare_app() -> typer.Typer:
 def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: int = 0, accs=(0.9, 0.95, 0.97),
               walls=None, final=None, val=None, best_val=None, status: str = "completed", wall_time: float = 30.0,
               examples_per_s: float = 1000.0, update_angles=None, feedback=None, angle_curve=None, lr: float = 0.001,
-              experiment: str = "exp", in_epoch: bool = False, batch_size: int = 128) -> Path:
+              experiment: str = "exp", in_epoch: bool = False, batch_size: int = 128, vals=None) -> Path:
     """One run folder. update_angles: {layer: final angle}; feedback: {layer: angle or None} (all epochs);
-    angle_curve: mean_update_angle per epoch 0..E (epoch 0 goes to alignment.jsonl's layer "all")."""
+    angle_curve: mean_update_angle per epoch 0..E (epoch 0 goes to alignment.jsonl's layer "all");
+    vals: validation accuracy per epoch (default: accs), which sets best_val_epoch."""
     path = root / name
     path.mkdir(parents=True)
     config = {
@@ -184,10 +185,11 @@ def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: 
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     walls = walls or [10.0 * (e + 1) for e in range(len(accs))]
     angle_curve = angle_curve or [80.0 - 5 * e for e in range(len(accs) + 1)]
+    vals = vals or accs
     metrics = [
-        {"epoch": e + 1, "step": (e + 1) * SPE, "test_accuracy": a, "val_accuracy": a, "wall_time_s": w,
+        {"epoch": e + 1, "step": (e + 1) * SPE, "test_accuracy": a, "val_accuracy": v, "wall_time_s": w,
          "mean_update_angle": angle_curve[e + 1]}
-        for e, (a, w) in enumerate(zip(accs, walls))
+        for e, (a, v, w) in enumerate(zip(accs, vals, walls))
     ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     update_angles = update_angles or {l: 10.0 * l for l in range(depth + 1)}
@@ -210,7 +212,8 @@ def write_run(root: Path, name: str, *, rule: str = "bp", depth: int = 2, seed: 
         "status": status, "rule": rule, "depth": depth, "seed": seed, "steps_per_epoch": SPE,
         "test_accuracy": accs[-1] if final is None else final,
         "val_accuracy": accs[-1] if val is None else val,
-        "best_val_accuracy": max(accs) if best_val is None else best_val,
+        "best_val_accuracy": max(vals) if best_val is None else best_val,
+        "best_val_epoch": vals.index(max(vals)) + 1,
         "wall_time_s": wall_time, "examples_per_s": examples_per_s,
     }
     (path / "summary.json").write_text(json.dumps(summary))

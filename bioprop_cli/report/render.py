@@ -70,6 +70,16 @@ def accuracy_table(c: Comparison) -> Table:
                  rows)
 
 
+def selection_table(c: Comparison) -> Table:
+    """Test accuracy by the epoch it is read at: the last, the best on validation, the best on the test set."""
+    rows = [[g.label, pct_pm(g.stats["test_accuracy_mean"], g.stats["test_accuracy_std"]),
+             pct_pm(g.stats["test_at_best_val_mean"], g.stats["test_at_best_val_std"]),
+             pct_pm(g.stats["best_test_accuracy_mean"], g.stats["best_test_accuracy_std"])] for g in c.groups]
+    return Table("Test accuracy by the epoch it is read at (mean ± std over seeds; the best test epoch is chosen on "
+                 "the test set itself, as biotorch's tables are: optimistic)",
+                 ["group", "last epoch", "best val. epoch", "best test epoch"], rows)
+
+
 def target_table(c: Comparison) -> Table:
     rows = []
     for g in c.groups:
@@ -169,7 +179,7 @@ def beta_table(c: Comparison) -> Optional[Table]:
 def all_tables(c: Comparison) -> list[Table]:
     tables = []
     if c.groups:
-        tables += [accuracy_table(c), target_table(c)]
+        tables += [accuracy_table(c), selection_table(c), target_table(c)]
         if any(g.stats["final_update_angle"] for g in c.groups):
             tables.append(angle_table(c))
         tables += depth_tables(c)

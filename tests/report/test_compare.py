@@ -92,6 +92,20 @@ def test_finds_runs_recursively_and_groups_by_the_differing_keys(tmp_path):
     assert one["n_runs"] == 1 and one["test_accuracy_mean"] == pytest.approx(0.93) and one["test_accuracy_std"] is None
 
 
+def test_test_accuracy_at_the_last_the_best_validation_and_the_best_test_epoch(tmp_path):
+    # seed 0: validation peaks at epoch 2 (test 0.95 there), test at epoch 3; seed 1: validation's first
+    # best (epoch 1, tied with 3) is the epoch chosen, as training's strict > chooses it
+    write_run(tmp_path, "s0", seed=0, accs=(0.90, 0.95, 0.97, 0.96), vals=(0.91, 0.96, 0.94, 0.95))
+    write_run(tmp_path, "s1", seed=1, accs=(0.93, 0.92, 0.99, 0.94), vals=(0.97, 0.90, 0.97, 0.96))
+    c = aggregate([tmp_path])
+    s = c.groups[0].stats
+    assert (s["test_accuracy_mean"], s["test_at_best_val_mean"], s["best_test_accuracy_mean"]) == \
+        pytest.approx(((0.96 + 0.94) / 2, (0.95 + 0.93) / 2, (0.97 + 0.99) / 2))
+    assert s["test_at_best_val_std"] == pytest.approx(math.sqrt(2 * 0.01**2))
+    table = next(t for t in all_tables(c) if t.title.startswith("Test accuracy by the epoch"))
+    assert table.rows == [[c.groups[0].label, "95.00 ± 1.41%", "94.00 ± 1.41%", "98.00 ± 1.41%"]]
+
+
 def test_target_curves_and_angles(tmp_path):
     write_run(tmp_path, "s0", seed=0, accs=(0.90, 0.95, 0.971), walls=(10.0, 20.0, 30.0),
               update_angles={0: 60.0, 1: 40.0, 2: 0.0}, feedback={0: None, 1: 30.0, 2: 20.0},

@@ -11,6 +11,10 @@ from pathlib import Path
 # keep fast-math off: the same operations, rounded alike up to the order of a few reductions' terms.
 # Set before the first computation initialises the backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+# Lowering attaches each operation's Python traceback (up to 100 frames, deep under pytest) to its MLIR location;
+# the suite's thousands of small programs spend part of their lowering there (docs/testing.md). Metadata only: the
+# compiled programs and the compilation cache's keys are the same without it.
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 # One terminal width for every test, whatever the terminal running the suite: rich reads COLUMNS when a
 # console is made (bioprop's at import, typer's help on each call). Paths are never wrapped at any width
 # (tests/cli/test_cli_hardening.py checks a narrow console); tables and help text are laid out to this width.

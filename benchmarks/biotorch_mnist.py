@@ -16,7 +16,8 @@ As biotorch's benchmark.py runs it (biotorch/benchmark/run.py, training/function
 Resize(32) -> ToTensor -> Normalize((0.1307,), (0.3081,)); BioModule(LeNetMNIST(), mode, layer_config with init
 "xavier") (Xavier-uniform W and B, zero biases); torch.optim.SGD(model.parameters(), lr, momentum, weight_decay);
 nn.CrossEntropyLoss (mean); a shuffled DataLoader with drop_last=True; model.zero_grad(), loss.backward(),
-optimizer.step(). One JSON line per seed: test accuracy after each epoch and the mean training loss of each epoch.
+optimizer.step(); MultiStepLR stepped after each epoch (`--milestones`, default 50,75, gamma 0.1: the config's
+schedule). One JSON line per seed: test accuracy after each epoch and the mean training loss of each epoch.
 `--linear-fc1` replaces relu4 (after fc1) by the identity: the LeNetMNIST of biotorch's development history
 (stored commit 12b8a2c, the network bioprop's `model.lenet.linear_fc1: true` was written from); the released one
 (0.0.16, GitHub main) has it. `--train-size 55000` keeps the first 55,000 training images (bioprop's split) instead of biotorch's 60,000.
@@ -83,6 +84,7 @@ def run(args, seed: int, train, test) -> dict:
                       output_dim=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
     loss_function = torch.nn.CrossEntropyLoss()
     (x, y), (tx, ty) = train, test
     steps = len(y) // args.batch  # drop_last=True
@@ -100,11 +102,13 @@ def run(args, seed: int, train, test) -> dict:
             loss.backward()
             optimizer.step()
             total += loss.item()
+        schedule.step()
         losses.append(total / steps)
         accuracies.append(accuracy(model, tx, ty))
     return {"side": "biotorch", "mode": args.mode, "seed": seed, "lr": args.lr, "momentum": args.momentum,
             "weight_decay": args.weight_decay, "batch": args.batch, "train_size": len(y), "epochs": args.epochs,
-            "linear_fc1": args.linear_fc1, "test_accuracy": accuracies, "train_loss": losses, "wall_s": time.perf_counter() - start}
+            "linear_fc1": args.linear_fc1, "milestones": args.milestones, "test_accuracy": accuracies, "train_loss": losses,
+            "wall_s": time.perf_counter() - start}
 
 
 def main() -> None:
@@ -116,6 +120,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--milestones", type=lambda v: [int(e) for e in v.split(",")], default=[50, 75],
+                        help="epochs after which the rate falls tenfold (MultiStepLR, gamma 0.1), as lenet_mnist.yaml")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train-size", type=int, default=60_000)
     parser.add_argument("--threads", type=int, default=1)

@@ -8,7 +8,7 @@ Resize does to the PIL images biotorch's MNIST dataset yields):
 
     /work/venvs/torch/bin/python -m venv /work/venvs/protocol
     echo /work/venvs/torch/lib/python3.11/site-packages > /work/venvs/protocol/lib/python3.11/site-packages/torch.pth
-    /work/venvs/protocol/bin/pip install pillow; /work/venvs/protocol/bin/pip install --no-deps biotorch==0.0.16
+    /work/venvs/protocol/bin/pip install pillow pyyaml; /work/venvs/protocol/bin/pip install --no-deps biotorch==0.0.16
     BIOPROP_DATA_DIR=/work/shared/datasets/mnist /work/venvs/protocol/bin/python benchmarks/biotorch_mnist.py \
         --mode backpropagation --lr 0.1 --seeds 0,1,2 --epochs 1
 
@@ -16,8 +16,8 @@ As biotorch's benchmark.py runs it (biotorch/benchmark/run.py, training/function
 Resize(32) -> ToTensor -> Normalize((0.1307,), (0.3081,)); BioModule(LeNetMNIST(), mode, layer_config with init
 "xavier") (Xavier-uniform W and B, zero biases); torch.optim.SGD(model.parameters(), lr, momentum, weight_decay);
 nn.CrossEntropyLoss (mean); a shuffled DataLoader with drop_last=True; model.zero_grad(), loss.backward(),
-optimizer.step(); MultiStepLR stepped after each epoch (`--milestones`, default 50,75, gamma 0.1: the config's
-schedule). One JSON line per seed: test accuracy after each epoch and the mean training loss of each epoch.
+optimizer.step(); MultiStepLR stepped after each epoch (`--milestones`, by default the boundaries and the decay rate
+of lenet_mnist.yaml's optimizer.schedule). One JSON line per seed: test accuracy after each epoch and the mean training loss of each epoch.
 `--linear-fc1` replaces relu4 (after fc1) by the identity: the LeNetMNIST of biotorch's development history
 (stored commit 12b8a2c, the network bioprop's `model.lenet.linear_fc1: true` was written from); the released one
 (0.0.16, GitHub main) has it. `--train-size 55000` keeps the first 55,000 training images (bioprop's split) instead of biotorch's 60,000.
@@ -34,12 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from biotorch.module.biomodule import BioModule
 from torch_reference import find, read_idx  # benchmarks/ is on sys.path when run as a script
 
 MEAN, STD = 0.1307, 0.3081  # biotorch/datasets/mnist.py
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "lenet_mnist.yaml"
+SCHEDULE = yaml.safe_load(CONFIG.read_text())["optimizer"]["schedule"]  # boundaries, decay_rate
 
 
 def biotorch_lenet_mnist() -> torch.nn.Module:
@@ -84,7 +87,7 @@ def run(args, seed: int, train, test) -> dict:
                       output_dim=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=SCHEDULE["decay_rate"])
     loss_function = torch.nn.CrossEntropyLoss()
     (x, y), (tx, ty) = train, test
     steps = len(y) // args.batch  # drop_last=True
@@ -120,8 +123,8 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--milestones", type=lambda v: [int(e) for e in v.split(",")], default=[50, 75],
-                        help="epochs after which the rate falls tenfold (MultiStepLR, gamma 0.1), as lenet_mnist.yaml")
+    parser.add_argument("--milestones", type=lambda v: [int(e) for e in v.split(",")], default=SCHEDULE["boundaries"],
+                        help="epochs after which the rate falls by the config's decay rate (MultiStepLR)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train-size", type=int, default=60_000)
     parser.add_argument("--threads", type=int, default=1)

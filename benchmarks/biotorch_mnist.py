@@ -17,7 +17,8 @@ Resize(32) -> ToTensor -> Normalize((0.1307,), (0.3081,)); BioModule(LeNetMNIST(
 "xavier") (Xavier-uniform W and B, zero biases); torch.optim.SGD(model.parameters(), lr, momentum, weight_decay);
 nn.CrossEntropyLoss (mean); a shuffled DataLoader with drop_last=True; model.zero_grad(), loss.backward(),
 optimizer.step(); MultiStepLR stepped after each epoch (`--milestones`, by default the boundaries and the decay rate
-of lenet_mnist.yaml's optimizer.schedule). One JSON line per seed: test accuracy after each epoch and the mean training loss of each epoch.
+of lenet_mnist.yaml's optimizer.schedule). One JSON line per seed: test accuracy after each epoch and the mean
+training loss of each epoch.
 `--linear-fc1` replaces relu4 (after fc1) by the identity: the LeNetMNIST of biotorch's development history
 (stored commit 12b8a2c, the network bioprop's `model.lenet.linear_fc1: true` was written from); the released one
 (0.0.16, GitHub main) has it. `--train-size 55000` keeps the first 55,000 training images (bioprop's split) instead of biotorch's 60,000.
@@ -110,7 +111,8 @@ def run(args, seed: int, train, test) -> dict:
         accuracies.append(accuracy(model, tx, ty))
     return {"side": "biotorch", "mode": args.mode, "seed": seed, "lr": args.lr, "momentum": args.momentum,
             "weight_decay": args.weight_decay, "batch": args.batch, "train_size": len(y), "epochs": args.epochs,
-            "linear_fc1": args.linear_fc1, "milestones": args.milestones, "test_accuracy": accuracies, "train_loss": losses,
+            "linear_fc1": args.linear_fc1, "milestones": args.milestones, "test_accuracy": accuracies,
+            "train_loss": losses,
             "wall_s": time.perf_counter() - start}
 
 

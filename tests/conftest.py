@@ -9,8 +9,11 @@ from pathlib import Path
 # buy nothing at these sizes. Level 0 cuts the suite's time by about a third; XLA's older loop emitters
 # (no MLIR fusion emitters) compile each program in about half the time again (docs/testing.md). Both
 # keep fast-math off: the same operations, rounded alike up to the order of a few reductions' terms.
+# XLA splits each program's generated code into up to 32 modules compiled apart (for many cores); the suite's
+# programs are small, and one module costs about a third less compile time (docs/testing.md). The same code.
 # Set before the first computation initialises the backend.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                                   "--xla_cpu_parallel_codegen_split_count=1")
 # Lowering attaches each operation's Python traceback (up to 100 frames, deep under pytest) to its MLIR location;
 # the suite's thousands of small programs spend part of their lowering there (docs/testing.md). Metadata only: the
 # compiled programs and the compilation cache's keys are the same without it.

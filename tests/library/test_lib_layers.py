@@ -68,26 +68,33 @@ def test_conv_vjps_equal_jax_vjp(x_shape, w_shape, stride, padding, dilation, gr
     x, w, b, fb = _normal(0, x_shape), _normal(1, w_shape), _normal(2, w_shape[-1:]), _normal(3, w_shape)
     settings = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     spec = conv_spec(x_shape[1:3], w_shape[:2], stride, padding, dilation, groups)
-    out, vjp = jax.vjp(lambda x, w, b, fb: bioprop.conv(x, w, b, fb, **settings), x, w, b, fb)
-    reference = lax.conv_general_dilated(x, w, spec.strides, spec.padding, rhs_dilation=spec.dilation,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    g = _normal(4, jax.eval_shape(lambda: bioprop.conv(x, w, b, fb, **settings)).shape)
+
+    @jax.jit  # each side one program, not one per operation (docs/testing.md)
+    def by_bioprop(x, w, b, fb, g):
+        out, vjp = jax.vjp(lambda x, w, b, fb: bioprop.conv(x, w, b, fb, **settings), x, w, b, fb)
+        dx_bp = jax.vjp(lambda x: bioprop.conv(x, w, b, w, **settings), x)[1](g)[0]  # fb = W: backprop
+        return out, vjp(g), dx_bp
+
+    @jax.jit
+    def by_lax(x, w, fb, g):
+        out = lax.conv_general_dilated(x, w, spec.strides, spec.padding, rhs_dilation=spec.dilation,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+        named = jax.lax.conv_general_dilated(x, w, spec.strides, padding if isinstance(padding, str) else spec.padding,
+                                             rhs_dilation=spec.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             feature_group_count=groups)
+        exact_dx_with_w, exact_dw = jax.vjp(lambda x, w: convolve(spec, x, w), x, w)[1](g)
+        exact_dx_with_fb = jax.vjp(lambda x: convolve(spec, x, fb), x)[1](g)[0]
+        return out, named, exact_dx_with_w, exact_dw, exact_dx_with_fb
+
+    out, (dx, dw, db, dfb), dx_bp = by_bioprop(x, w, b, fb, g)
+    reference, named, exact_dx_with_w, exact_dw, exact_dx_with_fb = by_lax(x, w, fb, g)
     _close(out, reference + b)
-    if isinstance(padding, str):
-        _close(out, jax.lax.conv_general_dilated(x, w, spec.strides, padding, rhs_dilation=spec.dilation,
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                 feature_group_count=groups) + b)
-    g = _normal(4, out.shape)
-    dx, dw, db, dfb = vjp(g)
-    _, exact_vjp = jax.vjp(lambda x, w: convolve(spec, x, w), x, w)
-    exact_dx_with_w, exact_dw = exact_vjp(g)
-    _, fb_vjp = jax.vjp(lambda x: convolve(spec, x, fb), x)
-    (exact_dx_with_fb,) = fb_vjp(g)
+    _close(out, named + b)  # a padding named by a string means what it means to lax
     _close(dw, exact_dw, 1e-4)
     _close(db, g.sum((0, 1, 2)), 1e-4)
     _close(dx, exact_dx_with_fb, 1e-4)
     _close(dfb, exact_dw, 1e-4)
-    # fb = W: backprop
-    dx_bp = jax.vjp(lambda x: bioprop.conv(x, w, b, w, **settings), x)[1](g)[0]
     _close(dx_bp, exact_dx_with_w, 1e-4)
 
 

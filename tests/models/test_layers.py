@@ -49,15 +49,25 @@ def test_conv_vjps_written_as_forward_convolutions_equal_jax_vjp(in_shape, kerne
     h = jax.random.normal(kx, (2,) + in_shape)
     w, fb = jax.random.normal(kw, op.weight_shape), jax.random.normal(kb, op.weight_shape)
     delta = jax.random.normal(kd, (2,) + op.out_shape)
-    _, by_w = jax.vjp(lambda w: layers.linear(op, w, h), w)
-    _, by_h = jax.vjp(lambda h: layers.linear(op, fb, h), h)
-    _, by_fb = jax.vjp(lambda k: jnp.vdot(layers.send_back(op, k, delta, h.shape), h), fb)
-    grads = layers.weight_vjp(op, h, delta)
-    np.testing.assert_allclose(grads["w"], by_w(delta)[0], rtol=1e-5, atol=1e-5)
+
+    @jax.jit  # each side one program, not one per operation (docs/testing.md)
+    def by_jax(h, w, fb, delta):
+        by_w = jax.vjp(lambda w: layers.linear(op, w, h), w)[1](delta)[0]
+        by_h = jax.vjp(lambda h: layers.linear(op, fb, h), h)[1](delta)[0]
+        by_fb = jax.grad(lambda k: jnp.vdot(layers.send_back(op, k, delta, h.shape), h))(fb)
+        return by_w, by_h, by_fb
+
+    @jax.jit
+    def written_out(h, fb, delta):
+        return (layers.weight_vjp(op, h, delta), layers.send_back(op, layers.transport(op, fb), delta, h.shape),
+                layers.conv_weight_gradient(op, h, delta))
+
+    by_w, by_h, by_fb = by_jax(h, w, fb, delta)
+    grads, sent, fb_grad = written_out(h, fb, delta)
+    np.testing.assert_allclose(grads["w"], by_w, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grads["b"], delta.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layers.send_back(op, layers.transport(op, fb), delta, h.shape), by_h(delta)[0],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layers.conv_weight_gradient(op, h, delta), by_fb(1.0)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sent, by_h, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fb_grad, by_fb, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])

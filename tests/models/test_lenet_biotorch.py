@@ -24,6 +24,7 @@ BIOTORCH = [("model.arch", "lenet"), ("model.activation", "relu"), ("model.lenet
 LOSS = LOSSES["cross_entropy"]
 
 
+@jax.jit  # one program, not one per operation (docs/testing.md)
 def biotorch_forward(params, x):
     """LeNetMNIST.forward on a 28x28 image zero-padded to 32x32: conv1, relu, pool; conv2, relu, pool; conv3 (a
     dense 400 -> 120 here), relu; fc1; fc2. NHWC images, HWIO kernels (channel-last flattening)."""
@@ -61,11 +62,13 @@ def test_the_flag_leaves_the_activation_out_after_the_84_unit_layer_only(problem
     assert arch.describe() == "conv6@5x5p2-max2-conv16@5x5-max2-120-84lin-10"
     default = architecture(load_config(overrides=[("model.arch", "lenet")]))
     assert all(layer.activation for layer in default.layers) and "lin" not in default.describe()
-    _close(forward(arch, params, x, ACTIVATIONS["relu"]).logits, biotorch_forward(params, x))
+    logits = lambda arch: jax.jit(lambda p, x: forward(arch, p, x, ACTIVATIONS["relu"]).logits)(params, x)
+    _close(logits(arch), biotorch_forward(params, x))
     # the default network differs from biotorch's (its 84 units pass through relu)
-    assert not np.allclose(forward(default, params, x, ACTIVATIONS["relu"]).logits, biotorch_forward(params, x))
+    assert not np.allclose(logits(default), biotorch_forward(params, x))
 
 
+@jax.jit
 def _true_grads(params, x, y):
     return jax.grad(lambda p: LOSS.value(biotorch_forward(p, x), y))(params)
 
@@ -79,7 +82,7 @@ def test_bp_and_fa_with_b_equal_to_w_give_jax_grad_of_biotorch_s_forward(problem
         state = [None] + [transport(layer.op, p["w"]) for layer, p in zip(arch.layers[1:], params[1:])]
     est = jax.jit(lambda p, s: cli.estimate(p, s, x, y, jax.random.PRNGKey(2)))(params, state)
     _close(est.grads, _true_grads(params, x, y), tol=2e-5)
-    _close(cli.predict(params, state, x), biotorch_forward(params, x))
+    _close(jax.jit(cli.predict)(params, state, x), biotorch_forward(params, x))
 
 
 def test_the_flag_round_trips_through_the_config_and_ep_refuses_it(tmp_path):
@@ -110,7 +113,7 @@ def test_dfa_s_tap_delivers_e_d_unscaled_to_the_linear_layer(problem):
     dfa = make_rule(load_config(overrides=[("rule", "dfa"), ("feedback.dfa_target", "pre_pool")] + BIOTORCH), arch)
     state = dfa.init(jax.random.PRNGKey(5), params)
     est = jax.jit(lambda p, s: dfa.gradient_estimate(p, s, x, y, None))(params, state)
-    fwd = forward(arch, params, x, ACTIVATIONS["relu"])
+    fwd = jax.jit(lambda p, x: forward(arch, p, x, ACTIVATIONS["relu"]))(params, x)
     e = LOSS.error(fwd.logits, y)
     _close(est.deltas[3], e @ state[3])
     _close(est.deltas[2], (e @ state[2]) * (fwd.pre[2] > 0))

@@ -10,7 +10,7 @@ from pathlib import Path
 # (no MLIR fusion emitters) compile each program in about half the time again (docs/testing.md). Both
 # keep fast-math off: the same operations, rounded alike up to the order of a few reductions' terms.
 # XLA splits each program's generated code into up to 32 modules compiled apart (for many cores); the suite's
-# programs are small, and one module costs about a third less compile time (docs/testing.md). The same code.
+# programs are small and compile faster as one module (measured: docs/testing.md). The same kernels.
 # Set before the first computation initialises the backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
                                    "--xla_cpu_parallel_codegen_split_count=1")

@@ -44,26 +44,38 @@ def toom_cook(points=POINTS, m=M, r=R):
     return at, g, bt
 
 
+def written_out(mat, t, axis):
+    """mat applied along `axis` of t, as sums over mat's nonzero entries (0, ±1, ±2, ±1/2, ... : exact in binary),
+    which XLA fuses into loops, instead of a product with the mostly-zero matrix."""
+    rows = []
+    for row in mat:
+        terms = [float(c) * jax.lax.index_in_dim(t, k, axis, keepdims=False) for k, c in enumerate(row) if c != 0]
+        rows.append(sum(terms[1:], terms[0]))
+    return jnp.stack(rows, axis)
+
+
 def stages(w, dtype):
-    at, g, bt = (jnp.asarray(a, dtype) for a in toom_cook())
+    at, g, bt = toom_cook()
+    at, bt = np.round(at * 64) / 64, np.round(bt * 64) / 64  # their exact values (lstsq leaves ~1e-16)
     c_in, c_out = w.shape[2:]
+    g = jnp.asarray(g, dtype)
     u = jnp.einsum("ak,klco,bl->abco", g, w.astype(dtype), g).reshape(N_TILE * N_TILE, c_in, c_out)
 
-    def tiles(x):  # (N, H, W, C) -> (N, th, tw, 8, 8, C), tiles overlapping by R - 1
+    def tiles(x):  # (N, H, W, C) -> (8, 8, N * th * tw, C), tiles overlapping by R - 1, positions leading
         th, tw = (x.shape[1] - R + 1) // M, (x.shape[2] - R + 1) // M
-        return jnp.stack([jnp.stack([x[:, i * M:i * M + N_TILE, j * M:j * M + N_TILE] for j in range(tw)], 1)
-                          for i in range(th)], 1)
+        t = jnp.stack([jnp.stack([x[:, a:a + M * (th - 1) + 1:M, b:b + M * (tw - 1) + 1:M] for b in range(N_TILE)])
+                       for a in range(N_TILE)])
+        return t.reshape(N_TILE, N_TILE, -1, c_in)
 
-    def transform_in(t):  # B^T d B per tile and channel -> (64, N * th * tw, C)
-        v = jnp.einsum("ak,ntsklc,bl->abntsc", bt, t, bt)
-        return v.reshape(N_TILE * N_TILE, -1, c_in)
+    def transform_in(t):  # B^T d B per tile and channel -> (64, tiles, C)
+        return written_out(bt, written_out(bt, t, 0), 1).reshape(N_TILE * N_TILE, -1, c_in)
 
     def products(v):  # one (tiles x C_in) @ (C_in x C_out) per transformed position
         return jnp.matmul(v, u)
 
     def transform_out(m, n, th, tw):  # A^T m A -> (N, th * 4, tw * 4, C_out)
-        y = jnp.einsum("ia,abntso,jb->ntisjo", at, m.reshape(N_TILE, N_TILE, n, th, tw, c_out), at)
-        return y.reshape(n, th * M, tw * M, c_out)
+        y = written_out(at, written_out(at, m.reshape(N_TILE, N_TILE, -1, c_out), 0), 1)
+        return y.reshape(M, M, n, th, tw, c_out).transpose(2, 3, 0, 4, 1, 5).reshape(n, th * M, tw * M, c_out)
 
     return tiles, transform_in, products, transform_out
 

@@ -90,7 +90,8 @@ def test_conv_vjps_equal_jax_vjp(x_shape, w_shape, stride, padding, dilation, gr
     out, (dx, dw, db, dfb), dx_bp = by_bioprop(x, w, b, fb, g)
     reference, named, exact_dx_with_w, exact_dw, exact_dx_with_fb = by_lax(x, w, fb, g)
     _close(out, reference + b)
-    _close(out, named + b)  # a padding named by a string means what it means to lax
+    if isinstance(padding, str):  # a padding named by a string means what it means to lax
+        _close(out, named + b)
     _close(dw, exact_dw, 1e-4)
     _close(db, g.sum((0, 1, 2)), 1e-4)
     _close(dx, exact_dx_with_fb, 1e-4)

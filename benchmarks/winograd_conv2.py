@@ -54,15 +54,16 @@ def written_out(mat, t, axis):
     return jnp.stack(rows, axis)
 
 
-def stages(w, dtype):
+def stages(w, x_shape, dtype):
+    """The four stages for images of x_shape (N, H, W, C_in) and the kernel w (R, R, C_in, C_out)."""
     at, g, bt = toom_cook()
     at, bt = np.round(at * 64) / 64, np.round(bt * 64) / 64  # their exact values (lstsq leaves ~1e-16)
     c_in, c_out = w.shape[2:]
+    n, th, tw = x_shape[0], (x_shape[1] - R + 1) // M, (x_shape[2] - R + 1) // M  # images, tiles per column, per row
     g = jnp.asarray(g, dtype)
     u = jnp.einsum("ak,klco,bl->abco", g, w.astype(dtype), g).reshape(N_TILE * N_TILE, c_in, c_out)
 
     def tiles(x):  # (N, H, W, C) -> (8, 8, N * th * tw, C), tiles overlapping by R - 1, positions leading
-        th, tw = (x.shape[1] - R + 1) // M, (x.shape[2] - R + 1) // M
         t = jnp.stack([jnp.stack([x[:, a:a + M * (th - 1) + 1:M, b:b + M * (tw - 1) + 1:M] for b in range(N_TILE)])
                        for a in range(N_TILE)])
         return t.reshape(N_TILE, N_TILE, -1, c_in)
@@ -73,7 +74,7 @@ def stages(w, dtype):
     def products(v):  # one (tiles x C_in) @ (C_in x C_out) per transformed position
         return jnp.matmul(v, u)
 
-    def transform_out(m, n, th, tw):  # A^T m A -> (N, th * 4, tw * 4, C_out)
+    def transform_out(m):  # A^T m A -> (N, th * 4, tw * 4, C_out)
         y = written_out(at, written_out(at, m.reshape(N_TILE, N_TILE, -1, c_out), 0), 1)
         return y.reshape(M, M, n, th, tw, c_out).transpose(2, 3, 0, 4, 1, 5).reshape(n, th * M, tw * M, c_out)
 
@@ -105,8 +106,8 @@ def main() -> None:
         w64 = jax.random.uniform(kw, (5, 5, 32, 64), jnp.float64, -bound, bound)
         exact = np.asarray(xla_conv(x64, w64))
     x, w = jnp.asarray(x64, jnp.float32), jnp.asarray(w64, jnp.float32)
-    tiles, transform_in, products, transform_out = stages(w, jnp.float32)
-    winograd = jax.jit(lambda x: transform_out(products(transform_in(tiles(x))), x.shape[0], 2, 2))
+    tiles, transform_in, products, transform_out = stages(w, x.shape, jnp.float32)
+    winograd = jax.jit(lambda x: transform_out(products(transform_in(tiles(x)))))
     xla = jax.jit(lambda x: xla_conv(x, w))
     scale = np.abs(exact).max()
     print(f"float32 max |error| / max |y|: Winograd {np.abs(np.asarray(winograd(x)) - exact).max() / scale:.2e}, "
@@ -116,7 +117,7 @@ def main() -> None:
     m = products(v)
     timed = {"tiles": (jax.jit(tiles), x), "input transform": (jax.jit(transform_in), t),
              "64 products": (jax.jit(products), v),
-             "output transform": (jax.jit(lambda m: transform_out(m, 100, 2, 2)), m),
+             "output transform": (jax.jit(transform_out), m),
              "Winograd, whole": (winograd, x), "XLA's convolution": (xla, x)}
     for _ in range(args.rounds):
         print(" | ".join(f"{name} {cpu_ms(f, a, args.repeats):.2f} ms" for name, (f, a) in timed.items()), flush=True)

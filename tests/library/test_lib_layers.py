@@ -80,9 +80,9 @@ def test_conv_vjps_equal_jax_vjp(x_shape, w_shape, stride, padding, dilation, gr
     def by_lax(x, w, fb, g):
         out = lax.conv_general_dilated(x, w, spec.strides, spec.padding, rhs_dilation=spec.dilation,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-        named = jax.lax.conv_general_dilated(x, w, spec.strides, padding if isinstance(padding, str) else spec.padding,
-                                             rhs_dilation=spec.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                             feature_group_count=groups)
+        named = jax.lax.conv_general_dilated(x, w, spec.strides, padding, rhs_dilation=spec.dilation,
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             feature_group_count=groups) if isinstance(padding, str) else None
         exact_dx_with_w, exact_dw = jax.vjp(lambda x, w: convolve(spec, x, w), x, w)[1](g)
         exact_dx_with_fb = jax.vjp(lambda x: convolve(spec, x, fb), x)[1](g)[0]
         return out, named, exact_dx_with_w, exact_dw, exact_dx_with_fb

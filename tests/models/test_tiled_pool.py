@@ -14,7 +14,7 @@ from bioprop_cli.models.layers import tiled_max_pool
 def test_tiled_max_pool_and_its_derivative_are_reduce_windows(k, shape):
     h = jnp.maximum(jnp.round(jax.random.normal(jax.random.PRNGKey(2), shape)), 0.0)  # many ties (0 and 1)
     reference = lambda z: lax.reduce_window(z, -jnp.inf, lax.max, (1, k, k, 1), (1, k, k, 1), "VALID")
-    g = jax.random.normal(jax.random.PRNGKey(3), reference(h).shape)
+    g = jax.random.normal(jax.random.PRNGKey(3), jax.eval_shape(reference, h).shape)
     t = jax.random.normal(jax.random.PRNGKey(4), shape)
 
     def value_vjp_jvp(pool, h, g, t):  # one program per side (docs/testing.md), the arrays its arguments

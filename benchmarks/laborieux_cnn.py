@@ -11,9 +11,18 @@ what a loaded machine steals from the wall clock does not count), CPU s per batc
 
 bioprop's side (`--side bioprop`, a child process) times the CLI's compiled epoch (bioprop_cli.train.build_program,
 as `bioprop train` runs it) of `--batches` steps on the first batches x 100 training images, after a compiling
-run and a warm-up epoch. Their side is /work/venvs/laborieux/their/run_their_cnn.py (their model_utils.py at
-commit 93660ed, in the laborieux venv: docs/speed.md), `--batches` batches after one warm-up batch.
+run and a warm-up epoch. Their side is benchmarks/laborieux_their_cnn.py run by `--their-python` with their
+model_utils.py (commit 93660ed) imported from `--their-dir`: `--batches` batches after one warm-up batch.
 `--free-steps/--nudged-steps` shorten both sides' phases alike (T1, T2) for a quicker look.
+
+Their side's setup (a venv with torch's CPU build, and their model_utils.py, unmodified, from a clone of
+https://github.com/Laborieux-Axel/Equilibrium-Propagation):
+
+    python3 -m venv /work/venvs/laborieux && /work/venvs/laborieux/bin/pip install torch==2.13.0 numpy
+    mkdir -p /work/venvs/laborieux/their
+    git -C Equilibrium-Propagation show 93660ed:model_utils.py > /work/venvs/laborieux/their/model_utils.py
+
+(torch 2.13.0's CPU wheel is in this machine's pip cache; other versions would fetch a CUDA build.)
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from pinned import run_pinned, thread_env
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent / "configs" / "experiments" / "ep_cnn_mnist_laborieux.yaml"
-THEIR_DRIVER = "/work/venvs/laborieux/their/run_their_cnn.py"
+THEIR_DRIVER = HERE / "laborieux_their_cnn.py"
 
 
 def bioprop_side(batches: int, free_steps: int, nudged_steps: int) -> dict:
@@ -66,8 +75,8 @@ def run_side(side: str, args) -> dict:
         command = [sys.executable, str(Path(__file__).resolve()), "--side", "bioprop", "--batches", str(args.batches)]
         command += phases
     else:
-        command = [args.their_python, args.their_driver, "--threads", "1", "--batches", str(args.batches),
-                   "--T1", str(args.free_steps), "--T2", str(args.nudged_steps)]
+        command = [args.their_python, str(THEIR_DRIVER), "--their-dir", args.their_dir, "--threads", "1",
+                   "--batches", str(args.batches), "--T1", str(args.free_steps), "--T2", str(args.nudged_steps)]
     load = os.getloadavg()[0]
     result = run_pinned(str(args.core), command, thread_env(1), side)
     result["load_before"] = load
@@ -82,7 +91,8 @@ def main() -> None:
     parser.add_argument("--nudged-steps", type=int, default=10)
     parser.add_argument("--core", type=int, default=1, help="the core both sides are pinned to")
     parser.add_argument("--their-python", default="/work/venvs/laborieux/bin/python")
-    parser.add_argument("--their-driver", default=THEIR_DRIVER)
+    parser.add_argument("--their-dir", default="/work/venvs/laborieux/their",
+                        help="the directory holding their model_utils.py (commit 93660ed)")
     parser.add_argument("--side", choices=["bioprop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bioprop_cli.models import winograd
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
 from bioprop_cli.models.layers import conv_transpose, pool, pre_activation, weight_vjp
 
@@ -81,27 +82,102 @@ def written_out(layer: Layer) -> bool:
 
 def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(f_l(h), J_{f_l}(h)^T above), flat. A dense layer's: (h W + b, above B) with B its top-down
-    matrix (`top_down`). A conv layer's pull is written out: the pooling's
-    vector-Jacobian product (`unpool`), then the transposed convolution (`pull_back`: through the DFT, or
-    as a forward convolution with the flipped kernel). Inside the settling loop XLA's CPU backend runs jax.vjp's
-    input-gradient convolution several times slower than this forward one (measured:
-    docs/implementation-notes.md); overlapping pooling windows (window != stride) take jax.vjp."""
+    matrix (`top_down`). A conv layer's pull is written out: the pooling's vector-Jacobian product (`unpool`),
+    then the transposed convolution. On the CPU a stride-1 layer with a kernel of 2 to 7 runs both
+    convolutions as Winograd's minimal filtering (`winograd_up_and_down`); other layers' pull goes through
+    `pull_back`. Inside the settling loop XLA's CPU backend runs jax.vjp's input-gradient convolution several
+    times slower than this forward one (measured: docs/implementation-notes.md); overlapping pooling windows
+    (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
     if isinstance(op, Dense):
         return pre_activation(op, params, h), above @ top_down(params)
     if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
         return up, pull(above)[0]
+    if jax.default_backend() == "cpu" and winograd_applies(op):
+        return winograd_up_and_down(layer, params, h, above)
     a = pre_activation(op, params, h)
     pooled = pool(layer.pool, a)
     back = pull_back(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
     return pooled.reshape(n, -1), back.reshape(n, -1)
 
 
+def winograd_applies(op: Conv) -> bool:
+    """Whether a conv layer's convolutions run as Winograd's F(m x m, k x k) (models/winograd.py): stride 1,
+    kernels 2 to 7."""
+    return op.stride == 1 and winograd.output_tile(op.kernel) is not None
+
+
+def winograd_up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`up_and_down` of a conv layer through Winograd's minimal filtering: the forward convolution
+    (winograd.correlate), the pooling, its vjp and the transposed convolution (winograd.correlate_transpose)
+    with one transformed kernel. Its rounding breaks the exact ties of a max pooling's window (outputs of equal
+    receptive fields, e.g. in a region of zero states, all equal to the bias in exact arithmetic), so the ties
+    are found from the input (`tied_fields`) and each window's winner is the first of its tied outputs, as jax's
+    first maximum picks it from a direct convolution."""
+    op, n = layer.op, h.shape[0]
+    x = h.reshape((n,) + op.in_shape)
+    u = winograd.kernel_transform(params["w"])
+    a = winograd.correlate(x, u, op.kernel, op.padding) + params["b"]
+    p = layer.pool
+    tied = tied_fields(op, p.window, x) if p is not None and p.kind == "max" else None
+    pooled, share = pool_and_share(p, a, tied)
+    g = spread(p, share, above.reshape(pooled.shape), a.shape)
+    back = winograd.correlate_transpose(g, u, op.kernel, op.in_shape, op.padding)
+    return pooled.reshape(n, -1), back.reshape(n, -1)
+
+
+def tied_fields(op: Conv, window: int, x: jax.Array) -> jax.Array:
+    """For each output of each (window x window) max pooling window of the layer's convolution of x, whether an
+    earlier output of its window (row-major) has the same receptive field, every input channel equal: then the
+    two outputs are equal in exact arithmetic, whatever the kernel. (n, rows, cols, window^2, 1) bool. Each
+    offset between two outputs of a window is compared once, pixel by pixel over the channels (`equal_pixels`),
+    then over the kernel's k x k field (`whole_fields`)."""
+    k, r, pad = window, op.kernel, op.padding
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows, cols = op.out_shape[0] // k, op.out_shape[1] // k
+    positions = [(i, j) for i in range(k) for j in range(k)]
+    equal = {(qy - py, qx - px): equal_pixels(xp, qy - py, qx - px)
+             for q, (qy, qx) in enumerate(positions) for py, px in positions[:q]}
+    tied = [jnp.zeros((x.shape[0], rows, cols), bool)]
+    for q, (qy, qx) in enumerate(positions[1:], start=1):
+        later = tied[0]
+        for py, px in positions[:q]:
+            dx = qx - px
+            same = equal[(qy - py, dx)][:, py:, px + min(dx, 0):]  # pixel (y, x) against (y + dy, x + dx)
+            later = later | whole_fields(same, r, k, rows, cols)
+        tied.append(later)
+    return jnp.stack(tied, axis=3)[..., None]
+
+
+def equal_pixels(xp: jax.Array, dy: int, dx: int) -> jax.Array:
+    """(n, H - dy, W - |dx|) bool: whether pixel (y, x + max(-dx, 0)) of xp (n, H, W, C) equals pixel
+    (y + dy, x + max(-dx, 0) + dx) in every channel: whether their absolute differences sum to zero, the sum a
+    matrix product (XLA keeps it apart; a reduction fused into each of `whole_fields`'s k^2 reads is recomputed
+    for each)."""
+    height, width = xp.shape[1], xp.shape[2]
+    left = max(-dx, 0)
+    span = width - abs(dx)
+    difference = jnp.abs(xp[:, :height - dy, left:left + span] - xp[:, dy:, left + dx:left + dx + span])
+    return difference @ jnp.ones(xp.shape[-1], difference.dtype) == 0
+
+
+def whole_fields(same: jax.Array, r: int, k: int, rows: int, cols: int) -> jax.Array:
+    """(n, rows, cols): whether `same` (n, H, W) holds over the whole r x r field at (R k, C k), for every
+    window (R, C): its count there, two products with 0/1 band matrices, is r^2. (As products XLA keeps them
+    apart; as logical ands they fuse into the pooling's reductions, recomputed for every channel.)"""
+    def band(length: int, count: int) -> np.ndarray:
+        start = np.arange(count) * k
+        return ((np.arange(length)[:, None] >= start) & (np.arange(length)[:, None] < start + r)).astype(np.float32)
+    counts = jnp.einsum("nyx,yR,xC->nRC", same.astype(jnp.float32), band(same.shape[1], rows), band(same.shape[2], cols))
+    return counts == r * r
+
+
 def pull_back(op: Conv, w: jax.Array, g: jax.Array) -> jax.Array:
-    """The transposed convolution of g (batch, H', W', C_out) -> (batch, H, W, C_in): on the CPU, through the
-    discrete Fourier transform (`spectral_conv_transpose`) for a stride-1 layer where that takes fewer
-    multiply-adds (`spectral_is_cheaper`), else as a forward convolution (layers.conv_transpose)."""
+    """The transposed convolution of g (batch, H', W', C_out) -> (batch, H, W, C_in) of a layer Winograd's
+    minimal filtering does not take (`up_and_down`): on the CPU through the discrete Fourier transform
+    (`spectral_conv_transpose`) for a stride-1 layer where that takes fewer multiply-adds
+    (`spectral_is_cheaper`: kernels of 8 and more), else as a forward convolution (layers.conv_transpose)."""
     if jax.default_backend() == "cpu" and spectral_is_cheaper(op):
         return spectral_conv_transpose(op, w, g)
     return conv_transpose(op, w, g)
@@ -195,19 +271,38 @@ def unpool(p: Pool | None, a: jax.Array, g: jax.Array) -> jax.Array:
     """The vector-Jacobian product of non-overlapping pooling (window = stride) at its input a with g:
     max: g to each window's winner (the first maximum in row-major order, as jax.grad's choice),
     average: g / window^2 to every position; the rows and columns the pooling drops get zero."""
+    return spread(p, pool_and_share(p, a)[1], g, a.shape)
+
+
+def pool_and_share(p: Pool | None, a: jax.Array, tied: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """The non-overlapping pooling of a (n, H, W, C) and each window position's share of its output's gradient,
+    (n, rows, cols, window^2, C) (None without pooling): max pooling's one-hot of the window's first maximum,
+    outputs `tied` to an earlier one of their window (`tied_fields`) left out; average pooling's 1 / window^2."""
     if p is None:
-        return g
-    n, height, width, c = a.shape
-    k, rows, cols = p.window, g.shape[1], g.shape[2]
+        return a, None
+    n, _, _, c = a.shape
+    k = p.window
+    rows, cols = a.shape[1] // k, a.shape[2] // k
     blocks = a[:, :rows * k, :cols * k].reshape(n, rows, k, cols, k, c).transpose(0, 1, 3, 2, 4, 5)
     blocks = blocks.reshape(n, rows, cols, k * k, c)
-    if p.kind == "max":
-        share = jax.nn.one_hot(jnp.argmax(blocks, axis=3), k * k, axis=3, dtype=g.dtype)
-    else:
-        share = jnp.full((1, 1, 1, k * k, 1), 1.0 / (k * k), g.dtype)
-    spread = (g[:, :, :, None, :] * share).reshape(n, rows, cols, k, k, c).transpose(0, 1, 3, 2, 4, 5)
-    spread = spread.reshape(n, rows * k, cols * k, c)
-    return jnp.pad(spread, ((0, 0), (0, height - rows * k), (0, width - cols * k), (0, 0)))
+    if p.kind != "max":
+        return jnp.mean(blocks, axis=3), jnp.full((1, 1, 1, k * k, 1), 1.0 / (k * k), a.dtype)
+    if tied is not None:
+        blocks = jnp.where(tied, -jnp.inf, blocks)
+    share = jax.nn.one_hot(jnp.argmax(blocks, axis=3), k * k, axis=3, dtype=a.dtype)
+    return jnp.max(blocks, axis=3), share
+
+
+def spread(p: Pool | None, share: jax.Array | None, g: jax.Array, shape: tuple) -> jax.Array:
+    """g (n, rows, cols, C) sent back to the pooling's input of `shape` by each position's share; the rows and
+    columns the pooling drops get zero."""
+    if p is None:
+        return g
+    n, height, width, c = shape
+    k, rows, cols = p.window, g.shape[1], g.shape[2]
+    back = (g[:, :, :, None, :] * share).reshape(n, rows, cols, k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    back = back.reshape(n, rows * k, cols * k, c)
+    return jnp.pad(back, ((0, 0), (0, height - rows * k), (0, width - cols * k), (0, 0)))
 
 
 def coupling(arch: Architecture, params: list, r: list, x: jax.Array) -> jax.Array:

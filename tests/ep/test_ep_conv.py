@@ -131,7 +131,8 @@ def test_the_energy_is_laborieux_primitive_function_with_the_leak():
     ((11, 10, 2), 3, 4, 2, 0, Pool("avg", 2, 2)),  # the stride's floor drops a column
     ((13, 13, 2), 3, 3, 1, 0, Pool("max", 2, 2)),  # the pooling drops a row and a column
     ((7, 7, 2), 3, 3, 1, 1, Pool("max", 3, 2)),  # overlapping windows: jax.vjp
-    ((10, 10, 6), 8, 5, 1, 0, Pool("max", 2, 2)),  # the transposed convolution through the DFT
+    ((10, 10, 6), 8, 5, 1, 0, Pool("max", 2, 2)),  # both convolutions as Winograd's (on the CPU)
+    ((12, 12, 2), 3, 8, 1, 0, Pool("max", 2, 2)),  # a kernel past Winograd's: the transposed one through the DFT
 ])
 def test_the_written_out_pull_is_the_vjp_of_the_layer(in_shape, channels, kernel, stride, padding, pool):
     from bioprop_cli.models.arch import Conv
@@ -181,11 +182,13 @@ def test_the_spectral_transposed_convolution_is_the_vjp_of_the_convolution(in_sh
         assert jnp.allclose(spectral, reference, rtol=1e-12, atol=1e-12)
 
 
-def test_the_pull_of_laborieux_mnist_net_goes_through_the_dft():
+def test_which_layers_take_winograd_and_which_the_dft():
     from bioprop_cli.models.arch import Conv
 
-    assert conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 5, 1, 0))
-    assert conv_energy.spectral_is_cheaper(Conv((10, 10, 6), 8, 5, 1, 0))
+    assert conv_energy.winograd_applies(Conv((12, 12, 32), 64, 5, 1, 0))  # Laborieux et al.'s MNIST net's second
+    assert not conv_energy.winograd_applies(Conv((12, 12, 32), 64, 5, 2, 0))  # stride 2
+    assert not conv_energy.winograd_applies(Conv((12, 12, 2), 3, 8, 1, 0))  # past eight points
+    assert conv_energy.spectral_is_cheaper(Conv((12, 12, 2), 3, 8, 1, 0))
     assert not conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 1, 1, 0))  # 1x1: the plain product
     assert not conv_energy.spectral_is_cheaper(Conv((12, 12, 32), 64, 5, 2, 0))  # stride 2
 

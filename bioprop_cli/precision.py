@@ -4,6 +4,8 @@ and full float32 matrix products for the measurements.
 JAX's default float32 matrix product may round its inputs (TF32 on NVIDIA GPUs, bf16 passes on
 TPUs), which moves exactly the small angles and small-beta differences bioprop measures. Training
 keeps the fast default; the exact references and the alignment measurements run at "highest".
+The same holds for conv EP's Winograd convolutions on the CPU (models/conv_energy.py), whose float32
+rounding is several times a direct convolution's: `fast_convolutions`.
 """
 
 import functools
@@ -40,6 +42,15 @@ def full_float32(fn):
             return fn(*args, **kwargs)
 
     return at_highest
+
+
+FULL_FLOAT32 = ("highest", "float32", "F32_F32_F32")  # jax.default_matmul_precision's names of full float32
+
+
+def fast_convolutions() -> bool:
+    """Whether what is being traced may trade rounding for speed in its convolutions: not under `full_float32`
+    (nor a user's jax.default_matmul_precision("highest")). Read at trace time; jit's cache keys on it."""
+    return jax.config.jax_default_matmul_precision not in FULL_FLOAT32
 
 
 def cast_floats(tree, dtype):

@@ -47,6 +47,7 @@ import numpy as np
 from bioprop_cli.models import winograd
 from bioprop_cli.models.arch import Architecture, Conv, Dense, Layer, Pool
 from bioprop_cli.models.layers import conv_transpose, pool, pre_activation, weight_vjp
+from bioprop_cli.precision import fast_convolutions
 
 
 def layer_map(layer: Layer, params: dict, h: jax.Array) -> jax.Array:
@@ -84,8 +85,9 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     """(f_l(h), J_{f_l}(h)^T above), flat. A dense layer's: (h W + b, above B) with B its top-down
     matrix (`top_down`). A conv layer's pull is written out: the pooling's vector-Jacobian product (`unpool`),
     then the transposed convolution. On the CPU a stride-1 layer with a kernel of 2 to 7 runs both
-    convolutions as Winograd's minimal filtering (`winograd_up_and_down`); other layers' pull goes through
-    `pull_back`. Inside the settling loop XLA's CPU backend runs jax.vjp's input-gradient convolution several
+    convolutions as Winograd's minimal filtering (`winograd_up_and_down`) where the precision allows
+    (precision.fast_convolutions: training, not the exact references and measurements); other layers' pull goes
+    through `pull_back`. Inside the settling loop XLA's CPU backend runs jax.vjp's input-gradient convolution several
     times slower than this forward one (measured: docs/implementation-notes.md); overlapping pooling windows
     (window != stride) take jax.vjp."""
     op, n = layer.op, h.shape[0]
@@ -94,7 +96,7 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
         return up, pull(above)[0]
-    if jax.default_backend() == "cpu" and winograd_applies(op):
+    if jax.default_backend() == "cpu" and winograd_applies(op) and fast_convolutions():
         return winograd_up_and_down(layer, params, h, above)
     a = pre_activation(op, params, h)
     pooled = pool(layer.pool, a)

@@ -146,3 +146,24 @@ def test_the_winograd_pull_is_the_vjp_of_the_layer_with_ties(shape, kernel, padd
         mine = jax.jit(lambda *a: conv_energy.winograd_up_and_down(layer, *a))(params, h, above)
         for got, expected in zip(mine, by_vjp(params, h, above), strict=True):
             np.testing.assert_allclose(got, expected, rtol=1e-11, atol=1e-11)
+
+
+def test_training_takes_winograd_and_full_float32_the_direct_convolution():
+    """precision.full_float32 (the exact references, the measurements) keeps conv EP's direct convolutions, bit for
+    bit; the default precision (training) takes Winograd's, whose float32 rounding differs."""
+    from bioprop_cli.models.layers import pool, pre_activation
+    from bioprop_cli.precision import full_float32
+
+    layer = Layer(Conv((12, 12, 8), 6, 5, 1, 0), Pool("max", 2, 2))
+    kx, kw, ka = jax.random.split(jax.random.PRNGKey(3), 3)
+    h = jax.random.uniform(kx, (3, 12 * 12 * 8))
+    params = {"w": 0.1 * jax.random.normal(kw, layer.op.weight_shape), "b": jnp.zeros(6)}
+
+    def drive(params, h):
+        return conv_energy.up_and_down(layer, params, h, jnp.zeros((3, 4 * 4 * 6)))[0]
+
+    direct = jax.jit(lambda p, h: pool(layer.pool, pre_activation(layer.op, p, h)).reshape(3, -1))(params, h)
+    np.testing.assert_array_equal(jax.jit(full_float32(drive))(params, h), direct)
+    trained = jax.jit(drive)(params, h)
+    assert not np.array_equal(trained, direct)
+    np.testing.assert_allclose(trained, direct, atol=1e-5 * float(jnp.abs(direct).max()))

@@ -96,12 +96,27 @@ def up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Array) -> t
     if not written_out(layer):
         up, pull = jax.vjp(lambda g: layer_map(layer, params, g), h)
         return up, pull(above)[0]
-    if jax.default_backend() == "cpu" and winograd_applies(op) and fast_convolutions():
+    if takes_winograd(layer):
         return winograd_up_and_down(layer, params, h, above)
     a = pre_activation(op, params, h)
     pooled = pool(layer.pool, a)
     back = pull_back(op, params["w"], unpool(layer.pool, a, above.reshape(pooled.shape)))
     return pooled.reshape(n, -1), back.reshape(n, -1)
+
+
+def takes_winograd(layer: Layer) -> bool:
+    """Whether `up_and_down` runs the layer's convolutions as Winograd's: a written-out conv layer that
+    `winograd_applies` to, on the CPU, where the precision allows (precision.fast_convolutions)."""
+    return (isinstance(layer.op, Conv) and written_out(layer) and jax.default_backend() == "cpu"
+            and winograd_applies(layer.op) and fast_convolutions())
+
+
+def for_settling(arch: Architecture, params: list) -> list:
+    """params with each Winograd layer's transformed kernel (winograd.kernel_transform) computed once, as
+    params[l]["winograd"], for a settling loop to close over: XLA does not hoist it out of the loop by itself
+    (the transform is larger than the kernel, and XLA leaves size-inflating work inside loops)."""
+    return [dict(p, winograd=winograd.kernel_transform(p["w"])) if takes_winograd(layer) else p
+            for layer, p in zip(arch.layers, params)]
 
 
 def winograd_applies(op: Conv) -> bool:
@@ -119,7 +134,7 @@ def winograd_up_and_down(layer: Layer, params: dict, h: jax.Array, above: jax.Ar
     first maximum picks it from a direct convolution."""
     op, n = layer.op, h.shape[0]
     x = h.reshape((n,) + op.in_shape)
-    u = winograd.kernel_transform(params["w"])
+    u = params["winograd"] if "winograd" in params else winograd.kernel_transform(params["w"])
     a = winograd.correlate(x, u, op.kernel, op.padding) + params["b"]
     p = layer.pool
     tied = tied_fields(op, p.window, x) if p is not None and p.kind == "max" else None

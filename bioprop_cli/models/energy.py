@@ -355,6 +355,7 @@ def settle(params, states, drive0, y, beta, rho: Rho, eps: float, max_steps: int
     """
     dtype = jnp.finfo(drive0.dtype).dtype  # the residual's: real for complex states (holomorphic EP)
     states = clamp_output(states, clamp)
+    params = conv_energy.for_settling(layers_of(params, arch), params)
 
     def advance(s):
         return clamp_output(step(params, s, drive0, y, beta, rho, eps, external, readout, arch), clamp)

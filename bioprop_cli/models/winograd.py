@@ -105,29 +105,41 @@ def correlate_transpose(g: jax.Array, u: jax.Array, kernel: int, in_shape: tuple
     e = e.reshape(n, th, m, tw, m, c_out).transpose(2, 4, 0, 1, 3, 5)  # (m, m, N, th, tw, C_out)
     e = _written_out(at.T, _written_out(at.T, e, 0), 1).reshape(size * size, -1, c_out)
     f = jnp.einsum("pto,pco->ptc", e, u).reshape(size, size, n, th, tw, u.shape[1])
-    d = _written_out(bt.T, _written_out(bt.T, f, 0), 1)  # (n, n, N, th, tw, C_in): each input tile's gradient
+    # B F B^T per tile, its rows and columns placed beside the tile indices: (N, th, n, tw, n, C_in); the overlaps
+    # added block by block along the tile axes (as a sum of padded, transposed tiles XLA's CPU loop is several
+    # times slower)
+    d = _written_out(bt.T, _written_out(bt.T, f, 0, 3), 0, 4)
     blocks = -(-size // m)
-    d = jnp.pad(d, ((0, blocks * m - size), (0, blocks * m - size)) + ((0, 0),) * 4)
-    full_h, full_w = (th + blocks - 1) * m, (tw + blocks - 1) * m
-    out = 0.0
-    for qa in range(blocks):
-        for qb in range(blocks):
-            part = d[qa * m:(qa + 1) * m, qb * m:(qb + 1) * m].transpose(2, 3, 0, 4, 1, 5)
-            part = part.reshape(n, th * m, tw * m, -1)
-            out = out + jnp.pad(part, ((0, 0), (qa * m, full_h - th * m - qa * m),
-                                       (qb * m, full_w - tw * m - qb * m), (0, 0)))
+    d = jnp.pad(d, ((0, 0), (0, 0), (0, blocks * m - size), (0, 0), (0, blocks * m - size), (0, 0)))
+    d = _overlap_add([d[:, :, q * m:(q + 1) * m] for q in range(blocks)], 1)
+    d = _overlap_add([d[:, :, :, :, q * m:(q + 1) * m] for q in range(blocks)], 3)
+    out = d.reshape(n, (th + blocks - 1) * m, (tw + blocks - 1) * m, -1)
     height, width, _ = in_shape
     return out[:, padding:padding + height, padding:padding + width]
 
 
-def _written_out(mat: np.ndarray, t: jax.Array, axis: int) -> jax.Array:
-    """mat (rows x len) applied along `axis` of t, the result's axis in its place, as sums over mat's nonzero
-    entries, which XLA fuses into loops (a product with the mostly-zero matrix would not be)."""
+def _overlap_add(parts: list, axis: int) -> jax.Array:
+    """sum_q parts[q] shifted by q along `axis` (each of the same length L there; the result L + len(parts) - 1
+    long), as slices and one concatenation per part."""
+    out = parts[0]
+    for q, part in enumerate(parts[1:], start=1):
+        shared = out.shape[axis] - q
+        out = jnp.concatenate([jax.lax.slice_in_dim(out, 0, q, axis=axis),
+                               jax.lax.slice_in_dim(out, q, out.shape[axis], axis=axis)
+                               + jax.lax.slice_in_dim(part, 0, shared, axis=axis),
+                               jax.lax.slice_in_dim(part, shared, part.shape[axis], axis=axis)], axis)
+    return out
+
+
+def _written_out(mat: np.ndarray, t: jax.Array, axis: int, out_axis: int | None = None) -> jax.Array:
+    """mat (rows x len) applied along `axis` of t, the result's axis at `out_axis` (default: in its place), as
+    sums over mat's nonzero entries, which XLA fuses into loops (a product with the mostly-zero matrix would
+    not be)."""
     rows = []
     for row in mat:
         terms = [float(c) * jax.lax.index_in_dim(t, k, axis, keepdims=False) for k, c in enumerate(row) if c != 0]
         rows.append(functools.reduce(jnp.add, terms[1:], terms[0]))
-    return jnp.stack(rows, axis)
+    return jnp.stack(rows, axis if out_axis is None else out_axis)
 
 
 def _gather_transform(bt: np.ndarray, x: jax.Array, axis: int, tiles: int, m: int) -> jax.Array:

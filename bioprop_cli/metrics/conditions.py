@@ -307,7 +307,9 @@ def ep_measurements(config, rule, params, state, x, y, key, idx=None) -> tuple[d
         }
         return measured, perturbation
 
-    measured, out = jax.jit(compute)(params, state, x, y, key)
+    # a measurement: all of it at full float32 (precision.py), the perturbation ladder's nudged phases and the
+    # spectral radius too (conv EP's Winograd convolutions otherwise: precision.fast_convolutions)
+    measured, out = jax.jit(full_float32(compute))(params, state, x, y, key)
     rungs = [{"beta": b, **{k: _f(v) for k, v in r.items()}} for b, r in zip(betas, out.pop("ladder"))]
     perturbation = {k: _f(v) for k, v in out.items()}
     perturbation.update(beta=float(ep.beta), ladder=rungs, rel_error_vs_implicit=rungs[0]["rel_error"],

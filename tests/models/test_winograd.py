@@ -167,3 +167,49 @@ def test_training_takes_winograd_and_full_float32_the_direct_convolution():
     trained = jax.jit(drive)(params, h)
     assert not np.array_equal(trained, direct)
     np.testing.assert_allclose(trained, direct, atol=1e-5 * float(jnp.abs(direct).max()))
+
+
+def test_the_conditions_table_measures_without_winograd(monkeypatch):
+    """The conditions table is a measurement: its perturbation ladder's nudged phases and its spectral radius keep
+    the direct convolutions too (they once ran through Winograd: ep_measurements' compute was not at full float32)."""
+    from helpers import make_fake_dataset
+
+    from bioprop_cli.config import load_config
+    from bioprop_cli.studies.conditions import run
+
+    traced = []
+    original = conv_energy.takes_winograd
+    monkeypatch.setattr(conv_energy, "takes_winograd", lambda layer: traced.append(original(layer)) or traced[-1])
+    overrides = [("rule", "ep"), ("model.arch", "cnn"), ("model.cnn.channels", [2, 3]), ("model.cnn.kernels", [5, 3]),
+                 ("model.cnn.strides", [1, 1]), ("model.cnn.paddings", [0, 1]), ("model.cnn.pools", ["max", "max"]),
+                 ("ep.free_steps", 5), ("ep.nudged_steps", 3), ("ep.reference_steps", 5), ("ep.adjoint_steps", 5),
+                 ("data.train_limit", 100), ("data.validation_size", 20), ("data.test_limit", 20)]
+    run(load_config(overrides=overrides), make_fake_dataset(n_train=100, n_test=20), 4)
+    assert traced and not any(traced)
+
+
+@pytest.mark.parametrize("shape, kernel, padding", [((13, 13, 2), 3, 0), ((11, 10, 3), 5, 2)])
+def test_the_references_direct_pull_is_the_vjp_of_the_layer(shape, kernel, padding):
+    """At full float32 (the exact references, the measurements) a stride-1 layer keeps the written-out direct pull
+    (unpool, then pull_back): against jax.vjp of the layer, as before Winograd took these layers in training."""
+    from bioprop_cli.precision import full_float32
+
+    with float64():
+        layer = Layer(Conv(shape, 4, kernel, 1, padding), Pool("max", 2, 2))
+        kx, kw, ka = jax.random.split(jax.random.PRNGKey(2), 3)
+        h = _with_constant_regions(kx, (3,) + shape, jnp.float64).reshape(3, -1)
+        params = {"w": 0.3 * jax.random.normal(kw, layer.op.weight_shape), "b": 0.1 * jnp.arange(4, dtype=float)}
+        above = jax.random.uniform(ka, jax.eval_shape(lambda: conv_energy.layer_map(layer, params, h)).shape)
+
+        @full_float32
+        def written(params, h, above):
+            assert not conv_energy.takes_winograd(layer)
+            return conv_energy.up_and_down(layer, params, h, above)
+
+        @jax.jit
+        def by_vjp(params, h, above):
+            up, pull = jax.vjp(lambda g: conv_energy.layer_map(layer, params, g), h)
+            return up, pull(above)[0]
+
+        for got, expected in zip(jax.jit(written)(params, h, above), by_vjp(params, h, above), strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)

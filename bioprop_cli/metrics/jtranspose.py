@@ -50,6 +50,7 @@ from bioprop_cli.config import EPConfig
 from bioprop_cli.ep import feedback_matrices, feedback_state, solve_adjoint
 from bioprop_cli.metrics.alignment import relative_error
 from bioprop_cli.metrics.angles import angle_degrees
+from bioprop_cli.precision import full_float32
 from bioprop_cli.models.energy import Rho, input_drive, residual, settle, step, with_feedback, zero_states
 
 DEFAULT_BETAS = tuple(float(b) for b in np.logspace(-3, 0, 7))  # 1e-3 .. 1, two per decade
@@ -139,7 +140,7 @@ def make_error_signals(rho: Rho, eps: float, max_steps: int, tol: float, adjoint
             "adjoint_misfit": misfit,
         }
 
-    return jax.jit(error_signals)
+    return jax.jit(full_float32(error_signals))  # a measurement: at full float32 (precision.py)
 
 
 def asymmetric_networks(params, key, angles) -> list[tuple[str, float | None, list]]:

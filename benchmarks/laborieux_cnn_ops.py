@@ -5,7 +5,7 @@ batch 100, each op in a jitted 50-step loop, best of 3 by time.process_time (doc
 import time, sys, jax, jax.numpy as jnp
 from bioprop_cli.config import load_config
 from bioprop_cli import ep as E
-from bioprop_cli.models import conv_energy as C, energy as EN
+from bioprop_cli.models import conv_energy as C, energy as EN, winograd as W
 from bioprop_cli.models.layers import init_params, pre_activation, pool, conv_transpose
 cfg = load_config("configs/experiments/ep_cnn_mnist_laborieux.yaml", [])
 arch = E.dynamics_architecture(cfg)
@@ -47,7 +47,6 @@ pooled = pool(L1.pool, a)
 timeit("pool+unpool+reshape", lambda a: a + 1e-9 * C.unpool(L1.pool, a, above.reshape(pooled.shape)), a)
 timeit("drives", lambda s: [u + 1e-9 * d for u, d in zip(s, C.drives(arch, params, s, drive0))], states)
 timeit("fwd+pool only", lambda h: h + 1e-9 * jnp.sum(pool(L1.pool, pre_activation(L1.op, p1, h))), h)
-from bioprop_cli.models import winograd as W
 u = W.kernel_transform(p1["w"])
 x4 = h.reshape((n,) + L1.op.in_shape)
 timeit("winograd kernel transform", lambda w: w + 1e-9 * jnp.sum(W.kernel_transform(w)), p1["w"])

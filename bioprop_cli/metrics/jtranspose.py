@@ -50,8 +50,8 @@ from bioprop_cli.config import EPConfig
 from bioprop_cli.ep import feedback_matrices, feedback_state, solve_adjoint
 from bioprop_cli.metrics.alignment import relative_error
 from bioprop_cli.metrics.angles import angle_degrees
-from bioprop_cli.precision import full_float32
 from bioprop_cli.models.energy import Rho, input_drive, residual, settle, step, with_feedback, zero_states
+from bioprop_cli.precision import full_float32
 
 DEFAULT_BETAS = tuple(float(b) for b in np.logspace(-3, 0, 7))  # 1e-3 .. 1, two per decade
 DEFAULT_ANGLES = (0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0)

@@ -135,10 +135,7 @@ def _written_out(mat: np.ndarray, t: jax.Array, axis: int, out_axis: int | None 
     """mat (rows x len) applied along `axis` of t, the result's axis at `out_axis` (default: in its place), as
     sums over mat's nonzero entries, which XLA fuses into loops (a product with the mostly-zero matrix would
     not be)."""
-    rows = []
-    for row in mat:
-        terms = [float(c) * jax.lax.index_in_dim(t, k, axis, keepdims=False) for k, c in enumerate(row) if c != 0]
-        rows.append(functools.reduce(jnp.add, terms[1:], terms[0]))
+    rows = _row_sums(mat, lambda k: jax.lax.index_in_dim(t, k, axis, keepdims=False))
     return jnp.stack(rows, axis if out_axis is None else out_axis)
 
 
@@ -146,9 +143,13 @@ def _gather_transform(bt: np.ndarray, x: jax.Array, axis: int, tiles: int, m: in
     """B^T applied along `axis` of x to each of the `tiles` input tiles (length n, stride m) cut from it, without
     cutting them: row a is sum_i B^T[a, i] x[i :: m][:tiles]; the result's rows stacked first, the tiles in place
     of `axis`."""
+    return jnp.stack(_row_sums(bt, lambda i: jax.lax.slice_in_dim(x, i, i + m * (tiles - 1) + 1, m, axis)), 0)
+
+
+def _row_sums(mat: np.ndarray, piece) -> list:
+    """For each row of mat, sum_k mat[row, k] piece(k) over the row's nonzero entries."""
     rows = []
-    for row in bt:
-        terms = [float(c) * jax.lax.slice_in_dim(x, i, i + m * (tiles - 1) + 1, m, axis)
-                 for i, c in enumerate(row) if c != 0]
+    for row in mat:
+        terms = [float(c) * piece(k) for k, c in enumerate(row) if c != 0]
         rows.append(functools.reduce(jnp.add, terms[1:], terms[0]))
-    return jnp.stack(rows, 0)
+    return rows
